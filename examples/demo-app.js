@@ -1,0 +1,27 @@
+// The demo app `npm start` puts on the app port: an ordinary HTTP server that knows nothing of
+// enclaves, plus one route showing how app code fetches its own attestation document.
+import http from 'node:http';
+
+const port = Number(process.env.PORT ?? 8008);
+const attestationApi = process.env.ATTESTATION_API ?? 'http://127.0.0.1:9999';
+
+const server = http.createServer(async (request, response) => {
+  if (request.url === '/attestation') {
+    try {
+      const answer = await fetch(`${attestationApi}/attestation-doc?nonce=00ff`, { headers: { accept: 'application/json' } });
+      response.writeHead(answer.status, { 'content-type': 'application/json' });
+      response.end(await answer.text());
+    } catch (error) {
+      response.writeHead(502, { 'content-type': 'text/plain' });
+      response.end(`attestation API unreachable: ${error.message}\n`);
+    }
+    return;
+  }
+  response.writeHead(200, { 'content-type': 'text/plain' });
+  response.end(`hello from the demo app inside the enclave (${request.method} ${request.url})\n`);
+});
+
+server.listen(port, '127.0.0.1', () => console.log(`demo app listening on 127.0.0.1:${port}`));
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.on(signal, () => server.close(() => process.exit(0)));
+}

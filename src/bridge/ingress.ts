@@ -1,0 +1,181 @@
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { Logger } from '../log.js';
+import { formatAddress, type Address } from './address.js';
+import { encodeProxyHeader, readProxyHeader, type ProxyHeader } from './proxy-protocol.js';
+import { relay } from './relay.js';
+import { connect, listen, type Listener, type TransportSocket } from './transport.js';
+
+/** Turns the raw transport stream into the stream whose bytes go to the app (TLS termination). */
+export interface StreamTerminator {
+  wrap(socket: Duplex): Duplex;
+}
+
+export interface IngressOptions {
+  listen: Address;
+  app: Address;
+  proxyProtocol: 'off' | 'v1' | 'v2' | 'any';
+  sendProxyProtocol: 'off' | 'v1' | 'v2';
+  maxConnections: number;
+  connectTimeoutMs: number;
+  idleTimeoutMs: number;
+  proxyHeaderTimeoutMs: number;
+  logger: Logger;
+  terminator?: StreamTerminator | undefined;
+}
+
+export interface IngressStats {
+  accepted: number;
+  active: number;
+  refusedOverCap: number;
+  appUnreachable: number;
+  badProxyHeader: number;
+}
+
+/** A PROXY v2 header carries addresses and TLVs; 536 bytes covers the spec's v1 limit and typical v2 use. */
+const MAX_PROXY_HEADER_BYTES = 4096;
+/** Refusals over the cap are logged at most this often, so a flood cannot flood the log too. */
+const CAP_LOG_INTERVAL_MS = 1000;
+
+/** Parent -> enclave -> app: accepts on `listen`, connects to `app`, relays both ways. */
+export class Ingress {
+  readonly stats: IngressStats = { accepted: 0, active: 0, refusedOverCap: 0, appUnreachable: 0, badProxyHeader: 0 };
+  readonly #options: IngressOptions;
+  readonly #connections = new Set<Duplex>();
+  readonly #drained = new Set<() => void>();
+  #listener: Listener | undefined;
+  #lastCapLog = 0;
+  #capSuppressed = 0;
+
+  private constructor(options: IngressOptions) {
+    this.#options = options;
+  }
+
+  /** Starts listening; resolves once the address is bound. */
+  static async start(options: IngressOptions): Promise<Ingress> {
+    const ingress = new Ingress(options);
+    ingress.#listener = await listen(options.listen, (socket) => ingress.#accept(socket), { backlog: 1024 });
+    options.logger.info({ listen: formatAddress(ingress.#listener.address), app: formatAddress(options.app) }, 'ingress listening');
+    return ingress;
+  }
+
+  /** The bound address (with the real port when 0 was asked for). */
+  get address(): Address {
+    if (!this.#listener) throw new Error('ingress is not listening');
+    return this.#listener.address;
+  }
+
+  get listening(): boolean {
+    return this.#listener !== undefined;
+  }
+
+  /** Stops accepting, waits up to `graceMs` for open connections to finish, then cuts the rest. */
+  async stop(graceMs: number): Promise<void> {
+    const listener = this.#listener;
+    this.#listener = undefined;
+    await listener?.close();
+    if (this.#connections.size > 0) {
+      this.#options.logger.info({ open: this.#connections.size, graceMs }, 'ingress draining');
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, graceMs);
+        this.#drained.add(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
+    for (const socket of this.#connections) socket.destroy();
+  }
+
+  #accept(socket: TransportSocket): void {
+    const { logger, maxConnections } = this.#options;
+    if (this.#connections.size >= maxConnections) {
+      this.stats.refusedOverCap++;
+      socket.destroy();
+      this.#logCapRefusal(logger, maxConnections);
+      return;
+    }
+    this.stats.accepted++;
+    this.#connections.add(socket);
+    this.stats.active = this.#connections.size;
+    // Until relay() owns the socket, an early reset must not become an uncaught 'error'.
+    socket.on('error', () => {});
+    socket.once('close', () => {
+      this.#connections.delete(socket);
+      this.stats.active = this.#connections.size;
+      if (this.#connections.size === 0) for (const done of this.#drained) done();
+    });
+    this.#serve(socket).catch((error: Error) => {
+      logger.error({ err: { message: error.message, code: (error as { code?: string }).code } }, 'ingress connection failed');
+      socket.destroy();
+    });
+  }
+
+  async #serve(socket: TransportSocket): Promise<void> {
+    const options = this.#options;
+    let header: ProxyHeader | undefined;
+    if (options.proxyProtocol !== 'off') {
+      try {
+        const read = await readProxyHeader(socket, options.proxyProtocol, {
+          timeoutMs: options.proxyHeaderTimeoutMs,
+          maxBytes: MAX_PROXY_HEADER_BYTES,
+        });
+        header = read.header;
+        if (read.rest.length > 0) socket.unshift(read.rest);
+      } catch (error) {
+        this.stats.badProxyHeader++;
+        options.logger.warn({ reason: (error as Error).message }, 'ingress refused a connection: bad PROXY protocol header');
+        socket.destroy();
+        return;
+      }
+    }
+
+    const client = options.terminator ? options.terminator.wrap(socket) : socket;
+    if (client !== socket) client.on('error', () => {});
+    let app: TransportSocket;
+    try {
+      app = await connect(options.app, { timeoutMs: options.connectTimeoutMs });
+    } catch (error) {
+      this.stats.appUnreachable++;
+      const code = (error as { code?: string }).code ?? (error as Error).message;
+      options.logger.warn({ app: formatAddress(options.app), code }, 'app unreachable; closing the ingress connection');
+      client.destroy();
+      socket.destroy();
+      return;
+    }
+    if (socket.destroyed) {
+      app.destroy();
+      return;
+    }
+    if (options.sendProxyProtocol !== 'off') {
+      app.write(encodeProxyHeader(options.sendProxyProtocol === 'v1' ? 1 : 2, proxyInfo(header, socket)));
+    }
+    const outcome = await relay(client, app, { idleTimeoutMs: options.idleTimeoutMs });
+    socket.destroy();
+    options.logger.debug({ end: outcome.end, toApp: outcome.aToB, fromApp: outcome.bToA }, 'ingress connection closed');
+  }
+
+  #logCapRefusal(logger: Logger, maxConnections: number): void {
+    const now = Date.now();
+    if (now - this.#lastCapLog < CAP_LOG_INTERVAL_MS) {
+      this.#capSuppressed++;
+      return;
+    }
+    logger.warn({ maxConnections, suppressed: this.#capSuppressed }, 'ingress at ingress.max_connections; connection closed');
+    this.#lastCapLog = now;
+    this.#capSuppressed = 0;
+  }
+}
+
+/** The addresses to pass on: the parent's PROXY header when it sent one, else the tcp peer, else unknown. */
+function proxyInfo(header: ProxyHeader | undefined, socket: Duplex) {
+  if (header?.source && header.destination) return { source: header.source, destination: header.destination };
+  const tcp = socket as Partial<Socket>;
+  if (tcp.remoteAddress && tcp.remotePort !== undefined && tcp.localAddress && tcp.localPort !== undefined) {
+    return {
+      source: { address: tcp.remoteAddress, port: tcp.remotePort },
+      destination: { address: tcp.localAddress, port: tcp.localPort },
+    };
+  }
+  return null;
+}

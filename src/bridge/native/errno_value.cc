@@ -1,0 +1,40 @@
+#include "errno_value.h"
+
+#include <climits>
+#include <cmath>
+
+namespace enclave {
+
+void ReportPendingException(napi_env env) {
+  bool pending = false;
+  if (napi_is_exception_pending(env, &pending) != napi_ok || !pending) return;
+  napi_value exception;
+  if (napi_get_and_clear_last_exception(env, &exception) != napi_ok) return;
+  napi_fatal_exception(env, exception);
+}
+
+bool ReadUint32(const Napi::Value& value, uint32_t* out) {
+  if (!value.IsNumber()) return false;
+  double number = value.As<Napi::Number>().DoubleValue();
+  if (!(number >= 0 && number <= 4294967295.0) || std::floor(number) != number) return false;
+  *out = static_cast<uint32_t>(number);
+  return true;
+}
+
+bool ReadFd(const Napi::Value& value, int* out) {
+  uint32_t fd;
+  if (!ReadUint32(value, &fd) || fd > static_cast<uint32_t>(INT_MAX)) return false;
+  *out = static_cast<int>(fd);
+  return true;
+}
+
+bool ReadString(const Napi::Value& value, size_t maxBytes, std::string* out) {
+  if (!value.IsString()) return false;
+  std::string text = value.As<Napi::String>().Utf8Value();
+  // An embedded NUL would silently truncate the name the kernel sees.
+  if (text.empty() || text.size() > maxBytes || text.find('\0') != std::string::npos) return false;
+  *out = std::move(text);
+  return true;
+}
+
+}  // namespace enclave

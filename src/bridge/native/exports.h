@@ -1,0 +1,13 @@
+#pragma once
+
+#include <napi.h>
+
+namespace enclave {
+
+// Each adds its functions to the module's exports; one file per concept.
+void InitNsmDevice(Napi::Env env, Napi::Object exports);
+void InitOriginalDst(Napi::Env env, Napi::Object exports);
+void InitNetInterface(Napi::Env env, Napi::Object exports);
+void InitHostname(Napi::Env env, Napi::Object exports);
+
+}  // namespace enclave

@@ -1,0 +1,54 @@
+// The destination a connection had before iptables REDIRECT rewrote it, for the egress
+// transparent proxy.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+
+#include "errno_value.h"
+#include "exports.h"
+
+namespace enclave {
+namespace {
+
+// SO_ORIGINAL_DST (<linux/netfilter_ipv4.h>) and IP6T_SO_ORIGINAL_DST
+// (<linux/netfilter_ipv6/ip6_tables.h>) are both 80; those kernel headers clash with glibc's.
+constexpr int kSoOriginalDst = 80;
+
+Napi::Value AddressResult(Napi::Env env, int family, const void* address, uint16_t networkPort) {
+  char text[INET6_ADDRSTRLEN] = {0};
+  if (::inet_ntop(family, address, text, sizeof(text)) == nullptr) return ErrnoValue(env, errno);
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("address", text);
+  result.Set("port", Napi::Number::New(env, ntohs(networkPort)));
+  return result;
+}
+
+// getOriginalDst(fd, 4|6) -> {address, port} | -errno. Without a conntrack entry for the
+// connection the kernel answers ENOENT (or ENOPROTOOPT when conntrack is not loaded).
+Napi::Value GetOriginalDst(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd;
+  uint32_t version;
+  if (!ReadFd(info[0], &fd)) return ErrnoValue(env, EBADF);
+  if (!ReadUint32(info[1], &version) || (version != 4 && version != 6)) return ErrnoValue(env, EINVAL);
+  if (version == 4) {
+    sockaddr_in address{};
+    socklen_t length = sizeof(address);
+    if (::getsockopt(fd, SOL_IP, kSoOriginalDst, &address, &length) != 0) return ErrnoValue(env, errno);
+    return AddressResult(env, AF_INET, &address.sin_addr, address.sin_port);
+  }
+  sockaddr_in6 address{};
+  socklen_t length = sizeof(address);
+  if (::getsockopt(fd, SOL_IPV6, kSoOriginalDst, &address, &length) != 0) return ErrnoValue(env, errno);
+  return AddressResult(env, AF_INET6, &address.sin6_addr, address.sin6_port);
+}
+
+}  // namespace
+
+void InitOriginalDst(Napi::Env env, Napi::Object exports) {
+  exports.Set("getOriginalDst", Napi::Function::New(env, GetOriginalDst, "getOriginalDst"));
+}
+
+}  // namespace enclave

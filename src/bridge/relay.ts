@@ -1,0 +1,69 @@
+import type { Duplex } from 'node:stream';
+
+export type RelayEnd = 'closed' | 'idle' | 'error' | 'aborted';
+
+export interface RelayOutcome {
+  end: RelayEnd;
+  /** Bytes from `a` to `b`, and from `b` to `a`. */
+  aToB: number;
+  bToA: number;
+  error?: Error;
+}
+
+export interface RelayOptions {
+  /** Both sides are destroyed after this long with no bytes in either direction. */
+  idleTimeoutMs: number;
+  signal?: AbortSignal;
+}
+
+/**
+ * Pipes two byte streams both ways until both are done. pipe() gives backpressure and half-close:
+ * when one side ends (FIN), the other side's write half is ended and the reverse direction goes on.
+ * An error, reset or idle timeout on either side destroys both, so nothing lingers half-dead.
+ */
+export function relay(a: Duplex, b: Duplex, options: RelayOptions): Promise<RelayOutcome> {
+  return new Promise((resolve) => {
+    const outcome: RelayOutcome = { end: 'closed', aToB: 0, bToA: 0 };
+    let settled = false;
+    let open = 2;
+
+    const idle = setTimeout(() => finish('idle'), options.idleTimeoutMs);
+    const finish = (end: RelayEnd, error?: Error) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(idle);
+      options.signal?.removeEventListener('abort', onAbort);
+      outcome.end = end;
+      if (error) outcome.error = error;
+      a.destroy();
+      b.destroy();
+      resolve(outcome);
+    };
+    const onAbort = () => finish('aborted');
+    options.signal?.addEventListener('abort', onAbort, { once: true });
+    if (options.signal?.aborted) return finish('aborted');
+
+    a.on('data', (chunk: Buffer) => {
+      outcome.aToB += chunk.length;
+      idle.refresh();
+    });
+    b.on('data', (chunk: Buffer) => {
+      outcome.bToA += chunk.length;
+      idle.refresh();
+    });
+    a.on('error', (error) => finish('error', error));
+    b.on('error', (error) => finish('error', error));
+
+    // A side that closes after a clean exchange (read ended, writes flushed) leaves the other to
+    // finish on its own; one that closes any other way took its data with it, so end the peer too.
+    const onClose = (side: Duplex, other: Duplex) => () => {
+      if (!(side.readableEnded && side.writableFinished)) other.destroy();
+      if (--open === 0) finish('closed');
+    };
+    a.once('close', onClose(a, b));
+    b.once('close', onClose(b, a));
+
+    a.pipe(b);
+    b.pipe(a);
+  });
+}

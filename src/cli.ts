@@ -1,0 +1,66 @@
+import { readFileSync } from 'node:fs';
+import { processIo, type CommandIo } from './cli/io.js';
+
+const USAGE = `usage: enclave-runtime <command> [options]
+
+commands:
+  run [--config PATH] [-- CMD ARGS...]        inside the enclave: real NSM, vsock transport
+  dev [--config PATH] [--state-dir DIR] [-- CMD ARGS...]
+                                              local: tcp transport, simulated NSM, own CA
+  attest verify FILE|- [options]              verify an attestation document
+  attest connect HOST[:PORT] [options]        verify the attestation in a server's certificate
+  --version                                   print the version
+
+See README.md for every option of enclave.toml and of attest.
+`;
+
+/** The package version, read once from package.json beside dist/. */
+export function version(): string {
+  const manifest = new URL('../../package.json', import.meta.url);
+  return (JSON.parse(readFileSync(manifest, 'utf8')) as { version: string }).version;
+}
+
+/** Dispatches a command line; resolves with the process exit code. */
+export async function main(argv: string[], io: CommandIo = processIo()): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case 'run':
+    case 'dev': {
+      const { serveCommand } = await import('./cli/serve-command.js');
+      return serveCommand(command, rest, io);
+    }
+    case 'attest':
+      return attest(rest, io);
+    case '--version':
+    case '-V':
+    case 'version':
+      io.stdout.write(`enclave-runtime ${version()}\n`);
+      return 0;
+    case undefined:
+    case '--help':
+    case '-h':
+    case 'help':
+      io.stdout.write(USAGE);
+      return command === undefined ? 2 : 0;
+    default:
+      io.stderr.write(`enclave-runtime: unknown command "${command}"\n\n${USAGE}`);
+      return 2;
+  }
+}
+
+async function attest(argv: string[], io: CommandIo): Promise<number> {
+  const [sub, ...rest] = argv;
+  switch (sub) {
+    case 'verify': {
+      const { attestVerifyCommand } = await import('./cli/attest-verify.js');
+      return attestVerifyCommand(rest, io);
+    }
+    case 'connect': {
+      const { attestConnectCommand } = await import('./cli/attest-connect.js');
+      return attestConnectCommand(rest, io);
+    }
+    default:
+      io.stderr.write(`enclave-runtime attest: expected "verify" or "connect", got ${sub === undefined ? 'nothing' : `"${sub}"`}\n`);
+      return 2;
+  }
+}

@@ -1,0 +1,90 @@
+import type { Nsm } from './attestation/nsm.js';
+import { formatAddress, type Address } from './bridge/address.js';
+import type { Ingress } from './bridge/ingress.js';
+import { connect } from './bridge/transport.js';
+import type { Logger } from './log.js';
+
+export interface PartHealth {
+  ok: boolean;
+  detail: string;
+}
+
+export interface HealthReport {
+  status: 'ok' | 'degraded';
+  parts: Record<string, PartHealth>;
+}
+
+export interface HealthOptions {
+  app: Address;
+  logger: Logger;
+  probeIntervalMs?: number;
+  probeTimeoutMs?: number;
+}
+
+/**
+ * Tracks each part's state for GET /health. The app is probed by a plain connect on its port,
+ * so an unmodified app needs no health endpoint; a transition is logged once, not every probe.
+ */
+export class HealthMonitor {
+  readonly #options: Required<HealthOptions>;
+  #ingress: Ingress | undefined;
+  #nsm: Nsm | undefined;
+  #appUp: boolean | undefined;
+  #appDetail = 'not probed yet';
+  #timer: NodeJS.Timeout | undefined;
+  #probing = false;
+
+  constructor(options: HealthOptions) {
+    this.#options = { probeIntervalMs: 2000, probeTimeoutMs: 1000, ...options };
+  }
+
+  /** Starts probing the app and reporting on the given parts. */
+  watch(parts: { ingress: Ingress | undefined; nsm: Nsm; tls: boolean }): void {
+    this.#ingress = parts.ingress;
+    this.#nsm = parts.nsm;
+    void this.probeApp();
+    this.#timer = setInterval(() => void this.probeApp(), this.#options.probeIntervalMs);
+    this.#timer.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.#timer);
+  }
+
+  /** One connect to the app's port; the result is the app's health until the next probe. */
+  async probeApp(): Promise<boolean> {
+    if (this.#probing) return this.#appUp ?? false;
+    this.#probing = true;
+    let up: boolean;
+    try {
+      const socket = await connect(this.#options.app, { timeoutMs: this.#options.probeTimeoutMs });
+      socket.destroy();
+      up = true;
+      this.#appDetail = `accepting on ${formatAddress(this.#options.app)}`;
+    } catch (error) {
+      up = false;
+      this.#appDetail = `${formatAddress(this.#options.app)}: ${(error as { code?: string }).code ?? (error as Error).message}`;
+    } finally {
+      this.#probing = false;
+    }
+    if (up !== this.#appUp) {
+      this.#options.logger[up ? 'info' : 'warn']({ app: formatAddress(this.#options.app) }, up ? 'app is up' : 'app is down');
+    }
+    this.#appUp = up;
+    return up;
+  }
+
+  /** The state of each part; any part not ok makes the whole degraded (503). */
+  report(): HealthReport {
+    const parts: Record<string, PartHealth> = {
+      ingress: this.#ingress
+        ? { ok: this.#ingress.listening, detail: `${this.#ingress.stats.active} open connections` }
+        : { ok: true, detail: 'disabled' },
+      attestation: this.#nsm ? { ok: true, detail: `${this.#nsm.kind} NSM` } : { ok: false, detail: 'starting' },
+      egress: { ok: true, detail: 'disabled' },
+      app: { ok: this.#appUp === true, detail: this.#appDetail },
+    };
+    const status = Object.values(parts).every((part) => part.ok) ? 'ok' : 'degraded';
+    return { status, parts };
+  }
+}

@@ -1,0 +1,46 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { constants } from 'node:os';
+import type { Logger } from './log.js';
+
+const FORWARDED: readonly NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGUSR1', 'SIGUSR2'];
+
+/** How a supervised command ended, as a shell would report it. */
+export function exitCodeOf(code: number | null, signal: NodeJS.Signals | null): number {
+  if (code !== null) return code;
+  const number = signal ? constants.signals[signal] : undefined;
+  return number ? 128 + number : 1;
+}
+
+/**
+ * Runs the customer's command with the runtime's stdio and environment, and resolves with its
+ * exit code. Signals the runtime receives are passed on, so the command shuts down its own way.
+ */
+export class Supervisor {
+  readonly #child: ChildProcess;
+  readonly exited: Promise<number>;
+
+  constructor(command: string, args: readonly string[], logger: Logger) {
+    this.#child = spawn(command, args, { stdio: 'inherit' });
+    logger.info({ command, pid: this.#child.pid }, 'customer command started');
+    this.exited = new Promise((resolve) => {
+      this.#child.once('error', (error) => {
+        logger.error({ command, code: (error as NodeJS.ErrnoException).code }, 'customer command could not start');
+        resolve(127);
+      });
+      this.#child.once('exit', (code, signal) => {
+        const status = exitCodeOf(code, signal);
+        logger.info({ command, code, signal, status }, 'customer command exited');
+        resolve(status);
+      });
+    });
+  }
+
+  /** Passes a signal on; the command decides how to stop. */
+  signal(signal: NodeJS.Signals): void {
+    if (this.#child.exitCode === null && this.#child.signalCode === null) this.#child.kill(signal);
+  }
+
+  static get forwardedSignals(): readonly NodeJS.Signals[] {
+    return FORWARDED;
+  }
+}

@@ -1,0 +1,89 @@
+import { X509Certificate } from 'node:crypto';
+import { createSecureContext, type SecureContext } from 'node:tls';
+import { decodeCoseSign1 } from '../attestation/cose-sign1.js';
+import { decodeAttestationPayload } from '../attestation/document.js';
+import type { Nsm } from '../attestation/nsm.js';
+import type { CertificateSource } from './certificate-source.js';
+import type { TlsKeyPair } from './key-pair.js';
+import { TlsError } from './tls-error.js';
+
+/** A leaf whose attestation document binds its key, ready to hand to a TLS handshake. */
+export interface AttestedCertificate {
+  readonly serverName: string;
+  /** The nonce the document carries, or null for the base certificate. */
+  readonly nonce: Uint8Array | null;
+  /** The untagged COSE_Sign1 embedded in the SAN. */
+  readonly document: Uint8Array;
+  readonly certPem: string;
+  readonly chainPem: string;
+  readonly secureContext: SecureContext;
+  readonly issuedAt: Date;
+  /** The leaf's notAfter. */
+  readonly certificateNotAfter: Date;
+  /** The notAfter of the certificate that signed the document: after it, no client can verify the document. */
+  readonly documentNotAfter: Date;
+  /** The earlier of the two: when this certificate stops being useful. */
+  readonly expiresAt: Date;
+}
+
+export interface AttestedCertificateRequest {
+  nsm: Nsm;
+  source: CertificateSource;
+  serverName: string;
+  keyPair: TlsKeyPair;
+  nonce?: Uint8Array | undefined;
+  /** The clock in ms since the epoch. */
+  now?: () => number;
+}
+
+/**
+ * The SANs SPEC fixes, in the evervault format: `<server name>` and
+ * `<lowercase hex of the COSE_Sign1>.<server name>`, the whole hex as one (over-long) label.
+ */
+export function attestedDnsNames(serverName: string, document: Uint8Array): [string, string] {
+  return [serverName, `${Buffer.from(document.buffer, document.byteOffset, document.byteLength).toString('hex')}.${serverName}`];
+}
+
+/**
+ * Build an attested leaf: ask the NSM for a document with `user_data` = the leaf key's DER SPKI
+ * (and the nonce, if any), embed it in the SAN, and have the source sign the leaf.
+ */
+export async function createAttestedCertificate(request: AttestedCertificateRequest): Promise<AttestedCertificate> {
+  const { nsm, source, serverName, keyPair } = request;
+  const nonce = request.nonce && request.nonce.length > 0 ? request.nonce : undefined;
+  const issuedAt = new Date((request.now ?? Date.now)());
+  const document = await nsm.attest({ userData: keyPair.spkiDer, nonce });
+  const documentNotAfter = documentSigningCertificateNotAfter(document);
+  const issued = await source.issue({
+    serverName,
+    dnsNames: attestedDnsNames(serverName, document),
+    publicKeySpki: keyPair.spkiDer,
+    attestationDocument: document,
+  });
+  const secureContext = createSecureContext({ key: keyPair.privateKeyPem, cert: issued.certPem + issued.chainPem });
+  return {
+    serverName,
+    nonce: nonce ? new Uint8Array(nonce) : null,
+    document,
+    certPem: issued.certPem,
+    chainPem: issued.chainPem,
+    secureContext,
+    issuedAt,
+    certificateNotAfter: issued.notAfter,
+    documentNotAfter,
+    expiresAt: new Date(Math.min(issued.notAfter.getTime(), documentNotAfter.getTime())),
+  };
+}
+
+/**
+ * The notAfter of the document's signing certificate. This only reads our own NSM's output to
+ * plan renewal; it verifies nothing (clients do that).
+ */
+export function documentSigningCertificateNotAfter(document: Uint8Array): Date {
+  try {
+    const { certificate } = decodeAttestationPayload(decodeCoseSign1(document).payload);
+    return new Date(new X509Certificate(certificate).validTo);
+  } catch (err) {
+    throw new TlsError('ERR_TLS_ATTESTATION_DOCUMENT', `the NSM returned an unreadable attestation document: ${(err as Error).message}`, { cause: err });
+  }
+}

@@ -1,0 +1,235 @@
+// @peculiar/x509 resolves its services through tsyringe, which needs the Reflect metadata
+// polyfill loaded first; ESM evaluates imports in order, so this line must stay above it.
+import 'reflect-metadata';
+import * as x509 from '@peculiar/x509';
+import { createPrivateKey, createPublicKey, randomBytes, webcrypto, X509Certificate } from 'node:crypto';
+import { link, mkdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Logger } from '../log.js';
+import { TlsError } from './tls-error.js';
+
+x509.cryptoProvider.set(webcrypto);
+
+type CryptoKey = webcrypto.CryptoKey;
+
+/** `<state-dir>/ca.pem`: the CA certificate clients may trust (SPEC). */
+export const CA_CERT_FILE = 'ca.pem';
+/** The CA's private key and certificate together: the one file whose exclusive creation decides which CA a state dir has. */
+export const CA_KEY_FILE = 'ca-key.pem';
+
+const SIGNING = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as const;
+const DAY_MS = 24 * 3600 * 1000;
+const CA_VALIDITY_MS = 2 * 365 * DAY_MS;
+// A CA this close to expiry would soon issue leaves outliving it, so it is replaced at startup.
+const CA_MIN_REMAINING_MS = 30 * DAY_MS;
+/** Default leaf lifetime: a few days, since the embedded attestation document expires sooner anyway. */
+export const DEFAULT_LEAF_VALIDITY_MS = 3 * DAY_MS;
+// Tolerates a client clock a little behind ours.
+const BACKDATE_MS = 5 * 60 * 1000;
+// X.520 caps a CommonName at 64 characters; longer server names live only in the SAN.
+const CN_MAX = 64;
+const LOSER_WAIT_MS = 5000;
+
+/** What to put in a leaf certificate. `dnsNames[0]` is the subject CN. */
+export interface LeafRequest {
+  dnsNames: readonly string[];
+  /** DER SubjectPublicKeyInfo of the leaf key. */
+  publicKeySpki: Uint8Array;
+  validityMs?: number;
+}
+
+/** A leaf issued by the CA: PEM of the leaf and of the chain above it (the CA). */
+export interface IssuedLeaf {
+  certPem: string;
+  chainPem: string;
+  notBefore: Date;
+  notAfter: Date;
+}
+
+export interface CertificateAuthorityOptions {
+  logger: Logger;
+  /** The clock in ms since the epoch; tests move it. */
+  now?: () => number;
+}
+
+/**
+ * The runtime's own CA (`tls.source = "self"`): ECDSA P-256, generated once per state dir.
+ * Issuing a leaf is one P-256 signature (about a millisecond), cheap enough for the per-nonce path.
+ */
+export class CertificateAuthority {
+  readonly certificatePem: string;
+  readonly certificatePath: string;
+  readonly notAfter: Date;
+  readonly #signingKey: CryptoKey;
+  readonly #issuer: string;
+  readonly #authorityKeyId: x509.AuthorityKeyIdentifierExtension;
+  readonly #now: () => number;
+
+  private constructor(certificatePem: string, certificatePath: string, cert: x509.X509Certificate, signingKey: CryptoKey, authorityKeyId: x509.AuthorityKeyIdentifierExtension, now: () => number) {
+    this.certificatePem = certificatePem;
+    this.certificatePath = certificatePath;
+    this.notAfter = cert.notAfter;
+    this.#signingKey = signingKey;
+    this.#issuer = cert.subject;
+    this.#authorityKeyId = authorityKeyId;
+    this.#now = now;
+  }
+
+  /** Load the state dir's CA, or create it (and `ca.pem`) if there is none or it is about to expire. */
+  static async open(stateDir: string, options: CertificateAuthorityOptions): Promise<CertificateAuthority> {
+    const now = options.now ?? Date.now;
+    await mkdir(stateDir, { recursive: true, mode: 0o700 });
+    const keyPath = join(stateDir, CA_KEY_FILE);
+    const certPath = join(stateDir, CA_CERT_FILE);
+
+    let stored = await readStoredCa(keyPath);
+    if (stored && stored.cert.notAfter.getTime() - now() < CA_MIN_REMAINING_MS) {
+      options.logger.warn({ path: certPath, notAfter: stored.cert.notAfter.toISOString() }, 'TLS CA expired or about to; generating a new one (clients must trust the new ca.pem)');
+      const fresh = await generateCaPem(now());
+      await writeAtomically(keyPath, fresh, 0o600);
+      stored = await readStoredCa(keyPath);
+    } else if (!stored) {
+      stored = await createExclusively(keyPath, await generateCaPem(now()));
+      options.logger.info({ path: certPath }, 'generated a new TLS CA');
+    }
+    if (!stored) throw new TlsError('ERR_TLS_CA_STATE', `${keyPath} could not be created`);
+
+    // ca.pem is derived from the key file, so a missing or stale copy is simply rewritten.
+    const current = await readFile(certPath, 'utf8').catch(() => undefined);
+    if (current !== stored.certPem) await writeAtomically(certPath, stored.certPem, 0o644);
+
+    const signingKey = await webcrypto.subtle.importKey('pkcs8', stored.keyDer, { name: 'ECDSA', namedCurve: 'P-256' }, false, ['sign']);
+    const authorityKeyId = await x509.AuthorityKeyIdentifierExtension.create(stored.cert, false);
+    return new CertificateAuthority(stored.certPem, certPath, stored.cert, signingKey as CryptoKey, authorityKeyId, now);
+  }
+
+  /** Issue a TLS server leaf: CN and DNS SANs as given, serverAuth, digitalSignature. */
+  async issue(request: LeafRequest): Promise<IssuedLeaf> {
+    const first = request.dnsNames[0];
+    if (first === undefined) throw new TlsError('ERR_TLS_ISSUE', 'a leaf needs at least one DNS name');
+    const now = this.#now();
+    const notBefore = new Date(now - BACKDATE_MS);
+    const notAfter = new Date(Math.min(now + (request.validityMs ?? DEFAULT_LEAF_VALIDITY_MS), this.notAfter.getTime()));
+    const cert = await x509.X509CertificateGenerator.create({
+      serialNumber: randomSerial(),
+      subject: first.length <= CN_MAX ? [{ CN: [first] }] : [],
+      issuer: this.#issuer,
+      notBefore,
+      notAfter,
+      signingAlgorithm: SIGNING,
+      publicKey: request.publicKeySpki,
+      signingKey: this.#signingKey,
+      extensions: [
+        new x509.BasicConstraintsExtension(false, undefined, true),
+        new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
+        new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]),
+        new x509.SubjectAlternativeNameExtension(request.dnsNames.map((value) => ({ type: 'dns' as const, value }))),
+        this.#authorityKeyId,
+      ],
+    });
+    return { certPem: cert.toString('pem') + '\n', chainPem: this.certificatePem, notBefore, notAfter };
+  }
+}
+
+interface StoredCa {
+  certPem: string;
+  cert: x509.X509Certificate;
+  keyDer: Uint8Array;
+}
+
+async function readStoredCa(keyPath: string): Promise<StoredCa | undefined> {
+  let text: string;
+  try {
+    text = await readFile(keyPath, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new TlsError('ERR_TLS_CA_STATE', `cannot read ${keyPath}: ${(err as Error).message}`, { cause: err });
+  }
+  try {
+    const keyPem = pemBlock(text, 'PRIVATE KEY');
+    const certPem = pemBlock(text, 'CERTIFICATE');
+    const privateKey = createPrivateKey(keyPem);
+    const nodeCert = new X509Certificate(certPem);
+    const spki = (k: Parameters<typeof createPublicKey>[0]) => createPublicKey(k).export({ type: 'spki', format: 'der' });
+    if (!spki(privateKey).equals(spki(nodeCert.publicKey.export({ type: 'spki', format: 'pem' })))) {
+      throw new Error('the key does not match the certificate');
+    }
+    const keyDer = new Uint8Array(privateKey.export({ type: 'pkcs8', format: 'der' }));
+    return { certPem, cert: new x509.X509Certificate(certPem), keyDer };
+  } catch (err) {
+    throw new TlsError('ERR_TLS_CA_STATE', `${keyPath} is not a usable CA (${(err as Error).message}); remove it and ${CA_CERT_FILE} to generate a new CA`, { cause: err });
+  }
+}
+
+function pemBlock(text: string, label: string): string {
+  const match = new RegExp(`-----BEGIN ${label}-----[A-Za-z0-9+/=\\s]+-----END ${label}-----`).exec(text);
+  if (!match) throw new Error(`no ${label} block`);
+  return match[0] + '\n';
+}
+
+async function generateCaPem(now: number): Promise<string> {
+  const keys = (await webcrypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
+  // A random suffix tells apart the CAs of different state dirs in a trust store.
+  const name: x509.JsonName = [{ CN: [`enclave-runtime dev CA ${randomBytes(4).toString('hex')}`] }, { O: ['enclave-runtime'] }];
+  const cert = await x509.X509CertificateGenerator.createSelfSigned({
+    serialNumber: randomSerial(),
+    name,
+    notBefore: new Date(now - BACKDATE_MS),
+    notAfter: new Date(now + CA_VALIDITY_MS),
+    signingAlgorithm: SIGNING,
+    keys,
+    extensions: [
+      new x509.BasicConstraintsExtension(true, 0, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
+      await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
+    ],
+  });
+  const pkcs8 = Buffer.from(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey));
+  const keyPem = `-----BEGIN PRIVATE KEY-----\n${pkcs8.toString('base64').replace(/.{64}/g, '$&\n').replace(/\n?$/, '\n')}-----END PRIVATE KEY-----\n`;
+  return keyPem + cert.toString('pem') + '\n';
+}
+
+/**
+ * Two processes opening one fresh state dir must end up with the same CA: the key file is
+ * hard-linked into place, which fails if it exists, and the loser adopts the winner's file.
+ */
+async function createExclusively(keyPath: string, content: string): Promise<StoredCa | undefined> {
+  const tmp = `${keyPath}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+  await writeFile(tmp, content, { mode: 0o600, flag: 'wx' });
+  try {
+    await link(tmp, keyPath);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+  } finally {
+    await unlink(tmp).catch(() => undefined);
+  }
+  // The winner's link is atomic, so the file is complete as soon as it exists; the wait only
+  // covers a file system where link is emulated by copy.
+  const deadline = Date.now() + LOSER_WAIT_MS;
+  for (;;) {
+    try {
+      return await readStoredCa(keyPath);
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
+}
+
+async function writeAtomically(path: string, content: string, mode: number): Promise<void> {
+  const tmp = `${path}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+  await writeFile(tmp, content, { mode, flag: 'wx' });
+  try {
+    await rename(tmp, path);
+  } catch (err) {
+    await unlink(tmp).catch(() => undefined);
+    throw err;
+  }
+}
+
+// 16 random bytes with the top bit clear: a positive DER INTEGER, unique without bookkeeping.
+function randomSerial(): string {
+  const bytes = randomBytes(16);
+  bytes[0] = (bytes[0]! & 0x7f) | 0x01;
+  return bytes.toString('hex');
+}

@@ -1,0 +1,315 @@
+import type { Nsm } from '../attestation/nsm.js';
+import type { Logger } from '../log.js';
+import { createAttestedCertificate, type AttestedCertificate } from './attested-certificate.js';
+import type { CertificateSource } from './certificate-source.js';
+import { generateTlsKeyPair, type TlsKeyPair } from './key-pair.js';
+import { TlsError } from './tls-error.js';
+
+export const DEFAULT_NONCE_CACHE_SIZE = 1024;
+export const DEFAULT_MAX_PENDING_ISSUES = 256;
+export const DEFAULT_ISSUE_TIMEOUT_MS = 5000;
+const RETRY_MIN_MS = 1000;
+const RETRY_MAX_MS = 60_000;
+// Renewal never fires sooner than this after the last one, whatever a short-lived document says,
+// so a misconfigured clock cannot turn the timer into a busy loop.
+const RENEW_MIN_DELAY_MS = 1000;
+const TIMER_MAX_MS = 2 ** 31 - 1;
+const WARN_INTERVAL_MS = 10_000;
+
+export interface CertificateStoreOptions {
+  nsm: Nsm;
+  source: CertificateSource;
+  serverName: string;
+  logger: Logger;
+  /** Per-nonce certificates kept (LRU). */
+  nonceCacheSize?: number;
+  /** Distinct nonces being issued at once; beyond it, callers are refused at once. */
+  maxPendingIssues?: number;
+  /** How long one handshake waits for its nonce certificate before the caller falls back. */
+  issueTimeoutMs?: number;
+  /** The clock for freshness decisions, ms since the epoch; tests move it. */
+  now?: () => number;
+}
+
+/** Counters for health and tests. */
+export interface CertificateStoreStats {
+  cached: number;
+  pending: number;
+  issued: number;
+  failures: number;
+  baseRenewals: number;
+  baseExpiresAt: string;
+}
+
+/**
+ * Holds the base certificate (no nonce) and the per-nonce ones.
+ *
+ * Nothing here runs synchronously inside a handshake: the base certificate is made ahead of time
+ * and renewed on a timer, and a nonce certificate is made asynchronously once, however many
+ * handshakes ask for it at the same moment (single flight), then kept in a bounded LRU. Failures
+ * are never cached, so the next handshake retries.
+ *
+ * All certificates of one renewal period share one key: the nonce proves the document is fresh and
+ * the document binds the key, so a key per nonce would add a key generation to the per-nonce path
+ * without adding to what the client learns.
+ */
+export class CertificateStore {
+  readonly #options: Required<Omit<CertificateStoreOptions, 'now'>>;
+  readonly #now: () => number;
+  readonly #cache = new Map<string, AttestedCertificate>();
+  readonly #pending = new Map<string, Promise<AttestedCertificate>>();
+  #keyPair: TlsKeyPair;
+  #base: AttestedCertificate;
+  #renewing: Promise<AttestedCertificate> | undefined;
+  #timer: NodeJS.Timeout | undefined;
+  #retryMs = RETRY_MIN_MS;
+  #closed = false;
+  #issued = 0;
+  #failures = 0;
+  #baseRenewals = 0;
+  #lastWarnAt = 0;
+  #suppressedWarnings = 0;
+
+  private constructor(options: CertificateStoreOptions, keyPair: TlsKeyPair, base: AttestedCertificate) {
+    const nonceCacheSize = options.nonceCacheSize ?? DEFAULT_NONCE_CACHE_SIZE;
+    if (!Number.isInteger(nonceCacheSize) || nonceCacheSize < 1) throw new RangeError('nonceCacheSize must be a positive integer');
+    this.#options = {
+      nsm: options.nsm,
+      source: options.source,
+      serverName: options.serverName,
+      logger: options.logger,
+      nonceCacheSize,
+      maxPendingIssues: options.maxPendingIssues ?? DEFAULT_MAX_PENDING_ISSUES,
+      issueTimeoutMs: options.issueTimeoutMs ?? DEFAULT_ISSUE_TIMEOUT_MS,
+    };
+    this.#now = options.now ?? Date.now;
+    this.#keyPair = keyPair;
+    this.#base = base;
+  }
+
+  /** Make the first base certificate (failing if the NSM or the source cannot), then keep it renewed. */
+  static async create(options: CertificateStoreOptions): Promise<CertificateStore> {
+    const keyPair = await generateTlsKeyPair();
+    const base = await createAttestedCertificate({ nsm: options.nsm, source: options.source, serverName: options.serverName, keyPair, ...(options.now ? { now: options.now } : {}) });
+    const store = new CertificateStore(options, keyPair, base);
+    store.#logBase('base attested certificate ready');
+    store.#schedule(store.#renewDelay(base));
+    return store;
+  }
+
+  /** The current base certificate; always available, even while a renewal is failing. */
+  get base(): AttestedCertificate {
+    return this.#base;
+  }
+
+  /** Per-nonce certificates in the cache. */
+  get size(): number {
+    return this.#cache.size;
+  }
+
+  /** Distinct nonces being issued right now. */
+  get pending(): number {
+    return this.#pending.size;
+  }
+
+  stats(): CertificateStoreStats {
+    return {
+      cached: this.#cache.size,
+      pending: this.#pending.size,
+      issued: this.#issued,
+      failures: this.#failures,
+      baseRenewals: this.#baseRenewals,
+      baseExpiresAt: this.#base.expiresAt.toISOString(),
+    };
+  }
+
+  /** The cached, fresh certificate for `nonce`, if any, without issuing. */
+  peek(nonce: Uint8Array): AttestedCertificate | undefined {
+    const key = cacheKey(nonce);
+    const hit = this.#cache.get(key);
+    if (!hit) return undefined;
+    if (this.#isStale(hit)) {
+      this.#cache.delete(key);
+      return undefined;
+    }
+    // Re-inserting moves the entry to the young end of the Map's insertion order: that is the LRU.
+    this.#cache.delete(key);
+    this.#cache.set(key, hit);
+    return hit;
+  }
+
+  /**
+   * The certificate whose document carries `nonce`: from the cache, from an issuance already in
+   * flight for the same nonce, or freshly issued. Rejects (TlsError) on NSM/source failure, on
+   * timeout, when too many nonces are pending, or after close; the caller then serves the base.
+   */
+  forNonce(nonce: Uint8Array): Promise<AttestedCertificate> {
+    if (this.#closed) return Promise.reject(new TlsError('ERR_TLS_CLOSED', 'the certificate store is closed'));
+    if (nonce.length === 0) return Promise.reject(new TlsError('ERR_TLS_NONCE', 'an empty nonce asks for the base certificate'));
+    const hit = this.peek(nonce);
+    if (hit) return Promise.resolve(hit);
+    const key = cacheKey(nonce);
+    let flight = this.#pending.get(key);
+    if (!flight) {
+      if (this.#pending.size >= this.#options.maxPendingIssues) {
+        return Promise.reject(new TlsError('ERR_TLS_BUSY', `${this.#pending.size} nonce certificates are already being issued`));
+      }
+      flight = this.#issue(key, nonce);
+      this.#pending.set(key, flight);
+    }
+    return withTimeout(flight, this.#options.issueTimeoutMs);
+  }
+
+  /** Replace the base certificate now (new key, new document); on failure the old one stays. Concurrent calls share one renewal. */
+  renewBase(): Promise<AttestedCertificate> {
+    this.#renewing ??= this.#renew().finally(() => {
+      this.#renewing = undefined;
+    });
+    return this.#renewing;
+  }
+
+  /** Stop the renewal timer; in-flight issuances finish but their results are dropped. */
+  close(): void {
+    this.#closed = true;
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#cache.clear();
+  }
+
+  async #issue(key: string, nonce: Uint8Array): Promise<AttestedCertificate> {
+    try {
+      const cert = await createAttestedCertificate({
+        nsm: this.#options.nsm,
+        source: this.#options.source,
+        serverName: this.#options.serverName,
+        keyPair: this.#keyPair,
+        nonce,
+        now: this.#now,
+      });
+      this.#issued += 1;
+      if (!this.#closed) {
+        this.#cache.set(key, cert);
+        // Evict from the old end until back at the cap; one pass at most, as we add one at a time.
+        for (const oldest of this.#cache.keys()) {
+          if (this.#cache.size <= this.#options.nonceCacheSize) break;
+          this.#cache.delete(oldest);
+        }
+      }
+      return cert;
+    } catch (err) {
+      this.#failures += 1;
+      this.#warn(err, 'could not issue a nonce certificate; serving the base certificate instead');
+      throw err instanceof TlsError ? err : new TlsError('ERR_TLS_ISSUE', `nonce certificate: ${(err as Error).message}`, { cause: err });
+    } finally {
+      this.#pending.delete(key);
+    }
+  }
+
+  async #renew(): Promise<AttestedCertificate> {
+    const keyPair = await generateTlsKeyPair();
+    const base = await createAttestedCertificate({
+      nsm: this.#options.nsm,
+      source: this.#options.source,
+      serverName: this.#options.serverName,
+      keyPair,
+      now: this.#now,
+    });
+    if (!this.#closed) {
+      this.#keyPair = keyPair;
+      this.#base = base;
+      this.#baseRenewals += 1;
+      this.#logBase('base attested certificate renewed');
+    }
+    return base;
+  }
+
+  #schedule(delayMs: number): void {
+    if (this.#closed) return;
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      this.renewBase().then(
+        (base) => {
+          this.#retryMs = RETRY_MIN_MS;
+          this.#schedule(this.#renewDelay(base));
+        },
+        (err: unknown) => {
+          this.#options.logger.warn(
+            { err: describeError(err), retryInMs: this.#retryMs, baseExpiresAt: this.#base.expiresAt.toISOString() },
+            'could not renew the base certificate; still serving the current one',
+          );
+          this.#schedule(this.#retryMs);
+          this.#retryMs = Math.min(this.#retryMs * 2, RETRY_MAX_MS);
+        },
+      );
+    }, Math.min(Math.max(delayMs, RENEW_MIN_DELAY_MS), TIMER_MAX_MS));
+    // Renewal alone must never keep the process alive.
+    this.#timer.unref();
+  }
+
+  #renewDelay(cert: AttestedCertificate): number {
+    return staleAt(cert) - this.#now();
+  }
+
+  #isStale(cert: AttestedCertificate): boolean {
+    return this.#now() >= staleAt(cert);
+  }
+
+  #logBase(message: string): void {
+    this.#options.logger.info(
+      { serverName: this.#options.serverName, expiresAt: this.#base.expiresAt.toISOString(), renewAt: new Date(staleAt(this.#base)).toISOString() },
+      message,
+    );
+  }
+
+  // A flood of bad handshakes must not become a flood of log lines: one warning per interval, with a count.
+  #warn(err: unknown, message: string): void {
+    const now = Date.now();
+    if (now - this.#lastWarnAt < WARN_INTERVAL_MS) {
+      this.#suppressedWarnings += 1;
+      return;
+    }
+    this.#options.logger.warn({ err: describeError(err), suppressed: this.#suppressedWarnings }, message);
+    this.#lastWarnAt = now;
+    this.#suppressedWarnings = 0;
+  }
+}
+
+/**
+ * A certificate is renewed (base) or re-issued (cache) once two thirds of its useful life is
+ * gone: for a real NSM document valid about 3 h, that leaves about an hour of margin for clients
+ * with skewed clocks and for renewal retries.
+ */
+function staleAt(cert: AttestedCertificate): number {
+  const start = cert.issuedAt.getTime();
+  return start + ((cert.expiresAt.getTime() - start) * 2) / 3;
+}
+
+function cacheKey(nonce: Uint8Array): string {
+  return Buffer.from(nonce.buffer, nonce.byteOffset, nonce.byteLength).toString('hex');
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new TlsError('ERR_TLS_ISSUE_TIMEOUT', `no nonce certificate within ${ms} ms`)), ms);
+    timer.unref();
+    promise.then(
+      (value) => {
+        clearTimeout(timer);
+        resolve(value);
+      },
+      (err: unknown) => {
+        clearTimeout(timer);
+        reject(err);
+      },
+    );
+  });
+}
+
+function describeError(err: unknown): { code?: string; message: string } {
+  if (err instanceof Error) {
+    const code = (err as { code?: unknown }).code;
+    return typeof code === 'string' ? { code, message: err.message } : { message: err.message };
+  }
+  return { message: String(err) };
+}

@@ -1,0 +1,68 @@
+/** Shared by the native-*.test files: temp socket paths, streaming hashes, fd counts. */
+import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Readable, Writable } from 'node:stream';
+import { loadNative, nativeUnavailable } from '../src/bridge/native-binding.js';
+
+export const MiB = 1024 * 1024;
+
+/** The reason native tests cannot run here (addon not built), or undefined. */
+export const NATIVE_SKIP = nativeUnavailable();
+
+/** Why vsock tests cannot run (no addon, or a kernel without AF_VSOCK), or undefined. */
+export function vsockUnavailable(): string | undefined {
+  if (NATIVE_SKIP !== undefined) return NATIVE_SKIP;
+  const native = loadNative();
+  const fd = native.socket(native.AF_VSOCK);
+  if (fd < 0) return `the kernel has no AF_VSOCK (socket() failed with errno ${-fd})`;
+  native.closeFd(fd);
+  return undefined;
+}
+
+/** A private directory for socket files, removed by the returned cleanup. */
+export function socketDir(): { path(name: string): string; cleanup(): void } {
+  const dir = mkdtempSync(join(tmpdir(), 'native-'));
+  return {
+    path: (name) => join(dir, name),
+    cleanup: () => rmSync(dir, { recursive: true, force: true }),
+  };
+}
+
+export function openFdCount(): number {
+  return readdirSync('/proc/self/fd').length;
+}
+
+/** Writes `total` random bytes honouring write()'s return value, then end()s; resolves to their SHA-256. */
+export async function pumpRandom(stream: Writable, total: number, chunkSize = MiB): Promise<string> {
+  const hash = createHash('sha256');
+  let sent = 0;
+  while (sent < total) {
+    const chunk = randomBytes(Math.min(chunkSize, total - sent));
+    hash.update(chunk);
+    sent += chunk.length;
+    if (!stream.write(chunk)) await once(stream, 'drain');
+  }
+  stream.end();
+  return hash.digest('hex');
+}
+
+/** Reads a stream to its end; resolves to the byte count and SHA-256. */
+export function drain(stream: Readable): Promise<{ bytes: number; sha256: string }> {
+  return new Promise((resolve, reject) => {
+    const hash = createHash('sha256');
+    let bytes = 0;
+    stream.on('data', (chunk: Buffer) => {
+      bytes += chunk.length;
+      hash.update(chunk);
+    });
+    stream.once('end', () => resolve({ bytes, sha256: hash.digest('hex') }));
+    stream.once('error', reject);
+  });
+}
+
+export function sha256(data: Uint8Array): string {
+  return createHash('sha256').update(data).digest('hex');
+}

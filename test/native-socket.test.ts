@@ -1,0 +1,405 @@
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import net from 'node:net';
+import { spawnSync } from 'node:child_process';
+import { after, describe, it } from 'node:test';
+import { NativeError, loadNative } from '../src/bridge/native-binding.js';
+import { NativeServer } from '../src/bridge/native-server.js';
+import { NativeSocket, connectNative } from '../src/bridge/native-socket.js';
+import { MiB, NATIVE_SKIP, drain, openFdCount, pumpRandom, sha256, socketDir } from './native-helpers.js';
+
+const skip = NATIVE_SKIP;
+
+/** A NativeServer on a fresh unix path whose connections are handed to `onConnection`. */
+async function unixServer(path: string, onConnection: (socket: NativeSocket) => void, options = {}): Promise<NativeServer> {
+  const server = new NativeServer(options);
+  server.on('connection', onConnection);
+  await server.listen({ family: 'unix', path });
+  return server;
+}
+
+function nextConnection(server: NativeServer): Promise<NativeSocket> {
+  return once(server, 'connection').then(([socket]) => socket as NativeSocket);
+}
+
+/** A listening server plus both ends of one connection to it. */
+async function connectedPair(path: string): Promise<{ server: NativeServer; client: NativeSocket; peer: NativeSocket }> {
+  const server = new NativeServer();
+  await server.listen({ family: 'unix', path });
+  const accepted = nextConnection(server);
+  const client = await connectNative({ family: 'unix', path });
+  return { server, client, peer: await accepted };
+}
+
+describe('NativeSocket over AF_UNIX', { skip }, () => {
+  const dir = socketDir();
+  after(() => dir.cleanup());
+
+  it('carries 64 MiB each way at once with matching SHA-256', async () => {
+    const { server, client, peer } = await connectedPair(dir.path('bulk.sock'));
+
+    const [clientSent, serverSent, serverGot, clientGot] = await Promise.all([
+      pumpRandom(client, 64 * MiB),
+      pumpRandom(peer, 64 * MiB),
+      drain(peer),
+      drain(client),
+    ]);
+    assert.equal(serverGot.bytes, 64 * MiB);
+    assert.equal(clientGot.bytes, 64 * MiB);
+    assert.equal(serverGot.sha256, clientSent);
+    assert.equal(clientGot.sha256, serverSent);
+    assert.equal(client.bytesWritten, 64 * MiB);
+    assert.equal(client.bytesRead, 64 * MiB);
+    assert.equal(peer.bytesWritten, 64 * MiB);
+    assert.equal(peer.bytesRead, 64 * MiB);
+    await Promise.all([once(client, 'close'), once(peer, 'close')]);
+    await server.close();
+  });
+
+  it('interoperates with a node:net unix server, 64 MiB each way', async () => {
+    const path = dir.path('net-server.sock');
+    const server = net.createServer({ allowHalfOpen: true });
+    server.listen(path);
+    await once(server, 'listening');
+    const accepted = once(server, 'connection').then(([socket]) => socket as net.Socket);
+    const client = await connectNative({ family: 'unix', path });
+    const peer = await accepted;
+
+    const [clientSent, serverSent, serverGot, clientGot] = await Promise.all([
+      pumpRandom(client, 64 * MiB),
+      pumpRandom(peer, 64 * MiB),
+      drain(peer),
+      drain(client),
+    ]);
+    assert.equal(serverGot.bytes, 64 * MiB);
+    assert.equal(clientGot.bytes, 64 * MiB);
+    assert.equal(serverGot.sha256, clientSent);
+    assert.equal(clientGot.sha256, serverSent);
+    await once(client, 'close');
+    await new Promise((resolve) => server.close(resolve));
+  });
+
+  it('accepts a node:net client on a NativeServer', async () => {
+    const path = dir.path('net-client.sock');
+    const server = await unixServer(path, (socket) => {
+      drain(socket).then(({ sha256: digest }) => socket.end(digest), () => socket.destroy());
+    });
+    const client = net.connect({ path, allowHalfOpen: true });
+    const reply = drain(client);
+    const sent = await pumpRandom(client, 8 * MiB);
+    const got: Buffer[] = [];
+    client.on('data', (chunk: Buffer) => got.push(chunk));
+    await reply;
+    assert.equal(Buffer.concat(got).toString(), sent);
+    await server.close();
+  });
+
+  it('half-close: the client ends, the server still replies in full', async () => {
+    const path = dir.path('half-client.sock');
+    const reply = randomBytes(4 * MiB);
+    const server = await unixServer(path, (socket) => {
+      drain(socket).then(
+        ({ bytes }) => {
+          assert.equal(bytes, 1000);
+          socket.end(reply);
+        },
+        () => socket.destroy(),
+      );
+    });
+    const client = await connectNative({ family: 'unix', path });
+    const received = drain(client);
+    client.end(Buffer.alloc(1000, 7));
+    await once(client, 'finish');
+    assert.equal(client.writableFinished, true);
+    const { bytes, sha256: digest } = await received;
+    assert.equal(bytes, reply.length);
+    assert.equal(digest, sha256(reply));
+    await once(client, 'close');
+    await server.close();
+  });
+
+  it('half-close: the server ends first, the client still replies in full', async () => {
+    const reply = randomBytes(4 * MiB);
+    const { server, client, peer } = await connectedPair(dir.path('half-server.sock'));
+    const fromClient = drain(peer);
+    peer.end('request');
+
+    const request = await drain(client);
+    assert.equal(request.bytes, 'request'.length);
+    assert.equal(client.readableEnded, true);
+    assert.equal(client.writable, true, 'the write side stays open after the peer FIN');
+    client.end(reply);
+    const { bytes, sha256: digest } = await fromClient;
+    assert.equal(bytes, reply.length);
+    assert.equal(digest, sha256(reply));
+    await Promise.all([once(client, 'close'), once(peer, 'close')]);
+    await server.close();
+  });
+
+  it('allowHalfOpen: false ends the write side when the peer ends', async () => {
+    const path = dir.path('no-half.sock');
+    const server = await unixServer(path, (socket) => socket.end('bye'));
+    const client = await connectNative({ family: 'unix', path }, { allowHalfOpen: false });
+    client.resume();
+    await once(client, 'finish');
+    await once(client, 'close');
+    assert.equal(client.bytesRead, 3);
+    await server.close();
+  });
+
+  it('a slow reader bounds memory: the writer blocks, then every byte arrives', async () => {
+    const { server, client: reader, peer: writer } = await connectedPair(dir.path('slow.sock'));
+
+    const total = 256 * MiB;
+    const chunk = randomBytes(MiB);
+    const expected = createHash('sha256');
+    for (let i = 0; i < total / chunk.length; i++) expected.update(chunk);
+
+    const rssBefore = process.memoryUsage().rss;
+    let queued = 0;
+    let drains = 0;
+    const writing = (async () => {
+      while (queued < total) {
+        queued += chunk.length;
+        if (!writer.write(chunk)) {
+          await once(writer, 'drain');
+          drains++;
+        }
+      }
+      writer.end();
+    })();
+
+    // The reader is paused (nobody consumes it): wait until the writer makes no more progress.
+    let last = -1;
+    let stableRounds = 0;
+    for (let round = 0; round < 200 && stableRounds < 5; round++) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      stableRounds = writer.bytesWritten === last ? stableRounds + 1 : 0;
+      last = writer.bytesWritten;
+    }
+    assert.equal(stableRounds, 5, 'the writer must stall while the reader is paused');
+    assert.equal(drains, 0);
+    assert.ok(writer.bytesWritten < 16 * MiB, `kernel buffers only, but ${writer.bytesWritten} bytes were written`);
+    assert.ok(queued <= 2 * MiB, `the writer must be held at write() === false, but queued ${queued}`);
+    assert.ok(writer.writableLength <= writer.writableHighWaterMark + chunk.length);
+    assert.ok(reader.readableLength <= reader.readableHighWaterMark + 64 * 1024);
+    const growth = process.memoryUsage().rss - rssBefore;
+    assert.ok(growth < 64 * MiB, `RSS grew by ${growth} bytes while the writer was blocked`);
+
+    const received = await drain(reader);
+    await writing;
+    assert.equal(received.bytes, total);
+    assert.equal(received.sha256, expected.digest('hex'));
+    assert.ok(drains > 0);
+    reader.end();
+    await Promise.all([once(reader, 'close'), once(writer, 'close')]);
+    await server.close();
+  });
+
+  it('a peer closing with unread data resets the connection: ECONNRESET on read', async () => {
+    const { server, client, peer } = await connectedPair(dir.path('reset.sock'));
+    // The peer never reads, so these bytes are still queued at it when it goes away.
+    await new Promise<void>((resolve, reject) => client.write(Buffer.alloc(16 * 1024), (error) => (error ? reject(error) : resolve())));
+    const failed = once(client, 'error');
+    client.resume();
+    peer.destroy();
+    const [error] = (await failed) as [NativeError];
+    assert.ok(error instanceof NativeError);
+    assert.equal(error.code, 'ECONNRESET');
+    assert.equal(error.syscall, 'read');
+    assert.equal(error.message, 'read ECONNRESET');
+    assert.ok(error.errno < 0);
+    await once(client, 'close');
+    await server.close();
+  });
+
+  it('a node:net peer destroying with unread data gives ECONNRESET', async () => {
+    const path = dir.path('reset-net.sock');
+    const server = net.createServer({ pauseOnConnect: true });
+    server.listen(path);
+    await once(server, 'listening');
+    const accepted = once(server, 'connection').then(([socket]) => socket as net.Socket);
+    const client = await connectNative({ family: 'unix', path });
+    const peer = await accepted;
+    await new Promise<void>((resolve, reject) => client.write(Buffer.alloc(16 * 1024), (error) => (error ? reject(error) : resolve())));
+    const failed = once(client, 'error');
+    client.resume();
+    peer.destroy();
+    const [error] = (await failed) as [NativeError];
+    assert.ok(['ECONNRESET', 'EPIPE'].includes(error.code), `got ${error.code}`);
+    await new Promise((resolve) => server.close(resolve));
+  });
+
+  it('writing to a peer that went away fails with EPIPE', async () => {
+    const path = dir.path('epipe.sock');
+    const server = await unixServer(path, (socket) => socket.destroy());
+    const client = await connectNative({ family: 'unix', path });
+    const failed = once(client, 'error');
+    const writing = (async () => {
+      for (let i = 0; i < 1024 && !client.destroyed; i++) {
+        if (!client.write(Buffer.alloc(64 * 1024))) await Promise.race([once(client, 'drain'), once(client, 'close')]);
+      }
+    })();
+    const [error] = (await failed) as [NativeError];
+    assert.ok(['EPIPE', 'ECONNRESET'].includes(error.code), `got ${error.code}`);
+    assert.equal(error.syscall, 'write');
+    await writing;
+    await server.close();
+  });
+
+  it('a write pending at destroy() gets ECANCELED instead of hanging', async () => {
+    const { server, client, peer } = await connectedPair(dir.path('cancel.sock'));
+    // Larger than the socket buffers and never read: stays pending in the addon.
+    const result = new Promise<Error | null | undefined>((resolve) => client.write(Buffer.alloc(8 * MiB), resolve));
+    client.on('error', () => undefined);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    client.destroy();
+    const error = (await result) as NativeError;
+    assert.equal(error?.code, 'ECANCELED');
+    peer.destroy();
+    await server.close();
+  });
+
+  it('opens and closes 2,000 connections without leaking fds', async () => {
+    const path = dir.path('many.sock');
+    let serverClosed = 0;
+    const server = await unixServer(path, (socket) => {
+      socket.on('close', () => serverClosed++);
+      socket.destroy();
+    });
+    const roundTrip = async (): Promise<void> => {
+      const socket = await connectNative({ family: 'unix', path });
+      socket.destroy();
+      await once(socket, 'close');
+    };
+    await roundTrip();
+    while (serverClosed < 1) await new Promise((resolve) => setImmediate(resolve));
+    const before = openFdCount();
+
+    for (let batch = 0; batch < 20; batch++) {
+      await Promise.all(Array.from({ length: 100 }, roundTrip));
+    }
+    for (let i = 0; i < 1000 && serverClosed < 2001; i++) await new Promise((resolve) => setTimeout(resolve, 5));
+    assert.equal(serverClosed, 2001);
+    // Failed connects must release their fd too.
+    const refused = await Promise.allSettled(Array.from({ length: 200 }, () => connectNative({ family: 'unix', path: dir.path('nobody.sock') })));
+    assert.ok(refused.every((result) => result.status === 'rejected'));
+    assert.equal(openFdCount(), before);
+    await server.close();
+  });
+
+  it('connecting to a path without a listener fails with ENOENT or ECONNREFUSED', async () => {
+    const missing = dir.path('missing.sock');
+    await assert.rejects(connectNative({ family: 'unix', path: missing }), (error: NativeError) => {
+      assert.ok(error instanceof NativeError);
+      assert.equal(error.code, 'ENOENT');
+      assert.equal(error.syscall, 'connect');
+      assert.equal(error.message, `connect ENOENT unix:${missing}`);
+      return true;
+    });
+
+    // A socket file that nobody listens on: bound, never listened.
+    const stale = dir.path('stale.sock');
+    const native = loadNative();
+    const fd = native.socket(native.AF_UNIX);
+    const handle = new native.Handle(fd, native.AF_UNIX);
+    assert.equal(handle.bind({ family: 'unix', path: stale }), 0);
+    await assert.rejects(connectNative({ family: 'unix', path: stale }), { code: 'ECONNREFUSED' });
+    await new Promise<void>((resolve) => {
+      handle.setCallback((type) => type === 8 && resolve());
+      handle.close();
+    });
+  });
+
+  it('rejects malformed addresses and timeouts before touching the kernel', async () => {
+    assert.throws(() => connectNative({ family: 'unix', path: '' }), { code: 'ERR_NATIVE_ADDRESS' });
+    assert.throws(() => connectNative({ family: 'unix', path: `/tmp/${'x'.repeat(120)}` }), { code: 'ERR_NATIVE_ADDRESS' });
+    assert.throws(() => connectNative({ family: 'vsock', cid: -1, port: 1 }), { code: 'ERR_NATIVE_ADDRESS' });
+    assert.throws(() => connectNative({ family: 'unix', path: '/tmp/x.sock' }, { timeoutMs: 0 }), { code: 'ERR_NATIVE_ARGUMENT' });
+  });
+
+  it('exposes addresses and counters', async () => {
+    const path = dir.path('info.sock');
+    const { server, client, peer } = await connectedPair(path);
+    assert.deepEqual(client.remoteAddress, { family: 'unix', path });
+    assert.deepEqual(client.localAddress, { family: 'unix', path: '' });
+    assert.deepEqual(peer.localAddress, { family: 'unix', path });
+    assert.ok(client.fd >= 0);
+    client.end('12345');
+    const got = await drain(peer);
+    assert.equal(got.bytes, 5);
+    assert.equal(peer.bytesRead, 5);
+    assert.equal(client.bytesWritten, 5);
+    peer.end();
+    await once(client, 'end').catch(() => undefined);
+    client.resume();
+    await once(client, 'close');
+    assert.equal(client.fd, -1);
+    await server.close();
+  });
+});
+
+describe('native sockets and process lifetime', { skip }, () => {
+  it('an idle, closed server and socket let the process exit; a listening one keeps it alive unless unref()ed', async () => {
+    const serverModule = new URL('../src/bridge/native-server.js', import.meta.url).href;
+    const socketModule = new URL('../src/bridge/native-socket.js', import.meta.url).href;
+    const dir = socketDir();
+    after(() => dir.cleanup());
+    const run = (body: string): { status: number | null; stdout: string; stderr: string } => {
+      const script = `
+        import { NativeServer } from ${JSON.stringify(serverModule)};
+        import { connectNative } from ${JSON.stringify(socketModule)};
+        const path = ${JSON.stringify(dir.path('life.sock'))};
+        ${body}
+      `;
+      // The timeout only bounds a hung child; the assertions are on its output and exit status.
+      const result = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 20_000 });
+      return { status: result.status, stdout: result.stdout, stderr: result.stderr };
+    };
+
+    const closed = run(`
+      const server = new NativeServer();
+      server.on('connection', (s) => { s.resume(); s.on('end', () => s.end('bye')); });
+      await server.listen({ family: 'unix', path });
+      const c = await connectNative({ family: 'unix', path });
+      c.resume();
+      c.end('hi');
+      await new Promise((r) => c.on('close', r));
+      await server.close();
+      setTimeout(() => console.log('loop still alive'), 2000).unref();
+      console.log('done');
+    `);
+    assert.equal(closed.status, 0, closed.stderr);
+    assert.equal(closed.stdout.trim(), 'done');
+
+    const listening = run(`
+      const server = new NativeServer();
+      await server.listen({ family: 'unix', path });
+      setTimeout(() => { console.log('kept alive'); process.exit(0); }, 200).unref();
+    `);
+    assert.equal(listening.status, 0, listening.stderr);
+    assert.equal(listening.stdout.trim(), 'kept alive');
+
+    const unrefed = run(`
+      const server = new NativeServer();
+      await server.listen({ family: 'unix', path });
+      server.unref();
+      setTimeout(() => console.log('kept alive'), 2000).unref();
+      console.log('exiting');
+    `);
+    assert.equal(unrefed.status, 0, unrefed.stderr);
+    assert.equal(unrefed.stdout.trim(), 'exiting');
+
+    const throwing = run(`
+      process.on('uncaughtException', (error) => { console.log('uncaught ' + error.message); process.exit(0); });
+      const server = new NativeServer();
+      server.on('connection', (s) => s.on('data', () => { throw new Error('boom'); }));
+      await server.listen({ family: 'unix', path });
+      const c = await connectNative({ family: 'unix', path });
+      c.write('x');
+    `);
+    assert.equal(throwing.status, 0, throwing.stderr);
+    assert.equal(throwing.stdout.trim(), 'uncaught boom');
+  });
+});
