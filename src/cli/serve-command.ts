@@ -7,6 +7,9 @@ import { Runtime } from '../runtime.js';
 import { Supervisor } from '../supervisor.js';
 import type { CommandIo } from './io.js';
 
+/** Signals closer together than this are one user action delivered twice. */
+const SAME_SIGNAL_WINDOW_MS = 1000;
+
 /**
  * `run` and `dev`: start the data plane, supervise the customer command when one follows `--`,
  * and stop on SIGTERM/SIGINT (a second signal exits at once). Exit code: the command's, else 0.
@@ -51,14 +54,16 @@ export async function serveCommand(mode: Extract<Mode, 'run' | 'dev'>, argv: str
   }
 
   const supervisor = command === undefined ? undefined : new Supervisor(command, commandArgs, logger);
-  let stopping = false;
+  let stoppingSince: number | undefined;
   const stopped = new Promise<void>((resolve) => {
     const onSignal = (signal: NodeJS.Signals) => {
-      if (stopping) {
+      if (stoppingSince !== undefined) {
+        // One Ctrl-C arrives twice under `npm start`: from the terminal and forwarded by npm.
+        if (Date.now() - stoppingSince < SAME_SIGNAL_WINDOW_MS) return;
         logger.warn({ signal }, 'second signal: exiting without draining');
         process.exit(1);
       }
-      stopping = true;
+      stoppingSince = Date.now();
       logger.info({ signal }, 'shutting down');
       supervisor?.signal(signal);
       resolve();

@@ -1,6 +1,6 @@
 import type { Address } from '../bridge/address.js';
 import { LOG_LEVELS } from '../log.js';
-import { address, bool, int, oneOf, pcrTable, text, type Field, type Mode } from './field.js';
+import { address, bool, int, oneOf, pcrTable, stringList, text, type Field, type Mode } from './field.js';
 
 /** A table of enclave.toml: keys are fields or nested tables. */
 export interface Table {
@@ -50,6 +50,33 @@ export const SCHEMA: Table = table('enclave.toml', {
       pcrs: pcrTable('PCR values by index; unset ones are derived from the index'),
     }),
   }),
+  egress: table("the app's outbound traffic, allowed by name inside the enclave", {
+    enabled: bool('run the egress services (DNS, transparent listener, proxy)', false),
+    allow: stringList('allowed destinations: names, *.wildcards, IPs, CIDRs, optional :port, or "*"', [], 10_000),
+    dns_listen: address('DNS for the app, UDP and TCP on the same port', byMode('tcp:127.0.0.1:53', 'tcp:127.0.0.1:8053'), ['tcp']),
+    transparent_listen: address("where iptables redirects the app's outbound TCP", 'tcp:127.0.0.1:4444', ['tcp']),
+    proxy_listen: address('the HTTP proxy for HTTP_PROXY/HTTPS_PROXY', 'tcp:127.0.0.1:3128', ['tcp']),
+    relay: address("the host's egress relay", byMode('vsock:3:4433', 'tcp:127.0.0.1:4433')),
+    dns_relay: address("the host's DNS relay", byMode('vsock:3:8585', 'tcp:127.0.0.1:8585')),
+    dns_refusal: oneOf('answer to a denied DNS question', 'refused', ['refused', 'nxdomain']),
+    apply_rules: bool('write the iptables rules that redirect outbound TCP (needs root)', byMode(true, false)),
+    peek_timeout_ms: int('how long to wait for a TLS SNI or HTTP Host before deciding on the IP alone', 300, 10, 10 * SECOND),
+    connect_timeout_ms: int('time to open a relay connection', 5 * SECOND, 10, 5 * 60 * SECOND),
+    idle_timeout_ms: int('an egress connection idle this long is closed', 5 * 60 * SECOND, 100, 24 * HOUR),
+    max_connections: int('concurrent egress connections', 4096, 1, 1_000_000),
+    max_dns_in_flight: int('DNS questions waiting for the relay at once', 256, 1, 65_536),
+  }),
+  host: table('the parent instance side (`enclave-runtime host`)', {
+    ingress_listen: address('where clients connect on the parent', 'tcp:0.0.0.0:443', ['tcp', 'unix']),
+    enclave_ingress: address("the enclave's ingress, as the parent reaches it", 'vsock:16:7777'),
+    egress_listen: address('the egress relay the enclave connects to', byMode('vsock:any:4433', 'tcp:127.0.0.1:4433')),
+    dns_listen: address('the DNS relay the enclave connects to', byMode('vsock:any:8585', 'tcp:127.0.0.1:8585')),
+    upstream_dns: text('the resolver the DNS relay asks, HOST:PORT; "system" reads /etc/resolv.conf', 'system'),
+    allow_private: bool('let the relay connect to private, loopback and link-local addresses', false),
+    connect_timeout_ms: int('time to connect out to a destination', 10 * SECOND, 10, 5 * 60 * SECOND),
+    idle_timeout_ms: int('a relayed connection idle this long is closed', 5 * 60 * SECOND, 100, 24 * HOUR),
+    max_connections: int('concurrent relayed connections', 4096, 1, 1_000_000),
+  }),
 });
 
 export interface RuntimeConfig {
@@ -75,7 +102,36 @@ export interface RuntimeConfig {
   attestation: {
     mode: 'nsm' | 'simulated';
     device: string;
-    apiListen: Address & { transport: 'tcp' };
+    apiListen: TcpAddress;
     simulated: { debug: boolean; moduleId: string; pcrs: Record<number, Uint8Array> };
   };
+  egress: {
+    enabled: boolean;
+    allow: string[];
+    dnsListen: TcpAddress;
+    transparentListen: TcpAddress;
+    proxyListen: TcpAddress;
+    relay: Address;
+    dnsRelay: Address;
+    dnsRefusal: 'refused' | 'nxdomain';
+    applyRules: boolean;
+    peekTimeoutMs: number;
+    connectTimeoutMs: number;
+    idleTimeoutMs: number;
+    maxConnections: number;
+    maxDnsInFlight: number;
+  };
+  host: {
+    ingressListen: Address;
+    enclaveIngress: Address;
+    egressListen: Address;
+    dnsListen: Address;
+    upstreamDns: string;
+    allowPrivate: boolean;
+    connectTimeoutMs: number;
+    idleTimeoutMs: number;
+    maxConnections: number;
+  };
 }
+
+export type TcpAddress = Address & { transport: 'tcp' };

@@ -1,0 +1,138 @@
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { verifyAttestation } from '../src/attestation/verifier.js';
+import { CLI, REPO_ROOT } from './helpers/paths.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'dev-command-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+async function freePort(): Promise<number> {
+  const server = net.createServer().listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as net.AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+interface Started {
+  child: ChildProcessWithoutNullStreams;
+  logs: Array<Record<string, unknown>>;
+  stdout: () => string;
+  waitFor(message: string): Promise<Record<string, unknown>>;
+}
+
+/** Spawns the real CLI and collects its JSON log lines from stderr. */
+function start(args: string[], env: NodeJS.ProcessEnv = {}): Started {
+  const child = spawn(process.execPath, [CLI, ...args], { cwd: REPO_ROOT, env: { ...process.env, ...env } });
+  const logs: Array<Record<string, unknown>> = [];
+  const waiters: Array<{ message: string; resolve: (line: Record<string, unknown>) => void }> = [];
+  let out = '';
+  let pending = '';
+  child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
+  child.stderr.on('data', (chunk: Buffer) => {
+    pending += chunk.toString();
+    const lines = pending.split('\n');
+    pending = lines.pop() ?? '';
+    for (const text of lines) {
+      if (!text.startsWith('{')) continue;
+      const line = JSON.parse(text) as Record<string, unknown>;
+      logs.push(line);
+      for (const waiter of waiters.filter((w) => w.message === line.msg)) waiter.resolve(line);
+    }
+  });
+  const waitFor = (message: string) =>
+    new Promise<Record<string, unknown>>((resolve, reject) => {
+      const seen = logs.find((line) => line.msg === message);
+      if (seen) return resolve(seen);
+      waiters.push({ message, resolve });
+      child.once('exit', (code) => reject(new Error(`exited with ${code} before logging "${message}":\n${JSON.stringify(logs, null, 1)}`)));
+    });
+  return { child, logs, stdout: () => out, waitFor };
+}
+
+async function httpGet(port: number, path: string, headers: Record<string, string> = {}): Promise<{ status: number; body: Buffer; type: string | null }> {
+  const response = await fetch(`http://127.0.0.1:${port}${path}`, { headers });
+  return { status: response.status, body: Buffer.from(await response.arrayBuffer()), type: response.headers.get('content-type') };
+}
+
+describe('enclave-runtime dev', () => {
+  it('serves the demo app through the ingress bridge and the attestation API, then exits 0 on SIGINT', async () => {
+    const [appPort, ingressPort, apiPort] = [await freePort(), await freePort(), await freePort()];
+    const config = join(dir, 'dev.toml');
+    const example = readFileSync(join(REPO_ROOT, 'enclave.toml.example'), 'utf8');
+    writeFileSync(
+      config,
+      example
+        .replace('listen = "tcp:127.0.0.1:8443"', `listen = "tcp:127.0.0.1:${ingressPort}"`)
+        .replace('app = "tcp:127.0.0.1:8008"', `app = "tcp:127.0.0.1:${appPort}"`)
+        .replace('api_listen = "tcp:127.0.0.1:9999"', `api_listen = "tcp:127.0.0.1:${apiPort}"`),
+    );
+    const stateDir = join(dir, 'state');
+    const run = start(['dev', '--config', config, '--state-dir', stateDir, '--', process.execPath, 'examples/demo-app.js'], {
+      PORT: String(appPort),
+      ATTESTATION_API: `http://127.0.0.1:${apiPort}`,
+    });
+    try {
+      const listening = await run.waitFor('ingress listening');
+      assert.equal(listening.listen, `tcp:127.0.0.1:${ingressPort}`);
+      assert.equal(listening.app, `tcp:127.0.0.1:${appPort}`);
+      await run.waitFor('customer command started');
+      await run.waitFor('app is up').catch(() => undefined);
+
+      let answer = await httpGet(ingressPort, '/hello').catch(() => undefined);
+      for (let i = 0; i < 50 && answer?.status !== 200; i++) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        answer = await httpGet(ingressPort, '/hello').catch(() => undefined);
+      }
+      assert.equal(answer?.status, 200);
+      assert.equal(answer?.body.toString(), 'hello from the demo app inside the enclave (GET /hello)\n');
+
+      const doc = await httpGet(apiPort, '/attestation-doc?nonce=00ff');
+      assert.equal(doc.status, 200);
+      assert.equal(doc.type, 'application/cbor');
+      const verified = verifyAttestation(doc.body, { root: readFileSync(join(stateDir, 'sim-nsm-root.pem'), 'utf8'), nonce: Buffer.from('00ff', 'hex') });
+      assert.deepEqual(Buffer.from(verified.document.nonce ?? []), Buffer.from('00ff', 'hex'));
+
+      const viaApp = await httpGet(ingressPort, '/attestation');
+      assert.equal(viaApp.status, 200);
+      assert.ok(JSON.parse(viaApp.body.toString()).attestation_doc.length > 1000, 'the demo app could not fetch its document');
+
+      const health = await httpGet(apiPort, '/health');
+      assert.equal(health.status, 200, health.body.toString());
+      assert.equal(JSON.parse(health.body.toString()).parts.app.ok, true);
+    } finally {
+      run.child.kill('SIGINT');
+    }
+    const [code] = await once(run.child, 'exit');
+    assert.equal(code, 0, JSON.stringify(run.logs.slice(-5)));
+    assert.ok(run.logs.some((line) => line.msg === 'runtime stopped'));
+  });
+
+  it('reports a bad config file with exit code 2 and the key named', async () => {
+    const config = join(dir, 'bad.toml');
+    writeFileSync(config, '[ingress]\nmax_conections = 5\n');
+    const run = start(['dev', '--config', config]);
+    let stderr = '';
+    run.child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    const [code] = await once(run.child, 'exit');
+    assert.equal(code, 2);
+    assert.match(stderr, /ingress\.max_conections: unknown key; did you mean "ingress\.max_connections"\?/);
+  });
+
+  it('prints its version and usage', async () => {
+    const run = start(['--version']);
+    const [code] = await once(run.child, 'exit');
+    assert.equal(code, 0);
+    const manifest = JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string };
+    assert.equal(run.stdout(), `enclave-runtime ${manifest.version}\n`);
+    const unknown = start(['frobnicate']);
+    const [unknownCode] = await once(unknown.child, 'exit');
+    assert.equal(unknownCode, 2);
+  });
+});
