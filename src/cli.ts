@@ -7,6 +7,7 @@ commands:
   run [--config PATH] [-- CMD ARGS...]        inside the enclave: real NSM, vsock transport
   dev [--config PATH] [--state-dir DIR] [-- CMD ARGS...]
                                               local: tcp transport, simulated NSM, own CA
+  host [--config PATH]                        on the parent: ingress -> enclave, egress and DNS relays
   attest verify FILE|- [options]              verify an attestation document
   attest connect HOST[:PORT] [options]        verify the attestation in a server's certificate
   --version                                   print the version
@@ -28,6 +29,10 @@ export async function main(argv: string[], io: CommandIo = processIo()): Promise
     case 'dev': {
       const { serveCommand } = await import('./cli/serve-command.js');
       return serveCommand(command, rest, io);
+    }
+    case 'host': {
+      const { hostCommand } = await import('./cli/host-command.js');
+      return hostCommand(rest, io);
     }
     case 'attest':
       return attest(rest, io);

@@ -7,6 +7,8 @@ import type { Logger } from './log.js';
 export interface PartHealth {
   ok: boolean;
   detail: string;
+  /** Running totals a part keeps (egress: queries and connections allowed and refused). */
+  counters?: Record<string, number>;
 }
 
 export interface HealthReport {
@@ -33,6 +35,7 @@ export class HealthMonitor {
   #appDetail = 'not probed yet';
   #timer: NodeJS.Timeout | undefined;
   #probing = false;
+  #egress: (() => PartHealth) | undefined;
 
   constructor(options: HealthOptions) {
     this.#options = { probeIntervalMs: 2000, probeTimeoutMs: 1000, ...options };
@@ -45,6 +48,11 @@ export class HealthMonitor {
     void this.probeApp();
     this.#timer = setInterval(() => void this.probeApp(), this.#options.probeIntervalMs);
     this.#timer.unref();
+  }
+
+  /** Reports egress from `provider` instead of 'disabled'. */
+  watchEgress(provider: () => PartHealth): void {
+    this.#egress = provider;
   }
 
   stop(): void {
@@ -81,7 +89,7 @@ export class HealthMonitor {
         ? { ok: this.#ingress.listening, detail: `${this.#ingress.stats.active} open connections` }
         : { ok: true, detail: 'disabled' },
       attestation: this.#nsm ? { ok: true, detail: `${this.#nsm.kind} NSM` } : { ok: false, detail: 'starting' },
-      egress: { ok: true, detail: 'disabled' },
+      egress: this.#egress ? this.#egress() : { ok: true, detail: 'disabled' },
       app: { ok: this.#appUp === true, detail: this.#appDetail },
     };
     const status = Object.values(parts).every((part) => part.ok) ? 'ok' : 'degraded';

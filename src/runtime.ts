@@ -52,6 +52,13 @@ export class Runtime {
       closers.push(() => api.close());
       logger.info({ listen: `tcp:${api.address.host}:${api.address.port}` }, 'internal API listening');
 
+      if (config.egress.enabled) {
+        const { startEgress } = await import('./egress/egress-service.js');
+        const egress = await startEgress(config.egress, logger);
+        closers.push(() => egress.close());
+        health.watchEgress(() => egress.health());
+      }
+
       let terminator: TlsTerminator | undefined;
       if (config.tls.enabled) {
         const { TlsTerminator } = await import('./tls/tls-terminator.js');
@@ -61,6 +68,7 @@ export class Runtime {
           serverName: config.tls.serverName,
           sniNonceEncoding: config.tls.sniNonceEncoding,
           nonceCacheSize: config.tls.nonceCacheSize,
+          alpn: config.tls.alpn,
           logger,
         });
         const tls = terminator;

@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import https from 'node:https';
 import { once } from 'node:events';
+import { X509Certificate } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -61,8 +63,20 @@ async function httpGet(port: number, path: string, headers: Record<string, strin
   return { status: response.status, body: Buffer.from(await response.arrayBuffer()), type: response.headers.get('content-type') };
 }
 
+/** GET over the TLS ingress, trusting only the runtime's own CA from the state dir. */
+function httpsGet(port: number, path: string, ca: string): Promise<{ status: number; body: Buffer }> {
+  return new Promise((resolve, reject) => {
+    const request = https.get({ host: '127.0.0.1', port, path, ca, servername: 'localhost', agent: false }, (response) => {
+      const chunks: Buffer[] = [];
+      response.on('data', (chunk: Buffer) => chunks.push(chunk));
+      response.on('end', () => resolve({ status: response.statusCode ?? 0, body: Buffer.concat(chunks) }));
+    });
+    request.on('error', reject);
+  });
+}
+
 describe('enclave-runtime dev', () => {
-  it('serves the demo app through the ingress bridge and the attestation API, then exits 0 on SIGINT', async () => {
+  it('serves the demo app through TLS ingress and the attestation API, attests nonces over SNI, then exits 0 on SIGINT', async () => {
     const [appPort, ingressPort, apiPort] = [await freePort(), await freePort(), await freePort()];
     const config = join(dir, 'dev.toml');
     const example = readFileSync(join(REPO_ROOT, 'enclave.toml.example'), 'utf8');
@@ -85,10 +99,11 @@ describe('enclave-runtime dev', () => {
       await run.waitFor('customer command started');
       await run.waitFor('app is up').catch(() => undefined);
 
-      let answer = await httpGet(ingressPort, '/hello').catch(() => undefined);
+      const ca = readFileSync(join(stateDir, 'ca.pem'), 'utf8');
+      let answer = await httpsGet(ingressPort, '/hello', ca).catch(() => undefined);
       for (let i = 0; i < 50 && answer?.status !== 200; i++) {
         await new Promise((resolve) => setTimeout(resolve, 100));
-        answer = await httpGet(ingressPort, '/hello').catch(() => undefined);
+        answer = await httpsGet(ingressPort, '/hello', ca).catch(() => undefined);
       }
       assert.equal(answer?.status, 200);
       assert.equal(answer?.body.toString(), 'hello from the demo app inside the enclave (GET /hello)\n');
@@ -99,9 +114,29 @@ describe('enclave-runtime dev', () => {
       const verified = verifyAttestation(doc.body, { root: readFileSync(join(stateDir, 'sim-nsm-root.pem'), 'utf8'), nonce: Buffer.from('00ff', 'hex') });
       assert.deepEqual(Buffer.from(verified.document.nonce ?? []), Buffer.from('00ff', 'hex'));
 
-      const viaApp = await httpGet(ingressPort, '/attestation');
+      const viaApp = await httpsGet(ingressPort, '/attestation', ca);
       assert.equal(viaApp.status, 200);
       assert.ok(JSON.parse(viaApp.body.toString()).attestation_doc.length > 1000, 'the demo app could not fetch its document');
+
+      const root = join(stateDir, 'sim-nsm-root.pem');
+      const connect = spawnSync(process.execPath, [CLI, 'attest', 'connect', `127.0.0.1:${ingressPort}`, '--servername', 'localhost', '--fresh-nonce', '--root', root], {
+        encoding: 'utf8',
+        timeout: 20_000,
+      });
+      assert.equal(connect.status, 0, `attest connect: ${connect.stdout}${connect.stderr}`);
+
+      const nonce = 'c0ffee0123456789abcdef0123456789';
+      const sClient = spawnSync('openssl', ['s_client', '-connect', `127.0.0.1:${ingressPort}`, '-servername', `${nonce}.attest.localhost`, '-showcerts'], {
+        input: '',
+        encoding: 'utf8',
+        timeout: 20_000,
+      });
+      const leafPem = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/.exec(sClient.stdout)?.[0];
+      assert.ok(leafPem, `openssl s_client printed no certificate: ${sClient.stderr}`);
+      const leaf = new X509Certificate(leafPem);
+      const longest = (leaf.subjectAltName ?? '').split(', ').map((name) => name.replace(/^DNS:/, '')).sort((a, b) => b.length - a.length)[0] ?? '';
+      const fromSan = verifyAttestation(Buffer.from(longest.split('.')[0] ?? '', 'hex'), { root: readFileSync(root, 'utf8'), nonce: Buffer.from(nonce, 'hex') });
+      assert.deepEqual(Buffer.from(fromSan.document.userData ?? []), leaf.publicKey.export({ type: 'spki', format: 'der' }));
 
       const health = await httpGet(apiPort, '/health');
       assert.equal(health.status, 200, health.body.toString());

@@ -63,6 +63,11 @@ export function drain(stream: Readable): Promise<{ bytes: number; sha256: string
   });
 }
 
+/** Resolves once the stream emitted 'close', even if that already happened. */
+export function whenClosed(stream: Readable | Writable): Promise<void> {
+  return stream.closed ? Promise.resolve() : once(stream, 'close').then(() => undefined);
+}
+
 export function sha256(data: Uint8Array): string {
   return createHash('sha256').update(data).digest('hex');
 }

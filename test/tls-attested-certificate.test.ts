@@ -1,10 +1,18 @@
 import assert from 'node:assert/strict';
-import { createHash, randomBytes, X509Certificate } from 'node:crypto';
+import 'reflect-metadata';
+import * as x509 from '@peculiar/x509';
+import { createHash, randomBytes, webcrypto, X509Certificate } from 'node:crypto';
+import { mkdtemp, readFile, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { once } from 'node:events';
 import { after, before, describe, it } from 'node:test';
 import type tls from 'node:tls';
 import { verifyAttestation } from '../src/attestation/verifier.js';
 import { attestedDnsNames } from '../src/tls/attested-certificate.js';
+import { CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority } from '../src/tls/certificate-authority.js';
+import { generateTlsKeyPair } from '../src/tls/key-pair.js';
+import { silentLogger } from '../src/log.js';
 import { captureLogs } from './helpers/log-capture.js';
 import { connectTls, documentFromSan, peerLeaf, duplexPair, echo, listenTls, openTerminator, type TerminatorFixture } from './helpers/attested-tls.js';
 
@@ -53,13 +61,14 @@ describe('attested certificates over a real TLS handshake (loopback TCP)', () =>
       assert.deepEqual(Buffer.from(verified.document.nonce!), nonce);
       assert.deepEqual(Buffer.from(verified.document.userData!), Buffer.from(spkiOf(leaf)));
       assert.equal(verified.document.publicKey, null);
-      // The SANs SPEC fixes, and nothing else.
-      assert.equal(leaf.subjectAltName, `DNS:localhost, DNS:${Buffer.from(document).toString('hex')}.localhost`);
-      assert.deepEqual(attestedDnsNames('localhost', document).map((n) => `DNS:${n}`).join(', '), leaf.subjectAltName);
+      // The SANs SPEC fixes, and nothing else: the server name asked for, and the document under it.
+      const asked = `${nonce.toString('hex')}.attest.localhost`;
+      assert.equal(leaf.subjectAltName, `DNS:${asked}, DNS:${Buffer.from(document).toString('hex')}.${asked}`);
+      assert.deepEqual(attestedDnsNames(asked, document).map((n) => `DNS:${n}`).join(', '), leaf.subjectAltName);
       // The chain is the state dir's CA, and the leaf is fit for a TLS server.
       assert.equal(socket.authorized, true, String(socket.authorizationError));
       assert.ok(leaf.checkIssued(new X509Certificate(fx.caPem)));
-      assert.match(leaf.subject, /CN=localhost/);
+      assert.match(leaf.subject, /CN=[0-9a-f]+\.attest\.localhost/);
       assert.deepEqual(leaf.keyUsage, ['1.3.6.1.5.5.7.3.1']);
       assert.equal(leaf.ca, false);
     } finally {
@@ -218,3 +227,87 @@ describe('attested certificates with sni_nonce_encoding = "base64"', () => {
     }
   });
 });
+
+describe('the self CA (tls.source = "self")', () => {
+  const dirs: string[] = [];
+  const freshDir = async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'enclave-ca-'));
+    dirs.push(dir);
+    return dir;
+  };
+  after(async () => {
+    for (const dir of dirs) await rm(dir, { recursive: true, force: true });
+  });
+  const open = (dir: string, now?: () => number) => CertificateAuthority.open(dir, { logger: silentLogger(), ...(now ? { now } : {}) });
+
+  it('is generated once per state dir: ca.pem, and a 0600 key file, reused on the next start', async () => {
+    const dir = await freshDir();
+    const first = await open(dir);
+    assert.equal(await readFile(join(dir, CA_CERT_FILE), 'utf8'), first.certificatePem);
+    assert.equal((await stat(join(dir, CA_KEY_FILE))).mode & 0o777, 0o600);
+    const again = await open(dir);
+    assert.equal(again.certificatePem, first.certificatePem);
+    const ca = new X509Certificate(first.certificatePem);
+    assert.equal(ca.ca, true);
+    assert.equal(ca.publicKey.asymmetricKeyDetails?.namedCurve, 'prime256v1');
+  });
+
+  it('rewrites a deleted ca.pem from the key file', async () => {
+    const dir = await freshDir();
+    const first = await open(dir);
+    await unlink(join(dir, CA_CERT_FILE));
+    await open(dir);
+    assert.equal(await readFile(join(dir, CA_CERT_FILE), 'utf8'), first.certificatePem);
+  });
+
+  it('ends up with one CA when several opens race on a fresh state dir', async () => {
+    const dir = await freshDir();
+    const all = await Promise.all(Array.from({ length: 8 }, () => open(dir)));
+    assert.equal(new Set(all.map((ca) => ca.certificatePem)).size, 1);
+    assert.equal(await readFile(join(dir, CA_CERT_FILE), 'utf8'), all[0]!.certificatePem);
+  });
+
+  it('refuses a key file whose key does not match its certificate', async () => {
+    const [a, b] = [await freshDir(), await freshDir()];
+    await open(a);
+    await open(b);
+    const keyOfA = (await readFile(join(a, CA_KEY_FILE), 'utf8')).split('-----BEGIN CERTIFICATE-----')[0]!;
+    const certOfB = await readFile(join(b, CA_CERT_FILE), 'utf8');
+    await writeFile(join(a, CA_KEY_FILE), keyOfA + certOfB, { mode: 0o600 });
+    await assert.rejects(open(a), { code: 'ERR_TLS_CA_STATE' });
+  });
+
+  it('replaces a CA that is about to expire', async () => {
+    const dir = await freshDir();
+    const first = await open(dir);
+    const later = await open(dir, () => first.notAfter.getTime() - 24 * 3600_000);
+    assert.notEqual(later.certificatePem, first.certificatePem);
+    assert.equal(await readFile(join(dir, CA_CERT_FILE), 'utf8'), later.certificatePem);
+  });
+
+  it('issues short-lived serverAuth leaves, also from a P-384 CA found in the state dir', async () => {
+    const dir = await freshDir();
+    const alg = { name: 'ECDSA', namedCurve: 'P-384', hash: 'SHA-384' };
+    const keys = (await webcrypto.subtle.generateKey(alg, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
+    const caCert = await x509.X509CertificateGenerator.createSelfSigned({
+      name: 'CN=operator CA',
+      notBefore: new Date(Date.now() - 60_000),
+      notAfter: new Date(Date.now() + 400 * 24 * 3600_000),
+      signingAlgorithm: alg,
+      keys,
+      extensions: [new x509.BasicConstraintsExtension(true, 0, true), new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign, true)],
+    });
+    const pkcs8 = Buffer.from(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey)).toString('base64');
+    await writeFile(join(dir, CA_KEY_FILE), `-----BEGIN PRIVATE KEY-----\n${pkcs8}\n-----END PRIVATE KEY-----\n${caCert.toString('pem')}\n`, { mode: 0o600 });
+    const ca = await open(dir);
+    const leafKey = await generateTlsKeyPair();
+    const leaf = await ca.issue({ dnsNames: ['enclave.example'], publicKeySpki: leafKey.spkiDer });
+    const cert = new X509Certificate(leaf.certPem);
+    assert.ok(cert.verify(new X509Certificate(ca.certificatePem).publicKey));
+    assert.equal(cert.subjectAltName, 'DNS:enclave.example');
+    const lifetime = leaf.notAfter.getTime() - leaf.notBefore.getTime();
+    assert.ok(lifetime > 24 * 3600_000 && lifetime < 7 * 24 * 3600_000, `lifetime ${lifetime} ms`);
+    assert.deepEqual(Buffer.from(new Uint8Array(cert.publicKey.export({ type: 'spki', format: 'der' }))), Buffer.from(leafKey.spkiDer));
+  });
+});
+

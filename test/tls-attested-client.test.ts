@@ -192,6 +192,15 @@ describe('createAttestedAgent against a local TlsTerminator', () => {
     assert.equal(app.state.decryptedBytes - bytesBefore, 0);
   });
 
+  it('refuses plain http: origins, which cannot be attested', async () => {
+    const agent = createAttestedAgent({ verify: { root: fx.simRootPem } });
+    try {
+      await assert.rejects(request(`http://127.0.0.1:${app.listener.port}/`, { dispatcher: agent }), { code: 'ERR_TLS_NOT_TLS' });
+    } finally {
+      await agent.destroy();
+    }
+  });
+
   it('verifies a live socket with verifyPeerAttestation', async () => {
     const nonce = randomBytes(16);
     const socket = await connectTls(app.listener, { servername: `${nonce.toString('hex')}.attest.localhost` });

@@ -6,14 +6,12 @@ import { attestationDocumentToJson, isDebugDocument } from '../attestation/docum
 import type { VerifiedAttestation } from '../attestation/verifier.js';
 import { ConfigError, RuntimeError } from '../errors.js';
 import { formatNonceServerName } from '../tls/nonce-label.js';
-import { peerCertificateDer, verifyPeerAttestation } from '../tls/attested-client.js';
+import { FRESH_NONCE_BYTES, peerCertificateDer, verifyPeerAttestation } from '../tls/attested-client.js';
 import { processIo, type CommandIo } from './io.js';
 import { parseVerifyOptions } from './attest-verify.js';
 
 export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 const MAX_CONNECT_TIMEOUT_MS = 10 * 60_000;
-/** 16 random bytes: 32 hex digits, well inside a 63-character DNS label. */
-export const FRESH_NONCE_BYTES = 16;
 const DEFAULT_PORT = 443;
 
 const USAGE = `usage: enclave-runtime attest connect HOST[:PORT] [options]

@@ -34,11 +34,12 @@ export const SCHEMA: Table = table('enclave.toml', {
     proxy_header_timeout_ms: int('time for the PROXY header to arrive', 5 * SECOND, 10, 5 * 60 * SECOND),
   }),
   tls: table('TLS termination with attested certificates', {
-    enabled: bool('terminate TLS on ingress (off: passthrough)', false),
+    enabled: bool('terminate TLS on ingress (off: passthrough)', true),
     source: oneOf('where certificates come from', 'self', ['self']),
     server_name: text('the base host name of the certificates', 'localhost', /^[A-Za-z0-9.-]{1,253}$/, 'a DNS name'),
     sni_nonce_encoding: oneOf('how <nonce>.attest.<host> labels are decoded', 'hex', ['hex', 'base64']),
     nonce_cache_size: int('per-nonce certificates kept (LRU)', 1024, 1, 1_000_000),
+    alpn: stringList('ALPN protocols offered, most preferred first', ['h2', 'http/1.1'], 16),
   }),
   attestation: table('the NSM and the internal API', {
     mode: oneOf('"nsm" is /dev/nsm; "simulated" only for tests (dev always simulates)', byMode('nsm', 'simulated'), ['nsm', 'simulated']),
@@ -98,6 +99,7 @@ export interface RuntimeConfig {
     serverName: string;
     sniNonceEncoding: 'hex' | 'base64';
     nonceCacheSize: number;
+    alpn: string[];
   };
   attestation: {
     mode: 'nsm' | 'simulated';

@@ -1,18 +1,9 @@
 import { ConfigError } from '../errors.js';
-import type { Mode } from './field.js';
+import { show, type Mode } from './field.js';
 import { nearestKey } from './nearest-key.js';
 import { SCHEMA, type RuntimeConfig, type Table } from './schema.js';
 
 const camel = (key: string) => key.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());
-
-/** Shows a bad value the way it was written, truncated so a huge value cannot flood the message. */
-function show(value: unknown): string {
-  let shown: string;
-  if (typeof value === 'string') shown = JSON.stringify(value);
-  else if (typeof value === 'object' && value !== null) shown = Array.isArray(value) ? 'an array' : 'a table';
-  else shown = String(value);
-  return shown.length > 80 ? `${shown.slice(0, 77)}...` : shown;
-}
 
 function isTable(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value) && !(value instanceof Date);
@@ -44,7 +35,7 @@ function walk(schema: Table, raw: Record<string, unknown>, path: string, mode: M
     }
     const checked = spec.check(value);
     if (checked.ok) out[camel(key)] = checked.value;
-    else problems.push(`${here}: ${show(value)} is not allowed; expected ${checked.expected}`);
+    else problems.push(`${here}: ${checked.problem}`);
   }
   return out;
 }

@@ -15,8 +15,9 @@ export interface PeerVerifyOptions extends VerifyOptions {
   expectedNonce?: Uint8Array | undefined;
 }
 
-/** Default size of a per-connection fresh nonce. */
+/** Default size of a per-connection fresh nonce: 32 hex digits, well inside a DNS label. */
 export const FRESH_NONCE_BYTES = 16;
+const MAX_FRESH_NONCE_BYTES = 64;
 const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 
 /**
@@ -45,7 +46,10 @@ export interface AttestedConnectorOptions {
    * the document: proves the document was made for this connection, not replayed.
    */
   freshNonce?: boolean;
-  /** Bytes of a fresh nonce; default 16, at most 31 so the hex label fits a DNS label. */
+  /**
+   * Bytes of a fresh nonce, 1 to 64; default 16. Up to 31 the hex label fits a 63-character DNS
+   * label; longer ones still work with Node servers, as SNI only caps the whole name at 255 bytes.
+   */
   freshNonceBytes?: number;
   /** How the server decodes nonce labels (its `tls.sni_nonce_encoding`). Default hex. */
   sniNonceEncoding?: SniNonceEncoding;
@@ -83,7 +87,7 @@ export interface AttestedAgentOptions extends AttestedConnectorOptions {
  */
 export function createAttestedConnector(options: AttestedConnectorOptions = {}): buildConnector.connector {
   const nonceBytes = options.freshNonceBytes ?? FRESH_NONCE_BYTES;
-  if (!Number.isInteger(nonceBytes) || nonceBytes < 1 || nonceBytes > 1024) throw new RangeError('freshNonceBytes must be 1 to 1024');
+  if (!Number.isInteger(nonceBytes) || nonceBytes < 1 || nonceBytes > MAX_FRESH_NONCE_BYTES) throw new RangeError(`freshNonceBytes must be 1 to ${MAX_FRESH_NONCE_BYTES}`);
   const verifyChain = options.verifyChain ?? options.ca !== undefined;
   const inner = buildConnector({
     // Node's own check would refuse a private CA before we could look at the attestation; the
@@ -115,7 +119,7 @@ export function createAttestedConnector(options: AttestedConnectorOptions = {}):
       }
       try {
         if (!(socket instanceof TLSSocket)) throw new TlsError('ERR_TLS_NOT_TLS', 'the connection is not TLS');
-        if (verifyChain) checkChainAndName(socket, baseHost);
+        if (verifyChain) checkChainAndName(socket, servername ?? baseHost);
         const attestation = verifyPeerAttestation(socket, { ...options.verify, expectedNonce: nonce });
         options.onAttested?.({ host: connectOptions.hostname, servername: servername ?? baseHost, attestation });
       } catch (verifyError) {

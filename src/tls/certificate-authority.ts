@@ -17,7 +17,13 @@ export const CA_CERT_FILE = 'ca.pem';
 /** The CA's private key and certificate together: the one file whose exclusive creation decides which CA a state dir has. */
 export const CA_KEY_FILE = 'ca-key.pem';
 
-const SIGNING = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as const;
+// P-256 for new CAs: its signature is the cheapest on the per-nonce path. A P-384 CA found in a
+// state dir is used as is, with SHA-384.
+const CURVES = {
+  prime256v1: { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' },
+  secp384r1: { name: 'ECDSA', namedCurve: 'P-384', hash: 'SHA-384' },
+} as const;
+type CaAlgorithm = (typeof CURVES)[keyof typeof CURVES];
 const DAY_MS = 24 * 3600 * 1000;
 const CA_VALIDITY_MS = 2 * 365 * DAY_MS;
 // A CA this close to expiry would soon issue leaves outliving it, so it is replaced at startup.
@@ -61,16 +67,18 @@ export class CertificateAuthority {
   readonly certificatePath: string;
   readonly notAfter: Date;
   readonly #signingKey: CryptoKey;
+  readonly #algorithm: CaAlgorithm;
   readonly #issuer: string;
   readonly #authorityKeyId: x509.AuthorityKeyIdentifierExtension;
   readonly #now: () => number;
 
-  private constructor(certificatePem: string, certificatePath: string, cert: x509.X509Certificate, signingKey: CryptoKey, authorityKeyId: x509.AuthorityKeyIdentifierExtension, now: () => number) {
-    this.certificatePem = certificatePem;
+  private constructor(stored: StoredCa, certificatePath: string, signingKey: CryptoKey, authorityKeyId: x509.AuthorityKeyIdentifierExtension, now: () => number) {
+    this.certificatePem = stored.certPem;
     this.certificatePath = certificatePath;
-    this.notAfter = cert.notAfter;
+    this.notAfter = stored.cert.notAfter;
     this.#signingKey = signingKey;
-    this.#issuer = cert.subject;
+    this.#algorithm = stored.algorithm;
+    this.#issuer = stored.cert.subject;
     this.#authorityKeyId = authorityKeyId;
     this.#now = now;
   }
@@ -98,9 +106,9 @@ export class CertificateAuthority {
     const current = await readFile(certPath, 'utf8').catch(() => undefined);
     if (current !== stored.certPem) await writeAtomically(certPath, stored.certPem, 0o644);
 
-    const signingKey = await webcrypto.subtle.importKey('pkcs8', stored.keyDer, { name: 'ECDSA', namedCurve: 'P-256' }, false, ['sign']);
+    const signingKey = await webcrypto.subtle.importKey('pkcs8', stored.keyDer, { name: 'ECDSA', namedCurve: stored.algorithm.namedCurve }, false, ['sign']);
     const authorityKeyId = await x509.AuthorityKeyIdentifierExtension.create(stored.cert, false);
-    return new CertificateAuthority(stored.certPem, certPath, stored.cert, signingKey as CryptoKey, authorityKeyId, now);
+    return new CertificateAuthority(stored, certPath, signingKey, authorityKeyId, now);
   }
 
   /** Issue a TLS server leaf: CN and DNS SANs as given, serverAuth, digitalSignature. */
@@ -116,7 +124,7 @@ export class CertificateAuthority {
       issuer: this.#issuer,
       notBefore,
       notAfter,
-      signingAlgorithm: SIGNING,
+      signingAlgorithm: this.#algorithm,
       publicKey: request.publicKeySpki,
       signingKey: this.#signingKey,
       extensions: [
@@ -135,6 +143,7 @@ interface StoredCa {
   certPem: string;
   cert: x509.X509Certificate;
   keyDer: Uint8Array;
+  algorithm: CaAlgorithm;
 }
 
 async function readStoredCa(keyPath: string): Promise<StoredCa | undefined> {
@@ -154,8 +163,11 @@ async function readStoredCa(keyPath: string): Promise<StoredCa | undefined> {
     if (!spki(privateKey).equals(spki(nodeCert.publicKey.export({ type: 'spki', format: 'pem' })))) {
       throw new Error('the key does not match the certificate');
     }
+    const curve = privateKey.asymmetricKeyDetails?.namedCurve;
+    const algorithm = privateKey.asymmetricKeyType === 'ec' && (curve === 'prime256v1' || curve === 'secp384r1') ? CURVES[curve] : undefined;
+    if (!algorithm) throw new Error('the key is not ECDSA P-256 or P-384');
     const keyDer = new Uint8Array(privateKey.export({ type: 'pkcs8', format: 'der' }));
-    return { certPem, cert: new x509.X509Certificate(certPem), keyDer };
+    return { certPem, cert: new x509.X509Certificate(certPem), keyDer, algorithm };
   } catch (err) {
     throw new TlsError('ERR_TLS_CA_STATE', `${keyPath} is not a usable CA (${(err as Error).message}); remove it and ${CA_CERT_FILE} to generate a new CA`, { cause: err });
   }
@@ -176,7 +188,7 @@ async function generateCaPem(now: number): Promise<string> {
     name,
     notBefore: new Date(now - BACKDATE_MS),
     notAfter: new Date(now + CA_VALIDITY_MS),
-    signingAlgorithm: SIGNING,
+    signingAlgorithm: CURVES.prime256v1,
     keys,
     extensions: [
       new x509.BasicConstraintsExtension(true, 0, true),

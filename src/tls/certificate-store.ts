@@ -4,6 +4,7 @@ import { createAttestedCertificate, type AttestedCertificate } from './attested-
 import type { CertificateSource } from './certificate-source.js';
 import { generateTlsKeyPair, type TlsKeyPair } from './key-pair.js';
 import { TlsError } from './tls-error.js';
+import { formatNonceServerName, type SniNonceEncoding } from './nonce-label.js';
 
 export const DEFAULT_NONCE_CACHE_SIZE = 1024;
 export const DEFAULT_MAX_PENDING_ISSUES = 256;
@@ -21,6 +22,8 @@ export interface CertificateStoreOptions {
   source: CertificateSource;
   serverName: string;
   logger: Logger;
+  /** How nonce labels are spelled, so a nonce certificate names `<label>.attest.<serverName>` as asked. */
+  sniNonceEncoding?: SniNonceEncoding;
   /** Per-nonce certificates kept (LRU). */
   nonceCacheSize?: number;
   /** Distinct nonces being issued at once; beyond it, callers are refused at once. */
@@ -77,6 +80,7 @@ export class CertificateStore {
       nsm: options.nsm,
       source: options.source,
       serverName: options.serverName,
+      sniNonceEncoding: options.sniNonceEncoding ?? 'hex',
       logger: options.logger,
       nonceCacheSize,
       maxPendingIssues: options.maxPendingIssues ?? DEFAULT_MAX_PENDING_ISSUES,
@@ -178,10 +182,12 @@ export class CertificateStore {
 
   async #issue(key: string, nonce: Uint8Array): Promise<AttestedCertificate> {
     try {
+      // The certificate names the nonce host the client asked for, so ordinary clients' hostname
+      // checks pass; the document is still the first label of the longest SAN.
       const cert = await createAttestedCertificate({
         nsm: this.#options.nsm,
         source: this.#options.source,
-        serverName: this.#options.serverName,
+        serverName: formatNonceServerName(nonce, this.#options.serverName, this.#options.sniNonceEncoding),
         keyPair: this.#keyPair,
         nonce,
         now: this.#now,

@@ -66,6 +66,7 @@ export class TlsTerminator {
       nsm: options.nsm,
       source,
       serverName: options.serverName,
+      sniNonceEncoding: options.sniNonceEncoding,
       logger: options.logger,
       nonceCacheSize: options.nonceCacheSize,
       ...(options.maxPendingIssues === undefined ? {} : { maxPendingIssues: options.maxPendingIssues }),

@@ -130,7 +130,7 @@ export async function connectTls(
     // Trust is checked by the assertions (chain and attestation), not by Node's default policy;
     // the name is checked against the base host, never against a nonce SNI.
     rejectUnauthorized: false,
-    checkServerIdentity: (_host, cert) => tls.checkServerIdentity(options.checkName ?? 'localhost', cert),
+    checkServerIdentity: (_host, cert) => tls.checkServerIdentity(options.checkName ?? options.servername ?? 'localhost', cert),
     ALPNProtocols: options.alpn ?? ['http/1.1'],
   });
   await new Promise<void>((resolve, reject) => {

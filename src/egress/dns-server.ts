@@ -1,0 +1,189 @@
+/**
+ * The app's DNS server (egress.dns_listen, UDP and TCP on one port): the enclave's resolv.conf
+ * points here. A question for an allowed name is forwarded to the host's DNS relay and its
+ * addresses are learned; any other question is answered at once with REFUSED (or NXDOMAIN, per
+ * egress.dns_refusal), so a denied name fails fast instead of timing out. Malformed packets get
+ * FORMERR when they have a header to answer, and are dropped otherwise.
+ */
+import dgram from 'node:dgram';
+import net from 'node:net';
+import type { TcpAddress } from '../config/schema.js';
+import type { Logger } from '../log.js';
+import type { Allowlist } from './allowlist.js';
+import {
+  buildErrorResponse,
+  buildFormErr,
+  buildNxdomain,
+  buildRefused,
+  buildServFail,
+  DnsFormatError,
+  DnsRcode,
+  DnsTcpFrameReader,
+  DnsType,
+  encodeTcpFrame,
+  parseDnsQuery,
+  type DnsQuery,
+} from './dns-message.js';
+import type { DnsForwarder } from './dns-forwarder.js';
+import type { EgressAudit } from './egress-audit.js';
+import { decideDnsName } from './egress-policy.js';
+
+export interface DnsServerOptions {
+  listen: TcpAddress;
+  allowlist: Allowlist;
+  forwarder: DnsForwarder;
+  refusal: 'refused' | 'nxdomain';
+  audit: EgressAudit;
+  logger: Logger;
+}
+
+export interface DnsServer {
+  /** The bound host and port (a port 0 resolved), the same for UDP and TCP. */
+  readonly host: string;
+  readonly port: number;
+  close(): Promise<void>;
+}
+
+/** Without EDNS a UDP answer is at most 512 bytes; with it, 1232 is what resolvers use since DNS Flag Day 2020. */
+const UDP_PLAIN_MAX = 512;
+const UDP_EDNS_MAX = 1232;
+const TCP_MAX_CONNECTIONS = 256;
+const TCP_IDLE_MS = 10_000;
+const TCP_MAX_PENDING_PER_CONNECTION = 16;
+const TYPE_NAMES = new Map<number, string>(Object.entries(DnsType).map(([name, code]) => [code, name]));
+
+/** Answer one DNS message (wire bytes); undefined means drop it. Shared by UDP and TCP. */
+export async function answerDnsQuery(raw: Buffer, options: Omit<DnsServerOptions, 'listen'>): Promise<Buffer | undefined> {
+  const { audit, allowlist, forwarder, logger } = options;
+  audit.counters.dnsQueries++;
+  let query: DnsQuery;
+  try {
+    query = parseDnsQuery(raw);
+  } catch (error) {
+    if (!(error instanceof DnsFormatError)) throw error;
+    audit.counters.dnsMalformed++;
+    logger.debug({ reason: error.message, bytes: raw.length }, 'malformed DNS query');
+    return buildFormErr(raw);
+  }
+  const { question } = query;
+  const qtype = TYPE_NAMES.get(question.type) ?? String(question.type);
+  if (query.header.opcode !== 0) {
+    audit.counters.dnsMalformed++;
+    return buildErrorResponse(query, DnsRcode.NOTIMP);
+  }
+  const decision = decideDnsName(allowlist, question.name);
+  if (!decision.allowed) {
+    audit.refused('dns', { name: question.name, qtype, reason: decision.reason, rule: decision.rule });
+    return options.refusal === 'nxdomain' ? buildNxdomain(query) : buildRefused(query);
+  }
+  try {
+    const answer = await forwarder.forward(raw, question);
+    audit.allowed('dns', { name: question.name, qtype, rule: decision.rule });
+    return answer;
+  } catch (error) {
+    audit.failed('dns', { name: question.name, qtype, reason: (error as { code?: string }).code ?? (error as Error).message });
+    return buildServFail(query);
+  }
+}
+
+/** Listen on `listen` for UDP and TCP; resolves once both are bound. */
+export async function startDnsServer(options: DnsServerOptions): Promise<DnsServer> {
+  const { listen, logger } = options;
+  const tcp = net.createServer({ allowHalfOpen: true }, (socket) => serveTcp(socket, options));
+  tcp.maxConnections = TCP_MAX_CONNECTIONS;
+  await new Promise<void>((resolve, reject) => {
+    tcp.once('error', reject);
+    tcp.listen({ host: listen.host, port: listen.port }, () => {
+      tcp.off('error', reject);
+      resolve();
+    });
+  });
+  const port = (tcp.address() as net.AddressInfo).port;
+  const udp = dgram.createSocket({ type: net.isIPv6(listen.host) ? 'udp6' : 'udp4' });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      udp.once('error', reject);
+      udp.bind({ address: listen.host, port }, () => {
+        udp.off('error', reject);
+        resolve();
+      });
+    });
+  } catch (error) {
+    tcp.close();
+    throw error;
+  }
+  udp.on('error', (error) => logger.warn({ err: { message: error.message } }, 'DNS UDP socket error'));
+  udp.on('message', (message, peer) => {
+    void answerDnsQuery(message, options).then(
+      (answer) => {
+        if (answer) udp.send(truncateForUdp(answer, message), peer.port, peer.address);
+      },
+      (error: Error) => logger.error({ err: { message: error.message } }, 'DNS query failed'),
+    );
+  });
+  logger.info({ listen: `${listen.host}:${port}`, transports: ['udp', 'tcp'] }, 'egress DNS listening');
+  return {
+    host: listen.host,
+    port,
+    close: async () => {
+      udp.close();
+      await new Promise<void>((resolve) => tcp.close(() => resolve()));
+    },
+  };
+}
+
+function serveTcp(socket: net.Socket, options: DnsServerOptions): void {
+  const reader = new DnsTcpFrameReader();
+  let pending = 0;
+  let ended = false;
+  socket.setTimeout(TCP_IDLE_MS, () => socket.destroy());
+  socket.on('error', () => {});
+  socket.on('data', (chunk: Buffer) => {
+    let messages: Buffer[];
+    try {
+      messages = reader.push(chunk);
+    } catch {
+      options.audit.counters.dnsMalformed++;
+      socket.destroy();
+      return;
+    }
+    for (const message of messages) {
+      if (++pending > TCP_MAX_PENDING_PER_CONNECTION) {
+        socket.destroy();
+        return;
+      }
+      void answerDnsQuery(Buffer.from(message), options)
+        .then((answer) => {
+          if (answer && !socket.destroyed) socket.write(encodeTcpFrame(answer));
+        })
+        .catch((error: Error) => options.logger.error({ err: { message: error.message } }, 'DNS query failed'))
+        .finally(() => {
+          pending--;
+          if (ended && pending === 0) socket.end();
+        });
+    }
+  });
+  // A client may send its question and half-close: answer first, then close.
+  socket.on('end', () => {
+    ended = true;
+    if (pending === 0) socket.end();
+  });
+}
+
+/**
+ * A UDP answer bigger than the client can take becomes header and question with TC set, which
+ * tells the client to ask again over TCP (RFC 1035 4.2.1). A query with an additional record
+ * is taken to carry EDNS; its advertised size is not parsed, 1232 is assumed.
+ */
+export function truncateForUdp(answer: Buffer, query: Buffer): Buffer {
+  const limit = query.length >= 12 && query.readUInt16BE(10) > 0 ? UDP_EDNS_MAX : UDP_PLAIN_MAX;
+  if (answer.length <= limit) return answer;
+  try {
+    const truncated = buildErrorResponse(parseDnsQuery(query), answer[3]! & 0x0f);
+    truncated[2] = answer[2]! | 0x02;
+    truncated[3] = answer[3]!;
+    return truncated;
+  } catch {
+    return answer.subarray(0, 12);
+  }
+}

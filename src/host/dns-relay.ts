@@ -1,0 +1,165 @@
+/**
+ * The host's DNS relay (host.dns_listen): the enclave sends DNS-over-TCP framed queries over a
+ * stream, and each is asked of the upstream resolver. The question is checked against the
+ * allowlist again, as defence in depth against a compromised enclave, and the answers are
+ * learned into the host's name cache, which the egress relay then uses to check that a
+ * connection's IP really belongs to the name the enclave claims.
+ */
+import { formatAddress, type Address } from '../bridge/address.js';
+import { listen, type Listener, type TransportSocket } from '../bridge/transport.js';
+import type { Allowlist } from '../egress/allowlist.js';
+import {
+  buildFormErr,
+  buildNxdomain,
+  buildRefused,
+  buildServFail,
+  DnsFormatError,
+  DnsRcode,
+  DnsTcpFrameReader,
+  encodeTcpFrame,
+  parseDnsQuery,
+  parseDnsResponse,
+  type DnsQuery,
+} from '../egress/dns-message.js';
+import { decideDnsName } from '../egress/egress-policy.js';
+import type { NameCache } from '../egress/name-cache.js';
+import type { Logger } from '../log.js';
+import { queryUpstream, type Upstream } from './upstream-dns.js';
+
+export interface DnsRelayOptions {
+  listen: Address;
+  upstream: Upstream;
+  allowlist: Allowlist;
+  cache: NameCache;
+  refusal: 'refused' | 'nxdomain';
+  logger: Logger;
+  /** Questions asked upstream at once, over all streams (default 1024); more get SERVFAIL. */
+  maxInFlight?: number;
+  /** Bound on one upstream question, UDP and TCP fallback together (default 3.5 s). */
+  timeoutMs?: number;
+}
+
+export interface DnsRelayStats {
+  queries: number;
+  refused: number;
+  failed: number;
+  malformed: number;
+}
+
+export interface DnsRelay {
+  readonly address: Address;
+  readonly stats: DnsRelayStats;
+  close(): Promise<void>;
+}
+
+const STREAM_IDLE_MS = 30_000;
+const MAX_PENDING_PER_STREAM = 64;
+const MAX_STREAMS = 1024;
+
+/** Start the relay; resolves once it listens. */
+export async function startDnsRelay(options: DnsRelayOptions): Promise<DnsRelay> {
+  const stats: DnsRelayStats = { queries: 0, refused: 0, failed: 0, malformed: 0 };
+  const maxInFlight = options.maxInFlight ?? 1024;
+  const timeoutMs = options.timeoutMs ?? 3500;
+  const streams = new Set<TransportSocket>();
+  let inFlight = 0;
+
+  const answer = async (raw: Buffer): Promise<Buffer | undefined> => {
+    stats.queries++;
+    let query: DnsQuery;
+    try {
+      query = parseDnsQuery(raw);
+    } catch (error) {
+      if (!(error instanceof DnsFormatError)) throw error;
+      stats.malformed++;
+      return buildFormErr(raw);
+    }
+    const decision = decideDnsName(options.allowlist, query.question.name);
+    if (!decision.allowed) {
+      stats.refused++;
+      options.logger.warn({ event: 'host-dns-refused', name: query.question.name, qtype: query.question.type, reason: decision.reason }, 'host DNS relay refused a question');
+      return options.refusal === 'nxdomain' ? buildNxdomain(query) : buildRefused(query);
+    }
+    if (inFlight >= maxInFlight) {
+      stats.failed++;
+      return buildServFail(query);
+    }
+    inFlight++;
+    try {
+      const response = await queryUpstream(options.upstream, raw, timeoutMs);
+      try {
+        const parsed = parseDnsResponse(response);
+        if (parsed.header.rcode === DnsRcode.NOERROR) options.cache.learn(query.question.name, parsed.answers);
+      } catch {
+        // An answer we cannot read teaches nothing, but it is still the resolver's answer to pass on.
+      }
+      return response;
+    } catch (error) {
+      stats.failed++;
+      options.logger.warn({ name: query.question.name, reason: (error as Error).message }, 'upstream DNS failed');
+      return buildServFail(query);
+    } finally {
+      inFlight--;
+    }
+  };
+
+  const serve = (stream: TransportSocket) => {
+    if (streams.size >= MAX_STREAMS) {
+      stream.destroy();
+      return;
+    }
+    streams.add(stream);
+    const reader = new DnsTcpFrameReader();
+    let pending = 0;
+    let ended = false;
+    const idle = setTimeout(() => stream.destroy(), STREAM_IDLE_MS);
+    stream.on('error', () => {});
+    stream.once('close', () => {
+      clearTimeout(idle);
+      streams.delete(stream);
+    });
+    stream.on('data', (chunk: Buffer) => {
+      idle.refresh();
+      let messages: Buffer[];
+      try {
+        messages = reader.push(chunk);
+      } catch {
+        stats.malformed++;
+        stream.destroy();
+        return;
+      }
+      for (const message of messages) {
+        if (++pending > MAX_PENDING_PER_STREAM) {
+          stream.destroy();
+          return;
+        }
+        void answer(Buffer.from(message))
+          .then((response) => {
+            if (response && !stream.destroyed) stream.write(encodeTcpFrame(response));
+          })
+          .catch((error: Error) => options.logger.error({ err: { message: error.message } }, 'DNS relay failed'))
+          .finally(() => {
+            pending--;
+            idle.refresh();
+            if (ended && pending === 0) stream.end();
+          });
+      }
+    });
+    stream.on('end', () => {
+      // The enclave half-closed after its questions: close our side once they are all answered.
+      ended = true;
+      if (pending === 0) stream.end();
+    });
+  };
+
+  const listener: Listener = await listen(options.listen, serve, { backlog: 1024 });
+  options.logger.info({ listen: formatAddress(listener.address), upstream: `${options.upstream.host}:${options.upstream.port}` }, 'host DNS relay listening');
+  return {
+    address: listener.address,
+    stats,
+    close: async () => {
+      await listener.close();
+      for (const stream of streams) stream.destroy();
+    },
+  };
+}

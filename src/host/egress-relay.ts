@@ -1,0 +1,216 @@
+/**
+ * The host's egress relay (host.egress_listen): the enclave opens a stream, sends an egress
+ * header (egress-header.ts), and the relay connects out and pipes both ways with half-close.
+ *
+ * The enclave enforces the allowlist; the relay checks it again (defence in depth, so a
+ * compromised enclave cannot use the parent as an open proxy): the name must be allowed, and
+ * the IP must be allowed as an address or be one the host's DNS relay resolved that name to.
+ * Private, loopback, link-local and similar destinations are refused unless host.allow_private.
+ */
+import net from 'node:net';
+import type { Duplex } from 'node:stream';
+import { formatAddress, type Address } from '../bridge/address.js';
+import { relay } from '../bridge/relay.js';
+import { listen, type Listener, type TransportSocket } from '../bridge/transport.js';
+import type { Allowlist } from '../egress/allowlist.js';
+import {
+  EgressHeaderError,
+  EgressStatus,
+  egressStatusName,
+  encodeEgressReply,
+  parseEgressHeader,
+  EGRESS_HEADER_MAX_LENGTH,
+  type EgressHeader,
+  type EgressStatusCode,
+} from '../egress/egress-header.js';
+import type { NameCache } from '../egress/name-cache.js';
+import type { Logger } from '../log.js';
+import { classifyAddress } from './address-class.js';
+
+export interface EgressRelayOptions {
+  listen: Address;
+  allowlist: Allowlist;
+  /** The host DNS relay's cache: which IPs each name resolved to. */
+  cache: NameCache;
+  allowPrivate: boolean;
+  connectTimeoutMs: number;
+  idleTimeoutMs: number;
+  maxConnections: number;
+  logger: Logger;
+  /** Time for the header to arrive (default 5 s). */
+  headerTimeoutMs?: number;
+}
+
+export interface EgressRelayStats {
+  accepted: number;
+  connected: number;
+  refused: number;
+  failed: number;
+  active: number;
+}
+
+export interface DestinationCheck {
+  status: EgressStatusCode;
+  reason: string;
+  rule?: string;
+}
+
+/** The host's decision for a header (pure): OK, DENIED or PRIVATE, with the reason. */
+export function checkDestination(header: EgressHeader, allowlist: Allowlist, cache: NameCache, allowPrivate: boolean): DestinationCheck {
+  const { name, ip, port } = header;
+  const byIp = allowlist.allowsIp(ip, port);
+  let rule = byIp.rule;
+  if (name !== '') {
+    const byName = allowlist.allowsName(name, port);
+    if (!byName.allowed) return { status: EgressStatus.DENIED, reason: `name-${byName.reason}` };
+    if (!byIp.allowed && !cache.namesFor(ip).includes(name)) return { status: EgressStatus.DENIED, reason: 'ip-not-resolved-for-name' };
+    rule = byName.rule;
+  } else if (!byIp.allowed) {
+    return { status: EgressStatus.DENIED, reason: `ip-${byIp.reason}` };
+  }
+  const kind = classifyAddress(ip);
+  if (kind !== 'public' && !allowPrivate) return { status: EgressStatus.PRIVATE, reason: kind };
+  return rule === undefined ? { status: EgressStatus.OK, reason: 'allowed' } : { status: EgressStatus.OK, reason: 'allowed', rule };
+}
+
+/** enclave -> internet: accepts relay streams, checks each header, connects out, relays. */
+export class EgressRelay {
+  readonly stats: EgressRelayStats = { accepted: 0, connected: 0, refused: 0, failed: 0, active: 0 };
+  readonly #options: EgressRelayOptions;
+  readonly #streams = new Set<Duplex>();
+  #listener: Listener | undefined;
+
+  private constructor(options: EgressRelayOptions) {
+    this.#options = options;
+  }
+
+  /** Start listening; resolves once bound. */
+  static async start(options: EgressRelayOptions): Promise<EgressRelay> {
+    const relayServer = new EgressRelay(options);
+    relayServer.#listener = await listen(options.listen, (stream) => relayServer.#accept(stream), { backlog: 1024 });
+    options.logger.info({ listen: formatAddress(relayServer.#listener.address), allowPrivate: options.allowPrivate }, 'host egress relay listening');
+    return relayServer;
+  }
+
+  get address(): Address {
+    if (!this.#listener) throw new Error('egress relay is not listening');
+    return this.#listener.address;
+  }
+
+  /** Stop accepting and cut every relayed connection. */
+  async close(): Promise<void> {
+    const listener = this.#listener;
+    this.#listener = undefined;
+    await listener?.close();
+    for (const stream of this.#streams) stream.destroy();
+  }
+
+  #accept(stream: TransportSocket): void {
+    stream.on('error', () => {});
+    if (this.#streams.size >= this.#options.maxConnections) {
+      this.stats.failed++;
+      stream.end(encodeEgressReply(EgressStatus.OVERLOADED));
+      return;
+    }
+    this.stats.accepted++;
+    this.#streams.add(stream);
+    this.stats.active = this.#streams.size;
+    stream.once('close', () => {
+      this.#streams.delete(stream);
+      this.stats.active = this.#streams.size;
+    });
+    this.#serve(stream).catch((error: Error) => {
+      this.#options.logger.error({ err: { message: error.message } }, 'egress relay stream failed');
+      stream.destroy();
+    });
+  }
+
+  async #serve(stream: TransportSocket): Promise<void> {
+    const options = this.#options;
+    const read = await readHeader(stream, options.headerTimeoutMs ?? 5000);
+    if ('error' in read) {
+      this.stats.failed++;
+      options.logger.warn({ reason: read.error }, 'egress relay: bad header');
+      stream.end(encodeEgressReply(EgressStatus.BAD_HEADER));
+      return;
+    }
+    const { header, rest } = read;
+    const check = checkDestination(header, options.allowlist, options.cache, options.allowPrivate);
+    const facts = { name: header.name || null, ip: header.ip, port: header.port };
+    if (check.status !== EgressStatus.OK) {
+      this.stats.refused++;
+      options.logger.warn({ event: 'host-egress-refused', ...facts, status: egressStatusName(check.status), reason: check.reason }, 'host egress relay refused a destination');
+      stream.end(encodeEgressReply(check.status));
+      return;
+    }
+
+    let upstream: net.Socket;
+    try {
+      upstream = await connectOut(header.ip, header.port, options.connectTimeoutMs);
+    } catch (error) {
+      this.stats.failed++;
+      const code = (error as { code?: string }).code ?? 'ERROR';
+      options.logger.warn({ ...facts, code }, 'host egress relay could not connect');
+      stream.end(encodeEgressReply(code === 'ETIMEDOUT' ? EgressStatus.TIMEOUT : EgressStatus.UNREACHABLE));
+      return;
+    }
+    if (stream.destroyed) {
+      upstream.destroy();
+      return;
+    }
+    this.stats.connected++;
+    stream.write(encodeEgressReply(EgressStatus.OK));
+    if (rest.length > 0) upstream.write(rest);
+    if (stream.readableEnded) upstream.end();
+    const outcome = await relay(stream, upstream, { idleTimeoutMs: options.idleTimeoutMs });
+    options.logger.info({ event: 'host-egress-closed', ...facts, rule: check.rule ?? null, end: outcome.end, sent: outcome.aToB + rest.length, received: outcome.bToA }, 'egress connection closed');
+  }
+}
+
+function readHeader(stream: Duplex, timeoutMs: number): Promise<{ header: EgressHeader; rest: Buffer } | { error: string }> {
+  return new Promise((resolve) => {
+    let data: Buffer = Buffer.alloc(0);
+    const done = (result: { header: EgressHeader; rest: Buffer } | { error: string }) => {
+      clearTimeout(timer);
+      stream.off('data', onData);
+      stream.off('end', onEnd);
+      stream.pause();
+      resolve(result);
+    };
+    const onData = (chunk: Buffer) => {
+      data = Buffer.concat([data, chunk]);
+      try {
+        const parsed = parseEgressHeader(data);
+        if (parsed.kind === 'header') return done({ header: parsed.header, rest: data.subarray(parsed.length) });
+        if (data.length >= EGRESS_HEADER_MAX_LENGTH) return done({ error: 'header too long' });
+      } catch (error) {
+        if (!(error instanceof EgressHeaderError)) throw error;
+        done({ error: error.message });
+      }
+    };
+    const onEnd = () => done({ error: 'stream ended before the header' });
+    const timer = setTimeout(() => done({ error: `no header within ${timeoutMs} ms` }), timeoutMs);
+    stream.on('data', onData);
+    stream.once('end', onEnd);
+  });
+}
+
+function connectOut(host: string, port: number, timeoutMs: number): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host, port, allowHalfOpen: true, noDelay: true });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(Object.assign(new Error(`connect to ${host}:${port} timed out`), { code: 'ETIMEDOUT' }));
+    }, timeoutMs);
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      socket.off('error', onError);
+      resolve(socket);
+    });
+    const onError = (error: Error) => {
+      clearTimeout(timer);
+      reject(error);
+    };
+    socket.once('error', onError);
+  });
+}
