@@ -19,7 +19,13 @@ const HEX_LABEL = /^(?:[0-9a-fA-F]{2})+$/;
  */
 export function extractAttestationFromCertificate(cert: X509Certificate | Uint8Array): Uint8Array {
   const parsed = parseBindingCertificate(cert);
-  const san = parsed.getExtension(x509.SubjectAlternativeNameExtension);
+  let san: x509.SubjectAlternativeNameExtension | null;
+  try {
+    san = parsed.getExtension(x509.SubjectAlternativeNameExtension);
+  } catch (error) {
+    // Extensions are parsed lazily, so a malformed one surfaces here, as the ASN.1 library's own Error.
+    throw new AttestationError('ERR_ATTESTATION_FORMAT', `the certificate's subject alternative names do not parse: ${(error as Error).message}`);
+  }
   const names = (san?.names.items ?? []).filter((name) => name.type === 'dns').map((name) => name.value);
   if (names.length === 0) throw new AttestationError('ERR_ATTESTATION_FORMAT', 'the certificate has no DNS subject alternative name to carry an attestation document');
   const longest = names.reduce((a, b) => (b.length > a.length ? b : a));

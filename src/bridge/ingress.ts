@@ -11,7 +11,8 @@ export interface StreamTerminator {
   wrap(socket: Duplex): Duplex;
 }
 
-export interface IngressOptions {
+/** The ingress keys of enclave.toml, as the bridge uses them. */
+export interface IngressSettings {
   listen: Address;
   app: Address;
   proxyProtocol: 'off' | 'v1' | 'v2' | 'any';
@@ -20,6 +21,9 @@ export interface IngressOptions {
   connectTimeoutMs: number;
   idleTimeoutMs: number;
   proxyHeaderTimeoutMs: number;
+}
+
+export interface IngressOptions extends IngressSettings {
   logger: Logger;
   terminator?: StreamTerminator | undefined;
 }

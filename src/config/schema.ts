@@ -1,4 +1,5 @@
 import type { Address } from '../bridge/address.js';
+import type { IngressSettings } from '../bridge/ingress.js';
 import { LOG_LEVELS } from '../log.js';
 import { address, bool, int, oneOf, pcrTable, stringList, text, type Field, type Mode } from './field.js';
 
@@ -82,17 +83,7 @@ export const SCHEMA: Table = table('enclave.toml', {
 
 export interface RuntimeConfig {
   runtime: { logLevel: (typeof LOG_LEVELS)[number]; stateDir: string; shutdownGraceMs: number };
-  ingress: {
-    enabled: boolean;
-    listen: Address;
-    app: Address;
-    proxyProtocol: 'off' | 'v1' | 'v2' | 'any';
-    sendProxyProtocol: 'off' | 'v1' | 'v2';
-    maxConnections: number;
-    connectTimeoutMs: number;
-    idleTimeoutMs: number;
-    proxyHeaderTimeoutMs: number;
-  };
+  ingress: IngressSettings & { enabled: boolean };
   tls: {
     enabled: boolean;
     source: 'self';

@@ -44,7 +44,8 @@ function walk(schema: Table, raw: Record<string, unknown>, path: string, mode: M
 export function validateConfig(raw: Record<string, unknown>, mode: Mode, source = 'configuration'): RuntimeConfig {
   const problems: string[] = [];
   const config = walk(SCHEMA, raw, '', mode, problems) as unknown as RuntimeConfig;
-  crossCheck(config, mode, problems);
+  // Cross-key rules read typed values, so they run only once every key has one.
+  if (problems.length === 0) crossCheck(config, mode, problems);
   if (problems.length > 0) throw new ConfigError(problems, source);
   return config;
 }

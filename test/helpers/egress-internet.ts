@@ -96,28 +96,57 @@ function ipv6Bytes(address: string): Buffer {
   return out;
 }
 
+export interface AuthoritativeDns {
+  port: number;
+  /** Questions received, UDP and TCP. */
+  readonly queries: { udp: number; tcp: number };
+  /** When set, UDP questions are ignored (a resolver that does not answer). */
+  silent: boolean;
+  close(): Promise<void>;
+}
+
+/** The zone's DNS server on `host:port` (port 0: any free one, the same for UDP and TCP). */
+export async function startAuthoritativeDns(zone: Record<string, ZoneEntry>, host: string, port: number): Promise<AuthoritativeDns> {
+  const queries = { udp: 0, tcp: 0 };
+  const tcp = net.createServer((socket) => {
+    const reader = new DnsTcpFrameReader();
+    socket.on('error', () => {});
+    socket.on('data', (chunk: Buffer) => {
+      for (const message of reader.push(chunk)) {
+        queries.tcp++;
+        const answer = answerQuestion(zone, message, false);
+        if (answer) socket.write(encodeTcpFrame(answer));
+      }
+    });
+  });
+  await new Promise<void>((resolve) => tcp.listen(port, host, () => resolve()));
+  const bound = (tcp.address() as net.AddressInfo).port;
+  const udp = dgram.createSocket(net.isIPv6(host) ? 'udp6' : 'udp4');
+  const server: AuthoritativeDns = {
+    port: bound,
+    queries,
+    silent: false,
+    close: async () => {
+      udp.close();
+      await new Promise<void>((resolve) => tcp.close(() => resolve()));
+    },
+  };
+  udp.on('message', (message, peer) => {
+    queries.udp++;
+    if (server.silent) return;
+    const answer = answerQuestion(zone, message, true);
+    if (answer) udp.send(answer, peer.port, peer.address);
+  });
+  await new Promise<void>((resolve) => udp.bind(bound, host, () => resolve()));
+  return server;
+}
+
 async function main(spec: InternetSpec): Promise<void> {
   const listening: Array<Promise<unknown>> = [];
   const listen = (server: net.Server, port: number) =>
     listening.push(new Promise<void>((resolve) => server.listen({ host: '::', port, ipv6Only: false }, () => resolve())));
 
-  const udp = dgram.createSocket('udp4');
-  udp.on('message', (message, peer) => {
-    const answer = answerQuestion(spec.zone, message, true);
-    if (answer) udp.send(answer, peer.port, peer.address);
-  });
-  listening.push(new Promise<void>((resolve) => udp.bind(53, spec.dns, () => resolve())));
-  const tcpDns = net.createServer((socket) => {
-    const reader = new DnsTcpFrameReader();
-    socket.on('error', () => {});
-    socket.on('data', (chunk: Buffer) => {
-      for (const message of reader.push(chunk)) {
-        const answer = answerQuestion(spec.zone, message, false);
-        if (answer) socket.write(encodeTcpFrame(answer));
-      }
-    });
-  });
-  listening.push(new Promise<void>((resolve) => tcpDns.listen(53, spec.dns, () => resolve())));
+  await startAuthoritativeDns(spec.zone, spec.dns, 53);
 
   const dir = mkdtempSync(join(tmpdir(), 'egress-internet-'));
   execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'), '-subj', '/CN=internet.test', '-days', '1'], {
