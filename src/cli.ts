@@ -8,6 +8,7 @@ commands:
   dev [--config PATH] [--state-dir DIR] [-- CMD ARGS...]
                                               local: tcp transport, simulated NSM, own CA
   host [--config PATH]                        on the parent: ingress -> enclave, egress and DNS relays
+  provisioner [--config PATH]                 sign attested enclaves' intermediate CAs (tls.source = "provisioner")
   attest verify FILE|- [options]              verify an attestation document
   attest connect HOST[:PORT] [options]        verify the attestation in a server's certificate
   --version                                   print the version
@@ -15,8 +16,12 @@ commands:
 See README.md for every option of enclave.toml and of attest.
 `;
 
-/** The package version, read once from package.json beside dist/. */
+/** Set by esbuild's `define` in the single-file bundle, which has no package.json beside it. */
+declare const __ENCLAVE_RUNTIME_VERSION__: string | undefined;
+
+/** The package version: injected at bundle time, else read from package.json beside dist/. */
 export function version(): string {
+  if (typeof __ENCLAVE_RUNTIME_VERSION__ === 'string') return __ENCLAVE_RUNTIME_VERSION__;
   const manifest = new URL('../../package.json', import.meta.url);
   return (JSON.parse(readFileSync(manifest, 'utf8')) as { version: string }).version;
 }
@@ -33,6 +38,10 @@ export async function main(argv: string[], io: CommandIo = processIo()): Promise
     case 'host': {
       const { hostCommand } = await import('./cli/host-command.js');
       return hostCommand(rest, io);
+    }
+    case 'provisioner': {
+      const { provisionerCommand } = await import('./cli/provisioner-command.js');
+      return provisionerCommand(rest, io);
     }
     case 'attest':
       return attest(rest, io);

@@ -1,7 +1,7 @@
+import { createAppProbe, type AppProbe } from './app/app-probe.js';
 import type { Nsm } from './attestation/nsm.js';
 import { formatAddress, type Address } from './bridge/address.js';
 import type { Ingress } from './bridge/ingress.js';
-import { connect } from './bridge/transport.js';
 import type { Logger } from './log.js';
 
 export interface PartHealth {
@@ -21,6 +21,8 @@ export interface HealthOptions {
   logger: Logger;
   probeIntervalMs?: number;
   probeTimeoutMs?: number;
+  /** How the app is probed (`[app] healthcheck`); default: a connect to `app`. */
+  probe?: AppProbe;
 }
 
 /**
@@ -36,9 +38,10 @@ export class HealthMonitor {
   #timer: NodeJS.Timeout | undefined;
   #probing = false;
   #egress: (() => PartHealth) | undefined;
+  #acme: (() => PartHealth) | undefined;
 
   constructor(options: HealthOptions) {
-    this.#options = { probeIntervalMs: 2000, probeTimeoutMs: 1000, ...options };
+    this.#options = { probeIntervalMs: 2000, probeTimeoutMs: 1000, probe: createAppProbe('', options.app), ...options };
   }
 
   /** Starts probing the app and reporting on the given parts. */
@@ -55,28 +58,29 @@ export class HealthMonitor {
     this.#egress = provider;
   }
 
+  /** Adds an `acme` part (only when [tls.acme] is on) reported by `provider`. */
+  watchAcme(provider: () => PartHealth): void {
+    this.#acme = provider;
+  }
+
   stop(): void {
     clearInterval(this.#timer);
   }
 
-  /** One connect to the app's port; the result is the app's health until the next probe. */
+  /** One probe of the app (connect, or `[app] healthcheck`); the result is the app's health until the next probe. */
   async probeApp(): Promise<boolean> {
     if (this.#probing) return this.#appUp ?? false;
     this.#probing = true;
     let up: boolean;
     try {
-      const socket = await connect(this.#options.app, { timeoutMs: this.#options.probeTimeoutMs });
-      socket.destroy();
-      up = true;
-      this.#appDetail = `accepting on ${formatAddress(this.#options.app)}`;
-    } catch (error) {
-      up = false;
-      this.#appDetail = `${formatAddress(this.#options.app)}: ${(error as { code?: string }).code ?? (error as Error).message}`;
+      const result = await this.#options.probe.probe(this.#options.probeTimeoutMs);
+      up = result.up;
+      this.#appDetail = result.detail;
     } finally {
       this.#probing = false;
     }
     if (up !== this.#appUp) {
-      this.#options.logger[up ? 'info' : 'warn']({ app: formatAddress(this.#options.app) }, up ? 'app is up' : 'app is down');
+      this.#options.logger[up ? 'info' : 'warn']({ app: formatAddress(this.#options.app), probe: this.#options.probe.target, detail: this.#appDetail }, up ? 'app is up' : 'app is down');
     }
     this.#appUp = up;
     return up;
@@ -91,6 +95,7 @@ export class HealthMonitor {
       attestation: this.#nsm ? { ok: true, detail: `${this.#nsm.kind} NSM` } : { ok: false, detail: 'starting' },
       egress: this.#egress ? this.#egress() : { ok: true, detail: 'disabled' },
       app: { ok: this.#appUp === true, detail: this.#appDetail },
+      ...(this.#acme ? { acme: this.#acme() } : {}),
     };
     const status = Object.values(parts).every((part) => part.ok) ? 'ok' : 'degraded';
     return { status, parts };

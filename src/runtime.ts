@@ -1,12 +1,18 @@
 import { mkdir } from 'node:fs/promises';
+import { createAppProbe } from './app/app-probe.js';
 import { startAttestationApi } from './attestation/attestation-api.js';
 import type { Nsm } from './attestation/nsm.js';
 import { formatAddress } from './bridge/address.js';
 import { Ingress } from './bridge/ingress.js';
 import type { Mode } from './config/field.js';
 import type { RuntimeConfig } from './config/schema.js';
-import { HealthMonitor } from './health.js';
+import { version } from './cli.js';
+import { HealthMonitor, type HealthReport } from './health.js';
+import { startHttpEndpoint, type RouteAnswer } from './http-endpoint.js';
 import type { Logger } from './log.js';
+import { RuntimeMetrics } from './metrics/runtime-metrics.js';
+import type { AcmeCertificates } from './tls/acme-certificates.js';
+import type { CertificateSource } from './tls/certificate-source.js';
 import type { TlsTerminator } from './tls/tls-terminator.js';
 
 type Closer = () => Promise<void>;
@@ -20,10 +26,12 @@ export class Runtime {
   readonly health: HealthMonitor;
   readonly ingress: Ingress | undefined;
   readonly nsm: Nsm;
+  readonly metrics: RuntimeMetrics;
   readonly #logger: Logger;
   readonly #closers: Closer[];
 
-  private constructor(parts: { config: RuntimeConfig; health: HealthMonitor; ingress: Ingress | undefined; nsm: Nsm; logger: Logger; closers: Closer[] }) {
+  private constructor(parts: { config: RuntimeConfig; health: HealthMonitor; ingress: Ingress | undefined; nsm: Nsm; metrics: RuntimeMetrics; logger: Logger; closers: Closer[] }) {
+    this.metrics = parts.metrics;
     this.config = parts.config;
     this.health = parts.health;
     this.ingress = parts.ingress;
@@ -37,10 +45,19 @@ export class Runtime {
     const closers: Closer[] = [];
     try {
       await mkdir(config.runtime.stateDir, { recursive: true, mode: 0o700 });
-      const nsm = await openNsm(config, logger);
+      const metrics = new RuntimeMetrics({ version: version(), mode });
+      closers.push(async () => metrics.close());
+      const nsm = metrics.meterNsm(await openNsm(config, logger));
       closers.push(() => nsm.close());
 
-      const health = new HealthMonitor({ app: config.ingress.app, logger });
+      const { app } = config;
+      const health = new HealthMonitor({
+        app: config.ingress.app,
+        logger,
+        probe: createAppProbe(app.healthcheck, config.ingress.app),
+        probeIntervalMs: app.healthcheckIntervalMs,
+        probeTimeoutMs: app.healthcheckTimeoutMs,
+      });
       closers.push(async () => health.stop());
 
       const api = await startAttestationApi({
@@ -57,12 +74,30 @@ export class Runtime {
         const egress = await startEgress(config.egress, logger);
         closers.push(() => egress.close());
         health.watchEgress(() => egress.health());
+        metrics.watchEgress(egress.counters);
       }
 
       let terminator: TlsTerminator | undefined;
+      let acme: AcmeCertificates | undefined;
       if (config.tls.enabled) {
         const { TlsTerminator } = await import('./tls/tls-terminator.js');
+        // The terminator opens the default source itself; a provisioned one is opened (and closed) here.
+        let source: CertificateSource | undefined;
+        if (config.tls.source === 'provisioner') {
+          const { openProvisionedCertificateSource } = await import('./tls/provisioned-certificate-source.js');
+          const provisioned = await openProvisionedCertificateSource({ nsm, ...config.tls.provisioner, logger });
+          closers.push(() => provisioned.close());
+          source = provisioned;
+        }
+        if (config.tls.acme.enabled) {
+          const { AcmeCertificates } = await import('./tls/acme-certificates.js');
+          const opened = await AcmeCertificates.open({ settings: config.tls.acme, stateDir: config.runtime.stateDir, nsm, logger });
+          closers.push(async () => opened.close());
+          acme = opened;
+        }
         terminator = await TlsTerminator.create({
+          ...(source ? { source } : {}),
+          acme,
           nsm,
           stateDir: config.runtime.stateDir,
           serverName: config.tls.serverName,
@@ -77,13 +112,29 @@ export class Runtime {
 
       let ingress: Ingress | undefined;
       if (config.ingress.enabled) {
-        ingress = await Ingress.start({ ...config.ingress, logger, terminator });
+        ingress = await Ingress.start({ ...config.ingress, logger, terminator: terminator && metrics.meterTerminator(terminator) });
         const started = ingress;
         closers.push(() => started.stop(config.runtime.shutdownGraceMs));
       }
+      // Only now: the CA validates TLS-ALPN-01 by connecting to the ingress.
+      if (acme) {
+        const started = acme;
+        health.watchAcme(() => started.health());
+        started.start();
+      }
       health.watch({ ingress, nsm, tls: config.tls.enabled });
+      metrics.watchIngress(ingress);
+      metrics.watchHealth(() => health.report());
+
+      // The same /health for the parent over the bridge, and /metrics, both up before "runtime ready".
+      const healthEndpoint = await startHttpEndpoint('health endpoint', config.runtime.healthListen, { '/health': () => healthAnswer(health.report()) }, logger);
+      closers.push(() => healthEndpoint.close());
+      if (config.metrics.enabled) {
+        const metricsEndpoint = await startHttpEndpoint('metrics endpoint', config.metrics.listen, { '/metrics': () => ({ status: 200, type: PROMETHEUS_TEXT, body: metrics.registry.render() }) }, logger);
+        closers.push(() => metricsEndpoint.close());
+      }
       logger.info({ mode, nsm: nsm.kind, tls: config.tls.enabled }, 'runtime ready');
-      return new Runtime({ config, health, ingress, nsm, logger, closers });
+      return new Runtime({ config, health, ingress, nsm, metrics, logger, closers });
     } catch (error) {
       await closeAll(closers, logger);
       throw error;
@@ -101,6 +152,13 @@ export class Runtime {
   get ingressAddress(): string | undefined {
     return this.ingress ? formatAddress(this.ingress.address) : undefined;
   }
+}
+
+const PROMETHEUS_TEXT = 'text/plain; version=0.0.4; charset=utf-8';
+
+/** GET /health's answer, as the internal API gives it: 200 when every part is ok, else 503. */
+function healthAnswer(report: HealthReport): RouteAnswer {
+  return { status: report.status === 'ok' ? 200 : 503, type: 'application/json; charset=utf-8', body: JSON.stringify({ status: report.status, parts: report.parts }) };
 }
 
 async function openNsm(config: RuntimeConfig, logger: Logger): Promise<Nsm> {

@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { constants } from 'node:os';
 import type { Logger } from './log.js';
 
@@ -19,8 +19,9 @@ export class Supervisor {
   readonly #child: ChildProcess;
   readonly exited: Promise<number>;
 
-  constructor(command: string, args: readonly string[], logger: Logger) {
-    this.#child = spawn(command, args, { stdio: 'inherit' });
+  /** `options` may set the command's cwd, env, uid and gid (stdio is always the runtime's). */
+  constructor(command: string, args: readonly string[], logger: Logger, options: Pick<SpawnOptions, 'cwd' | 'env' | 'uid' | 'gid'> = {}) {
+    this.#child = spawn(command, args, { ...options, stdio: 'inherit' });
     logger.info({ command, pid: this.#child.pid }, 'customer command started');
     this.exited = new Promise((resolve) => {
       this.#child.once('error', (error) => {

@@ -138,6 +138,7 @@ describe('host egress relay', () => {
     const answer = readAll(socket);
     socket.write(encodeEgressHeader({ name: 'allowed.test', ip: '127.0.0.1', port: app.port }));
     const data = await answer;
+    socket.destroy();
     assert.deepEqual(parseEgressReply(data), { kind: 'reply', status: EgressStatus.PRIVATE, length: 4 });
     assert.equal(data.length, 4, 'nothing of the destination came back');
     const line = logs.lines.find((l) => l.event === 'host-egress-refused' && l.status === 'PRIVATE');
@@ -152,10 +153,12 @@ describe('host egress relay', () => {
     const deniedAnswer = readAll(denied);
     denied.write(encodeEgressHeader({ name: 'allowed.test', ip: '127.0.0.2', port: app.port }));
     assert.deepEqual(parseEgressReply(await deniedAnswer), { kind: 'reply', status: EgressStatus.DENIED, length: 4 });
+    denied.destroy();
     const bad = await open(relay);
     const badAnswer = readAll(bad);
     bad.write('GET / HTTP/1.1\r\n\r\n');
     assert.deepEqual(parseEgressReply(await badAnswer), { kind: 'reply', status: EgressStatus.BAD_HEADER, length: 4 });
+    bad.destroy();
   });
 
   it('reports an unreachable destination', async () => {
@@ -169,6 +172,7 @@ describe('host egress relay', () => {
     const answer = readAll(socket);
     socket.write(encodeEgressHeader({ name: '', ip: '127.0.0.1', port }));
     assert.deepEqual(parseEgressReply(await answer), { kind: 'reply', status: EgressStatus.UNREACHABLE, length: 4 });
+    socket.destroy();
   });
 
   it('answers OVERLOADED beyond max_connections', async () => {
@@ -178,6 +182,7 @@ describe('host egress relay', () => {
     await new Promise((resolve) => setImmediate(resolve));
     const second = await open(relay);
     assert.deepEqual(parseEgressReply(await readAll(second)), { kind: 'reply', status: EgressStatus.OVERLOADED, length: 4 });
+    second.destroy();
     first.destroy();
   });
 });

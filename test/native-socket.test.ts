@@ -3,6 +3,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import net from 'node:net';
 import { spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import { after, describe, it } from 'node:test';
 import { NativeError, loadNative } from '../src/bridge/native-binding.js';
 import { NativeServer } from '../src/bridge/native-server.js';
@@ -406,5 +407,49 @@ describe('native sockets and process lifetime', { skip, timeout: 60_000 }, () =>
     `);
     assert.equal(throwing.status, 0, throwing.stderr);
     assert.equal(throwing.stdout.trim(), 'uncaught boom');
+  });
+
+  it('terminating a worker with busy native sockets neither crashes nor leaks sockets', () => {
+    const dir = socketDir();
+    after(() => dir.cleanup());
+    const workerBody = `
+      import { NativeServer } from ${JSON.stringify(new URL('../src/bridge/native-server.js', import.meta.url).href)};
+      import { connectNative } from ${JSON.stringify(new URL('../src/bridge/native-socket.js', import.meta.url).href)};
+      import { parentPort, threadId } from 'node:worker_threads';
+      const path = ${JSON.stringify(dir.path('w'))} + threadId + '.sock';
+      const server = new NativeServer();
+      server.on('connection', (s) => { s.on('error', () => {}); s.resume(); s.write(Buffer.alloc(1 << 20)); });
+      await server.listen({ family: 'unix', path });
+      for (let i = 0; i < 40; i++) {
+        const c = await connectNative({ family: 'unix', path });
+        c.on('error', () => {});
+        c.resume();
+        c.write(Buffer.alloc(1 << 20));
+        if (i % 3 === 0) c.destroy();
+        if (i === 0) parentPort.postMessage('streaming');
+      }
+    `;
+    const workerFile = dir.path('worker.mjs');
+    writeFileSync(workerFile, workerBody);
+    const script = `
+      import { Worker } from 'node:worker_threads';
+      import { readdirSync, readlinkSync } from 'node:fs';
+      const sockets = () => readdirSync('/proc/self/fd').filter((fd) => { try { return readlinkSync('/proc/self/fd/' + fd).startsWith('socket:'); } catch { return false; } }).length;
+      const before = sockets();
+      let streaming = 0;
+      for (let i = 0; i < 12; i++) {
+        const worker = new Worker(${JSON.stringify(workerFile)}, { execArgv: [] });
+        worker.on('message', () => streaming++);
+        // Terminate at varying points: while modules load, while connecting, while streaming.
+        await new Promise((resolve) => setTimeout(resolve, i * 10));
+        await worker.terminate();
+      }
+      console.log(JSON.stringify({ before, after: sockets(), streaming }));
+    `;
+    const result = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 60_000 });
+    assert.equal(result.status, 0, `the process must survive worker termination: ${result.stderr}`);
+    const { before, after: remaining, streaming } = JSON.parse(result.stdout) as { before: number; after: number; streaming: number };
+    assert.equal(remaining, before);
+    assert.ok(streaming > 0, 'some workers must have been terminated mid-stream');
   });
 });

@@ -5,10 +5,15 @@ import { formatAddress, type Address } from './address.js';
 import { encodeProxyHeader, readProxyHeader, type ProxyHeader } from './proxy-protocol.js';
 import { relay } from './relay.js';
 import { connect, listen, type Listener, type TransportSocket } from './transport.js';
+import { answerWellKnown, readFirstRequest } from './well-known-attestation.js';
 
 /** Turns the raw transport stream into the stream whose bytes go to the app (TLS termination). */
 export interface StreamTerminator {
   wrap(socket: Duplex): Duplex;
+  /** Resolves true once the wrapped stream may go to the app (handshake done); false to close it unrelayed. */
+  established?(client: Duplex): Promise<boolean>;
+  /** The attestation document GET /.well-known/attestation answers with on this wrapped stream. */
+  attestationFor?(client: Duplex): Promise<Uint8Array>;
 }
 
 /** The ingress keys of enclave.toml, as the bridge uses them. */
@@ -21,6 +26,8 @@ export interface IngressSettings {
   connectTimeoutMs: number;
   idleTimeoutMs: number;
   proxyHeaderTimeoutMs: number;
+  /** Answer GET /.well-known/attestation when it is a connection's first request (needs a terminator with attestationFor). */
+  httpAware?: boolean;
 }
 
 export interface IngressOptions extends IngressSettings {
@@ -34,16 +41,26 @@ export interface IngressStats {
   refusedOverCap: number;
   appUnreachable: number;
   badProxyHeader: number;
+  /** GET /.well-known/attestation requests answered by the ingress itself. */
+  wellKnownAnswered: number;
 }
 
 /** A PROXY v2 header carries addresses and TLVs; 536 bytes covers the spec's v1 limit and typical v2 use. */
 const MAX_PROXY_HEADER_BYTES = 4096;
 /** Refusals over the cap are logged at most this often, so a flood cannot flood the log too. */
 const CAP_LOG_INTERVAL_MS = 1000;
+/**
+ * HTTP-aware ingress waits at most this long (and never past idle_timeout_ms) for the first request
+ * to show whether it is GET /.well-known/attestation; then the connection goes to the app as it is.
+ * Waiting costs nothing for HTTP: the app has nothing to say before the request arrives anyway.
+ */
+const FIRST_REQUEST_TIMEOUT_MS = 30_000;
+/** After the well-known answer, how long the client may take to close before it is cut. */
+const WELL_KNOWN_LINGER_MS = 5000;
 
 /** Parent -> enclave -> app: accepts on `listen`, connects to `app`, relays both ways. */
 export class Ingress {
-  readonly stats: IngressStats = { accepted: 0, active: 0, refusedOverCap: 0, appUnreachable: 0, badProxyHeader: 0 };
+  readonly stats: IngressStats = { accepted: 0, active: 0, refusedOverCap: 0, appUnreachable: 0, badProxyHeader: 0, wellKnownAnswered: 0 };
   readonly #options: IngressOptions;
   readonly #connections = new Set<Duplex>();
   readonly #drained = new Set<() => void>();
@@ -134,8 +151,31 @@ export class Ingress {
       }
     }
 
-    const client = options.terminator ? options.terminator.wrap(socket) : socket;
+    const terminator = options.terminator;
+    const client = terminator ? terminator.wrap(socket) : socket;
     if (client !== socket) client.on('error', () => {});
+    // The app is connected only once the handshake is done: a failed handshake or an ACME
+    // validation answered by the terminator never reaches it.
+    if (terminator?.established && !(await terminator.established(client))) {
+      client.destroy();
+      socket.destroy();
+      return;
+    }
+    if (options.httpAware && terminator?.attestationFor) {
+      const first = await readFirstRequest(client, { timeoutMs: Math.min(FIRST_REQUEST_TIMEOUT_MS, options.idleTimeoutMs) });
+      if (first === 'well-known') {
+        const document = await terminator.attestationFor(client);
+        this.stats.wellKnownAnswered++;
+        await answerWellKnown(client, document, WELL_KNOWN_LINGER_MS);
+        socket.destroy();
+        return;
+      }
+      if (first === 'closed') {
+        client.destroy();
+        socket.destroy();
+        return;
+      }
+    }
     let app: TransportSocket;
     try {
       app = await connect(options.app, { timeoutMs: options.connectTimeoutMs });

@@ -86,7 +86,7 @@ export const NativeEvent = {
   Write: 4,
   /** a: 0 | -errno */
   Connect: 5,
-  /** a: NativeHandle of the accepted socket */
+  /** a: the accepted fd; wrap it with adoptSocketHandle during the callback, or the addon closes it */
   Connection: 6,
   /** a: -errno (EMFILE, ENFILE, ...); call resumeAccept() later */
   AcceptPaused: 7,
@@ -140,8 +140,13 @@ function packageRoot(): string {
   return dir;
 }
 
-/** Where the compiled addon is expected: build/Release under the package root (from src/ or dist/src/). */
-export const NATIVE_ADDON_PATH = join(packageRoot(), 'build', 'Release', 'enclave_native.node');
+/**
+ * Where the compiled addon is expected: beside this module in the single-file bundle
+ * (`<bundle>/lib/enclave_native.node`), else build/Release under the package root (from src/ or dist/src/).
+ */
+export const NATIVE_ADDON_PATH = ((beside) => (existsSync(beside) ? beside : join(packageRoot(), 'build', 'Release', 'enclave_native.node')))(
+  join(dirname(fileURLToPath(import.meta.url)), 'enclave_native.node'),
+);
 
 let addon: NativeAddon | undefined;
 let loadFailure: RuntimeError | undefined;
@@ -226,6 +231,12 @@ export function openSocketHandle(family: NativeAddress['family']): NativeHandle 
   const fd = native.socket(af);
   if (fd < 0) throw errnoError(fd, 'socket');
   return new native.Handle(fd, af);
+}
+
+/** Wraps an fd this process owns (an accepted connection); on failure the fd is closed and this throws. */
+export function adoptSocketHandle(fd: number, family: NativeAddress['family']): NativeHandle {
+  const native = loadNative();
+  return new native.Handle(fd, family === 'vsock' ? native.AF_VSOCK : native.AF_UNIX);
 }
 
 /** Closes a Handle and resolves once its fd is really closed (it replaces the handle's callback). */

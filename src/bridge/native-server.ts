@@ -8,6 +8,7 @@ import { connect as netConnect } from 'node:net';
 import { RuntimeError } from '../errors.js';
 import {
   NativeEvent,
+  adoptSocketHandle,
   closeHandle,
   errnoError,
   formatNativeAddress,
@@ -42,6 +43,7 @@ export class NativeServer extends EventEmitter {
   #state: State = 'idle';
   #handle: NativeHandle | null = null;
   #address: NativeAddress | null = null;
+  #family: NativeAddress['family'] = 'unix';
   #unixFile: { path: string; dev: number; ino: number } | null = null;
   #pendingListen: Promise<void> | null = null;
   #closing: Promise<void> | null = null;
@@ -101,6 +103,7 @@ export class NativeServer extends EventEmitter {
     }
 
     this.#handle = handle;
+    this.#family = address.family;
     this.#address = handleAddress(handle.getsockname()) ?? address;
     this.#unixFile = address.family === 'unix' ? fileIdentity(address.path) : null;
     handle.setCallback((type, a, b) => this.#onNative(type, a, b));
@@ -161,7 +164,7 @@ export class NativeServer extends EventEmitter {
   #onNative(type: number, a: unknown, b: unknown): void {
     switch (type) {
       case NativeEvent.Connection:
-        this.#onConnection(a as NativeHandle);
+        this.#onConnection(a as number);
         return;
       case NativeEvent.AcceptPaused:
         this.#pauseAccepting(errnoError(a as number, 'accept'));
@@ -174,7 +177,15 @@ export class NativeServer extends EventEmitter {
     }
   }
 
-  #onConnection(handle: NativeHandle): void {
+  /** Must wrap `fd` before returning (the addon closes an unwrapped one); adoptSocketHandle closes it if wrapping fails. */
+  #onConnection(fd: number): void {
+    let handle: NativeHandle;
+    try {
+      handle = adoptSocketHandle(fd, this.#family);
+    } catch (error) {
+      if (this.listenerCount('acceptError') > 0) this.emit('acceptError', error);
+      return;
+    }
     const socket = new NativeSocket(handle, this.#socketOptions);
     // Nobody would ever read or close it: an unowned socket is an fd leak.
     if (this.listenerCount('connection') === 0) {

@@ -5,6 +5,8 @@ import { ConfigError, RuntimeError } from '../errors.js';
 import { createLogger } from '../log.js';
 import { Runtime } from '../runtime.js';
 import { Supervisor } from '../supervisor.js';
+import { AppSupervisor } from '../app/app-supervisor.js';
+import { startInitDuties, type InitDuties } from '../init/init-duties.js';
 import type { CommandIo } from './io.js';
 
 /** Signals closer together than this are one user action delivered twice. */
@@ -44,16 +46,51 @@ export async function serveCommand(mode: Extract<Mode, 'run' | 'dev'>, argv: str
   const logger = createLogger(config.runtime.logLevel);
   logger.info({ mode, config: parsed.values.config ?? '(defaults)', stateDir: config.runtime.stateDir }, 'config loaded');
 
+  // PID 1 duties (lo up, hostname, reaping) come first: every listener below is on loopback.
+  let init: InitDuties;
   let runtime: Runtime;
+  try {
+    init = startInitDuties(config.runtime, logger);
+  } catch (error) {
+    logger.fatal({ code: (error as { code?: string }).code, reason: (error as Error).message }, 'runtime failed to start');
+    return 1;
+  }
   try {
     runtime = await Runtime.start(config, mode, logger);
   } catch (error) {
     const code = error instanceof RuntimeError || (error as { code?: string }).code ? (error as { code: string }).code : undefined;
     logger.fatal({ code, reason: (error as Error).message }, 'runtime failed to start');
+    init.stop();
     return 1;
   }
+  const { reaper } = init;
+  if (reaper) runtime.metrics.watchOrphans(() => reaper.reaped);
 
-  const supervisor = command === undefined ? undefined : new Supervisor(command, commandArgs, logger);
+  // Secrets are for the command alone: they go into its spawn environment, never into process.env.
+  let secretEnv: Record<string, string> = {};
+  if (config.secrets.length > 0 && command === undefined) logger.warn({ secrets: config.secrets.length }, '[[secrets]] are configured but there is no command to pass them to; not loaded');
+  if (config.secrets.length > 0 && command !== undefined) {
+    try {
+      const { loadSecrets } = await import('../secrets/boot-secrets.js');
+      secretEnv = await loadSecrets(config, { nsm: runtime.nsm, logger });
+    } catch (error) {
+      logger.fatal({ code: (error as { code?: string }).code, reason: (error as Error).message }, 'secrets failed to load; the command is not started');
+      await runtime.stop();
+      return 1;
+    }
+  }
+  // The command starts only now that every service is up: its first line may already call 127.0.0.1:9999.
+  let supervisor: AppSupervisor | undefined;
+  try {
+    supervisor = command === undefined ? undefined : new AppSupervisor(command, commandArgs, config.app, logger, secretEnv);
+  } catch (error) {
+    logger.fatal({ code: (error as { code?: string }).code, reason: (error as Error).message }, 'the command cannot be started');
+    await runtime.stop();
+    init.stop();
+    return error instanceof ConfigError ? 2 : 1;
+  }
+  const app = supervisor;
+  if (app) runtime.metrics.watchApp(() => ({ restarts: app.restarts, running: app.running }));
   let stoppingSince: number | undefined;
   const stopped = new Promise<void>((resolve) => {
     const onSignal = (signal: NodeJS.Signals) => {
@@ -75,12 +112,13 @@ export async function serveCommand(mode: Extract<Mode, 'run' | 'dev'>, argv: str
   });
 
   let status = 0;
-  if (supervisor) {
-    status = await Promise.race([supervisor.exited, stopped.then(() => supervisor.exited)]);
+  if (app) {
+    status = await Promise.race([app.exited, stopped.then(() => app.exited)]);
   } else {
     await stopped;
   }
   await runtime.stop();
+  init.stop();
   for (const signal of Supervisor.forwardedSignals) process.removeAllListeners(signal);
   return status;
 }

@@ -86,13 +86,104 @@ export function stringList(doc: string, defaultValue: readonly string[], maxItem
 
 /** A table of PCR index (0-15) to lowercase hex of 48 bytes, as SHA-384 PCRs are. */
 export function pcrTable(doc: string): Field<Record<number, Uint8Array>> {
+  return field(doc, () => ({}), checkPcrTable);
+}
+
+function checkPcrTable(v: unknown): Checked<Record<number, Uint8Array>> {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return bad(v, 'a table like { 0 = "<96 hex digits>" }');
+  const out: Record<number, Uint8Array> = {};
+  for (const [key, hex] of Object.entries(v)) {
+    if (!/^(?:[0-9]|1[0-5])$/.test(key)) return bad(v, `PCR indexes 0 to 15, not "${key}"`);
+    if (typeof hex !== 'string' || !/^[0-9a-fA-F]{96}$/.test(hex)) return bad(v, `PCR ${key} as 96 hex digits (48 bytes)`);
+    out[Number(key)] = Buffer.from(hex, 'hex');
+  }
+  return ok(out);
+}
+
+/** A list of PCR tables, each non-empty: accepted PCR sets, one of which must match whole. */
+export function pcrSetList(doc: string, maxItems: number): Field<Array<Record<number, Uint8Array>>> {
+  return field(doc, () => [], (v) => {
+    if (!Array.isArray(v) || v.length > maxItems) return bad(v, `a list of at most ${maxItems} tables like { 0 = "<96 hex digits>" }`);
+    const out: Array<Record<number, Uint8Array>> = [];
+    for (const [i, item] of v.entries()) {
+      const checked = checkPcrTable(item);
+      if (!checked.ok) return { ok: false, problem: `set ${i + 1}: ${checked.problem}` };
+      if (Object.keys(checked.value).length === 0) return { ok: false, problem: `set ${i + 1} is empty: it would match any enclave` };
+      out.push(checked.value);
+    }
+    return ok(out);
+  });
+}
+
+/** A string that may be empty, meaning "not set" (the default); non-empty values must match `pattern`. */
+export function optionalText(doc: string, pattern?: RegExp, patternDoc?: string): Field<string> {
+  return field(doc, '', (v) => {
+    if (typeof v !== 'string' || v.length > 4096) return bad(v, 'a string');
+    if (v !== '' && pattern && !pattern.test(v)) return bad(v, patternDoc ?? `a string matching ${pattern}`);
+    return ok(v);
+  });
+}
+
+/** A table of NAME = "value" strings (environment variables); names as POSIX shells accept them. */
+export function stringTable(doc: string, maxEntries: number): Field<Record<string, string>> {
   return field(doc, () => ({}), (v) => {
-    if (typeof v !== 'object' || v === null || Array.isArray(v)) return bad(v, 'a table like { 0 = "<96 hex digits>" }');
-    const out: Record<number, Uint8Array> = {};
-    for (const [key, hex] of Object.entries(v)) {
-      if (!/^(?:[0-9]|1[0-5])$/.test(key)) return bad(v, `PCR indexes 0 to 15, not "${key}"`);
-      if (typeof hex !== 'string' || !/^[0-9a-fA-F]{96}$/.test(hex)) return bad(v, `PCR ${key} as 96 hex digits (48 bytes)`);
-      out[Number(key)] = Buffer.from(hex, 'hex');
+    if (typeof v !== 'object' || v === null || Array.isArray(v) || v instanceof Date) return bad(v, 'a table like { NAME = "value" }');
+    const entries = Object.entries(v);
+    if (entries.length > maxEntries) return bad(v, `at most ${maxEntries} entries`);
+    const out: Record<string, string> = {};
+    for (const [key, value] of entries) {
+      if (!/^[A-Za-z_][A-Za-z0-9_]{0,255}$/.test(key)) return bad(v, `names of letters, digits and _, not "${key.slice(0, 64)}"`);
+      if (typeof value !== 'string' || value.length > 65_536 || value.includes('\0')) return bad(v, `${key} as a string without NUL bytes`);
+      out[key] = value;
+    }
+    return ok(out);
+  });
+}
+
+/** The same check with no default: the value is `undefined` unless the file sets it (entries of a list of tables). */
+export function optional<T>(inner: Field<T>): Field<T | undefined> {
+  return field<T | undefined>(inner.doc, () => undefined, (v) => inner.check(v));
+}
+
+/** Like optionalText, for credentials: a problem never quotes the value. */
+export function secretText(doc: string, pattern: RegExp, patternDoc: string): Field<string> {
+  return field(doc, '', (v) => {
+    if (typeof v !== 'string' || v.length > 4096 || (v !== '' && !pattern.test(v))) return { ok: false, problem: `the value (not shown) is not allowed; expected ${patternDoc}` };
+    return ok(v);
+  });
+}
+
+/** Standard base64 (whitespace allowed between groups) decoding to 1..maxBytes bytes. */
+export function base64Bytes(doc: string, maxBytes: number): Field<Uint8Array> {
+  return field(doc, () => new Uint8Array(0), (v) => {
+    const compact = typeof v === 'string' && v.length <= Math.ceil(maxBytes / 3) * 4 * 2 ? v.replace(/\s+/g, '') : undefined;
+    if (compact === undefined || compact.length === 0 || compact.length % 4 !== 0 || !/^[A-Za-z0-9+/]+={0,2}$/.test(compact)) {
+      return bad(v, `standard base64 of 1 to ${maxBytes} bytes`);
+    }
+    const bytes = Buffer.from(compact, 'base64');
+    return bytes.byteLength <= maxBytes ? ok(new Uint8Array(bytes)) : bad(v, `standard base64 of 1 to ${maxBytes} bytes (this is ${bytes.byteLength})`);
+  });
+}
+
+/** A number (TOML integer or float) from min to max inclusive. */
+export function decimal(doc: string, defaultValue: number, min: number, max: number): Field<number> {
+  return field(doc, defaultValue, (v) => {
+    const n = typeof v === 'bigint' ? Number(v) : v;
+    return typeof n === 'number' && Number.isFinite(n) && n >= min && n <= max ? ok(n) : bad(v, `a number from ${min} to ${max}`);
+  });
+}
+
+/** A list of host names (no wildcards, no IP addresses), lowercased, without duplicates. */
+export function hostNameList(doc: string, maxItems: number): Field<string[]> {
+  const label = '[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?';
+  const hostName = new RegExp(`^(?=.{1,253}$)${label}(?:\\.${label})*$`);
+  return field(doc, () => [], (v) => {
+    if (!Array.isArray(v) || v.length > maxItems) return bad(v, `a list of at most ${maxItems} host names`);
+    const out: string[] = [];
+    for (const item of v) {
+      const name = typeof item === 'string' ? item.toLowerCase().replace(/\.$/, '') : '';
+      if (!hostName.test(name) || /^[0-9.]+$/.test(name)) return bad(item, 'a host name like "app.example.com" (no wildcards or IP addresses)');
+      if (!out.includes(name)) out.push(name);
     }
     return ok(out);
   });

@@ -1,16 +1,32 @@
 import type { Address } from '../bridge/address.js';
 import type { IngressSettings } from '../bridge/ingress.js';
+import type { AcmeSettings } from '../tls/acme-certificates.js';
 import { LOG_LEVELS } from '../log.js';
-import { address, bool, int, oneOf, pcrTable, stringList, text, type Field, type Mode } from './field.js';
+import { SECRETS, type SecretEntry } from '../secrets/secret-config.js';
+import { address, bool, decimal, hostNameList, int, oneOf, optionalText, secretText, pcrSetList, pcrTable, stringList, stringTable, text, type Field, type Mode } from './field.js';
 
 /** A table of enclave.toml: keys are fields or nested tables. */
 export interface Table {
   readonly kind: 'table';
   readonly doc: string;
-  readonly entries: Readonly<Record<string, Field | Table>>;
+  readonly entries: Readonly<Record<string, Field | Table | TableList>>;
 }
 
-const table = (doc: string, entries: Record<string, Field | Table>): Table => ({ kind: 'table', doc, entries });
+/**
+ * A list of tables (`[[name]]` in TOML): each entry is checked against `item` with its problems
+ * named `name[i].key`; `required` keys must be set; `refine` adds rules across keys and entries,
+ * seeing the entries as written.
+ */
+export interface TableList {
+  readonly kind: 'tableList';
+  readonly doc: string;
+  readonly item: Table;
+  readonly maxItems: number;
+  readonly required: readonly string[];
+  readonly refine?: (entries: ReadonlyArray<Record<string, unknown>>, path: string) => string[];
+}
+
+const table = (doc: string, entries: Record<string, Field | Table | TableList>): Table => ({ kind: 'table', doc, entries });
 const byMode = <T>(run: T, dev: T, host: T = run) => (mode: Mode): T => (mode === 'dev' ? dev : mode === 'host' ? host : run);
 
 const SECOND = 1000;
@@ -22,6 +38,9 @@ export const SCHEMA: Table = table('enclave.toml', {
     log_level: oneOf('log verbosity', 'info', LOG_LEVELS),
     state_dir: text('where keys, CA and simulated-NSM chain persist', '.enclave-runtime'),
     shutdown_grace_ms: int('how long SIGTERM/SIGINT waits for open connections to drain', 10 * SECOND, 0, 10 * 60 * SECOND),
+    init: oneOf('PID 1 duties (lo up, hostname, reaping orphans): "auto" only when PID 1', 'auto', ['auto', 'on', 'off']),
+    hostname: text('the hostname set by the PID 1 duties', 'enclave', /^(?=.{1,64}$)[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$/, 'a host name of at most 64 characters'),
+    health_listen: address('GET /health for the parent, over the bridge', byMode('vsock:any:7779', 'tcp:127.0.0.1:7779')),
   }),
   ingress: table('parent -> enclave -> app', {
     enabled: bool('accept ingress connections at all', true),
@@ -33,14 +52,41 @@ export const SCHEMA: Table = table('enclave.toml', {
     connect_timeout_ms: int('time to connect to the app', 5 * SECOND, 10, 5 * 60 * SECOND),
     idle_timeout_ms: int('a connection with no bytes either way for this long is closed', 5 * 60 * SECOND, 100, 24 * HOUR),
     proxy_header_timeout_ms: int('time for the PROXY header to arrive', 5 * SECOND, 10, 5 * 60 * SECOND),
+    http_aware: bool('answer GET /.well-known/attestation when it is the first request of a connection (needs tls)', false),
+  }),
+  app: table("the customer's command (after `--`) and its health", {
+    restart: oneOf('when the command is started again after it exits', 'never', ['never', 'on-failure', 'always']),
+    max_restarts: int('restarts allowed in all; then the runtime exits with the last code', 10, 0, 1_000_000),
+    restart_backoff_ms: int('wait before the first restart; doubles each time, at most 60 s', SECOND, 0, 60 * SECOND),
+    user: optionalText('run the command as NAME, UID, NAME:GROUP or UID:GID ("" = as the runtime)', /^[A-Za-z0-9_.-]{1,64}(:[A-Za-z0-9_.-]{1,64})?$/, 'NAME, UID, NAME:GROUP or UID:GID'),
+    cwd: optionalText("the command's working directory (\"\" = the runtime's)", /^\//, 'an absolute path'),
+    env: stringTable("variables added to the command's environment", 1024),
+    healthcheck: optionalText('"" = connect to ingress.app; "/path" = HTTP GET on ingress.app; "http://HOST:PORT/path"; or an address to connect to', /^(\/|http:\/\/|tcp:|unix:|vsock:)/, '"/path", "http://HOST:PORT/path" or an address'),
+    healthcheck_interval_ms: int('time between app health probes', 2 * SECOND, 100, 10 * 60 * SECOND),
+    healthcheck_timeout_ms: int('time one app health probe may take', SECOND, 10, 60 * SECOND),
   }),
   tls: table('TLS termination with attested certificates', {
     enabled: bool('terminate TLS on ingress (off: passthrough)', true),
-    source: oneOf('where certificates come from', 'self', ['self']),
+    source: oneOf('where certificates come from', 'self', ['self', 'provisioner']),
     server_name: text('the base host name of the certificates', 'localhost', /^[A-Za-z0-9.-]{1,253}$/, 'a DNS name'),
     sni_nonce_encoding: oneOf('how <nonce>.attest.<host> labels are decoded', 'hex', ['hex', 'base64']),
     nonce_cache_size: int('per-nonce certificates kept (LRU)', 1024, 1, 1_000_000),
     alpn: stringList('ALPN protocols offered, most preferred first', ['h2', 'http/1.1'], 16),
+    provisioner: table('tls.source = "provisioner": a CA service signs the enclave\'s intermediate after checking its attestation', {
+      address: address('where the provisioner (or the parent\'s relay to it) answers HTTP', byMode('vsock:3:8444', 'tcp:127.0.0.1:8444')),
+      timeout_ms: int('time for one provisioner request, connect included', 10 * SECOND, 100, 5 * 60 * SECOND),
+    }),
+    acme: table('certificates from an ACME CA for custom domains, next to the attested ones', {
+      enabled: bool('order and renew ACME certificates for `domains`', false),
+      directory_url: text('the ACME directory', 'https://acme-v02.api.letsencrypt.org/directory', /^https:\/\/[^\s]+$/, 'an https:// URL'),
+      email: optionalText('the account contact ("" = none)', /^[^@\s]+@[^@\s]+$/, 'an email address'),
+      domains: hostNameList('the names to get a certificate for; SNI equal to one gets it', 100),
+      ca_file: optionalText('PEM roots to trust for the ACME server ("" = the system roots)'),
+      challenge: oneOf('how control of the domains is proven', 'tls-alpn-01', ['tls-alpn-01']),
+      renew_at_fraction: decimal('renew when this share of the lifetime has passed', 2 / 3, 0.1, 0.95),
+      retry_min_ms: int('first wait after a failed order; doubles per failure', 60 * SECOND, 100, 24 * HOUR),
+      retry_max_ms: int('longest wait between failed orders', HOUR, 100, 7 * 24 * HOUR),
+    }),
   }),
   attestation: table('the NSM and the internal API', {
     mode: oneOf('"nsm" is /dev/nsm; "simulated" only for tests (dev always simulates)', byMode('nsm', 'simulated'), ['nsm', 'simulated']),
@@ -68,6 +114,10 @@ export const SCHEMA: Table = table('enclave.toml', {
     max_connections: int('concurrent egress connections', 4096, 1, 1_000_000),
     max_dns_in_flight: int('DNS questions waiting for the relay at once', 256, 1, 65_536),
   }),
+  metrics: table('Prometheus metrics', {
+    enabled: bool('serve GET /metrics', true),
+    listen: address('where GET /metrics is served', 'tcp:127.0.0.1:9090'),
+  }),
   host: table('the parent instance side (`enclave-runtime host`)', {
     ingress_listen: address('where clients connect on the parent', 'tcp:0.0.0.0:443', ['tcp', 'unix']),
     enclave_ingress: address("the enclave's ingress, as the parent reaches it", 'vsock:16:7777'),
@@ -79,18 +129,61 @@ export const SCHEMA: Table = table('enclave.toml', {
     idle_timeout_ms: int('a relayed connection idle this long is closed', 5 * 60 * SECOND, 100, 24 * HOUR),
     max_connections: int('concurrent relayed connections', 4096, 1, 1_000_000),
   }),
+  provisioner: table('the reference provisioner (`enclave-runtime provisioner`)', {
+    listen: address('where enclaves (through the parent) reach the provisioner', 'tcp:127.0.0.1:8444'),
+    ca_dir: text('where the root key and certificate live (ca-key.pem 0600, ca.pem)', '.enclave-runtime/provisioner'),
+    root: text('the attestation root: "aws" (the bundled AWS Nitro root G1) or a PEM file path', 'aws'),
+    allowed_pcrs: pcrSetList('accepted PCR sets; an enclave must match one whole set', 64),
+    allow_debug: bool('accept debug-mode enclaves (PCR0-2 all zero)', false),
+    challenge_ttl_ms: int('how long a challenge nonce stays usable', 60 * SECOND, 1 * SECOND, 60 * 60 * SECOND),
+    cert_lifetime_ms: int('lifetime of the intermediate certificates signed', 24 * HOUR, 60 * SECOND, 365 * 24 * HOUR),
+    max_pending_challenges: int('outstanding challenges; more are refused until some are used or expire', 1024, 1, 1_000_000),
+    permitted_dns: stringList('DNS subtrees the intermediates may name (critical nameConstraints); empty: unconstrained', [], 64),
+  }),
+  kms: table('AWS KMS, which decrypts [[secrets]] for this enclave only (it is the Recipient)', {
+    region: optionalText('the AWS region; empty: AWS_REGION, then AWS_DEFAULT_REGION', /^[a-z]{2}(-[a-z0-9]+){1,3}-\d{1,2}$/, 'an AWS region like "us-east-1"'),
+    endpoint: optionalText('the KMS URL; empty: https://kms.<region>.amazonaws.com', /^https?:\/\/[^\s/?#]+(\/[^\s?#]*)?$/, 'an https:// URL (http:// only to loopback)'),
+    access_key_id: optionalText('empty: AWS_ACCESS_KEY_ID from the environment', /^[A-Z0-9]{16,128}$/, 'an AWS access key id (16-128 of A-Z 0-9)'),
+    secret_access_key: secretText('empty: AWS_SECRET_ACCESS_KEY from the environment', /^\S{16,256}$/, 'an AWS secret access key'),
+    session_token: secretText('empty: AWS_SESSION_TOKEN from the environment', /^\S{16,4096}$/, 'an AWS session token'),
+    via: oneOf('how KMS is reached: through the egress HTTP proxy, or directly', byMode('egress_proxy', 'direct'), ['egress_proxy', 'direct']),
+    timeout_ms: int('time for one KMS request, connect included', 10 * SECOND, 100, 5 * 60 * SECOND),
+    max_attempts: int('attempts per KMS call when it is throttled, fails with 5xx or cannot be reached', 3, 1, 10),
+  }),
+  secrets: SECRETS,
 });
 
 export interface RuntimeConfig {
-  runtime: { logLevel: (typeof LOG_LEVELS)[number]; stateDir: string; shutdownGraceMs: number };
+  runtime: {
+    logLevel: (typeof LOG_LEVELS)[number];
+    stateDir: string;
+    shutdownGraceMs: number;
+    init: 'auto' | 'on' | 'off';
+    hostname: string;
+    healthListen: Address;
+  };
+  app: {
+    restart: 'never' | 'on-failure' | 'always';
+    maxRestarts: number;
+    restartBackoffMs: number;
+    user: string;
+    cwd: string;
+    env: Record<string, string>;
+    healthcheck: string;
+    healthcheckIntervalMs: number;
+    healthcheckTimeoutMs: number;
+  };
+  metrics: { enabled: boolean; listen: Address };
   ingress: IngressSettings & { enabled: boolean };
   tls: {
     enabled: boolean;
-    source: 'self';
+    source: 'self' | 'provisioner';
     serverName: string;
     sniNonceEncoding: 'hex' | 'base64';
     nonceCacheSize: number;
     alpn: string[];
+    provisioner: { address: Address; timeoutMs: number };
+    acme: AcmeSettings;
   };
   attestation: {
     mode: 'nsm' | 'simulated';
@@ -125,6 +218,28 @@ export interface RuntimeConfig {
     idleTimeoutMs: number;
     maxConnections: number;
   };
+  provisioner: {
+    listen: Address;
+    caDir: string;
+    root: string;
+    allowedPcrs: Array<Record<number, Uint8Array>>;
+    allowDebug: boolean;
+    challengeTtlMs: number;
+    certLifetimeMs: number;
+    maxPendingChallenges: number;
+    permittedDns: string[];
+  };
+  kms: {
+    region: string;
+    endpoint: string;
+    accessKeyId: string;
+    secretAccessKey: string;
+    sessionToken: string;
+    via: 'egress_proxy' | 'direct';
+    timeoutMs: number;
+    maxAttempts: number;
+  };
+  secrets: SecretEntry[];
 }
 
 export type TcpAddress = Address & { transport: 'tcp' };

@@ -1,7 +1,7 @@
 import { ConfigError } from '../errors.js';
 import { show, type Mode } from './field.js';
 import { nearestKey } from './nearest-key.js';
-import { SCHEMA, type RuntimeConfig, type Table } from './schema.js';
+import { SCHEMA, type RuntimeConfig, type Table, type TableList } from './schema.js';
 
 const camel = (key: string) => key.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());
 
@@ -29,6 +29,10 @@ function walk(schema: Table, raw: Record<string, unknown>, path: string, mode: M
       }
       continue;
     }
+    if (spec.kind === 'tableList') {
+      out[camel(key)] = walkList(spec, value, here, mode, problems);
+      continue;
+    }
     if (value === undefined) {
       out[camel(key)] = spec.defaultFor(mode);
       continue;
@@ -38,6 +42,26 @@ function walk(schema: Table, raw: Record<string, unknown>, path: string, mode: M
     else problems.push(`${here}: ${checked.problem}`);
   }
   return out;
+}
+
+/** `[[path]]` entries, each walked as a table under the name `path[i]`. */
+function walkList(spec: TableList, value: unknown, path: string, mode: Mode, problems: string[]): Array<Record<string, unknown>> {
+  if (value === undefined) return [];
+  if (!Array.isArray(value) || !value.every(isTable)) {
+    problems.push(`${path}: ${show(value)} is not allowed; expected a list of tables, written [[${path}]]`);
+    return [];
+  }
+  if (value.length > spec.maxItems) {
+    problems.push(`${path}: ${value.length} entries; at most ${spec.maxItems} are allowed`);
+    return [];
+  }
+  const entries = value.map((raw, i) => {
+    const here = `${path}[${i}]`;
+    for (const key of spec.required) if (raw[key] === undefined) problems.push(`${here}.${key}: missing; every [[${path}]] entry needs it`);
+    return walk(spec.item, raw, here, mode, problems);
+  });
+  problems.push(...(spec.refine?.(value, path) ?? []));
+  return entries;
 }
 
 /** Turns parsed TOML into the typed config, or throws one ConfigError listing every problem. */
@@ -59,5 +83,24 @@ function crossCheck(config: RuntimeConfig, mode: Mode, problems: string[]): void
   }
   if (mode === 'dev' && listen.transport === 'vsock') {
     problems.push('ingress.listen: dev mode uses the tcp or unix transport, not vsock (the dev machine is not an enclave)');
+  }
+  if (mode !== 'host' && config.secrets.length > 0 && config.kms.via === 'egress_proxy' && !config.egress.enabled) {
+    problems.push('kms.via: "egress_proxy" needs egress.enabled = true (with the KMS host in egress.allow) to reach KMS for [[secrets]]; or set kms.via = "direct"');
+  }
+  checkAcme(config, problems);
+}
+
+/** [tls.acme] and HTTP-aware ingress ride on TLS termination. */
+function checkAcme(config: RuntimeConfig, problems: string[]): void {
+  if (config.ingress.httpAware && !config.tls.enabled) {
+    problems.push('ingress.http_aware needs tls.enabled = true: the well-known document describes the TLS certificate of the connection');
+  }
+  const acme = config.tls.acme;
+  if (!acme.enabled) return;
+  if (!config.tls.enabled) problems.push('tls.acme.enabled needs tls.enabled = true: ACME certificates are served by the TLS terminator');
+  if (acme.domains.length === 0) problems.push('tls.acme.domains: empty; tls.acme.enabled needs at least one domain');
+  if (acme.retryMinMs > acme.retryMaxMs) problems.push(`tls.acme.retry_min_ms (${acme.retryMinMs}) is larger than tls.acme.retry_max_ms (${acme.retryMaxMs})`);
+  for (const domain of acme.domains) {
+    if (domain.split('.')[1] === 'attest') problems.push(`tls.acme.domains: "${domain}" has the shape <nonce>.attest.<host>, which SNI reserves for nonce requests`);
   }
 }

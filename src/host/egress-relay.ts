@@ -27,6 +27,8 @@ import type { NameCache } from '../egress/name-cache.js';
 import type { Logger } from '../log.js';
 import { classifyAddress } from './address-class.js';
 
+const REFUSAL_LINGER_MS = 2000;
+
 export interface EgressRelayOptions {
   listen: Address;
   allowlist: Allowlist;
@@ -109,7 +111,7 @@ export class EgressRelay {
     stream.on('error', () => {});
     if (this.#streams.size >= this.#options.maxConnections) {
       this.stats.failed++;
-      stream.end(encodeEgressReply(EgressStatus.OVERLOADED));
+      endWithReply(stream, EgressStatus.OVERLOADED);
       return;
     }
     this.stats.accepted++;
@@ -131,7 +133,7 @@ export class EgressRelay {
     if ('error' in read) {
       this.stats.failed++;
       options.logger.warn({ reason: read.error }, 'egress relay: bad header');
-      stream.end(encodeEgressReply(EgressStatus.BAD_HEADER));
+      endWithReply(stream, EgressStatus.BAD_HEADER);
       return;
     }
     const { header, rest } = read;
@@ -140,7 +142,7 @@ export class EgressRelay {
     if (check.status !== EgressStatus.OK) {
       this.stats.refused++;
       options.logger.warn({ event: 'host-egress-refused', ...facts, status: egressStatusName(check.status), reason: check.reason }, 'host egress relay refused a destination');
-      stream.end(encodeEgressReply(check.status));
+      endWithReply(stream, check.status);
       return;
     }
 
@@ -151,7 +153,7 @@ export class EgressRelay {
       this.stats.failed++;
       const code = (error as { code?: string }).code ?? 'ERROR';
       options.logger.warn({ ...facts, code }, 'host egress relay could not connect');
-      stream.end(encodeEgressReply(code === 'ETIMEDOUT' ? EgressStatus.TIMEOUT : EgressStatus.UNREACHABLE));
+      endWithReply(stream, code === 'ETIMEDOUT' ? EgressStatus.TIMEOUT : EgressStatus.UNREACHABLE);
       return;
     }
     if (stream.destroyed) {
@@ -167,6 +169,19 @@ export class EgressRelay {
   }
 }
 
+/**
+ * Send a refusal and close. Whatever the peer still sends is read and dropped, so closing does
+ * not turn into a reset that could discard the reply; a peer that never closes its side is cut
+ * after REFUSAL_LINGER_MS.
+ */
+function endWithReply(stream: Duplex, status: EgressStatusCode): void {
+  if (stream.destroyed) return;
+  const timer = setTimeout(() => stream.destroy(), REFUSAL_LINGER_MS);
+  stream.once('close', () => clearTimeout(timer));
+  stream.resume();
+  stream.end(encodeEgressReply(status));
+}
+
 function readHeader(stream: Duplex, timeoutMs: number): Promise<{ header: EgressHeader; rest: Buffer } | { error: string }> {
   return new Promise((resolve) => {
     let data: Buffer = Buffer.alloc(0);
@@ -174,6 +189,7 @@ function readHeader(stream: Duplex, timeoutMs: number): Promise<{ header: Egress
       clearTimeout(timer);
       stream.off('data', onData);
       stream.off('end', onEnd);
+      stream.off('close', onEnd);
       stream.pause();
       resolve(result);
     };
@@ -192,6 +208,7 @@ function readHeader(stream: Duplex, timeoutMs: number): Promise<{ header: Egress
     const timer = setTimeout(() => done({ error: `no header within ${timeoutMs} ms` }), timeoutMs);
     stream.on('data', onData);
     stream.once('end', onEnd);
+    stream.once('close', onEnd);
   });
 }
 

@@ -34,7 +34,7 @@ export function parseUpstream(text: string): Upstream {
   const host = bracketed?.[1] ?? (net.isIPv6(text) ? text : plain?.[1]);
   const portText = bracketed ? bracketed[2] : net.isIPv6(text) ? undefined : plain?.[2];
   const port = portText === undefined ? 53 : Number(portText);
-  if (host === undefined || net.isIP(host) === 0 || !(port >= 1 && port <= 65535)) {
+  if (host === undefined || net.isIP(host) === 0 || host.includes('%') || (bracketed && !net.isIPv6(host)) || !(port >= 1 && port <= 65535)) {
     throw new UpstreamDnsError(`host.upstream_dns ${JSON.stringify(text.slice(0, 80))} is not "system", IP, IP:PORT or [IPv6]:PORT`);
   }
   return { host, port };
@@ -45,7 +45,7 @@ export function firstNameserver(resolvConf: string): string | undefined {
   for (const line of resolvConf.split('\n')) {
     const match = /^\s*nameserver\s+(\S+)/.exec(line);
     // A zone id (fe80::1%eth0) cannot be used by a plain socket address; such entries are skipped.
-    if (match && net.isIP(match[1]!) !== 0) return match[1];
+    if (match && net.isIP(match[1]!) !== 0 && !match[1]!.includes('%')) return match[1];
   }
   return undefined;
 }

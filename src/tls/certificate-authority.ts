@@ -56,6 +56,28 @@ export interface CertificateAuthorityOptions {
   logger: Logger;
   /** The clock in ms since the epoch; tests move it. */
   now?: () => number;
+  /** CN of a newly generated CA, before its random suffix; default "enclave-runtime dev CA". */
+  commonName?: string;
+  /** basicConstraints pathLen of a newly generated CA: 0 signs only leaves (default), 1 also intermediates. */
+  pathLength?: number;
+}
+
+/** What to put in an intermediate CA certificate (the provisioner signing an enclave's CSR). */
+export interface IntermediateRequest {
+  /** DER SubjectPublicKeyInfo of the intermediate's key. */
+  publicKeySpki: Uint8Array;
+  subject: x509.JsonName;
+  validityMs: number;
+  /** When non-empty, a critical nameConstraints extension permitting only these DNS subtrees. */
+  permittedDnsNames?: readonly string[];
+}
+
+/** An intermediate CA certificate issued by this CA. */
+export interface IssuedIntermediate {
+  certPem: string;
+  serialNumber: string;
+  notBefore: Date;
+  notAfter: Date;
 }
 
 /**
@@ -64,7 +86,8 @@ export interface CertificateAuthorityOptions {
  */
 export class CertificateAuthority {
   readonly certificatePem: string;
-  readonly certificatePath: string;
+  /** `<state-dir>/ca.pem`, or undefined for a CA held only in memory. */
+  readonly certificatePath: string | undefined;
   readonly notAfter: Date;
   readonly #signingKey: CryptoKey;
   readonly #algorithm: CaAlgorithm;
@@ -72,7 +95,7 @@ export class CertificateAuthority {
   readonly #authorityKeyId: x509.AuthorityKeyIdentifierExtension;
   readonly #now: () => number;
 
-  private constructor(stored: StoredCa, certificatePath: string, signingKey: CryptoKey, authorityKeyId: x509.AuthorityKeyIdentifierExtension, now: () => number) {
+  private constructor(stored: Omit<StoredCa, 'keyDer'>, certificatePath: string | undefined, signingKey: CryptoKey, authorityKeyId: x509.AuthorityKeyIdentifierExtension, now: () => number) {
     this.certificatePem = stored.certPem;
     this.certificatePath = certificatePath;
     this.notAfter = stored.cert.notAfter;
@@ -93,11 +116,11 @@ export class CertificateAuthority {
     let stored = await readStoredCa(keyPath);
     if (stored && stored.cert.notAfter.getTime() - now() < CA_MIN_REMAINING_MS) {
       options.logger.warn({ path: certPath, notAfter: stored.cert.notAfter.toISOString() }, 'TLS CA expired or about to; generating a new one (clients must trust the new ca.pem)');
-      const fresh = await generateCaPem(now());
+      const fresh = await generateCaPem(now(), options.commonName, options.pathLength);
       await writeAtomically(keyPath, fresh, 0o600);
       stored = await readStoredCa(keyPath);
     } else if (!stored) {
-      stored = await createExclusively(keyPath, await generateCaPem(now()));
+      stored = await createExclusively(keyPath, await generateCaPem(now(), options.commonName, options.pathLength));
       options.logger.info({ path: certPath }, 'generated a new TLS CA');
     }
     if (!stored) throw new TlsError('ERR_TLS_CA_STATE', `${keyPath} could not be created`);
@@ -109,6 +132,46 @@ export class CertificateAuthority {
     const signingKey = await webcrypto.subtle.importKey('pkcs8', stored.keyDer, { name: 'ECDSA', namedCurve: stored.algorithm.namedCurve }, false, ['sign']);
     const authorityKeyId = await x509.AuthorityKeyIdentifierExtension.create(stored.cert, false);
     return new CertificateAuthority(stored, certPath, signingKey, authorityKeyId, now);
+  }
+
+  /**
+   * A CA whose key exists only in memory (the enclave's provisioned intermediate): nothing is read
+   * or written, and the key may be non-extractable. Leaves chain to `certPem`.
+   */
+  static async fromKey(certPem: string, signingKey: CryptoKey, options: { now?: () => number } = {}): Promise<CertificateAuthority> {
+    const cert = new x509.X509Certificate(certPem);
+    const curve = (signingKey.algorithm as webcrypto.EcKeyAlgorithm).namedCurve;
+    const algorithm = curve === 'P-256' ? CURVES.prime256v1 : curve === 'P-384' ? CURVES.secp384r1 : undefined;
+    if (!algorithm) throw new TlsError('ERR_TLS_CA_STATE', `a CA key must be ECDSA P-256 or P-384, not ${curve ?? signingKey.algorithm.name}`);
+    const authorityKeyId = await x509.AuthorityKeyIdentifierExtension.create(cert, false);
+    return new CertificateAuthority({ certPem, cert, algorithm }, undefined, signingKey, authorityKeyId, options.now ?? Date.now);
+  }
+
+  /** Issue an intermediate CA (pathLen 0, keyCertSign): the provisioner signing an attested enclave's key. */
+  async issueIntermediate(request: IntermediateRequest): Promise<IssuedIntermediate> {
+    const now = this.#now();
+    const notBefore = new Date(now - BACKDATE_MS);
+    const notAfter = new Date(Math.min(now + request.validityMs, this.notAfter.getTime()));
+    const serialNumber = randomSerial();
+    const permitted = request.permittedDnsNames ?? [];
+    const cert = await x509.X509CertificateGenerator.create({
+      serialNumber,
+      subject: request.subject,
+      issuer: this.#issuer,
+      notBefore,
+      notAfter,
+      signingAlgorithm: this.#algorithm,
+      publicKey: request.publicKeySpki,
+      signingKey: this.#signingKey,
+      extensions: [
+        new x509.BasicConstraintsExtension(true, 0, true),
+        new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
+        await x509.SubjectKeyIdentifierExtension.create(request.publicKeySpki),
+        this.#authorityKeyId,
+        ...(permitted.length > 0 ? [new x509.Extension(NAME_CONSTRAINTS_OID, true, encodeDnsNameConstraints(permitted))] : []),
+      ],
+    });
+    return { certPem: cert.toString('pem') + '\n', serialNumber, notBefore, notAfter };
   }
 
   /** Issue a TLS server leaf: CN and DNS SANs as given, serverAuth, digitalSignature. */
@@ -179,10 +242,10 @@ function pemBlock(text: string, label: string): string {
   return match[0] + '\n';
 }
 
-async function generateCaPem(now: number): Promise<string> {
+async function generateCaPem(now: number, commonName = 'enclave-runtime dev CA', pathLength = 0): Promise<string> {
   const keys = (await webcrypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
   // A random suffix tells apart the CAs of different state dirs in a trust store.
-  const name: x509.JsonName = [{ CN: [`enclave-runtime dev CA ${randomBytes(4).toString('hex')}`] }, { O: ['enclave-runtime'] }];
+  const name: x509.JsonName = [{ CN: [`${commonName} ${randomBytes(4).toString('hex')}`] }, { O: ['enclave-runtime'] }];
   const cert = await x509.X509CertificateGenerator.createSelfSigned({
     serialNumber: randomSerial(),
     name,
@@ -191,7 +254,7 @@ async function generateCaPem(now: number): Promise<string> {
     signingAlgorithm: CURVES.prime256v1,
     keys,
     extensions: [
-      new x509.BasicConstraintsExtension(true, 0, true),
+      new x509.BasicConstraintsExtension(true, pathLength, true),
       new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
       await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
     ],
@@ -237,6 +300,24 @@ async function writeAtomically(path: string, content: string, mode: number): Pro
     await unlink(tmp).catch(() => undefined);
     throw err;
   }
+}
+
+const NAME_CONSTRAINTS_OID = '2.5.29.30';
+
+/**
+ * DER of NameConstraints { permittedSubtrees [0] { GeneralSubtree { dNSName [2] } ... } }, written
+ * by hand because @peculiar/x509 has no class for it (RFC 5280 4.2.1.10, implicit tags).
+ */
+function encodeDnsNameConstraints(names: readonly string[]): Uint8Array {
+  const subtrees = names.map((name) => der(0x30, der(0x82, Buffer.from(name, 'ascii'))));
+  return new Uint8Array(der(0x30, der(0xa0, Buffer.concat(subtrees))));
+}
+
+function der(tag: number, content: Buffer): Buffer {
+  const n = content.length;
+  const length = n < 0x80 ? Buffer.of(n) : n < 0x100 ? Buffer.of(0x81, n) : n < 0x10000 ? Buffer.of(0x82, n >> 8, n & 0xff) : undefined;
+  if (!length) throw new TlsError('ERR_TLS_ISSUE', 'name constraints larger than 64 KiB');
+  return Buffer.concat([Buffer.of(tag), length, content]);
 }
 
 // 16 random bytes with the top bit clear: a positive DER INTEGER, unique without bookkeeping.

@@ -2,10 +2,13 @@ import type { Duplex } from 'node:stream';
 import { TLSSocket, type SecureContext } from 'node:tls';
 import type { Nsm } from '../attestation/nsm.js';
 import type { Logger } from '../log.js';
+import type { AcmeCertificates, AcmeServedCertificate } from './acme-certificates.js';
+import type { AttestedCertificate } from './attested-certificate.js';
 import type { CertificateSource } from './certificate-source.js';
 import { openSelfCertificateSource } from './certificate-source.js';
 import { CertificateStore, type CertificateStoreStats } from './certificate-store.js';
 import { parseNonceServerName, type SniNonceEncoding } from './nonce-label.js';
+import { ACME_TLS_ALPN_PROTOCOL } from './tls-alpn-challenges.js';
 import { TlsError } from './tls-error.js';
 
 export const DEFAULT_ALPN: readonly string[] = ['h2', 'http/1.1'];
@@ -32,13 +35,26 @@ export interface TlsTerminatorOptions {
   maxPendingIssues?: number;
   /** The clock in ms since the epoch; tests move it. */
   now?: () => number;
+  /** Certificates from an ACME CA for custom domains, and their pending TLS-ALPN-01 answers. */
+  acme?: AcmeCertificates | undefined;
+}
+
+/** Which certificate one connection was given, for GET /.well-known/attestation on it. */
+type Served = { kind: 'attested'; cert: AttestedCertificate } | { kind: 'acme'; cert: AcmeServedCertificate };
+
+interface Connection {
+  served: Served;
+  /** Resolves true once the handshake is done and application data may flow; false otherwise. */
+  established: Promise<boolean>;
 }
 
 /**
  * Terminates TLS with attested certificates on any Duplex the ingress hands over (TCP, vsock,
- * unix). The handshake picks the certificate from SNI: `<nonce>.attest.<host>` gets one whose
- * document carries the nonce, anything else the base one. The caller pipes the returned TLSSocket
- * to the app; the decrypted bytes are not touched.
+ * unix). The handshake picks the certificate from SNI: a configured ACME domain gets the ACME
+ * certificate (the base one until it is issued), `<nonce>.attest.<host>` one whose document
+ * carries the nonce, anything else the base one. A TLS-ALPN-01 validation (ALPN `acme-tls/1` for
+ * a domain with a pending challenge) gets the challenge certificate and is closed after the
+ * handshake. The caller pipes the returned TLSSocket to the app; the decrypted bytes are not touched.
  */
 export class TlsTerminator {
   readonly store: CertificateStore;
@@ -48,6 +64,8 @@ export class TlsTerminator {
   readonly #alpn: string[];
   readonly #handshakeTimeoutMs: number;
   readonly #ownsSource: boolean;
+  readonly #acme: AcmeCertificates | undefined;
+  readonly #connections = new WeakMap<Duplex, Connection>();
 
   private constructor(options: TlsTerminatorOptions, store: CertificateStore, source: CertificateSource, ownsSource: boolean) {
     this.store = store;
@@ -57,6 +75,7 @@ export class TlsTerminator {
     this.#alpn = [...(options.alpn ?? DEFAULT_ALPN)];
     this.#handshakeTimeoutMs = options.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
     this.#ownsSource = ownsSource;
+    this.#acme = options.acme;
   }
 
   /** Open the certificate source and make the first base certificate; fails if the NSM cannot attest. */
@@ -83,11 +102,30 @@ export class TlsTerminator {
 
   /** Server-side TLS over `transport`. Errors are logged here, so an unhandled handshake failure cannot crash the process. */
   wrap(transport: Duplex): TLSSocket {
+    const acme = this.#acme;
+    const connection: Connection = { served: { kind: 'attested', cert: this.store.base }, established: Promise.resolve(false) };
+    let validation = false;
     const socket = new TLSSocket(transport, {
       isServer: true,
-      secureContext: this.store.base.secureContext,
-      SNICallback: (servername, callback) => this.#selectContext(servername, callback),
-      ALPNProtocols: this.#alpn,
+      secureContext: connection.served.cert.secureContext,
+      SNICallback: (servername, callback) => {
+        const challenge = validation ? acme?.challenges.contextFor(servername) : undefined;
+        if (challenge) callback(null, challenge);
+        else this.#selectContext(servername, connection, callback);
+      },
+      // OpenSSL asks for ALPN before SNI, so this is where a TLS-ALPN-01 validation is recognised.
+      // Both ways refuse a client with no protocol in common (no_application_protocol alert).
+      ...(acme
+        ? {
+            ALPNCallback: ({ servername, protocols }: { servername: string; protocols: string[] }) => {
+              if (protocols.includes(ACME_TLS_ALPN_PROTOCOL) && servername && acme.challenges.contextFor(servername)) {
+                validation = true;
+                return ACME_TLS_ALPN_PROTOCOL;
+              }
+              return this.#alpn.find((protocol) => protocols.includes(protocol));
+            },
+          }
+        : { ALPNProtocols: this.#alpn }),
       requestCert: false,
       rejectUnauthorized: false,
     });
@@ -109,7 +147,45 @@ export class TlsTerminator {
     socket.on('error', (err: NodeJS.ErrnoException) => {
       this.#logger.debug({ code: err.code, message: err.message }, 'TLS connection error');
     });
+    connection.established = new Promise<boolean>((resolve) => {
+      socket.once('secure', () => {
+        if (!validation) return resolve(true);
+        // RFC 8737: the validator only looks at the certificate; nothing is exchanged after the handshake.
+        this.#logger.info({ sni: (socket as TLSSocket & { servername?: string | false }).servername || undefined }, 'answered an ACME TLS-ALPN-01 validation');
+        socket.end();
+        resolve(false);
+      });
+      socket.once('close', () => resolve(false));
+    });
+    this.#connections.set(socket, connection);
     return socket;
+  }
+
+  /**
+   * Resolves true once `client` (returned by wrap) has finished its handshake and carries data for
+   * the app; false when the handshake failed or timed out, or the connection was an ACME
+   * validation answered here. The ingress connects to the app only after true.
+   */
+  established(client: Duplex): Promise<boolean> {
+    return this.#connections.get(client)?.established ?? Promise.resolve(false);
+  }
+
+  /**
+   * The attestation document for GET /.well-known/attestation on `client`: that of the attested
+   * certificate it was served (its nonce included), or for an ACME connection one whose `user_data`
+   * is the ACME key's SPKI; the base document when neither can be had.
+   */
+  async attestationFor(client: Duplex): Promise<Uint8Array> {
+    const served = this.#connections.get(client)?.served;
+    if (served?.kind === 'attested') return served.cert.document;
+    if (served?.kind === 'acme' && this.#acme) {
+      try {
+        return await this.#acme.attestationFor(served.cert);
+      } catch (err) {
+        this.#logger.warn({ err: { code: (err as { code?: unknown }).code, message: (err as Error).message } }, 'could not attest the ACME certificate key; answering with the base document');
+      }
+    }
+    return this.store.base.document;
   }
 
   /** The body of GET /.well-known/attestation: the base certificate's document. */
@@ -127,26 +203,41 @@ export class TlsTerminator {
     if (this.#ownsSource) await this.source.close();
   }
 
-  #selectContext(servername: string, callback: (err: Error | null, ctx?: SecureContext) => void): void {
+  #selectContext(servername: string, connection: Connection, callback: (err: Error | null, ctx?: SecureContext) => void): void {
+    const serveAttested = (cert: AttestedCertificate) => {
+      connection.served = { kind: 'attested', cert };
+      callback(null, cert.secureContext);
+    };
+    if (this.#acme?.covers(servername)) {
+      const acme = this.#acme.current;
+      if (acme) {
+        connection.served = { kind: 'acme', cert: acme };
+        callback(null, acme.secureContext);
+      } else {
+        // Not issued yet (or expired): the attested base keeps the domain reachable for attested clients.
+        serveAttested(this.store.base);
+      }
+      return;
+    }
     const request = parseNonceServerName(servername, this.#encoding);
     if (request.kind === 'base') {
-      callback(null, this.store.base.secureContext);
+      serveAttested(this.store.base);
       return;
     }
     if (request.kind === 'invalid') {
       this.#logger.debug({ sni: servername.slice(0, LOGGED_SNI_MAX), reason: request.reason }, 'SNI nonce label does not decode; serving the base certificate');
-      callback(null, this.store.base.secureContext);
+      serveAttested(this.store.base);
       return;
     }
     const cached = this.store.peek(request.nonce);
     if (cached) {
-      callback(null, cached.secureContext);
+      serveAttested(cached);
       return;
     }
     this.store.forNonce(request.nonce).then(
-      (cert) => callback(null, cert.secureContext),
+      (cert) => serveAttested(cert),
       // The store has logged the cause; the client gets a document without its nonce and can tell.
-      () => callback(null, this.store.base.secureContext),
+      () => serveAttested(this.store.base),
     );
   }
 }

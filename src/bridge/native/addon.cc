@@ -38,6 +38,7 @@ static Napi::Object InitEnclaveNative(Napi::Env env, Napi::Object exports) {
   InitOriginalDst(env, exports);
   InitNetInterface(env, exports);
   InitHostname(env, exports);
+  InitChildReaper(env, exports);
   return exports;
 }
 

@@ -9,5 +9,6 @@ void InitNsmDevice(Napi::Env env, Napi::Object exports);
 void InitOriginalDst(Napi::Env env, Napi::Object exports);
 void InitNetInterface(Napi::Env env, Napi::Object exports);
 void InitHostname(Napi::Env env, Napi::Object exports);
+void InitChildReaper(Napi::Env env, Napi::Object exports);
 
 }  // namespace enclave

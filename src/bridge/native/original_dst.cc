@@ -19,10 +19,18 @@ constexpr int kSoOriginalDst = 80;
 Napi::Value AddressResult(Napi::Env env, int family, const void* address, uint16_t networkPort) {
   char text[INET6_ADDRSTRLEN] = {0};
   if (::inet_ntop(family, address, text, sizeof(text)) == nullptr) return ErrnoValue(env, errno);
-  Napi::Object result = Napi::Object::New(env);
-  result.Set("address", text);
-  result.Set("port", Napi::Number::New(env, ntohs(networkPort)));
-  return result;
+  // Plain Node-API with checked statuses: see AddressObject in socket_address.cc.
+  napi_value result = nullptr;
+  napi_value addressValue = nullptr;
+  napi_value portValue = nullptr;
+  if (napi_create_object(env, &result) != napi_ok ||
+      napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &addressValue) != napi_ok ||
+      napi_create_uint32(env, ntohs(networkPort), &portValue) != napi_ok ||
+      napi_set_named_property(env, result, "address", addressValue) != napi_ok ||
+      napi_set_named_property(env, result, "port", portValue) != napi_ok) {
+    return ErrnoValue(env, ENOMEM);
+  }
+  return Napi::Value(env, result);
 }
 
 // getOriginalDst(fd, 4|6) -> {address, port} | -errno. Without a conntrack entry for the

@@ -6,7 +6,9 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstring>
+#include <initializer_list>
 #include <string>
+#include <utility>
 
 #include "errno_value.h"
 
@@ -42,6 +44,24 @@ int VsockAddressFromJs(const Napi::Object& object, SocketAddress* out) {
   return 0;
 }
 
+// Built with plain Node-API calls whose failures are checked: a terminating worker refuses them,
+// and node-addon-api would turn the follow-up calls on the failed object into a fatal error.
+Napi::Value AddressObject(Napi::Env env, const char* family, const std::initializer_list<std::pair<const char*, napi_value>>& fields) {
+  napi_value object = nullptr;
+  napi_value familyValue = nullptr;
+  if (napi_create_object(env, &object) != napi_ok ||
+      napi_create_string_utf8(env, family, NAPI_AUTO_LENGTH, &familyValue) != napi_ok ||
+      napi_set_named_property(env, object, "family", familyValue) != napi_ok) {
+    return ErrnoValue(env, ENOMEM);
+  }
+  for (const auto& field : fields) {
+    if (field.second == nullptr || napi_set_named_property(env, object, field.first, field.second) != napi_ok) {
+      return ErrnoValue(env, ENOMEM);
+    }
+  }
+  return Napi::Value(env, object);
+}
+
 Napi::Value UnixAddressToJs(Napi::Env env, const sockaddr_un& sun, socklen_t length) {
   const size_t offset = offsetof(sockaddr_un, sun_path);
   std::string path;
@@ -55,18 +75,17 @@ Napi::Value UnixAddressToJs(Napi::Env env, const sockaddr_un& sun, socklen_t len
       path.assign(sun.sun_path, strnlen(sun.sun_path, available));
     }
   }
-  Napi::Object result = Napi::Object::New(env);
-  result.Set("family", "unix");
-  result.Set("path", path);
-  return result;
+  napi_value pathValue = nullptr;
+  napi_create_string_utf8(env, path.data(), path.size(), &pathValue);
+  return AddressObject(env, "unix", {{"path", pathValue}});
 }
 
 Napi::Value VsockAddressToJs(Napi::Env env, const sockaddr_vm& svm) {
-  Napi::Object result = Napi::Object::New(env);
-  result.Set("family", "vsock");
-  result.Set("cid", Napi::Number::New(env, static_cast<double>(svm.svm_cid)));
-  result.Set("port", Napi::Number::New(env, static_cast<double>(svm.svm_port)));
-  return result;
+  napi_value cid = nullptr;
+  napi_value port = nullptr;
+  napi_create_uint32(env, svm.svm_cid, &cid);
+  napi_create_uint32(env, svm.svm_port, &port);
+  return AddressObject(env, "vsock", {{"cid", cid}, {"port", port}});
 }
 
 }  // namespace

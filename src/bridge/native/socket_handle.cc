@@ -23,6 +23,31 @@ constexpr uint32_t kMaxBacklog = 65535;
 
 uv_handle_t* AsHandle(PollBox* box) { return reinterpret_cast<uv_handle_t*>(&box->poll); }
 
+// While an environment shuts down (worker.terminate(), process teardown), Node still runs the loop
+// to close its own handles but refuses calls into JS. Node-API has no direct query under version 8;
+// a side-effect-free call that goes through the "can call into JS" check answers it.
+bool CanCallIntoJs(napi_env env) {
+  napi_value undefined;
+  bool equal = false;
+  if (napi_get_undefined(env, &undefined) != napi_ok) return false;
+  return napi_strict_equals(env, undefined, undefined, &equal) == napi_ok;
+}
+
+// The poll path below uses plain Node-API calls with their status checked: it can run while a
+// worker is being terminated, when node-addon-api's error helpers would turn a refused call into a
+// fatal error.
+napi_value Int(napi_env env, int value) {
+  napi_value result = nullptr;
+  napi_create_int32(env, value, &result);
+  return result;
+}
+
+napi_value Text(napi_env env, const char* text) {
+  napi_value result = nullptr;
+  napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &result);
+  return result;
+}
+
 }  // namespace
 
 Napi::Function SocketHandle::Define(Napi::Env env) {
@@ -45,17 +70,11 @@ Napi::Function SocketHandle::Define(Napi::Env env) {
           InstanceMethod("getpeername", &SocketHandle::GetPeerName),
           InstanceAccessor("fd", &SocketHandle::GetFd, nullptr),
       });
-  env.GetInstanceData<AddonData>()->handleConstructor = Napi::Persistent(constructor);
   return constructor;
 }
 
-Napi::Value SocketHandle::Adopt(Napi::Env env, int fd, int family) {
-  Napi::FunctionReference& constructor = env.GetInstanceData<AddonData>()->handleConstructor;
-  return constructor.New({Napi::Number::New(env, fd), Napi::Number::New(env, family)});
-}
-
-// new Handle(fd, family): takes ownership of a non-blocking socket fd. On failure the fd is closed
-// here, so the caller never has to guess who owns it.
+// new Handle(fd, family): takes ownership of a non-blocking socket fd as soon as the arguments
+// are valid; if anything fails after that, the fd is closed here, so ownership is never in doubt.
 SocketHandle::SocketHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<SocketHandle>(info) {
   Napi::Env env = info.Env();
   int fd;
@@ -65,6 +84,18 @@ SocketHandle::SocketHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<So
     return;
   }
   family_ = info[1].As<Napi::Number>().Int32Value();
+  void* data = nullptr;
+  if (napi_get_instance_data(env, &data) == napi_ok && data != nullptr) {
+    AddonData* addon = static_cast<AddonData*>(data);
+    if (addon->unclaimedAcceptFd == fd) addon->unclaimedAcceptFd = -1;
+  }
+
+  // A terminating worker refuses napi_wrap; node-addon-api then swallows the error and leaves
+  // this object unwrapped. Touching the reference after that would be a fatal error.
+  if (static_cast<napi_ref>(*this) == nullptr) {
+    ::close(fd);
+    return;
+  }
 
   uv_loop_t* loop = nullptr;
   if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) {
@@ -85,19 +116,21 @@ SocketHandle::SocketHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<So
   box->poll.data = box;
   box_ = box;
 
-  napi_async_init(env, Value(), Napi::String::New(env, "EnclaveNativeSocket"), &asyncContext_);
-  // Worker threads tear their environment down while handles may still be open.
-  napi_add_env_cleanup_hook(env, OnEnvTeardown, this);
+  napi_value resourceName = nullptr;
+  napi_create_string_utf8(env, "EnclaveNativeSocket", NAPI_AUTO_LENGTH, &resourceName);
+  napi_async_init(env, Value(), resourceName, &asyncContext_);
+  // The hook gets the box, not this object: the box outlives the JS object when it is finalized
+  // while the close is still in flight.
+  napi_add_async_cleanup_hook(env, OnEnvTeardown, box, &box->cleanupHook);
   Napi::ObjectWrap<SocketHandle>::Ref();
 }
 
-SocketHandle::~SocketHandle() {
-  if (box_ != nullptr && !closing_) napi_remove_env_cleanup_hook(Env(), OnEnvTeardown, this);
-  Detach();
-}
+// Only reached with an open box when the environment is being torn down (the JS object is
+// strongly referenced until the close completes otherwise).
+SocketHandle::~SocketHandle() { Detach(); }
 
-// Gives the fd and the poll handle to libuv's close path without calling back into JS: used when
-// the environment or the JS object goes away before close() finished.
+// Hands the fd and the poll handle to libuv's close path without any further call into JS: used
+// when the environment (or the JS object) goes away before close() finished.
 void SocketHandle::Detach() {
   if (box_ == nullptr) return;
   box_->owner = nullptr;
@@ -109,7 +142,11 @@ void SocketHandle::Detach() {
   box_ = nullptr;
 }
 
-void SocketHandle::OnEnvTeardown(void* arg) { static_cast<SocketHandle*>(arg)->Detach(); }
+void SocketHandle::OnEnvTeardown(napi_async_cleanup_hook_handle, void* arg) {
+  // Completion is signalled from OnPollClosed, which every box reaches exactly once.
+  SocketHandle* owner = static_cast<PollBox*>(arg)->owner;
+  if (owner != nullptr) owner->Detach();
+}
 
 Napi::Value SocketHandle::SetCallback(const Napi::CallbackInfo& info) {
   if (!info[0].IsFunction()) {
@@ -157,11 +194,10 @@ Napi::Value SocketHandle::Connect(const Napi::CallbackInfo& info) {
   SocketAddress address;
   int status = SocketAddressFromJs(family_, info[0], &address);
   if (status != 0) return Napi::Number::New(env, status);
-  int result;
-  do {
-    result = ::connect(box_->fd, reinterpret_cast<sockaddr*>(&address.storage), address.length);
-  } while (result != 0 && errno == EINTR);
-  if (result == 0) return Napi::Number::New(env, 0);
+  // Non-blocking, so it never sleeps and cannot be interrupted (no EINTR retry).
+  if (::connect(box_->fd, reinterpret_cast<sockaddr*>(&address.storage), address.length) == 0) {
+    return Napi::Number::New(env, 0);
+  }
   if (errno != EINPROGRESS) return ErrnoValue(env, errno);
   connecting_ = true;
   Rearm();
@@ -270,7 +306,6 @@ Napi::Value SocketHandle::Close(const Napi::CallbackInfo& info) {
   closing_ = true;
   listening_ = connecting_ = reading_ = false;
   DropPendingWrite();
-  napi_remove_env_cleanup_hook(info.Env(), OnEnvTeardown, this);
   // Stop first: libuv must drop the fd from epoll before the fd number can be reused.
   uv_poll_stop(&box_->poll);
   uv_close(AsHandle(box_), OnPollClosed);
@@ -282,20 +317,27 @@ void SocketHandle::OnPollClosed(uv_handle_t* handle) {
   // On Linux the fd is released even when close() reports EINTR, so there is nothing to retry.
   ::close(box->fd);
   SocketHandle* owner = box->owner;
+  // Unregisters the hook, or tells a tearing-down environment that this handle is done.
+  if (box->cleanupHook != nullptr) napi_remove_async_cleanup_hook(box->cleanupHook);
   delete box;
   if (owner != nullptr) owner->FinishClose();
 }
 
 void SocketHandle::FinishClose() {
   box_ = nullptr;
-  Napi::Env env = Env();
-  Napi::HandleScope scope(env);
-  Emit(kEventClose);
-  callback_.Reset();
-  if (asyncContext_ != nullptr) {
-    napi_async_destroy(env, asyncContext_);
-    asyncContext_ = nullptr;
+  napi_env env = Env();
+  if (CanCallIntoJs(env)) {
+    napi_handle_scope scope;
+    if (napi_open_handle_scope(env, &scope) == napi_ok) {
+      Emit(kEventClose);
+      napi_close_handle_scope(env, scope);
+    }
+    if (asyncContext_ != nullptr) {
+      napi_async_destroy(env, asyncContext_);
+      asyncContext_ = nullptr;
+    }
   }
+  callback_.Reset();
   // From here the JS object may be garbage collected like any other.
   Napi::ObjectWrap<SocketHandle>::Unref();
 }
@@ -358,19 +400,25 @@ void SocketHandle::Rearm() {
 void SocketHandle::OnPoll(uv_poll_t* poll, int status, int events) {
   SocketHandle* self = static_cast<PollBox*>(poll->data)->owner;
   if (self == nullptr || !self->IsOpen()) return;
-  Napi::Env env = self->Env();
-  Napi::HandleScope scope(env);
+  napi_env env = self->Env();
+  napi_handle_scope scope;
+  if (!CanCallIntoJs(env) || napi_open_handle_scope(env, &scope) != napi_ok) {
+    // Shutting down: nobody can receive events any more, so just release the fd.
+    self->Detach();
+    return;
+  }
   if (status == UV_EBADF) {
     // libuv reports POLLERR this way and has already stopped the handle. The socket error itself
     // is surfaced by the pending read, write or connect syscall, so run whatever is waiting.
     self->armed_ = 0;
-    events = self->Interest();
+    self->Dispatch(self->Interest());
   } else if (status < 0) {
-    self->Emit(kEventError, Napi::Number::New(env, status), Napi::String::New(env, "poll"));
-    return;
+    self->Emit(kEventError, Int(env, status), Text(env, "poll"));
+  } else {
+    self->Dispatch(events);
   }
-  self->Dispatch(events);
   self->Rearm();
+  napi_close_handle_scope(env, scope);
 }
 
 // Each step re-checks IsOpen(): any Emit may run JS that closes the handle.
@@ -394,20 +442,23 @@ void SocketHandle::FinishConnect() {
   socklen_t length = sizeof(error);
   if (::getsockopt(box_->fd, SOL_SOCKET, SO_ERROR, &error, &length) != 0) error = errno;
   connecting_ = false;
-  Emit(kEventConnect, Napi::Number::New(Env(), -error));
+  Emit(kEventConnect, Int(Env(), -error));
 }
 
+// Accepted fds go to JS as numbers and JS wraps them in a Handle. Constructing the Handle from
+// here instead would run a JS constructor from C++, which is what fails while a worker terminates.
 void SocketHandle::AcceptPending() {
-  Napi::Env env = Env();
+  napi_env env = Env();
+  void* data = nullptr;
+  if (napi_get_instance_data(env, &data) != napi_ok || data == nullptr) return;
+  AddonData* addon = static_cast<AddonData*>(data);
   for (int i = 0; i < kMaxAcceptsPerPoll && IsOpen() && listening_ && !acceptPaused_; ++i) {
     int fd = ::accept4(box_->fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd >= 0) {
-      Napi::Value handle = Adopt(env, fd, family_);
-      if (env.IsExceptionPending()) {
-        ReportPendingException(env);
-        return;
-      }
-      Emit(kEventConnection, handle);
+      addon->unclaimedAcceptFd = fd;
+      Emit(kEventConnection, Int(env, fd));
+      if (addon->unclaimedAcceptFd == fd) ::close(fd);
+      addon->unclaimedAcceptFd = -1;
       continue;
     }
     int error = errno;
@@ -418,21 +469,30 @@ void SocketHandle::AcceptPending() {
       // The pending connection stays queued and the fd stays readable: without a pause this
       // would spin at 100% CPU until an fd frees up. JS resumes after a delay.
       acceptPaused_ = true;
-      Emit(kEventAcceptPaused, Napi::Number::New(env, -error));
+      Emit(kEventAcceptPaused, Int(env, -error));
       return;
     }
-    Emit(kEventError, Napi::Number::New(env, -error), Napi::String::New(env, "accept"));
+    Emit(kEventError, Int(env, -error), Text(env, "accept"));
     return;
   }
 }
 
 void SocketHandle::ReadPending() {
-  Napi::Env env = Env();
-  std::vector<char>& scratch = env.GetInstanceData<AddonData>()->readScratch;
+  napi_env env = Env();
+  void* data = nullptr;
+  if (napi_get_instance_data(env, &data) != napi_ok || data == nullptr) return;
+  std::vector<char>& scratch = static_cast<AddonData*>(data)->readScratch;
   for (int i = 0; i < kMaxReadsPerPoll && IsOpen() && reading_; ++i) {
     ssize_t count = ::read(box_->fd, scratch.data(), scratch.size());
     if (count > 0) {
-      Emit(kEventRead, Napi::Buffer<char>::Copy(env, scratch.data(), static_cast<size_t>(count)));
+      napi_value chunk = nullptr;
+      if (napi_create_buffer_copy(env, static_cast<size_t>(count), scratch.data(), nullptr, &chunk) != napi_ok) {
+        // Bytes already taken from the kernel cannot be handed over: the stream is broken.
+        reading_ = false;
+        Emit(kEventError, Int(env, -ENOMEM), Text(env, "read"));
+        return;
+      }
+      Emit(kEventRead, chunk);
       // A short read means the queue was drained just now; readiness will tell us about more.
       if (static_cast<size_t>(count) < scratch.size()) return;
       continue;
@@ -447,7 +507,7 @@ void SocketHandle::ReadPending() {
     if (error == EINTR) continue;
     if (error == EAGAIN || error == EWOULDBLOCK) return;
     reading_ = false;
-    Emit(kEventError, Napi::Number::New(env, -error), Napi::String::New(env, "read"));
+    Emit(kEventError, Int(env, -error), Text(env, "read"));
     return;
   }
 }
@@ -457,20 +517,30 @@ void SocketHandle::ContinueWrite() {
   if (status == 1) return;
   // Cleared before the callback: the JS write callback may start the next writev synchronously.
   DropPendingWrite();
-  Emit(kEventWrite, Napi::Number::New(Env(), status));
+  Emit(kEventWrite, Int(Env(), status));
 }
 
 // MakeCallback rather than a plain call, so process.nextTick and promise jobs queued by the
-// handler run right after it, as they do for Node's own socket callbacks.
-void SocketHandle::Emit(int type, napi_value a, napi_value b) {
-  if (callback_.IsEmpty()) return;
-  Napi::Env env = Env();
-  napi_value undefined = env.Undefined();
-  napi_value argv[3] = {Napi::Number::New(env, type), a != nullptr ? a : undefined, b != nullptr ? b : undefined};
-  napi_value result;
-  if (napi_make_callback(env, asyncContext_, Value(), callback_.Value(), 3, argv, &result) != napi_ok) {
-    ReportPendingException(env);
+// handler run right after it, as they do for Node's own socket callbacks. Returns the callback's
+// result, or nullptr when it could not run or threw.
+napi_value SocketHandle::Emit(int type, napi_value a, napi_value b) {
+  if (callback_.IsEmpty()) return nullptr;
+  napi_env env = Env();
+  napi_value receiver = nullptr;
+  napi_value callback = nullptr;
+  napi_value undefined = nullptr;
+  if (napi_get_reference_value(env, static_cast<napi_ref>(*this), &receiver) != napi_ok ||
+      napi_get_reference_value(env, static_cast<napi_ref>(callback_), &callback) != napi_ok ||
+      napi_get_undefined(env, &undefined) != napi_ok || receiver == nullptr || callback == nullptr) {
+    return nullptr;
   }
+  napi_value argv[3] = {Int(env, type), a != nullptr ? a : undefined, b != nullptr ? b : undefined};
+  napi_value result = nullptr;
+  if (napi_make_callback(env, asyncContext_, receiver, callback, 3, argv, &result) != napi_ok) {
+    ReportPendingException(env);
+    return nullptr;
+  }
+  return result;
 }
 
 }  // namespace enclave

@@ -17,7 +17,7 @@ enum EventType : int {
   kEventError = 3,         // a: -errno, b: syscall name; the socket is unusable
   kEventWrite = 4,         // a: 0 or -errno; the pending writev finished
   kEventConnect = 5,       // a: 0 or -errno; the non-blocking connect finished
-  kEventConnection = 6,    // a: a new Handle for an accepted socket
+  kEventConnection = 6,    // a: the accepted fd, closed by the addon unless JS wraps it in a Handle
   kEventAcceptPaused = 7,  // a: -errno (EMFILE, ENFILE, ...); accepting resumes on resumeAccept()
   kEventClose = 8,         // the fd is closed; no further events
 };
@@ -30,6 +30,9 @@ struct PollBox {
   uv_poll_t poll;
   int fd;
   SocketHandle* owner;  // null once the JS object is finalized or the environment tears down
+  // Registered for the handle's whole life: when a worker thread's environment tears down, Node
+  // waits for it, so the close callback runs before the addon's code is unloaded.
+  napi_async_cleanup_hook_handle cleanupHook;
 };
 
 // One AF_UNIX or AF_VSOCK stream socket (listening or connected) driven by uv_poll_t, because
@@ -40,8 +43,6 @@ struct PollBox {
 class SocketHandle : public Napi::ObjectWrap<SocketHandle> {
  public:
   static Napi::Function Define(Napi::Env env);
-  // Wraps an fd this process already owns (an accepted connection) in a new JS Handle.
-  static Napi::Value Adopt(Napi::Env env, int fd, int family);
 
   explicit SocketHandle(const Napi::CallbackInfo& info);
   ~SocketHandle() override;
@@ -66,7 +67,7 @@ class SocketHandle : public Napi::ObjectWrap<SocketHandle> {
 
   static void OnPoll(uv_poll_t* poll, int status, int events);
   static void OnPollClosed(uv_handle_t* handle);
-  static void OnEnvTeardown(void* arg);
+  static void OnEnvTeardown(napi_async_cleanup_hook_handle hook, void* arg);
 
   bool IsOpen() const { return box_ != nullptr && !closing_; }
   int Interest() const;
@@ -81,7 +82,7 @@ class SocketHandle : public Napi::ObjectWrap<SocketHandle> {
   void DropPendingWrite();
   void FinishClose();
   void Detach();
-  void Emit(int type, napi_value a = nullptr, napi_value b = nullptr);
+  napi_value Emit(int type, napi_value a = nullptr, napi_value b = nullptr);
 
   PollBox* box_ = nullptr;
   int family_ = 0;

@@ -1,0 +1,104 @@
+import net from 'node:net';
+import { once } from 'node:events';
+
+/**
+ * The customer app every subject forwards to. One byte after connect picks what the connection
+ * does, so a probe that connects and leaves (the runtime's health check) costs nothing:
+ *   'U' + u64 length: read that many bytes, then answer one 'K' (the upload is in);
+ *   'D' + u64 length: send that many bytes (the download);
+ *   'E': echo everything back (request/response latency).
+ * The protocol lives on the wire only, so the app could run in any process.
+ */
+export const MODE_UPLOAD = 0x55;
+export const MODE_DOWNLOAD = 0x44;
+export const MODE_ECHO = 0x45;
+export const ACK = 0x4b;
+export const HEADER_BYTES = 9;
+
+/** Written in slices of this, the same buffer every time: the generator should cost next to nothing. */
+export const CHUNK_BYTES = 1 << 20;
+const CHUNK = Buffer.alloc(CHUNK_BYTES, 0x5a);
+
+export function header(mode: number, length: number): Buffer {
+  const bytes = Buffer.alloc(HEADER_BYTES);
+  bytes[0] = mode;
+  bytes.writeBigUInt64BE(BigInt(length), 1);
+  return bytes;
+}
+
+/** Writes `total` bytes with backpressure; rejects if the socket fails first. */
+export async function writeBytes(socket: NodeJS.WritableStream & { destroyed?: boolean }, total: number): Promise<void> {
+  let left = total;
+  while (left > 0) {
+    const n = Math.min(left, CHUNK_BYTES);
+    left -= n;
+    if (!socket.write(n === CHUNK_BYTES ? CHUNK : CHUNK.subarray(0, n))) await once(socket as unknown as NodeJS.EventEmitter, 'drain');
+  }
+}
+
+export interface AppServer {
+  readonly port: number;
+  /** Connections open right now (the 1,000-idle-connection check waits for them). */
+  readonly open: number;
+  close(): Promise<void>;
+}
+
+export async function startAppServer(): Promise<AppServer> {
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer({ noDelay: true }, (socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+    socket.on('error', () => socket.destroy());
+    serve(socket);
+  });
+  server.listen({ host: '127.0.0.1', port: 0, backlog: 2048 });
+  await once(server, 'listening');
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    get open() {
+      return sockets.size;
+    },
+    close: async () => {
+      for (const socket of sockets) socket.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+function serve(socket: net.Socket): void {
+  let head: Buffer = Buffer.alloc(0);
+  const onHead = (chunk: Buffer) => {
+    head = head.length === 0 ? chunk : Buffer.concat([head, chunk]);
+    if (head[0] === MODE_ECHO) {
+      socket.off('data', onHead);
+      if (head.length > 1) socket.write(head.subarray(1));
+      socket.on('data', (data: Buffer) => socket.write(data));
+      return;
+    }
+    if (head.length < HEADER_BYTES) return;
+    socket.off('data', onHead);
+    const mode = head[0];
+    const length = Number(head.readBigUInt64BE(1));
+    const rest = head.length - HEADER_BYTES;
+    if (mode === MODE_UPLOAD) {
+      let received = rest;
+      const check = () => {
+        if (received >= length) {
+          socket.off('data', count);
+          socket.write(Buffer.of(ACK));
+        }
+      };
+      const count = (data: Buffer) => {
+        received += data.length;
+        check();
+      };
+      socket.on('data', count);
+      check();
+    } else if (mode === MODE_DOWNLOAD) {
+      writeBytes(socket, length).catch(() => socket.destroy());
+    } else {
+      socket.destroy();
+    }
+  };
+  socket.on('data', onHead);
+}

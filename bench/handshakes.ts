@@ -1,0 +1,167 @@
+import { randomBytes } from 'node:crypto';
+import tls from 'node:tls';
+import { withTimeout, type Deadline } from './budget.js';
+import { RoundLog, median, rotated } from './stats.js';
+import { SERVER_NAME, tlsClientOptions, type Subject } from './subject.js';
+
+/** Handshakes in flight at once: enough to keep one server core busy while each waits on round trips. */
+export const HANDSHAKE_CONCURRENCY = 16;
+const HANDSHAKE_TIMEOUT_MS = 10_000;
+
+export interface HandshakeRate {
+  handshakes: number;
+  seconds: number;
+  perSecond: number;
+  /** Server CPU milliseconds per handshake (its whole process, so the upstream connect counts too). */
+  serverCpuMs: number;
+  resumed: number;
+  errors: number;
+}
+
+/**
+ * New full handshakes, no resumption: every connection is a fresh tls.connect with no session, to
+ * the base certificate; the client closes as soon as it is secure and opens the next. The chain is
+ * not verified on the client here, so the one-core client spends its time on the handshake itself
+ * and runs out of breath later than the server would.
+ */
+export async function handshakeRate(subject: Subject, durationMs: number): Promise<HandshakeRate> {
+  let handshakes = 0;
+  let resumed = 0;
+  let errors = 0;
+  const cpuBefore = subject.cpuSeconds?.() ?? Number.NaN;
+  const started = process.hrtime.bigint();
+  const stopAt = Date.now() + durationMs;
+  const options = tlsClientOptions(subject.port, {});
+  const worker = async () => {
+    while (Date.now() < stopAt && errors < 100) {
+      await new Promise<void>((resolve) => {
+        const socket = tls.connect(options);
+        const timer = setTimeout(() => socket.destroy(), HANDSHAKE_TIMEOUT_MS);
+        socket.once('secureConnect', () => {
+          handshakes++;
+          if (socket.isSessionReused()) resumed++;
+          socket.end();
+        });
+        socket.once('error', () => {
+          errors++;
+          socket.destroy();
+        });
+        socket.once('close', () => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
+  };
+  await Promise.all(Array.from({ length: HANDSHAKE_CONCURRENCY }, worker));
+  const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+  await subject.settle?.();
+  const cpu = (subject.cpuSeconds?.() ?? Number.NaN) - cpuBefore;
+  return { handshakes, seconds, perSecond: handshakes / seconds, serverCpuMs: (cpu * 1000) / handshakes, resumed, errors };
+}
+
+export interface HandshakeRateOptions {
+  subjects: readonly Subject[];
+  rounds: number;
+  durationMs: number;
+  deadline: Deadline;
+  log: (line: string) => void;
+}
+
+/** Keys: `<subject>` in handshakes/s, `cpu:<subject>` in server CPU ms per handshake. */
+export async function measureHandshakeRates(options: HandshakeRateOptions): Promise<RoundLog> {
+  const log = new RoundLog();
+  for (let round = 0; round <= options.rounds; round++) {
+    if (options.deadline.passed) {
+      options.log(`  out of time after ${round - 1} rounds; keeping those`);
+      break;
+    }
+    const line: string[] = [];
+    for (const subject of rotated(options.subjects, round)) {
+      const rate = await handshakeRate(subject, round === 0 ? options.durationMs / 2 : options.durationMs);
+      if (rate.resumed > 0 || rate.errors > 0) options.log(`  ${subject.name}: ${rate.resumed} resumed, ${rate.errors} failed`);
+      if (round === 0) continue;
+      const ok = rate.handshakes > 0 && rate.resumed === 0;
+      log.add(subject.name, ok ? rate.perSecond : Number.NaN);
+      log.add(`cpu:${subject.name}`, ok ? rate.serverCpuMs : Number.NaN);
+      line.push(`${subject.name} ${rate.perSecond.toFixed(0)}/s (${rate.serverCpuMs.toFixed(2)} ms CPU)`);
+    }
+    options.log(round === 0 ? '  warm-up done' : `  round ${round}: ${line.join(', ')}`);
+  }
+  return log;
+}
+
+export type CertificateKind = 'new-nonce' | 'cached-nonce' | 'base';
+export const CERTIFICATE_KINDS: readonly CertificateKind[] = ['new-nonce', 'cached-nonce', 'base'];
+
+/** One handshake, timed from connect() to secure, on an idle server; also says whether the nonce certificate came back. */
+export async function timedHandshake(port: number, servername: string, ca: string): Promise<{ ms: number; gotName: boolean }> {
+  const started = process.hrtime.bigint();
+  const socket = tls.connect(tlsClientOptions(port, { ca, servername }));
+  try {
+    await withTimeout(
+      new Promise<void>((resolve, reject) => {
+        socket.once('secureConnect', resolve);
+        socket.once('error', reject);
+      }),
+      HANDSHAKE_TIMEOUT_MS,
+      'handshake',
+    );
+    const ms = Number(process.hrtime.bigint() - started) / 1e6;
+    // With the base certificate as a fallback, the hostname check would already have failed; this
+    // guards against a runtime that answers every name with a wildcard some day.
+    const gotName = (socket.getPeerX509Certificate()?.subjectAltName ?? '').includes(`DNS:${servername}`);
+    return { ms, gotName };
+  } finally {
+    socket.destroy();
+  }
+}
+
+export interface NonceHandshakeOptions {
+  subject: Subject;
+  ca: string;
+  rounds: number;
+  perRound: number;
+  deadline: Deadline;
+  log: (line: string) => void;
+}
+
+/**
+ * Sequential handshakes (one at a time, so each is latency, not throughput) on the three kinds of
+ * certificate, interleaved. A round's value is the median of its handshakes. Keys: the kind, in ms.
+ */
+export async function measureNonceHandshakes(options: NonceHandshakeOptions): Promise<RoundLog> {
+  const log = new RoundLog();
+  const cachedName = `${randomBytes(16).toString('hex')}.attest.${SERVER_NAME}`;
+  for (let round = 0; round <= options.rounds; round++) {
+    if (options.deadline.passed) {
+      options.log(`  out of time after ${round - 1} rounds; keeping those`);
+      break;
+    }
+    const times: Record<CertificateKind, number[]> = { 'new-nonce': [], 'cached-nonce': [], base: [] };
+    let wrongCertificates = 0;
+    for (let i = 0; i < options.perRound; i++) {
+      for (const kind of rotated(CERTIFICATE_KINDS, i)) {
+        const servername = kind === 'base' ? SERVER_NAME : kind === 'cached-nonce' ? cachedName : `${randomBytes(16).toString('hex')}.attest.${SERVER_NAME}`;
+        try {
+          const { ms, gotName } = await timedHandshake(options.subject.port, servername, options.ca);
+          if (!gotName) wrongCertificates++;
+          times[kind].push(gotName ? ms : Number.NaN);
+        } catch (error) {
+          options.log(`  ${kind}: failed (${(error as Error).message})`);
+        }
+      }
+    }
+    if (wrongCertificates > 0) options.log(`  ${wrongCertificates} handshakes did not get the certificate they asked for`);
+    if (round === 0) continue;
+    const line: string[] = [];
+    for (const kind of CERTIFICATE_KINDS) {
+      const good = times[kind].filter(Number.isFinite);
+      const value = good.length > 0 ? median(good) : Number.NaN;
+      log.add(kind, value);
+      line.push(`${kind} ${value.toFixed(2)}`);
+    }
+    options.log(`  round ${round} (median ms): ${line.join(', ')}`);
+  }
+  return log;
+}

@@ -1,0 +1,115 @@
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { REPO_ROOT } from './helpers/paths.js';
+import { commandMissing } from './helpers/privilege.js';
+
+// The bundle must run in an image with nothing else in it: the test copies it into an empty
+// directory and chroots there, so no libc, Node, shell, /proc or /dev of the machine can help.
+const BUNDLE = join(REPO_ROOT, 'dist', 'enclave-runtime');
+const IN_ROOT = '/opt/enclave-runtime';
+const skip = process.getuid?.() !== 0 ? 'needs root (chroot)' : (commandMissing('chroot') ?? commandMissing('gcc') ?? commandMissing('ldd'));
+const root = mkdtempSync(join(tmpdir(), 'bundle-chroot-'));
+after(() => rmSync(root, { recursive: true, force: true }));
+
+async function freePort(): Promise<number> {
+  const server = net.createServer().listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as net.AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+const CHROOT = spawnSync('sh', ['-c', 'command -v chroot'], { encoding: 'utf8' }).stdout.trim();
+
+function chroot(args: string[]) {
+  // An empty environment: nothing of this machine's (PATH, NODE_OPTIONS, NODE_EXTRA_CA_CERTS, ...) leaks in.
+  return spawn(CHROOT, [root, `${IN_ROOT}/bin/enclave-runtime`, ...args], { env: {}, stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+describe('the self-contained bundle', { skip }, () => {
+  let bundleMiB = 0;
+  before(() => {
+    const built = spawnSync('npm', ['run', 'bundle', '--silent'], { cwd: REPO_ROOT, encoding: 'utf8', timeout: 300_000 });
+    assert.equal(built.status, 0, `npm run bundle failed:\n${built.stdout}${built.stderr}`);
+    mkdirSync(join(root, 'opt'));
+    cpSync(BUNDLE, join(root, 'opt', 'enclave-runtime'), { recursive: true });
+    assert.deepEqual(readdirSync(root), ['opt'], 'the chroot holds nothing but the bundle');
+    const sizes = (dir: string): number => readdirSync(dir, { withFileTypes: true }).reduce((sum, e) => sum + (e.isDirectory() ? sizes(join(dir, e.name)) : statSync(join(dir, e.name)).size), 0);
+    bundleMiB = sizes(BUNDLE) / 1024 / 1024;
+  });
+
+  it('has the launcher, Node, the loader, the addon, the script and the AWS root', () => {
+    for (const file of ['bin/enclave-runtime', 'bin/node', 'lib/ld-linux-x86-64.so.2', 'lib/libc.so.6', 'lib/enclave-runtime.mjs', 'lib/enclave_native.node', 'lib/roots/aws-nitro-root-g1.pem']) {
+      if (file.includes('x86-64') && process.arch !== 'x64') continue;
+      assert.ok(existsSync(join(BUNDLE, file)), `${file} is missing from the bundle`);
+    }
+    const launcher = spawnSync('file', [join(BUNDLE, 'bin', 'enclave-runtime')], { encoding: 'utf8' });
+    if (launcher.status === 0) assert.match(launcher.stdout, /statically linked/);
+  });
+
+  it('prints its version in an empty chroot', async () => {
+    const child = chroot(['--version']);
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (err += chunk.toString()));
+    const [code] = await once(child, 'exit');
+    assert.equal(code, 0, err);
+    const manifest = JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string };
+    assert.equal(out, `enclave-runtime ${manifest.version}\n`);
+    assert.equal(err, '');
+  });
+
+  it('starts `dev` in the empty chroot (addon loaded for a unix ingress), answers /health, and stops on SIGTERM', async (t) => {
+    const [apiPort, healthPort, metricsPort] = [await freePort(), await freePort(), await freePort()];
+    writeFileSync(
+      join(root, 'enclave.toml'),
+      `[runtime]\nhealth_listen = "tcp:127.0.0.1:${healthPort}"\n[ingress]\nlisten = "unix:/ingress.sock"\n` +
+        `[attestation]\napi_listen = "tcp:127.0.0.1:${apiPort}"\n[metrics]\nlisten = "tcp:127.0.0.1:${metricsPort}"\n`,
+    );
+    const started = process.hrtime.bigint();
+    const child = chroot(['dev', '--config', '/enclave.toml', '--state-dir', '/state']);
+    const lines: Array<Record<string, unknown>> = [];
+    let pending = '';
+    const ready = new Promise<void>((resolve, reject) => {
+      child.stderr.on('data', (chunk: Buffer) => {
+        pending += chunk.toString();
+        const parts = pending.split('\n');
+        pending = parts.pop() ?? '';
+        for (const text of parts) {
+          const line = JSON.parse(text) as Record<string, unknown>;
+          lines.push(line);
+          if (line.msg === 'runtime ready') resolve();
+        }
+      });
+      child.once('exit', (code) => reject(new Error(`exited with ${code} before ready: ${JSON.stringify(lines)}`)));
+    });
+    try {
+      await ready;
+      const readyMs = Number(process.hrtime.bigint() - started) / 1e6;
+      t.diagnostic(`bundle ${bundleMiB.toFixed(1)} MiB; dev ready in the chroot after ${readyMs.toFixed(0)} ms`);
+      assert.ok(lines.some((line) => line.msg === 'ingress listening' && line.listen === 'unix:/ingress.sock'), 'the unix ingress (our addon) is listening');
+      assert.ok(existsSync(join(root, 'ingress.sock')), 'the socket exists inside the chroot');
+      assert.ok(existsSync(join(root, 'state', 'sim-nsm-root.pem')), 'the state dir was written');
+
+      const health = await fetch(`http://127.0.0.1:${healthPort}/health`);
+      const report = (await health.json()) as { parts: Record<string, { ok: boolean }> };
+      assert.equal(report.parts.attestation?.ok, true);
+      assert.equal(report.parts.ingress?.ok, true);
+      const doc = await fetch(`http://127.0.0.1:${apiPort}/attestation-doc?nonce=00ff`);
+      assert.equal(doc.status, 200);
+      assert.ok((await doc.arrayBuffer()).byteLength > 1000);
+    } finally {
+      child.kill('SIGTERM');
+    }
+    const [code] = await once(child, 'exit');
+    assert.equal(code, 0, JSON.stringify(lines.slice(-3)));
+    assert.ok(lines.some((line) => line.msg === 'runtime stopped'));
+  });
+});
