@@ -20,7 +20,8 @@ export interface Frame {
 
 /**
  * The functions a `node --cpu-prof` profile spent its own time in (self time, not counting
- * callees), heaviest first: where the runtime's core goes under load.
+ * callees), heaviest first, as shares of the busy time: the runtime idles whenever a peer's round
+ * runs, so shares of the whole would only measure how long the peers took.
  */
 export function topFrames(path: string, count = 15): Frame[] {
   const profile = JSON.parse(readFileSync(path, 'utf8')) as CpuProfile;
@@ -33,9 +34,10 @@ export function topFrames(path: string, count = 15): Frame[] {
   const self = new Map<string, number>();
   let total = 0;
   profile.samples.forEach((id, i) => {
+    const name = names.get(id) ?? '?';
+    if (name === '(idle)') return;
     const ms = (profile.timeDeltas[i] ?? 0) / 1000;
     total += ms;
-    const name = names.get(id) ?? '?';
     self.set(name, (self.get(name) ?? 0) + ms);
   });
   return [...self.entries()]

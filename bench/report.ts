@@ -69,7 +69,7 @@ function cells(row: Row): string[] {
     row.peerName ? withSpread(row.peer) : '',
     ratioText(row.ratio),
     targetText(row.target, row.unit),
-    met === undefined ? (row.target ? 'n/a' : '') : met ? 'yes' : '**no**',
+    met === undefined ? (row.target ? (row.note?.startsWith('skipped') ? 'skipped' : 'n/a') : '') : met ? 'yes' : '**no**',
   ];
 }
 

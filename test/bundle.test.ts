@@ -6,7 +6,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { REPO_ROOT } from './helpers/paths.js';
+import { NITRO_FIXTURES, REPO_ROOT } from './helpers/paths.js';
 import { commandMissing } from './helpers/privilege.js';
 
 // The bundle must run in an image with nothing else in it: the test copies it into an empty
@@ -64,6 +64,16 @@ describe('the self-contained bundle', { skip }, () => {
     const manifest = JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string };
     assert.equal(out, `enclave-runtime ${manifest.version}\n`);
     assert.equal(err, '');
+  });
+
+  it('verifies a real Nitro document against the bundled AWS root', { skip: existsSync(NITRO_FIXTURES) ? undefined : `no fixtures at ${NITRO_FIXTURES}` }, async () => {
+    cpSync(join(NITRO_FIXTURES, 'blindai-nitro_attestation_document_valid.cbor'), join(root, 'doc.cbor'));
+    const child = chroot(['attest', 'verify', '/doc.cbor', '--at', '2023-03-22T14:28:27.405Z', '--allow-debug']);
+    let output = '';
+    child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    const [code] = await once(child, 'exit');
+    assert.equal(code, 0, output);
   });
 
   it('starts `dev` in the empty chroot (addon loaded for a unix ingress), answers /health, and stops on SIGTERM', async (t) => {

@@ -6,6 +6,7 @@ import { MAX_ENVELOPE_BYTES, openEnvelope, parseEnvelope } from '../src/secrets/
 import { RecipientKey } from '../src/secrets/recipient-key.js';
 import { SecretError } from '../src/secrets/secret-error.js';
 import { opensslCmsEncrypt } from './helpers/openssl-cms.js';
+import { Prng } from './helpers/prng.js';
 
 const DECRYPT_MESSAGE = "the ciphertext could not be decrypted with this enclave's key";
 
@@ -120,6 +121,22 @@ describe('CMS EnvelopedData from openssl cms -encrypt (RSAES-OAEP-SHA256, AES-25
     assert.match(rejects(() => key.open(sha1), 'ERR_SECRET_CMS').message, /OAEP|SHA-256/);
     const aes128 = await opensslCmsEncrypt(Buffer.from('x'), key.publicKeySpki, { cipher: 'aes128' });
     assert.match(rejects(() => key.open(aes128), 'ERR_SECRET_CMS').message, /content cipher .* not AES-256-CBC/);
+  });
+
+  it('fuzz: mutated and truncated KMS-shaped envelopes give a SecretError or the plaintext, nothing else', async () => {
+    const plaintext = Buffer.from('fuzzed secret value');
+    const envelope = await opensslCmsEncrypt(plaintext, key.publicKeySpki, { stream: true, keyid: true });
+    const prng = new Prng(0x5ec2e75);
+    const inputs: Buffer[] = [];
+    for (let length = 0; length < envelope.length; length += 3) inputs.push(envelope.subarray(0, length));
+    for (let i = 0; i < 400; i++) inputs.push(prng.mutate(Buffer.from(envelope)));
+    for (const [i, input] of inputs.entries()) {
+      try {
+        key.open(input);
+      } catch (error) {
+        assert.ok(error instanceof SecretError && (error.code === 'ERR_SECRET_CMS' || error.code === 'ERR_SECRET_DECRYPT'), `input ${i}: ${error}`);
+      }
+    }
   });
 
   it('refuses garbage, empty and oversized input before any crypto', () => {

@@ -1,13 +1,16 @@
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Agent } from 'undici';
 import { defaultSimulatedPcr, openSimulatedNsm, type SimulatedNsm } from '../src/attestation/sim-nsm.js';
+import { tunnelAgent } from '../src/kms/connect-tunnel.js';
 import { KmsClient, kmsEndpoint, type KmsClientOptions } from '../src/kms/kms-client.js';
 import { KmsError } from '../src/kms/kms-error.js';
 import { kmsDispatcher, kmsSettings } from '../src/kms/kms-settings.js';
@@ -185,34 +188,98 @@ describe('KMS client against the fake KMS (SigV4, JSON protocol, Recipient)', ()
     }
   });
 
-  it('kms.via = "egress_proxy" sends through the HTTP proxy at egress.proxy_listen', async () => {
-    const seen: string[] = [];
+  it('kms.via = "egress_proxy" tunnels through the HTTP proxy at egress.proxy_listen with CONNECT', async () => {
     const target = new URL(kms.url);
-    const proxy = http.createServer((request, response) => {
-      seen.push(`${request.method} ${request.url}`);
-      const upstream = http.request({ host: target.hostname, port: target.port, method: request.method, path: new URL(request.url!).pathname, headers: request.headers }, (answer) => {
-        response.writeHead(answer.statusCode!, answer.headers);
-        answer.pipe(response);
-      });
-      request.pipe(upstream);
-    });
-    proxy.listen(0, '127.0.0.1');
-    await once(proxy, 'listening');
-    const { port } = proxy.address() as net.AddressInfo;
-    const dispatcher = kmsDispatcher({
+    const proxy = await startConnectProxy();
+    // A fresh dispatcher per case: a kept-alive tunnel would carry the next request without a new CONNECT.
+    const viaProxy = () => kmsDispatcher({
       kms: { via: 'egress_proxy', timeoutMs: 5000 } as never,
-      egress: { proxyListen: { transport: 'tcp', host: '127.0.0.1', port } } as never,
+      egress: { proxyListen: { transport: 'tcp', host: '127.0.0.1', port: proxy.port } } as never,
     });
+    const dispatchers = [viaProxy(), viaProxy(), viaProxy()] as const;
     try {
-      const random = await client({ dispatcher }).generateRandom({ numberOfBytes: 4 });
+      const random = await client({ dispatcher: dispatchers[0] }).generateRandom({ numberOfBytes: 4 });
       assert.equal(random.plaintext?.length, 4);
-      assert.deepEqual(seen, [`POST ${kms.url}/`]);
+      assert.deepEqual(proxy.seen, [`tunnel CONNECT ${target.host}`]);
+
+      // A refusal carries the proxy's reason; a dropped CONNECT fails after the bounded attempts, no reconnect loop.
+      proxy.mode = 'refuse';
+      const refused = await rejectsWith(client({ dispatcher: dispatchers[1], maxAttempts: 1 }).generateRandom({ numberOfBytes: 4 }), 'ERR_KMS_UNREACHABLE');
+      assert.match(refused.message, /could not open a tunnel to 127\.0\.0\.1:\d+: HTTP\/1\.1 403 Forbidden \(egress to that host is not allowed \(deny\)\)/);
+      proxy.mode = 'drop';
+      const before = proxy.seen.length;
+      const dropped = await rejectsWith(client({ dispatcher: dispatchers[2], maxAttempts: 2 }).generateRandom({ numberOfBytes: 4 }), 'ERR_KMS_UNREACHABLE');
+      assert.match(dropped.message, /closed the connection before answering CONNECT/);
+      assert.equal(proxy.seen.length - before, 2);
     } finally {
-      await dispatcher.close();
-      proxy.close();
+      for (const dispatcher of dispatchers) await dispatcher.close();
+      await proxy.close();
+    }
+  });
+
+  it('https through the tunnel: TLS runs end to end and the certificate is checked', async () => {
+    const pki = mkdtempSync(join(tmpdir(), 'kms-tls-'));
+    let tlsKey: Buffer;
+    let cert: string;
+    try {
+      execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', join(pki, 'key.pem'), '-out', join(pki, 'cert.pem'), '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost'], { stdio: 'ignore' });
+      tlsKey = readFileSync(join(pki, 'key.pem'));
+      cert = readFileSync(join(pki, 'cert.pem'), 'utf8');
+    } finally {
+      rmSync(pki, { recursive: true, force: true });
+    }
+    const server = https.createServer({ key: tlsKey, cert }, (request, response) => {
+      request.resume();
+      request.on('end', () => response.writeHead(200).end(JSON.stringify({ Plaintext: Buffer.from('tls!').toString('base64') })));
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const { port } = server.address() as net.AddressInfo;
+    const proxy = await startConnectProxy();
+    const trusted = tunnelAgent({ host: '127.0.0.1', port: proxy.port }, 5000, { ca: cert });
+    const untrusted = tunnelAgent({ host: '127.0.0.1', port: proxy.port }, 5000);
+    try {
+      const answer = await client({ endpoint: `https://localhost:${port}`, dispatcher: trusted }).generateRandom({ numberOfBytes: 4 });
+      assert.equal(answer.plaintext?.toString(), 'tls!');
+      assert.deepEqual(proxy.seen, [`tunnel CONNECT localhost:${port}`]);
+      const error = await rejectsWith(client({ endpoint: `https://localhost:${port}`, dispatcher: untrusted, maxAttempts: 1 }).generateRandom({ numberOfBytes: 4 }), 'ERR_KMS_UNREACHABLE');
+      assert.match(error.message, /TLS: [A-Z_]*(SELF_SIGNED|CERT)/);
+    } finally {
+      await trusted.close();
+      await untrusted.close();
+      await proxy.close();
+      server.closeAllConnections();
+      server.close();
     }
   });
 });
+
+/** An HTTP proxy that tunnels CONNECT to the named host:port, or refuses, or drops, as `mode` says. */
+async function startConnectProxy(): Promise<{ port: number; seen: string[]; mode: 'tunnel' | 'refuse' | 'drop'; close: () => Promise<void> }> {
+  const state = { port: 0, seen: [] as string[], mode: 'tunnel' as 'tunnel' | 'refuse' | 'drop', close: async () => {} };
+  const proxy = http.createServer((_request, response) => response.writeHead(400).end());
+  proxy.on('connect', (request: http.IncomingMessage, socket: net.Socket) => {
+    state.seen.push(`${state.mode} ${request.method} ${request.url}`);
+    socket.on('error', () => {});
+    if (state.mode === 'refuse') return socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 40\r\n\r\negress to that host is not allowed (deny)');
+    if (state.mode === 'drop') return socket.destroy();
+    const [host, port] = [request.url!.slice(0, request.url!.lastIndexOf(':')), Number(request.url!.slice(request.url!.lastIndexOf(':') + 1))];
+    const upstream = net.connect({ host, port }, () => {
+      socket.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+      upstream.pipe(socket).pipe(upstream);
+    });
+    upstream.on('error', () => socket.destroy());
+  });
+  proxy.listen(0, '127.0.0.1');
+  await once(proxy, 'listening');
+  state.port = (proxy.address() as net.AddressInfo).port;
+  state.close = () =>
+    new Promise((resolve) => {
+      proxy.closeAllConnections();
+      proxy.close(() => resolve());
+    });
+  return state;
+}
 
 describe('KMS settings', () => {
   const kmsConfig = { region: '', endpoint: '', accessKeyId: '', secretAccessKey: '', sessionToken: '', via: 'direct' as const, timeoutMs: 1000, maxAttempts: 1 };

@@ -183,11 +183,15 @@ describe('supervising the customer command', () => {
     const quick = script('quick', `console.log('ran'); process.exit(5);`);
     const started = run(['dev', '--config', path, '--', process.execPath, quick]);
     await started.waitForOutput('ran\n');
-    await new Promise<void>((resolve) => {
+    await new Promise<void>((resolve, reject) => {
+      let polls = 0;
       const poll = setInterval(() => {
         if (started.logs.some((line) => line.msg === 'customer command exited; restarting')) {
           clearInterval(poll);
           resolve();
+        } else if (++polls > 1500) {
+          clearInterval(poll);
+          reject(new Error('the restart was never scheduled'));
         }
       }, 20);
     });

@@ -76,6 +76,7 @@ export async function serveCommand(mode: Extract<Mode, 'run' | 'dev'>, argv: str
     } catch (error) {
       logger.fatal({ code: (error as { code?: string }).code, reason: (error as Error).message }, 'secrets failed to load; the command is not started');
       await runtime.stop();
+      init.stop();
       return 1;
     }
   }

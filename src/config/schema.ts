@@ -142,7 +142,7 @@ export const SCHEMA: Table = table('enclave.toml', {
   }),
   kms: table('AWS KMS, which decrypts [[secrets]] for this enclave only (it is the Recipient)', {
     region: optionalText('the AWS region; empty: AWS_REGION, then AWS_DEFAULT_REGION', /^[a-z]{2}(-[a-z0-9]+){1,3}-\d{1,2}$/, 'an AWS region like "us-east-1"'),
-    endpoint: optionalText('the KMS URL; empty: https://kms.<region>.amazonaws.com', /^https?:\/\/[^\s/?#]+(\/[^\s?#]*)?$/, 'an https:// URL (http:// only to loopback)'),
+    endpoint: optionalText('the KMS URL; empty: https://kms.<region>.amazonaws.com', /^(https:\/\/[^\s/?#@]+|http:\/\/(127\.\d{1,3}\.\d{1,3}\.\d{1,3}|localhost|\[::1\])(:\d{1,5})?)(\/[^\s?#]*)?$/, 'an https:// URL (http:// only to 127.x.x.x, localhost or [::1])'),
     access_key_id: optionalText('empty: AWS_ACCESS_KEY_ID from the environment', /^[A-Z0-9]{16,128}$/, 'an AWS access key id (16-128 of A-Z 0-9)'),
     secret_access_key: secretText('empty: AWS_SECRET_ACCESS_KEY from the environment', /^\S{16,256}$/, 'an AWS secret access key'),
     session_token: secretText('empty: AWS_SESSION_TOKEN from the environment', /^\S{16,4096}$/, 'an AWS session token'),

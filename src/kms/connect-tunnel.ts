@@ -18,13 +18,16 @@ export interface ProxyAddress {
   port: number;
 }
 
-/** An undici Agent whose every connection is a CONNECT tunnel through `proxy`, each step bounded by `timeoutMs`. */
-export function tunnelAgent(proxy: ProxyAddress, timeoutMs: number): Agent {
-  return new Agent({ connect: tunnelConnector(proxy, timeoutMs) });
+/**
+ * An undici Agent whose every connection is a CONNECT tunnel through `proxy`, each step bounded by
+ * `timeoutMs`. `trust` replaces the default CAs for https targets (tests); default Node's bundle.
+ */
+export function tunnelAgent(proxy: ProxyAddress, timeoutMs: number, trust?: Pick<tls.ConnectionOptions, 'ca'>): Agent {
+  return new Agent({ connect: tunnelConnector(proxy, timeoutMs, trust) });
 }
 
 /** The connector behind tunnelAgent: CONNECT host:port, a 200 answer, then TLS for https targets. */
-export function tunnelConnector(proxy: ProxyAddress, timeoutMs: number): buildConnector.connector {
+export function tunnelConnector(proxy: ProxyAddress, timeoutMs: number, trust?: Pick<tls.ConnectionOptions, 'ca'>): buildConnector.connector {
   const where = `${proxy.host.includes(':') ? `[${proxy.host}]` : proxy.host}:${proxy.port}`;
   return (options, callback) => {
     const port = Number(options.port) || (options.protocol === 'https:' ? 443 : 80);
@@ -66,7 +69,8 @@ export function tunnelConnector(proxy: ProxyAddress, timeoutMs: number): buildCo
       }
       socket.removeAllListeners('close');
       if (options.protocol !== 'https:') return done(socket);
-      const secure = tls.connect({ socket, servername: options.servername || (net.isIP(hostname) ? undefined : hostname), ALPNProtocols: ['http/1.1'] });
+      const servername = options.servername || (net.isIP(hostname) ? undefined : hostname);
+      const secure = tls.connect({ socket, ...(servername ? { servername } : {}), ALPNProtocols: ['http/1.1'], ...(trust?.ca ? { ca: trust.ca } : {}) });
       secure.once('error', (error: NodeJS.ErrnoException) => fail(`TLS: ${error.code ?? error.message}`, error));
       secure.once('secureConnect', () => {
         secure.removeAllListeners('error');
@@ -77,7 +81,6 @@ export function tunnelConnector(proxy: ProxyAddress, timeoutMs: number): buildCo
       if (settled) return;
       settled = true;
       clearTimeout(timer);
-      socket.removeAllListeners('error');
       callback(null, connected);
     };
     socket.on('data', onData);

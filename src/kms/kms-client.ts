@@ -251,6 +251,7 @@ function isRetryable(error: KmsError): boolean {
 }
 
 function unreachable(url: URL, error: unknown): KmsError {
+  if (error instanceof KmsError) return error;
   const cause = error as { code?: string; name?: string };
   const why = cause.name === 'TimeoutError' || cause.name === 'AbortError' ? 'timed out' : (cause.code ?? cause.name ?? 'failed');
   return new KmsError('ERR_KMS_UNREACHABLE', `KMS at ${url.host} could not be reached: ${why}`, { cause: error });

@@ -1,5 +1,6 @@
-import { Agent, ProxyAgent, type Dispatcher } from 'undici';
+import { Agent, type Dispatcher } from 'undici';
 import type { RuntimeConfig } from '../config/schema.js';
+import { tunnelAgent } from './connect-tunnel.js';
 import type { KmsClientOptions } from './kms-client.js';
 import { KmsError } from './kms-error.js';
 
@@ -34,7 +35,7 @@ export function kmsSettings(kms: RuntimeConfig['kms'], env: NodeJS.ProcessEnv = 
 export function kmsDispatcher(config: Pick<RuntimeConfig, 'kms' | 'egress'>): Dispatcher {
   if (config.kms.via === 'egress_proxy') {
     const { host, port } = config.egress.proxyListen;
-    return new ProxyAgent({ uri: `http://${host.includes(':') ? `[${host}]` : host}:${port}` });
+    return tunnelAgent({ host, port }, config.kms.timeoutMs);
   }
   return new Agent({ connect: { timeout: config.kms.timeoutMs } });
 }

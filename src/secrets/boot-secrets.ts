@@ -35,7 +35,8 @@ export interface LoadSecretsOptions {
  * secret and the KMS error code); an optional one is left out with a warning.
  */
 export async function loadSecrets(config: Pick<RuntimeConfig, 'kms' | 'egress' | 'secrets'>, options: LoadSecretsOptions): Promise<Record<string, string>> {
-  const values: Record<string, string> = {};
+  // No prototype: a variable named __proto__ is still a plain entry.
+  const values: Record<string, string> = Object.create(null) as Record<string, string>;
   if (config.secrets.length === 0) return values;
   const { logger } = options;
   const dispatcher = options.dispatcher ?? kmsDispatcher(config);
@@ -45,6 +46,7 @@ export async function loadSecrets(config: Pick<RuntimeConfig, 'kms' | 'egress' |
     logger.info({ secrets: config.secrets.length, endpoint: kms.endpoint.origin, via: options.dispatcher ? 'custom' : config.kms.via }, 'loading secrets from KMS');
     for (const entry of config.secrets) {
       try {
+        logger.trace({ secret: entry.name, source: entry.file === undefined ? 'inline' : entry.file, keyId: entry.keyId }, 'decrypting secret');
         values[entry.name] = await loadOne(entry, kms, key, options.nsm);
         logger.info({ secret: entry.name }, 'secret loaded');
       } catch (error) {

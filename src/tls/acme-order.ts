@@ -12,6 +12,9 @@ export const ACME_ORDER_TIMEOUT_MS = 10 * 60_000;
 // Polling for a status change: 1 s doubling to 30 s, at most 10 polls (about 2.5 min per wait).
 const POLL = { backoffAttempts: 10, backoffMin: 1000, backoffMax: 30_000 } as const;
 
+/** One bounded step of an order: run `work` unless the order's deadline passed; failures name the step. */
+type Step = <T>(what: string, work: () => Promise<T>) => Promise<T>;
+
 /** A certificate from the ACME CA, for a key generated here. */
 export interface AcmeIssued {
   /** The leaf alone. */
@@ -78,29 +81,32 @@ export class AcmeOrderer {
 
   /** Order one certificate naming every domain for the key `certificateKeyPem` (PKCS#8 PEM). */
   async order(certificateKeyPem: string): Promise<AcmeIssued> {
+    // Each step is bounded by acme-client's request timeout and polling limits; the deadline bounds their sum.
     const deadline = Date.now() + ACME_ORDER_TIMEOUT_MS;
-    const step = <T>(what: string, work: Promise<T>): Promise<T> => {
+    const step: Step = async (what, work) => {
       if (Date.now() > deadline) throw new TlsError('ERR_TLS_ACME_TIMEOUT', `ACME order not done within ${ACME_ORDER_TIMEOUT_MS} ms (at ${what})`);
-      return work.catch((error: unknown) => {
+      try {
+        return await work();
+      } catch (error) {
         throw error instanceof TlsError ? error : new TlsError('ERR_TLS_ACME', `ACME ${what} failed: ${describe(error)}`, { cause: error });
-      });
+      }
     };
     const client = this.#client;
     if (!this.#accountReady) {
       const contact = this.#options.email ? [`mailto:${this.#options.email}`] : undefined;
-      await step('account registration', client.createAccount({ termsOfServiceAgreed: true, ...(contact ? { contact } : {}) }));
+      await step('account registration', () => client.createAccount({ termsOfServiceAgreed: true, ...(contact ? { contact } : {}) }));
       this.#accountReady = true;
     }
     const identifiers = this.domains.map((value) => ({ type: 'dns', value }));
-    const order = await step('new order', client.createOrder({ identifiers }));
-    const authorizations = await step('authorizations', client.getAuthorizations(order));
+    const order = await step('new order', () => client.createOrder({ identifiers }));
+    const authorizations = await step('authorizations', () => client.getAuthorizations(order));
     for (const authz of authorizations) {
       if (authz.status === 'valid') continue;
       await this.#validate(authz, step);
     }
-    const [, csr] = await step('CSR', acmeCrypto.createCsr({ commonName: this.domains[0]!, altNames: [...this.domains] }, certificateKeyPem));
-    const finalized = await step('finalize', client.finalizeOrder(order, csr));
-    const pem = await step('certificate download', client.getCertificate(finalized));
+    const [, csr] = await step('CSR', () => acmeCrypto.createCsr({ commonName: this.domains[0]!, altNames: [...this.domains] }, certificateKeyPem));
+    const finalized = await step('finalize', () => client.finalizeOrder(order, csr));
+    const pem = await step('certificate download', () => client.getCertificate(finalized));
     const issued = checkIssued(pem, certificateKeyPem, this.domains);
     this.#options.logger.info({ domains: this.domains, notAfter: issued.notAfter.toISOString() }, 'ACME certificate issued');
     return issued;
@@ -111,21 +117,21 @@ export class AcmeOrderer {
     acmeAxios.interceptors.request.eject(this.#interceptor);
   }
 
-  async #validate(authz: Authorization, step: <T>(what: string, work: Promise<T>) => Promise<T>): Promise<void> {
+  async #validate(authz: Authorization, step: Step): Promise<void> {
     const domain = normalizeDomain(authz.identifier.value);
     // acme-client's types list only http-01 and dns-01, though it handles tls-alpn-01 too.
     const challenge = authz.challenges.find((c) => (c.type as string) === 'tls-alpn-01');
     if (!challenge) {
       throw new TlsError('ERR_TLS_ACME_CHALLENGE', `the CA offers no tls-alpn-01 challenge for ${domain} (offered: ${authz.challenges.map((c) => c.type).join(', ')})`);
     }
-    const keyAuthorization = await step('key authorization', this.#client.getChallengeKeyAuthorization(challenge));
+    const keyAuthorization = await step('key authorization', () => this.#client.getChallengeKeyAuthorization(challenge));
     // The challenge certificate gets its own throwaway key: it is self-signed and shown only to the validator.
-    const [keyPem, certPem] = await step('challenge certificate', acmeCrypto.createAlpnCertificate(authz, keyAuthorization, await acmeCrypto.createPrivateEcdsaKey('P-256')));
+    const [keyPem, certPem] = await step('challenge certificate', async () => acmeCrypto.createAlpnCertificate(authz, keyAuthorization, await acmeCrypto.createPrivateEcdsaKey('P-256')));
     this.#options.challenges.add(domain, certPem.toString(), keyPem.toString());
     try {
       this.#options.logger.info({ domain }, 'ACME TLS-ALPN-01 challenge ready; asking the CA to validate');
-      await step('challenge completion', this.#client.completeChallenge(challenge));
-      await step('validation', this.#client.waitForValidStatus(authz));
+      await step('challenge completion', () => this.#client.completeChallenge(challenge));
+      await step('validation', () => this.#client.waitForValidStatus(authz));
     } finally {
       this.#options.challenges.remove(domain);
     }
