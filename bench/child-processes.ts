@@ -8,8 +8,9 @@ let hooked = false;
 function hookExit(): void {
   if (hooked) return;
   hooked = true;
+  // SIGTERM, not SIGKILL: nginx's master passes it on to its worker, which a SIGKILLed master would orphan.
   process.once('exit', () => {
-    for (const child of running) if (child.pid !== undefined && child.exitCode === null) child.kill('SIGKILL');
+    for (const child of running) if (child.pid !== undefined && child.exitCode === null) child.kill('SIGTERM');
   });
   for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     process.once(signal, () => {

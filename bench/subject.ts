@@ -1,11 +1,14 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import { once } from 'node:events';
+import { withTimeout } from './budget.js';
 
 /** Every TLS figure is taken with this one suite, pinned by the client, so both servers do the same work. */
 export const TLS_CIPHER_SUITE = 'TLS_AES_128_GCM_SHA256';
 /** The base certificate's name; `<nonce>.attest.` before it asks for a nonce certificate. */
 export const SERVER_NAME = 'localhost';
+/** Loopback connects in microseconds; a server that takes this long has stopped answering. */
+const CONNECT_TIMEOUT_MS = 10_000;
 
 /** Something a client connects to on loopback: the app itself, the runtime or a peer in front of it. */
 export interface Subject {
@@ -27,14 +30,14 @@ export interface TlsClientOptions {
 
 /** A connected client socket (TLS: handshake done, no session offered, so never resumed). */
 export async function connectTo(subject: Subject, options: TlsClientOptions = {}): Promise<net.Socket | tls.TLSSocket> {
-  if (!subject.tls) {
-    const socket = net.connect({ host: '127.0.0.1', port: subject.port, noDelay: true });
-    await once(socket, 'connect');
-    return socket;
-  }
-  const socket = tls.connect(tlsClientOptions(subject.port, options));
+  const socket = subject.tls ? tls.connect(tlsClientOptions(subject.port, options)) : net.connect({ host: '127.0.0.1', port: subject.port });
   socket.setNoDelay(true);
-  await once(socket, 'secureConnect');
+  try {
+    await withTimeout(once(socket, subject.tls ? 'secureConnect' : 'connect'), CONNECT_TIMEOUT_MS, `connect to ${subject.name}`);
+  } catch (error) {
+    socket.destroy();
+    throw error;
+  }
   return socket;
 }
 

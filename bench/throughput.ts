@@ -43,15 +43,11 @@ export async function transfer(subject: Subject, direction: Direction, bytes: nu
         });
       }
     });
-    // Awaited below; until then a failure must not count as an unhandled rejection.
-    done.catch(() => {});
-    if (direction === 'upload') {
-      socket.write(header(MODE_UPLOAD, bytes));
-      await writeBytes(socket, bytes);
-    } else {
-      socket.write(header(MODE_DOWNLOAD, bytes));
-    }
-    await withTimeout(done, TRANSFER_TIMEOUT_MS, `${subject.name} ${direction}`);
+    const request = header(direction === 'upload' ? MODE_UPLOAD : MODE_DOWNLOAD, bytes);
+    socket.write(request);
+    const writing = direction === 'upload' ? writeBytes(socket, bytes) : Promise.resolve();
+    // One bound for the writes and the answer: a peer that stalls or vanishes ends the transfer, not the run.
+    await withTimeout(Promise.all([writing, done]), TRANSFER_TIMEOUT_MS, `${subject.name} ${direction}`);
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
     const generator = process.cpuUsage(generatorBefore);
     const generatorCpuSeconds = (generator.user + generator.system) / 1e6;

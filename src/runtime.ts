@@ -2,13 +2,13 @@ import { mkdir } from 'node:fs/promises';
 import { createAppProbe } from './app/app-probe.js';
 import { startAttestationApi } from './attestation/attestation-api.js';
 import type { Nsm } from './attestation/nsm.js';
-import { formatAddress } from './bridge/address.js';
+import { formatAddress, type Address } from './bridge/address.js';
 import { Ingress } from './bridge/ingress.js';
 import type { Mode } from './config/field.js';
 import type { RuntimeConfig } from './config/schema.js';
 import { version } from './cli.js';
 import { HealthMonitor, type HealthReport } from './health.js';
-import { startHttpEndpoint, type RouteAnswer } from './http-endpoint.js';
+import { startHttpEndpoint, type Route, type RouteAnswer } from './http-endpoint.js';
 import type { Logger } from './log.js';
 import { RuntimeMetrics } from './metrics/runtime-metrics.js';
 import type { AcmeCertificates } from './tls/acme-certificates.js';
@@ -127,11 +127,18 @@ export class Runtime {
       metrics.watchHealth(() => health.report());
 
       // The same /health for the parent over the bridge, and /metrics, both up before "runtime ready".
-      const healthEndpoint = await startHttpEndpoint('health endpoint', config.runtime.healthListen, { '/health': () => healthAnswer(health.report()) }, logger);
-      closers.push(() => healthEndpoint.close());
+      // They only observe: a port the app already holds (9090 is a favourite) costs them, not the enclave.
+      const endpoints: Array<[string, Address, Record<string, Route>]> = [['health endpoint', config.runtime.healthListen, { '/health': () => healthAnswer(health.report()) }]];
       if (config.metrics.enabled) {
-        const metricsEndpoint = await startHttpEndpoint('metrics endpoint', config.metrics.listen, { '/metrics': () => ({ status: 200, type: PROMETHEUS_TEXT, body: metrics.registry.render() }) }, logger);
-        closers.push(() => metricsEndpoint.close());
+        endpoints.push(['metrics endpoint', config.metrics.listen, { '/metrics': () => ({ status: 200, type: PROMETHEUS_TEXT, body: metrics.registry.render() }) }]);
+      }
+      for (const [name, listen, routes] of endpoints) {
+        try {
+          const endpoint = await startHttpEndpoint(name, listen, routes, logger);
+          closers.push(() => endpoint.close());
+        } catch (error) {
+          logger.error({ listen: formatAddress(listen), code: (error as { code?: string }).code, reason: (error as Error).message }, `${name} not served`);
+        }
       }
       logger.info({ mode, nsm: nsm.kind, tls: config.tls.enabled }, 'runtime ready');
       return new Runtime({ config, health, ingress, nsm, metrics, logger, closers });

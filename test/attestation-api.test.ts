@@ -321,7 +321,6 @@ describe('routes, methods and limits', () => {
 
   test('a client that never finishes its headers is cut off', async () => {
     await withApi({ limits: { headersTimeoutMs: 200, requestTimeoutMs: 400 } }, async (_base, api) => {
-      const started = Date.now();
       const reply = await new Promise<string>((resolve, reject) => {
         const socket = connect(api.address.port, '127.0.0.1', () => socket.write('GET /health HTTP/1.1\r\nHost: x\r\n'));
         let data = '';
@@ -331,7 +330,6 @@ describe('routes, methods and limits', () => {
         setTimeout(() => reject(new Error('not cut off')), 5000).unref();
       });
       assert.match(reply, /^HTTP\/1\.1 408/);
-      assert.ok(Date.now() - started < 3000);
     });
   });
 

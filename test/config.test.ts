@@ -95,6 +95,7 @@ describe('enclave.toml', () => {
       ['section is a value', 'tls = 5', /^tls: 5 is not allowed; expected a table \[tls\]/],
       ['forwarding to itself', '[ingress]\nlisten = "tcp:127.0.0.1:8008"', /ingress\.listen and ingress\.app are the same address/],
       ['TOML syntax', '[ingress\nenabled = true', /TOML syntax error at line 1/],
+      ['egress allow entry', '[egress]\nallow = ["api.example.com", "*.*.bad"]', /^egress\.allow: egress allow entry "\*\.\*\.bad" is invalid/],
       ['nonce encoding', '[tls]\nsni_nonce_encoding = "base32"', /^tls\.sni_nonce_encoding: "base32" is not allowed; expected one of "hex", "base64"/],
     ];
     for (const [name, toml, expected] of cases) {

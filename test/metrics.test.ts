@@ -12,6 +12,7 @@ import { silentLogger } from '../src/log.js';
 import { countEgressRefusal, registerEgressMetrics } from '../src/metrics/egress-metrics.js';
 import { MAX_SERIES_PER_METRIC, MetricsRegistry } from '../src/metrics/registry.js';
 import { Runtime } from '../src/runtime.js';
+import { captureLogs } from './helpers/log-capture.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'metrics-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -249,6 +250,32 @@ describe('GET /metrics of a running runtime', () => {
     } finally {
       echo.close();
       await runtime.stop();
+    }
+  });
+});
+
+describe('an endpoint whose port is taken', () => {
+  it('is logged and left out; the runtime still starts', async () => {
+    const taken = net.createServer().listen(0, '127.0.0.1');
+    await once(taken, 'listening');
+    const port = (taken.address() as net.AddressInfo).port;
+    const [apiPort, healthPort, ingressPort] = await Promise.all([freePort(), freePort(), freePort()]);
+    const config = parseConfig(
+      `[runtime]\nstate_dir = "${join(dir, 'taken-state')}"\nhealth_listen = "tcp:127.0.0.1:${healthPort}"\n[tls]\nenabled = false\n` +
+        `[ingress]\nlisten = "tcp:127.0.0.1:${ingressPort}"\n[attestation]\napi_listen = "tcp:127.0.0.1:${apiPort}"\n[metrics]\nlisten = "tcp:127.0.0.1:${port}"\n`,
+      'dev',
+    );
+    const logs = captureLogs('info');
+    const runtime = await Runtime.start(config, 'dev', logs.logger);
+    try {
+      const line = logs.lines.find((entry) => entry.msg === 'metrics endpoint not served');
+      assert.equal(line?.listen, `tcp:127.0.0.1:${port}`);
+      assert.equal(line?.code, 'EADDRINUSE');
+      assert.ok([200, 503].includes((await fetch(`http://127.0.0.1:${healthPort}/health`)).status), 'the health endpoint still serves');
+      assert.ok(logs.lines.some((entry) => entry.msg === 'runtime ready'));
+    } finally {
+      await runtime.stop();
+      taken.close();
     }
   });
 });

@@ -22,15 +22,15 @@ export interface AccountFiles {
 /** Resolves `[app] user` to ids; throws ConfigError naming the key when a name or id is unknown. */
 export function resolveAppUser(spec: string, files: AccountFiles = {}): AppUser {
   const [userPart = '', groupPart] = spec.split(':');
-  const passwd = () => readAccounts(files.passwd ?? '/etc/passwd');
+  const passwd = readAccounts(files.passwd ?? '/etc/passwd');
   let uid: number;
   let primaryGid: number | undefined;
   if (/^\d+$/.test(userPart)) {
     uid = checkedId(userPart, spec);
-    const entry = passwd()?.find((fields) => fields[2] === userPart);
-    primaryGid = entry ? Number(entry[3]) : undefined;
+    const entry = passwd?.find((fields) => fields[2] === userPart);
+    primaryGid = entry ? checkedId(entry[3] ?? '', spec) : undefined;
   } else {
-    const entry = passwd()?.find((fields) => fields[0] === userPart);
+    const entry = passwd?.find((fields) => fields[0] === userPart);
     if (!entry) throw new ConfigError([`app.user: no user "${userPart}" in ${files.passwd ?? '/etc/passwd'}`]);
     uid = checkedId(entry[2] ?? '', spec);
     primaryGid = checkedId(entry[3] ?? '', spec);

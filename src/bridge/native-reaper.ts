@@ -2,7 +2,7 @@
  * Typed wrappers for the addon's child reaper (src/bridge/native/child_reaper.cc): reaping
  * orphans re-parented to us without taking the exit status of any child libuv is waiting for.
  */
-import { errnoError, loadNative } from './native-binding.js';
+import { errnoError, loadNative, negErrno } from './native-binding.js';
 
 /** One orphan reaped: its exit code, or the number of the signal that killed it. */
 export interface ReapedChild {
@@ -25,7 +25,7 @@ interface ReaperAddon {
 function reaperAddon(): ReaperAddon {
   const native = loadNative() as unknown as Partial<ReaperAddon>;
   if (typeof native.reapOrphans !== 'function' || typeof native.setChildSubreaper !== 'function') {
-    throw errnoError(-38 /* ENOSYS */, 'reapOrphans', 'the addon predates child_reaper.cc: rebuild it');
+    throw errnoError(negErrno('ENOSYS'), 'reapOrphans', '(the addon predates child_reaper.cc: rebuild it)');
   }
   return native as ReaperAddon;
 }

@@ -2,6 +2,7 @@ import { ConfigError } from '../errors.js';
 import { show, type Mode } from './field.js';
 import { nearestKey } from './nearest-key.js';
 import { SCHEMA, type RuntimeConfig, type Table, type TableList } from './schema.js';
+import { AllowlistError, compileAllowlist } from '../egress/allowlist.js';
 
 const camel = (key: string) => key.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());
 
@@ -88,6 +89,12 @@ function crossCheck(config: RuntimeConfig, mode: Mode, problems: string[]): void
     problems.push('kms.via: "egress_proxy" needs egress.enabled = true (with the KMS host in egress.allow) to reach KMS for [[secrets]]; or set kms.via = "direct"');
   }
   checkAcme(config, problems);
+  try {
+    compileAllowlist(config.egress.allow);
+  } catch (error) {
+    if (!(error instanceof AllowlistError)) throw error;
+    problems.push(`egress.allow: ${error.message}`);
+  }
 }
 
 /** [tls.acme] and HTTP-aware ingress ride on TLS termination. */

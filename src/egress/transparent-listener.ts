@@ -85,9 +85,9 @@ export class TransparentListener {
 
   /** Stop accepting and cut every open connection. */
   async close(): Promise<void> {
-    await Promise.all(this.#servers.map((server) => new Promise<void>((resolve) => server.close(() => resolve()))).concat(
-      [...this.#connections].map(async (socket) => void socket.destroy()),
-    ));
+    const closed = this.#servers.map((server) => new Promise<void>((resolve) => server.close(() => resolve())));
+    for (const socket of this.#connections) socket.destroy();
+    await Promise.all(closed);
   }
 
   #bind(host: string, port: number): Promise<net.Server> {

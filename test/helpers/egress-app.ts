@@ -205,12 +205,13 @@ export async function runProbe(probe: Probe): Promise<unknown> {
   }
 }
 
-if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+// Only as `node <this file> '<json>'`: the test runner also runs every file under dist/test, without arguments.
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url) && process.argv[2] !== undefined) {
   const timer = setTimeout(() => {
     process.stdout.write(`${JSON.stringify({ code: 'PROBE_TIMEOUT' })}\n`);
     process.exit(0);
   }, PROBE_TIMEOUT_MS);
-  void runProbe(JSON.parse(process.argv[2] ?? '{}') as Probe).then((result) => {
+  void runProbe(JSON.parse(process.argv[2]) as Probe).then((result) => {
     clearTimeout(timer);
     process.stdout.write(`${JSON.stringify(result)}\n`);
     process.exit(0);

@@ -189,6 +189,7 @@ async function main(spec: InternetSpec): Promise<void> {
   process.on('SIGTERM', () => process.exit(0));
 }
 
-if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
-  void main(JSON.parse(process.argv[2] ?? '{}') as InternetSpec);
+// Only as `node <this file> '<json>'`: the test runner also runs every file under dist/test, without arguments.
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url) && process.argv[2] !== undefined) {
+  void main(JSON.parse(process.argv[2]) as InternetSpec);
 }
