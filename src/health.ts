@@ -39,6 +39,7 @@ export class HealthMonitor {
   #probing = false;
   #egress: (() => PartHealth) | undefined;
   #acme: (() => PartHealth) | undefined;
+  #attestation: (() => PartHealth) | undefined;
 
   constructor(options: HealthOptions) {
     this.#options = { probeIntervalMs: 2000, probeTimeoutMs: 1000, probe: createAppProbe('', options.app), ...options };
@@ -56,6 +57,11 @@ export class HealthMonitor {
   /** Reports egress from `provider` instead of 'disabled'. */
   watchEgress(provider: () => PartHealth): void {
     this.#egress = provider;
+  }
+
+  /** Reports attestation from `provider` (the NSM's recent calls) instead of just naming the NSM. */
+  watchAttestation(provider: () => PartHealth): void {
+    this.#attestation = provider;
   }
 
   /** Adds an `acme` part (only when [tls.acme] is on) reported by `provider`. */
@@ -92,7 +98,7 @@ export class HealthMonitor {
       ingress: this.#ingress
         ? { ok: this.#ingress.listening, detail: `${this.#ingress.stats.active} open connections` }
         : { ok: true, detail: 'disabled' },
-      attestation: this.#nsm ? { ok: true, detail: `${this.#nsm.kind} NSM` } : { ok: false, detail: 'starting' },
+      attestation: this.#nsm ? (this.#attestation?.() ?? { ok: true, detail: `${this.#nsm.kind} NSM` }) : { ok: false, detail: 'starting' },
       egress: this.#egress ? this.#egress() : { ok: true, detail: 'disabled' },
       app: { ok: this.#appUp === true, detail: this.#appDetail },
       ...(this.#acme ? { acme: this.#acme() } : {}),

@@ -1,7 +1,7 @@
-import { mkdir } from 'node:fs/promises';
 import { createAppProbe } from './app/app-probe.js';
 import { startAttestationApi } from './attestation/attestation-api.js';
 import type { Nsm } from './attestation/nsm.js';
+import { NsmHealth } from './attestation/nsm-health.js';
 import { formatAddress, type Address } from './bridge/address.js';
 import { Ingress } from './bridge/ingress.js';
 import type { Mode } from './config/field.js';
@@ -11,6 +11,7 @@ import { HealthMonitor, type HealthReport } from './health.js';
 import { startHttpEndpoint, type Route, type RouteAnswer } from './http-endpoint.js';
 import type { Logger } from './log.js';
 import { RuntimeMetrics } from './metrics/runtime-metrics.js';
+import { prepareStateDir } from './state-dir.js';
 import type { AcmeCertificates } from './tls/acme-certificates.js';
 import type { CertificateSource } from './tls/certificate-source.js';
 import type { TlsTerminator } from './tls/tls-terminator.js';
@@ -40,14 +41,17 @@ export class Runtime {
     this.#closers = parts.closers;
   }
 
-  /** Starts every enabled part; on a failure, stops what had started and rethrows. */
-  static async start(config: RuntimeConfig, mode: Mode, logger: Logger): Promise<Runtime> {
+  /**
+   * Starts every enabled part; on a failure, stops what had started and rethrows. `parts.nsm`
+   * replaces the NSM the config names (tests inject faults through it); it is closed on stop.
+   */
+  static async start(config: RuntimeConfig, mode: Mode, logger: Logger, parts: { nsm?: Nsm } = {}): Promise<Runtime> {
     const closers: Closer[] = [];
     try {
-      await mkdir(config.runtime.stateDir, { recursive: true, mode: 0o700 });
+      await prepareStateDir(config.runtime.stateDir);
       const metrics = new RuntimeMetrics({ version: version(), mode });
       closers.push(async () => metrics.close());
-      const nsm = metrics.meterNsm(await openNsm(config, logger));
+      const nsm = new NsmHealth(metrics.meterNsm(parts.nsm ?? (await openNsm(config, logger))), { logger });
       closers.push(() => nsm.close());
 
       const { app } = config;
@@ -59,6 +63,7 @@ export class Runtime {
         probeTimeoutMs: app.healthcheckTimeoutMs,
       });
       closers.push(async () => health.stop());
+      health.watchAttestation(() => nsm.health());
 
       const api = await startAttestationApi({
         listen: { host: config.attestation.apiListen.host, port: config.attestation.apiListen.port },

@@ -2,12 +2,12 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { NITRO_FIXTURES, REPO_ROOT } from './helpers/paths.js';
 import { commandMissing } from './helpers/privilege.js';
+import { freePort } from './helpers/net.js';
 
 // The bundle must run in an image with nothing else in it: the test copies it into an empty
 // directory and chroots there, so no libc, Node, shell, /proc or /dev of the machine can help.
@@ -16,14 +16,6 @@ const IN_ROOT = '/opt/enclave-runtime';
 const skip = process.getuid?.() !== 0 ? 'needs root (chroot)' : (commandMissing('chroot') ?? commandMissing('gcc') ?? commandMissing('ldd'));
 const root = mkdtempSync(join(tmpdir(), 'bundle-chroot-'));
 after(() => rmSync(root, { recursive: true, force: true }));
-
-async function freePort(): Promise<number> {
-  const server = net.createServer().listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 const CHROOT = spawnSync('sh', ['-c', 'command -v chroot'], { encoding: 'utf8' }).stdout.trim();
 

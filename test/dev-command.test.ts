@@ -4,23 +4,15 @@ import https from 'node:https';
 import { once } from 'node:events';
 import { X509Certificate } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { verifyAttestation } from '../src/attestation/verifier.js';
 import { CLI, REPO_ROOT } from './helpers/paths.js';
+import { freePort } from './helpers/net.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'dev-command-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
-
-async function freePort(): Promise<number> {
-  const server = net.createServer().listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 interface Started {
   child: ChildProcessWithoutNullStreams;

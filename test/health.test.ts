@@ -10,17 +10,10 @@ import { createAppProbe } from '../src/app/app-probe.js';
 import { parseConfig } from '../src/config/load.js';
 import { silentLogger } from '../src/log.js';
 import { Runtime } from '../src/runtime.js';
+import { freePort } from './helpers/net.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'health-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
-
-async function freePort(): Promise<number> {
-  const server = net.createServer().listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 /** The customer app: answers GET /healthz with `status()`. */
 async function startApp(port: number, status: () => number): Promise<Server> {

@@ -13,17 +13,10 @@ import { countEgressRefusal, registerEgressMetrics } from '../src/metrics/egress
 import { MAX_SERIES_PER_METRIC, MetricsRegistry } from '../src/metrics/registry.js';
 import { Runtime } from '../src/runtime.js';
 import { captureLogs } from './helpers/log-capture.js';
+import { freePort } from './helpers/net.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'metrics-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
-
-async function freePort(): Promise<number> {
-  const server = net.createServer().listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 interface Family {
   type: 'counter' | 'gauge' | 'histogram' | 'summary' | 'untyped';

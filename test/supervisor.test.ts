@@ -2,7 +2,6 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { once } from 'node:events';
 import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -11,18 +10,11 @@ import { restartDelayMs, shouldRestart } from '../src/app/restart-policy.js';
 import { ConfigError } from '../src/errors.js';
 import { CLI, REPO_ROOT } from './helpers/paths.js';
 import { commandMissing } from './helpers/privilege.js';
+import { freePort } from './helpers/net.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'supervisor-'));
 chmodSync(dir, 0o755);
 after(() => rmSync(dir, { recursive: true, force: true }));
-
-async function freePort(): Promise<number> {
-  const server = net.createServer().listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 /** A config on free ports: no TLS (nothing to terminate), no metrics, the simulated NSM even under `run`. */
 async function writeConfig(name: string, extra = '', runtimeExtra = ''): Promise<{ path: string; apiPort: number }> {

@@ -5,6 +5,7 @@ import { ConfigError, RuntimeError } from '../errors.js';
 import { startHost } from '../host/host-service.js';
 import { createLogger } from '../log.js';
 import type { CommandIo } from './io.js';
+import { waitForStopSignal } from './stop-signal.js';
 
 /**
  * `host [--config PATH]`, on the parent instance: ingress -> enclave, egress relay -> internet,
@@ -49,23 +50,10 @@ export async function hostCommand(argv: string[], io: CommandIo): Promise<number
     'host ready',
   );
 
-  await new Promise<void>((resolve) => {
-    let stopping = false;
-    const onSignal = (signal: NodeJS.Signals) => {
-      if (stopping) {
-        logger.warn({ signal }, 'second signal: exiting without draining');
-        process.exit(1);
-      }
-      stopping = true;
-      logger.info({ signal }, 'shutting down');
-      resolve();
-    };
-    process.on('SIGTERM', onSignal);
-    process.on('SIGINT', onSignal);
-  });
-  await host.close(config.runtime.shutdownGraceMs);
-  process.removeAllListeners('SIGTERM');
-  process.removeAllListeners('SIGINT');
+  const stop = waitForStopSignal(logger);
+  await stop.received;
+await host.close(config.runtime.shutdownGraceMs);
+  stop.dispose();
   logger.info('host stopped');
   return 0;
 }

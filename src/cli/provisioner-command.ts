@@ -7,6 +7,7 @@ import { ConfigError, RuntimeError } from '../errors.js';
 import { createLogger } from '../log.js';
 import { startProvisioner } from '../provisioner/provisioner-service.js';
 import type { CommandIo } from './io.js';
+import { waitForStopSignal } from './stop-signal.js';
 
 /**
  * `provisioner [--config PATH]`: the reference provisioner, signing attested enclaves'
@@ -62,23 +63,10 @@ export async function provisionerCommand(argv: string[], io: CommandIo): Promise
   }
   logger.info({ listen: formatAddress(provisioner.address), root: provisioner.rootPath }, 'provisioner ready');
 
-  await new Promise<void>((resolve) => {
-    let stopping = false;
-    const onSignal = (signal: NodeJS.Signals) => {
-      if (stopping) {
-        logger.warn({ signal }, 'second signal: exiting at once');
-        process.exit(1);
-      }
-      stopping = true;
-      logger.info({ signal }, 'shutting down');
-      resolve();
-    };
-    process.on('SIGTERM', onSignal);
-    process.on('SIGINT', onSignal);
-  });
-  await provisioner.close();
-  process.removeAllListeners('SIGTERM');
-  process.removeAllListeners('SIGINT');
+  const stop = waitForStopSignal(logger);
+  await stop.received;
+await provisioner.close();
+  stop.dispose();
   logger.info('provisioner stopped');
   return 0;
 }

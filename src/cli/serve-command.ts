@@ -8,9 +8,7 @@ import { Supervisor } from '../supervisor.js';
 import { AppSupervisor } from '../app/app-supervisor.js';
 import { startInitDuties, type InitDuties } from '../init/init-duties.js';
 import type { CommandIo } from './io.js';
-
-/** Signals closer together than this are one user action delivered twice. */
-const SAME_SIGNAL_WINDOW_MS = 1000;
+import { waitForStopSignal } from './stop-signal.js';
 
 /**
  * `run` and `dev`: start the data plane, supervise the customer command when one follows `--`,
@@ -92,25 +90,11 @@ export async function serveCommand(mode: Extract<Mode, 'run' | 'dev'>, argv: str
   }
   const app = supervisor;
   if (app) runtime.metrics.watchApp(() => ({ restarts: app.restarts, running: app.running }));
-  let stoppingSince: number | undefined;
-  const stopped = new Promise<void>((resolve) => {
-    const onSignal = (signal: NodeJS.Signals) => {
-      if (stoppingSince !== undefined) {
-        // One Ctrl-C arrives twice under `npm start`: from the terminal and forwarded by npm.
-        if (Date.now() - stoppingSince < SAME_SIGNAL_WINDOW_MS) return;
-        logger.warn({ signal }, 'second signal: exiting without draining');
-        process.exit(1);
-      }
-      stoppingSince = Date.now();
-      logger.info({ signal }, 'shutting down');
-      supervisor?.signal(signal);
-      resolve();
-    };
-    for (const signal of ['SIGTERM', 'SIGINT'] as const) process.on(signal, onSignal);
-    for (const signal of Supervisor.forwardedSignals) {
-      if (signal !== 'SIGTERM' && signal !== 'SIGINT') process.on(signal, () => supervisor?.signal(signal));
-    }
-  });
+  const stop = waitForStopSignal(logger, (signal) => supervisor?.signal(signal));
+  const forward = (signal: NodeJS.Signals) => supervisor?.signal(signal);
+  const otherSignals = Supervisor.forwardedSignals.filter((signal) => signal !== 'SIGTERM' && signal !== 'SIGINT');
+  for (const signal of otherSignals) process.on(signal, forward);
+  const stopped = stop.received;
 
   let status = 0;
   if (app) {
@@ -120,6 +104,7 @@ export async function serveCommand(mode: Extract<Mode, 'run' | 'dev'>, argv: str
   }
   await runtime.stop();
   init.stop();
-  for (const signal of Supervisor.forwardedSignals) process.removeAllListeners(signal);
+  stop.dispose();
+  for (const signal of otherSignals) process.off(signal, forward);
   return status;
 }

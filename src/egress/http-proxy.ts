@@ -25,7 +25,7 @@ import { EgressStatus, egressStatusName, type EgressHeader } from './egress-head
 import { decideConnection } from './egress-policy.js';
 import { readFirstBytes } from './first-bytes.js';
 import { canonicalIp, type NameCache } from './name-cache.js';
-import { EgressRelayError, openRelayStream } from './relay-client.js';
+import { EgressRelayError, openRelayStream, resetAppOnRelayFailure } from './relay-client.js';
 
 export interface HttpProxyOptions {
   listen: TcpAddress;
@@ -161,6 +161,7 @@ export class EgressHttpProxy {
       return;
     }
     options.audit.allowed('proxy', { name: header.name, ip: header.ip, port: header.port, ...named, reason: 'connect', rule: decision.rule });
+    resetAppOnRelayFailure(socket, upstream, () => options.audit.failed('proxy', { name: header.name, ip: header.ip, port: header.port, ...named, reason: 'relay-reset' }));
     if (first.data.length > 0) upstream.write(first.data);
     if (first.ended) upstream.end();
     await relay(socket, upstream, { idleTimeoutMs: options.idleTimeoutMs });

@@ -2,6 +2,8 @@
  * The enclave's side of the egress relay protocol (egress-header.ts): connect to the host,
  * send where to, and wait for the host to say it connected before any payload flows.
  */
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { formatAddress, type Address } from '../bridge/address.js';
 import { connect, type TransportSocket } from '../bridge/transport.js';
 import { RuntimeError } from '../errors.js';
@@ -87,5 +89,18 @@ function readReply(stream: TransportSocket, timeoutMs: number): Promise<EgressSt
     stream.once('end', onEnd);
     stream.once('close', onEnd);
     stream.once('error', onError);
+  });
+}
+
+/**
+ * Resets `app` the moment the relay stream fails mid-connection (the host relay reset or went
+ * away), so the app sees ECONNRESET as it would from a direct connection, not a clean end it
+ * could take for a complete answer. Call before relay(), whose own handler would end `app` with a FIN.
+ */
+export function resetAppOnRelayFailure(app: Socket, upstream: Duplex, onFailure: (error: NodeJS.ErrnoException) => void): void {
+  upstream.once('error', (error: NodeJS.ErrnoException) => {
+    if (app.destroyed) return;
+    onFailure(error);
+    app.resetAndDestroy();
   });
 }

@@ -20,7 +20,7 @@ import { egressStatusName } from './egress-header.js';
 import { decideConnection } from './egress-policy.js';
 import { readFirstBytes } from './first-bytes.js';
 import type { NameCache } from './name-cache.js';
-import { EgressRelayError, openRelayStream } from './relay-client.js';
+import { EgressRelayError, openRelayStream, resetAppOnRelayFailure } from './relay-client.js';
 
 export interface TransparentListenerOptions {
   listen: TcpAddress;
@@ -162,6 +162,7 @@ export class TransparentListener {
       return;
     }
     audit.allowed('transparent', { name: decision.name, ip, port, ...named, reason: decision.reason, rule: decision.rule });
+    resetAppOnRelayFailure(socket, upstream, () => audit.failed('transparent', { name: decision.name, ip, port, ...named, reason: 'relay-reset' }));
     if (first.data.length > 0) upstream.write(first.data);
     // The app's FIN was consumed while peeking, so pipe() would never pass it on.
     if (first.ended) upstream.end();

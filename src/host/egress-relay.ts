@@ -7,11 +7,10 @@
  * the IP must be allowed as an address or be one the host's DNS relay resolved that name to.
  * Private, loopback, link-local and similar destinations are refused unless host.allow_private.
  */
-import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { formatAddress, type Address } from '../bridge/address.js';
 import { relay } from '../bridge/relay.js';
-import { listen, type Listener, type TransportSocket } from '../bridge/transport.js';
+import { connect, listen, type Listener, type TransportSocket } from '../bridge/transport.js';
 import type { Allowlist } from '../egress/allowlist.js';
 import {
   EgressHeaderError,
@@ -146,9 +145,9 @@ export class EgressRelay {
       return;
     }
 
-    let upstream: net.Socket;
+    let upstream: TransportSocket;
     try {
-      upstream = await connectOut(header.ip, header.port, options.connectTimeoutMs);
+      upstream = await connect({ transport: 'tcp', host: header.ip, port: header.port }, { timeoutMs: options.connectTimeoutMs });
     } catch (error) {
       this.stats.failed++;
       const code = (error as { code?: string }).code ?? 'ERROR';
@@ -209,25 +208,5 @@ function readHeader(stream: Duplex, timeoutMs: number): Promise<{ header: Egress
     stream.on('data', onData);
     stream.once('end', onEnd);
     stream.once('close', onEnd);
-  });
-}
-
-function connectOut(host: string, port: number, timeoutMs: number): Promise<net.Socket> {
-  return new Promise((resolve, reject) => {
-    const socket = net.connect({ host, port, allowHalfOpen: true, noDelay: true });
-    const timer = setTimeout(() => {
-      socket.destroy();
-      reject(Object.assign(new Error(`connect to ${host}:${port} timed out`), { code: 'ETIMEDOUT' }));
-    }, timeoutMs);
-    socket.once('connect', () => {
-      clearTimeout(timer);
-      socket.off('error', onError);
-      resolve(socket);
-    });
-    const onError = (error: Error) => {
-      clearTimeout(timer);
-      reject(error);
-    };
-    socket.once('error', onError);
   });
 }

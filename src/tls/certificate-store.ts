@@ -161,7 +161,11 @@ export class CertificateStore {
       flight = this.#issue(key, nonce);
       this.#pending.set(key, flight);
     }
-    return withTimeout(flight, this.#options.issueTimeoutMs);
+    return withTimeout(flight, this.#options.issueTimeoutMs).catch((err: unknown) => {
+      // A failed issuance was logged by #issue; a slow one (stalled NSM) would otherwise go unnoticed.
+      if (err instanceof TlsError && err.code === 'ERR_TLS_ISSUE_TIMEOUT') this.#warn(err, 'nonce certificate not ready in time; serving the base certificate instead');
+      throw err;
+    });
   }
 
   /** Replace the base certificate now (new key, new document); on failure the old one stays. Concurrent calls share one renewal. */

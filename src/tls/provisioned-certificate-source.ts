@@ -34,6 +34,8 @@ export interface ProvisionedSourceOptions {
   logger: Logger;
   /** Leaf lifetime; capped at the intermediate's notAfter anyway. */
   leafValidityMs?: number;
+  /** First wait after a failed renewal (doubling to 10 min), and the shortest wait for any; default 5 s. */
+  retryMinMs?: number;
   now?: () => number;
   /**
    * Makes the intermediate's key pair; default a fresh non-extractable ECDSA P-256 WebCrypto pair,
@@ -64,6 +66,7 @@ export class ProvisionedCertificateSource implements CertificateSource {
   readonly kind = 'provisioner';
   readonly #options: ProvisionedSourceOptions;
   readonly #now: () => number;
+  readonly #retryMinMs: number;
   #current: Provisioned;
   #timer: NodeJS.Timeout | undefined;
   #failures = 0;
@@ -72,6 +75,7 @@ export class ProvisionedCertificateSource implements CertificateSource {
   private constructor(options: ProvisionedSourceOptions, first: Provisioned) {
     this.#options = options;
     this.#now = options.now ?? Date.now;
+    this.#retryMinMs = options.retryMinMs ?? RETRY_MIN_MS;
     this.#current = first;
     this.#scheduleRenewal(this.#renewDelay(first));
   }
@@ -128,7 +132,7 @@ export class ProvisionedCertificateSource implements CertificateSource {
 
   #scheduleRenewal(delayMs: number): void {
     if (this.#closed) return;
-    this.#timer = setTimeout(() => void this.#renewOnTimer(), Math.min(Math.max(delayMs, RETRY_MIN_MS), TIMER_MAX_MS));
+    this.#timer = setTimeout(() => void this.#renewOnTimer(), Math.min(Math.max(delayMs, this.#retryMinMs), TIMER_MAX_MS));
     this.#timer.unref();
   }
 
@@ -139,7 +143,7 @@ export class ProvisionedCertificateSource implements CertificateSource {
       this.#scheduleRenewal(this.#renewDelay(this.#current));
     } catch (error) {
       this.#failures += 1;
-      const retryMs = Math.min(RETRY_MIN_MS * 2 ** Math.min(this.#failures - 1, 16), RETRY_MAX_MS);
+      const retryMs = Math.min(this.#retryMinMs * 2 ** Math.min(this.#failures - 1, 16), RETRY_MAX_MS);
       this.#options.logger.warn(
         { code: (error as ProvisioningError).code, remoteCode: (error as ProvisioningError).remoteCode, reason: (error as Error).message, retryMs, notAfter: this.#current.notAfter.toISOString() },
         'renewing the provisioned intermediate CA failed; the current one stays in use',

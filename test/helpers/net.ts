@@ -65,3 +65,12 @@ export async function tcpConnect(port: number, host = '127.0.0.1'): Promise<net.
 }
 
 export const randomPayload = (bytes: number) => randomBytes(bytes);
+
+/** A loopback port that was free a moment ago, for configs that cannot take port 0. */
+export async function freePort(): Promise<number> {
+  const server = net.createServer().listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as net.AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
