@@ -12,21 +12,15 @@ import type { Logger } from '../log.js';
 import type { Allowlist } from './allowlist.js';
 import {
   buildErrorResponse,
-  buildFormErr,
-  buildNxdomain,
-  buildRefused,
   buildServFail,
-  DnsFormatError,
-  DnsRcode,
   DnsTcpFrameReader,
   DnsType,
   encodeTcpFrame,
   parseDnsQuery,
-  type DnsQuery,
 } from './dns-message.js';
 import type { DnsForwarder } from './dns-forwarder.js';
 import type { EgressAudit } from './egress-audit.js';
-import { decideDnsName } from './egress-policy.js';
+import { gateDnsQuery } from './dns-gate.js';
 
 export interface DnsServerOptions {
   listen: TcpAddress;
@@ -56,25 +50,18 @@ const TYPE_NAMES = new Map<number, string>(Object.entries(DnsType).map(([name, c
 export async function answerDnsQuery(raw: Buffer, options: Omit<DnsServerOptions, 'listen'>): Promise<Buffer | undefined> {
   const { audit, allowlist, forwarder, logger } = options;
   audit.counters.dnsQueries++;
-  let query: DnsQuery;
-  try {
-    query = parseDnsQuery(raw);
-  } catch (error) {
-    if (!(error instanceof DnsFormatError)) throw error;
+  const gate = gateDnsQuery(raw, allowlist, options.refusal);
+  if (gate.kind === 'malformed' || gate.kind === 'unsupported') {
     audit.counters.dnsMalformed++;
-    logger.debug({ reason: error.message, bytes: raw.length }, 'malformed DNS query');
-    return buildFormErr(raw);
+    if (gate.kind === 'malformed') logger.debug({ reason: gate.reason, bytes: raw.length }, 'malformed DNS query');
+    return gate.reply;
   }
-  const { question } = query;
+  const { question } = gate.query;
   const qtype = TYPE_NAMES.get(question.type) ?? String(question.type);
-  if (query.header.opcode !== 0) {
-    audit.counters.dnsMalformed++;
-    return buildErrorResponse(query, DnsRcode.NOTIMP);
-  }
-  const decision = decideDnsName(allowlist, question.name);
-  if (!decision.allowed) {
+  const { decision } = gate;
+  if (gate.kind === 'refused') {
     audit.refused('dns', { name: question.name, qtype, reason: decision.reason, rule: decision.rule });
-    return options.refusal === 'nxdomain' ? buildNxdomain(query) : buildRefused(query);
+    return gate.reply;
   }
   try {
     const answer = await forwarder.forward(raw, question);
@@ -82,7 +69,7 @@ export async function answerDnsQuery(raw: Buffer, options: Omit<DnsServerOptions
     return answer;
   } catch (error) {
     audit.failed('dns', { name: question.name, qtype, reason: (error as { code?: string }).code ?? (error as Error).message });
-    return buildServFail(query);
+    return buildServFail(gate.query);
   }
 }
 

@@ -9,19 +9,13 @@ import { formatAddress, type Address } from '../bridge/address.js';
 import { listen, type Listener, type TransportSocket } from '../bridge/transport.js';
 import type { Allowlist } from '../egress/allowlist.js';
 import {
-  buildFormErr,
-  buildNxdomain,
-  buildRefused,
   buildServFail,
-  DnsFormatError,
   DnsRcode,
   DnsTcpFrameReader,
   encodeTcpFrame,
-  parseDnsQuery,
   parseDnsResponse,
-  type DnsQuery,
 } from '../egress/dns-message.js';
-import { decideDnsName } from '../egress/egress-policy.js';
+import { gateDnsQuery } from '../egress/dns-gate.js';
 import type { NameCache } from '../egress/name-cache.js';
 import type { Logger } from '../log.js';
 import { queryUpstream, type Upstream } from './upstream-dns.js';
@@ -66,19 +60,19 @@ export async function startDnsRelay(options: DnsRelayOptions): Promise<DnsRelay>
 
   const answer = async (raw: Buffer): Promise<Buffer | undefined> => {
     stats.queries++;
-    let query: DnsQuery;
-    try {
-      query = parseDnsQuery(raw);
-    } catch (error) {
-      if (!(error instanceof DnsFormatError)) throw error;
+    const gate = gateDnsQuery(raw, options.allowlist, options.refusal);
+    if (gate.kind === 'malformed' || gate.kind === 'unsupported') {
       stats.malformed++;
-      return buildFormErr(raw);
+      return gate.reply;
     }
-    const decision = decideDnsName(options.allowlist, query.question.name);
-    if (!decision.allowed) {
+    const { query } = gate;
+    if (gate.kind === 'refused') {
       stats.refused++;
-      options.logger.warn({ event: 'host-dns-refused', name: query.question.name, qtype: query.question.type, reason: decision.reason }, 'host DNS relay refused a question');
-      return options.refusal === 'nxdomain' ? buildNxdomain(query) : buildRefused(query);
+      options.logger.warn(
+        { event: 'host-dns-refused', name: query.question.name, qtype: query.question.type, reason: gate.decision.reason },
+        'host DNS relay refused a question',
+      );
+      return gate.reply;
     }
     if (inFlight >= maxInFlight) {
       stats.failed++;
