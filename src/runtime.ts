@@ -70,6 +70,14 @@ export class Runtime {
         nsm,
         logger,
         health: () => health.report(),
+        limits: {
+          maxBodyBytes: config.attestation.apiMaxBodyBytes,
+          headersTimeoutMs: config.attestation.apiHeadersTimeoutMs,
+          requestTimeoutMs: config.attestation.apiRequestTimeoutMs,
+          maxConcurrentRequests: config.attestation.apiMaxConcurrentRequests,
+          maxConnections: config.attestation.apiMaxConnections,
+          attestTimeoutMs: config.attestation.nsmTimeoutMs,
+        },
       });
       closers.push(() => api.close());
       logger.info({ listen: `tcp:${api.address.host}:${api.address.port}` }, 'internal API listening');
@@ -109,6 +117,8 @@ export class Runtime {
           sniNonceEncoding: config.tls.sniNonceEncoding,
           nonceCacheSize: config.tls.nonceCacheSize,
           alpn: config.tls.alpn,
+          handshakeTimeoutMs: config.tls.handshakeTimeoutMs,
+          maxPendingIssues: config.tls.maxNonceIssues,
           logger,
         });
         const tls = terminator;

@@ -72,6 +72,8 @@ export const SCHEMA: Table = table('enclave.toml', {
     sni_nonce_encoding: oneOf('how <nonce>.attest.<host> labels are decoded', 'hex', ['hex', 'base64']),
     nonce_cache_size: int('per-nonce certificates kept (LRU)', 1024, 1, 1_000_000),
     alpn: stringList('ALPN protocols offered, most preferred first', ['h2', 'http/1.1'], 16),
+    handshake_timeout_ms: int('a TLS handshake not finished in this time is aborted', 10 * SECOND, 100, 5 * 60 * SECOND),
+    max_nonce_issues: int('nonce certificates being made at once; beyond, handshakes get the base certificate', 256, 1, 100_000),
     provisioner: table('tls.source = "provisioner": a CA service signs the enclave\'s intermediate after checking its attestation', {
       address: address('where the provisioner (or the parent\'s relay to it) answers HTTP', byMode('vsock:3:8444', 'tcp:127.0.0.1:8444')),
       timeout_ms: int('time for one provisioner request, connect included', 10 * SECOND, 100, 5 * 60 * SECOND),
@@ -92,6 +94,12 @@ export const SCHEMA: Table = table('enclave.toml', {
     mode: oneOf('"nsm" is /dev/nsm; "simulated" only for tests (dev always simulates)', byMode('nsm', 'simulated'), ['nsm', 'simulated']),
     device: text('the NSM device', '/dev/nsm'),
     api_listen: address('the internal API for the app', 'tcp:127.0.0.1:9999', ['tcp']),
+    api_max_body_bytes: int('largest request body the internal API reads (413 beyond)', 8 * 1024, 256, 1024 * 1024),
+    api_headers_timeout_ms: int('time for a request head to arrive at the internal API (408 beyond)', 5 * SECOND, 100, 5 * 60 * SECOND),
+    api_request_timeout_ms: int('time for a whole request to arrive at the internal API (408 beyond)', 10 * SECOND, 100, 5 * 60 * SECOND),
+    api_max_concurrent_requests: int('internal API requests in progress at once (503 beyond)', 128, 1, 100_000),
+    api_max_connections: int('internal API connections open at once (dropped beyond)', 512, 1, 100_000),
+    nsm_timeout_ms: int('time one NSM call may take (503 from the API beyond)', 15 * SECOND, 100, 5 * 60 * SECOND),
     simulated: table('the simulated NSM', {
       debug: bool('all-zero PCR0-2, as a debug-mode enclave has', false),
       module_id: text('module_id in documents', 'i-0000000000000000-enc0000000000000000'),
@@ -182,6 +190,8 @@ export interface RuntimeConfig {
     sniNonceEncoding: 'hex' | 'base64';
     nonceCacheSize: number;
     alpn: string[];
+    handshakeTimeoutMs: number;
+    maxNonceIssues: number;
     provisioner: { address: Address; timeoutMs: number };
     acme: AcmeSettings;
   };
@@ -189,6 +199,12 @@ export interface RuntimeConfig {
     mode: 'nsm' | 'simulated';
     device: string;
     apiListen: TcpAddress;
+    apiMaxBodyBytes: number;
+    apiHeadersTimeoutMs: number;
+    apiRequestTimeoutMs: number;
+    apiMaxConcurrentRequests: number;
+    apiMaxConnections: number;
+    nsmTimeoutMs: number;
     simulated: { debug: boolean; moduleId: string; pcrs: Record<number, Uint8Array> };
   };
   egress: {
