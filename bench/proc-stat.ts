@@ -17,11 +17,12 @@ export function cpuSeconds(pid: number, withReapedChildren = false): number {
   return (withReapedChildren ? own + ticks(16) + ticks(17) : own) / CLOCK_TICKS_PER_SECOND;
 }
 
-/** Resident set size in bytes, from VmRSS in /proc/<pid>/status. */
-export function rssBytes(pid: number): number {
+/** Resident set size in bytes, from VmRSS in /proc/<pid>/status; with `peak`, the high-water mark (VmHWM). */
+export function rssBytes(pid: number, peak = false): number {
+  const field = peak ? 'VmHWM' : 'VmRSS';
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const match = /^VmRSS:\s+(\d+) kB$/m.exec(status);
-  if (!match) throw new Error(`no VmRSS for pid ${pid}`);
+  const match = new RegExp(`^${field}:\\s+(\\d+) kB$`, 'm').exec(status);
+  if (!match) throw new Error(`no ${field} for pid ${pid}`);
   return Number(match[1]) * 1024;
 }
 

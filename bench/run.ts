@@ -45,6 +45,7 @@ const { values: args } = parseArgs({
     gib: { type: 'string' },
     rounds: { type: 'string' },
     only: { type: 'string' },
+    'runtime-flags': { type: 'string' },
   },
   strict: true,
 });
@@ -52,8 +53,9 @@ const quick = args.quick === true;
 const gib = Number(args.gib ?? (quick ? 0.25 : 1));
 const rounds = Number(args.rounds ?? (quick ? 3 : 5));
 const only = new Set((args.only ?? SECTIONS.join(',')).split(',') as Section[]);
+const runtimeFlags = (args['runtime-flags'] ?? '').split(' ').filter((flag) => flag !== '');
 if (!(gib > 0) || !Number.isInteger(rounds) || rounds < 1 || [...only].some((s) => !SECTIONS.includes(s))) {
-  process.stderr.write(`usage: npm run bench -- [--quick] [--profile] [--gib N] [--rounds N] [--only ${SECTIONS.join(',')}]\n`);
+  process.stderr.write(`usage: npm run bench -- [--quick] [--profile] [--gib N] [--rounds N] [--only ${SECTIONS.join(',')}] [--runtime-flags '--v8-flag ...']\n`);
   process.exit(2);
 }
 
@@ -77,9 +79,10 @@ const startRuntime = (tls: boolean, profiled: boolean) =>
     appPort: app.port,
     tls,
     cpuProfileDir: profiled && profileDir ? join(profileDir, tls ? 'runtime-tls' : 'runtime') : undefined,
+    nodeFlags: runtimeFlags,
   });
 
-say(`enclave-runtime bench: ${gib} GiB per transfer, ${rounds} rounds after a warm-up${args.profile ? ', PROFILING (figures are slower than normal)' : ''}`);
+say(`enclave-runtime bench: ${gib} GiB per transfer, ${rounds} rounds after a warm-up${args.profile ? ', PROFILING (figures are slower than normal)' : ''}${runtimeFlags.length > 0 ? `, runtime started with node ${runtimeFlags.join(' ')}` : ''}`);
 // One after the other: the first creates the state dir's CA and simulated NSM chain that both use.
 const passthrough = await startRuntime(false, true);
 const terminating = await startRuntime(true, true);
@@ -128,6 +131,8 @@ if (only.has('nonce')) {
   logs.set('nonce', await measureNonceHandshakes({ subject: terminating, ca, rounds, perRound: 10, deadline: budget.section(45_000), log: say }));
 }
 
+// Read before they stop: the high-water mark after moving gigabytes shows what the heap lets garbage grow to.
+const peakRss = { runtime: passthrough.peakRssBytes() / 2 ** 20, 'runtime-tls': terminating.peakRssBytes() / 2 ** 20 };
 await passthrough.stop();
 await terminating.stop();
 await socat?.stop();
@@ -160,7 +165,7 @@ writeFileSync(
     {
       date: new Date().toISOString(),
       machine,
-      settings: { gib, rounds, quick, profiled: args.profile === true, cipherSuite: 'TLS_AES_128_GCM_SHA256', elapsedSeconds: elapsedS },
+      settings: { gib, rounds, quick, profiled: args.profile === true, runtimeFlags, cipherSuite: 'TLS_AES_128_GCM_SHA256', elapsedSeconds: elapsedS },
       tls: tlsSeen,
       loadAverage: { before: loadBefore, after: loadAfter },
       missingPeers: Object.fromEntries(missing),
@@ -270,6 +275,12 @@ function buildRows(): Row[] {
   }
   const verify = logs.get('verify');
   if (verify) rows.push({ section: 'verify', what: 'attest verify, one AWS document', unit: 'ms', runtime: verify.figure('verify'), target: { on: 'value', op: '<=', limit: 5 } });
+  if (logs.has('passthrough') || logs.has('tls')) {
+    for (const [name, label] of [['runtime-tls', 'TLS on'], ['runtime', 'passthrough']] as const) {
+      const mib = peakRss[name];
+      rows.push({ section: 'memory', what: `peak RSS after the runs above (${label})`, unit: 'MiB', runtime: { median: mib, min: mib, max: mib, rounds: [mib] } });
+    }
+  }
   const memory = logs.get('memory');
   if (memory) {
     for (const [name, label] of [['runtime-tls', 'TLS on'], ['runtime', 'passthrough']] as const) {

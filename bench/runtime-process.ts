@@ -20,6 +20,8 @@ export interface RuntimeProcessOptions {
   tls: boolean;
   /** Directory for `node --cpu-prof` output, when profiling. */
   cpuProfileDir?: string | undefined;
+  /** Extra `node` flags for the runtime alone (the load generator keeps its own), to try V8 settings. */
+  nodeFlags?: readonly string[] | undefined;
 }
 
 /**
@@ -46,7 +48,7 @@ export class RuntimeProcess implements Subject {
 
   static async start(options: RuntimeProcessOptions): Promise<RuntimeProcess> {
     writeFileSync(options.configPath, configText(options));
-    const nodeArgs = options.cpuProfileDir ? ['--cpu-prof', `--cpu-prof-dir=${options.cpuProfileDir}`] : [];
+    const nodeArgs = [...(options.nodeFlags ?? []), ...(options.cpuProfileDir ? ['--cpu-prof', `--cpu-prof-dir=${options.cpuProfileDir}`] : [])];
     const child = spawnOwned(process.execPath, [...nodeArgs, CLI, 'dev', '--config', options.configPath], { cwd: REPO_ROOT });
     const lastLines = tail(child.stderr);
     child.stdout?.resume();
@@ -90,6 +92,11 @@ export class RuntimeProcess implements Subject {
 
   rssBytes(): number {
     return rssBytes(this.pid);
+  }
+
+  /** The most the process has ever had resident: after bulk runs, what the heap let garbage grow to. */
+  peakRssBytes(): number {
+    return rssBytes(this.pid, true);
   }
 
   /** The runtime never forks; anything here would be a leak worth seeing in the report. */

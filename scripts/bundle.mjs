@@ -45,7 +45,7 @@ mkdirSync(join(out, 'lib', 'roots'), { recursive: true });
 // out, cbor-x falls back to its JavaScript decoder.
 await build({
   stdin: {
-    contents: "import { main } from './src/cli.ts';\nprocess.exitCode = await main(process.argv.slice(2));\n",
+    contents: "import { main } from './src/cli.ts';\nprocess.exit(await main(process.argv.slice(2)));\n",
     resolveDir: ROOT,
     sourcefile: 'enclave-runtime-entry.ts',
     loader: 'ts',

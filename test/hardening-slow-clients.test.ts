@@ -370,10 +370,13 @@ describe('slow readers on the TLS ingress', () => {
       client.write('GET /large HTTP/1.1\r\n\r\n');
       // The buffers along the way (the app's socket, the runtime's streams, both kernels) fill, then nothing moves.
       let last = -1;
-      await eventually('the app blocked in write() with nothing more accepted', () => {
-        const settled = app.state.blocked && app.state.accepted === last;
-        last = app.state.accepted;
-        return settled;
+      let unchangedSince = Date.now();
+      await eventually('the app blocked in write() with nothing more accepted for 500 ms', () => {
+        if (app.state.accepted !== last || !app.state.blocked) {
+          last = app.state.accepted;
+          unchangedSince = Date.now();
+        }
+        return Date.now() - unchangedSince >= 500;
       });
       const acceptedWhenBlocked = app.state.accepted;
 
