@@ -4,18 +4,8 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { parseConfig } from '../src/config/load.js';
 import { SCHEMA, type Table } from '../src/config/schema.js';
-import { ConfigError } from '../src/errors.js';
 import { REPO_ROOT } from './helpers/paths.js';
-
-function problemsOf(toml: string, mode: 'run' | 'dev' = 'run'): string[] {
-  try {
-    parseConfig(toml, mode);
-  } catch (error) {
-    assert.ok(error instanceof ConfigError, `expected ConfigError, got ${error}`);
-    return [...error.problems];
-  }
-  assert.fail('the config was accepted');
-}
+import { problemsOf } from './helpers/config-problems.js';
 
 describe('enclave.toml', () => {
   it('defaults differ by mode as SPEC says', () => {

@@ -11,12 +11,11 @@ import https from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { defaultSimulatedPcr } from '../src/attestation/sim-nsm.js';
 import { verifyAttestation } from '../src/attestation/verifier.js';
 import { CA_KEY_FILE } from '../src/tls/certificate-authority.js';
 import { connectTls, documentFromSan, peerLeaf } from './helpers/attested-tls.js';
 import { eventually, portOf, runCli, type CliRun } from './helpers/cli-run.js';
-import { startFakeKms, type FakeKms } from './helpers/fake-kms.js';
+import { startFakeKmsForStateDir, type FakeKms } from './helpers/fake-kms.js';
 import { freePort } from './helpers/net.js';
 
 const credentials = { accessKeyId: 'AKIAFAKEKMSSCAN00001', secretAccessKey: `scan/${randomBytes(18).toString('base64url')}` };
@@ -25,11 +24,7 @@ const stateDir = join(dir, 'state');
 let kms: FakeKms;
 
 before(async () => {
-  kms = await startFakeKms({
-    root: () => readFileSync(join(stateDir, 'sim-nsm-root.pem'), 'utf8'),
-    expectedPcrs: [{ 0: defaultSimulatedPcr(0), 1: defaultSimulatedPcr(1), 2: defaultSimulatedPcr(2) }],
-    credentials,
-  });
+  kms = await startFakeKmsForStateDir(() => stateDir, credentials);
 });
 after(async () => {
   await kms.close();

@@ -1,19 +1,10 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { parseConfig } from '../src/config/load.js';
-import { ConfigError } from '../src/errors.js';
+import { problemsOf as problemsIn } from './helpers/config-problems.js';
 
+const problemsOf = (toml: string, mode: 'run' | 'dev' = 'dev') => problemsIn(toml, mode);
 const BLOB = Buffer.from('a KMS ciphertext blob stand-in').toString('base64');
-
-function problemsOf(toml: string, mode: 'run' | 'dev' = 'dev'): string[] {
-  try {
-    parseConfig(toml, mode);
-  } catch (error) {
-    assert.ok(error instanceof ConfigError, `expected ConfigError, got ${error}`);
-    return [...error.problems];
-  }
-  assert.fail('the config was accepted');
-}
 
 function assertProblem(problems: string[], expected: RegExp): void {
   assert.ok(problems.some((p) => expected.test(p)), `no problem matched ${expected}:\n${problems.join('\n')}`);

@@ -7,8 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { defaultSimulatedPcr } from '../src/attestation/sim-nsm.js';
-import { startFakeKms, type FakeKms } from './helpers/fake-kms.js';
+import { startFakeKmsForStateDir, type FakeKms } from './helpers/fake-kms.js';
 import { CLI, REPO_ROOT } from './helpers/paths.js';
 
 const credentials = { accessKeyId: 'AKIAFAKEKMSE2E000001', secretAccessKey: 'e2e/secret/access/key/for/tests/only' };
@@ -18,11 +17,7 @@ let kms: FakeKms;
 
 before(async () => {
   // The runtime creates the simulated NSM's root in its state dir at start; the fake reads it per request.
-  kms = await startFakeKms({
-    root: () => readFileSync(join(stateDir, 'sim-nsm-root.pem'), 'utf8'),
-    expectedPcrs: [{ 0: defaultSimulatedPcr(0), 1: defaultSimulatedPcr(1), 2: defaultSimulatedPcr(2) }],
-    credentials,
-  });
+  kms = await startFakeKmsForStateDir(() => stateDir, credentials);
 });
 after(async () => {
   await kms.close();

@@ -7,11 +7,14 @@
  */
 import { createCipheriv, createDecipheriv, randomBytes, randomUUID } from 'node:crypto';
 import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
 import { Hash } from '@smithy/core/serde';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { verifyAttestation } from '../../src/attestation/verifier.js';
+import { defaultSimulatedPcr } from '../../src/attestation/sim-nsm.js';
 import { opensslCmsEncrypt } from './openssl-cms.js';
 
 const MAX_REQUEST_BYTES = 1024 * 1024;
@@ -233,4 +236,16 @@ async function checkSignature(signer: SignatureV4, credentials: FakeKmsCredentia
     { signingDate },
   );
   if (expected.headers.authorization !== authorization) throw new KmsFault(400, 'InvalidSignatureException', 'the request signature does not match');
+}
+
+/**
+ * A fake KMS whose key policy names the simulated NSM's default PCR0-2 and whose documents must
+ * chain to the root the runtime writes into `stateDir` (it may appear after the fake starts).
+ */
+export function startFakeKmsForStateDir(stateDir: () => string, credentials: FakeKmsCredentials): Promise<FakeKms> {
+  return startFakeKms({
+    root: () => readFileSync(join(stateDir(), 'sim-nsm-root.pem'), 'utf8'),
+    expectedPcrs: [{ 0: defaultSimulatedPcr(0), 1: defaultSimulatedPcr(1), 2: defaultSimulatedPcr(2) }],
+    credentials,
+  });
 }

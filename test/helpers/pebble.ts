@@ -5,7 +5,6 @@ import { webcrypto } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import https from 'node:https';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -25,14 +24,9 @@ export interface Pebble {
   close(): Promise<void>;
 }
 
-/** A free loopback TCP port (closed again, so there is a small race with other processes). */
-export async function freePort(): Promise<number> {
-  const server = net.createServer().listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
+import { freePort } from './net.js';
+
+export { freePort };
 
 /** GET over HTTPS trusting only `ca`; the body as text. */
 export function httpsGetText(url: string, ca: string, timeoutMs = 5000): Promise<{ status: number; body: string }> {
