@@ -13,10 +13,10 @@ import { compileAllowlist } from '../src/egress/allowlist.js';
 import { EgressAudit } from '../src/egress/egress-audit.js';
 import { EgressHttpProxy } from '../src/egress/http-proxy.js';
 import { NameCache } from '../src/egress/name-cache.js';
-import { EgressRelay } from '../src/host/egress-relay.js';
-import { silentLogger } from '../src/log.js';
+import type { EgressRelay } from '../src/host/egress-relay.js';
 import { captureLogs } from './helpers/log-capture.js';
 import { readAll } from './helpers/net.js';
+import { startLoopbackRelay } from './helpers/loopback-relay.js';
 
 type Reply = { status: number; headers: http.IncomingHttpHeaders; body: string };
 
@@ -78,16 +78,7 @@ describe('egress HTTP proxy', () => {
     await once(upstream, 'listening');
     port = (upstream.address() as net.AddressInfo).port;
     const allowlist = compileAllowlist(['allowed.test', 'other.allowed.test', '127.0.0.9']);
-    relay = await EgressRelay.start({
-      listen: parseAddress('tcp:127.0.0.1:0'),
-      allowlist,
-      cache: hostCache,
-      allowPrivate: true,
-      connectTimeoutMs: 2000,
-      idleTimeoutMs: 10_000,
-      maxConnections: 64,
-      logger: silentLogger(),
-    });
+    relay = await startLoopbackRelay(allowlist, hostCache);
     proxy = await EgressHttpProxy.start({
       listen: parseAddress('tcp:127.0.0.1:0') as TcpAddress,
       allowlist,

@@ -14,10 +14,10 @@ import { compileAllowlist } from '../src/egress/allowlist.js';
 import { EgressAudit } from '../src/egress/egress-audit.js';
 import { NameCache } from '../src/egress/name-cache.js';
 import { TransparentListener, type TransparentListenerOptions } from '../src/egress/transparent-listener.js';
-import { EgressRelay } from '../src/host/egress-relay.js';
-import { silentLogger } from '../src/log.js';
+import type { EgressRelay } from '../src/host/egress-relay.js';
 import { captureLogs } from './helpers/log-capture.js';
 import { exchange, randomPayload, readAll, sha256, startReplyServer } from './helpers/net.js';
+import { startLoopbackRelay } from './helpers/loopback-relay.js';
 
 const allowlist = compileAllowlist(['allowed.test', 'server-first.test', 'other.test']);
 
@@ -75,16 +75,7 @@ describe('transparent listener', () => {
   const refusalsSince = (mark: number) => logs.lines.slice(mark).filter((line) => line.msg === 'egress refused');
 
   before(async () => {
-    relay = await EgressRelay.start({
-      listen: parseAddress('tcp:127.0.0.1:0'),
-      allowlist,
-      cache: hostCache,
-      allowPrivate: true,
-      connectTimeoutMs: 2000,
-      idleTimeoutMs: 10_000,
-      maxConnections: 64,
-      logger: silentLogger(),
-    });
+    relay = await startLoopbackRelay(allowlist, hostCache);
     app = await startReplyServer((request) => Buffer.from(sha256(request)));
     banner = net.createServer({ allowHalfOpen: true }, (socket) => {
       socket.on('error', () => {});
