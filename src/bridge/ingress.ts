@@ -28,6 +28,9 @@ export interface IngressSettings {
   proxyHeaderTimeoutMs: number;
   /** Answer GET /.well-known/attestation when it is a connection's first request (needs a terminator with attestationFor). */
   httpAware?: boolean;
+  /** With httpAware: bytes and time the first request head may take before the connection goes on as it is. */
+  httpHeadMaxBytes?: number;
+  httpHeadTimeoutMs?: number;
 }
 
 export interface IngressOptions extends IngressSettings {
@@ -162,7 +165,10 @@ export class Ingress {
       return;
     }
     if (options.httpAware && terminator?.attestationFor) {
-      const first = await readFirstRequest(client, { timeoutMs: Math.min(FIRST_REQUEST_TIMEOUT_MS, options.idleTimeoutMs) });
+      const first = await readFirstRequest(client, {
+        timeoutMs: Math.min(options.httpHeadTimeoutMs ?? FIRST_REQUEST_TIMEOUT_MS, options.idleTimeoutMs),
+        ...(options.httpHeadMaxBytes === undefined ? {} : { maxBytes: options.httpHeadMaxBytes }),
+      });
       if (first === 'well-known') {
         const document = await terminator.attestationFor(client);
         this.stats.wellKnownAnswered++;

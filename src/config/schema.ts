@@ -53,6 +53,8 @@ export const SCHEMA: Table = table('enclave.toml', {
     idle_timeout_ms: int('a connection with no bytes either way for this long is closed', 5 * 60 * SECOND, 100, 24 * HOUR),
     proxy_header_timeout_ms: int('time for the PROXY header to arrive', 5 * SECOND, 10, 5 * 60 * SECOND),
     http_aware: bool('answer GET /.well-known/attestation when it is the first request of a connection (needs tls)', false),
+    http_head_max_bytes: int('with http_aware: the first request head read before passing the connection on', 8 * 1024, 256, 64 * 1024),
+    http_head_timeout_ms: int('with http_aware: how long to wait for the first request head (at most idle_timeout_ms)', 30 * SECOND, 100, 5 * 60 * SECOND),
   }),
   app: table("the customer's command (after `--`) and its health", {
     restart: oneOf('when the command is started again after it exits', 'never', ['never', 'on-failure', 'always']),
@@ -121,6 +123,8 @@ export const SCHEMA: Table = table('enclave.toml', {
     idle_timeout_ms: int('an egress connection idle this long is closed', 5 * 60 * SECOND, 100, 24 * HOUR),
     max_connections: int('concurrent egress connections', 4096, 1, 1_000_000),
     max_dns_in_flight: int('DNS questions waiting for the relay at once', 256, 1, 65_536),
+    proxy_max_header_bytes: int('largest request head the HTTP proxy reads (431 beyond)', 16 * 1024, 1024, 1024 * 1024),
+    proxy_headers_timeout_ms: int('time for a request head to reach the HTTP proxy (408 beyond)', 10 * SECOND, 100, 5 * 60 * SECOND),
   }),
   metrics: table('Prometheus metrics', {
     enabled: bool('serve GET /metrics', true),
@@ -222,6 +226,8 @@ export interface RuntimeConfig {
     idleTimeoutMs: number;
     maxConnections: number;
     maxDnsInFlight: number;
+    proxyMaxHeaderBytes: number;
+    proxyHeadersTimeoutMs: number;
   };
   host: {
     ingressListen: Address;

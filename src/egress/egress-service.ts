@@ -75,7 +75,13 @@ export async function startEgress(config: EgressConfig, logger: Logger): Promise
     };
     const transparent = await TransparentListener.start({ ...common, listen: config.transparentListen });
     closers.push(() => transparent.close());
-    const proxy = await EgressHttpProxy.start({ ...common, listen: config.proxyListen, resolve: (name) => forwarder.resolve(name) });
+    const proxy = await EgressHttpProxy.start({
+      ...common,
+      listen: config.proxyListen,
+      maxHeaderBytes: config.proxyMaxHeaderBytes,
+      headersTimeoutMs: config.proxyHeadersTimeoutMs,
+      resolve: (name) => forwarder.resolve(name),
+    });
     closers.push(() => proxy.close());
 
     let rules: AppliedRules | undefined;

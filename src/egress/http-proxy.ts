@@ -38,6 +38,9 @@ export interface HttpProxyOptions {
   connectTimeoutMs: number;
   idleTimeoutMs: number;
   maxConnections: number;
+  /** Request head limits; default PROXY_MAX_HEADER_BYTES and PROXY_HEADERS_TIMEOUT_MS. */
+  maxHeaderBytes?: number;
+  headersTimeoutMs?: number;
   audit: EgressAudit;
   logger: Logger;
 }
@@ -60,7 +63,12 @@ export class EgressHttpProxy {
   private constructor(options: HttpProxyOptions) {
     this.#options = options;
     this.#server = http.createServer(
-      { maxHeaderSize: PROXY_MAX_HEADER_BYTES, headersTimeout: PROXY_HEADERS_TIMEOUT_MS, requestTimeout: 0, keepAliveTimeout: 5_000 },
+      {
+        maxHeaderSize: options.maxHeaderBytes ?? PROXY_MAX_HEADER_BYTES,
+        headersTimeout: options.headersTimeoutMs ?? PROXY_HEADERS_TIMEOUT_MS,
+        requestTimeout: 0,
+        keepAliveTimeout: 5_000,
+      },
       (req, res) => void this.#onRequest(req, res).catch((error: Error) => this.#internalError(res, error)),
     );
     this.#server.maxConnections = options.maxConnections;
