@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import tls from 'node:tls';
-import { withTimeout, type Deadline } from './budget.js';
+import { withTimeout, type Deadline, roundsWithin } from './budget.js';
 import { RoundLog, median, rotated } from './stats.js';
 import { SERVER_NAME, tlsClientOptions, type Subject } from './subject.js';
 
@@ -71,11 +71,7 @@ export interface HandshakeRateOptions {
 /** Keys: `<subject>` in handshakes/s, `cpu:<subject>` in server CPU ms per handshake. */
 export async function measureHandshakeRates(options: HandshakeRateOptions): Promise<RoundLog> {
   const log = new RoundLog();
-  for (let round = 0; round <= options.rounds; round++) {
-    if (options.deadline.passed) {
-      options.log(`  out of time after ${round - 1} rounds; keeping those`);
-      break;
-    }
+  for (const round of roundsWithin(options)) {
     const line: string[] = [];
     for (const subject of rotated(options.subjects, round)) {
       const rate = await handshakeRate(subject, round === 0 ? options.durationMs / 2 : options.durationMs);
@@ -134,11 +130,7 @@ export interface NonceHandshakeOptions {
 export async function measureNonceHandshakes(options: NonceHandshakeOptions): Promise<RoundLog> {
   const log = new RoundLog();
   const cachedName = `${randomBytes(16).toString('hex')}.attest.${SERVER_NAME}`;
-  for (let round = 0; round <= options.rounds; round++) {
-    if (options.deadline.passed) {
-      options.log(`  out of time after ${round - 1} rounds; keeping those`);
-      break;
-    }
+  for (const round of roundsWithin(options)) {
     const times: Record<CertificateKind, number[]> = { 'new-nonce': [], 'cached-nonce': [], base: [] };
     let wrongCertificates = 0;
     // Issuing a certificate runs a lot of JS (X.509 and CBOR encoding) that the JIT needs a few dozen calls to warm.

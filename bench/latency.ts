@@ -1,6 +1,6 @@
 import type { Duplex } from 'node:stream';
 import { MODE_ECHO } from './app-server.js';
-import { withTimeout, type Deadline } from './budget.js';
+import { withTimeout, type Deadline, roundsWithin } from './budget.js';
 import { RoundLog, percentile, rotated } from './stats.js';
 import { connectTo, type Subject } from './subject.js';
 
@@ -74,11 +74,7 @@ export interface LatencyOptions {
  */
 export async function measureLatency(options: LatencyOptions): Promise<RoundLog> {
   const log = new RoundLog();
-  for (let round = 0; round <= options.rounds; round++) {
-    if (options.deadline.passed) {
-      options.log(`  out of time after ${round - 1} rounds; keeping those`);
-      break;
-    }
+  for (const round of roundsWithin(options)) {
     const line: string[] = [];
     for (const concurrency of CONCURRENCIES) {
       const open = new Map<Subject, Duplex[]>();

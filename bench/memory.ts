@@ -1,6 +1,6 @@
 import type { Duplex } from 'node:stream';
 import type { AppServer } from './app-server.js';
-import type { Deadline } from './budget.js';
+import { roundsWithin, type Deadline } from './budget.js';
 import { RoundLog } from './stats.js';
 import { connectTo } from './subject.js';
 import type { RuntimeProcess } from './runtime-process.js';
@@ -29,11 +29,7 @@ export interface MemoryOptions {
  */
 export async function measureMemory(options: MemoryOptions): Promise<RoundLog> {
   const log = new RoundLog();
-  for (let round = 0; round <= options.rounds; round++) {
-    if (options.deadline.passed) {
-      options.log(`  out of time after ${round - 1} rounds; keeping those`);
-      break;
-    }
+  for (const round of roundsWithin(options)) {
     for (const start of options.starts) {
       const runtime = await start();
       const sockets: Duplex[] = [];

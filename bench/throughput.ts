@@ -1,5 +1,5 @@
 import { ACK, HEADER_BYTES, MODE_DOWNLOAD, MODE_UPLOAD, header, writeBytes } from './app-server.js';
-import { withTimeout, type Deadline } from './budget.js';
+import { withTimeout, type Deadline, roundsWithin } from './budget.js';
 import { RoundLog, rotated } from './stats.js';
 import { connectTo, type Subject } from './subject.js';
 
@@ -77,11 +77,7 @@ export interface ThroughputOptions {
  */
 export async function measureThroughput(options: ThroughputOptions): Promise<RoundLog> {
   const log = new RoundLog();
-  for (let round = 0; round <= options.rounds; round++) {
-    if (options.deadline.passed) {
-      options.log(`  out of time after ${round - 1} rounds; keeping those`);
-      break;
-    }
+  for (const round of roundsWithin(options)) {
     const warmUp = round === 0;
     const line: string[] = [];
     for (const subject of rotated(options.subjects, round)) {
