@@ -149,56 +149,59 @@ export class CertificateAuthority {
 
   /** Issue an intermediate CA (pathLen 0, keyCertSign): the provisioner signing an attested enclave's key. */
   async issueIntermediate(request: IntermediateRequest): Promise<IssuedIntermediate> {
-    const now = this.#now();
-    const notBefore = new Date(now - BACKDATE_MS);
-    const notAfter = new Date(Math.min(now + request.validityMs, this.notAfter.getTime()));
     const serialNumber = randomSerial();
     const permitted = request.permittedDnsNames ?? [];
-    const cert = await x509.X509CertificateGenerator.create({
-      serialNumber,
-      subject: request.subject,
-      issuer: this.#issuer,
-      notBefore,
-      notAfter,
-      signingAlgorithm: this.#algorithm,
-      publicKey: request.publicKeySpki,
-      signingKey: this.#signingKey,
-      extensions: [
-        new x509.BasicConstraintsExtension(true, 0, true),
-        new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
-        await x509.SubjectKeyIdentifierExtension.create(request.publicKeySpki),
-        this.#authorityKeyId,
-        ...(permitted.length > 0 ? [new x509.Extension(NAME_CONSTRAINTS_OID, true, encodeDnsNameConstraints(permitted))] : []),
-      ],
-    });
-    return { certPem: cert.toString('pem') + '\n', serialNumber, notBefore, notAfter };
+    const signed = await this.#sign(serialNumber, request.subject, request.publicKeySpki, request.validityMs, [
+      new x509.BasicConstraintsExtension(true, 0, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
+      await x509.SubjectKeyIdentifierExtension.create(request.publicKeySpki),
+      ...(permitted.length > 0 ? [new x509.Extension(NAME_CONSTRAINTS_OID, true, encodeDnsNameConstraints(permitted))] : []),
+    ]);
+    return { certPem: signed.certPem, serialNumber, notBefore: signed.notBefore, notAfter: signed.notAfter };
   }
 
   /** Issue a TLS server leaf: CN and DNS SANs as given, serverAuth, digitalSignature. */
   async issue(request: LeafRequest): Promise<IssuedLeaf> {
     const first = request.dnsNames[0];
     if (first === undefined) throw new TlsError('ERR_TLS_ISSUE', 'a leaf needs at least one DNS name');
-    const now = this.#now();
-    const notBefore = new Date(now - BACKDATE_MS);
-    const notAfter = new Date(Math.min(now + (request.validityMs ?? DEFAULT_LEAF_VALIDITY_MS), this.notAfter.getTime()));
-    const cert = await x509.X509CertificateGenerator.create({
-      serialNumber: randomSerial(),
-      subject: first.length <= CN_MAX ? [{ CN: [first] }] : [],
-      issuer: this.#issuer,
-      notBefore,
-      notAfter,
-      signingAlgorithm: this.#algorithm,
-      publicKey: request.publicKeySpki,
-      signingKey: this.#signingKey,
-      extensions: [
+    const signed = await this.#sign(
+      randomSerial(),
+      first.length <= CN_MAX ? [{ CN: [first] }] : [],
+      request.publicKeySpki,
+      request.validityMs ?? DEFAULT_LEAF_VALIDITY_MS,
+      [
         new x509.BasicConstraintsExtension(false, undefined, true),
         new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
         new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]),
         new x509.SubjectAlternativeNameExtension(request.dnsNames.map((value) => ({ type: 'dns' as const, value }))),
-        this.#authorityKeyId,
       ],
+    );
+    return { ...signed, chainPem: this.certificatePem };
+  }
+
+  /** Signs a certificate for `publicKeySpki`, backdated a little and never outliving this CA; the AKI is added. */
+  async #sign(
+    serialNumber: string,
+    subject: x509.X509CertificateCreateParams['subject'],
+    publicKeySpki: LeafRequest['publicKeySpki'],
+    validityMs: number,
+    extensions: x509.Extension[],
+  ): Promise<{ certPem: string; notBefore: Date; notAfter: Date }> {
+    const now = this.#now();
+    const notBefore = new Date(now - BACKDATE_MS);
+    const notAfter = new Date(Math.min(now + validityMs, this.notAfter.getTime()));
+    const cert = await x509.X509CertificateGenerator.create({
+      serialNumber,
+      subject,
+      issuer: this.#issuer,
+      notBefore,
+      notAfter,
+      signingAlgorithm: this.#algorithm,
+      publicKey: publicKeySpki,
+      signingKey: this.#signingKey,
+      extensions: [...extensions, this.#authorityKeyId],
     });
-    return { certPem: cert.toString('pem') + '\n', chainPem: this.certificatePem, notBefore, notAfter };
+    return { certPem: cert.toString('pem') + '\n', notBefore, notAfter };
   }
 }
 
