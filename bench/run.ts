@@ -28,7 +28,7 @@ import { measureVerify } from './verify.js';
 const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const RESULTS_PATH = join(REPO_ROOT, 'bench', 'results.json');
 const FIXTURE = {
-  path: join(REPO_ROOT, '..', 'shared', 'fixtures', 'nitro', 'evervault-ga-valid-attestation-doc.b64'),
+  path: join(REPO_ROOT, 'test', 'fixtures', 'nitro', 'evervault-ga-valid-attestation-doc.b64'),
   // SOURCES.md: evervault's own test pins the clock here for this document.
   at: new Date(1695050165 * 1000),
 };
@@ -143,7 +143,7 @@ await nginx?.stop();
 if (only.has('verify')) {
   say('\n== attest verify of a real AWS document, in-process');
   if (existsSync(FIXTURE.path)) logs.set('verify', measureVerify(FIXTURE, rounds, 200, say));
-  else say(`SKIPPING verify: no fixture at ${FIXTURE.path} (the shared/ folder beside the checkout)`);
+  else say(`SKIPPING verify: no fixture at ${FIXTURE.path}`);
 }
 if (only.has('memory')) {
   say(`\n== RSS of a fresh runtime: idle, then ${IDLE_CONNECTIONS} idle connections`);

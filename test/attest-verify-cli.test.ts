@@ -13,7 +13,7 @@ import { CLI, NITRO_FIXTURES, REPO_ROOT } from './helpers/paths.js';
 const SOURCES = readFileSync(join(NITRO_FIXTURES, 'SOURCES.md'), 'utf8');
 const fx = (file: string): string => join(NITRO_FIXTURES, file);
 
-// Verification times copied from /work/shared/fixtures/nitro/SOURCES.md ("Per-file provenance"):
+// Verification times copied from test/fixtures/nitro/SOURCES.md ("Per-file provenance"):
 const YAWN = { file: fx('yawn-nitro-attest-attestation.cose'), at: '1736179625' }; // yawn: from_unix_timestamp(1736179625)
 const SUI = { file: fx('sui-nitro_attestation_tests.hex'), at: '2024-11-14T23:46:27.382Z' }; // sui: 1731627987382 ms; debug-mode
 const ETERNIS = { file: fx('eternis-test_verify-literal.b64'), at: '1726606091' }; // eternis: unix_time=1726606091; debug-mode

@@ -8,7 +8,7 @@ import { resolveTrustedRoots } from '../src/attestation/root-store.js';
 import { decodeAttestation, verifyAttestation } from '../src/attestation/verifier.js';
 import { NITRO_FIXTURES } from './helpers/paths.js';
 
-// Verification times copied from /work/shared/fixtures/nitro/SOURCES.md ("Per-file provenance"):
+// Verification times copied from test/fixtures/nitro/SOURCES.md ("Per-file provenance"):
 // yawn/nitro-attest pins 1736179625; pontifex's chain verifies at its doc timestamp 1758628609;
 // evervault's beta doc verifies at 1665651482 (its doc timestamp). They cover a definite-length
 // payload, an indefinite-length one (pontifex) and a 256-byte nonce (evervault beta).

@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 function findRepoRoot(start: string): string {
@@ -14,8 +14,7 @@ function findRepoRoot(start: string): string {
 
 /** The repository root, whether tests run from test/ or from the compiled dist/test/. */
 export const REPO_ROOT = findRepoRoot(dirname(fileURLToPath(import.meta.url)));
-/** ../shared beside the checkout, as CI lays it out. */
-export const SHARED_DIR = resolve(REPO_ROOT, '..', 'shared');
-export const NITRO_FIXTURES = join(SHARED_DIR, 'fixtures', 'nitro');
+/** Real Nitro documents from AWS hardware (public data), with their provenance in SOURCES.md beside them. */
+export const NITRO_FIXTURES = join(REPO_ROOT, 'test', 'fixtures', 'nitro');
 /** The compiled CLI entry point, for tests that spawn the real command. */
 export const CLI = join(REPO_ROOT, 'bin', 'enclave-runtime.js');
