@@ -17,10 +17,23 @@
             "src/bridge/native/original_dst.cc",
             "src/bridge/native/net_interface.cc",
             "src/bridge/native/hostname.cc",
-            "src/bridge/native/child_reaper.cc"
+            "src/bridge/native/child_reaper.cc",
+            "src/bridge/native/process_hardening.cc"
           ]
         }, {
           "sources": ["src/bridge/native/unsupported.cc"]
+        }]
+      ]
+    },
+    {
+      "target_name": "app_sandbox",
+      "type": "executable",
+      "conditions": [
+        ["OS=='linux'", {
+          "sources": ["src/bridge/native/app_sandbox.c"],
+          "cflags": ["-Wall", "-Wextra", "-Werror", "-O2"]
+        }, {
+          "sources": ["src/bridge/native/app_sandbox_unsupported.c"]
         }]
       ]
     }

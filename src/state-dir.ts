@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, stat, unlink } from 'node:fs/promises';
+import { chmod, lstat, mkdir, open, stat, unlink } from 'node:fs/promises';
+import { homedir, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { RuntimeError } from './errors.js';
 
@@ -46,6 +47,31 @@ export async function prepareStateDir(dir: string): Promise<void> {
     throw stateDirError(dir, 'is not writable', error as NodeJS.ErrnoException);
   } finally {
     if (created) await unlink(probe).catch(() => undefined);
+  }
+  // After the probe, so a read-only or full file system is reported as such.
+  await makePrivate(dir);
+}
+
+/** Dirs others use too: making one of them 0700 would lock everyone else out, so they are refused. */
+const SHARED_DIRS: ReadonlySet<string> = new Set(['/', '/tmp', '/var/tmp', '/dev/shm', resolve(tmpdir()), resolve(homedir())]);
+
+/**
+ * 0700 whatever the dir's mode was: mkdir's mode applies only to a dir it creates, and keys, the
+ * simulated NSM chain and the ACME account live here. A symlink is refused rather than followed.
+ */
+async function makePrivate(dir: string): Promise<void> {
+  if (SHARED_DIRS.has(resolve(dir))) {
+    throw new StateDirError(`the state dir ${dir} is a shared directory; point runtime.state_dir at a directory of its own (the runtime makes it 0700)`, 'EPERM');
+  }
+  try {
+    const info = await lstat(dir);
+    if (info.isSymbolicLink() || !info.isDirectory()) {
+      throw new StateDirError(`the state dir ${dir} is not a directory (a symlink or a file); point runtime.state_dir at a directory of its own`, 'ENOTDIR');
+    }
+    if ((info.mode & 0o7777) !== 0o700) await chmod(dir, 0o700);
+  } catch (error) {
+    if (error instanceof StateDirError) throw error;
+    throw stateDirError(dir, 'cannot be made private (0700)', error as NodeJS.ErrnoException);
   }
 }
 

@@ -2,6 +2,8 @@ import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process'
 import { constants } from 'node:os';
 import type { Logger } from './log.js';
 
+export type SupervisorOptions = Pick<SpawnOptions, 'cwd' | 'env' | 'uid' | 'gid'> & { execThrough?: string };
+
 const FORWARDED: readonly NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGUSR1', 'SIGUSR2'];
 
 /** How a supervised command ended, as a shell would report it. */
@@ -19,9 +21,17 @@ export class Supervisor {
   readonly #child: ChildProcess;
   readonly exited: Promise<number>;
 
-  /** `options` may set the command's cwd, env, uid and gid (stdio is always the runtime's). */
-  constructor(command: string, args: readonly string[], logger: Logger, options: Pick<SpawnOptions, 'cwd' | 'env' | 'uid' | 'gid'> = {}) {
-    this.#child = spawn(command, args, { ...options, stdio: 'inherit' });
+  /**
+   * `options` may set the command's cwd, env, uid and gid (stdio is always the runtime's), and
+   * `execThrough`: a helper executable spawned as `helper command args`, which execs the command in
+   * its own process (so the pid, signals and exit status are the command's).
+   */
+  constructor(command: string, args: readonly string[], logger: Logger, options: SupervisorOptions = {}) {
+    const { execThrough, ...spawnOptions } = options;
+    this.#child =
+      execThrough === undefined
+        ? spawn(command, args, { ...spawnOptions, stdio: 'inherit' })
+        : spawn(execThrough, [command, ...args], { ...spawnOptions, stdio: 'inherit' });
     logger.info({ command, pid: this.#child.pid }, 'customer command started');
     this.exited = new Promise((resolve) => {
       this.#child.once('error', (error) => {

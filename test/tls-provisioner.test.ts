@@ -19,7 +19,7 @@ import { ConfigError } from '../src/errors.js';
 import { silentLogger } from '../src/log.js';
 import { ChallengeBook } from '../src/provisioner/challenge-book.js';
 import { ProvisionerClient } from '../src/provisioner/provisioner-client.js';
-import { ProvisioningError } from '../src/provisioner/provisioner-error.js';
+import { ProvisionerRefusal, ProvisioningError } from '../src/provisioner/provisioner-error.js';
 import { startProvisioner, type Provisioner, type ProvisionerOptions } from '../src/provisioner/provisioner-service.js';
 import { provisioningUserData } from '../src/provisioner/protocol.js';
 import { Runtime } from '../src/runtime.js';
@@ -206,9 +206,12 @@ describe('tls.source = "provisioner", end to end on loopback with the simulated 
       }
       const csr = new x509.Pkcs10CertificateRequest(sign.csr!);
       assert.deepEqual(Buffer.from(csr.publicKey.rawData), intermediate.publicKey.export({ type: 'spki', format: 'der' }));
-      // The document binds the CSR key (user_data = SHA-256 of its SPKI) and carries the challenge.
+      // The document binds the CSR key (user_data = the reserved prefix + SHA-256 of its SPKI) and carries the challenge.
       const document = verifyAttestation(Buffer.from(sign.attestation_doc!, 'base64'), { root: nsm.rootPem }).document;
-      assert.deepEqual(Buffer.from(document.userData!), createHash('sha256').update(Buffer.from(csr.publicKey.rawData)).digest());
+      assert.deepEqual(
+        Buffer.from(document.userData!),
+        Buffer.concat([Buffer.from('enclave-runtime/provisioner/v1:'), createHash('sha256').update(Buffer.from(csr.publicKey.rawData)).digest()]),
+      );
       assert.equal(hex(document.nonce!), sign.nonce);
 
       const signed = provisionerLogs.lines.find((l) => l.msg === 'signed an enclave intermediate CA');
@@ -307,15 +310,17 @@ describe('tls.source = "provisioner", end to end on loopback with the simulated 
   it('refuses a document that binds another key than the CSR\'s', async () => {
     const csr = await csrFor(await extractableKeys());
     const otherKey = await csrFor(await extractableKeys());
-    for (const userData of [provisioningUserData(otherKey.spki), csr.spki]) {
+    // Another key's binding, the raw SPKI, and the bare SHA-256 (what the app could ask the internal API for).
+    const bareHash = new Uint8Array(createHash('sha256').update(csr.spki).digest());
+    for (const userData of [provisioningUserData(otherKey.spki), csr.spki, bareHash]) {
       const challenge = await client().challenge();
       const document = await nsm.attest({ nonce: challenge.nonce, userData });
       await assert.rejects(
         client().sign({ csr: csr.pem, attestation_doc: Buffer.from(document).toString('base64'), nonce: hex(challenge.nonce) }),
-        refusedWith('ERR_ATTESTATION_USER_DATA', /user_data does not bind the CSR's key: it must be SHA-256 of the CSR's DER SubjectPublicKeyInfo/),
+        refusedWith('ERR_ATTESTATION_USER_DATA', /user_data does not bind the CSR's key: it must be "enclave-runtime\/provisioner\/v1:" followed by SHA-256 of the CSR's DER SubjectPublicKeyInfo/),
       );
     }
-    assert.equal(refusalsLogged('ERR_ATTESTATION_USER_DATA').length, 2);
+    assert.equal(refusalsLogged('ERR_ATTESTATION_USER_DATA').length, 3);
   });
 
   it('refuses a CSR whose self-signature does not verify (no proof of possession)', async () => {
@@ -330,7 +335,7 @@ describe('tls.source = "provisioner", end to end on loopback with the simulated 
     );
   });
 
-  it('bounds requests: body size, outstanding challenges, routes, methods and shapes each get a JSON reason', async () => {
+  it('bounds requests: body size, routes, methods and shapes each get a JSON reason; challenges are never used up', async () => {
     const huge = await post(provisioner, '/sign', Buffer.alloc(65 * 1024, 0x20));
     assert.deepEqual([huge.status, huge.json.code], [413, 'ERR_PROVISIONER_TOO_LARGE']);
     const missing = await post(provisioner, '/sign', JSON.stringify({ csr: 'x' }));
@@ -345,14 +350,82 @@ describe('tls.source = "provisioner", end to end on loopback with the simulated 
 
     const small = await startProvisioner({ listen: LOOPBACK, caDir: join(dir, 'provisioner'), attestationRootPem: nsm.rootPem, allowedPcrs: [ALLOWED], maxPendingChallenges: 2, logger: silentLogger() });
     try {
-      assert.equal((await post(small, '/challenge', '{}')).status, 200);
-      assert.equal((await post(small, '/challenge', '{}')).status, 200);
-      const busy = await post(small, '/challenge', '{}');
-      assert.deepEqual([busy.status, busy.json.code], [503, 'ERR_PROVISIONER_BUSY']);
-      await assert.rejects(new ProvisionerClient({ address: small.address, timeoutMs: TIMEOUT_MS }).challenge(), refusedWith('ERR_PROVISIONER_BUSY', /2 challenges are outstanding/, 503));
+      // Handing out a challenge stores nothing, so more than max_pending_challenges are still answered.
+      for (let i = 0; i < 3; i++) assert.equal((await post(small, '/challenge', '{}')).status, 200);
+      assert.equal(small.challenges.spent, 0);
     } finally {
       await small.close();
     }
+  });
+
+  it('1,100 challenge requests from one caller do not keep another enclave from being provisioned', async () => {
+    const flood = await startProvisioner({ listen: LOOPBACK, caDir: join(dir, 'provisioner'), attestationRootPem: nsm.rootPem, allowedPcrs: [ALLOWED], logger: silentLogger() });
+    try {
+      const nonces = new Set<string>();
+      // In rounds of 50 at once: the connection limit (256) is a different bound.
+      for (let round = 0; round < 22; round++) {
+        const answers = await Promise.all(Array.from({ length: 50 }, () => post(flood, '/challenge', '{}')));
+        for (const answer of answers) {
+          assert.equal(answer.status, 200, JSON.stringify(answer.json));
+          nonces.add(answer.json.nonce!);
+        }
+      }
+      assert.equal(nonces.size, 1100, 'every challenge is distinct');
+      const source = await openProvisionedCertificateSource({ nsm, address: flood.address, timeoutMs: TIMEOUT_MS, logger: silentLogger() });
+      try {
+        assert.ok(new X509Certificate(source.intermediatePem).checkIssued(new X509Certificate(flood.rootPem)));
+      } finally {
+        await source.close();
+      }
+    } finally {
+      await flood.close();
+    }
+  });
+
+  it('with permitted_dns, an intermediate cannot vouch for an IP address: a leaf with an IP SAN fails chain verification', async () => {
+    const keys = await extractableKeys();
+    const csr = await csrFor(keys);
+    const challenge = await client().challenge();
+    const document = await nsm.attest({ nonce: challenge.nonce, userData: provisioningUserData(csr.spki) });
+    const { certificate } = await client().sign({ csr: csr.pem, attestation_doc: Buffer.from(document).toString('base64'), nonce: hex(challenge.nonce) });
+    const intermediate = new x509.X509Certificate(certificate);
+    const leafKeys = await extractableKeys();
+    const leafFor = async (san: x509.JsonGeneralName) =>
+      x509.X509CertificateGenerator.create({
+        serialNumber: '01',
+        subject: 'CN=leaf',
+        issuer: intermediate.subject,
+        notBefore: new Date(Date.now() - 60_000),
+        notAfter: new Date(Date.now() + 3_600_000),
+        signingAlgorithm: { name: 'ECDSA', hash: 'SHA-256' },
+        publicKey: leafKeys.publicKey,
+        signingKey: keys.privateKey,
+        extensions: [new x509.SubjectAlternativeNameExtension([san])],
+      });
+    const leafKeyPem = Buffer.from(await webcrypto.subtle.exportKey('pkcs8', leafKeys.privateKey)).toString('base64');
+    /** Serves `leaf` + the intermediate, and connects as a client trusting only the provisioner root. */
+    const handshake = async (leaf: x509.X509Certificate, servername?: string): Promise<string> => {
+      const server = tls.createServer({ key: `-----BEGIN PRIVATE KEY-----\n${leafKeyPem}\n-----END PRIVATE KEY-----\n`, cert: leaf.toString('pem') + '\n' + certificate });
+      server.on('tlsClientError', () => {});
+      server.listen(0, '127.0.0.1');
+      await once(server, 'listening');
+      try {
+        const socket = tls.connect({ port: (server.address() as net.AddressInfo).port, host: '127.0.0.1', ...(servername ? { servername } : {}), ca: provisioner.rootPem, rejectUnauthorized: true });
+        const outcome = await new Promise<string>((resolve) => {
+          socket.once('secureConnect', () => resolve('ok'));
+          socket.once('error', (error) => resolve(error.message));
+        });
+        socket.destroy();
+        return outcome;
+      } finally {
+        await new Promise((resolve) => server.close(resolve));
+      }
+    };
+    // Control: a DNS name inside the permitted subtree chains.
+    assert.equal(await handshake(await leafFor({ type: 'dns', value: 'localhost' }), 'localhost'), 'ok');
+    // An IP SAN (v4 and v6): excluded by the 0.0.0.0/0 and ::/0 subtrees.
+    assert.equal(await handshake(await leafFor({ type: 'ip', value: '127.0.0.1' })), 'excluded subtree violation');
+    assert.equal(await handshake(await leafFor({ type: 'ip', value: '::1' })), 'excluded subtree violation');
   });
 
   it('keeps its root in ca_dir: the key file 0600, the same root after a restart', async () => {
@@ -464,15 +537,45 @@ describe('provisioner configuration', () => {
     );
   });
 
-  it('keeps each challenge once: a used nonce is named as used until it would have expired', () => {
+  it('keeps each challenge once: a used nonce is named as used until it expires', () => {
     let clock = 0;
     const book = new ChallengeBook({ ttlMs: 100, maxPending: 4, now: () => clock });
     const { nonce } = book.issue();
     book.take(nonce);
     assert.throws(() => book.take(nonce), { code: 'ERR_PROVISIONER_CHALLENGE_USED' });
     clock = 101;
-    assert.throws(() => book.take(nonce), { code: 'ERR_PROVISIONER_CHALLENGE_UNKNOWN' });
-    assert.equal(book.pending, 0);
+    assert.throws(() => book.take(nonce), { code: 'ERR_PROVISIONER_CHALLENGE_EXPIRED' });
+    assert.equal(book.spent, 0);
+  });
+
+  it('accepts only nonces it made: a changed byte, another book\'s nonce, or a pushed-out expiry are unknown', () => {
+    const clock = 1_000;
+    const book = new ChallengeBook({ ttlMs: 100, maxPending: 4, now: () => clock });
+    const other = new ChallengeBook({ ttlMs: 100, maxPending: 4, now: () => clock });
+    const { nonce } = book.issue();
+    for (const index of [0, 7, 8, 15, 16, 31]) {
+      const changed = Uint8Array.from(nonce);
+      changed[index]! ^= 0x01;
+      assert.throws(() => book.take(changed), { code: 'ERR_PROVISIONER_CHALLENGE_UNKNOWN' }, `byte ${index}`);
+    }
+    assert.throws(() => book.take(other.issue().nonce), { code: 'ERR_PROVISIONER_CHALLENGE_UNKNOWN' });
+    assert.throws(() => book.take(nonce.subarray(0, 31)), { code: 'ERR_PROVISIONER_CHALLENGE_UNKNOWN' });
+    book.take(nonce);
+  });
+
+  it('refuses to forget a spent challenge: beyond max_pending_challenges spent, /sign is busy until some expire', () => {
+    let clock = 0;
+    const book = new ChallengeBook({ ttlMs: 100, maxPending: 2, now: () => clock });
+    const first = book.issue();
+    clock = 50;
+    const [second, third] = [book.issue(), book.issue()];
+    book.take(first.nonce);
+    book.take(second.nonce);
+    assert.throws(() => book.take(third.nonce), (error: unknown) => (error as ProvisionerRefusal).status === 503 && (error as ProvisionerRefusal).code === 'ERR_PROVISIONER_BUSY');
+    clock = 100;
+    // The first has expired and is forgotten; the third is still valid.
+    book.take(third.nonce);
+    assert.throws(() => book.take(second.nonce), { code: 'ERR_PROVISIONER_CHALLENGE_USED' });
   });
 });
 

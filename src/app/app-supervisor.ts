@@ -6,6 +6,7 @@
 import type { RuntimeConfig } from '../config/schema.js';
 import type { Logger } from '../log.js';
 import { Supervisor } from '../supervisor.js';
+import { appEnvironment, appLaunch } from './app-sandbox.js';
 import { resolveAppUser } from './app-user.js';
 import { restartDelayMs, shouldRestart } from './restart-policy.js';
 
@@ -28,8 +29,10 @@ export class AppSupervisor {
   #cancelWait: (() => void) | undefined;
 
   /**
-   * Starts the command now, with the runtime's environment plus `[app] env` plus `extraEnv`
-   * (secrets, which never enter process.env). Throws ConfigError when `[app] user` names nobody.
+   * Starts the command now, with the runtime's environment (less its AWS credentials unless
+   * `[app] pass_aws_credentials`) plus `[app] env` plus `extraEnv` (secrets, which never enter
+   * process.env), behind the app sandbox unless `[app] allow_vsock`. Throws ConfigError when
+   * `[app] user` names nobody, RuntimeError ERR_APP_SANDBOX when the sandbox helper is missing.
    */
   constructor(command: string, args: readonly string[], settings: AppSettings, logger: Logger, extraEnv: Readonly<Record<string, string>> = {}) {
     this.#command = command;
@@ -37,10 +40,12 @@ export class AppSupervisor {
     this.#settings = settings;
     this.#logger = logger;
     const user = settings.user === '' ? undefined : resolveAppUser(settings.user);
+    const launch = appLaunch(command, args, settings.allowVsock, logger);
     this.#spawnOptions = {
       ...(settings.cwd === '' ? {} : { cwd: settings.cwd }),
-      env: { ...process.env, ...settings.env, ...extraEnv },
+      env: appEnvironment(process.env, settings.env, extraEnv, settings.passAwsCredentials),
       ...(user ? { uid: user.uid, gid: user.gid } : {}),
+      ...(launch.sandboxed ? { execThrough: launch.file } : {}),
     };
     this.exited = this.#run();
   }

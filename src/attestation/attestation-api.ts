@@ -4,6 +4,7 @@ import { performance } from 'node:perf_hooks';
 import { ConfigError, RuntimeError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { NSM_MAX_FIELD_BYTES, NsmError, type AttestationRequest, type Nsm } from './nsm.js';
+import { reservedUserDataReason, reservedUserDataRule } from './reserved-binding.js';
 
 /** What GET /health reports: 200 when `status` is 'ok', 503 otherwise. */
 export interface HealthReport {
@@ -133,6 +134,12 @@ export async function startAttestationApi(options: AttestationApiOptions): Promi
         if (error instanceof BadRequest) return sendBadRequest(res, error);
         if (error instanceof ClientGone) return;
         throw error;
+      }
+      const rule = request.userData === undefined ? undefined : reservedUserDataRule(request.userData);
+      if (rule !== undefined) {
+        // Never the bytes themselves: they may be a key the app wants kept private.
+        logger.warn({ rule, field: 'user_data', method: req.method, bytes: request.userData!.byteLength }, 'internal API refused a reserved user_data');
+        return sendBadRequest(res, new BadRequest(400, reservedUserDataReason(rule), 'user_data'));
       }
       return attest(req, res, request);
     }

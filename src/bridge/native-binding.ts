@@ -128,6 +128,8 @@ export interface NativeAddon {
   getOriginalDst(fd: number, family: number): { address: string; port: number } | number;
   setInterfaceUp(name: string): number;
   setHostname(name: string): number;
+  hardenProcess(): number;
+  processHardening(): { dumpable: number; coreSoft: number; coreHard: number } | number;
 }
 
 function packageRoot(): string {
@@ -306,3 +308,28 @@ export function setHostname(name: string): void {
   const status = loadNative().setHostname(name);
   if (status < 0) throw errnoError(status, 'sethostname', name);
 }
+
+/**
+ * Makes this process non-dumpable (PR_SET_DUMPABLE 0: no ptrace attach, no /proc/<pid>/mem for a
+ * same-uid process without CAP_SYS_PTRACE) and sets RLIMIT_CORE to 0, so the app cannot read the
+ * runtime's keys and secrets from its memory or a core file.
+ */
+export function hardenProcess(): void {
+  const status = loadNative().hardenProcess();
+  if (status < 0) throw errnoError(status, 'prctl', 'PR_SET_DUMPABLE/RLIMIT_CORE');
+}
+
+/** What the kernel reports now: dumpable (0 = no), the core size limits (-1 = unlimited). */
+export function processHardening(): { dumpable: number; coreSoft: number; coreHard: number } {
+  const result = loadNative().processHardening();
+  if (typeof result === 'number') throw errnoError(result, 'prctl', 'PR_GET_DUMPABLE');
+  return result;
+}
+
+/**
+ * Where the app-sandbox helper (src/bridge/native/app_sandbox.c) is expected: beside the addon in
+ * the bundle (`<bundle>/lib/app-sandbox`), else build/Release/app_sandbox as node-gyp builds it.
+ */
+export const APP_SANDBOX_PATH = ((beside) => (existsSync(beside) ? beside : join(packageRoot(), 'build', 'Release', 'app_sandbox')))(
+  join(dirname(fileURLToPath(import.meta.url)), 'app-sandbox'),
+);

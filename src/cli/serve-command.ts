@@ -5,6 +5,7 @@ import { ConfigError, RuntimeError } from '../errors.js';
 import { createLogger } from '../log.js';
 import { Runtime } from '../runtime.js';
 import { Supervisor } from '../supervisor.js';
+import { hardenProcess } from '../bridge/native-binding.js';
 import { AppSupervisor } from '../app/app-supervisor.js';
 import { startInitDuties, type InitDuties } from '../init/init-duties.js';
 import type { CommandIo } from './io.js';
@@ -43,6 +44,17 @@ export async function serveCommand(mode: Extract<Mode, 'run' | 'dev'>, argv: str
 
   const logger = createLogger(config.runtime.logLevel);
   logger.info({ mode, config: parsed.values.config ?? '(defaults)', stateDir: config.runtime.stateDir }, 'config loaded');
+  // Before any key or secret is in memory: the app (same enclave, maybe the same uid) must not read them by ptrace or from a core file.
+  try {
+    hardenProcess();
+  } catch (error) {
+    const fields = { code: (error as { code?: string }).code, reason: (error as Error).message };
+    if (mode === 'run') {
+      logger.fatal(fields, 'runtime failed to start: cannot make itself non-dumpable');
+      return 1;
+    }
+    logger.warn(fields, 'the runtime stays dumpable (no native addon here): the app could read its memory');
+  }
 
   // PID 1 duties (lo up, hostname, reaping) come first: every listener below is on loopback.
   let init: InitDuties;

@@ -66,6 +66,8 @@ export const SCHEMA: Table = table('enclave.toml', {
     healthcheck: optionalText('"" = connect to ingress.app; "/path" = HTTP GET on ingress.app; "http://HOST:PORT/path"; or an address to connect to', /^(\/|http:\/\/|tcp:|unix:|vsock:)/, '"/path", "http://HOST:PORT/path" or an address'),
     healthcheck_interval_ms: int('time between app health probes', 2 * SECOND, 100, 10 * 60 * SECOND),
     healthcheck_timeout_ms: int('time one app health probe may take', SECOND, 10, 60 * SECOND),
+    allow_vsock: bool('let the command create AF_VSOCK sockets (and use io_uring); false starts it behind a seccomp filter that refuses both', false),
+    pass_aws_credentials: bool("pass the runtime's AWS_* credentials (the KMS client's) into the command's environment", false),
   }),
   tls: table('TLS termination with attested certificates', {
     enabled: bool('terminate TLS on ingress (off: passthrough)', true),
@@ -149,7 +151,7 @@ export const SCHEMA: Table = table('enclave.toml', {
     allow_debug: bool('accept debug-mode enclaves (PCR0-2 all zero)', false),
     challenge_ttl_ms: int('how long a challenge nonce stays usable', 60 * SECOND, 1 * SECOND, 60 * 60 * SECOND),
     cert_lifetime_ms: int('lifetime of the intermediate certificates signed', 24 * HOUR, 60 * SECOND, 365 * 24 * HOUR),
-    max_pending_challenges: int('outstanding challenges; more are refused until some are used or expire', 1024, 1, 1_000_000),
+    max_pending_challenges: int('spent challenges remembered against replay until they would expire; beyond it /sign is refused (503) until some expire', 1024, 1, 1_000_000),
     permitted_dns: stringList('DNS subtrees the intermediates may name (critical nameConstraints); empty: unconstrained', [], 64),
   }),
   kms: table('AWS KMS, which decrypts [[secrets]] for this enclave only (it is the Recipient)', {
@@ -184,6 +186,8 @@ export interface RuntimeConfig {
     healthcheck: string;
     healthcheckIntervalMs: number;
     healthcheckTimeoutMs: number;
+    allowVsock: boolean;
+    passAwsCredentials: boolean;
   };
   metrics: { enabled: boolean; listen: Address };
   ingress: IngressSettings & { enabled: boolean };

@@ -1,10 +1,13 @@
-import { randomBytes } from 'node:crypto';
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { CHALLENGE_NONCE_BYTES } from './protocol.js';
 import { ProvisionerRefusal } from './provisioner-error.js';
 
 export interface ChallengeBookOptions {
   ttlMs: number;
-  /** Outstanding challenges at most; beyond it `issue` refuses (503) until some are used or expire. */
+  /**
+   * Spent challenges remembered (against replay) until they would have expired; beyond it `take`
+   * refuses (503) until some expire. Only a request whose attestation document verified spends one.
+   */
   maxPending: number;
   now?: () => number;
 }
@@ -15,72 +18,77 @@ export interface Challenge {
   expiresAt: number;
 }
 
+const EXPIRY_BYTES = 8;
+const RANDOM_BYTES = 8;
+const SIGNED_BYTES = EXPIRY_BYTES + RANDOM_BYTES;
+const MAC_BYTES = CHALLENGE_NONCE_BYTES - SIGNED_BYTES;
+
 /**
- * The provisioner's outstanding challenge nonces. Each is accepted once, before its expiry; a used
- * one is remembered until it would have expired, so a replay is named as one rather than as unknown.
- * Both maps are in expiry order (one TTL for all), so pruning only ever looks at their heads.
+ * The provisioner's challenge nonces, kept without per-challenge state until one is spent: a nonce
+ * is its expiry (8 bytes), 8 random bytes and a MAC over both (16 bytes of HMAC-SHA256 under a key
+ * made at start). Handing one out stores nothing, so no number of POST /challenge from one caller
+ * can use up what another enclave needs. Each is accepted once, before its expiry; a spent one is
+ * remembered until it would have expired, so a replay is named as one.
  */
 export class ChallengeBook {
   readonly #ttlMs: number;
-  readonly #maxPending: number;
+  readonly #maxSpent: number;
   readonly #now: () => number;
-  readonly #pending = new Map<string, number>();
-  readonly #used = new Map<string, number>();
+  readonly #key = randomBytes(32);
+  readonly #spent = new Map<string, number>();
 
   constructor(options: ChallengeBookOptions) {
     this.#ttlMs = options.ttlMs;
-    this.#maxPending = options.maxPending;
+    this.#maxSpent = options.maxPending;
     this.#now = options.now ?? Date.now;
   }
 
-  /** Outstanding (issued, unused, unexpired) challenges. */
-  get pending(): number {
+  /** Spent challenges remembered now (each until it would have expired). */
+  get spent(): number {
     this.#prune();
-    return this.#pending.size;
+    return this.#spent.size;
   }
 
-  /** Hand out a fresh nonce, or refuse with ERR_PROVISIONER_BUSY when too many are outstanding. */
+  /** Hand out a fresh nonce; never refuses and stores nothing. */
   issue(): Challenge {
-    this.#prune();
-    if (this.#pending.size >= this.#maxPending) {
-      throw new ProvisionerRefusal(503, 'ERR_PROVISIONER_BUSY', `${this.#maxPending} challenges are outstanding; retry when some are used or expire (within ${this.#ttlMs} ms)`);
-    }
-    const nonce = randomBytes(CHALLENGE_NONCE_BYTES);
     const expiresAt = this.#now() + this.#ttlMs;
-    this.#pending.set(nonce.toString('hex'), expiresAt);
+    const nonce = Buffer.alloc(CHALLENGE_NONCE_BYTES);
+    nonce.writeBigUInt64BE(BigInt(expiresAt), 0);
+    randomBytes(RANDOM_BYTES).copy(nonce, EXPIRY_BYTES);
+    this.#mac(nonce).copy(nonce, SIGNED_BYTES);
     return { nonce: new Uint8Array(nonce), expiresAt };
   }
 
-  /** Consume the challenge `nonce`: refused when it was already used, has expired, or was never issued here. */
+  /** Spend the challenge `nonce`: refused when it was already spent, has expired, or was never issued here. */
   take(nonce: Uint8Array): void {
-    // A plain map lookup is fine: a challenge is handed to whoever asks, so it is unguessable but not secret.
-    const key = Buffer.from(nonce.buffer, nonce.byteOffset, nonce.byteLength).toString('hex');
+    const bytes = Buffer.from(nonce.buffer, nonce.byteOffset, nonce.byteLength);
     const now = this.#now();
-    const expiresAt = this.#pending.get(key);
-    if (expiresAt !== undefined) {
-      this.#pending.delete(key);
-      if (expiresAt <= now) {
-        throw new ProvisionerRefusal(403, 'ERR_PROVISIONER_CHALLENGE_EXPIRED', `the challenge nonce expired ${now - expiresAt} ms ago (challenges last ${this.#ttlMs} ms); ask for a new one`);
-      }
-      this.#used.set(key, expiresAt);
-      if (this.#used.size > this.#maxPending) this.#used.delete(this.#used.keys().next().value!);
-      this.#prune();
-      return;
+    if (bytes.byteLength !== CHALLENGE_NONCE_BYTES || !timingSafeEqual(this.#mac(bytes), bytes.subarray(SIGNED_BYTES))) {
+      throw new ProvisionerRefusal(403, 'ERR_PROVISIONER_CHALLENGE_UNKNOWN', 'the nonce is not an outstanding challenge of this provisioner (never issued here, or before it restarted); ask for a new one');
     }
-    this.#prune();
-    if (this.#used.has(key)) {
+    const expiresAt = Number(bytes.readBigUInt64BE(0));
+    if (expiresAt <= now) {
+      throw new ProvisionerRefusal(403, 'ERR_PROVISIONER_CHALLENGE_EXPIRED', `the challenge nonce expired ${now - expiresAt} ms ago (challenges last ${this.#ttlMs} ms); ask for a new one`);
+    }
+    const key = bytes.toString('hex');
+    if (this.#spent.has(key)) {
       throw new ProvisionerRefusal(403, 'ERR_PROVISIONER_CHALLENGE_USED', 'the challenge nonce was already used: each challenge is accepted once (a replay?); ask for a new one');
     }
-    throw new ProvisionerRefusal(403, 'ERR_PROVISIONER_CHALLENGE_UNKNOWN', 'the nonce is not an outstanding challenge of this provisioner (never issued here, or expired); ask for a new one');
+    if (this.#spent.size >= this.#maxSpent) this.#prune();
+    if (this.#spent.size >= this.#maxSpent) {
+      // Forgetting one would let it be replayed: refuse until some expire instead.
+      throw new ProvisionerRefusal(503, 'ERR_PROVISIONER_BUSY', `${this.#maxSpent} challenges were spent within the last ${this.#ttlMs} ms; retry shortly`);
+    }
+    this.#spent.set(key, expiresAt);
   }
 
+  #mac(nonce: Buffer): Buffer {
+    return createHmac('sha256', this.#key).update(nonce.subarray(0, SIGNED_BYTES)).digest().subarray(0, MAC_BYTES);
+  }
+
+  /** Spent challenges are in the order they were spent, not of expiry, so this looks at all of them. */
   #prune(): void {
     const now = this.#now();
-    for (const map of [this.#pending, this.#used]) {
-      for (const [key, expiresAt] of map) {
-        if (expiresAt > now) break;
-        map.delete(key);
-      }
-    }
+    for (const [key, expiresAt] of this.#spent) if (expiresAt <= now) this.#spent.delete(key);
   }
 }

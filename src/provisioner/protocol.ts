@@ -52,11 +52,16 @@ export interface RefusalBody {
   code: string;
 }
 
+/** What a provisioning document's user_data starts with (SPEC "Reserved bindings"); the internal API refuses it to the app. */
+export const PROVISIONING_BINDING_PREFIX = 'enclave-runtime/provisioner/v1:';
+
 /**
- * What the provisioning document's `user_data` must be: SHA-256 of the CSR key's DER
- * SubjectPublicKeyInfo. A hash (32 bytes) rather than the SPKI itself keeps it apart from the
- * documents in attested TLS leaves, whose user_data is a raw SPKI, so neither can stand in for the other.
+ * What the provisioning document's `user_data` must be: `enclave-runtime/provisioner/v1:` followed by
+ * the 32 raw bytes of SHA-256 of the CSR key's DER SubjectPublicKeyInfo. The prefix is one the
+ * internal API never serves to the app, so the app cannot get a document that binds a key of its own
+ * choosing (a bare hash it could ask for); and it keeps these apart from attested TLS leaves, whose
+ * user_data is a raw SPKI.
  */
 export function provisioningUserData(spkiDer: Uint8Array): Uint8Array {
-  return new Uint8Array(createHash('sha256').update(spkiDer).digest());
+  return new Uint8Array(Buffer.concat([Buffer.from(PROVISIONING_BINDING_PREFIX, 'ascii'), createHash('sha256').update(spkiDer).digest()]));
 }

@@ -18,6 +18,7 @@ import {
   CHALLENGE_PATH,
   MAX_DOCUMENT_BASE64_CHARS,
   MAX_REQUEST_BODY_BYTES,
+  PROVISIONING_BINDING_PREFIX,
   provisioningUserData,
   SIGN_PATH,
   type ChallengeAnswer,
@@ -162,7 +163,7 @@ export async function startProvisioner(options: ProvisionerOptions): Promise<Pro
     try {
       checkPolicy(document, { allowDebug: true, userData: provisioningUserData(request.csr.spkiDer) });
     } catch (error) {
-      throw refused(error, 'the document\'s user_data does not bind the CSR\'s key: it must be SHA-256 of the CSR\'s DER SubjectPublicKeyInfo');
+      throw refused(error, `the document's user_data does not bind the CSR's key: it must be "${PROVISIONING_BINDING_PREFIX}" followed by SHA-256 of the CSR's DER SubjectPublicKeyInfo`);
     }
     await request.csr.verifySignature();
 

@@ -68,7 +68,7 @@ export interface IntermediateRequest {
   publicKeySpki: Uint8Array;
   subject: x509.JsonName;
   validityMs: number;
-  /** When non-empty, a critical nameConstraints extension permitting only these DNS subtrees. */
+  /** When non-empty, a critical nameConstraints extension permitting only these DNS subtrees and excluding every IP address. */
   permittedDnsNames?: readonly string[];
 }
 
@@ -308,12 +308,15 @@ async function writeAtomically(path: string, content: string, mode: number): Pro
 const NAME_CONSTRAINTS_OID = '2.5.29.30';
 
 /**
- * DER of NameConstraints { permittedSubtrees [0] { GeneralSubtree { dNSName [2] } ... } }, written
- * by hand because @peculiar/x509 has no class for it (RFC 5280 4.2.1.10, implicit tags).
+ * DER of NameConstraints { permittedSubtrees [0] { GeneralSubtree { dNSName [2] } ... },
+ * excludedSubtrees [1] { iPAddress [7] 0.0.0.0/0, iPAddress [7] ::/0 } }, written by hand because
+ * @peculiar/x509 has no class for it (RFC 5280 4.2.1.10, implicit tags). A DNS-only constraint says
+ * nothing about IP SANs, so without the exclusions a leaf for any IP address would chain.
  */
 function encodeDnsNameConstraints(names: readonly string[]): Uint8Array {
-  const subtrees = names.map((name) => der(0x30, der(0x82, Buffer.from(name, 'ascii'))));
-  return new Uint8Array(der(0x30, der(0xa0, Buffer.concat(subtrees))));
+  const permitted = names.map((name) => der(0x30, der(0x82, Buffer.from(name, 'ascii'))));
+  const excluded = [Buffer.alloc(8), Buffer.alloc(32)].map((addressAndMask) => der(0x30, der(0x87, addressAndMask)));
+  return new Uint8Array(der(0x30, Buffer.concat([der(0xa0, Buffer.concat(permitted)), der(0xa1, Buffer.concat(excluded))])));
 }
 
 function der(tag: number, content: Buffer): Buffer {

@@ -160,7 +160,7 @@ export function openProvisionedCertificateSource(options: ProvisionedSourceOptio
 
 /**
  * The provisioning exchange: key pair, CSR, challenge, a document with nonce = the challenge and
- * user_data = SHA-256 of the CSR's SPKI, then the signature; the answer is checked before use.
+ * user_data = `enclave-runtime/provisioner/v1:` + SHA-256 of the CSR's SPKI, then the signature; the answer is checked before use.
  * Only the CSR (public key and self-signature), the document and the nonce are sent.
  */
 async function provision(options: ProvisionedSourceOptions): Promise<Provisioned> {

@@ -39,6 +39,7 @@ static Napi::Object InitEnclaveNative(Napi::Env env, Napi::Object exports) {
   InitNetInterface(env, exports);
   InitHostname(env, exports);
   InitChildReaper(env, exports);
+  InitProcessHardening(env, exports);
   return exports;
 }
 

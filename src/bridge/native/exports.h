@@ -10,5 +10,6 @@ void InitOriginalDst(Napi::Env env, Napi::Object exports);
 void InitNetInterface(Napi::Env env, Napi::Object exports);
 void InitHostname(Napi::Env env, Napi::Object exports);
 void InitChildReaper(Napi::Env env, Napi::Object exports);
+void InitProcessHardening(Napi::Env env, Napi::Object exports);
 
 }  // namespace enclave
