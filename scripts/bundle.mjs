@@ -8,6 +8,7 @@
 //     lib/*.so*                  every shared library Node and the addon need, as ldd resolves them
 //     lib/enclave-runtime.mjs    all of the runtime's JavaScript and its dependencies, one ESM file
 //     lib/enclave_native.node    the vsock/NSM addon (build/Release)
+//     lib/app-sandbox            static seccomp helper the customer command is exec'd through (src/bridge/native/app_sandbox.c)
 //     lib/roots/aws-nitro-root-g1.pem
 //
 // Reproducible: no timestamps are written, every file's mtime is SOURCE_DATE_EPOCH (default 0),
@@ -77,6 +78,13 @@ execFileSync(
   { stdio: 'inherit' },
 );
 
+// Static, like the launcher: the customer's image may have no libc, and Node's loader is not on its PATH.
+execFileSync(
+  process.env.CC ?? 'gcc',
+  ['-static', '-O2', '-s', '-Wall', '-Wextra', '-Werror', `-ffile-prefix-map=${ROOT}=.`, '-o', join(out, 'lib', 'app-sandbox'), join(ROOT, 'src', 'bridge', 'native', 'app_sandbox.c')],
+  { stdio: 'inherit' },
+);
+
 normalize(out);
 const bytes = totalBytes(out);
 process.stdout.write(`bundle: ${out} (${(bytes / 1024 / 1024).toFixed(1)} MiB, enclave-runtime ${version}, node ${nodeVersion()}, loader ${loaderName})\n`);
@@ -108,7 +116,7 @@ function normalize(dir) {
       chmodSync(path, 0o755);
       normalize(path);
     } else {
-      const executable = dir.endsWith('/bin') || /\.so(\.\d+)*$/.test(entry.name) || entry.name.endsWith('.node');
+      const executable = dir.endsWith('/bin') || /\.so(\.\d+)*$/.test(entry.name) || entry.name.endsWith('.node') || entry.name === 'app-sandbox';
       chmodSync(path, executable ? 0o755 : 0o644);
     }
     utimesSync(path, epoch, epoch);

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { chmod, lstat, mkdir, open, stat, unlink } from 'node:fs/promises';
-import { homedir, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { RuntimeError } from './errors.js';
 
@@ -53,7 +53,7 @@ export async function prepareStateDir(dir: string): Promise<void> {
 }
 
 /** Dirs others use too: making one of them 0700 would lock everyone else out, so they are refused. */
-const SHARED_DIRS: ReadonlySet<string> = new Set(['/', '/tmp', '/var/tmp', '/dev/shm', resolve(tmpdir()), resolve(homedir())]);
+const SHARED_DIRS: ReadonlySet<string> = new Set(['/', '/tmp', '/var/tmp', '/dev/shm', resolve(tmpdir())]);
 
 /**
  * 0700 whatever the dir's mode was: mkdir's mode applies only to a dir it creates, and keys, the
