@@ -262,12 +262,16 @@ describe('tls.source = "provisioner", end to end on loopback with the simulated 
     }
   });
 
-  it('refuses a replayed challenge, and nonces it never issued', async () => {
-    const keys = await extractableKeys();
+  /** A well-formed sign request for `keys`, as an enclave makes it: a fresh challenge, the document binding the CSR key. */
+  async function signRequestFor(keys: webcrypto.CryptoKeyPair) {
     const csr = await csrFor(keys);
     const challenge = await client().challenge();
     const document = await nsm.attest({ nonce: challenge.nonce, userData: provisioningUserData(csr.spki) });
-    const body = { csr: csr.pem, attestation_doc: Buffer.from(document).toString('base64'), nonce: hex(challenge.nonce) };
+    return { csr, body: { csr: csr.pem, attestation_doc: Buffer.from(document).toString('base64'), nonce: hex(challenge.nonce) } };
+  }
+
+  it('refuses a replayed challenge, and nonces it never issued', async () => {
+    const { csr, body } = await signRequestFor(await extractableKeys());
     const first = await client().sign(body);
     assert.ok(new X509Certificate(first.certificate).ca);
 
@@ -384,10 +388,7 @@ describe('tls.source = "provisioner", end to end on loopback with the simulated 
 
   it('with permitted_dns, an intermediate cannot vouch for an IP address: a leaf with an IP SAN fails chain verification', async () => {
     const keys = await extractableKeys();
-    const csr = await csrFor(keys);
-    const challenge = await client().challenge();
-    const document = await nsm.attest({ nonce: challenge.nonce, userData: provisioningUserData(csr.spki) });
-    const { certificate } = await client().sign({ csr: csr.pem, attestation_doc: Buffer.from(document).toString('base64'), nonce: hex(challenge.nonce) });
+    const { certificate } = await client().sign((await signRequestFor(keys)).body);
     const intermediate = new x509.X509Certificate(certificate);
     const leafKeys = await extractableKeys();
     const leafFor = async (san: x509.JsonGeneralName) =>
