@@ -32,7 +32,7 @@ export class Supervisor {
       execThrough === undefined
         ? spawn(command, args, { ...spawnOptions, stdio: 'inherit' })
         : spawn(execThrough, [command, ...args], { ...spawnOptions, stdio: 'inherit' });
-    logger.info({ command, pid: this.#child.pid }, 'customer command started');
+    logger.info({ command, pid: this.#child.pid, sandboxed: execThrough !== undefined }, 'customer command started');
     this.exited = new Promise((resolve) => {
       this.#child.once('error', (error) => {
         logger.error({ command, code: (error as NodeJS.ErrnoException).code }, 'customer command could not start');

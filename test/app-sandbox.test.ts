@@ -7,7 +7,9 @@ import { after, describe, it } from 'node:test';
 import { appEnvironment, appLaunch } from '../src/app/app-sandbox.js';
 import { AppSupervisor, type AppSettings } from '../src/app/app-supervisor.js';
 import { APP_SANDBOX_PATH, closeHandle, openSocketHandle, VMADDR_CID_ANY, VMADDR_PORT_ANY } from '../src/bridge/native-binding.js';
+import { parseConfig } from '../src/config/load.js';
 import { silentLogger } from '../src/log.js';
+import { problemsOf } from './helpers/config-problems.js';
 import { captureLogs } from './helpers/log-capture.js';
 import { REPO_ROOT } from './helpers/paths.js';
 import { commandMissing } from './helpers/privilege.js';
@@ -130,6 +132,20 @@ describe('the app sandbox: the customer command cannot create AF_VSOCK sockets',
     assert.match(missing.stderr, /cannot run \/no\/such\/command: No such file or directory/);
     const usage = spawnSync(APP_SANDBOX_PATH, [], { encoding: 'utf8' });
     assert.equal(usage.status, 2);
+  });
+});
+
+describe('[app] allow_vsock and pass_aws_credentials in enclave.toml', () => {
+  it('default to false, read true, and refuse a non-boolean naming the key', () => {
+    assert.deepEqual(
+      [parseConfig('', 'run').app.allowVsock, parseConfig('', 'run').app.passAwsCredentials],
+      [false, false],
+    );
+    const set = parseConfig('[app]\nallow_vsock = true\npass_aws_credentials = true\n', 'run').app;
+    assert.deepEqual([set.allowVsock, set.passAwsCredentials], [true, true]);
+    const problems = problemsOf('[app]\nallow_vsock = "yes"\npass_aws_credentials = 1\n');
+    assert.ok(problems.some((p) => p.startsWith('app.allow_vsock')), problems.join('; '));
+    assert.ok(problems.some((p) => p.startsWith('app.pass_aws_credentials')), problems.join('; '));
   });
 });
 
