@@ -29,7 +29,7 @@ const SPKIS: Record<string, Buffer> = {
 function longFormLengths(spki: Buffer): Buffer {
   const outer = spki.subarray(2);
   assert.ok(spki[1]! < 0x80, 'a short-form SPKI for this helper');
-  return Buffer.concat([Buffer.of(0x30, 0x84, 0, 0, 0, outer.length), outer]);
+  return Buffer.concat([Buffer.of(0x30, 0x88, 0, 0, 0, 0, 0, 0, 0, outer.length), outer]);
 }
 
 /** The same SPKI with the outer SEQUENCE of indefinite length (BER). */

@@ -130,6 +130,9 @@ describe('enclave-runtime dev', () => {
       const fromSan = verifyAttestation(Buffer.from(longest.split('.')[0] ?? '', 'hex'), { root: readFileSync(root, 'utf8'), nonce: Buffer.from(nonce, 'hex') });
       assert.deepEqual(Buffer.from(fromSan.document.userData ?? []), leaf.publicKey.export({ type: 'spki', format: 'der' }));
 
+      // The spawnSync calls above block the event loop; on a loaded machine for longer than the API's 5 s keep-alive.
+      // One turn of the loop lets fetch see the server's close of its idle connection instead of reusing it.
+      await new Promise((resolve) => setTimeout(resolve, 50));
       const health = await httpGet(apiPort, '/health');
       assert.equal(health.status, 200, health.body.toString());
       assert.equal(JSON.parse(health.body.toString()).parts.app.ok, true);

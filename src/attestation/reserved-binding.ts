@@ -88,8 +88,8 @@ function readChildren(bytes: Uint8Array, parent: Tlv, depth: number): Tlv[] | un
 }
 
 /**
- * One BER element within [offset, limit): single-byte tags, short, long (any number of length bytes
- * up to 4, minimal or not) or indefinite lengths (constructed only).
+ * One BER element within [offset, limit): single-byte tags, short, long (up to 8 length bytes,
+ * minimal or not, as lenient decoders take them) or indefinite lengths (constructed only).
  */
 function readTlv(bytes: Uint8Array, offset: number, limit: number, depth: number): Tlv | undefined {
   if (depth > MAX_DEPTH || offset + 2 > limit) return undefined;
@@ -112,9 +112,12 @@ function readTlv(bytes: Uint8Array, offset: number, limit: number, depth: number
   let length = first;
   if (first & 0x80) {
     const count = first & 0x7f;
-    if (count > 4 || at + count > limit) return undefined;
+    if (count > 8 || at + count > limit) return undefined;
     length = 0;
-    for (let i = 0; i < count; i++) length = length * 256 + bytes[at + i]!;
+    for (let i = 0; i < count; i++) {
+      length = length * 256 + bytes[at + i]!;
+      if (length > limit) return undefined;
+    }
     at += count;
   }
   if (at + length > limit) return undefined;
