@@ -16,7 +16,8 @@ import type { AcmeCertificates } from './tls/acme-certificates.js';
 import type { CertificateSource } from './tls/certificate-source.js';
 import type { TlsTerminator } from './tls/tls-terminator.js';
 
-type Closer = () => Promise<void>;
+/** Stops one part; `graceMs` is what is left of runtime.shutdown_grace_ms for draining. */
+type Closer = (graceMs: number) => Promise<void>;
 
 /**
  * The data plane of one enclave: the NSM, the internal API, TLS and ingress, started in
@@ -61,6 +62,7 @@ export class Runtime {
         probe: createAppProbe(app.healthcheck, config.ingress.app),
         probeIntervalMs: app.healthcheckIntervalMs,
         probeTimeoutMs: app.healthcheckTimeoutMs,
+        startupGraceMs: app.healthcheckGraceMs,
       });
       closers.push(async () => health.stop());
       health.watchAttestation(() => nsm.health());
@@ -129,7 +131,7 @@ export class Runtime {
       if (config.ingress.enabled) {
         ingress = await Ingress.start({ ...config.ingress, logger, terminator: terminator && metrics.meterTerminator(terminator) });
         const started = ingress;
-        closers.push(() => started.stop(config.runtime.shutdownGraceMs));
+        closers.push((graceMs) => started.stop(graceMs));
       }
       // Only now: the CA validates TLS-ALPN-01 by connecting to the ingress.
       if (acme) {
@@ -163,10 +165,13 @@ export class Runtime {
     }
   }
 
-  /** Stops accepting, drains ingress for up to runtime.shutdown_grace_ms, then closes the rest. */
-  async stop(): Promise<void> {
-    this.#logger.info({ graceMs: this.config.runtime.shutdownGraceMs }, 'runtime stopping');
-    await closeAll(this.#closers, this.#logger);
+  /**
+   * Stops accepting, drains ingress for up to `graceMs` (default runtime.shutdown_grace_ms; less
+   * when the customer command already used part of it), then closes the rest.
+   */
+  async stop(graceMs = this.config.runtime.shutdownGraceMs): Promise<void> {
+    this.#logger.info({ graceMs }, 'runtime stopping');
+    await closeAll(this.#closers, this.#logger, graceMs);
     this.#logger.info('runtime stopped');
   }
 
@@ -196,10 +201,10 @@ async function openNsm(config: RuntimeConfig, logger: Logger): Promise<Nsm> {
 }
 
 /** Closes in reverse start order; one part failing to close does not keep the others open. */
-async function closeAll(closers: Closer[], logger: Logger): Promise<void> {
+async function closeAll(closers: Closer[], logger: Logger, graceMs = 0): Promise<void> {
   for (const close of closers.reverse()) {
     try {
-      await close();
+      await close(graceMs);
     } catch (error) {
       logger.error({ err: { message: (error as Error).message } }, 'error while stopping');
     }

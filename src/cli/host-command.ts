@@ -6,6 +6,7 @@ import { startHost } from '../host/host-service.js';
 import { createLogger } from '../log.js';
 import type { CommandIo } from './io.js';
 import { waitForStopSignal } from './stop-signal.js';
+import { printHelp, wantsHelp } from './command-help.js';
 
 /**
  * `host [--config PATH]`, on the parent instance: ingress -> enclave, egress relay -> internet,
@@ -13,6 +14,7 @@ import { waitForStopSignal } from './stop-signal.js';
  * Exit code: 0 after a clean stop, 1 when it cannot start, 2 for a usage or config error.
  */
 export async function hostCommand(argv: string[], io: CommandIo): Promise<number> {
+  if (wantsHelp(argv)) return printHelp('host', io);
   let parsed;
   try {
     parsed = parseArgs({ args: argv, options: { config: { type: 'string' } }, allowPositionals: false, strict: true });

@@ -9,12 +9,14 @@ import { AppSupervisor } from '../app/app-supervisor.js';
 import { startInitDuties, type InitDuties } from '../init/init-duties.js';
 import type { CommandIo } from './io.js';
 import { waitForStopSignal } from './stop-signal.js';
+import { printHelp, wantsHelp } from './command-help.js';
 
 /**
  * `run` and `dev`: start the data plane, supervise the customer command when one follows `--`,
  * and stop on SIGTERM/SIGINT (a second signal exits at once). Exit code: the command's, else 0.
  */
 export async function serveCommand(mode: Extract<Mode, 'run' | 'dev'>, argv: string[], io: CommandIo): Promise<number> {
+  if (wantsHelp(argv)) return printHelp(mode, io);
   let parsed;
   try {
     parsed = parseArgs({
@@ -90,7 +92,13 @@ export async function serveCommand(mode: Extract<Mode, 'run' | 'dev'>, argv: str
   }
   const app = supervisor;
   if (app) runtime.metrics.watchApp(() => ({ restarts: app.restarts, running: app.running }));
-  const stop = waitForStopSignal(logger, (signal) => supervisor?.signal(signal));
+  // One grace for the whole stop: the command's SIGTERM-to-SIGKILL wait, then what is left for ingress.
+  const graceMs = config.runtime.shutdownGraceMs;
+  let stopAt: number | undefined;
+  const stop = waitForStopSignal(logger, () => {
+    stopAt = Date.now();
+    supervisor?.stop(graceMs);
+  });
   const forward = (signal: NodeJS.Signals) => supervisor?.signal(signal);
   const otherSignals = Supervisor.forwardedSignals.filter((signal) => signal !== 'SIGTERM' && signal !== 'SIGINT');
   for (const signal of otherSignals) process.on(signal, forward);
@@ -102,7 +110,7 @@ export async function serveCommand(mode: Extract<Mode, 'run' | 'dev'>, argv: str
   } else {
     await stopped;
   }
-  await runtime.stop();
+  await runtime.stop(stopAt === undefined ? graceMs : Math.max(0, graceMs - (Date.now() - stopAt)));
   init.stop();
   stop.dispose();
   for (const signal of otherSignals) process.off(signal, forward);

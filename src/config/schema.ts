@@ -66,6 +66,7 @@ export const SCHEMA: Table = table('enclave.toml', {
     healthcheck: optionalText('"" = connect to ingress.app; "/path" = HTTP GET on ingress.app; "http://HOST:PORT/path"; or an address to connect to', /^(\/|http:\/\/|tcp:|unix:|vsock:)/, '"/path", "http://HOST:PORT/path" or an address'),
     healthcheck_interval_ms: int('time between app health probes', 2 * SECOND, 100, 10 * 60 * SECOND),
     healthcheck_timeout_ms: int('time one app health probe may take', SECOND, 10, 60 * SECOND),
+    healthcheck_grace_ms: int('after start, how long an app that has not been up yet is "starting", not down (no warning)', 30 * SECOND, 0, 60 * 60 * SECOND),
   }),
   tls: table('TLS termination with attested certificates', {
     enabled: bool('terminate TLS on ingress (off: passthrough)', true),
@@ -184,6 +185,7 @@ export interface RuntimeConfig {
     healthcheck: string;
     healthcheckIntervalMs: number;
     healthcheckTimeoutMs: number;
+    healthcheckGraceMs: number;
   };
   metrics: { enabled: boolean; listen: Address };
   ingress: IngressSettings & { enabled: boolean };
