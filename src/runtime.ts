@@ -8,6 +8,7 @@ import type { Mode } from './config/field.js';
 import type { RuntimeConfig } from './config/schema.js';
 import { version } from './cli.js';
 import { HealthMonitor, type HealthReport } from './health.js';
+import { classifyAddress } from './host/address-class.js';
 import { startHttpEndpoint, type Route, type RouteAnswer } from './http-endpoint.js';
 import type { Logger } from './log.js';
 import { RuntimeMetrics } from './metrics/runtime-metrics.js';
@@ -85,6 +86,21 @@ export class Runtime {
       logger.info({ listen: `tcp:${api.address.host}:${api.address.port}` }, 'internal API listening');
 
       if (config.egress.enabled) {
+        if (mode === 'dev' && relaysInProcess(config)) {
+          // SPEC: in dev, egress works with no second command; the relays listen where egress connects.
+          const { startHostRelays } = await import('./host/host-relays.js');
+          const { relay, dnsRelay } = config.egress;
+          try {
+            const relays = await startHostRelays(config, logger.child({ component: 'dev-host-relays' }), { egress: relay, dns: dnsRelay });
+            closers.push(() => relays.close());
+          } catch (error) {
+            if ((error as { code?: string }).code !== 'EADDRINUSE') throw error;
+            logger.warn(
+              { relay: formatAddress(relay), dnsRelay: formatAddress(dnsRelay), code: 'EADDRINUSE' },
+              'egress relay address already in use: not running the host relays in-process; egress goes to what listens there (a separate enclave-runtime host?)',
+            );
+          }
+        }
         const { startEgress } = await import('./egress/egress-service.js');
         const egress = await startEgress(config.egress, logger);
         closers.push(() => egress.close());
@@ -182,6 +198,19 @@ export class Runtime {
 }
 
 const PROMETHEUS_TEXT = 'text/plain; version=0.0.4; charset=utf-8';
+
+/** Whether both relays are on this machine's loopback (dev's defaults are): then dev is its own host side. */
+function relaysInProcess(config: RuntimeConfig): boolean {
+  return [config.egress.relay, config.egress.dnsRelay].every((address) => address.transport === 'tcp' && (address.host === 'localhost' || isLoopbackIp(address.host)));
+}
+
+function isLoopbackIp(host: string): boolean {
+  try {
+    return classifyAddress(host) === 'loopback';
+  } catch {
+    return false;
+  }
+}
 
 /** GET /health's answer, as the internal API gives it: 200 when every part is ok, else 503. */
 function healthAnswer(report: HealthReport): RouteAnswer {

@@ -43,6 +43,8 @@ export async function hostCommand(argv: string[], io: CommandIo): Promise<number
     logger.fatal({ code, reason: (error as Error).message }, 'host failed to start');
     return 1;
   }
+  // Before "host ready": whoever waits for that line may signal at once.
+  const stop = waitForStopSignal(logger);
   logger.info(
     {
       ingress: formatAddress(host.ingress.address),
@@ -52,7 +54,6 @@ export async function hostCommand(argv: string[], io: CommandIo): Promise<number
     'host ready',
   );
 
-  const stop = waitForStopSignal(logger);
   await stop.received;
 await host.close(config.runtime.shutdownGraceMs);
   stop.dispose();
