@@ -67,7 +67,9 @@ describe('a fresh clone in an empty directory', { skip, timeout: 15 * 60_000 }, 
 
     const files = fixtureTests(clone);
     assert.ok(files.length >= 3, `expected several fixture tests, found: ${files.join(', ')}`);
-    const run = spawnSync(process.execPath, ['--test', '--test-concurrency=1', ...files], { cwd: clone, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
+    // Without NODE_TEST_CONTEXT (set for children of a test), the inner runner reports TAP on stdout as a user's would.
+    const { NODE_TEST_CONTEXT: _inner, ...env } = process.env;
+    const run = spawnSync(process.execPath, ['--test', '--test-reporter=tap', '--test-concurrency=1', ...files], { cwd: clone, env, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
     const summary = run.stdout.split('\n').filter((line) => /^# (tests|pass|fail|skipped)/.test(line));
     assert.equal(run.status, 0, `tests in the clone failed:\n${run.stdout.slice(-6000)}${run.stderr.slice(-2000)}`);
     assert.ok(summary.includes('# fail 0') && summary.includes('# skipped 0'), summary.join('\n'));
