@@ -10,6 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import { buildQuery } from '../src/egress/dns-forwarder.js';
 import { DnsRcode, DnsType, parseDnsResponse } from '../src/egress/dns-message.js';
 import { eventually, runCli, type CliRun } from './helpers/cli-run.js';
+import { loopbackConfigLines } from './helpers/dev-config.js';
 import { freePort } from './helpers/net.js';
 import { startTinyDns } from './helpers/tiny-dns.js';
 
@@ -40,16 +41,7 @@ function writeConfig(name: string, lines: string[]): string {
 
 function devConfig(name: string, ports: { dns: number; proxy: number; api: number }, relays: string[]): string {
   return writeConfig(name, [
-    '[runtime]',
-    'health_listen = "tcp:127.0.0.1:0"',
-    '[ingress]',
-    'enabled = false',
-    '[tls]',
-    'enabled = false',
-    '[attestation]',
-    `api_listen = "tcp:127.0.0.1:${ports.api}"`,
-    '[metrics]',
-    'enabled = false',
+    ...loopbackConfigLines({ ingress: false, tls: false, apiPort: ports.api }),
     '[egress]',
     'enabled = true',
     'allow = ["allowed.test"]',

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import tls from 'node:tls';
 import { after, describe, it } from 'node:test';
 import { portOf, runCli } from './helpers/cli-run.js';
+import { loopbackConfigLines } from './helpers/dev-config.js';
 import { freePort } from './helpers/net.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'dev-shutdown-'));
@@ -16,20 +17,7 @@ function writeConfig(name: string, appPort: number, graceMs: number): string {
   const path = join(dir, `${name}.toml`);
   writeFileSync(
     path,
-    [
-      '[runtime]',
-      `shutdown_grace_ms = ${graceMs}`,
-      'health_listen = "tcp:127.0.0.1:0"',
-      '[ingress]',
-      'listen = "tcp:127.0.0.1:0"',
-      `app = "tcp:127.0.0.1:${appPort}"`,
-      '[attestation]',
-      'api_listen = "tcp:127.0.0.1:0"',
-      '[metrics]',
-      'enabled = false',
-      '[app]',
-      'healthcheck_interval_ms = 100',
-    ].join('\n'),
+    [...loopbackConfigLines({ appPort, runtime: [`shutdown_grace_ms = ${graceMs}`] }), '[app]', 'healthcheck_interval_ms = 100'].join('\n'),
   );
   return path;
 }
