@@ -117,6 +117,12 @@ describe('enclave.toml', () => {
       assert.equal(problems.length, 5, problems.join('\n'));
     });
 
+    it('shows a huge bad egress.allow entry truncated', () => {
+      const problems = problemsOf(`[egress]\nallow = ["${'a b'.repeat(300)}"]`);
+      assert.equal(problems.length, 1);
+      assert.ok(problems[0]!.length < 300, problems[0]);
+    });
+
     it('dev refuses a vsock ingress', () => {
       const problems = problemsOf('[ingress]\nlisten = "vsock:any:7777"', 'dev');
       assert.ok(problems.some((p) => p.startsWith('ingress.listen: dev mode')));

@@ -71,7 +71,8 @@ export function validateConfig(raw: Record<string, unknown>, mode: Mode, source 
   const config = walk(SCHEMA, raw, '', mode, problems) as unknown as RuntimeConfig;
   // egress.allow entries are checked with the other keys, each bad one named, whatever else is wrong.
   const allow = (config.egress as Partial<RuntimeConfig['egress']> | undefined)?.allow;
-  if (Array.isArray(allow)) for (const error of allowlistErrors(allow)) problems.push(`egress.allow: ${error.message}`);
+  // Each entry is shown as other bad values are (truncated), so many huge entries cannot flood stderr.
+  if (Array.isArray(allow)) for (const error of allowlistErrors(allow)) problems.push(`egress.allow: ${error.message.replace(JSON.stringify(error.entry), show(error.entry))}`);
   // Cross-key rules read typed values, so they run only once every key has one.
   if (problems.length === 0) crossCheck(config, mode, problems);
   if (problems.length > 0) throw new ConfigError(problems, source);
