@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tls from 'node:tls';
@@ -62,6 +62,23 @@ describe('stopping dev with a supervised command', { timeout: 120_000 }, () => {
       assert.ok(!run.logs.some((line) => line.msg?.toString().includes('SIGKILL')), 'the demo app stopped on SIGTERM by itself');
     } finally {
       for (const socket of sockets) socket.destroy();
+      run.child.kill('SIGKILL');
+    }
+  });
+
+  it('a SIGTERM during start-up is a clean stop: the start finishes, no command is started, exit 0', async () => {
+    const appPort = await freePort();
+    const marker = join(dir, 'started.marker');
+    const run = runCli(['dev', '--config', writeConfig('early', appPort, 1000), '--state-dir', join(dir, 'early-state'), '--', process.execPath, '-e', `require('fs').writeFileSync(${JSON.stringify(marker)}, '')`]);
+    try {
+      await run.waitFor('config loaded');
+      run.child.kill('SIGTERM');
+      assert.equal(await run.exited, 0, run.output().toString('utf8').slice(-3000));
+      const messages = run.logs.map((line) => line.msg);
+      assert.ok(messages.includes('shutting down') && messages.includes('runtime stopped'), messages.join('\n'));
+      assert.ok(!messages.includes('customer command started'), 'no command is started once a stop has been asked for');
+      assert.ok(!existsSync(marker));
+    } finally {
       run.child.kill('SIGKILL');
     }
   });

@@ -44,6 +44,18 @@ export async function serveCommand(mode: Extract<Mode, 'run' | 'dev'>, argv: str
   if (parsed.values['state-dir'] !== undefined) config.runtime.stateDir = parsed.values['state-dir'];
 
   const logger = createLogger(config.runtime.logLevel);
+
+  // From here on a SIGTERM/SIGINT is a stop, never the default kill: whoever waits for a log line may signal
+  // the moment it is logged, and a kill would leave the iptables rules behind. A stop during start-up lets the
+  // start finish, starts no command, then stops. One grace covers the whole stop: the command's SIGTERM-to-SIGKILL
+  // wait, then what is left for ingress.
+  const graceMs = config.runtime.shutdownGraceMs;
+  let stopAt: number | undefined;
+  let supervisor: AppSupervisor | undefined;
+  const stop = waitForStopSignal(logger, () => {
+    stopAt = Date.now();
+    supervisor?.stop(graceMs);
+  });
   logger.info({ mode, config: parsed.values.config ?? '(defaults)', stateDir: config.runtime.stateDir }, 'config loaded');
 
   // PID 1 duties (lo up, hostname, reaping) come first: every listener below is on loopback.
@@ -81,9 +93,8 @@ export async function serveCommand(mode: Extract<Mode, 'run' | 'dev'>, argv: str
     }
   }
   // The command starts only now that every service is up: its first line may already call 127.0.0.1:9999.
-  let supervisor: AppSupervisor | undefined;
   try {
-    supervisor = command === undefined ? undefined : new AppSupervisor(command, commandArgs, config.app, logger, secretEnv);
+    supervisor = command === undefined || stopAt !== undefined ? undefined : new AppSupervisor(command, commandArgs, config.app, logger, secretEnv);
   } catch (error) {
     logger.fatal({ code: (error as { code?: string }).code, reason: (error as Error).message }, 'the command cannot be started');
     await runtime.stop();
@@ -92,13 +103,6 @@ export async function serveCommand(mode: Extract<Mode, 'run' | 'dev'>, argv: str
   }
   const app = supervisor;
   if (app) runtime.metrics.watchApp(() => ({ restarts: app.restarts, running: app.running }));
-  // One grace for the whole stop: the command's SIGTERM-to-SIGKILL wait, then what is left for ingress.
-  const graceMs = config.runtime.shutdownGraceMs;
-  let stopAt: number | undefined;
-  const stop = waitForStopSignal(logger, () => {
-    stopAt = Date.now();
-    supervisor?.stop(graceMs);
-  });
   const forward = (signal: NodeJS.Signals) => supervisor?.signal(signal);
   const otherSignals = Supervisor.forwardedSignals.filter((signal) => signal !== 'SIGTERM' && signal !== 'SIGINT');
   for (const signal of otherSignals) process.on(signal, forward);
