@@ -13,7 +13,21 @@ commands:
   attest connect HOST[:PORT] [options]        verify the attestation in a server's certificate
   --version                                   print the version
 
+Every command takes --help: enclave-runtime dev --help, enclave-runtime attest connect --help, ...
+
+examples:
+  enclave-runtime dev --config enclave.toml.example -- node examples/demo-app.js
+  enclave-runtime attest connect 127.0.0.1:8443 --servername localhost --fresh-nonce --root .enclave-runtime/sim-nsm-root.pem
+
 See README.md for every option of enclave.toml and of attest.
+`;
+
+const ATTEST_USAGE = `usage: enclave-runtime attest <verify|connect> [options]
+
+  attest verify FILE|- [options]        verify an attestation document (CBOR, base64 or hex) or a certificate
+  attest connect HOST[:PORT] [options]  open TLS to HOST and verify the attestation in its certificate
+
+Run "enclave-runtime attest verify --help" or "enclave-runtime attest connect --help" for the options.
 `;
 
 /** Set by esbuild's `define` in the single-file bundle, which has no package.json beside it. */
@@ -73,8 +87,13 @@ async function attest(argv: string[], io: CommandIo): Promise<number> {
       const { attestConnectCommand } = await import('./cli/attest-connect.js');
       return attestConnectCommand(rest, io);
     }
+    case '--help':
+    case '-h':
+    case 'help':
+      io.stdout.write(ATTEST_USAGE);
+      return 0;
     default:
-      io.stderr.write(`enclave-runtime attest: expected "verify" or "connect", got ${sub === undefined ? 'nothing' : `"${sub}"`}\n`);
+      io.stderr.write(`enclave-runtime attest: expected "verify" or "connect", got ${sub === undefined ? 'nothing' : `"${sub}"`}\n\n${ATTEST_USAGE}`);
       return 2;
   }
 }

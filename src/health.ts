@@ -23,11 +23,18 @@ export interface HealthOptions {
   probeTimeoutMs?: number;
   /** How the app is probed (`[app] healthcheck`); default: a connect to `app`. */
   probe?: AppProbe;
+  /**
+   * From watch() on, how long an app that has never been up is still starting, not down: no
+   * warning is logged for it meanwhile (`[app] healthcheck_grace_ms`). /health says "starting".
+   */
+  startupGraceMs?: number;
 }
 
 /**
  * Tracks each part's state for GET /health. The app is probed by a plain connect on its port,
  * so an unmodified app needs no health endpoint; a transition is logged once, not every probe.
+ * The first probe runs before the app can have bound its port, so "app is down" is only said of
+ * an app that has been up once, or that is still not up when the start-up grace is over.
  */
 export class HealthMonitor {
   readonly #options: Required<HealthOptions>;
@@ -35,6 +42,8 @@ export class HealthMonitor {
   #nsm: Nsm | undefined;
   #appUp: boolean | undefined;
   #appDetail = 'not probed yet';
+  /** When start-up grace ends; undefined once the app has been up, or the grace has run out. */
+  #graceEndsAt: number | undefined;
   #timer: NodeJS.Timeout | undefined;
   #probing = false;
   #egress: (() => PartHealth) | undefined;
@@ -42,13 +51,14 @@ export class HealthMonitor {
   #attestation: (() => PartHealth) | undefined;
 
   constructor(options: HealthOptions) {
-    this.#options = { probeIntervalMs: 2000, probeTimeoutMs: 1000, probe: createAppProbe('', options.app), ...options };
+    this.#options = { probeIntervalMs: 2000, probeTimeoutMs: 1000, probe: createAppProbe('', options.app), startupGraceMs: 30_000, ...options };
   }
 
   /** Starts probing the app and reporting on the given parts. */
   watch(parts: { ingress: Ingress | undefined; nsm: Nsm; tls: boolean }): void {
     this.#ingress = parts.ingress;
     this.#nsm = parts.nsm;
+    this.#graceEndsAt = Date.now() + this.#options.startupGraceMs;
     void this.probeApp();
     this.#timer = setInterval(() => void this.probeApp(), this.#options.probeIntervalMs);
     this.#timer.unref();
@@ -85,9 +95,18 @@ export class HealthMonitor {
     } finally {
       this.#probing = false;
     }
-    if (up !== this.#appUp) {
-      this.#options.logger[up ? 'info' : 'warn']({ app: formatAddress(this.#options.app), probe: this.#options.probe.target, detail: this.#appDetail }, up ? 'app is up' : 'app is down');
+    const starting = !up && this.#graceEndsAt !== undefined && Date.now() < this.#graceEndsAt;
+    if (starting) {
+      this.#appDetail = `starting: ${this.#appDetail}`;
+      return false;
     }
+    const log = { app: formatAddress(this.#options.app), probe: this.#options.probe.target, detail: this.#appDetail };
+    if (!up && this.#graceEndsAt !== undefined) {
+      this.#options.logger.warn({ ...log, graceMs: this.#options.startupGraceMs }, 'app is down');
+    } else if (up !== this.#appUp) {
+      this.#options.logger[up ? 'info' : 'warn'](log, up ? 'app is up' : 'app is down');
+    }
+    this.#graceEndsAt = undefined;
     this.#appUp = up;
     return up;
   }

@@ -8,6 +8,7 @@ import type { Mode } from './config/field.js';
 import type { RuntimeConfig } from './config/schema.js';
 import { version } from './cli.js';
 import { HealthMonitor, type HealthReport } from './health.js';
+import { classifyAddress } from './host/address-class.js';
 import { startHttpEndpoint, type Route, type RouteAnswer } from './http-endpoint.js';
 import type { Logger } from './log.js';
 import { RuntimeMetrics } from './metrics/runtime-metrics.js';
@@ -16,7 +17,8 @@ import type { AcmeCertificates } from './tls/acme-certificates.js';
 import type { CertificateSource } from './tls/certificate-source.js';
 import type { TlsTerminator } from './tls/tls-terminator.js';
 
-type Closer = () => Promise<void>;
+/** Stops one part; `graceMs` is what is left of runtime.shutdown_grace_ms for draining. */
+type Closer = (graceMs: number) => Promise<void>;
 
 /**
  * The data plane of one enclave: the NSM, the internal API, TLS and ingress, started in
@@ -61,6 +63,7 @@ export class Runtime {
         probe: createAppProbe(app.healthcheck, config.ingress.app),
         probeIntervalMs: app.healthcheckIntervalMs,
         probeTimeoutMs: app.healthcheckTimeoutMs,
+        startupGraceMs: app.healthcheckGraceMs,
       });
       closers.push(async () => health.stop());
       health.watchAttestation(() => nsm.health());
@@ -83,6 +86,21 @@ export class Runtime {
       logger.info({ listen: `tcp:${api.address.host}:${api.address.port}` }, 'internal API listening');
 
       if (config.egress.enabled) {
+        if (mode === 'dev' && relaysInProcess(config)) {
+          // SPEC: in dev, egress works with no second command; the relays listen where egress connects.
+          const { startHostRelays } = await import('./host/host-relays.js');
+          const { relay, dnsRelay } = config.egress;
+          try {
+            const relays = await startHostRelays(config, logger.child({ component: 'dev-host-relays' }), { egress: relay, dns: dnsRelay });
+            closers.push(() => relays.close());
+          } catch (error) {
+            if ((error as { code?: string }).code !== 'EADDRINUSE') throw error;
+            logger.warn(
+              { relay: formatAddress(relay), dnsRelay: formatAddress(dnsRelay), code: 'EADDRINUSE' },
+              'egress relay address already in use: not running the host relays in-process; egress goes to what listens there (a separate enclave-runtime host?)',
+            );
+          }
+        }
         const { startEgress } = await import('./egress/egress-service.js');
         const egress = await startEgress(config.egress, logger);
         closers.push(() => egress.close());
@@ -129,7 +147,7 @@ export class Runtime {
       if (config.ingress.enabled) {
         ingress = await Ingress.start({ ...config.ingress, logger, terminator: terminator && metrics.meterTerminator(terminator) });
         const started = ingress;
-        closers.push(() => started.stop(config.runtime.shutdownGraceMs));
+        closers.push((graceMs) => started.stop(graceMs));
       }
       // Only now: the CA validates TLS-ALPN-01 by connecting to the ingress.
       if (acme) {
@@ -163,10 +181,13 @@ export class Runtime {
     }
   }
 
-  /** Stops accepting, drains ingress for up to runtime.shutdown_grace_ms, then closes the rest. */
-  async stop(): Promise<void> {
-    this.#logger.info({ graceMs: this.config.runtime.shutdownGraceMs }, 'runtime stopping');
-    await closeAll(this.#closers, this.#logger);
+  /**
+   * Stops accepting, drains ingress for up to `graceMs` (default runtime.shutdown_grace_ms; less
+   * when the customer command already used part of it), then closes the rest.
+   */
+  async stop(graceMs = this.config.runtime.shutdownGraceMs): Promise<void> {
+    this.#logger.info({ graceMs }, 'runtime stopping');
+    await closeAll(this.#closers, this.#logger, graceMs);
     this.#logger.info('runtime stopped');
   }
 
@@ -177,6 +198,19 @@ export class Runtime {
 }
 
 const PROMETHEUS_TEXT = 'text/plain; version=0.0.4; charset=utf-8';
+
+/** Whether both relays are on this machine's loopback (dev's defaults are): then dev is its own host side. */
+function relaysInProcess(config: RuntimeConfig): boolean {
+  return [config.egress.relay, config.egress.dnsRelay].every((address) => address.transport === 'tcp' && (address.host === 'localhost' || isLoopbackIp(address.host)));
+}
+
+function isLoopbackIp(host: string): boolean {
+  try {
+    return classifyAddress(host) === 'loopback';
+  } catch {
+    return false;
+  }
+}
 
 /** GET /health's answer, as the internal API gives it: 200 when every part is ok, else 503. */
 function healthAnswer(report: HealthReport): RouteAnswer {
@@ -196,10 +230,10 @@ async function openNsm(config: RuntimeConfig, logger: Logger): Promise<Nsm> {
 }
 
 /** Closes in reverse start order; one part failing to close does not keep the others open. */
-async function closeAll(closers: Closer[], logger: Logger): Promise<void> {
+async function closeAll(closers: Closer[], logger: Logger, graceMs = 0): Promise<void> {
   for (const close of closers.reverse()) {
     try {
-      await close();
+      await close(graceMs);
     } catch (error) {
       logger.error({ err: { message: (error as Error).message } }, 'error while stopping');
     }

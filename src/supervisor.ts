@@ -46,6 +46,11 @@ export class Supervisor {
     });
   }
 
+  /** The command's process id (undefined when it could not be started). */
+  get pid(): number | undefined {
+    return this.#child.pid;
+  }
+
   /** Passes a signal on; the command decides how to stop. */
   signal(signal: NodeJS.Signals): void {
     if (this.#child.exitCode === null && this.#child.signalCode === null) this.#child.kill(signal);

@@ -33,6 +33,7 @@ const SETTINGS: AppSettings = {
   healthcheck: '',
   healthcheckIntervalMs: 1000,
   healthcheckTimeoutMs: 1000,
+  healthcheckGraceMs: 0,
   allowVsock: false,
   passAwsCredentials: false,
 };

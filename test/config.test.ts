@@ -103,6 +103,26 @@ describe('enclave.toml', () => {
       assert.ok(problems.some((p) => p.startsWith('ingress.bogus')));
     });
 
+    it('names every bad egress.allow entry, in the same pass as a bad key elsewhere', () => {
+      const problems = problemsOf(
+        ['[egress]', 'allow = ["api.example.com", "*.*.bad", "10.0.0.0/33", "ok.example:443", "has space.example", "host:99999"]', '[ingress]', 'max_connections = 0'].join('\n'),
+      );
+      const allow = problems.filter((p) => p.startsWith('egress.allow: '));
+      assert.deepEqual(
+        allow.map((p) => /entry ("[^"]*") is invalid/.exec(p)?.[1]),
+        ['"*.*.bad"', '"10.0.0.0/33"', '"has space.example"', '"host:99999"'],
+        problems.join('\n'),
+      );
+      assert.ok(problems.some((p) => p.startsWith('ingress.max_connections: 0 is not allowed')), problems.join('\n'));
+      assert.equal(problems.length, 5, problems.join('\n'));
+    });
+
+    it('shows a huge bad egress.allow entry truncated', () => {
+      const problems = problemsOf(`[egress]\nallow = ["${'a b'.repeat(300)}"]`);
+      assert.equal(problems.length, 1);
+      assert.ok(problems[0]!.length < 300, problems[0]);
+    });
+
     it('dev refuses a vsock ingress', () => {
       const problems = problemsOf('[ingress]\nlisten = "vsock:any:7777"', 'dev');
       assert.ok(problems.some((p) => p.startsWith('ingress.listen: dev mode')));

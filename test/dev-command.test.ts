@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import http from 'node:http';
 import https from 'node:https';
 import { once } from 'node:events';
 import { X509Certificate } from 'node:crypto';
@@ -50,9 +51,16 @@ function start(args: string[], env: NodeJS.ProcessEnv = {}): Started {
   return { child, logs, stdout: () => out, waitFor };
 }
 
-async function httpGet(port: number, path: string, headers: Record<string, string> = {}): Promise<{ status: number; body: Buffer; type: string | null }> {
-  const response = await fetch(`http://127.0.0.1:${port}${path}`, { headers });
-  return { status: response.status, body: Buffer.from(await response.arrayBuffer()), type: response.headers.get('content-type') };
+/** One GET on a fresh connection: the spawnSync calls below block this loop past the API's keep-alive, so a reused socket could be stale. */
+function httpGet(port: number, path: string, headers: Record<string, string> = {}): Promise<{ status: number; body: Buffer; type: string | null }> {
+  return new Promise((resolve, reject) => {
+    const request = http.get({ host: '127.0.0.1', port, path, headers, agent: false }, (response) => {
+      const chunks: Buffer[] = [];
+      response.on('data', (chunk: Buffer) => chunks.push(chunk));
+      response.on('end', () => resolve({ status: response.statusCode ?? 0, body: Buffer.concat(chunks), type: response.headers['content-type'] ?? null }));
+    });
+    request.on('error', reject);
+  });
 }
 
 /** GET over the TLS ingress, trusting only the runtime's own CA from the state dir. */

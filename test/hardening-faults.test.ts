@@ -38,6 +38,7 @@ import { openProvisionedCertificateSource } from '../src/tls/provisioned-certifi
 import { TlsTerminator } from '../src/tls/tls-terminator.js';
 import { connectTls, ControlledNsm, documentFromSan, echo, listenTls, peerLeaf } from './helpers/attested-tls.js';
 import { eventually, portOf, runCli, type CliRun } from './helpers/cli-run.js';
+import { loopbackConfigLines } from './helpers/dev-config.js';
 import { captureLogs } from './helpers/log-capture.js';
 import { closesWithin, freePort, tcpConnect } from './helpers/net.js';
 import { startPebble, type Pebble } from './helpers/pebble.js';
@@ -685,19 +686,7 @@ describe('the state dir is read-only or full', { skip: mountsUnavailable() }, ()
     config = join(dir, 'state-dir.toml');
     writeFileSync(
       config,
-      [
-        '[runtime]',
-        'health_listen = "tcp:127.0.0.1:0"',
-        '[ingress]',
-        'listen = "tcp:127.0.0.1:0"',
-        `app = "tcp:127.0.0.1:${(echoApp.address() as net.AddressInfo).port}"`,
-        '[attestation]',
-        'api_listen = "tcp:127.0.0.1:0"',
-        '[metrics]',
-        'enabled = false',
-        '[app]',
-        'healthcheck_interval_ms = 100',
-      ].join('\n'),
+      [...loopbackConfigLines({ appPort: (echoApp.address() as net.AddressInfo).port }), '[app]', 'healthcheck_interval_ms = 100'].join('\n'),
     );
   });
   after(() => echoApp.close());

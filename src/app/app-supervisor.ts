@@ -69,6 +69,23 @@ export class AppSupervisor {
     this.#current?.signal(signal);
   }
 
+  /**
+   * Stops the command for good: SIGTERM now, SIGKILL if it is still running `graceMs` later
+   * (runtime.shutdown_grace_ms), so an app that never exits cannot hold the runtime open.
+   */
+  stop(graceMs: number): void {
+    this.signal('SIGTERM');
+    const current = this.#current;
+    if (!current) return;
+    const pid = current.pid;
+    this.#logger.info({ commandPid: pid, graceMs }, 'waiting for the customer command to exit');
+    const timer = setTimeout(() => {
+      this.#logger.warn({ commandPid: pid, graceMs }, 'customer command still running after runtime.shutdown_grace_ms; sending SIGKILL');
+      current.signal('SIGKILL');
+    }, graceMs);
+    void current.exited.then(() => clearTimeout(timer));
+  }
+
   async #run(): Promise<number> {
     for (;;) {
       this.#current = new Supervisor(this.#command, this.#args, this.#logger, this.#spawnOptions);

@@ -35,6 +35,10 @@ certificate chain and host name are not checked.
   --json              print the decoded document as JSON on stdout
 
 exit status: 0 valid, 1 invalid or unreachable (the reason on stderr), 2 usage error
+
+examples:
+  enclave-runtime attest connect 127.0.0.1:8443 --servername localhost --fresh-nonce --root .enclave-runtime/sim-nsm-root.pem
+  enclave-runtime attest connect app.example.com --fresh-nonce --pcr 0=<PCR0 hex> --pcr 1=<PCR1 hex> --pcr 2=<PCR2 hex>
 `;
 
 const CONNECT_OPTIONS = {

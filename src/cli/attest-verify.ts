@@ -31,6 +31,11 @@ certificate embeds (PEM or DER; its user_data must then be the certificate's pub
   --json              print the decoded document as JSON on stdout
 
 exit status: 0 valid, 1 invalid (the reason on stderr), 2 usage error
+
+examples:
+  curl -s 'http://127.0.0.1:9999/attestation-doc?nonce=00ff' > doc.cbor
+  enclave-runtime attest verify doc.cbor --nonce 00ff --root .enclave-runtime/sim-nsm-root.pem
+  enclave-runtime attest verify doc.cbor --pcr 0=<PCR0 hex from nitro-cli describe-eif> --json
 `;
 
 /** The options `attest verify` and `attest connect` share, in node:util parseArgs form. */

@@ -6,6 +6,7 @@ import { startHost } from '../host/host-service.js';
 import { createLogger } from '../log.js';
 import type { CommandIo } from './io.js';
 import { waitForStopSignal } from './stop-signal.js';
+import { printHelp, wantsHelp } from './command-help.js';
 
 /**
  * `host [--config PATH]`, on the parent instance: ingress -> enclave, egress relay -> internet,
@@ -13,6 +14,7 @@ import { waitForStopSignal } from './stop-signal.js';
  * Exit code: 0 after a clean stop, 1 when it cannot start, 2 for a usage or config error.
  */
 export async function hostCommand(argv: string[], io: CommandIo): Promise<number> {
+  if (wantsHelp(argv)) return printHelp('host', io);
   let parsed;
   try {
     parsed = parseArgs({ args: argv, options: { config: { type: 'string' } }, allowPositionals: false, strict: true });
@@ -41,6 +43,8 @@ export async function hostCommand(argv: string[], io: CommandIo): Promise<number
     logger.fatal({ code, reason: (error as Error).message }, 'host failed to start');
     return 1;
   }
+  // Before "host ready": whoever waits for that line may signal at once.
+  const stop = waitForStopSignal(logger);
   logger.info(
     {
       ingress: formatAddress(host.ingress.address),
@@ -50,7 +54,6 @@ export async function hostCommand(argv: string[], io: CommandIo): Promise<number
     'host ready',
   );
 
-  const stop = waitForStopSignal(logger);
   await stop.received;
 await host.close(config.runtime.shutdownGraceMs);
   stop.dispose();

@@ -8,6 +8,7 @@ import { createLogger } from '../log.js';
 import { startProvisioner } from '../provisioner/provisioner-service.js';
 import type { CommandIo } from './io.js';
 import { waitForStopSignal } from './stop-signal.js';
+import { printHelp, wantsHelp } from './command-help.js';
 
 /**
  * `provisioner [--config PATH]`: the reference provisioner, signing attested enclaves'
@@ -15,6 +16,7 @@ import { waitForStopSignal } from './stop-signal.js';
  * start, 2 for a usage or config error (an empty `provisioner.allowed_pcrs` included).
  */
 export async function provisionerCommand(argv: string[], io: CommandIo): Promise<number> {
+  if (wantsHelp(argv)) return printHelp('provisioner', io);
   let parsed;
   try {
     parsed = parseArgs({ args: argv, options: { config: { type: 'string' } }, allowPositionals: false, strict: true });

@@ -10,12 +10,14 @@ import { AppSupervisor } from '../app/app-supervisor.js';
 import { startInitDuties, type InitDuties } from '../init/init-duties.js';
 import type { CommandIo } from './io.js';
 import { waitForStopSignal } from './stop-signal.js';
+import { printHelp, wantsHelp } from './command-help.js';
 
 /**
  * `run` and `dev`: start the data plane, supervise the customer command when one follows `--`,
  * and stop on SIGTERM/SIGINT (a second signal exits at once). Exit code: the command's, else 0.
  */
 export async function serveCommand(mode: Extract<Mode, 'run' | 'dev'>, argv: string[], io: CommandIo): Promise<number> {
+  if (wantsHelp(argv)) return printHelp(mode, io);
   let parsed;
   try {
     parsed = parseArgs({
@@ -43,6 +45,18 @@ export async function serveCommand(mode: Extract<Mode, 'run' | 'dev'>, argv: str
   if (parsed.values['state-dir'] !== undefined) config.runtime.stateDir = parsed.values['state-dir'];
 
   const logger = createLogger(config.runtime.logLevel);
+
+  // From here on a SIGTERM/SIGINT is a stop, never the default kill: whoever waits for a log line may signal
+  // the moment it is logged, and a kill would leave the iptables rules behind. A stop during start-up lets the
+  // start finish, starts no command, then stops. One grace covers the whole stop: the command's SIGTERM-to-SIGKILL
+  // wait, then what is left for ingress.
+  const graceMs = config.runtime.shutdownGraceMs;
+  let stopAt: number | undefined;
+  let supervisor: AppSupervisor | undefined;
+  const stop = waitForStopSignal(logger, () => {
+    stopAt = Date.now();
+    supervisor?.stop(graceMs);
+  });
   logger.info({ mode, config: parsed.values.config ?? '(defaults)', stateDir: config.runtime.stateDir }, 'config loaded');
   // Before any key or secret is in memory: the app (same enclave, maybe the same uid) must not read them by ptrace or from a core file.
   try {
@@ -91,9 +105,8 @@ export async function serveCommand(mode: Extract<Mode, 'run' | 'dev'>, argv: str
     }
   }
   // The command starts only now that every service is up: its first line may already call 127.0.0.1:9999.
-  let supervisor: AppSupervisor | undefined;
   try {
-    supervisor = command === undefined ? undefined : new AppSupervisor(command, commandArgs, config.app, logger, secretEnv);
+    supervisor = command === undefined || stopAt !== undefined ? undefined : new AppSupervisor(command, commandArgs, config.app, logger, secretEnv);
   } catch (error) {
     logger.fatal({ code: (error as { code?: string }).code, reason: (error as Error).message }, 'the command cannot be started');
     await runtime.stop();
@@ -102,7 +115,6 @@ export async function serveCommand(mode: Extract<Mode, 'run' | 'dev'>, argv: str
   }
   const app = supervisor;
   if (app) runtime.metrics.watchApp(() => ({ restarts: app.restarts, running: app.running }));
-  const stop = waitForStopSignal(logger, (signal) => supervisor?.signal(signal));
   const forward = (signal: NodeJS.Signals) => supervisor?.signal(signal);
   const otherSignals = Supervisor.forwardedSignals.filter((signal) => signal !== 'SIGTERM' && signal !== 'SIGINT');
   for (const signal of otherSignals) process.on(signal, forward);
@@ -114,7 +126,7 @@ export async function serveCommand(mode: Extract<Mode, 'run' | 'dev'>, argv: str
   } else {
     await stopped;
   }
-  await runtime.stop();
+  await runtime.stop(stopAt === undefined ? graceMs : Math.max(0, graceMs - (Date.now() - stopAt)));
   init.stop();
   stop.dispose();
   for (const signal of otherSignals) process.off(signal, forward);

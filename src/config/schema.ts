@@ -68,6 +68,7 @@ export const SCHEMA: Table = table('enclave.toml', {
     healthcheck_timeout_ms: int('time one app health probe may take', SECOND, 10, 60 * SECOND),
     allow_vsock: bool('let the command create AF_VSOCK sockets (and use io_uring); false starts it behind a seccomp filter that refuses both', false),
     pass_aws_credentials: bool("pass the runtime's AWS_* credentials (the KMS client's) into the command's environment", false),
+    healthcheck_grace_ms: int('after start, how long an app that has not been up yet is "starting", not down (no warning)', 30 * SECOND, 0, 60 * 60 * SECOND),
   }),
   tls: table('TLS termination with attested certificates', {
     enabled: bool('terminate TLS on ingress (off: passthrough)', true),
@@ -188,6 +189,7 @@ export interface RuntimeConfig {
     healthcheckTimeoutMs: number;
     allowVsock: boolean;
     passAwsCredentials: boolean;
+    healthcheckGraceMs: number;
   };
   metrics: { enabled: boolean; listen: Address };
   ingress: IngressSettings & { enabled: boolean };

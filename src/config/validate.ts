@@ -2,7 +2,7 @@ import { ConfigError } from '../errors.js';
 import { show, type Mode } from './field.js';
 import { nearestKey } from './nearest-key.js';
 import { SCHEMA, type RuntimeConfig, type Table, type TableList } from './schema.js';
-import { AllowlistError, compileAllowlist } from '../egress/allowlist.js';
+import { allowlistErrors } from '../egress/allowlist.js';
 
 const camel = (key: string) => key.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());
 
@@ -69,6 +69,10 @@ function walkList(spec: TableList, value: unknown, path: string, mode: Mode, pro
 export function validateConfig(raw: Record<string, unknown>, mode: Mode, source = 'configuration'): RuntimeConfig {
   const problems: string[] = [];
   const config = walk(SCHEMA, raw, '', mode, problems) as unknown as RuntimeConfig;
+  // egress.allow entries are checked with the other keys, each bad one named, whatever else is wrong.
+  const allow = (config.egress as Partial<RuntimeConfig['egress']> | undefined)?.allow;
+  // Each entry is shown as other bad values are (truncated), so many huge entries cannot flood stderr.
+  if (Array.isArray(allow)) for (const error of allowlistErrors(allow)) problems.push(`egress.allow: ${error.message.replace(JSON.stringify(error.entry), show(error.entry))}`);
   // Cross-key rules read typed values, so they run only once every key has one.
   if (problems.length === 0) crossCheck(config, mode, problems);
   if (problems.length > 0) throw new ConfigError(problems, source);
@@ -89,12 +93,6 @@ function crossCheck(config: RuntimeConfig, mode: Mode, problems: string[]): void
     problems.push('kms.via: "egress_proxy" needs egress.enabled = true (with the KMS host in egress.allow) to reach KMS for [[secrets]]; or set kms.via = "direct"');
   }
   checkAcme(config, problems);
-  try {
-    compileAllowlist(config.egress.allow);
-  } catch (error) {
-    if (!(error instanceof AllowlistError)) throw error;
-    problems.push(`egress.allow: ${error.message}`);
-  }
 }
 
 /** [tls.acme] and HTTP-aware ingress ride on TLS termination. */

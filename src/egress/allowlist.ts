@@ -79,7 +79,20 @@ interface Ip {
 
 /** Compile `[egress] allow` entries, throwing AllowlistError on the first bad one. */
 export function compileAllowlist(entries: readonly string[]): Allowlist {
+  const { allowlist, errors } = buildAllowlist(entries);
+  if (errors[0]) throw errors[0];
+  return allowlist;
+}
+
+/** Every bad entry of `[egress] allow`, in order (empty when the list compiles), for config checks. */
+export function allowlistErrors(entries: readonly string[]): AllowlistError[] {
+  return buildAllowlist(entries).errors;
+}
+
+/** Compiles what it can; each entry that cannot be compiled is one error, and the next is still read. */
+function buildAllowlist(entries: readonly string[]): { allowlist: Allowlist; errors: AllowlistError[] } {
   if (entries.length > ALLOWLIST_MAX_ENTRIES) throw new AllowlistError(`(${entries.length} entries)`, `more than ${ALLOWLIST_MAX_ENTRIES} entries`);
+  const errors: AllowlistError[] = [];
   const allowAll: Rule[] = [];
   const exact = new Map<string, Rule[]>();
   const wildcard = new Map<string, Rule[]>();
@@ -88,7 +101,7 @@ export function compileAllowlist(entries: readonly string[]): Allowlist {
     map.set(key, [...(map.get(key) ?? []), rule]);
   };
 
-  for (const entry of entries) {
+  function compileEntry(entry: string): void {
     if (typeof entry !== 'string') throw new AllowlistError(String(entry), 'not a string');
     if (entry.length > ENTRY_MAX_LENGTH) throw new AllowlistError(entry, `longer than ${ENTRY_MAX_LENGTH} characters`);
     if (entry === '') throw new AllowlistError(entry, 'empty entry');
@@ -109,6 +122,15 @@ export function compileAllowlist(entries: readonly string[]): Allowlist {
       add(wildcard, compileName(entry, host.slice(2)), rule);
     } else {
       add(exact, compileName(entry, host), rule);
+    }
+  }
+
+  for (const entry of entries) {
+    try {
+      compileEntry(entry);
+    } catch (error) {
+      if (!(error instanceof AllowlistError)) throw error;
+      errors.push(error);
     }
   }
 
@@ -139,7 +161,7 @@ export function compileAllowlist(entries: readonly string[]): Allowlist {
     return firstMatch(candidates, port);
   };
 
-  return { entries: Object.freeze([...entries]), allowsName, allowsIp };
+  return { allowlist: { entries: Object.freeze([...entries]), allowsName, allowsIp }, errors };
 }
 
 function splitPort(entry: string): { host: string; port?: number; bracketed: boolean } {

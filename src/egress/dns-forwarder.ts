@@ -21,6 +21,7 @@ import {
   type DnsQuestion,
 } from './dns-message.js';
 import type { NameCache } from './name-cache.js';
+import type { RelayWatch } from './relay-watch.js';
 
 /** The question could not be answered: too many in flight, relay down, no or bad answer in time. */
 export class DnsForwardError extends RuntimeError {
@@ -37,6 +38,8 @@ export interface DnsForwarderOptions {
   connectTimeoutMs: number;
   /** Bound on the whole question, connect included. */
   timeoutMs: number;
+  /** Told whether each connect to the relay succeeded. */
+  watch?: RelayWatch;
 }
 
 /** Below the 5 s a stub resolver (glibc, c-ares) waits, so our SERVFAIL arrives before its retry. */
@@ -104,9 +107,16 @@ export class DnsForwarder {
   }
 
   async #exchange(query: Buffer): Promise<Buffer> {
-    const { relay, connectTimeoutMs, timeoutMs } = this.#options;
+    const { relay, connectTimeoutMs, timeoutMs, watch } = this.#options;
     const deadline = Date.now() + timeoutMs;
-    const stream = await connect(relay, { timeoutMs: Math.min(connectTimeoutMs, timeoutMs) });
+    let stream;
+    try {
+      stream = await connect(relay, { timeoutMs: Math.min(connectTimeoutMs, timeoutMs) });
+    } catch (error) {
+      watch?.failed(relay, error);
+      throw error;
+    }
+    watch?.reached(relay);
     return new Promise<Buffer>((resolve, reject) => {
       const reader = new DnsTcpFrameReader();
       const done = (error: Error | undefined, answer?: Buffer) => {

@@ -5,6 +5,7 @@
  */
 import type { Logger } from '../log.js';
 import { countEgressRefusal } from '../metrics/egress-metrics.js';
+import { RelayWatch } from './relay-watch.js';
 
 export interface EgressCounters {
   dnsQueries: number;
@@ -58,11 +59,14 @@ export function newEgressCounters(): EgressCounters {
 /** Counts outcomes and writes the refusal lines; shared by the DNS server, transparent listener and proxy. */
 export class EgressAudit {
   readonly counters: EgressCounters;
+  /** Whether the host's relays answered the last connect, for /health. */
+  readonly relays: RelayWatch;
   readonly #logger: Logger;
 
   constructor(logger: Logger, counters: EgressCounters = newEgressCounters()) {
     this.#logger = logger;
     this.counters = counters;
+    this.relays = new RelayWatch(logger);
   }
 
   /** Count a refusal and log its one line. */

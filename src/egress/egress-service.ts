@@ -47,6 +47,7 @@ export async function startEgress(config: EgressConfig, logger: Logger): Promise
     maxInFlight: config.maxDnsInFlight,
     connectTimeoutMs: config.connectTimeoutMs,
     timeoutMs: DNS_FORWARD_TIMEOUT_MS,
+    watch: audit.relays,
   });
   const closers: Array<() => Promise<void>> = [];
   const closeAll = async () => {
@@ -108,12 +109,13 @@ export async function startEgress(config: EgressConfig, logger: Logger): Promise
       cache,
       ports: { dns: dns.port, transparent: transparent.port, proxy: proxy.port },
       health: () => {
-        const ok = transparent.listening && proxy.listening;
+        const listening = transparent.listening && proxy.listening;
+        const relays = audit.relays.health();
         const rulesText = rules ? `rules applied${rules.ipv6 ? ' (IPv4, IPv6)' : ' (IPv4)'}` : 'no rules';
         const { connectionsRefused, dnsRefused, proxyRefused } = audit.counters;
         return {
-          ok,
-          detail: `${ok ? 'listening' : 'not listening'}; ${rulesText}; ${transparent.active} open; refused: ${dnsRefused} DNS, ${connectionsRefused} TCP, ${proxyRefused} proxy`,
+          ok: listening && relays.ok,
+          detail: `${relays.ok ? '' : `${relays.detail}; `}${listening ? 'listening' : 'not listening'}; ${rulesText}; ${transparent.active} open; refused: ${dnsRefused} DNS, ${connectionsRefused} TCP, ${proxyRefused} proxy`,
           counters: { ...audit.counters },
         };
       },

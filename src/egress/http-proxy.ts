@@ -124,7 +124,7 @@ export class EgressHttpProxy {
     const { header } = authorized;
     for (const name of connectionTokens(req.headers.connection)) delete req.headers[name];
     for (const name of HOP_BY_HOP) delete req.headers[name];
-    const agent = new RelayAgent(() => openRelayStream(this.#options.relay, header, { timeoutMs: this.#options.connectTimeoutMs }));
+    const agent = new RelayAgent(() => openRelayStream(this.#options.relay, header, { timeoutMs: this.#options.connectTimeoutMs, watch: this.#options.audit.relays }));
     const hostText = net.isIPv6(target.host) ? `[${target.host}]` : target.host;
     this.#proxy.web(req, res, { target: { protocol: 'http:', host: hostText, hostname: target.host, port: target.port } as never, agent }, (error: Error) =>
       this.#relayFailed(res, header, error),
@@ -141,7 +141,7 @@ export class EgressHttpProxy {
 
     let upstream: Duplex;
     try {
-      upstream = await openRelayStream(options.relay, header, { timeoutMs: options.connectTimeoutMs });
+      upstream = await openRelayStream(options.relay, header, { timeoutMs: options.connectTimeoutMs, watch: options.audit.relays });
     } catch (error) {
       const failure = this.#failure(header, error as Error);
       return rawResponse(socket, failure.status, `${failure.reason}\n`);

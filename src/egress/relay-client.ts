@@ -7,6 +7,7 @@ import type { Duplex } from 'node:stream';
 import { formatAddress, type Address } from '../bridge/address.js';
 import { connect, type TransportSocket } from '../bridge/transport.js';
 import { RuntimeError } from '../errors.js';
+import type { RelayWatch } from './relay-watch.js';
 import {
   EgressStatus,
   egressStatusName,
@@ -30,6 +31,8 @@ export class EgressRelayError extends RuntimeError {
 export interface RelayStreamOptions {
   /** Bound on connecting and on the host's reply, each. */
   timeoutMs: number;
+  /** Told whether the connect to the relay succeeded. */
+  watch?: RelayWatch | undefined;
 }
 
 /** Open a relay stream to `header`'s destination; resolves once the host replied OK. */
@@ -37,7 +40,9 @@ export async function openRelayStream(relay: Address, header: EgressHeader, opti
   let stream: TransportSocket;
   try {
     stream = await connect(relay, { timeoutMs: options.timeoutMs });
+    options.watch?.reached(relay);
   } catch (error) {
+    options.watch?.failed(relay, error);
     const code = (error as { code?: string }).code ?? (error as Error).message;
     throw new EgressRelayError('ERR_EGRESS_RELAY', `egress relay ${formatAddress(relay)} unreachable: ${code}`, undefined, { cause: error });
   }

@@ -150,7 +150,7 @@ export class TransparentListener {
 
     let upstream;
     try {
-      upstream = await openRelayStream(options.relay, { name: decision.name, ip, port }, { timeoutMs: options.connectTimeoutMs });
+      upstream = await openRelayStream(options.relay, { name: decision.name, ip, port }, { timeoutMs: options.connectTimeoutMs, watch: options.audit.relays });
     } catch (error) {
       const reason = error instanceof EgressRelayError && error.status !== undefined ? `host-${egressStatusName(error.status).toLowerCase()}` : 'relay-unreachable';
       audit.failed('transparent', { name: decision.name, ip, port, ...named, reason });

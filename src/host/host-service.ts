@@ -5,12 +5,10 @@
  */
 import { Ingress } from '../bridge/ingress.js';
 import type { RuntimeConfig } from '../config/schema.js';
-import { compileAllowlist } from '../egress/allowlist.js';
-import { NameCache } from '../egress/name-cache.js';
 import type { Logger } from '../log.js';
-import { startDnsRelay, type DnsRelay } from './dns-relay.js';
-import { EgressRelay } from './egress-relay.js';
-import { upstreamFromConfig } from './upstream-dns.js';
+import type { DnsRelay } from './dns-relay.js';
+import type { EgressRelay } from './egress-relay.js';
+import { startHostRelays } from './host-relays.js';
 
 /** How long the host's ingress waits for a PROXY header; the host never expects one from clients. */
 const PROXY_HEADER_TIMEOUT_MS = 5_000;
@@ -26,24 +24,10 @@ export interface HostService {
 /** Start the host side; on a failure, stop what had started and rethrow. */
 export async function startHost(config: Pick<RuntimeConfig, 'host' | 'egress'>, logger: Logger): Promise<HostService> {
   const { host } = config;
-  const allowlist = compileAllowlist(config.egress.allow);
-  const upstream = await upstreamFromConfig(host.upstreamDns);
-  const cache = new NameCache();
   const started: Array<(graceMs: number) => Promise<void>> = [];
   try {
-    const dnsRelay = await startDnsRelay({ listen: host.dnsListen, upstream, allowlist, cache, refusal: config.egress.dnsRefusal, logger });
-    started.push(() => dnsRelay.close());
-    const egressRelay = await EgressRelay.start({
-      listen: host.egressListen,
-      allowlist,
-      cache,
-      allowPrivate: host.allowPrivate,
-      connectTimeoutMs: host.connectTimeoutMs,
-      idleTimeoutMs: host.idleTimeoutMs,
-      maxConnections: host.maxConnections,
-      logger,
-    });
-    started.push(() => egressRelay.close());
+    const { dnsRelay, egressRelay, close } = await startHostRelays(config, logger);
+    started.push(close);
     const ingress = await Ingress.start({
       listen: host.ingressListen,
       app: host.enclaveIngress,
