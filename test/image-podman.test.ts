@@ -87,6 +87,16 @@ function tree(dir: string, prefix = '', out = new Map<string, string>()): Map<st
   return out;
 }
 
+/** The distinct `uid:gid` owners of everything under `dir`. */
+function owners(dir: string, out = new Set<string>()): Set<string> {
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const stat = lstatSync(join(dir, entry.name));
+    out.add(`${stat.uid}:${stat.gid}`);
+    if (entry.isDirectory()) owners(join(dir, entry.name), out);
+  }
+  return out;
+}
+
 describe('the runtime image and a customer image under podman', { skip }, () => {
   const work = mkdtempSync(join(tmpdir(), 'image-podman-'));
   const bundle = join(work, 'bundle');
@@ -170,6 +180,8 @@ describe('the runtime image and a customer image under podman', { skip }, () => 
       assert.deepEqual(readdirSync(root), ['opt']);
       assert.deepEqual(readdirSync(join(root, 'opt')), ['enclave-runtime']);
       assert.deepEqual(tree(join(root, 'opt', 'enclave-runtime')), expected, 'the image holds the bundle file for file: modes, mtimes, sizes and bytes');
+      // Owned by root, writable by root alone (the modes above): an app run as another user cannot swap the launcher.
+      assert.deepEqual([...owners(root)], ['0:0']);
     });
 
     const customer = inspect(CUSTOMER_TAG);
