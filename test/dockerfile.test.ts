@@ -121,6 +121,14 @@ describe('Dockerfile.runtime', () => {
     for (const { args: rest, line } of workdirs) assert.match(rest, /^\//, `line ${line}: DL3000, WORKDIR is absolute`);
   });
 
+  it('has the final stage Dockerfile.local builds from a prebuilt bundle (`npm run image`)', () => {
+    const local = instructions(readFileSync(join(REPO_ROOT, 'Dockerfile.local'), 'utf8'));
+    const final = parsed.slice(parsed.findLastIndex((i) => i.keyword === 'FROM'));
+    const shape = (stage: Instruction[]) => stage.map(({ keyword, args: rest }) => (keyword === 'COPY' ? `COPY ${rest.split(/\s+/).at(-1)}` : `${keyword} ${rest.replace(/\s+AS\s+\S+$/i, '')}`));
+    assert.deepEqual(shape(local), shape(final), 'the same FROM, destination, ENTRYPOINT and CMD');
+    assert.deepEqual(local.filter((i) => i.keyword === 'COPY').map((i) => i.args), ['. /opt/enclave-runtime'], 'the build context (the bundle directory) is the whole layer');
+  });
+
   it('matches the two lines README gives a customer Dockerfile', () => {
     const readme = readFileSync(join(REPO_ROOT, 'README.md'), 'utf8');
     assert.match(readme, /COPY --from=\S+ \/opt\/enclave-runtime \/opt\/enclave-runtime/);

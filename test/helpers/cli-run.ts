@@ -16,11 +16,12 @@ export interface CliRun {
 }
 
 /**
- * Spawns `command` (default: node with the real CLI and `args`) and keeps its JSON log lines.
- * `prefix` runs the CLI under a wrapper such as `unshare -m sh -c ...`.
+ * Spawns node with the real CLI and `args`, and keeps its JSON log lines.
+ * `prefix` runs the CLI under a wrapper such as `unshare -m sh -c ...`; `command` replaces the whole
+ * command line when the runtime is started some other way (a container engine running an image).
  */
-export function runCli(args: string[], options: { env?: NodeJS.ProcessEnv; prefix?: string[] } = {}): CliRun {
-  const argv = [...(options.prefix ?? []), process.execPath, CLI, ...args];
+export function runCli(args: string[], options: { env?: NodeJS.ProcessEnv; prefix?: string[]; command?: string[] } = {}): CliRun {
+  const argv = options.command ?? [...(options.prefix ?? []), process.execPath, CLI, ...args];
   const child = spawn(argv[0]!, argv.slice(1), { cwd: REPO_ROOT, env: { ...process.env, ...options.env } });
   const logs: Array<Record<string, unknown>> = [];
   const other: string[] = [];
