@@ -2,6 +2,8 @@
 // polyfill loaded first; ESM evaluates imports in order, so this line must stay above it.
 import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
+import { AsnConvert } from '@peculiar/asn1-schema';
+import { Certificate } from '@peculiar/asn1-x509';
 // Types only (erased from the bundle): the repo compiles without the DOM lib.
 import type { webcrypto } from 'node:crypto';
 import { AttestationError } from '../attestation/attestation-error.js';
@@ -100,6 +102,10 @@ async function parse(der: Uint8Array, label: string): Promise<WebCertificate> {
   const fingerprint = await sha256Hex(der);
   try {
     const cert = new x509.X509Certificate(der);
+    // The ASN.1 parser accepts encodings OpenSSL (the Node verifier) refuses; only DER that
+    // re-encodes to itself is taken, and the key must decode, so both refuse the same certificates.
+    if (!bytesEqual(new Uint8Array(AsnConvert.serialize(AsnConvert.parse(der, Certificate))), der)) throw new Error('not DER (it does not re-encode to the same bytes)');
+    await cert.publicKey.export();
     return { ...readCertificateFacts(cert, fingerprint), der: new Uint8Array(der), cert };
   } catch (error) {
     throw new AttestationError('ERR_ATTESTATION_CHAIN', `${label} is not a valid X.509 certificate: ${(error as Error).message}`, { cause: error });
