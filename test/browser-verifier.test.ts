@@ -9,13 +9,11 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import { Agent, fetch as undiciFetch } from 'undici';
-import { parseAddress } from '../src/bridge/address.js';
-import { Ingress } from '../src/bridge/ingress.js';
+import type { Ingress } from '../src/bridge/ingress.js';
 import { decodeDocumentInput } from '../src/attestation/document-encoding.js';
 import { defaultSimulatedPcr, openSimulatedNsm, type SimulatedNsm } from '../src/attestation/sim-nsm.js';
 import { verifyAttestation } from '../src/attestation/verifier.js';
-import { captureLogs } from './helpers/log-capture.js';
-import { openTerminator, type TerminatorFixture } from './helpers/attested-tls.js';
+import { openTerminator, startTlsIngress, type TerminatorFixture } from './helpers/attested-tls.js';
 import { NITRO_FIXTURES, REPO_ROOT } from './helpers/paths.js';
 import { Prng } from './helpers/prng.js';
 
@@ -139,19 +137,7 @@ describe('enclave-runtime/browser: the WebCrypto verifier in its bundled form', 
       app = http.createServer((_request, response) => response.end('app'));
       app.listen(0, '127.0.0.1');
       await once(app, 'listening');
-      ingress = await Ingress.start({
-        listen: parseAddress('tcp:127.0.0.1:0'),
-        app: parseAddress(`tcp:127.0.0.1:${(app.address() as AddressInfo).port}`),
-        proxyProtocol: 'off',
-        sendProxyProtocol: 'off',
-        maxConnections: 100,
-        connectTimeoutMs: 2000,
-        idleTimeoutMs: 30_000,
-        proxyHeaderTimeoutMs: 2000,
-        logger: captureLogs().logger,
-        terminator: fx.terminator,
-        httpAware: true,
-      });
+      ingress = await startTlsIngress(fx.terminator, (app.address() as AddressInfo).port, { httpAware: true });
       fake = http.createServer((_request, response) => response.end(fakeAnswer));
       fake.listen(0, '127.0.0.1');
       await once(fake, 'listening');

@@ -8,14 +8,12 @@ import type { AddressInfo, LookupFunction } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Agent, fetch } from 'undici';
-import { parseAddress } from '../src/bridge/address.js';
-import { Ingress } from '../src/bridge/ingress.js';
+import type { Ingress } from '../src/bridge/ingress.js';
 import { verifyAttestation } from '../src/attestation/verifier.js';
 import { attestedFetch } from '../src/client/index.js';
 import { nonceSentInSni } from '../src/tls/attested-client.js';
 import { generateSniNonce, isCaseStableNonce, parseNonceLabel } from '../src/tls/nonce-label.js';
-import { captureLogs } from './helpers/log-capture.js';
-import { openTerminator, type TerminatorFixture } from './helpers/attested-tls.js';
+import { openTerminator, startTlsIngress, type TerminatorFixture } from './helpers/attested-tls.js';
 import { CLI } from './helpers/paths.js';
 import { commandMissing } from './helpers/privilege.js';
 
@@ -52,19 +50,7 @@ describe('base64 SNI nonces and clients that lowercase the server name', () => {
     app = http.createServer((_request, response) => response.end('app'));
     app.listen(0, '127.0.0.1');
     await once(app, 'listening');
-    ingress = await Ingress.start({
-      listen: parseAddress('tcp:127.0.0.1:0'),
-      app: parseAddress(`tcp:127.0.0.1:${(app.address() as AddressInfo).port}`),
-      proxyProtocol: 'off',
-      sendProxyProtocol: 'off',
-      maxConnections: 100,
-      connectTimeoutMs: 2000,
-      idleTimeoutMs: 30_000,
-      proxyHeaderTimeoutMs: 2000,
-      logger: captureLogs().logger,
-      terminator: fx.terminator,
-      httpAware: true,
-    });
+    ingress = await startTlsIngress(fx.terminator, (app.address() as AddressInfo).port, { httpAware: true });
     port = (ingress.address as { port: number }).port;
   });
   after(async () => {

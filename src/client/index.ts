@@ -9,7 +9,6 @@ import { verifyCertificateAttestation } from '../attestation/certificate-binding
 import type { RootInput } from '../attestation/root-store.js';
 import { verifyAttestation, type VerifiedAttestation, type VerifyOptions } from '../attestation/verifier.js';
 import { createAttestedAgent, type AttestedAgentOptions as ConnectorAgentOptions, type PeerAttestation } from '../tls/attested-client.js';
-import type { SniNonceEncoding } from '../tls/nonce-label.js';
 import { policyFromOptions, type ClientPolicyOptions } from './verify-options.js';
 
 export { AttestationError, isAttestationError, type AttestationErrorCode } from '../attestation/attestation-error.js';
@@ -43,31 +42,14 @@ export function verifyAttestedCertificate(certificate: Uint8Array | X509Certific
   return verifyCertificateAttestation(certificate, verifyOptions(options));
 }
 
-export interface AttestedAgentOptions extends ClientVerifyOptions {
-  /**
-   * Put a fresh random nonce in SNI on every connection and require it in the document, so a
-   * replayed document is refused. Default true. Each such connection costs the server one
-   * attestation; undici keeps connections alive, so that is once per connection, not per request.
-   */
-  freshNonce?: boolean;
-  /** Bytes of a fresh nonce; default 16 (hex) or 18 (base64). */
-  freshNonceBytes?: number;
-  /** The server's `tls.sni_nonce_encoding`; default hex. In base64 mode nonces are drawn so their label has no capitals. */
-  sniNonceEncoding?: SniNonceEncoding;
-  /** The base host name for SNI (and the name check when `ca` is given); default the URL's host. */
-  servername?: string;
-  /** Also check the certificate chain against this CA and the host name (trust still needs the attestation). */
-  ca?: string | Buffer | Array<string | Buffer>;
-  /** Check the chain and host name against Node's roots, or `ca`. Default: true when `ca` is given. */
-  verifyChain?: boolean;
-  /** TCP connect plus TLS handshake, in ms. Default 10 s. */
-  timeoutMs?: number;
-  allowH2?: boolean;
-  /** Called with each connection's verified attestation before the socket is used. */
-  onAttested?: (event: { host: string; servername: string; attestation: PeerAttestation }) => void;
-  /** Other undici Agent options (pool sizes, timeouts); `connect` is ours. */
-  agent?: ConnectorAgentOptions['agent'];
-}
+/**
+ * The connector's options (src/tls/attested-client.ts: `sniNonceEncoding`, `servername`, `ca`,
+ * `verifyChain`, `timeoutMs`, `onAttested`, `agent`, …) with the policy given flat, as in
+ * verifyAttestationDocument, and `freshNonce` on by default: each connection then asks for a
+ * certificate carrying a random nonce, so a replayed one is refused. That costs the server one
+ * attestation per connection; undici keeps connections alive, so not one per request.
+ */
+export interface AttestedAgentOptions extends ClientVerifyOptions, Omit<ConnectorAgentOptions, 'verify'> {}
 
 /**
  * An undici Dispatcher whose every connection is verified before undici may write to it: the
@@ -76,20 +58,8 @@ export interface AttestedAgentOptions extends ClientVerifyOptions {
  * AttestationError; no request byte was sent.
  */
 export function attestedAgent(options: AttestedAgentOptions = {}): Agent {
-  const { freshNonce, freshNonceBytes, sniNonceEncoding, servername, ca, verifyChain, timeoutMs, allowH2, onAttested, agent } = options;
-  return createAttestedAgent({
-    verify: verifyOptions(options),
-    freshNonce: freshNonce ?? true,
-    ...(freshNonceBytes === undefined ? {} : { freshNonceBytes }),
-    ...(sniNonceEncoding === undefined ? {} : { sniNonceEncoding }),
-    ...(servername === undefined ? {} : { servername }),
-    ...(ca === undefined ? {} : { ca }),
-    ...(verifyChain === undefined ? {} : { verifyChain }),
-    ...(timeoutMs === undefined ? {} : { timeoutMs }),
-    ...(allowH2 === undefined ? {} : { allowH2 }),
-    ...(onAttested === undefined ? {} : { onAttested }),
-    ...(agent === undefined ? {} : { agent }),
-  });
+  const { root: _root, pcrs: _pcrs, nonce: _nonce, userData: _userData, publicKey: _publicKey, allowDebug: _allowDebug, at: _at, ...connector } = options;
+  return createAttestedAgent({ ...connector, verify: verifyOptions(options), freshNonce: options.freshNonce ?? true });
 }
 
 export interface AttestedFetchOptions extends AttestedAgentOptions {
