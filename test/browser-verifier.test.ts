@@ -138,7 +138,11 @@ describe('enclave-runtime/browser: the WebCrypto verifier in its bundled form', 
       app.listen(0, '127.0.0.1');
       await once(app, 'listening');
       ingress = await startTlsIngress(fx.terminator, (app.address() as AddressInfo).port, { httpAware: true });
-      fake = http.createServer((_request, response) => response.end(fakeAnswer));
+      // Written in two parts: chunked, with no content-length to go by.
+      fake = http.createServer((_request, response) => {
+        response.write(fakeAnswer.slice(0, 10));
+        response.end(fakeAnswer.slice(10));
+      });
       fake.listen(0, '127.0.0.1');
       await once(fake, 'listening');
       // A page trusts the server through its own roots; here the global fetch is given the dev CA.
@@ -165,7 +169,7 @@ describe('enclave-runtime/browser: the WebCrypto verifier in its bundled form', 
       assert.equal(hex(first.document.userData), hex(fx.terminator.store.base.document && verifyAttestation(fx.terminator.store.base.document, { root: fx.simRootPem }).document.userData));
     });
 
-    it('refuses a replayed document (no or another nonce), a tampered one, and answers that are not documents', async () => {
+    it('refuses a replayed document (no or another nonce), a tampered one, and answers that are not documents or too long', async () => {
       const origin = `http://127.0.0.1:${(fake.address() as AddressInfo).port}`;
       const document = await fx.nsm.attest({ nonce: new Uint8Array([7]) });
       fakeAnswer = JSON.stringify({ attestation_doc: Buffer.from(document).toString('base64') });
@@ -178,6 +182,8 @@ describe('enclave-runtime/browser: the WebCrypto verifier in its bundled form', 
       await assert.rejects(browser.fetchAttestation(origin, { root: fx.simRootPem }), { code: 'ERR_ATTESTATION_FETCH' });
       fakeAnswer = JSON.stringify({ attestation_doc: 42 });
       await assert.rejects(browser.fetchAttestation(origin, { root: fx.simRootPem }), { code: 'ERR_ATTESTATION_FETCH' });
+      fakeAnswer = JSON.stringify({ attestation_doc: 'A'.repeat(300 * 1024) });
+      await assert.rejects(browser.fetchAttestation(origin, { root: fx.simRootPem }), (e: { code?: string; message?: string }) => e.code === 'ERR_ATTESTATION_FETCH' && /more than 262144 bytes/.test(e.message ?? ''));
     });
 
     it('the ingress answers a bad nonce 400 in the internal API’s shape, readable cross-origin', async () => {

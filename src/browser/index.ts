@@ -19,7 +19,7 @@ export { verifyAttestationDocument, type BrowserVerifiedAttestation, type Browse
 
 /** Default size of a fresh nonce. */
 export const FRESH_NONCE_BYTES = 32;
-/** A well-known answer is a ~10 KiB document in base64 JSON; anything far past that is refused unread. */
+/** A well-known answer is a ~10 KiB document in base64 JSON; anything far past that is refused, read no further. */
 const MAX_RESPONSE_CHARS = 256 * 1024;
 
 export interface FetchAttestationOptions extends BrowserVerifyOptions {
@@ -53,13 +53,10 @@ export async function fetchAttestation(origin: string, options: FetchAttestation
     // `cache` is a browser RequestInit field that Node's typings lack.
     const response = await fetch(url, init as RequestInit);
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
-    const length = Number(response.headers.get('content-length') ?? '0');
-    if (length > MAX_RESPONSE_CHARS) throw new Error(`the answer is ${length} bytes, more than ${MAX_RESPONSE_CHARS}`);
-    text = await response.text();
+    text = await readBounded(response);
   } catch (error) {
     throw new AttestationError('ERR_ATTESTATION_FETCH', `GET ${url.origin}${url.pathname} failed: ${(error as Error).message}`, { cause: error });
   }
-  if (text.length > MAX_RESPONSE_CHARS) throw new AttestationError('ERR_ATTESTATION_FETCH', `the answer is more than ${MAX_RESPONSE_CHARS} characters`);
   let encoded: unknown;
   try {
     encoded = (JSON.parse(text) as { attestation_doc?: unknown }).attestation_doc;
@@ -70,6 +67,33 @@ export async function fetchAttestation(origin: string, options: FetchAttestation
   const raw = base64ToBytes(encoded);
   const verified = await verifyAttestationDocument(raw, { ...options, nonce });
   return { ...verified, nonce, raw };
+}
+
+/** The body as text, reading no more than MAX_RESPONSE_CHARS bytes whatever the server announces or streams. */
+async function readBounded(response: Response): Promise<string> {
+  const length = Number(response.headers.get('content-length') ?? '0');
+  if (length > MAX_RESPONSE_CHARS) throw new Error(`the answer is ${length} bytes, more than ${MAX_RESPONSE_CHARS}`);
+  if (response.body === null) return '';
+  const reader = response.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    total += value.byteLength;
+    if (total > MAX_RESPONSE_CHARS) {
+      void reader.cancel().catch(() => {});
+      throw new Error(`the answer is more than ${MAX_RESPONSE_CHARS} bytes`);
+    }
+    chunks.push(value);
+  }
+  const all = new Uint8Array(total);
+  let offset = 0;
+  for (const chunk of chunks) {
+    all.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  return new TextDecoder().decode(all);
 }
 
 function freshNonce(): Uint8Array {
