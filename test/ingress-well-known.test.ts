@@ -103,6 +103,21 @@ describe('HTTP-aware ingress: GET /.well-known/attestation over TLS', () => {
     assert.ok(aware.stats.wellKnownAnswered >= 2);
   });
 
+  it('with ?nonce=HEX answers a fresh document carrying it and binding the key served on that very connection', async () => {
+    for (const servername of ['localhost', `${hex(randomBytes(16))}.attest.localhost`]) {
+      const socket = await connectTls({ port: port(aware) }, { servername, checkName: servername });
+      const leaf = peerLeaf(socket);
+      const nonce = randomBytes(24);
+      const answer = await ask(socket, WELL_KNOWN.replace(' HTTP/1.1', `?nonce=${hex(nonce).toUpperCase()}&_=1 HTTP/1.1`));
+      assert.match(answer.head, /^HTTP\/1\.1 200 OK\r\n/);
+      assert.match(answer.head, /\r\naccess-control-allow-origin: \*\r\n/);
+      const document = Buffer.from((JSON.parse(answer.body) as { attestation_doc: string }).attestation_doc, 'base64');
+      assert.notEqual(hex(document), hex(documentFromSan(leaf)), 'made for this request, not the certificate’s');
+      const verified = verifyAttestation(document, { root: fx.simRootPem, nonce, userData: leaf.publicKey.export({ type: 'spki', format: 'der' }) });
+      assert.equal(hex(verified.document.nonce!), hex(nonce), servername);
+    }
+  });
+
   it('recognises the request however it is fragmented', async () => {
     const socket = await connectTls({ port: port(aware) }, { servername: 'localhost' });
     const answer = await ask(socket, WELL_KNOWN, true);
