@@ -7,12 +7,10 @@ import { PassThrough } from 'node:stream';
 import { setImmediate as tick } from 'node:timers/promises';
 import type tls from 'node:tls';
 import { after, before, describe, it } from 'node:test';
-import { parseAddress } from '../src/bridge/address.js';
-import { Ingress } from '../src/bridge/ingress.js';
+import type { Ingress } from '../src/bridge/ingress.js';
 import { classifyFirstRequest, readFirstRequest, WELL_KNOWN_HEAD_MAX_BYTES } from '../src/bridge/well-known-attestation.js';
 import { verifyAttestation } from '../src/attestation/verifier.js';
-import { captureLogs } from './helpers/log-capture.js';
-import { connectTls, documentFromSan, openTerminator, peerLeaf, type TerminatorFixture } from './helpers/attested-tls.js';
+import { connectTls, documentFromSan, openTerminator, peerLeaf, startTlsIngress, type TerminatorFixture } from './helpers/attested-tls.js';
 import { readAll } from './helpers/net.js';
 
 const hex = (bytes: Uint8Array) => Buffer.from(bytes).toString('hex');
@@ -69,19 +67,9 @@ describe('HTTP-aware ingress: GET /.well-known/attestation over TLS', () => {
     });
     app.listen(0, '127.0.0.1');
     await once(app, 'listening');
-    const common = {
-      app: parseAddress(`tcp:127.0.0.1:${(app.address() as AddressInfo).port}`),
-      proxyProtocol: 'off' as const,
-      sendProxyProtocol: 'off' as const,
-      maxConnections: 100,
-      connectTimeoutMs: 2000,
-      idleTimeoutMs: 30_000,
-      proxyHeaderTimeoutMs: 2000,
-      logger: captureLogs().logger,
-      terminator: fx.terminator,
-    };
-    aware = await Ingress.start({ ...common, listen: parseAddress('tcp:127.0.0.1:0'), httpAware: true });
-    plain = await Ingress.start({ ...common, listen: parseAddress('tcp:127.0.0.1:0'), httpAware: false });
+    const appPort = (app.address() as AddressInfo).port;
+    aware = await startTlsIngress(fx.terminator, appPort, { httpAware: true });
+    plain = await startTlsIngress(fx.terminator, appPort, { httpAware: false });
   });
   after(async () => {
     await aware.stop(0);
@@ -113,6 +101,21 @@ describe('HTTP-aware ingress: GET /.well-known/attestation over TLS', () => {
     assert.equal(hex(verified.document.nonce!), hex(nonce));
     assert.equal(seen.length, before, 'the app never saw these requests');
     assert.ok(aware.stats.wellKnownAnswered >= 2);
+  });
+
+  it('with ?nonce=HEX answers a fresh document carrying it and binding the key served on that very connection', async () => {
+    for (const servername of ['localhost', `${hex(randomBytes(16))}.attest.localhost`]) {
+      const socket = await connectTls({ port: port(aware) }, { servername, checkName: servername });
+      const leaf = peerLeaf(socket);
+      const nonce = randomBytes(24);
+      const answer = await ask(socket, WELL_KNOWN.replace(' HTTP/1.1', `?nonce=${hex(nonce).toUpperCase()}&_=1 HTTP/1.1`));
+      assert.match(answer.head, /^HTTP\/1\.1 200 OK\r\n/);
+      assert.match(answer.head, /\r\naccess-control-allow-origin: \*\r\n/);
+      const document = Buffer.from((JSON.parse(answer.body) as { attestation_doc: string }).attestation_doc, 'base64');
+      assert.notEqual(hex(document), hex(documentFromSan(leaf)), 'made for this request, not the certificate’s');
+      const verified = verifyAttestation(document, { root: fx.simRootPem, nonce, userData: leaf.publicKey.export({ type: 'spki', format: 'der' }) });
+      assert.equal(hex(verified.document.nonce!), hex(nonce), servername);
+    }
   });
 
   it('recognises the request however it is fragmented', async () => {

@@ -13,7 +13,9 @@ export type AttestationErrorCode =
   | 'ERR_ATTESTATION_USER_DATA'
   | 'ERR_ATTESTATION_PUBLIC_KEY'
   | 'ERR_ATTESTATION_DEBUG'
-  | 'ERR_ATTESTATION_BINDING';
+  | 'ERR_ATTESTATION_BINDING'
+  /** A client could not get a document at all (network, HTTP status, not JSON). */
+  | 'ERR_ATTESTATION_FETCH';
 
 /**
  * A document that did not verify. The message is one line (the CLI prints it as is) and never

@@ -71,7 +71,8 @@ export function isDebugDocument(document: AttestationDocument): boolean {
 
 /** The document as JSON-ready data with the AWS field names and byte fields in lowercase hex. */
 export function attestationDocumentToJson(document: AttestationDocument): Record<string, unknown> {
-  const hex = (bytes: Uint8Array | null): string | null => (bytes === null ? null : Buffer.from(bytes).toString('hex'));
+  // No Buffer: the browser build shares this module.
+  const hex = (bytes: Uint8Array | null): string | null => (bytes === null ? null : Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join(''));
   return {
     module_id: document.moduleId,
     digest: document.digest,

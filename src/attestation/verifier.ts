@@ -1,30 +1,19 @@
-import { timingSafeEqual, type X509Certificate } from 'node:crypto';
-import { AttestationError, type AttestationErrorCode } from './attestation-error.js';
+import { verify as cryptoVerify, type KeyObject, type X509Certificate } from 'node:crypto';
+import { AttestationError } from './attestation-error.js';
+import { checkPolicy, type AttestationPolicy } from './attestation-policy.js';
 import { parseCertificate, verifyCertificateChain } from './certificate-chain.js';
-import { decodeCoseSign1, verifyCoseSign1Es384 } from './cose-sign1.js';
-import { decodeAttestationPayload, isDebugDocument, type AttestationDocument } from './document.js';
+import { checkEs384SignatureLength, decodeCoseSign1, sigStructure, type CoseSign1 } from './cose-sign1.js';
+import { decodeAttestationPayload, type AttestationDocument } from './document.js';
 import { resolveTrustedRoots, type RootInput } from './root-store.js';
 
 export type { AttestationDocument } from './document.js';
+export { checkPolicy, MAX_EXPECTED_PCR_SETS, type AttestationPolicy } from './attestation-policy.js';
 
-/** Cap on `expectedPcrs` sets, so a policy file cannot turn one check into an unbounded loop. */
-export const MAX_EXPECTED_PCR_SETS = 64;
-
-export interface VerifyOptions {
+export interface VerifyOptions extends AttestationPolicy {
   /** PEM string (one or more certificates), DER bytes, or an X509Certificate; default: the bundled AWS Nitro root G1. */
   root?: RootInput;
   /** Verification time; default now. */
   at?: Date;
-  /** Accepted PCR sets (rolling deploys): the document must match every PCR of at least one set. */
-  expectedPcrs?: ReadonlyArray<Readonly<Record<number, Uint8Array>>>;
-  /** When given, the document's nonce must equal it. */
-  nonce?: Uint8Array;
-  /** When given, the document's user_data must equal it. */
-  userData?: Uint8Array;
-  /** When given, the document's public_key must equal it. */
-  publicKey?: Uint8Array;
-  /** Accept debug-mode documents (PCR0/1/2 all zero); default false. */
-  allowDebug?: boolean;
 }
 
 export interface VerifiedAttestation {
@@ -57,44 +46,17 @@ export function verifyAttestation(input: Uint8Array, options: VerifyOptions = {}
   return { document, signingCertificate: leaf.x509 };
 }
 
-/** Applies the caller's expectations to a document whose signature and chain already verified. */
-export function checkPolicy(document: AttestationDocument, options: VerifyOptions): void {
-  if (options.allowDebug !== true && isDebugDocument(document)) {
-    throw new AttestationError(
-      'ERR_ATTESTATION_DEBUG',
-      'the enclave runs in debug mode (PCR0/1/2 are all zero): its memory is readable by the parent instance; allow debug mode (allowDebug, --allow-debug) to accept it',
-    );
+/** Checks the ES384 signature of `cose` with `publicKey` (a P-384 key); throws ERR_ATTESTATION_SIGNATURE. */
+export function verifyCoseSign1Es384(cose: CoseSign1, publicKey: KeyObject): void {
+  if (publicKey.asymmetricKeyType !== 'ec' || publicKey.asymmetricKeyDetails?.namedCurve !== 'secp384r1') {
+    throw new AttestationError('ERR_ATTESTATION_SIGNATURE', 'the signing certificate key is not a P-384 key, as ES384 requires');
   }
-  if (options.expectedPcrs !== undefined) checkPcrs(document, options.expectedPcrs);
-  checkField('ERR_ATTESTATION_NONCE', 'nonce', document.nonce, options.nonce);
-  checkField('ERR_ATTESTATION_USER_DATA', 'user_data', document.userData, options.userData);
-  checkField('ERR_ATTESTATION_PUBLIC_KEY', 'public_key', document.publicKey, options.publicKey);
-}
-
-function checkPcrs(document: AttestationDocument, sets: ReadonlyArray<Readonly<Record<number, Uint8Array>>>): void {
-  // An empty policy list is a caller mistake; failing closed beats accepting every enclave.
-  if (sets.length === 0) throw new AttestationError('ERR_ATTESTATION_PCR', 'expectedPcrs is an empty list: no PCR set can match');
-  if (sets.length > MAX_EXPECTED_PCR_SETS) {
-    throw new AttestationError('ERR_ATTESTATION_PCR', `expectedPcrs has ${sets.length} sets, at most ${MAX_EXPECTED_PCR_SETS} are accepted`);
+  checkEs384SignatureLength(cose);
+  let ok = false;
+  try {
+    ok = cryptoVerify('sha384', sigStructure(cose.protectedHeader, cose.payload), { key: publicKey, dsaEncoding: 'ieee-p1363' }, cose.signature);
+  } catch (error) {
+    throw new AttestationError('ERR_ATTESTATION_SIGNATURE', 'signature could not be checked', { cause: error });
   }
-  const reasons: string[] = [];
-  for (const [i, set] of sets.entries()) {
-    const entries = Object.entries(set);
-    if (entries.length === 0) throw new AttestationError('ERR_ATTESTATION_PCR', `expectedPcrs[${i}] is empty: it would match any enclave`);
-    const mismatched = entries.filter(([index, expected]) => !bytesEqual(document.pcrs.get(Number(index)) ?? null, expected));
-    if (mismatched.length === 0) return;
-    reasons.push(`set ${i + 1}: PCR${mismatched.map(([index]) => index).join(', PCR')} differ`);
-  }
-  throw new AttestationError('ERR_ATTESTATION_PCR', `PCRs do not match any expected set (${reasons.slice(0, 4).join('; ')}${reasons.length > 4 ? '; …' : ''})`);
-}
-
-function checkField(code: AttestationErrorCode, name: string, actual: Uint8Array | null, expected: Uint8Array | undefined): void {
-  if (expected === undefined) return;
-  if (actual === null) throw new AttestationError(code, `the document has no ${name}, expected ${expected.byteLength} bytes`);
-  if (!bytesEqual(actual, expected)) throw new AttestationError(code, `the document's ${name} differs from the expected value`);
-}
-
-/** Constant-time for equal lengths; the lengths themselves are not secret. */
-function bytesEqual(actual: Uint8Array | null, expected: Uint8Array): boolean {
-  return actual !== null && actual.byteLength === expected.byteLength && timingSafeEqual(actual, expected);
+  if (!ok) throw new AttestationError('ERR_ATTESTATION_SIGNATURE', 'ES384 signature does not verify with the signing certificate key');
 }

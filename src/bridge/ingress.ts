@@ -5,15 +5,15 @@ import { formatAddress, type Address } from './address.js';
 import { encodeProxyHeader, readProxyHeader, type ProxyHeader } from './proxy-protocol.js';
 import { relay } from './relay.js';
 import { connect, listen, type Listener, type TransportSocket } from './transport.js';
-import { answerWellKnown, readFirstRequest } from './well-known-attestation.js';
+import { answerWellKnown, readFirstRequest, wellKnownErrorResponse, wellKnownResponse } from './well-known-attestation.js';
 
 /** Turns the raw transport stream into the stream whose bytes go to the app (TLS termination). */
 export interface StreamTerminator {
   wrap(socket: Duplex): Duplex;
   /** Resolves true once the wrapped stream may go to the app (handshake done); false to close it unrelayed. */
   established?(client: Duplex): Promise<boolean>;
-  /** The attestation document GET /.well-known/attestation answers with on this wrapped stream. */
-  attestationFor?(client: Duplex): Promise<Uint8Array>;
+  /** The attestation document GET /.well-known/attestation answers with on this wrapped stream (a fresh one carrying `nonce` when given). */
+  attestationFor?(client: Duplex, nonce?: Uint8Array): Promise<Uint8Array>;
 }
 
 /** The ingress keys of enclave.toml, as the bridge uses them. */
@@ -169,10 +169,21 @@ export class Ingress {
         timeoutMs: Math.min(options.httpHeadTimeoutMs ?? FIRST_REQUEST_TIMEOUT_MS, options.idleTimeoutMs),
         ...(options.httpHeadMaxBytes === undefined ? {} : { maxBytes: options.httpHeadMaxBytes }),
       });
-      if (first === 'well-known') {
-        const document = await terminator.attestationFor(client);
+      if (typeof first === 'object') {
+        let response: Buffer;
+        if ('error' in first) response = wellKnownErrorResponse(first.error, first.field);
+        else {
+          try {
+            response = wellKnownResponse(await terminator.attestationFor(client, first.nonce));
+          } catch (error) {
+            options.logger.warn({ code: (error as { code?: unknown }).code, message: (error as Error).message }, 'could not attest for GET /.well-known/attestation');
+            client.destroy();
+            socket.destroy();
+            return;
+          }
+        }
         this.stats.wellKnownAnswered++;
-        await answerWellKnown(client, document, WELL_KNOWN_LINGER_MS);
+        await answerWellKnown(client, response, WELL_KNOWN_LINGER_MS);
         socket.destroy();
         return;
       }

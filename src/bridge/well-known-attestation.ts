@@ -5,15 +5,24 @@
  * bytes read are pushed back with unshift). HTTP/1.x only: an h2 preface differs at once.
  */
 import type { Duplex } from 'node:stream';
+import { NSM_MAX_FIELD_BYTES } from '../attestation/nsm.js';
 
 export const WELL_KNOWN_ATTESTATION_PATH = '/.well-known/attestation';
 /** A matching request whose head (request line and headers) is longer than this goes to the app. */
 export const WELL_KNOWN_HEAD_MAX_BYTES = 8192;
 
+/**
+ * A complete `GET /.well-known/attestation` head with no body: answer it here. `nonce` is the
+ * `?nonce=HEX` the client asked for; `error` (with the offending parameter) when the query breaks
+ * the internal API's rules, to be answered 400.
+ */
+export type WellKnownRequest =
+  | { kind: 'well-known'; nonce: Uint8Array | undefined }
+  | { kind: 'well-known'; error: string; field: string };
+
 /** What the first bytes of a connection turned out to be. */
 export type FirstRequest =
-  /** A complete `GET /.well-known/attestation` head with no body: answer it here. */
-  | 'well-known'
+  | WellKnownRequest
   /** Anything else, or nothing decisive in time: relay to the app (the bytes read were put back). */
   | 'other'
   /** The client closed (or failed) before anything decisive: there is nothing to relay. */
@@ -21,7 +30,35 @@ export type FirstRequest =
 
 const PREFIX = Buffer.from(`GET ${WELL_KNOWN_ATTESTATION_PATH}`, 'latin1');
 const HEAD_END = Buffer.from('\r\n\r\n', 'latin1');
-const REQUEST_LINE = /^GET \/\.well-known\/attestation(?:\?[\x21-\x7e]*)? HTTP\/1\.[01]$/;
+const REQUEST_LINE = /^GET \/\.well-known\/attestation(?:\?([\x21-\x7e]*))? HTTP\/1\.[01]$/;
+// The internal API's rules (SPEC "Internal API"): hex of either case and even length, empty = absent.
+const HEX = /^(?:[0-9a-fA-F]{2})*$/;
+
+/**
+ * The query of a well-known request line, by the internal API's rules for `nonce`: hex, at most
+ * 1024 bytes (the NSM's cap), given at most once. Other parameters are ignored.
+ */
+export function parseWellKnownQuery(query: string): WellKnownRequest {
+  let nonce: Uint8Array | undefined;
+  let seen = false;
+  for (const [name, value] of new URLSearchParams(query)) {
+    // Other parameters (cache busters) were always accepted and still are.
+    if (name !== 'nonce') continue;
+    if (seen) return { kind: 'well-known', error: 'nonce is given more than once', field: 'nonce' };
+    seen = true;
+    if (value === '') continue;
+    if (!HEX.test(value)) return { kind: 'well-known', error: 'nonce must be hex: an even number of digits 0-9, a-f', field: 'nonce' };
+    if (value.length / 2 > NSM_MAX_FIELD_BYTES) return { kind: 'well-known', error: `nonce is ${value.length / 2} bytes, at most ${NSM_MAX_FIELD_BYTES}`, field: 'nonce' };
+    nonce = new Uint8Array(Buffer.from(value, 'hex'));
+  }
+  return { kind: 'well-known', nonce };
+}
+
+/** The parsed request of a head classifyFirstRequest called well-known. */
+function wellKnownRequest(head: Buffer): WellKnownRequest {
+  const requestLine = head.toString('latin1').split('\r\n', 1)[0] ?? '';
+  return parseWellKnownQuery(REQUEST_LINE.exec(requestLine)?.[1] ?? '');
+}
 
 /** Decide on the bytes so far; undefined while more bytes could change the answer. */
 export function classifyFirstRequest(data: Buffer, maxBytes: number = WELL_KNOWN_HEAD_MAX_BYTES): 'well-known' | 'other' | undefined {
@@ -59,7 +96,7 @@ export function readFirstRequest(stream: Duplex, options: { timeoutMs: number; m
   return new Promise((resolve) => {
     let data: Buffer = Buffer.alloc(0);
     let settled = false;
-    const finish = (result: FirstRequest) => {
+    const finish = (result: 'well-known' | 'other' | 'closed') => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
@@ -70,7 +107,7 @@ export function readFirstRequest(stream: Duplex, options: { timeoutMs: number; m
       stream.pause();
       // Put back before 'end' can be emitted: the stream ends only once these bytes are read again.
       if (result === 'other' && data.length > 0) stream.unshift(data);
-      resolve(result);
+      resolve(result === 'well-known' ? wellKnownRequest(data) : result);
     };
     const onData = (chunk: Buffer | string) => {
       const bytes = typeof chunk === 'string' ? Buffer.from(chunk, 'latin1') : chunk;
@@ -93,10 +130,22 @@ export function readFirstRequest(stream: Duplex, options: { timeoutMs: number; m
 
 /** The HTTP/1.1 answer: `{"attestation_doc": "<base64>"}`, then the connection closes. */
 export function wellKnownResponse(document: Uint8Array): Buffer {
-  const body = JSON.stringify({ attestation_doc: Buffer.from(document.buffer, document.byteOffset, document.byteLength).toString('base64') });
+  return jsonResponse('200 OK', { attestation_doc: Buffer.from(document.buffer, document.byteOffset, document.byteLength).toString('base64') });
+}
+
+/** The 400 for a bad query, in the internal API's shape `{"error", "field"}`. */
+export function wellKnownErrorResponse(error: string, field: string): Buffer {
+  return jsonResponse('400 Bad Request', { error, field });
+}
+
+function jsonResponse(status: string, value: unknown): Buffer {
+  const body = JSON.stringify(value);
   const head = [
-    'HTTP/1.1 200 OK',
+    `HTTP/1.1 ${status}`,
     'content-type: application/json',
+    // Any page may read it (fetchAttestation in enclave-runtime/browser): the document is public
+    // and made on request, and `*` never lets a browser attach cookies or other credentials.
+    'access-control-allow-origin: *',
     `content-length: ${Buffer.byteLength(body)}`,
     // Each connection may be served another certificate, so its document must not be shared by caches.
     'cache-control: no-store',
@@ -111,7 +160,7 @@ export function wellKnownResponse(document: Uint8Array): Buffer {
  * Send the answer and close. Whatever the client still sends is read and dropped until it closes
  * (at most `lingerMs`): closing with unread bytes would reset the connection and could lose the answer.
  */
-export function answerWellKnown(client: Duplex, document: Uint8Array, lingerMs: number): Promise<void> {
+export function answerWellKnown(client: Duplex, response: Buffer, lingerMs: number): Promise<void> {
   return new Promise((resolve) => {
     if (client.destroyed) return resolve();
     const timer = setTimeout(() => client.destroy(), lingerMs);
@@ -121,6 +170,6 @@ export function answerWellKnown(client: Duplex, document: Uint8Array, lingerMs: 
     });
     client.on('data', () => {});
     client.resume();
-    client.end(wellKnownResponse(document));
+    client.end(response);
   });
 }

@@ -1,12 +1,11 @@
-import { randomBytes } from 'node:crypto';
 import { isIP } from 'node:net';
 import { connect, type TLSSocket } from 'node:tls';
 import { AttestationError } from '../attestation/attestation-error.js';
 import { attestationDocumentToJson, isDebugDocument } from '../attestation/document.js';
 import type { VerifiedAttestation } from '../attestation/verifier.js';
 import { ConfigError, RuntimeError } from '../errors.js';
-import { formatNonceServerName } from '../tls/nonce-label.js';
-import { FRESH_NONCE_BYTES, peerCertificateDer, verifyPeerAttestation } from '../tls/attested-client.js';
+import { formatNonceServerName, generateSniNonce, isCaseStableNonce, type SniNonceEncoding } from '../tls/nonce-label.js';
+import { freshNonceBytes, nonceSentInSni, peerCertificateDer, verifyPeerAttestation } from '../tls/attested-client.js';
 import { processIo, type CommandIo } from './io.js';
 import { parseVerifyOptions } from './attest-verify.js';
 
@@ -22,7 +21,10 @@ user_data is the certificate's own public key. Trust comes from the attestation 
 certificate chain and host name are not checked.
 
   --servername NAME   SNI and base host name (default: HOST, unless it is an IP address)
-  --fresh-nonce       send a random nonce in SNI (<hex>.attest.<servername>) and require it in the document
+  --fresh-nonce       send a random nonce in SNI (<label>.attest.<servername>) and require it in the document
+  --sni-nonce-encoding hex|base64
+                      how the server reads the nonce label (its tls.sni_nonce_encoding; default hex).
+                      base64 nonces are drawn so their label has no capitals: DNS clients lowercase SNI
   --timeout MS        connect and handshake time limit (default ${DEFAULT_CONNECT_TIMEOUT_MS})
   --root PEM_FILE     trust this root instead of the bundled AWS Nitro root G1
   --at TIME           verification time: ISO-8601 or unix seconds
@@ -44,6 +46,7 @@ examples:
 const CONNECT_OPTIONS = {
   servername: { type: 'string' },
   'fresh-nonce': { type: 'boolean' },
+  'sni-nonce-encoding': { type: 'string' },
   timeout: { type: 'string' },
 } as const;
 
@@ -113,14 +116,25 @@ function connectTarget(positionals: readonly string[], values: Record<string, un
     if (!Number.isInteger(n) || n < 1 || n > MAX_CONNECT_TIMEOUT_MS) problems.push(`--timeout ${JSON.stringify(values['timeout'])}: expected milliseconds from 1 to ${MAX_CONNECT_TIMEOUT_MS}`);
     else timeoutMs = n;
   }
+  const encodingOption = values['sni-nonce-encoding'];
+  let encoding: SniNonceEncoding = 'hex';
+  if (encodingOption === 'base64' || encodingOption === 'hex') encoding = encodingOption;
+  else if (encodingOption !== undefined) problems.push(`--sni-nonce-encoding ${JSON.stringify(String(encodingOption).slice(0, 32))}: expected hex or base64`);
+  if (nonceOption !== undefined && nonceOption.byteLength > 0 && !isCaseStableNonce(nonceOption, encoding)) {
+    problems.push(
+      `--nonce: its base64 label ${JSON.stringify(Buffer.from(nonceOption).toString('base64url').slice(0, 64))} has capitals or "_", which DNS clients may lowercase or refuse, so the server could attest other bytes; choose a nonce whose base64url form is [a-z0-9-] only, or use --sni-nonce-encoding hex`,
+    );
+  }
   if (problems.length > 0 || typeof address === 'string') throw new ConfigError(problems, 'attest connect');
 
-  const nonce = fresh ? new Uint8Array(randomBytes(FRESH_NONCE_BYTES)) : nonceOption;
+  let nonce = fresh ? generateSniNonce(encoding, freshNonceBytes(encoding)) : nonceOption;
   const baseHost = servernameOption ?? (isIP(address.host) ? undefined : address.host);
   let servername = baseHost;
   if (nonce !== undefined) {
     if (nonce.byteLength === 0) throw new ConfigError(['--nonce: an empty nonce cannot be sent in SNI'], 'attest connect');
-    servername = formatNonceServerName(nonce, baseHost ?? address.host);
+    servername = formatNonceServerName(nonce, baseHost ?? address.host, encoding);
+    // The document must carry what the server reads from the SNI.
+    nonce = nonceSentInSni(servername, nonce, encoding);
   }
   return { host: address.host, port: address.port, servername, nonce, timeoutMs };
 }

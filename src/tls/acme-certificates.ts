@@ -186,11 +186,13 @@ export class AcmeCertificates {
   /**
    * An attestation document whose `user_data` is the DER SPKI of `cert`'s key, so a client on an
    * ACME connection can bind the document to the key it sees. Made once per certificate and
-   * remade at two thirds of the document's validity; single flight.
+   * remade at two thirds of the document's validity; single flight. With `nonce`, a fresh one carrying it.
    */
-  async attestationFor(cert: AcmeServedCertificate): Promise<Uint8Array> {
+  async attestationFor(cert: AcmeServedCertificate, nonce?: Uint8Array): Promise<Uint8Array> {
     const nsm = this.#options.nsm;
     if (!nsm) throw new TlsError('ERR_TLS_ACME_ATTESTATION', 'no NSM to attest the ACME certificate key');
+    // A client's nonce makes every document unique: made on request, never cached.
+    if (nonce !== undefined && nonce.byteLength > 0) return nsm.attest({ userData: cert.spkiDer, nonce });
     const cached = this.#document;
     if (cached && cached.forCertificate === cert && this.#clock.now() < cached.staleAt) return cached.document;
     this.#documentFlight ??= (async () => {

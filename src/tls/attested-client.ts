@@ -1,10 +1,10 @@
-import { randomBytes, X509Certificate } from 'node:crypto';
+import type { X509Certificate } from 'node:crypto';
 import { isIP } from 'node:net';
 import { checkServerIdentity, TLSSocket, type PeerCertificate } from 'node:tls';
 import { Agent, buildConnector } from 'undici';
 import { verifyCertificateAttestation } from '../attestation/certificate-binding.js';
 import type { VerifiedAttestation, VerifyOptions } from '../attestation/verifier.js';
-import { formatNonceServerName, type SniNonceEncoding } from './nonce-label.js';
+import { formatNonceServerName, generateSniNonce, parseNonceLabel, type SniNonceEncoding } from './nonce-label.js';
 import { TlsError } from './tls-error.js';
 
 /** What a verified peer proved: the decoded document and its signing certificate. */
@@ -17,6 +17,27 @@ export interface PeerVerifyOptions extends VerifyOptions {
 
 /** Default size of a per-connection fresh nonce: 32 hex digits, well inside a DNS label. */
 export const FRESH_NONCE_BYTES = 16;
+/** In base64 mode: 24 digits of [a-z0-9] (see generateSniNonce), 124 random bits. */
+export const FRESH_BASE64_NONCE_BYTES = 18;
+
+/** The default fresh nonce size for an SNI encoding. */
+export function freshNonceBytes(encoding: SniNonceEncoding): number {
+  return encoding === 'base64' ? FRESH_BASE64_NONCE_BYTES : FRESH_NONCE_BYTES;
+}
+
+/**
+ * The nonce a server will read out of `servername`: DNS is case-insensitive, so the label is read
+ * as lowercased, as curl, browsers and undici send it. A client requires this nonce in the
+ * document, so a label that lowercasing would change fails closed (ERR_TLS_NONCE_LABEL) instead
+ * of accepting a document made for other bytes.
+ */
+export function nonceSentInSni(servername: string, nonce: Uint8Array, encoding: SniNonceEncoding): Uint8Array {
+  const sent = parseNonceLabel(servername.toLowerCase(), encoding);
+  if (sent === undefined || !Buffer.from(sent).equals(Buffer.from(nonce))) {
+    throw new TlsError('ERR_TLS_NONCE_LABEL', `the ${encoding} nonce label in ${JSON.stringify(servername.slice(0, 96))} names other bytes once lowercased, as DNS clients may send it; use a nonce whose label is lowercase`);
+  }
+  return sent;
+}
 const MAX_FRESH_NONCE_BYTES = 64;
 const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 
@@ -86,7 +107,8 @@ export interface AttestedAgentOptions extends AttestedConnectorOptions {
  * On failure the socket is destroyed and the request fails, so no request byte leaves the client.
  */
 export function createAttestedConnector(options: AttestedConnectorOptions = {}): buildConnector.connector {
-  const nonceBytes = options.freshNonceBytes ?? FRESH_NONCE_BYTES;
+  const encoding = options.sniNonceEncoding ?? 'hex';
+  const nonceBytes = options.freshNonceBytes ?? freshNonceBytes(encoding);
   if (!Number.isInteger(nonceBytes) || nonceBytes < 1 || nonceBytes > MAX_FRESH_NONCE_BYTES) throw new RangeError(`freshNonceBytes must be 1 to ${MAX_FRESH_NONCE_BYTES}`);
   const verifyChain = options.verifyChain ?? options.ca !== undefined;
   const inner = buildConnector({
@@ -109,9 +131,18 @@ export function createAttestedConnector(options: AttestedConnectorOptions = {}):
       return;
     }
     const baseHost = options.servername ?? connectOptions.servername ?? stripBrackets(connectOptions.hostname);
-    const nonce = options.freshNonce ? new Uint8Array(randomBytes(nonceBytes)) : undefined;
-    // RFC 6066 forbids an IP address as SNI (Node warns); a nonce name built on one is fine.
-    const servername = nonce ? formatNonceServerName(nonce, baseHost, options.sniNonceEncoding ?? 'hex') : isIP(baseHost) ? undefined : baseHost;
+    let nonce: Uint8Array | undefined;
+    let servername: string | undefined;
+    try {
+      nonce = options.freshNonce ? generateSniNonce(encoding, nonceBytes) : undefined;
+      // RFC 6066 forbids an IP address as SNI (Node warns); a nonce name built on one is fine.
+      servername = nonce ? formatNonceServerName(nonce, baseHost, encoding) : isIP(baseHost) ? undefined : baseHost;
+      // What the document must carry is what the server reads from the SNI, not what we meant.
+      if (nonce && servername) nonce = nonceSentInSni(servername, nonce, encoding);
+    } catch (error) {
+      callback(error as Error, null);
+      return;
+    }
     inner({ ...connectOptions, ...(servername === undefined ? {} : { servername }) }, (err, socket) => {
       if (err || !socket) {
         callback(err ?? new TlsError('ERR_TLS_CONNECT', 'connection failed'), null);

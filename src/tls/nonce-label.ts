@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { NSM_MAX_FIELD_BYTES } from '../attestation/nsm.js';
 
 /** How the `<nonce>` label of `<nonce>.attest.<base-host>` is encoded (`tls.sni_nonce_encoding`). */
@@ -51,6 +52,51 @@ export function formatNonceServerName(nonce: Uint8Array, baseHost: string, encod
   // base64url without padding: the only base64 spelling that is also a valid host name label.
   const label = Buffer.from(nonce.buffer, nonce.byteOffset, nonce.byteLength).toString(encoding === 'base64' ? 'base64url' : 'hex');
   return `${label}.attest.${baseHost}`;
+}
+
+/**
+ * DNS names are case-insensitive and many clients lowercase them before they go into SNI (curl,
+ * URL parsers, undici, Chromium, rustls). A base64 label with capitals then reaches the server as
+ * other bytes: the handshake still succeeds, with a document carrying a different nonce. A label
+ * is case-stable when lowercasing cannot change it and it is a valid DNS label: [a-z0-9-], no
+ * hyphen at either end (base64url's `_` is not a host name character). Hex labels always are.
+ */
+export function isCaseStableNonce(nonce: Uint8Array, encoding: SniNonceEncoding): boolean {
+  if (encoding === 'hex') return true;
+  return CASE_STABLE_LABEL.test(Buffer.from(nonce.buffer, nonce.byteOffset, nonce.byteLength).toString('base64url'));
+}
+
+const CASE_STABLE_LABEL = /^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$/;
+const BASE64URL_ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+/** Base64 digits no client changes: lowercase letters and digits (36 of 64, 5.17 bits each). */
+const STABLE_DIGITS = 'abcdefghijklmnopqrstuvwxyz0123456789';
+
+/**
+ * A random nonce of `bytes` bytes whose SNI label is case-stable (see isCaseStableNonce). For
+ * base64 the label is drawn digit by digit from [a-z0-9] (rejection sampling, no modulo bias) and
+ * decoded, so 18 bytes carry 124 random bits; the last digit of a partial group only takes values
+ * whose unused low bits are zero, as canonical base64 requires.
+ */
+export function generateSniNonce(encoding: SniNonceEncoding, bytes: number, random: (n: number) => Uint8Array = randomBytes): Uint8Array {
+  if (!Number.isInteger(bytes) || bytes < 1 || bytes > SNI_NONCE_MAX_BYTES) throw new RangeError(`a nonce is 1 to ${SNI_NONCE_MAX_BYTES} bytes`);
+  if (encoding === 'hex') return new Uint8Array(random(bytes));
+  const digits = Math.ceil((bytes * 4) / 3);
+  // Bits of the last digit beyond the data: 4 when bytes % 3 == 1, 2 when == 2, none otherwise.
+  const spareBits = digits * 6 - bytes * 8;
+  const lastDigits = [...STABLE_DIGITS].filter((c) => (BASE64URL_ALPHABET.indexOf(c) & ((1 << spareBits) - 1)) === 0).join('');
+  let label = '';
+  while (label.length < digits) {
+    for (const byte of random(digits)) {
+      if (label.length === digits) break;
+      const pool = label.length === digits - 1 ? lastDigits : STABLE_DIGITS;
+      if (byte >= 256 - (256 % pool.length)) continue;
+      label += pool[byte % pool.length];
+    }
+  }
+  const nonce = new Uint8Array(Buffer.from(label, 'base64url'));
+  // Cannot happen by construction; failing here beats sending a label that names other bytes.
+  if (nonce.byteLength !== bytes || Buffer.from(nonce).toString('base64url') !== label) throw new Error('generated a non-canonical base64 nonce label');
+  return nonce;
 }
 
 // Lowercase only: SPEC fixes lowercase hex, and one spelling per nonce keeps cache keys unambiguous.

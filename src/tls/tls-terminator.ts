@@ -1,5 +1,7 @@
 import type { Duplex } from 'node:stream';
 import { TLSSocket, type SecureContext } from 'node:tls';
+import { decodeCoseSign1 } from '../attestation/cose-sign1.js';
+import { decodeAttestationPayload } from '../attestation/document.js';
 import type { Nsm } from '../attestation/nsm.js';
 import type { Logger } from '../log.js';
 import type { AcmeCertificates, AcmeServedCertificate } from './acme-certificates.js';
@@ -65,6 +67,7 @@ export class TlsTerminator {
   readonly #handshakeTimeoutMs: number;
   readonly #ownsSource: boolean;
   readonly #acme: AcmeCertificates | undefined;
+  readonly #nsm: Nsm;
   readonly #connections = new WeakMap<Duplex, Connection>();
 
   private constructor(options: TlsTerminatorOptions, store: CertificateStore, source: CertificateSource, ownsSource: boolean) {
@@ -76,6 +79,7 @@ export class TlsTerminator {
     this.#handshakeTimeoutMs = options.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
     this.#ownsSource = ownsSource;
     this.#acme = options.acme;
+    this.#nsm = options.nsm;
   }
 
   /** Open the certificate source and make the first base certificate; fails if the NSM cannot attest. */
@@ -173,10 +177,20 @@ export class TlsTerminator {
   /**
    * The attestation document for GET /.well-known/attestation on `client`: that of the attested
    * certificate it was served (its nonce included), or for an ACME connection one whose `user_data`
-   * is the ACME key's SPKI; the base document when neither can be had.
+   * is the ACME key's SPKI; the base document when neither can be had. With `nonce`
+   * (`?nonce=HEX`), a fresh document carrying it and binding the key of the certificate served on
+   * this connection; that one has no fallback: it fails rather than answer without the nonce.
    */
-  async attestationFor(client: Duplex): Promise<Uint8Array> {
+  async attestationFor(client: Duplex, nonce?: Uint8Array): Promise<Uint8Array> {
     const served = this.#connections.get(client)?.served;
+    if (nonce !== undefined && nonce.byteLength > 0) {
+      if (served?.kind === 'acme' && this.#acme) return this.#acme.attestationFor(served.cert, nonce);
+      const cert = served?.kind === 'attested' ? served.cert : this.store.base;
+      // The served document's user_data is its certificate's SPKI (createAttestedCertificate).
+      const spki = decodeAttestationPayload(decodeCoseSign1(cert.document).payload).userData;
+      if (spki === null) throw new TlsError('ERR_TLS_WELL_KNOWN', 'the served certificate has no key binding to repeat');
+      return this.#nsm.attest({ userData: spki, nonce });
+    }
     if (served?.kind === 'attested') return served.cert.document;
     if (served?.kind === 'acme' && this.#acme) {
       try {

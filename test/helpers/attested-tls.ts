@@ -7,6 +7,8 @@ import { join } from 'node:path';
 import { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import type { AttestationRequest, Nsm, PcrReading } from '../../src/attestation/nsm.js';
+import { parseAddress } from '../../src/bridge/address.js';
+import { Ingress } from '../../src/bridge/ingress.js';
 import { openSimulatedNsm, type SimulatedNsmOptions } from '../../src/attestation/sim-nsm.js';
 import { silentLogger, type Logger } from '../../src/log.js';
 import { TlsTerminator, type TlsTerminatorOptions } from '../../src/tls/tls-terminator.js';
@@ -178,4 +180,21 @@ export function documentFromSan(cert: { subjectAltName: string | undefined }): U
   const names = (cert.subjectAltName ?? '').split(', ').filter((n) => n.startsWith('DNS:')).map((n) => n.slice(4));
   const longest = names.reduce((a, b) => (b.length > a.length ? b : a), '');
   return new Uint8Array(Buffer.from(longest.slice(0, longest.indexOf('.')), 'hex'));
+}
+
+/** A TCP ingress on a free loopback port, terminating TLS with `terminator` and relaying to the app on `appPort`. */
+export function startTlsIngress(terminator: TlsTerminator, appPort: number, options: { httpAware: boolean; logger?: Logger }): Promise<Ingress> {
+  return Ingress.start({
+    listen: parseAddress('tcp:127.0.0.1:0'),
+    app: parseAddress(`tcp:127.0.0.1:${appPort}`),
+    proxyProtocol: 'off',
+    sendProxyProtocol: 'off',
+    maxConnections: 100,
+    connectTimeoutMs: 2000,
+    idleTimeoutMs: 30_000,
+    proxyHeaderTimeoutMs: 2000,
+    logger: options.logger ?? silentLogger(),
+    terminator,
+    httpAware: options.httpAware,
+  });
 }
