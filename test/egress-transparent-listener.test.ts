@@ -194,14 +194,14 @@ describe('transparent listener', () => {
     );
   });
 
-  it('refuses a ClientHello still incomplete when the peek window closes', async () => {
-    const listener = await start();
+  it('refuses a ClientHello still incomplete when the inspection timeout ends', async () => {
+    const listener = await start({ inspectTimeoutMs: 300 });
     const mark = logs.lines.length;
     const socket = await dial(listener, { address: '127.0.0.1', port: app.port });
     const ended = outcome(socket);
     socket.write(Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x01])); // a record promising 512 bytes
     assert.equal((await ended).error, 'ECONNRESET');
-    assert.deepEqual(refusalsSince(mark).map((line) => line.reason), ['unreadable-first-bytes']);
+    assert.deepEqual(refusalsSince(mark).map((line) => line.reason), ['inspection-timeout']);
   });
 
   it('resets the app when the host relay refuses what the enclave allowed', async () => {
