@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { PassThrough } from 'node:stream';
 import { describe, it } from 'node:test';
 import { InspectionGate } from '../src/egress/inspection-gate.js';
+import { Prng } from './helpers/prng.js';
 import { StreamInspector, type InspectionRefusal, type Sighting, type Verdict } from '../src/egress/stream-inspector.js';
 
 const u16 = (n: number): Buffer => Buffer.from([n >> 8, n & 0xff]);
@@ -187,14 +188,42 @@ describe('stream inspector: other protocols', () => {
     judged.length = 0;
     assert.deepEqual(inspect(['HELO app\r\nQUIT\r\n'], { port: 25 }), { forwarded: 'HELO app\r\nQUIT\r\n', holding: false });
     assert.deepEqual(inspect([Buffer.from([0, 0, 0, 8, 4, 0xd2, 0x16, 0x2f])], { port: 5432 }).holding, false, 'binary is decided on its first byte');
-    assert.deepEqual(inspect(['QUIT'], { port: 25, end: true }).forwarded, 'QUIT', 'a last line without newline, at the end');
-    assert.equal(inspect(['QUIT'], { port: 25 }).holding, true, 'held while the line could still become a request line');
-    assert.deepEqual(judged, [{ protocol: 'other' }, { protocol: 'other' }, { protocol: 'other' }]);
+    assert.deepEqual(inspect(['QUIT'], { port: 25, end: true }).forwarded, 'QUIT', 'a last word without newline, at the end');
+    assert.equal(inspect(['QUIT'], { port: 25 }).holding, true, 'held while it could still become a request line');
+    assert.deepEqual(inspect(['through the relay'], { port: 9000 }), { forwarded: 'through the relay', holding: false }, 'decided once it cannot be a request line');
+    assert.deepEqual(judged, [{ protocol: 'other' }, { protocol: 'other' }, { protocol: 'other' }, { protocol: 'other' }]);
   });
 
   it('reads anything a lenient server could take for a request line as HTTP, strictly', () => {
-    for (const text of ['GET http://cdn-denied.test/\r\n', 'get / HTTP/1.1\r\nHost: cdn-denied.test\r\n\r\n', 'M-SEARCH / HTTP/1.1\r\nHost: cdn-denied.test\r\n\r\n', '\r\nGET / HTTP/1.1\r\nHost: cdn-denied.test\r\n\r\n']) {
+    for (const text of [
+      'GET http://cdn-denied.test/\r\n',
+      'GET /\r\n',
+      'get / HTTP/1.1\r\nHost: cdn-denied.test\r\n\r\n',
+      'M-SEARCH / HTTP/1.1\r\nHost: cdn-denied.test\r\n\r\n',
+      'GET\t/ HTTP/1.1\r\nHost: cdn-denied.test\r\n\r\n',
+      'GET  /  HTTP/1.1\r\nHost: cdn-denied.test\r\n\r\n',
+      '\r\nGET / HTTP/1.1\r\nHost: cdn-denied.test\r\n\r\n',
+    ]) {
       assert.ok(inspect([text], { port: 8000 }).refusal, text);
+    }
+  });
+});
+
+describe('stream inspector on random input', () => {
+  it('forwards only a prefix of what it was given, and never throws, over 5k mutated streams', () => {
+    const prng = new Prng(12);
+    const seeds = [hello('allowed.test'), Buffer.from(GET('allowed.test') + GET('allowed.test')), Buffer.from('POST / HTTP/1.1\r\nHost: allowed.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n')];
+    for (let round = 0; round < 5000; round++) {
+      const input = Buffer.from(seeds[round % seeds.length]!);
+      for (let flips = prng.int(4); flips > 0; flips--) input[prng.int(input.length)] = prng.int(256);
+      const chunks: Buffer[] = [];
+      for (let offset = 0; offset < input.length; ) {
+        const size = 1 + prng.int(64);
+        chunks.push(input.subarray(offset, offset + size));
+        offset += size;
+      }
+      const result = inspect(chunks, { port: round % 2 === 0 ? 443 : 9000, end: true });
+      assert.ok(input.toString('latin1').startsWith(result.forwarded), `round ${round}`);
     }
   });
 });

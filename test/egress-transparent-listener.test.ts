@@ -178,6 +178,29 @@ describe('transparent listener', () => {
     assert.equal((await rest).toString(), '250 got 6 bytes\r\n');
   });
 
+  it('inspects bytes that come after the peek window, and every request on a keep-alive connection', async () => {
+    const listener = await start();
+    const mark = logs.lines.length;
+    const late = await dial(listener, { address: '127.0.0.1', port: app.port });
+    const lateEnd = outcome(late);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    late.write('GET / HTTP/1.1\r\nHost: denied.test\r\n\r\n');
+    assert.deepEqual(await lateEnd, { data: Buffer.alloc(0), error: 'ECONNRESET' });
+    const received = app.received.length;
+    const keepAlive = await dial(listener, { address: '127.0.0.1', port: app.port });
+    const keepAliveEnd = outcome(keepAlive);
+    keepAlive.write('GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n\r\nGET / HTTP/1.1\r\nHost: denied.test\r\n\r\n');
+    assert.equal((await keepAliveEnd).error, 'ECONNRESET');
+    assert.ok(app.received.slice(received).every((data) => !data.includes('denied.test')), 'the second request never reached the server');
+    assert.deepEqual(
+      refusalsSince(mark).map((line) => [line.host, line.reason]),
+      [
+        ['denied.test', 'hostname-denied'],
+        ['denied.test', 'hostname-denied'],
+      ],
+    );
+  });
+
   it('refuses an IP never resolved, even server-first, and a connection with no original destination', async () => {
     const listener = await start();
     const mark = logs.lines.length;

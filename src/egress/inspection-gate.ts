@@ -37,6 +37,8 @@ export class InspectionGate extends Duplex {
   #received = 0;
   #refused = false;
   #sourceEnded = false;
+  /** The source is paused because the consumer is slow: held bytes then wait on it, not on the app. */
+  #backpressured = false;
   readonly #waiters = new Set<() => void>();
 
   constructor(source: Duplex, options: InspectionGateOptions) {
@@ -84,7 +86,9 @@ export class InspectionGate extends Duplex {
   }
 
   override _read(): void {
+    this.#backpressured = false;
     if (!this.#source.destroyed) this.#source.resume();
+    this.#armDeadline();
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
@@ -106,17 +110,24 @@ export class InspectionGate extends Duplex {
 
   #apply(step: { forward: Buffer[]; refusal?: InspectionRefusal }): void {
     for (const bytes of step.forward) {
-      if (!this.push(bytes)) this.#source.pause();
+      if (!this.push(bytes)) {
+        this.#backpressured = true;
+        this.#source.pause();
+      }
     }
     if (step.refusal) return this.#refuse(step.refusal);
-    if (!this.#inspector.holding) {
+    this.#armDeadline();
+    this.#wake();
+  }
+
+  /** Run the deadline while bytes are held and more could come; from the first byte held, not refreshed, so a trickle cannot keep a head undecided. */
+  #armDeadline(): void {
+    if (!this.#inspector.holding || this.#backpressured) {
       clearTimeout(this.#deadline);
       this.#deadline = undefined;
-    } else if (this.#deadline === undefined) {
-      // From the first byte held, not refreshed by more: a trickle cannot keep a head undecided.
+    } else if (this.#deadline === undefined && !this.#refused) {
       this.#deadline = setTimeout(() => this.#refuse({ reason: INSPECTION_REASONS.timeout, problem: `bytes undecided after ${this.#options.inspectTimeoutMs} ms` }), this.#options.inspectTimeoutMs);
     }
-    this.#wake();
   }
 
   #refuse(refusal: InspectionRefusal): void {

@@ -79,8 +79,8 @@ export interface InspectStep {
   refusal?: InspectionRefusal;
 }
 
-/** The longest first line read to tell a text protocol from HTTP, and the bound on held chunk lines and trailers. */
-const FIRST_LINE_MAX = 8192;
+/** How far a method (and a scheme) is scanned to tell a text protocol from HTTP; bounds on held chunk lines and trailers. */
+const METHOD_SCAN_MAX = 32;
 const CHUNK_LINE_MAX = 1024;
 const TRAILER_MAX = 8192;
 const CR = 0x0d;
@@ -304,19 +304,41 @@ function chunkError(): never {
 }
 
 /**
- * Whether bytes that are not TLS are HTTP: true, false, or undefined while the first line could
- * still go either way. Generous on purpose: anything a lenient server might take for a request
- * line (a method and a path or absolute URI, "HTTP/" anywhere, a leading empty line) is read as
- * HTTP, and then parsed strictly, so a request cannot pass as "other" unread. Text protocols
- * (SMTP's "HELO x", SSH's banner) and binary ones are "other".
+ * Whether bytes that are not TLS are HTTP: true, false, or undefined while they could still go
+ * either way. Generous on purpose: whatever a lenient server could take for the start of a
+ * request line (a method token, whitespace, then `/`, `*`, `[`, `scheme://` or `host:PORT`; or a
+ * leading empty line) is read as HTTP, and then parsed strictly, so no request passes as "other" unread. The
+ * answer comes as soon as the bytes stop fitting that pattern, so a client-first text protocol
+ * (SMTP's "HELO x", "through the relay") is not held waiting for a line end; binary is "other" on
+ * its first byte.
  */
 export function looksLikeHttp(data: Buffer, final: boolean): boolean | undefined {
   if (data[0] === CR || data[0] === LF) return true;
-  const window = data.subarray(0, FIRST_LINE_MAX);
-  const lineEnd = window.indexOf(LF);
-  const line = window.toString('latin1', 0, lineEnd < 0 ? window.length : lineEnd);
-  if (/HTTP\//i.test(line) || /^[A-Za-z][A-Za-z0-9_-]* +(?:\/|\*|[A-Za-z][A-Za-z0-9+.-]*:\/\/)/.test(line)) return true;
-  if (/[^\x20-\x7e\t\r]/.test(line)) return false;
-  if (lineEnd >= 0 || final || data.length >= FIRST_LINE_MAX) return false;
-  return undefined;
+  let i = 0;
+  const more = () => (final ? false : undefined);
+  const isLetter = (byte: number) => (byte | 0x20) >= 0x61 && (byte | 0x20) <= 0x7a;
+  const isDigit = (byte: number) => byte >= 0x30 && byte <= 0x39;
+  // RFC 9112 3: recipients may split the request line on any whitespace, so accept it all here.
+  const isSpace = (byte: number) => byte === 0x20 || byte === 0x09 || byte === 0x0b || byte === 0x0c || byte === CR;
+  // method: a letter, then token characters
+  if (i === data.length) return more();
+  if (!isLetter(data[i]!)) return false;
+  for (i++; i < data.length && i < METHOD_SCAN_MAX && (isLetter(data[i]!) || isDigit(data[i]!) || data[i] === 0x2d || data[i] === 0x5f); i++);
+  if (i === data.length) return more();
+  if (!isSpace(data[i]!)) return false;
+  for (; i < data.length && i < METHOD_SCAN_MAX * 2 && isSpace(data[i]!); i++);
+  if (i === data.length) return more();
+  // target: origin-form, asterisk-form, an IPv6 authority, an absolute URI's scheme followed by "://",
+  // or a name followed by ":PORT" (CONNECT's authority-form)
+  if (data[i] === 0x2f || data[i] === 0x2a || data[i] === 0x5b) return true;
+  if (!isLetter(data[i]!) && !isDigit(data[i]!)) return false;
+  const nameEnd = Math.min(data.length, i + 256);
+  for (i++; i < nameEnd && (isLetter(data[i]!) || isDigit(data[i]!) || data[i] === 0x2b || data[i] === 0x2e || data[i] === 0x2d || data[i] === 0x5f); i++);
+  if (i === data.length) return more();
+  if (data[i] !== 0x3a) return false;
+  if (++i === data.length) return more();
+  if (isDigit(data[i]!)) return true;
+  if (data[i] !== 0x2f) return false;
+  if (++i === data.length) return more();
+  return data[i] === 0x2f;
 }
