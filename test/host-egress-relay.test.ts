@@ -161,6 +161,18 @@ describe('host egress relay', () => {
     bad.destroy();
   });
 
+  it('relays a short payload and FIN sent right behind the header', async () => {
+    const relay = await startRelay();
+    for (let i = 0; i < 5; i++) {
+      const socket = await open(relay);
+      const answer = readAll(socket);
+      socket.end(Buffer.concat([encodeEgressHeader({ name: 'allowed.test', ip: '127.0.0.1', port: app.port }), Buffer.from('ping')]));
+      const data = await answer;
+      assert.deepEqual(parseEgressReply(data), { kind: 'reply', status: EgressStatus.OK, length: 4 });
+      assert.equal(data.subarray(4, 68).toString(), sha256(Buffer.from('ping')), `round ${i}`);
+    }
+  });
+
   it('judges the SNI or Host that follows the header, as an app dialling the relay directly would send', async () => {
     const relay = await startRelay();
     const mark = logs.lines.length;

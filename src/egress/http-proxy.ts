@@ -156,7 +156,6 @@ export class EgressHttpProxy {
     }
     socket.setTimeout(0);
     socket.write('HTTP/1.1 200 Connection Established\r\n\r\n');
-    if (head.length > 0) socket.unshift(head);
     const facts = { name: header.name, ip: header.ip, port: header.port };
     // The tunnel's bytes are judged like on the transparent path, for as long as it lasts.
     const gate = new InspectionGate(socket, {
@@ -169,7 +168,7 @@ export class EgressHttpProxy {
         upstream.destroy();
         socket.resetAndDestroy();
       },
-    });
+    }, head);
     const first = await gate.firstDecision(options.peekTimeoutMs);
     if (first.kind === 'closed') {
       upstream.destroy();

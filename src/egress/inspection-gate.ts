@@ -41,27 +41,40 @@ export class InspectionGate extends Duplex {
   #backpressured = false;
   readonly #waiters = new Set<() => void>();
 
-  constructor(source: Duplex, options: InspectionGateOptions) {
+  /**
+   * `initial`: bytes already read from `source` (after a relay header, a CONNECT head), inspected
+   * first; unshift() would throw if the source's end had been emitted meanwhile.
+   */
+  constructor(source: Duplex, options: InspectionGateOptions, initial: Buffer = Buffer.alloc(0)) {
     super({ allowHalfOpen: true });
     this.#source = source;
     this.#options = options;
     this.#inspector = new StreamInspector(options);
-    source.on('data', (chunk: Buffer) => {
-      this.#received += chunk.length;
-      this.#apply(this.#inspector.push(chunk));
-    });
-    source.once('end', () => {
-      this.#sourceEnded = true;
-      this.#apply(this.#inspector.end());
-      if (!this.#refused) this.push(null);
-      this.#wake();
-    });
+    if (initial.length > 0) this.#onData(initial);
+    if (source.readableEnded) {
+      this.#onEnd();
+    } else {
+      source.on('data', (chunk: Buffer) => this.#onData(chunk));
+      source.once('end', () => this.#onEnd());
+    }
     source.on('error', (error) => this.destroy(error));
     source.once('close', () => {
       if (!this.#sourceEnded || !this.writableFinished) this.destroy();
       this.#wake();
     });
     source.resume();
+  }
+
+  #onData(chunk: Buffer): void {
+    this.#received += chunk.length;
+    this.#apply(this.#inspector.push(chunk));
+  }
+
+  #onEnd(): void {
+    this.#sourceEnded = true;
+    this.#apply(this.#inspector.end());
+    if (!this.#refused) this.push(null);
+    this.#wake();
   }
 
   /** The first verdict, or 'none' when no byte came within `peekMs`, or 'closed'. */

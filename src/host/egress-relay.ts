@@ -170,7 +170,6 @@ export class EgressRelay {
     }
     this.stats.connected++;
     stream.write(encodeEgressReply(EgressStatus.OK));
-    if (rest.length > 0) stream.unshift(rest);
     // The enclave inspects too, but the app may reach this relay directly (AF_VSOCK is not covered
     // by iptables): the header alone names nothing the server will see, so SNI and Host are judged here as well.
     const gate = new InspectionGate(stream, {
@@ -190,7 +189,7 @@ export class EgressRelay {
         upstream.destroy();
         stream.destroy();
       },
-    });
+    }, rest);
     const outcome = await relay(gate, upstream, { idleTimeoutMs: options.idleTimeoutMs });
     options.logger.info({ event: 'host-egress-closed', ...facts, rule: check.rule ?? null, end: outcome.end, sent: outcome.aToB, received: outcome.bToA }, 'egress connection closed');
   }
