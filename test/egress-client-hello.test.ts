@@ -166,14 +166,40 @@ describe('parseClientHello on crafted input', () => {
     for (const data of ['GET / HTTP/1.1\r\n', 'SSH-2.0-OpenSSH\r\n'].map((t) => Buffer.from(t))) assert.deepEqual(parseClientHello(data), { kind: 'not-tls' });
     assert.deepEqual(parseClientHello(Buffer.from([0x80, 0x2e, 0x01, 0x00, 0x02])), { kind: 'not-tls' }, 'SSLv2 hello');
     assert.deepEqual(parseClientHello(Buffer.from([0x16, 0x02])), { kind: 'not-tls' });
-    assert.deepEqual(parseClientHello(Buffer.from([0x16, 0x03, 0x05])), { kind: 'not-tls' });
+    // Any minor version is TLS: servers accept 0x0305 and 0x03ff in the first record's header.
+    for (const minor of [0x00, 0x05, 0xff]) assert.deepEqual(parseClientHello(Buffer.from([0x16, 0x03, minor])), { kind: 'incomplete' });
     assert.deepEqual(parseClientHello(Buffer.alloc(0)), { kind: 'incomplete' });
     assert.deepEqual(parseClientHello(Buffer.from([0x16])), { kind: 'incomplete' });
   });
 
   it('accepts a ClientHello without extensions', () => {
     assert.deepEqual(parseClientHello(craft(null)), { kind: 'client-hello' });
-    assert.deepEqual(hello(parseClientHello(craft(Buffer.concat([ext(0xff01, Buffer.from([0])), sni([1, 'other'], [0, 'a.example'])])))), { serverName: 'a.example' });
+    assert.deepEqual(hello(parseClientHello(craft(Buffer.concat([ext(0xff01, Buffer.from([0])), sni([0, 'a.example'])])))), { serverName: 'a.example' });
+  });
+
+  it('reads a ClientHello whatever the record minor version', () => {
+    for (const minor of [0x00, 0x05, 0xff]) {
+      const data = craft(sni([0, 'a.example']));
+      data[2] = minor;
+      assert.deepEqual(hello(parseClientHello(data)), { serverName: 'a.example' }, `minor ${minor}`);
+    }
+  });
+
+  it('reports encrypted_client_hello (and draft ESNI), whose real SNI is hidden', () => {
+    const ech = parseClientHello(craft(Buffer.concat([sni([0, 'public.example']), ext(0xfe0d, Buffer.from([0, 1, 2, 3]))])));
+    assert.deepEqual(ech, { kind: 'client-hello', serverName: 'public.example', ech: true });
+    assert.equal((parseClientHello(craft(ext(0xffce, Buffer.from([9])))) as { ech?: boolean }).ech, true);
+    assert.equal((parseClientHello(craft(sni([0, 'a.example']))) as { ech?: boolean }).ech, undefined);
+  });
+
+  it('refuses a record that carries more than the ClientHello', () => {
+    const data = craft(sni([0, 'a.example']));
+    // A second handshake message in the same record: the server would read it in the clear.
+    const extra = Buffer.from([0x01, 0x00, 0x00, 0x00]);
+    const grown = Buffer.concat([data, extra]);
+    grown.writeUInt16BE(data.readUInt16BE(3) + extra.length, 3);
+    rejects(grown, /carries more than the ClientHello/);
+    rejects(grown.subarray(0, data.length), /carries more than the ClientHello/);
   });
 
   it('rejects malformed ClientHellos with a message naming the problem', () => {
@@ -184,6 +210,8 @@ describe('parseClientHello on crafted input', () => {
     rejects(Buffer.from([0x16, 0x03, 0x01, 0x00, 0x04, 0x01, 0x00, 0x40, 0x00]), new RegExp(`ClientHello of 16388 bytes exceeds ${CLIENT_HELLO_MAX_LENGTH}`));
     rejects(craft(Buffer.concat([sni([0, 'a.example']), sni([0, 'b.example'])])), /repeats extension 0/);
     rejects(craft(sni([0, 'a.example'], [0, 'b.example'])), /more than one host_name/);
+    rejects(craft(sni([1, 'other.example'], [0, 'a.example'])), /server_name entry of type 1, not host_name/);
+    rejects(craft(sni([1, 'other.example'])), /server_name entry of type 1/);
     rejects(craft(sni([0, 'caf\u00e9.example'])), /outside printable ASCII/);
     rejects(craft(sni([0, 'a b'])), /outside printable ASCII/);
     rejects(craft(sni([0, ''])), /host_name of 0 bytes/);

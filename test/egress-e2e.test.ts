@@ -32,7 +32,7 @@ const ALLOWED_V6 = '2001:db8::10';
 const PARENT = '10.200.1.1';
 const DNS_SERVER = '10.200.1.2';
 
-const ALLOW = ['allowed.test', '*.allowed.test', 'banner.test', 'big.test', 'v6.test', 'private.test'];
+const ALLOW = ['allowed.test', '*.allowed.test', 'banner.test', 'big.test', 'v6.test', 'private.test', 'port443.test:443'];
 
 const ZONE: InternetSpec['zone'] = {
   'allowed.test': { A: [ALLOWED] },
@@ -43,6 +43,9 @@ const ZONE: InternetSpec['zone'] = {
   'v6.test': { AAAA: [ALLOWED_V6] },
   'private.test': { A: [DNS_SERVER] },
   'big.test': { A: Array.from({ length: 40 }, (_, i) => `198.51.100.${100 + i}`) },
+  // Not allowed, but on the same server as allowed.test: what an app would try to reach through it.
+  'cdn-denied.test': { A: [ALLOWED] },
+  'port443.test': { A: [ALLOWED] },
 };
 
 const toml = (value: unknown) => JSON.stringify(value);
@@ -55,6 +58,14 @@ describe('egress in network namespaces (enclave, parent, internet)', { skip: net
   let enclave = '';
   let host: NetnsProcess;
   let runtime: NetnsProcess;
+  let internetProcess: NetnsProcess;
+  /** The SNIs and Hosts the internet's servers received since `mark` (a count of stdout lines). */
+  const seenSince = (mark: number): string[] =>
+    internetProcess.stdoutLines.slice(mark).flatMap((line) => {
+      if (!line.startsWith('SEEN ')) return [];
+      const seen = JSON.parse(line.slice(5)) as { sni?: string; host?: string };
+      return [String(seen.sni ?? seen.host)];
+    });
 
   /** Run one app probe inside the enclave namespace. */
   const app = async (probe: Probe): Promise<Result> => {
@@ -82,7 +93,7 @@ describe('egress in network namespaces (enclave, parent, internet)', { skip: net
     lab.setResolvConf(enclave, 'nameserver 127.0.0.1\n');
 
     const spec: InternetSpec = { dns: DNS_SERVER, zone: ZONE };
-    const internetProcess = lab.spawn(internet, process.execPath, [INTERNET, JSON.stringify(spec)]);
+    internetProcess = lab.spawn(internet, process.execPath, [INTERNET, JSON.stringify(spec)]);
     await internetProcess.waitForLine((line) => line === 'READY', 15_000);
 
     const hostConfig = join(dir, 'host.toml');
@@ -307,6 +318,107 @@ describe('egress in network namespaces (enclave, parent, internet)', { skip: net
       });
       assert.equal(smuggled.status, 200, 'the tunnel opened, then the ClientHello gave the other name away');
       assert.equal(smuggled.code, 'ECONNRESET', JSON.stringify(smuggled));
+    });
+
+    describe('inspection that cannot be blinded (cdn-denied.test shares allowed.test\'s server)', () => {
+      const HEAD = (host: string) => `GET /keep-alive HTTP/1.1\r\nHost: ${host}\r\n\r\n`;
+      /** Run a probe that must be refused (one line, one count) and check the server never saw cdn-denied.test. */
+      const attack = async (probe: Probe, counter: string, expected: Result): Promise<{ result: Result; seen: string[] }> => {
+        const mark = internetProcess.stdoutLines.length;
+        const result = await expectRefusal(probe, counter, expected);
+        const seen = seenSince(mark);
+        assert.ok(!seen.includes('cdn-denied.test'), `the server saw cdn-denied.test: ${JSON.stringify(seen)}`);
+        return { result, seen };
+      };
+
+      before(async () => {
+        // The IP is known for allowed.test and port443.test, as after any ordinary lookup.
+        for (const name of ['allowed.test', 'port443.test']) assert.deepEqual(await app({ op: 'lookup', name }), { addresses: [ALLOWED] });
+      });
+
+      it('refuses a ClientHello sent after peek_timeout_ms, also under a name:443 rule; allows an allowed one', async () => {
+        const late = await attack({ op: 'tls', host: 'allowed.test', servername: 'cdn-denied.test', delayMs: 700 }, 'connectionsRefused', {
+          ip: ALLOWED,
+          port: 443,
+          sni: 'cdn-denied.test',
+          reason: 'hostname-denied',
+        });
+        assert.equal(late.result.code, 'ECONNRESET', JSON.stringify(late.result));
+        const portRule = await attack({ op: 'tls', host: 'port443.test', servername: 'cdn-denied.test', delayMs: 700 }, 'connectionsRefused', {
+          sni: 'cdn-denied.test',
+          reason: 'hostname-denied',
+        });
+        assert.equal(portRule.result.code, 'ECONNRESET', JSON.stringify(portRule.result));
+
+        const allowed = await app({ op: 'tls', host: 'allowed.test', servername: 'allowed.test', delayMs: 700 });
+        assert.equal(allowed.status, 200, JSON.stringify(allowed));
+        assert.equal(body(allowed).sni, 'allowed.test');
+      });
+
+      it('reads a ClientHello whose record version is 3.5 or 3.255; reassembles one split over records and segments', async () => {
+        for (const mutate of ['minor-05', 'minor-ff'] as const) {
+          const { result } = await attack({ op: 'tls', host: 'allowed.test', servername: 'cdn-denied.test', mutate }, 'connectionsRefused', { sni: 'cdn-denied.test', reason: 'hostname-denied' });
+          assert.equal(result.code, 'ECONNRESET', `${mutate}: ${JSON.stringify(result)}`);
+        }
+        const split = await app({ op: 'tls', host: 'allowed.test', servername: 'allowed.test', mutate: 'split' });
+        assert.equal(split.status, 200, JSON.stringify(split));
+        assert.equal(body(split).sni, 'allowed.test');
+        await attack({ op: 'tls', host: 'allowed.test', servername: 'cdn-denied.test', mutate: 'split' }, 'connectionsRefused', { sni: 'cdn-denied.test', reason: 'hostname-denied' });
+      });
+
+      it('refuses a ClientHello with encrypted_client_hello (egress.allow_ech off): the server sees no ClientHello at all', async () => {
+        const { seen } = await attack({ op: 'tls', host: 'allowed.test', servername: 'allowed.test', mutate: 'ech' }, 'connectionsRefused', { sni: 'allowed.test', reason: 'encrypted-client-hello' });
+        assert.deepEqual(seen, []);
+      });
+
+      it('refuses a Host after an empty line, and every keep-alive request naming another host; allows allowed ones', async () => {
+        await attack({ op: 'raw', host: 'allowed.test', port: 80, steps: [{ send: `\r\n${HEAD('cdn-denied.test')}` }] }, 'connectionsRefused', { host: 'cdn-denied.test', reason: 'hostname-denied' });
+        const pipelined = await attack({ op: 'raw', host: 'allowed.test', port: 80, steps: [{ send: HEAD('allowed.test') + HEAD('cdn-denied.test') }] }, 'connectionsRefused', {
+          host: 'cdn-denied.test',
+          reason: 'hostname-denied',
+        });
+        assert.equal(pipelined.result.code, 'ECONNRESET', JSON.stringify(pipelined.result));
+        const later = await attack({ op: 'raw', host: 'allowed.test', port: 80, steps: [{ send: HEAD('allowed.test') }, { delayMs: 1000, send: HEAD('cdn-denied.test') }] }, 'connectionsRefused', {
+          host: 'cdn-denied.test',
+          reason: 'hostname-denied',
+        });
+        assert.deepEqual(later.seen, ['allowed.test'], 'the first request went through, the second did not');
+        assert.match(later.result.received, /^HTTP\/1\.1 200 /, 'the app got the first answer');
+
+        const mark = internetProcess.stdoutLines.length;
+        const both = await app({ op: 'raw', host: 'allowed.test', port: 80, steps: [{ send: HEAD('allowed.test') }, { delayMs: 700, send: `\r\n${HEAD('allowed.test')}` }] });
+        assert.equal(both.received.match(/HTTP\/1\.1 200 /g)?.length, 2, JSON.stringify(both));
+        assert.deepEqual(seenSince(mark), ['allowed.test', 'allowed.test']);
+      });
+
+      it('refuses a keep-alive request naming another host inside a CONNECT tunnel, and one sent late', async () => {
+        const connect = 'CONNECT allowed.test:80 HTTP/1.1\r\nHost: allowed.test:80\r\n\r\n';
+        const proxy = { host: '127.0.0.1', port: 3128 };
+        const second = await attack({ op: 'raw', ...proxy, steps: [{ send: connect + HEAD('allowed.test') }, { delayMs: 500, send: HEAD('cdn-denied.test') }] }, 'proxyRefused', {
+          name: 'allowed.test',
+          host: 'cdn-denied.test',
+          reason: 'hostname-denied',
+        });
+        assert.deepEqual(second.seen, ['allowed.test']);
+        await attack({ op: 'raw', ...proxy, steps: [{ send: connect }, { delayMs: 700, send: HEAD('cdn-denied.test') }] }, 'proxyRefused', { host: 'cdn-denied.test', reason: 'hostname-denied' });
+      });
+
+      it('the host relay reads SNI and Host too, for an app that dials it directly', async () => {
+        const relayHeader = { unix: join(dir, 'relay.sock'), name: 'allowed.test', ip: ALLOWED, port: 443 };
+        const mark = internetProcess.stdoutLines.length;
+        const hostMark = host.stderrLines.length;
+        const direct = await app({ op: 'tls', host: 'allowed.test', servername: 'cdn-denied.test', relay: relayHeader });
+        assert.equal(direct.status, undefined, JSON.stringify(direct));
+        const line = await host.waitForLine((text) => text.includes('"host-egress-refused"') && host.stderrLines.indexOf(text) >= hostMark, 5000);
+        assert.deepEqual(
+          (({ name, ip, port, sni, reason }) => ({ name, ip, port, sni, reason }))(JSON.parse(line) as Result),
+          { name: 'allowed.test', ip: ALLOWED, port: 443, sni: 'cdn-denied.test', reason: 'hostname-denied' },
+        );
+        assert.deepEqual(seenSince(mark), []);
+        const allowed = await app({ op: 'tls', host: 'allowed.test', servername: 'allowed.test', relay: relayHeader });
+        assert.equal(allowed.status, 200, JSON.stringify(allowed));
+        assert.deepEqual(seenSince(mark), ['allowed.test']);
+      });
     });
 
     it('the host relay refuses a private destination even for an allowed name', async () => {

@@ -104,7 +104,7 @@ describe('parseHttpHost', () => {
     client.end();
     const data = await received;
     server.close();
-    assert.deepEqual(parseHttpHost(data), { kind: 'http-request', method: 'POST', target: '/v1/items?q=1', version: '1.1', host: 'api.example.com', port: 8443, headLength: data.indexOf('\r\n\r\n') + 4 });
+    assert.deepEqual(parseHttpHost(data), { kind: 'http-request', method: 'POST', target: '/v1/items?q=1', version: '1.1', host: 'api.example.com', port: 8443, headLength: data.indexOf('\r\n\r\n') + 4, contentLength: 0 });
     for (let i = 0; i < data.indexOf('\r\n\r\n') + 4; i++) assert.deepEqual(parseHttpHost(data.subarray(0, i)), { kind: 'incomplete' }, `prefix ${i}`);
   });
 

@@ -178,6 +178,29 @@ describe('transparent listener', () => {
     assert.equal((await rest).toString(), '250 got 6 bytes\r\n');
   });
 
+  it('inspects bytes that come after the peek window, and every request on a keep-alive connection', async () => {
+    const listener = await start();
+    const mark = logs.lines.length;
+    const late = await dial(listener, { address: '127.0.0.1', port: app.port });
+    const lateEnd = outcome(late);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    late.write('GET / HTTP/1.1\r\nHost: denied.test\r\n\r\n');
+    assert.deepEqual(await lateEnd, { data: Buffer.alloc(0), error: 'ECONNRESET' });
+    const received = app.received.length;
+    const keepAlive = await dial(listener, { address: '127.0.0.1', port: app.port });
+    const keepAliveEnd = outcome(keepAlive);
+    keepAlive.write('GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n\r\nGET / HTTP/1.1\r\nHost: denied.test\r\n\r\n');
+    assert.equal((await keepAliveEnd).error, 'ECONNRESET');
+    assert.ok(app.received.slice(received).every((data) => !data.includes('denied.test')), 'the second request never reached the server');
+    assert.deepEqual(
+      refusalsSince(mark).map((line) => [line.host, line.reason]),
+      [
+        ['denied.test', 'hostname-denied'],
+        ['denied.test', 'hostname-denied'],
+      ],
+    );
+  });
+
   it('refuses an IP never resolved, even server-first, and a connection with no original destination', async () => {
     const listener = await start();
     const mark = logs.lines.length;
@@ -194,14 +217,14 @@ describe('transparent listener', () => {
     );
   });
 
-  it('refuses a ClientHello still incomplete when the peek window closes', async () => {
-    const listener = await start();
+  it('refuses a ClientHello still incomplete when the inspection timeout ends', async () => {
+    const listener = await start({ inspectTimeoutMs: 300 });
     const mark = logs.lines.length;
     const socket = await dial(listener, { address: '127.0.0.1', port: app.port });
     const ended = outcome(socket);
     socket.write(Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x01])); // a record promising 512 bytes
     assert.equal((await ended).error, 'ECONNRESET');
-    assert.deepEqual(refusalsSince(mark).map((line) => line.reason), ['unreadable-first-bytes']);
+    assert.deepEqual(refusalsSince(mark).map((line) => line.reason), ['inspection-timeout']);
   });
 
   it('resets the app when the host relay refuses what the enclave allowed', async () => {

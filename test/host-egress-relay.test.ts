@@ -161,6 +161,35 @@ describe('host egress relay', () => {
     bad.destroy();
   });
 
+  it('relays a short payload and FIN sent right behind the header', async () => {
+    const relay = await startRelay();
+    for (let i = 0; i < 5; i++) {
+      const socket = await open(relay);
+      const answer = readAll(socket);
+      socket.end(Buffer.concat([encodeEgressHeader({ name: 'allowed.test', ip: '127.0.0.1', port: app.port }), Buffer.from('ping')]));
+      const data = await answer;
+      assert.deepEqual(parseEgressReply(data), { kind: 'reply', status: EgressStatus.OK, length: 4 });
+      assert.equal(data.subarray(4, 68).toString(), sha256(Buffer.from('ping')), `round ${i}`);
+    }
+  });
+
+  it('judges the SNI or Host that follows the header, as an app dialling the relay directly would send', async () => {
+    const relay = await startRelay();
+    const mark = logs.lines.length;
+    const socket = await open(relay);
+    const answer = readAll(socket).catch(() => Buffer.alloc(0));
+    socket.write(encodeEgressHeader({ name: 'allowed.test', ip: '127.0.0.1', port: app.port }));
+    socket.write('GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\nGET / HTTP/1.1\r\nHost: other.test\r\n\r\n');
+    const data = await answer;
+    assert.ok(data.length <= 4, 'nothing of the destination came back');
+    const lines = logs.lines.slice(mark).filter((line) => line.event === 'host-egress-refused');
+    assert.deepEqual(
+      lines.map((line) => [line.name, line.host, line.reason]),
+      [['allowed.test', 'other.test', 'hostname-denied']],
+    );
+    assert.equal(relay.stats.refused, 1);
+  });
+
   it('reports an unreachable destination', async () => {
     const closed = net.createServer();
     closed.listen(0, '127.0.0.1');

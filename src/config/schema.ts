@@ -122,6 +122,8 @@ export const SCHEMA: Table = table('enclave.toml', {
     dns_refusal: oneOf('answer to a denied DNS question', 'refused', ['refused', 'nxdomain']),
     apply_rules: bool('write the iptables rules that redirect outbound TCP (needs root)', byMode(true, false)),
     peek_timeout_ms: int('how long to wait for a TLS SNI or HTTP Host before deciding on the IP alone', 300, 10, 10 * SECOND),
+    inspect_timeout_ms: int("how long the app's bytes may be held undecided (an incomplete ClientHello or request head) before the connection is refused", 10 * SECOND, 100, 5 * 60 * SECOND),
+    allow_ech: bool('let a TLS ClientHello with encrypted_client_hello through, though its real SNI is hidden', false),
     connect_timeout_ms: int('time to open a relay connection', 5 * SECOND, 10, 5 * 60 * SECOND),
     idle_timeout_ms: int('an egress connection idle this long is closed', 5 * 60 * SECOND, 100, 24 * HOUR),
     max_connections: int('concurrent egress connections', 4096, 1, 1_000_000),
@@ -228,6 +230,8 @@ export interface RuntimeConfig {
     dnsRefusal: 'refused' | 'nxdomain';
     applyRules: boolean;
     peekTimeoutMs: number;
+    inspectTimeoutMs: number;
+    allowEch: boolean;
     connectTimeoutMs: number;
     idleTimeoutMs: number;
     maxConnections: number;

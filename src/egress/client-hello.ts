@@ -4,6 +4,8 @@
  * reassembled (up to 32 records); the whole handshake message is bounded to 16 KiB, which
  * real ClientHellos, post-quantum key shares included, stay well inside.
  *
+ * An encrypted_client_hello extension is reported (`ech`): its real SNI is hidden from us.
+ *
  * The SNI comes back as sent (printable ASCII, not normalised): run it through
  * normaliseDomainName before asking the allowlist.
  */
@@ -19,7 +21,7 @@ export class ClientHelloError extends RuntimeError {
 export type ClientHelloResult =
   | { kind: 'incomplete' }
   | { kind: 'not-tls' }
-  | { kind: 'client-hello'; serverName?: string; alpn?: string[] };
+  | { kind: 'client-hello'; serverName?: string; alpn?: string[]; ech?: true };
 
 /** Bound on the ClientHello handshake message, its 4-byte header included. */
 export const CLIENT_HELLO_MAX_LENGTH = 16384;
@@ -29,14 +31,18 @@ const CONTENT_HANDSHAKE = 0x16;
 const HANDSHAKE_CLIENT_HELLO = 0x01;
 const EXT_SERVER_NAME = 0x0000;
 const EXT_ALPN = 0x0010;
+/** encrypted_client_hello (RFC 9849) and the older draft ESNI: the real SNI is encrypted inside. */
+const EXT_ECH = 0xfe0d;
+const EXT_ESNI = 0xffce;
 const INCOMPLETE = { kind: 'incomplete' } as const;
 const NOT_TLS = { kind: 'not-tls' } as const;
 
 /** Classify the first bytes of a connection and, for TLS, read SNI and ALPN from the ClientHello. */
 export function parseClientHello(data: Buffer): ClientHelloResult {
   if (data.length === 0) return INCOMPLETE;
-  // A handshake record of SSL 3.0 .. TLS 1.3; anything else (SSLv2 hellos included) is not ours.
-  if (data[0] !== CONTENT_HANDSHAKE || (data.length > 1 && data[1] !== 3) || (data.length > 2 && data[2]! > 4)) return NOT_TLS;
+  // A handshake record with major version 3, whatever the minor: servers accept 0x0305 or 0x03ff in
+  // the first record's header, so those must be read too. SSLv2 hellos are not ours.
+  if (data[0] !== CONTENT_HANDSHAKE || (data.length > 1 && data[1] !== 3)) return NOT_TLS;
   const message = reassemble(data);
   return message ? readClientHello(message) : INCOMPLETE;
 }
@@ -45,6 +51,7 @@ export function parseClientHello(data: Buffer): ClientHelloResult {
 function reassemble(data: Buffer): Buffer | undefined {
   const fragments: Buffer[] = [];
   let collected = 0;
+  let declared = 0;
   let total = -1;
   let offset = 0;
   for (let record = 0; offset + RECORD_HEADER <= data.length; record++) {
@@ -58,6 +65,7 @@ function reassemble(data: Buffer): Buffer | undefined {
     const fragment = data.subarray(offset + RECORD_HEADER, Math.min(data.length, offset + RECORD_HEADER + length));
     fragments.push(fragment);
     collected += fragment.length;
+    declared += length;
     if (total < 0 && collected > 0) {
       const head = Buffer.concat(fragments, Math.min(collected, 4));
       if (head[0] !== HANDSHAKE_CLIENT_HELLO) throw new ClientHelloError(`first TLS handshake message has type ${head[0]}, not ClientHello`);
@@ -66,7 +74,11 @@ function reassemble(data: Buffer): Buffer | undefined {
         if (total > CLIENT_HELLO_MAX_LENGTH) throw new ClientHelloError(`ClientHello of ${total} bytes exceeds ${CLIENT_HELLO_MAX_LENGTH}`);
       }
     }
-    if (total >= 0 && collected >= total) return Buffer.concat(fragments, total);
+    if (total >= 0 && declared >= total) {
+      // Bytes after the ClientHello in its last record would be another handshake message the server reads in the clear.
+      if (declared > total) throw new ClientHelloError('TLS record carries more than the ClientHello');
+      if (collected >= total) return Buffer.concat(fragments, total);
+    }
     offset += RECORD_HEADER + length;
   }
   return undefined;
@@ -116,7 +128,7 @@ function readClientHello(message: Buffer): ClientHelloResult {
   const suites = body.vector(2, 'cipher_suites').remaining;
   if (suites === 0 || suites % 2 !== 0) throw new ClientHelloError(`ClientHello cipher_suites has ${suites} bytes`);
   if (body.vector(1, 'compression_methods').remaining === 0) throw new ClientHelloError('ClientHello has no compression methods');
-  const result: { kind: 'client-hello'; serverName?: string; alpn?: string[] } = { kind: 'client-hello' };
+  const result: { kind: 'client-hello'; serverName?: string; alpn?: string[]; ech?: true } = { kind: 'client-hello' };
   if (body.remaining === 0) return result;
   const extensions = body.vector(2, 'extensions');
   if (body.remaining !== 0) throw new ClientHelloError(`ClientHello has ${body.remaining} bytes after its extensions`);
@@ -131,6 +143,8 @@ function readClientHello(message: Buffer): ClientHelloResult {
       if (serverName !== undefined) result.serverName = serverName;
     } else if (type === EXT_ALPN) {
       result.alpn = readAlpn(data);
+    } else if (type === EXT_ECH || type === EXT_ESNI) {
+      result.ech = true;
     }
   }
   return result;
@@ -143,8 +157,9 @@ function readServerName(extension: Cursor): string | undefined {
   while (list.remaining > 0) {
     const nameType = list.u8('server_name type');
     const entry = list.vector(2, 'server_name');
-    // host_name (0) is the only type RFC 6066 defines; others are skipped as it says.
-    if (nameType !== 0) continue;
+    // host_name (0) is the only type RFC 6066 defines. Servers differ on others (OpenSSL refuses the
+    // hello, Go skips the entry), so a name we would not read is refused rather than skipped.
+    if (nameType !== 0) throw new ClientHelloError(`ClientHello server_name entry of type ${nameType}, not host_name`);
     if (hostName !== undefined) throw new ClientHelloError('ClientHello carries more than one host_name');
     const bytes = entry.take(entry.remaining, 'host_name');
     if (bytes.length === 0 || bytes.length > 255) throw new ClientHelloError(`ClientHello host_name of ${bytes.length} bytes`);

@@ -6,6 +6,7 @@
 import type { Logger } from '../log.js';
 import { countEgressRefusal } from '../metrics/egress-metrics.js';
 import { RelayWatch } from './relay-watch.js';
+import type { InspectionRefusal, Sighting } from './stream-inspector.js';
 
 export interface EgressCounters {
   dnsQueries: number;
@@ -100,4 +101,16 @@ export class EgressAudit {
     this.counters[path === 'dns' ? 'dnsFailed' : path === 'proxy' ? 'proxyFailed' : 'connectionsFailed']++;
     this.#logger.warn({ event: 'egress-failed', path, ...facts, outcome: 'failed' }, 'egress failed');
   }
+}
+
+/** The sni/host fields of a line, from what the inspection saw. */
+export function sightingFacts(sighting: Sighting | undefined): { sni?: string | undefined; host?: string | undefined } {
+  if (sighting?.protocol === 'tls') return { sni: sighting.hostname };
+  if (sighting?.protocol === 'http') return { host: sighting.hostname };
+  return {};
+}
+
+/** A refusal line's facts from an inspection refusal; `fallbackName` when the judge named none. */
+export function refusalFacts(refusal: InspectionRefusal, fallbackName?: string): RefusalFacts {
+  return { name: refusal.verdict?.name || fallbackName, ...sightingFacts(refusal.sighting), reason: refusal.reason, rule: refusal.verdict?.rule };
 }

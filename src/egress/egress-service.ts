@@ -68,6 +68,8 @@ export async function startEgress(config: EgressConfig, logger: Logger): Promise
       cache,
       relay: config.relay,
       peekTimeoutMs: config.peekTimeoutMs,
+      inspectTimeoutMs: config.inspectTimeoutMs,
+      allowEch: config.allowEch,
       connectTimeoutMs: config.connectTimeoutMs,
       idleTimeoutMs: config.idleTimeoutMs,
       maxConnections: config.maxConnections,

@@ -29,6 +29,12 @@ export interface HttpRequestHead {
   port?: number;
   /** Bytes of the head, the blank line included; the body (if any) follows. */
   headLength: number;
+  /** The body's framing, so the next request on the connection can be found: Content-Length ... */
+  contentLength?: number;
+  /** ... or chunked transfer coding (never both). Neither: no body. */
+  chunked?: true;
+  /** The Upgrade header's value, when the request asks to switch protocols. */
+  upgrade?: string;
 }
 
 export type HttpHostResult = { kind: 'incomplete' } | { kind: 'not-http' } | HttpRequestHead;
@@ -66,7 +72,33 @@ export function parseHttpHost(data: Buffer, maxBytes: number = HTTP_HEAD_MAX_LEN
   }
   const [requestLine = '', ...fieldLines] = data.toString('latin1', 0, headEnd).split('\r\n');
   const request = readRequestLine(requestLine);
-  return { ...request, ...readHost(request.method, request.target, fieldLines), headLength: headEnd + 4 };
+  return { ...request, ...readHost(request.method, request.target, fieldLines), headLength: headEnd + 4, ...readFraming(request.version, fieldLines) };
+}
+
+/**
+ * Where the body ends, read as strictly as the host: only `chunked` as a transfer coding, one
+ * decimal Content-Length, never both, since a server framing the body differently from us would
+ * read a request we never saw (smuggling).
+ */
+function readFraming(version: '1.0' | '1.1', fieldLines: string[]): { contentLength?: number; chunked?: true; upgrade?: string } {
+  const out: { contentLength?: number; chunked?: true; upgrade?: string } = {};
+  for (const line of fieldLines) {
+    const colon = line.indexOf(':');
+    const name = line.slice(0, colon).toLowerCase();
+    const value = trimOws(line.slice(colon + 1));
+    if (name === 'content-length') {
+      if (out.contentLength !== undefined) throw new HttpHostError('HTTP request has more than one Content-Length header');
+      if (!/^[0-9]{1,15}$/.test(value)) throw new HttpHostError(`HTTP Content-Length ${JSON.stringify(value.slice(0, 40))} is not a decimal number`);
+      out.contentLength = Number(value);
+    } else if (name === 'transfer-encoding') {
+      if (out.chunked || value.toLowerCase() !== 'chunked' || version === '1.0') throw new HttpHostError(`HTTP Transfer-Encoding ${JSON.stringify(value.slice(0, 40))} is not accepted: only one "chunked", in HTTP/1.1`);
+      out.chunked = true;
+    } else if (name === 'upgrade') {
+      out.upgrade = value;
+    }
+  }
+  if (out.chunked && out.contentLength !== undefined) throw new HttpHostError('HTTP request has both Transfer-Encoding and Content-Length');
+  return out;
 }
 
 function readRequestLine(line: string): { kind: 'http-request'; method: string; target: string; version: '1.0' | '1.1' } {

@@ -7,8 +7,8 @@
  * Absolute-URI requests are forwarded with the http-proxy package, over an http.Agent whose
  * connections are relay streams: it handles bodies, keep-alive towards the app and response
  * framing, one upstream connection per request so each request's host is decided on its own.
- * Inside a CONNECT tunnel, a TLS SNI (or HTTP Host) naming another host than the CONNECT did is
- * refused like on the transparent path.
+ * Inside a CONNECT tunnel, every TLS SNI and HTTP Host is judged like on the transparent path
+ * (inspection-gate.ts): one naming another host than the CONNECT did is refused.
  */
 import http from 'node:http';
 import net from 'node:net';
@@ -20,10 +20,10 @@ import type { TcpAddress } from '../config/schema.js';
 import type { Logger } from '../log.js';
 import type { Allowlist } from './allowlist.js';
 import { tryNormaliseDomainName } from './domain-name.js';
-import type { EgressAudit } from './egress-audit.js';
+import { refusalFacts, sightingFacts, type EgressAudit } from './egress-audit.js';
 import { EgressStatus, egressStatusName, type EgressHeader } from './egress-header.js';
 import { decideConnection } from './egress-policy.js';
-import { readFirstBytes } from './first-bytes.js';
+import { InspectionGate, INSPECT_TIMEOUT_MS } from './inspection-gate.js';
 import { canonicalIp, type NameCache } from './name-cache.js';
 import { EgressRelayError, openRelayStream, resetAppOnRelayFailure } from './relay-client.js';
 
@@ -35,6 +35,10 @@ export interface HttpProxyOptions {
   resolve: (name: string) => Promise<string[]>;
   relay: Address;
   peekTimeoutMs: number;
+  /** Bound on tunnelled bytes held undecided; default INSPECT_TIMEOUT_MS. */
+  inspectTimeoutMs?: number;
+  /** Let a tunnelled ClientHello with encrypted_client_hello through; default false. */
+  allowEch?: boolean;
   connectTimeoutMs: number;
   idleTimeoutMs: number;
   maxConnections: number;
@@ -152,27 +156,28 @@ export class EgressHttpProxy {
     }
     socket.setTimeout(0);
     socket.write('HTTP/1.1 200 Connection Established\r\n\r\n');
-    if (head.length > 0) socket.unshift(head);
-    const first = await readFirstBytes(socket, options.peekTimeoutMs);
-    const decision = decideConnection(options.allowlist, {
-      ip: header.ip,
+    const facts = { name: header.name, ip: header.ip, port: header.port };
+    // The tunnel's bytes are judged like on the transparent path, for as long as it lasts.
+    const gate = new InspectionGate(socket, {
       port: header.port,
-      resolvedNames: authorized.resolvedNames,
-      hostname: first.problem === undefined ? first.hostname : undefined,
-    });
-    const named = first.protocol === 'tls' ? { sni: first.hostname } : first.protocol === 'http' ? { host: first.hostname } : {};
-    if (first.problem !== undefined || !decision.allowed) {
-      const reason = first.problem !== undefined ? 'unreadable-first-bytes' : decision.reason;
-      options.audit.refused('proxy', { name: header.name, ip: header.ip, port: header.port, ...named, reason, rule: decision.rule });
+      allowEch: options.allowEch ?? false,
+      inspectTimeoutMs: options.inspectTimeoutMs ?? INSPECT_TIMEOUT_MS,
+      judge: (sighting) => decideConnection(options.allowlist, { ip: header.ip, port: header.port, resolvedNames: authorized.resolvedNames, hostname: sighting.hostname }),
+      onRefusal: (refusal) => {
+        options.audit.refused('proxy', { ...refusalFacts(refusal), ...facts, name: header.name });
+        upstream.destroy();
+        socket.resetAndDestroy();
+      },
+    }, head);
+    const first = await gate.firstDecision(options.peekTimeoutMs);
+    if (first.kind === 'closed') {
       upstream.destroy();
-      socket.resetAndDestroy();
       return;
     }
-    options.audit.allowed('proxy', { name: header.name, ip: header.ip, port: header.port, ...named, reason: 'connect', rule: decision.rule });
-    resetAppOnRelayFailure(socket, upstream, () => options.audit.failed('proxy', { name: header.name, ip: header.ip, port: header.port, ...named, reason: 'relay-reset' }));
-    if (first.data.length > 0) upstream.write(first.data);
-    if (first.ended) upstream.end();
-    await relay(socket, upstream, { idleTimeoutMs: options.idleTimeoutMs });
+    const named = first.kind === 'decided' ? sightingFacts(first.sighting) : {};
+    options.audit.allowed('proxy', { ...facts, ...named, reason: 'connect', rule: first.kind === 'decided' ? first.verdict.rule : undefined });
+    resetAppOnRelayFailure(socket, upstream, () => options.audit.failed('proxy', { ...facts, ...named, reason: 'relay-reset' }));
+    await relay(gate, upstream, { idleTimeoutMs: options.idleTimeoutMs });
   }
 
   /** The name-based decision, then the address to send the relay: the name's, resolved through our DNS. */

@@ -2,8 +2,9 @@
  * Where iptables sends the app's outbound TCP (egress.transparent_listen). For each connection:
  * the original destination (SO_ORIGINAL_DST), then the SNI or Host from the first bytes, then
  * the policy (egress-policy.ts). Allowed connections go to the host's relay with an egress
- * header, the bytes already read, and then both directions; refused ones are reset, so the app
- * sees ECONNRESET at once rather than a connection that silently goes nowhere.
+ * header, then both directions, the app's bytes through an InspectionGate (every ClientHello and
+ * request head judged before it is forwarded, however late it comes); refused ones are reset, so
+ * the app sees ECONNRESET at once rather than a connection that silently goes nowhere.
  *
  * iptables REDIRECT sends IPv6 to ::1, so when the configured host is 127.0.0.1 the listener
  * also binds [::1] on the same port, when the kernel has IPv6.
@@ -18,7 +19,9 @@ import type { Allowlist } from './allowlist.js';
 import type { EgressAudit } from './egress-audit.js';
 import { egressStatusName } from './egress-header.js';
 import { decideConnection } from './egress-policy.js';
-import { readFirstBytes } from './first-bytes.js';
+import { InspectionGate, INSPECT_TIMEOUT_MS } from './inspection-gate.js';
+import { refusalFacts, sightingFacts } from './egress-audit.js';
+import type { Sighting } from './stream-inspector.js';
 import type { NameCache } from './name-cache.js';
 import { EgressRelayError, openRelayStream, resetAppOnRelayFailure } from './relay-client.js';
 
@@ -28,6 +31,10 @@ export interface TransparentListenerOptions {
   cache: NameCache;
   relay: Address;
   peekTimeoutMs: number;
+  /** Bound on bytes held undecided (a ClientHello or request head still incomplete); default INSPECT_TIMEOUT_MS. */
+  inspectTimeoutMs?: number;
+  /** Let a ClientHello with encrypted_client_hello through (its real SNI is hidden); default false. */
+  allowEch?: boolean;
   connectTimeoutMs: number;
   idleTimeoutMs: number;
   maxConnections: number;
@@ -131,16 +138,24 @@ export class TransparentListener {
       return;
     }
     const { address: ip, port } = destination;
-    const first = await readFirstBytes(socket, options.peekTimeoutMs);
-    const named = first.protocol === 'tls' ? { sni: first.hostname } : first.protocol === 'http' ? { host: first.hostname } : {};
     const resolvedNames = options.cache.namesFor(ip);
-    if (first.problem !== undefined) {
-      audit.refused('transparent', { name: resolvedNames[0], ip, port, ...named, reason: 'unreadable-first-bytes' });
-      options.logger.debug({ problem: first.problem }, 'egress first bytes unreadable');
-      socket.resetAndDestroy();
-      return;
-    }
-    const decision = decideConnection(options.allowlist, { ip, port, resolvedNames, hostname: first.hostname });
+    const judge = (sighting: Sighting) => decideConnection(options.allowlist, { ip, port, resolvedNames, hostname: sighting.hostname });
+    const gate = new InspectionGate(socket, {
+      port,
+      allowEch: options.allowEch ?? false,
+      inspectTimeoutMs: options.inspectTimeoutMs ?? INSPECT_TIMEOUT_MS,
+      judge,
+      onRefusal: (refusal) => {
+        audit.refused('transparent', { ...refusalFacts(refusal, resolvedNames[0]), ip, port });
+        if (refusal.problem !== undefined) options.logger.debug({ problem: refusal.problem }, 'egress bytes refused');
+        socket.resetAndDestroy();
+      },
+    });
+    const first = await gate.firstDecision(options.peekTimeoutMs);
+    if (first.kind === 'closed') return;
+    // Nothing yet (server-first, or a late client): decide on the IP; the gate still inspects whatever the app sends later.
+    const decision = first.kind === 'decided' ? first.verdict : judge({ protocol: 'other' });
+    const named = first.kind === 'decided' ? sightingFacts(first.sighting) : {};
     if (!decision.allowed) {
       audit.refused('transparent', { name: decision.name || resolvedNames[0], ip, port, ...named, reason: decision.reason, rule: decision.rule });
       socket.resetAndDestroy();
@@ -150,7 +165,7 @@ export class TransparentListener {
 
     let upstream;
     try {
-      upstream = await openRelayStream(options.relay, { name: decision.name, ip, port }, { timeoutMs: options.connectTimeoutMs, watch: options.audit.relays });
+      upstream = await openRelayStream(options.relay, { name: decision.name ?? '', ip, port }, { timeoutMs: options.connectTimeoutMs, watch: options.audit.relays });
     } catch (error) {
       const reason = error instanceof EgressRelayError && error.status !== undefined ? `host-${egressStatusName(error.status).toLowerCase()}` : 'relay-unreachable';
       audit.failed('transparent', { name: decision.name, ip, port, ...named, reason });
@@ -163,11 +178,8 @@ export class TransparentListener {
     }
     audit.allowed('transparent', { name: decision.name, ip, port, ...named, reason: decision.reason, rule: decision.rule });
     resetAppOnRelayFailure(socket, upstream, () => audit.failed('transparent', { name: decision.name, ip, port, ...named, reason: 'relay-reset' }));
-    if (first.data.length > 0) upstream.write(first.data);
-    // The app's FIN was consumed while peeking, so pipe() would never pass it on.
-    if (first.ended) upstream.end();
-    const outcome = await relay(socket, upstream, { idleTimeoutMs: options.idleTimeoutMs });
-    options.logger.debug({ ip, port, end: outcome.end, sent: outcome.aToB + first.data.length, received: outcome.bToA }, 'egress connection closed');
+    const outcome = await relay(gate, upstream, { idleTimeoutMs: options.idleTimeoutMs });
+    options.logger.debug({ ip, port, end: outcome.end, sent: outcome.aToB, received: outcome.bToA }, 'egress connection closed');
   }
 }
 

@@ -6,6 +6,8 @@
  * compromised enclave cannot use the parent as an open proxy): the name must be allowed, and
  * the IP must be allowed as an address or be one the host's DNS relay resolved that name to.
  * Private, loopback, link-local and similar destinations are refused unless host.allow_private.
+ * Then the payload is inspected like in the enclave (inspection-gate.ts): every TLS SNI and HTTP
+ * Host must be allowed and resolved for the IP, or the stream is cut.
  */
 import type { Duplex } from 'node:stream';
 import { formatAddress, type Address } from '../bridge/address.js';
@@ -22,6 +24,9 @@ import {
   type EgressHeader,
   type EgressStatusCode,
 } from '../egress/egress-header.js';
+import { sightingFacts } from '../egress/egress-audit.js';
+import { decideConnection } from '../egress/egress-policy.js';
+import { InspectionGate, INSPECT_TIMEOUT_MS } from '../egress/inspection-gate.js';
 import type { NameCache } from '../egress/name-cache.js';
 import type { Logger } from '../log.js';
 import { classifyAddress } from './address-class.js';
@@ -40,6 +45,10 @@ export interface EgressRelayOptions {
   logger: Logger;
   /** Time for the header to arrive (default 5 s). */
   headerTimeoutMs?: number;
+  /** Bound on the app's bytes held undecided (egress.inspect_timeout_ms; default INSPECT_TIMEOUT_MS). */
+  inspectTimeoutMs?: number;
+  /** Let a ClientHello with encrypted_client_hello through (egress.allow_ech; default false). */
+  allowEch?: boolean;
 }
 
 export interface EgressRelayStats {
@@ -161,10 +170,28 @@ export class EgressRelay {
     }
     this.stats.connected++;
     stream.write(encodeEgressReply(EgressStatus.OK));
-    if (rest.length > 0) upstream.write(rest);
-    if (stream.readableEnded) upstream.end();
-    const outcome = await relay(stream, upstream, { idleTimeoutMs: options.idleTimeoutMs });
-    options.logger.info({ event: 'host-egress-closed', ...facts, rule: check.rule ?? null, end: outcome.end, sent: outcome.aToB + rest.length, received: outcome.bToA }, 'egress connection closed');
+    // The enclave inspects too, but the app may reach this relay directly (AF_VSOCK is not covered
+    // by iptables): the header alone names nothing the server will see, so SNI and Host are judged here as well.
+    const gate = new InspectionGate(stream, {
+      port: header.port,
+      allowEch: options.allowEch ?? false,
+      inspectTimeoutMs: options.inspectTimeoutMs ?? INSPECT_TIMEOUT_MS,
+      judge: (sighting) =>
+        sighting.hostname === undefined
+          ? { allowed: true, reason: 'header' }
+          : decideConnection(options.allowlist, { ip: header.ip, port: header.port, resolvedNames: options.cache.namesFor(header.ip), hostname: sighting.hostname }),
+      onRefusal: (refusal) => {
+        this.stats.refused++;
+        options.logger.warn(
+          { event: 'host-egress-refused', ...facts, ...sightingFacts(refusal.sighting), status: egressStatusName(EgressStatus.DENIED), reason: refusal.reason },
+          'host egress relay refused a destination',
+        );
+        upstream.destroy();
+        stream.destroy();
+      },
+    }, rest);
+    const outcome = await relay(gate, upstream, { idleTimeoutMs: options.idleTimeoutMs });
+    options.logger.info({ event: 'host-egress-closed', ...facts, rule: check.rule ?? null, end: outcome.end, sent: outcome.aToB, received: outcome.bToA }, 'egress connection closed');
   }
 }
 

@@ -43,6 +43,8 @@ export async function startHostRelays(
       allowlist,
       cache,
       allowPrivate: host.allowPrivate,
+      allowEch: config.egress.allowEch,
+      inspectTimeoutMs: config.egress.inspectTimeoutMs,
       connectTimeoutMs: host.connectTimeoutMs,
       idleTimeoutMs: host.idleTimeoutMs,
       maxConnections: host.maxConnections,

@@ -14,10 +14,12 @@ import http from 'node:http';
 import https from 'node:https';
 import net from 'node:net';
 import { resolve } from 'node:path';
+import { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { DnsType, parseDnsResponse } from '../../src/egress/dns-message.js';
 import { buildQuery } from '../../src/egress/dns-forwarder.js';
+import { encodeEgressHeader } from '../../src/egress/egress-header.js';
 
 export type Probe =
   | { op: 'lookup'; name: string }
@@ -28,9 +30,29 @@ export type Probe =
   | { op: 'proxy-connect'; proxy: string; target: string; servername: string }
   | { op: 'banner'; host: string; port: number }
   | { op: 'tcp'; host: string; port: number; send?: string }
+  | { op: 'raw'; host?: string; port?: number; unix?: string; steps: RawStep[]; waitMs?: number }
+  | {
+      op: 'tls';
+      host: string;
+      port?: number;
+      servername: string;
+      /** Wait this long after connecting before the ClientHello goes out. */
+      delayMs?: number;
+      /** Rewrite the ClientHello: record minor version 0x05 or 0xff, split into two records sent apart, or add an ECH extension. */
+      mutate?: 'minor-05' | 'minor-ff' | 'split' | 'ech';
+      /** Connect to this unix socket (the host's egress relay) and send an egress header first, as an app dialling the relay directly would. */
+      relay?: { unix: string; name: string; ip: string; port: number };
+    }
   | { op: 'get-json'; url: string };
 
+/** One step of a raw probe: wait, then send latin1 text. */
+export interface RawStep {
+  delayMs?: number;
+  send: string;
+}
+
 const PROBE_TIMEOUT_MS = 8000;
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 const errorResult = (error: unknown) => ({ code: (error as { code?: string }).code ?? (error as Error).message });
 
@@ -161,6 +183,119 @@ function tcp(probe: Extract<Probe, { op: 'tcp' }>): Promise<unknown> {
   });
 }
 
+/** Send the steps, then read until the peer ends, resets or `waitMs` passes. */
+function raw(probe: Extract<Probe, { op: 'raw' }>): Promise<unknown> {
+  return new Promise((done) => {
+    const socket = probe.unix ? net.connect({ path: probe.unix }) : net.connect({ host: probe.host!, port: probe.port! });
+    let text = '';
+    let finished = false;
+    const finish = (result: Record<string, unknown>) => {
+      if (finished) return;
+      finished = true;
+      socket.destroy();
+      done({ received: text, ...result });
+    };
+    socket.setEncoding('latin1');
+    socket.on('data', (chunk: string) => (text += chunk));
+    socket.on('end', () => finish({ end: 'fin' }));
+    socket.on('error', (error) => finish(errorResult(error)));
+    socket.once('connect', async () => {
+      for (const step of probe.steps) {
+        if (step.delayMs) await sleep(step.delayMs);
+        if (finished) return;
+        socket.write(step.send, 'latin1');
+      }
+      await sleep(probe.waitMs ?? 1000);
+      finish({ end: 'waited' });
+    });
+  });
+}
+
+/** The first TLS record the client writes, rewritten as the probe says (handshake bytes unchanged except for 'ech'). */
+function mutateHello(record: Buffer, how: NonNullable<Extract<Probe, { op: 'tls' }>['mutate']>): Buffer[] {
+  if (how === 'minor-05' || how === 'minor-ff') {
+    const out = Buffer.from(record);
+    out[2] = how === 'minor-05' ? 0x05 : 0xff;
+    return [out];
+  }
+  const handshake = record.subarray(5);
+  if (how === 'split') {
+    const cut = 40;
+    const frame = (fragment: Buffer) => Buffer.concat([Buffer.from([0x16, 0x03, 0x01, fragment.length >> 8, fragment.length & 0xff]), fragment]);
+    return [frame(handshake.subarray(0, cut)), frame(handshake.subarray(cut))];
+  }
+  // Append an encrypted_client_hello extension (0xfe0d) and fix the three lengths around it.
+  const extension = Buffer.from([0xfe, 0x0d, 0x00, 0x04, 0x00, 0x01, 0x02, 0x03]);
+  let offset = 4 + 2 + 32;
+  offset += 1 + handshake[offset]!;
+  offset += 2 + handshake.readUInt16BE(offset);
+  offset += 1 + handshake[offset]!;
+  const message = Buffer.concat([handshake, extension]);
+  message.writeUInt16BE(handshake.readUInt16BE(offset) + extension.length, offset);
+  message.writeUIntBE(message.length - 4, 1, 3);
+  const header = Buffer.from([0x16, 0x03, 0x01, 0, 0]);
+  header.writeUInt16BE(message.length, 3);
+  return [Buffer.concat([header, message])];
+}
+
+/** HTTPS by hand over a socket we control: a late or rewritten ClientHello, or straight to the host relay. */
+async function tlsProbe(probe: Extract<Probe, { op: 'tls' }>): Promise<unknown> {
+  const socket = probe.relay ? net.connect({ path: probe.relay.unix }) : net.connect({ host: probe.host, port: probe.port ?? 443 });
+  socket.on('error', () => {});
+  await new Promise<void>((resolve, reject) => {
+    socket.once('connect', resolve);
+    socket.once('error', reject);
+  });
+  if (probe.relay) {
+    socket.write(encodeEgressHeader({ name: probe.relay.name, ip: probe.relay.ip, port: probe.relay.port }));
+    const reply = await new Promise<Buffer>((resolve, reject) => {
+      socket.once('readable', () => resolve(socket.read(4) as Buffer));
+      socket.once('error', reject);
+    });
+    if (reply?.[3] !== 0) return { relayStatus: reply?.[3] ?? null };
+  }
+  if (probe.delayMs) await sleep(probe.delayMs);
+  let first = true;
+  const wire = new Duplex({
+    read() {
+      socket.resume();
+    },
+    write(chunk: Buffer, _encoding, callback) {
+      if (!first || !probe.mutate) return socket.write(chunk, callback);
+      first = false;
+      const [one, two] = mutateHello(chunk, probe.mutate);
+      socket.write(one!);
+      if (!two) return callback();
+      setTimeout(() => socket.write(two, callback), 100);
+    },
+    final(callback) {
+      socket.end();
+      callback();
+    },
+    destroy(error, callback) {
+      socket.destroy();
+      callback(error);
+    },
+  });
+  socket.on('data', (chunk: Buffer) => {
+    if (!wire.push(chunk)) socket.pause();
+  });
+  socket.on('end', () => wire.push(null));
+  socket.on('error', (error) => wire.destroy(error));
+  socket.on('close', () => wire.destroy());
+  const secure = tls.connect({ socket: wire, servername: probe.servername, rejectUnauthorized: false });
+  return new Promise((done) => {
+    secure.once('secureConnect', () => {
+      secure.write(`GET /late HTTP/1.1\r\nHost: ${probe.servername}\r\nConnection: close\r\n\r\n`);
+      collect(secure).then(
+        (text) => done({ status: Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0), body: text.slice(text.indexOf('\r\n\r\n') + 4) }),
+        (error) => done(errorResult(error)),
+      );
+    });
+    secure.once('error', (error) => done(errorResult(error)));
+  });
+}
+
 /** Run one probe and return what the app saw. */
 export async function runProbe(probe: Probe): Promise<unknown> {
   try {
@@ -195,6 +330,10 @@ export async function runProbe(probe: Probe): Promise<unknown> {
         return await banner(probe);
       case 'tcp':
         return await tcp(probe);
+      case 'raw':
+        return await raw(probe);
+      case 'tls':
+        return await tlsProbe(probe);
       case 'get-json': {
         const response = await fetch(probe.url);
         return { status: response.status, json: await response.json() };

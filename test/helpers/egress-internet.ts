@@ -10,7 +10,8 @@
  *   (SNI, Host) and who asked (the peer address), so the test sees which server it reached
  *   and that the connection came through the host relay.
  *
- * Prints one line `READY` on stdout once everything listens.
+ * Prints one line `READY` on stdout once everything listens, then `SEEN {"sni":...}` for every
+ * ClientHello SNI and `SEEN {"host":...}` for every HTTP request Host it receives.
  */
 import { execFileSync } from 'node:child_process';
 import dgram from 'node:dgram';
@@ -20,7 +21,7 @@ import https from 'node:https';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import type { TLSSocket } from 'node:tls';
+import tls, { type TLSSocket } from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { DnsTcpFrameReader, DnsType, encodeDnsName, encodeTcpFrame, parseDnsQuery } from '../../src/egress/dns-message.js';
 
@@ -81,7 +82,8 @@ function record(name: string, type: number, data: Buffer): Buffer {
   const fixed = Buffer.alloc(10);
   fixed.writeUInt16BE(type, 0);
   fixed.writeUInt16BE(1, 2);
-  fixed.writeUInt32BE(60, 4);
+  // Long enough that the names stay in both name caches through a slow run of the whole file.
+  fixed.writeUInt32BE(600, 4);
   fixed.writeUInt16BE(data.length, 8);
   return Buffer.concat([encodeDnsName(name), fixed, data]);
 }
@@ -158,12 +160,17 @@ async function main(spec: InternetSpec): Promise<void> {
 
   const describe = (socket: net.Socket, extra: Record<string, unknown>) =>
     JSON.stringify({ server: plainAddress(socket.localAddress), from: plainAddress(socket.remoteAddress), ...extra });
-  const secure = https.createServer({ key, cert }, (req, res) => {
+  // What each server was asked for, whatever became of the connection: the tests assert that a denied
+  // name never reached a server, not only that the app got an error.
+  const seen = (what: Record<string, string | null>) => process.stdout.write(`SEEN ${JSON.stringify(what)}\n`);
+  const context = tls.createSecureContext({ key, cert });
+  const secure = https.createServer({ key, cert, SNICallback: (name, done) => (seen({ sni: name }), done(null, context)) }, (req, res) => {
     res.setHeader('content-type', 'application/json');
     res.end(describe(req.socket, { sni: (req.socket as TLSSocket & { servername?: string }).servername || null, path: req.url }));
   });
   listen(secure, 443);
   const plainHttp = http.createServer((req, res) => {
+    seen({ host: req.headers.host ?? null });
     res.setHeader('content-type', 'application/json');
     res.end(describe(req.socket, { host: req.headers.host ?? null, path: req.url, method: req.method }));
   });
