@@ -4,6 +4,9 @@ import type { Logger } from './log.js';
 
 const FORWARDED: readonly NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGUSR1', 'SIGUSR2'];
 
+/** Takes a command's stdout and stderr pipes; it must keep reading them, or the command blocks. */
+export type ChildOutput = (stdout: NodeJS.ReadableStream | null, stderr: NodeJS.ReadableStream | null) => void;
+
 /** How a supervised command ended, as a shell would report it. */
 export function exitCodeOf(code: number | null, signal: NodeJS.Signals | null): number {
   if (code !== null) return code;
@@ -19,9 +22,14 @@ export class Supervisor {
   readonly #child: ChildProcess;
   readonly exited: Promise<number>;
 
-  /** `options` may set the command's cwd, env, uid and gid (stdio is always the runtime's). */
-  constructor(command: string, args: readonly string[], logger: Logger, options: Pick<SpawnOptions, 'cwd' | 'env' | 'uid' | 'gid'> = {}) {
-    this.#child = spawn(command, args, { ...options, stdio: 'inherit' });
+  /**
+   * `options` may set the command's cwd, env, uid and gid. Its stdio is the runtime's, unless
+   * `output` is given: then stdout and stderr are pipes handed to `output` (the log relay).
+   */
+  constructor(command: string, args: readonly string[], logger: Logger, options: Pick<SpawnOptions, 'cwd' | 'env' | 'uid' | 'gid'> & { output?: ChildOutput | undefined } = {}) {
+    const { output, ...spawnOptions } = options;
+    this.#child = spawn(command, args, { ...spawnOptions, stdio: output ? ['inherit', 'pipe', 'pipe'] : 'inherit' });
+    output?.(this.#child.stdout, this.#child.stderr);
     logger.info({ command, pid: this.#child.pid }, 'customer command started');
     this.exited = new Promise((resolve) => {
       this.#child.once('error', (error) => {

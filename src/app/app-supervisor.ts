@@ -5,7 +5,7 @@
  */
 import type { RuntimeConfig } from '../config/schema.js';
 import type { Logger } from '../log.js';
-import { Supervisor } from '../supervisor.js';
+import { Supervisor, type ChildOutput } from '../supervisor.js';
 import { resolveAppUser } from './app-user.js';
 import { restartDelayMs, shouldRestart } from './restart-policy.js';
 
@@ -30,8 +30,9 @@ export class AppSupervisor {
   /**
    * Starts the command now, with the runtime's environment plus `[app] env` plus `extraEnv`
    * (secrets, which never enter process.env). Throws ConfigError when `[app] user` names nobody.
+   * `output` takes each run's stdout and stderr (the log relay); without it they are the runtime's.
    */
-  constructor(command: string, args: readonly string[], settings: AppSettings, logger: Logger, extraEnv: Readonly<Record<string, string>> = {}) {
+  constructor(command: string, args: readonly string[], settings: AppSettings, logger: Logger, extraEnv: Readonly<Record<string, string>> = {}, output?: ChildOutput) {
     this.#command = command;
     this.#args = args;
     this.#settings = settings;
@@ -41,6 +42,7 @@ export class AppSupervisor {
       ...(settings.cwd === '' ? {} : { cwd: settings.cwd }),
       env: { ...process.env, ...settings.env, ...extraEnv },
       ...(user ? { uid: user.uid, gid: user.gid } : {}),
+      ...(output ? { output } : {}),
     };
     this.exited = this.#run();
   }

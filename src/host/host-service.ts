@@ -10,6 +10,7 @@ import { NameCache } from '../egress/name-cache.js';
 import type { Logger } from '../log.js';
 import { startDnsRelay, type DnsRelay } from './dns-relay.js';
 import { EgressRelay } from './egress-relay.js';
+import { startHostOperability, type HostOperability } from './host-operability.js';
 import { upstreamFromConfig } from './upstream-dns.js';
 
 /** How long the host's ingress waits for a PROXY header; the host never expects one from clients. */
@@ -19,6 +20,8 @@ export interface HostService {
   readonly ingress: Ingress;
   readonly egressRelay: EgressRelay;
   readonly dnsRelay: DnsRelay;
+  /** The log sink and the health, metrics, provisioner and credentials relays that are configured. */
+  readonly operability: HostOperability;
   /** Stop accepting everywhere, drain ingress for up to `graceMs`, cut the rest. */
   close(graceMs: number): Promise<void>;
 }
@@ -56,10 +59,13 @@ export async function startHost(config: Pick<RuntimeConfig, 'host' | 'egress'>, 
       logger,
     });
     started.push((graceMs) => ingress.stop(graceMs));
+    const operability = await startHostOperability(config.host, logger);
+    started.push((graceMs) => operability.close(graceMs));
     return {
       ingress,
       egressRelay,
       dnsRelay,
+      operability,
       close: async (graceMs) => {
         for (const stop of started.splice(0).reverse()) await stop(graceMs);
       },
