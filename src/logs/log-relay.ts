@@ -26,6 +26,8 @@ export interface LogRelayOptions {
   maxBackoffMs?: number;
   /** How often a line reports drops since the last report (only when there were some). */
   reportIntervalMs?: number;
+  /** Echo a child's output to the runtime's own stdout/stderr too (default true; a console, when there is one, shows it). */
+  echo?: boolean;
 }
 
 export interface LogRelayStats {
@@ -66,7 +68,7 @@ export class LogRelay {
 
   constructor(options: LogRelayOptions) {
     this.address = options.address;
-    this.#options = { connectTimeoutMs: 5_000, minBackoffMs: 100, maxBackoffMs: 5_000, reportIntervalMs: 60_000, ...options };
+    this.#options = { connectTimeoutMs: 5_000, minBackoffMs: 100, maxBackoffMs: 5_000, reportIntervalMs: 60_000, echo: true, ...options };
     this.#reportTimer = setInterval(() => this.#report(), this.#options.reportIntervalMs).unref();
     this.#loop = this.#run();
   }
@@ -125,7 +127,7 @@ export class LogRelay {
       if (!stream) continue;
       const splitter = this.lineSplitter('app', name);
       stream.on('data', (chunk: Buffer) => {
-        if (echo.writableLength < MAX_ECHO_BACKLOG_BYTES) echo.write(chunk);
+        if (this.#options.echo && echo.writableLength < MAX_ECHO_BACKLOG_BYTES) echo.write(chunk);
         splitter.push(chunk);
       });
       this.#openChildStreams++;
