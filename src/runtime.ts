@@ -82,6 +82,12 @@ export class Runtime {
       closers.push(() => api.close());
       logger.info({ listen: `tcp:${api.address.host}:${api.address.port}` }, 'internal API listening');
 
+      if (config.kms.proxy) {
+        const { startKmsProxyFromConfig } = await import('./kms/kms-proxy-config.js');
+        const proxy = await startKmsProxyFromConfig(config, nsm, logger);
+        closers.push(() => proxy.close());
+      }
+
       if (config.egress.enabled) {
         const { startEgress } = await import('./egress/egress-service.js');
         const egress = await startEgress(config.egress, logger);
