@@ -1,6 +1,7 @@
 import { Agent, type Dispatcher } from 'undici';
 import type { RuntimeConfig } from '../config/schema.js';
 import { tunnelAgent } from './connect-tunnel.js';
+import { hostCredentialsProvider } from './host-credentials.js';
 import type { KmsClientOptions } from './kms-client.js';
 import { KmsError } from './kms-error.js';
 
@@ -15,6 +16,9 @@ export type KmsKeys = Omit<RuntimeConfig['kms'], 'credentials' | 'credentialsAdd
 export function kmsSettings(kms: KmsKeys, env: NodeJS.ProcessEnv = process.env): Omit<KmsClientOptions, 'dispatcher' | 'logger'> {
   const region = kms.region || env.AWS_REGION || env.AWS_DEFAULT_REGION || '';
   if (!region) throw new KmsError('ERR_KMS_CONFIG', 'no KMS region: set kms.region, or AWS_REGION in the environment');
+  if (kms.credentials === 'host' && kms.credentialsAddress) {
+    return { region, endpoint: kms.endpoint || undefined, credentials: hostCredentialsProvider(kms.credentialsAddress, kms.timeoutMs), timeoutMs: kms.timeoutMs, maxAttempts: kms.maxAttempts };
+  }
   const fromFile = kms.accessKeyId !== '' || kms.secretAccessKey !== '';
   const credentials = fromFile
     ? { accessKeyId: kms.accessKeyId, secretAccessKey: kms.secretAccessKey, sessionToken: kms.sessionToken || undefined }
