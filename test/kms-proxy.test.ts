@@ -4,7 +4,7 @@
  * makes the enclave the Recipient, and hands back the plaintext as KMS would without one.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -13,7 +13,12 @@ import { openSimulatedNsm, type SimulatedNsm } from '../src/attestation/sim-nsm.
 import { KmsClient } from '../src/kms/kms-client.js';
 import { startKmsProxy, type KmsProxy } from '../src/kms/kms-proxy.js';
 import { silentLogger } from '../src/log.js';
+import { startCredentialsServer } from '../src/host/credentials-server.js';
+import { ImdsCredentials } from '../src/host/imds-credentials.js';
+import { runCli } from './helpers/cli-run.js';
+import { startFakeImds } from './helpers/fake-imds.js';
 import { startFakeKmsForStateDir, type FakeKms } from './helpers/fake-kms.js';
+import { freePort } from './helpers/net.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'kms-proxy-'));
 const stateDir = join(dir, 'state');
@@ -101,5 +106,66 @@ describe('KMS proxy with the AWS SDK', () => {
     const get = await fetch(url);
     assert.equal(get.status, 404);
     assert.equal(((await get.json()) as { __type: string }).__type, 'UnknownOperationException');
+  });
+});
+
+describe('the production flow under dev: app SDK -> KMS proxy -> credentials from the host (IMDSv2) -> KMS', () => {
+  it("the app decrypts with its SDK and made-up credentials; the runtime signed with the parent's role and never handed it to the app", async () => {
+    const flowDir = join(dir, 'flow');
+    const flowState = join(flowDir, 'state');
+    const role = { AccessKeyId: 'ASIAPARENTROLE000009', SecretAccessKey: 'parent-role-secret-flow-000000000', Token: 'parent-role-session-token-flow-000000', Expiration: new Date(Date.now() + 3600_000).toISOString() };
+    const imds = await startFakeImds(role);
+    const roleKms = await startFakeKmsForStateDir(() => flowState, { accessKeyId: role.AccessKeyId, secretAccessKey: role.SecretAccessKey, sessionToken: role.Token });
+    const credentials = await startCredentialsServer({ listen: { transport: 'tcp', host: '127.0.0.1', port: 0 }, source: new ImdsCredentials({ endpoint: imds.url, timeoutMs: 2000 }), logger: silentLogger() });
+    const [proxyPort, ingress, api, health, metrics] = [await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
+    mkdirSync(flowDir, { recursive: true });
+    const config = join(flowDir, 'dev.toml');
+    writeFileSync(
+      config,
+      [
+        '[runtime]',
+        `health_listen = "tcp:127.0.0.1:${health}"`,
+        '[ingress]',
+        `listen = "tcp:127.0.0.1:${ingress}"`,
+        '[attestation]',
+        `api_listen = "tcp:127.0.0.1:${api}"`,
+        '[metrics]',
+        `listen = "tcp:127.0.0.1:${metrics}"`,
+        '[kms]',
+        `region = "${roleKms.region}"`,
+        `endpoint = "${roleKms.url}"`,
+        'via = "direct"',
+        'credentials = "host"',
+        `credentials_address = "tcp:127.0.0.1:${(credentials.address as { port: number }).port}"`,
+        'proxy = true',
+        `proxy_listen = "tcp:127.0.0.1:${proxyPort}"`,
+      ].join('\n'),
+    );
+    // The app: CommonJS so `require` resolves the SDK from the repository (the command's cwd).
+    const app = [
+      "const { KMSClient, DecryptCommand } = require('@aws-sdk/client-kms');",
+      `const kms = new KMSClient({ region: '${roleKms.region}', endpoint: 'http://127.0.0.1:${proxyPort}', credentials: { accessKeyId: 'enclave', secretAccessKey: 'enclave' } });`,
+      "kms.send(new DecryptCommand({ CiphertextBlob: Buffer.from(process.env.BLOB, 'base64') })).then((answer) => {",
+      "  console.log('plaintext: ' + Buffer.from(answer.Plaintext).toString('utf8'));",
+      "  console.log('role secret in my environment: ' + Object.values(process.env).some((value) => value.includes('parent-role')));",
+      '}, (error) => { console.log(`failed: ${error.name}: ${error.message}`); process.exitCode = 1; });',
+    ].join('\n');
+    const blob = roleKms.encrypt(Buffer.from('the production secret')).toString('base64');
+    const run = runCli(['dev', '--config', config, '--state-dir', flowState, '--', process.execPath, '-e', app], { env: { BLOB: blob } });
+    try {
+      const code = await run.exited;
+      const output = run.output().toString('utf8');
+      assert.equal(code, 0, output.slice(-2000));
+      assert.match(output, /plaintext: the production secret/);
+      assert.match(output, /role secret in my environment: false/);
+      assert.ok(!output.includes(role.SecretAccessKey) && !output.includes(role.Token), 'a role credential reached the output');
+      assert.deepEqual(roleKms.calls.map(({ target, recipient, status }) => [target, recipient, status]), [['Decrypt', true, 200]]);
+      assert.equal(credentials.stats.served, 1);
+    } finally {
+      if (run.child.exitCode === null) run.child.kill('SIGKILL');
+      await credentials.close();
+      await roleKms.close();
+      await imds.close();
+    }
   });
 });
