@@ -17,6 +17,7 @@ import { startHostOperability } from '../src/host/host-operability.js';
 import { startHttpEndpoint } from '../src/http-endpoint.js';
 import { silentLogger } from '../src/log.js';
 import { runCli, eventually } from './helpers/cli-run.js';
+import { writeDevConfig } from './helpers/dev-config.js';
 import { freePort } from './helpers/net.js';
 import { CLI, REPO_ROOT } from './helpers/paths.js';
 
@@ -125,23 +126,8 @@ describe('dev + host on loopback', () => {
     });
     host.stderr.resume();
 
-    const [ingress, api, health, metrics] = [await freePort(), await freePort(), await freePort(), await freePort()];
     const devConfig = join(dir, 'dev.toml');
-    writeFileSync(
-      devConfig,
-      [
-        '[runtime]',
-        `log_relay = "tcp:127.0.0.1:${logPort}"`,
-        `health_listen = "tcp:127.0.0.1:${health}"`,
-        'shutdown_grace_ms = 200',
-        '[ingress]',
-        `listen = "tcp:127.0.0.1:${ingress}"`,
-        '[attestation]',
-        `api_listen = "tcp:127.0.0.1:${api}"`,
-        '[metrics]',
-        `listen = "tcp:127.0.0.1:${metrics}"`,
-      ].join('\n'),
-    );
+    const { metrics } = await writeDevConfig(devConfig, { runtime: [`log_relay = "tcp:127.0.0.1:${logPort}"`] });
     const app = "console.log('hello from the app'); console.error('the app warns'); setInterval(() => {}, 1000);";
     const dev = runCli(['dev', '--config', devConfig, '--state-dir', join(dir, 'state'), '--', process.execPath, '-e', app]);
     try {

@@ -4,7 +4,7 @@
  * makes the enclave the Recipient, and hands back the plaintext as KMS would without one.
  */
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -18,6 +18,7 @@ import { ImdsCredentials } from '../src/host/imds-credentials.js';
 import { runCli } from './helpers/cli-run.js';
 import { startFakeImds } from './helpers/fake-imds.js';
 import { startFakeKmsForStateDir, type FakeKms } from './helpers/fake-kms.js';
+import { writeDevConfig } from './helpers/dev-config.js';
 import { freePort } from './helpers/net.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'kms-proxy-'));
@@ -117,20 +118,11 @@ describe('the production flow under dev: app SDK -> KMS proxy -> credentials fro
     const imds = await startFakeImds(role);
     const roleKms = await startFakeKmsForStateDir(() => flowState, { accessKeyId: role.AccessKeyId, secretAccessKey: role.SecretAccessKey, sessionToken: role.Token });
     const credentials = await startCredentialsServer({ listen: { transport: 'tcp', host: '127.0.0.1', port: 0 }, source: new ImdsCredentials({ endpoint: imds.url, timeoutMs: 2000 }), logger: silentLogger() });
-    const [proxyPort, ingress, api, health, metrics] = [await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
+    const proxyPort = await freePort();
     mkdirSync(flowDir, { recursive: true });
     const config = join(flowDir, 'dev.toml');
-    writeFileSync(
-      config,
-      [
-        '[runtime]',
-        `health_listen = "tcp:127.0.0.1:${health}"`,
-        '[ingress]',
-        `listen = "tcp:127.0.0.1:${ingress}"`,
-        '[attestation]',
-        `api_listen = "tcp:127.0.0.1:${api}"`,
-        '[metrics]',
-        `listen = "tcp:127.0.0.1:${metrics}"`,
+    await writeDevConfig(config, {
+      tables: [
         '[kms]',
         `region = "${roleKms.region}"`,
         `endpoint = "${roleKms.url}"`,
@@ -139,8 +131,8 @@ describe('the production flow under dev: app SDK -> KMS proxy -> credentials fro
         `credentials_address = "tcp:127.0.0.1:${(credentials.address as { port: number }).port}"`,
         'proxy = true',
         `proxy_listen = "tcp:127.0.0.1:${proxyPort}"`,
-      ].join('\n'),
-    );
+      ],
+    });
     // The app: CommonJS so `require` resolves the SDK from the repository (the command's cwd).
     const app = [
       "const { KMSClient, DecryptCommand } = require('@aws-sdk/client-kms');",
