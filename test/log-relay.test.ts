@@ -235,3 +235,28 @@ describe("the command's output through the relay", () => {
     }
   });
 });
+
+describe('the host sink when its stdout breaks', () => {
+  it('keeps running and counts what it could not write', async () => {
+    const out = new Writable({
+      write(_chunk, _encoding, done) {
+        done(Object.assign(new Error('write EPIPE'), { code: 'EPIPE' }));
+      },
+    });
+    const { logger, lines } = captureLogs('info');
+    const path = socketPath();
+    const sink = await LogSink.start({ listen: parseAddress(`unix:${path}`), out, logger });
+    try {
+      const peer = net.connect(path);
+      await once(peer, 'connect');
+      const record = JSON.stringify({ source: 'app', stream: 'stdout', line: 'x', time: 1 });
+      peer.write(`${record}\n`);
+      await eventually(() => lines.find((line) => line.msg === 'log sink cannot write to stdout; relayed lines are dropped from now on'), 'reported the broken stdout');
+      peer.end(`${record}\n${record}\n`);
+      await eventually(() => (sink.stats.lost === 2 ? true : undefined), 'counted the lost records');
+      assert.equal(sink.stats.written, 1);
+    } finally {
+      await sink.close();
+    }
+  });
+});

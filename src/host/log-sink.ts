@@ -24,11 +24,14 @@ export interface LogSinkStats {
   written: number;
   /** Lines that were not records (bad JSON, unknown fields' values, too long). */
   rejected: number;
+  /** Records not written because `out` failed (a closed stdout: EPIPE). */
+  lost: number;
   connections: number;
 }
 
 export class LogSink {
-  readonly stats: LogSinkStats = { written: 0, rejected: 0, connections: 0 };
+  readonly stats: LogSinkStats = { written: 0, rejected: 0, lost: 0, connections: 0 };
+  #outBroken = false;
   readonly #connections = new Set<Duplex>();
   #listener: Listener | undefined;
 
@@ -44,6 +47,14 @@ export class LogSink {
 
   static async start(options: { listen: Address; out?: NodeJS.WritableStream; logger: Logger }): Promise<LogSink> {
     const sink = new LogSink(options.out ?? process.stdout, options.logger);
+    // A stdout whose reader went away (EPIPE) must not take the host's relays down with it.
+    sink.out.on('error', (error: NodeJS.ErrnoException) => {
+      if (sink.#outBroken) return;
+      sink.#outBroken = true;
+      options.logger.error({ code: error.code }, 'log sink cannot write to stdout; relayed lines are dropped from now on');
+      // No 'drain' will come: connections paused for one read on, so the enclave is not left waiting.
+      for (const socket of sink.#connections) socket.resume();
+    });
     sink.#listener = await listen(options.listen, (socket) => sink.#accept(socket));
     options.logger.info({ listen: formatAddress(sink.#listener.address) }, 'log sink listening');
     return sink;
@@ -70,6 +81,10 @@ export class LogSink {
       const record = parseLogRecord(text);
       if (!record) {
         this.stats.rejected++;
+        return;
+      }
+      if (this.#outBroken) {
+        this.stats.lost++;
         return;
       }
       this.stats.written++;
