@@ -44,6 +44,8 @@ export interface LogRelayStats {
 const MAX_ECHO_BACKLOG_BYTES = 1024 * 1024;
 /** How long close() waits for a command's pipes to reach their end (a grandchild may hold them open for ever). */
 const CHILD_OUTPUT_GRACE_MS = 500;
+/** A connection that lasted less than this does not reset the reconnect backoff. */
+const STABLE_CONNECTION_MS = 1_000;
 
 export class LogRelay {
   readonly address: Address;
@@ -57,6 +59,7 @@ export class LogRelay {
   #socket: Duplex | undefined;
   #writable = false;
   #closed = false;
+  #closing: Promise<void> | undefined;
   #wake: (() => void) | undefined;
   /** Called when the queue empties or the connection ends, while close() waits. */
   #onDrained: (() => void) | undefined;
@@ -147,8 +150,13 @@ export class LogRelay {
    * Stops: sends what is queued for up to `graceMs` when connected, then closes. Lines still
    * queued after that are counted as dropped, so sent + dropped is every line ever pushed.
    */
-  async close(graceMs = 2_000): Promise<void> {
-    if (this.#closed) return;
+  close(graceMs = 2_000): Promise<void> {
+    this.#closing ??= this.#close(graceMs);
+    return this.#closing;
+  }
+
+  async #close(graceMs: number): Promise<void> {
+    const deadline = Date.now() + graceMs;
     // A command's last lines may still be in its pipes when its exit is seen: read them first, briefly.
     if (this.#openChildStreams > 0) {
       await new Promise<void>((resolve) => {
@@ -161,10 +169,9 @@ export class LogRelay {
     }
     this.#closed = true;
     clearInterval(this.#reportTimer);
-    const socket = this.#socket;
-    if (socket && this.#queue.length > this.#head) {
+    if (this.#socket && this.#queue.length > this.#head) {
       await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, graceMs);
+        const timer = setTimeout(resolve, Math.max(0, deadline - Date.now()));
         const check = () => {
           if (this.#queue.length > this.#head && this.#socket) return;
           clearTimeout(timer);
@@ -178,8 +185,19 @@ export class LogRelay {
     this.#dropped += this.#queue.length - this.#head;
     this.#queue = [];
     this.#head = 0;
-    socket?.end();
-    this.#socket?.destroy();
+    // Lines handed to the socket may still be in its buffer: let them out (FIN after them) within the grace.
+    const current = this.#socket;
+    if (current) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, Math.max(0, deadline - Date.now()));
+        current.once('close', () => {
+          clearTimeout(timer);
+          resolve();
+        });
+        current.end();
+      });
+      current.destroy();
+    }
     this.#wake?.();
     await this.#loop;
     this.#report();
@@ -203,10 +221,17 @@ export class LogRelay {
         socket.destroy();
         break;
       }
-      backoffMs = this.#options.minBackoffMs;
       if (!wasConnected) this.#logger?.info({ relay: formatAddress(this.address) }, 'log relay connected');
       wasConnected = true;
+      const connectedAt = Date.now();
       await this.#serve(socket);
+      // A host that takes the connection and drops it at once (full, restarting) is retried with backoff too.
+      if (Date.now() - connectedAt >= STABLE_CONNECTION_MS) {
+        backoffMs = this.#options.minBackoffMs;
+      } else if (!this.#closed) {
+        await this.#sleep(backoffMs);
+        backoffMs = Math.min(this.#options.maxBackoffMs, backoffMs * 2);
+      }
     }
   }
 
