@@ -151,3 +151,14 @@ describe('dev + host on loopback', () => {
     }
   });
 });
+
+describe('operability config cross-checks', () => {
+  it('names the keys that contradict each other', () => {
+    assert.throws(() => validateConfig({ kms: { proxy: true, via: 'egress_proxy' } }, 'run'), /kms\.proxy: .*egress\.enabled = true/);
+    assert.throws(() => validateConfig({ kms: { credentials: 'host', access_key_id: 'AKIAFILE000000000000' } }, 'run'), /kms\.credentials: "host" .*leave kms\.access_key_id/);
+    assert.equal(validateConfig({ kms: { proxy: true, via: 'direct', credentials: 'host' } }, 'run').kms.proxy, true);
+    assert.equal(validateConfig({}, 'run').runtime.logRelay?.transport, 'vsock');
+    assert.equal(validateConfig({}, 'dev').runtime.logRelay, undefined);
+    assert.equal(validateConfig({}, 'run').metrics.listen.transport, 'vsock');
+  });
+});
