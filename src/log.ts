@@ -1,4 +1,4 @@
-import { pino, type Logger, type LevelWithSilent } from 'pino';
+import { pino, type DestinationStream, type Logger, type LevelWithSilent } from 'pino';
 
 export type { Logger };
 
@@ -8,7 +8,7 @@ export const LOG_LEVELS: readonly LevelWithSilent[] = ['trace', 'debug', 'info',
  * Structured JSON logs on stderr, so stdout stays free for command output (`attest verify --json`).
  * Callers log fields, never secrets: no keys, document bytes or bodies are ever passed in.
  */
-export function createLogger(level: LevelWithSilent = 'info', destination: number | NodeJS.WritableStream = 2): Logger {
+export function createLogger(level: LevelWithSilent = 'info', destination: number | NodeJS.WritableStream | DestinationStream = 2): Logger {
   const stream = typeof destination === 'number' ? pino.destination({ fd: destination, sync: true }) : destination;
   return pino({ level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime }, stream);
 }

@@ -85,6 +85,12 @@ export class Runtime {
       closers.push(() => api.close());
       logger.info({ listen: `tcp:${api.address.host}:${api.address.port}` }, 'internal API listening');
 
+      if (config.kms.proxy) {
+        const { startKmsProxyFromConfig } = await import('./kms/kms-proxy-config.js');
+        const proxy = await startKmsProxyFromConfig(config, nsm, logger);
+        closers.push(() => proxy.close());
+      }
+
       if (config.egress.enabled) {
         if (mode === 'dev' && relaysInProcess(config)) {
           // SPEC: in dev, egress works with no second command; the relays listen where egress connects.

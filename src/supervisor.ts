@@ -2,9 +2,12 @@ import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process'
 import { constants } from 'node:os';
 import type { Logger } from './log.js';
 
-export type SupervisorOptions = Pick<SpawnOptions, 'cwd' | 'env' | 'uid' | 'gid'> & { execThrough?: string };
+export type SupervisorOptions = Pick<SpawnOptions, 'cwd' | 'env' | 'uid' | 'gid'> & { execThrough?: string; output?: ChildOutput | undefined };
 
 const FORWARDED: readonly NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGUSR1', 'SIGUSR2'];
+
+/** Takes a command's stdout and stderr pipes; it must keep reading them, or the command blocks. */
+export type ChildOutput = (stdout: NodeJS.ReadableStream | null, stderr: NodeJS.ReadableStream | null) => void;
 
 /** How a supervised command ended, as a shell would report it. */
 export function exitCodeOf(code: number | null, signal: NodeJS.Signals | null): number {
@@ -22,16 +25,19 @@ export class Supervisor {
   readonly exited: Promise<number>;
 
   /**
-   * `options` may set the command's cwd, env, uid and gid (stdio is always the runtime's), and
-   * `execThrough`: a helper executable spawned as `helper command args`, which execs the command in
-   * its own process (so the pid, signals and exit status are the command's).
+   * `options` may set the command's cwd, env, uid and gid; `execThrough`: a helper executable spawned
+   * as `helper command args`, which execs the command in its own process (so the pid, signals and exit
+   * status are the command's). Its stdio is the runtime's, unless `output` is given: then stdout and
+   * stderr are pipes handed to `output` (the log relay).
    */
   constructor(command: string, args: readonly string[], logger: Logger, options: SupervisorOptions = {}) {
-    const { execThrough, ...spawnOptions } = options;
+    const { execThrough, output, ...spawnOptions } = options;
+    const stdio: SpawnOptions['stdio'] = output ? ['inherit', 'pipe', 'pipe'] : 'inherit';
     this.#child =
       execThrough === undefined
-        ? spawn(command, args, { ...spawnOptions, stdio: 'inherit' })
-        : spawn(execThrough, [command, ...args], { ...spawnOptions, stdio: 'inherit' });
+        ? spawn(command, args, { ...spawnOptions, stdio })
+        : spawn(execThrough, [command, ...args], { ...spawnOptions, stdio });
+    output?.(this.#child.stdout, this.#child.stderr);
     logger.info({ command, pid: this.#child.pid, sandboxed: execThrough !== undefined }, 'customer command started');
     this.exited = new Promise((resolve) => {
       this.#child.once('error', (error) => {

@@ -22,7 +22,7 @@ async function writeConfig(name: string, extra = '', runtimeExtra = ''): Promise
   const path = join(dir, `${name}.toml`);
   writeFileSync(
     path,
-    `[runtime]\nhealth_listen = "tcp:127.0.0.1:${healthPort}"\nstate_dir = "${join(dir, `${name}-state`)}"\nshutdown_grace_ms = 100\n${runtimeExtra}` +
+    `[runtime]\nhealth_listen = "tcp:127.0.0.1:${healthPort}"\nlog_relay = "off"\nstate_dir = "${join(dir, `${name}-state`)}"\nshutdown_grace_ms = 100\n${runtimeExtra}` +
       `[ingress]\nlisten = "tcp:127.0.0.1:${ingressPort}"\napp = "tcp:127.0.0.1:${appPort}"\n[tls]\nenabled = false\n` +
       `[attestation]\nmode = "simulated"\napi_listen = "tcp:127.0.0.1:${apiPort}"\n[metrics]\nenabled = false\n${extra}`,
   );

@@ -5,7 +5,7 @@
  */
 import type { RuntimeConfig } from '../config/schema.js';
 import type { Logger } from '../log.js';
-import { Supervisor } from '../supervisor.js';
+import { Supervisor, type ChildOutput } from '../supervisor.js';
 import { appEnvironment, appLaunch } from './app-sandbox.js';
 import { resolveAppUser } from './app-user.js';
 import { restartDelayMs, shouldRestart } from './restart-policy.js';
@@ -33,8 +33,9 @@ export class AppSupervisor {
    * `[app] pass_aws_credentials`) plus `[app] env` plus `extraEnv` (secrets, which never enter
    * process.env), behind the app sandbox unless `[app] allow_vsock`. Throws ConfigError when
    * `[app] user` names nobody, RuntimeError ERR_APP_SANDBOX when the sandbox helper is missing.
+   * `output` takes each run's stdout and stderr (the log relay); without it they are the runtime's.
    */
-  constructor(command: string, args: readonly string[], settings: AppSettings, logger: Logger, extraEnv: Readonly<Record<string, string>> = {}) {
+  constructor(command: string, args: readonly string[], settings: AppSettings, logger: Logger, extraEnv: Readonly<Record<string, string>> = {}, output?: ChildOutput) {
     this.#command = command;
     this.#args = args;
     this.#settings = settings;
@@ -46,6 +47,7 @@ export class AppSupervisor {
       env: appEnvironment(process.env, settings.env, extraEnv, settings.passAwsCredentials),
       ...(user ? { uid: user.uid, gid: user.gid } : {}),
       ...(launch.sandboxed ? { execThrough: launch.file } : {}),
+      ...(output ? { output } : {}),
     };
     this.exited = this.#run();
   }

@@ -35,6 +35,8 @@ export interface IngressSettings {
 
 export interface IngressOptions extends IngressSettings {
   logger: Logger;
+  /** What the start-up line calls this listener (default "ingress"; the host's relays reuse the bridge). */
+  name?: string;
   terminator?: StreamTerminator | undefined;
 }
 
@@ -79,7 +81,7 @@ export class Ingress {
   static async start(options: IngressOptions): Promise<Ingress> {
     const ingress = new Ingress(options);
     ingress.#listener = await listen(options.listen, (socket) => ingress.#accept(socket), { backlog: 1024 });
-    options.logger.info({ listen: formatAddress(ingress.#listener.address), app: formatAddress(options.app) }, 'ingress listening');
+    options.logger.info({ listen: formatAddress(ingress.#listener.address), app: formatAddress(options.app) }, `${options.name ?? 'ingress'} listening`);
     return ingress;
   }
 

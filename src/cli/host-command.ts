@@ -50,6 +50,7 @@ export async function hostCommand(argv: string[], io: CommandIo): Promise<number
       ingress: formatAddress(host.ingress.address),
       egressRelay: formatAddress(host.egressRelay.address),
       dnsRelay: formatAddress(host.dnsRelay.address),
+      ...host.operability.describe(),
     },
     'host ready',
   );

@@ -3,6 +3,7 @@ import { loadConfig } from '../config/load.js';
 import type { Mode } from '../config/field.js';
 import { ConfigError, RuntimeError } from '../errors.js';
 import { createLogger } from '../log.js';
+import { LogRelay, registerLogRelayMetrics } from '../logs/log-relay.js';
 import { Runtime } from '../runtime.js';
 import { Supervisor } from '../supervisor.js';
 import { hardenProcess } from '../bridge/native-binding.js';
@@ -44,8 +45,11 @@ export async function serveCommand(mode: Extract<Mode, 'run' | 'dev'>, argv: str
   }
   if (parsed.values['state-dir'] !== undefined) config.runtime.stateDir = parsed.values['state-dir'];
 
-  const logger = createLogger(config.runtime.logLevel);
-
+  // The relay starts before the first log line, so the parent sees start-up too.
+  const { logRelay, logRelayBufferLines, logRelayMaxLineBytes } = config.runtime;
+  const relay = logRelay && new LogRelay({ address: logRelay, bufferLines: logRelayBufferLines, maxLineBytes: logRelayMaxLineBytes });
+  const logger = createLogger(config.runtime.logLevel, relay ? relay.destination(2) : 2);
+  relay?.useLogger(logger);
   // From here on a SIGTERM/SIGINT is a stop, never the default kill: whoever waits for a log line may signal
   // the moment it is logged, and a kill would leave the iptables rules behind. A stop during start-up lets the
   // start finish, starts no command, then stops. One grace covers the whole stop: the command's SIGTERM-to-SIGKILL
@@ -77,6 +81,7 @@ export async function serveCommand(mode: Extract<Mode, 'run' | 'dev'>, argv: str
     init = startInitDuties(config.runtime, logger);
   } catch (error) {
     logger.fatal({ code: (error as { code?: string }).code, reason: (error as Error).message }, 'runtime failed to start');
+    await relay?.close();
     return 1;
   }
   try {
@@ -85,8 +90,10 @@ export async function serveCommand(mode: Extract<Mode, 'run' | 'dev'>, argv: str
     const code = error instanceof RuntimeError || (error as { code?: string }).code ? (error as { code: string }).code : undefined;
     logger.fatal({ code, reason: (error as Error).message }, 'runtime failed to start');
     init.stop();
+    await relay?.close();
     return 1;
   }
+  if (relay) registerLogRelayMetrics(runtime.metrics.registry, relay);
   const { reaper } = init;
   if (reaper) runtime.metrics.watchOrphans(() => reaper.reaped);
 
@@ -101,16 +108,19 @@ export async function serveCommand(mode: Extract<Mode, 'run' | 'dev'>, argv: str
       logger.fatal({ code: (error as { code?: string }).code, reason: (error as Error).message }, 'secrets failed to load; the command is not started');
       await runtime.stop();
       init.stop();
+      await relay?.close();
       return 1;
     }
   }
   // The command starts only now that every service is up: its first line may already call 127.0.0.1:9999.
   try {
-    supervisor = command === undefined || stopAt !== undefined ? undefined : new AppSupervisor(command, commandArgs, config.app, logger, secretEnv);
+    const output = relay && ((stdout: NodeJS.ReadableStream | null, stderr: NodeJS.ReadableStream | null) => relay.attachChild(stdout, stderr));
+    supervisor = command === undefined || stopAt !== undefined ? undefined : new AppSupervisor(command, commandArgs, config.app, logger, secretEnv, output);
   } catch (error) {
     logger.fatal({ code: (error as { code?: string }).code, reason: (error as Error).message }, 'the command cannot be started');
     await runtime.stop();
     init.stop();
+    await relay?.close();
     return error instanceof ConfigError ? 2 : 1;
   }
   const app = supervisor;
@@ -130,5 +140,6 @@ export async function serveCommand(mode: Extract<Mode, 'run' | 'dev'>, argv: str
   init.stop();
   stop.dispose();
   for (const signal of otherSignals) process.off(signal, forward);
+  await relay?.close();
   return status;
 }

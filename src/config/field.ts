@@ -188,3 +188,18 @@ export function hostNameList(doc: string, maxItems: number): Field<string[]> {
     return ok(out);
   });
 }
+
+/** An address, or "off" for a part that is not run; the value is `undefined` when off. */
+export function optionalAddress(
+  doc: string,
+  defaultValue: string | ((mode: Mode) => string),
+  transports: readonly Address['transport'][] = ['tcp', 'unix', 'vsock'],
+): Field<Address | undefined> {
+  const inner = address(doc, 'tcp:127.0.0.1:0', transports);
+  const initial = typeof defaultValue === 'function' ? defaultValue : () => defaultValue;
+  return field<Address | undefined>(doc, (mode) => (initial(mode) === 'off' ? undefined : parseAddress(initial(mode))), (v) => {
+    if (v === 'off') return ok(undefined);
+    const checked = inner.check(v);
+    return checked.ok || typeof v !== 'string' ? checked : { ok: false, problem: `${checked.problem}; or "off"` };
+  });
+}

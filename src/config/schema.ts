@@ -3,7 +3,7 @@ import type { IngressSettings } from '../bridge/ingress.js';
 import type { AcmeSettings } from '../tls/acme-certificates.js';
 import { LOG_LEVELS } from '../log.js';
 import { SECRETS, type SecretEntry } from '../secrets/secret-config.js';
-import { address, bool, decimal, hostNameList, int, oneOf, optionalText, secretText, pcrSetList, pcrTable, stringList, stringTable, text, type Field, type Mode } from './field.js';
+import { address, bool, decimal, hostNameList, int, oneOf, optionalAddress, optionalText, secretText, pcrSetList, pcrTable, stringList, stringTable, text, type Field, type Mode } from './field.js';
 
 /** A table of enclave.toml: keys are fields or nested tables. */
 export interface Table {
@@ -41,6 +41,9 @@ export const SCHEMA: Table = table('enclave.toml', {
     init: oneOf('PID 1 duties (lo up, hostname, reaping orphans): "auto" only when PID 1', 'auto', ['auto', 'on', 'off']),
     hostname: text('the hostname set by the PID 1 duties', 'enclave', /^(?=.{1,64}$)[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$/, 'a host name of at most 64 characters'),
     health_listen: address('GET /health for the parent, over the bridge', byMode('vsock:any:7779', 'tcp:127.0.0.1:7779')),
+    log_relay: optionalAddress("where the runtime's log lines and the command's stdout/stderr are sent (`host` listens there); \"off\" = the terminal only", byMode('vsock:3:8090', 'off')),
+    log_relay_buffer_lines: int('lines held for the log relay while the host is slow or away; beyond, lines are dropped and counted', 10_000, 16, 1_000_000),
+    log_relay_max_line_bytes: int('longest relayed line; a longer one is split into pieces marked "partial"', 16 * 1024, 256, 1024 * 1024),
   }),
   ingress: table('parent -> enclave -> app', {
     enabled: bool('accept ingress connections at all', true),
@@ -133,7 +136,7 @@ export const SCHEMA: Table = table('enclave.toml', {
   }),
   metrics: table('Prometheus metrics', {
     enabled: bool('serve GET /metrics', true),
-    listen: address('where GET /metrics is served', 'tcp:127.0.0.1:9090'),
+    listen: address('where GET /metrics is served', byMode('vsock:any:9090', 'tcp:127.0.0.1:9090')),
   }),
   host: table('the parent instance side (`enclave-runtime host`)', {
     ingress_listen: address('where clients connect on the parent', 'tcp:0.0.0.0:443', ['tcp', 'unix']),
@@ -145,6 +148,16 @@ export const SCHEMA: Table = table('enclave.toml', {
     connect_timeout_ms: int('time to connect out to a destination', 10 * SECOND, 10, 5 * 60 * SECOND),
     idle_timeout_ms: int('a relayed connection idle this long is closed', 5 * 60 * SECOND, 100, 24 * HOUR),
     max_connections: int('concurrent relayed connections', 4096, 1, 1_000_000),
+    log_listen: optionalAddress("where the enclave's log relay connects; its lines go to stdout as JSON (\"off\" = not served)", 'vsock:any:8090'),
+    health_listen: optionalAddress("relay the enclave's GET /health here (\"off\" = no relay)", 'off', ['tcp', 'unix']),
+    enclave_health: address("the enclave's runtime.health_listen, as the parent reaches it", 'vsock:16:7779'),
+    metrics_listen: optionalAddress("relay the enclave's GET /metrics here (\"off\" = no relay)", 'off', ['tcp', 'unix']),
+    enclave_metrics: address("the enclave's metrics.listen, as the parent reaches it", 'vsock:16:9090'),
+    provisioner: optionalAddress('the provisioner that enclaves reach through this relay ("off" = no relay)', 'off', ['tcp', 'unix']),
+    provisioner_listen: address("where the enclave's tls.provisioner.address connects", 'vsock:any:8444'),
+    credentials: oneOf("serve the instance role's temporary credentials to the enclave: \"imds\" or \"off\"", 'off', ['off', 'imds']),
+    credentials_listen: address('where the enclave asks for credentials (kms.credentials = "host")', 'vsock:any:8003'),
+    imds_endpoint: text('the instance metadata service (IMDSv2)', 'http://169.254.169.254', /^http:\/\/[A-Za-z0-9.:[\]-]+$/, 'an http://HOST[:PORT] URL'),
   }),
   provisioner: table('the reference provisioner (`enclave-runtime provisioner`)', {
     listen: address('where enclaves (through the parent) reach the provisioner', 'tcp:127.0.0.1:8444'),
@@ -166,6 +179,10 @@ export const SCHEMA: Table = table('enclave.toml', {
     via: oneOf('how KMS is reached: through the egress HTTP proxy, or directly', byMode('egress_proxy', 'direct'), ['egress_proxy', 'direct']),
     timeout_ms: int('time for one KMS request, connect included', 10 * SECOND, 100, 5 * 60 * SECOND),
     max_attempts: int('attempts per KMS call when it is throttled, fails with 5xx or cannot be reached', 3, 1, 10),
+    credentials: oneOf('"config": the keys above or AWS_* in the environment; "host": the parent\'s instance role, served by `host`', 'config', ['config', 'host']),
+    credentials_address: address('where `host` serves credentials (kms.credentials = "host")', byMode('vsock:3:8003', 'tcp:127.0.0.1:8003')),
+    proxy: bool('serve the KMS proxy for the app on proxy_listen (Decrypt, GenerateDataKey, GenerateRandom)', false),
+    proxy_listen: address("the KMS proxy: an endpoint for the app's AWS SDK", 'tcp:127.0.0.1:9998', ['tcp']),
   }),
   secrets: SECRETS,
 });
@@ -178,6 +195,9 @@ export interface RuntimeConfig {
     init: 'auto' | 'on' | 'off';
     hostname: string;
     healthListen: Address;
+    logRelay: Address | undefined;
+    logRelayBufferLines: number;
+    logRelayMaxLineBytes: number;
   };
   app: {
     restart: 'never' | 'on-failure' | 'always';
@@ -249,6 +269,16 @@ export interface RuntimeConfig {
     connectTimeoutMs: number;
     idleTimeoutMs: number;
     maxConnections: number;
+    logListen: Address | undefined;
+    healthListen: Address | undefined;
+    enclaveHealth: Address;
+    metricsListen: Address | undefined;
+    enclaveMetrics: Address;
+    provisioner: Address | undefined;
+    provisionerListen: Address;
+    credentials: 'off' | 'imds';
+    credentialsListen: Address;
+    imdsEndpoint: string;
   };
   provisioner: {
     listen: Address;
@@ -270,6 +300,10 @@ export interface RuntimeConfig {
     via: 'egress_proxy' | 'direct';
     timeoutMs: number;
     maxAttempts: number;
+    credentials: 'config' | 'host';
+    credentialsAddress: Address;
+    proxy: boolean;
+    proxyListen: TcpAddress;
   };
   secrets: SecretEntry[];
 }

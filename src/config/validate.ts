@@ -92,6 +92,12 @@ function crossCheck(config: RuntimeConfig, mode: Mode, problems: string[]): void
   if (mode !== 'host' && config.secrets.length > 0 && config.kms.via === 'egress_proxy' && !config.egress.enabled) {
     problems.push('kms.via: "egress_proxy" needs egress.enabled = true (with the KMS host in egress.allow) to reach KMS for [[secrets]]; or set kms.via = "direct"');
   }
+  if (mode !== 'host' && config.kms.proxy && config.kms.via === 'egress_proxy' && !config.egress.enabled) {
+    problems.push('kms.proxy: with kms.via = "egress_proxy" it needs egress.enabled = true (with the KMS host in egress.allow) to reach KMS; or set kms.via = "direct"');
+  }
+  if (config.kms.credentials === 'host' && (config.kms.accessKeyId !== '' || config.kms.secretAccessKey !== '')) {
+    problems.push('kms.credentials: "host" takes the parent\'s role credentials; leave kms.access_key_id and kms.secret_access_key empty (keys in the file are part of the image)');
+  }
   checkAcme(config, problems);
 }
 

@@ -9,6 +9,7 @@ import type { Logger } from '../log.js';
 import type { DnsRelay } from './dns-relay.js';
 import type { EgressRelay } from './egress-relay.js';
 import { startHostRelays } from './host-relays.js';
+import { startHostOperability, type HostOperability } from './host-operability.js';
 
 /** How long the host's ingress waits for a PROXY header; the host never expects one from clients. */
 const PROXY_HEADER_TIMEOUT_MS = 5_000;
@@ -17,6 +18,8 @@ export interface HostService {
   readonly ingress: Ingress;
   readonly egressRelay: EgressRelay;
   readonly dnsRelay: DnsRelay;
+  /** The log sink and the health, metrics, provisioner and credentials relays that are configured. */
+  readonly operability: HostOperability;
   /** Stop accepting everywhere, drain ingress for up to `graceMs`, cut the rest. */
   close(graceMs: number): Promise<void>;
 }
@@ -40,10 +43,13 @@ export async function startHost(config: Pick<RuntimeConfig, 'host' | 'egress'>, 
       logger,
     });
     started.push((graceMs) => ingress.stop(graceMs));
+    const operability = await startHostOperability(config.host, logger);
+    started.push((graceMs) => operability.close(graceMs));
     return {
       ingress,
       egressRelay,
       dnsRelay,
+      operability,
       close: async (graceMs) => {
         for (const stop of started.splice(0).reverse()) await stop(graceMs);
       },

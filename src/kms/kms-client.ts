@@ -42,7 +42,8 @@ export interface KmsClientOptions {
   region: string;
   /** Default `https://kms.<region>.amazonaws.com`. Plain http only to loopback (the fake KMS in tests). */
   endpoint?: string | undefined;
-  credentials: KmsCredentials;
+  /** Fixed credentials, or a provider asked before each signature (it caches; see host-credentials.ts). */
+  credentials: KmsCredentials | (() => Promise<KmsCredentials>);
   /** How requests leave: an undici ProxyAgent to the egress proxy in the enclave; default undici's global. */
   dispatcher?: Dispatcher | undefined;
   /** Per attempt, 100 to 300000 ms; default 10000. */
@@ -109,12 +110,22 @@ export class KmsClient {
     }
     this.region = options.region;
     this.endpoint = kmsEndpoint(options.endpoint ?? `https://kms.${options.region}.amazonaws.com`);
-    const { accessKeyId, secretAccessKey, sessionToken } = options.credentials;
-    if (!accessKeyId || !secretAccessKey) throw new KmsError('ERR_KMS_CONFIG', 'KMS credentials need both an access key id and a secret access key');
+    const given = options.credentials;
+    let credentials: ConstructorParameters<typeof SignatureV4>[0]['credentials'];
+    if (typeof given === 'function') {
+      credentials = async () => {
+        const { accessKeyId, secretAccessKey, sessionToken } = await given();
+        return { accessKeyId, secretAccessKey, ...(sessionToken ? { sessionToken } : {}) };
+      };
+    } else {
+      const { accessKeyId, secretAccessKey, sessionToken } = given;
+      if (!accessKeyId || !secretAccessKey) throw new KmsError('ERR_KMS_CONFIG', 'KMS credentials need both an access key id and a secret access key');
+      credentials = { accessKeyId, secretAccessKey, ...(sessionToken ? { sessionToken } : {}) };
+    }
     this.#signer = new SignatureV4({
       service: 'kms',
       region: options.region,
-      credentials: { accessKeyId, secretAccessKey, ...(sessionToken ? { sessionToken } : {}) },
+      credentials,
       sha256: Hash.bind(null, 'sha256'),
     });
     this.#dispatcher = options.dispatcher;
@@ -245,7 +256,8 @@ function isLoopback(hostname: string): boolean {
 }
 
 function isRetryable(error: KmsError): boolean {
-  if (error.code === 'ERR_KMS_UNREACHABLE') return true;
+  // Credentials from the host count as part of the way to KMS: its server may be restarting.
+  if (error.code === 'ERR_KMS_UNREACHABLE' || error.code === 'ERR_KMS_CREDENTIALS') return true;
   if (error.code !== 'ERR_KMS_REQUEST') return false;
   return (error.kmsCode !== undefined && RETRYABLE_KMS_CODES.has(error.kmsCode)) || (error.status !== undefined && error.status >= 500);
 }

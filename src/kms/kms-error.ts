@@ -8,7 +8,9 @@ export type KmsErrorCode =
   /** An answer that is not what the KMS JSON protocol promises (too big, not JSON, fields missing). */
   | 'ERR_KMS_RESPONSE'
   /** Region, endpoint or credentials are missing or unusable. */
-  | 'ERR_KMS_CONFIG';
+  | 'ERR_KMS_CONFIG'
+  /** kms.credentials = "host": the parent's credentials server could not be reached or gave no usable credentials. */
+  | 'ERR_KMS_CREDENTIALS';
 
 /** Longest KMS message kept: enough to read the reason, not enough to flood a log line. */
 const MAX_MESSAGE_CHARS = 300;

@@ -1,17 +1,24 @@
 import { Agent, type Dispatcher } from 'undici';
 import type { RuntimeConfig } from '../config/schema.js';
 import { tunnelAgent } from './connect-tunnel.js';
+import { hostCredentialsProvider } from './host-credentials.js';
 import type { KmsClientOptions } from './kms-client.js';
 import { KmsError } from './kms-error.js';
+
+/** The [kms] keys the client's settings come from (the proxy's keys are not among them). */
+export type KmsKeys = Omit<RuntimeConfig['kms'], 'credentials' | 'credentialsAddress' | 'proxy' | 'proxyListen'> & Partial<Pick<RuntimeConfig['kms'], 'credentials' | 'credentialsAddress'>>;
 
 /**
  * The KMS client's settings from `[kms]`, each empty key falling back to the standard AWS
  * environment variable of the runtime's own process (as the enclave image or launcher set it).
  * Credentials come whole from one place: a key id from the file never pairs with a secret from the environment.
  */
-export function kmsSettings(kms: RuntimeConfig['kms'], env: NodeJS.ProcessEnv = process.env): Omit<KmsClientOptions, 'dispatcher' | 'logger'> {
+export function kmsSettings(kms: KmsKeys, env: NodeJS.ProcessEnv = process.env): Omit<KmsClientOptions, 'dispatcher' | 'logger'> {
   const region = kms.region || env.AWS_REGION || env.AWS_DEFAULT_REGION || '';
   if (!region) throw new KmsError('ERR_KMS_CONFIG', 'no KMS region: set kms.region, or AWS_REGION in the environment');
+  if (kms.credentials === 'host' && kms.credentialsAddress) {
+    return { region, endpoint: kms.endpoint || undefined, credentials: hostCredentialsProvider(kms.credentialsAddress, kms.timeoutMs), timeoutMs: kms.timeoutMs, maxAttempts: kms.maxAttempts };
+  }
   const fromFile = kms.accessKeyId !== '' || kms.secretAccessKey !== '';
   const credentials = fromFile
     ? { accessKeyId: kms.accessKeyId, secretAccessKey: kms.secretAccessKey, sessionToken: kms.sessionToken || undefined }
