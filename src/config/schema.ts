@@ -79,7 +79,9 @@ export const SCHEMA: Table = table('enclave.toml', {
     server_name: text('the base host name of the certificates', 'localhost', /^[A-Za-z0-9.-]{1,253}$/, 'a DNS name'),
     sni_nonce_encoding: oneOf('how <nonce>.attest.<host> labels are decoded', 'hex', ['hex', 'base64']),
     nonce_cache_size: int('per-nonce certificates kept (LRU)', 1024, 1, 1_000_000),
-    alpn: stringList('ALPN protocols offered, most preferred first', ['h2', 'http/1.1'], 16),
+    // Only what the app behind the bridge speaks: the bytes are relayed, not translated, so offering h2 to an
+    // HTTP/1.1 app makes h2 clients (curl, browsers) send a preface the app cannot read.
+    alpn: stringList('ALPN protocols offered, most preferred first (add "h2" only when the app speaks HTTP/2)', ['http/1.1'], 16),
     handshake_timeout_ms: int('a TLS handshake not finished in this time is aborted', 10 * SECOND, 100, 5 * 60 * SECOND),
     max_nonce_issues: int('nonce certificates being made at once; beyond, handshakes get the base certificate', 256, 1, 100_000),
     provisioner: table('tls.source = "provisioner": a CA service signs the enclave\'s intermediate after checking its attestation', {
