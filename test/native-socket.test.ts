@@ -439,9 +439,11 @@ describe('native sockets and process lifetime', { skip, timeout: 60_000 }, () =>
       let streaming = 0;
       for (let i = 0; i < 12; i++) {
         const worker = new Worker(${JSON.stringify(workerFile)}, { execArgv: [] });
-        worker.on('message', () => streaming++);
-        // Terminate at varying points: while modules load, while connecting, while streaming.
-        await new Promise((resolve) => setTimeout(resolve, i * 10));
+        const streamingNow = new Promise((resolve) => worker.once('message', () => { streaming++; resolve(); }));
+        // Terminate at varying points: every other worker once it says it streams (a slow machine must not turn
+        // this into "terminated while loading" only), the others after i*10 ms, while modules load or connect.
+        if (i % 2 === 0) await Promise.race([streamingNow, new Promise((resolve) => setTimeout(resolve, 20_000))]);
+        else await new Promise((resolve) => setTimeout(resolve, i * 10));
         await worker.terminate();
       }
       console.log(JSON.stringify({ before, after: sockets(), streaming }));
