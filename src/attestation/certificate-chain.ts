@@ -165,7 +165,7 @@ function checkLink(child: ParsedCertificate, parent: ParsedCertificate, name: st
   if (verifiedLinks.has(key)) return;
   if (child.signatureAlgorithm === null) throw chainError(`${name} is not signed with ECDSA and SHA-384 or SHA-256`);
   if (!child.x509.checkIssued(parent.x509)) throw chainError(`${name} was not issued by ${parent.subject}`);
-  let ok = false;
+  let ok: boolean;
   try {
     ok = child.x509.verify(parent.publicKey);
   } catch (error) {

@@ -135,7 +135,7 @@ export function verifyCoseSign1Es384(cose: CoseSign1, publicKey: KeyObject): voi
       `signature is ${cose.signature.byteLength} bytes, ES384 needs ${ES384_SIGNATURE_BYTES} (raw r||s)`,
     );
   }
-  let ok = false;
+  let ok: boolean;
   try {
     ok = cryptoVerify('sha384', sigStructure(cose.protectedHeader, cose.payload), { key: publicKey, dsaEncoding: 'ieee-p1363' }, cose.signature);
   } catch (error) {
