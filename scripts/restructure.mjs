@@ -12,7 +12,7 @@
 // in binding.gyp, `src/attestation/roots` in package.json, `dist/src/...`, `join(ROOT, 'src', ...)`
 // segment lists) are mapped as well. Running it twice changes nothing the second time.
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { dirname, join, posix, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -161,6 +161,34 @@ function rewriteSegments(text) {
   });
 }
 
+/** Where errorCode() is declared, in the layout the tree has before the moves. */
+const ERRORS_MODULE = 'src/errors.ts';
+const CODE_CAST = /\(([A-Za-z_$][\w$.]*) as (?:NodeJS\.ErrnoException|\{ code\?: (?:string|unknown) \})\)\.code\b/g;
+
+/** `(error as NodeJS.ErrnoException).code` and `(error as { code?: string }).code` become `errorCode(error)`. */
+function useErrorCode(file, text) {
+  if (file === ERRORS_MODULE || !/^(src|test|bench)\//.test(file) || !file.endsWith('.ts')) return text;
+  CODE_CAST.lastIndex = 0;
+  if (!CODE_CAST.test(text)) return text;
+  let next = text.replace(CODE_CAST, 'errorCode($1)');
+  const spec = relativeSpecifier(file, ERRORS_MODULE.replace(/\.ts$/, '.js'));
+  const existing = [...next.matchAll(/^import \{([^}]*)\} from '([^']+)';$/gm)].find(
+    (m) => posix.normalize(posix.join(posix.dirname(file), m[2])) === ERRORS_MODULE.replace(/\.ts$/, '.js'),
+  );
+  if (existing) {
+    const names = existing[1].split(',').map((n) => n.trim()).filter(Boolean);
+    if (!names.includes('errorCode')) {
+      const line = `import { ${[...names, 'errorCode'].sort((a, b) => a.replace(/^type /, '').localeCompare(b.replace(/^type /, ''))).join(', ')} } from '${existing[2]}';`;
+      next = next.replace(existing[0], line);
+    }
+  } else if (!/\berrorCode\b[^(]*\bfrom\b/.test(next)) {
+    const imports = [...next.matchAll(/^import\b[^;]*;$/gm)];
+    const at = imports.length > 0 ? imports.at(-1).index + imports.at(-1)[0].length : 0;
+    next = `${next.slice(0, at)}\nimport { errorCode } from '${spec}';${next.slice(at)}`;
+  }
+  return next;
+}
+
 function inScope(file) {
   if (SKIP.some((re) => re.test(file))) return false;
   if (TEXT_FILES.includes(file)) return true;
@@ -173,19 +201,11 @@ for (const file of tracked) {
   if (!inScope(file)) continue;
   const before = readFileSync(join(ROOT, file), 'utf8');
   let after = before;
-  if (CODE.test(file)) after = rewriteSegments(rewriteSpecifiers(file, after));
+  if (CODE.test(file)) after = rewriteSegments(rewriteSpecifiers(file, useErrorCode(file, after)));
   after = rewriteRepoPaths(after);
   if (file === 'Dockerfile.runtime' && mapPath('src/bundle/launcher.c').startsWith('packaging/')) {
     // The launcher is no longer under src/: the build stage copies packaging/ too.
     if (!/^COPY packaging \.\/packaging$/m.test(after)) after = after.replace(/^COPY src \.\/src$/m, '$&\nCOPY packaging ./packaging');
-  }
-  if (file === 'package.json') {
-    // package.json `files`: the launcher's folder ships beside the addon sources.
-    const manifest = JSON.parse(after);
-    if (Array.isArray(manifest.files) && tracked.some((f) => f.startsWith('src/bundle/')) && !manifest.files.includes('packaging')) {
-      manifest.files.push('packaging');
-      after = `${JSON.stringify(manifest, null, 2)}\n`;
-    }
   }
   if (after !== before) {
     changed.push(file);
@@ -203,8 +223,15 @@ for (const file of tracked) {
 }
 for (const [from, to] of moves) {
   if (CHECK) continue;
-  execFileSync('mkdir', ['-p', dirname(join(ROOT, to))]);
+  mkdirSync(dirname(join(ROOT, to)), { recursive: true });
   git('mv', from, to);
+}
+// Folders the moves emptied (git keeps no folders, but a checkout would show them).
+for (const [from] of moves) {
+  for (let dir = dirname(join(ROOT, from)); dir !== ROOT && !CHECK; dir = dirname(dir)) {
+    if (!existsSync(dir) || readdirSync(dir).length > 0) break;
+    rmdirSync(dir);
+  }
 }
 
 // 3. Report, and what was left behind in folders that were taken apart.
