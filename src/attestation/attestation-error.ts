@@ -26,8 +26,3 @@ export class AttestationError extends RuntimeError {
     super(code, message.replace(/\s+/g, ' ').trim(), options);
   }
 }
-
-/** True when `error` is an AttestationError, optionally with the given code. */
-export function isAttestationError(error: unknown, code?: AttestationErrorCode): error is AttestationError {
-  return error instanceof AttestationError && (code === undefined || error.code === code);
-}
