@@ -6,7 +6,7 @@ import { formatAddress, type Address } from './bridge/address.js';
 import { Ingress } from './bridge/ingress.js';
 import type { Mode } from './config/field.js';
 import type { RuntimeConfig } from './config/schema.js';
-import { version } from './cli.js';
+import { version } from './version.js';
 import { HealthMonitor, type HealthReport } from './health.js';
 import { startHttpEndpoint, type Route, type RouteAnswer } from './http-endpoint.js';
 import type { Logger } from './log.js';
