@@ -126,12 +126,19 @@ function relativeSpecifier(fromFile, toPath) {
 function rewriteSpecifiers(file, text) {
   const newFile = mapPath(file);
   return text.replace(/(['"`])(\.\.?\/[^'"`\n$]*)\1/g, (whole, quote, spec) => {
-    const target = posix.normalize(posix.join(posix.dirname(file), spec));
-    if (target.startsWith('..')) return whole;
+    // `new URL('../../package.json', import.meta.url)` is written for the compiled file in dist/:
+    // a path that leaves the repository from the source file is resolved from there.
+    let [from, to] = [file, newFile];
+    let target = posix.normalize(posix.join(posix.dirname(from), spec));
+    if (target.startsWith('..')) {
+      [from, to] = [`dist/${file}`, `dist/${newFile}`];
+      target = posix.normalize(posix.join(posix.dirname(from), spec));
+      if (target.startsWith('..')) return whole;
+    }
     const trailing = spec.endsWith('/') ? '/' : '';
     const mapped = mapWritten(target.replace(/\/$/, ''));
-    if (mapped === target.replace(/\/$/, '') && newFile === file) return whole;
-    let next = relativeSpecifier(newFile, mapped) + trailing;
+    if (mapped === target.replace(/\/$/, '') && to === from) return whole;
+    let next = relativeSpecifier(to, mapped) + trailing;
     if (spec === './' || spec === '../') next = next.endsWith('/') ? next : `${next}/`;
     return next === spec ? whole : `${quote}${next}${quote}`;
   });
