@@ -7,6 +7,7 @@ import { Ingress } from '../bridge/ingress.js';
 import type { RuntimeConfig } from '../config/schema.js';
 import { compileAllowlist } from '../egress/allowlist.js';
 import { NameCache } from '../egress/name-cache.js';
+import { CloserStack } from '../lifecycle.js';
 import type { Logger } from '../log.js';
 import { startDnsRelay, type DnsRelay } from './dns-relay.js';
 import { EgressRelay } from './egress-relay.js';
@@ -29,10 +30,10 @@ export async function startHost(config: Pick<RuntimeConfig, 'host' | 'egress'>, 
   const allowlist = compileAllowlist(config.egress.allow);
   const upstream = await upstreamFromConfig(host.upstreamDns);
   const cache = new NameCache();
-  const started: Array<(graceMs: number) => Promise<void>> = [];
+  const started = new CloserStack(logger, 'host');
   try {
     const dnsRelay = await startDnsRelay({ listen: host.dnsListen, upstream, allowlist, cache, refusal: config.egress.dnsRefusal, logger });
-    started.push(() => dnsRelay.close());
+    started.push(() => dnsRelay.close(), 'DNS relay');
     const egressRelay = await EgressRelay.start({
       listen: host.egressListen,
       allowlist,
@@ -43,7 +44,7 @@ export async function startHost(config: Pick<RuntimeConfig, 'host' | 'egress'>, 
       maxConnections: host.maxConnections,
       logger,
     });
-    started.push(() => egressRelay.close());
+    started.push(() => egressRelay.close(), 'egress relay');
     const ingress = await Ingress.start({
       listen: host.ingressListen,
       app: host.enclaveIngress,
@@ -55,17 +56,18 @@ export async function startHost(config: Pick<RuntimeConfig, 'host' | 'egress'>, 
       proxyHeaderTimeoutMs: PROXY_HEADER_TIMEOUT_MS,
       logger,
     });
-    started.push((graceMs) => ingress.stop(graceMs));
+    started.push((graceMs) => ingress.stop(graceMs), 'ingress');
     return {
       ingress,
       egressRelay,
       dnsRelay,
+      // Every part is stopped even when one fails to (the failure is logged).
       close: async (graceMs) => {
-        for (const stop of started.splice(0).reverse()) await stop(graceMs);
+        await started.closeAll(graceMs);
       },
     };
   } catch (error) {
-    for (const stop of started.splice(0).reverse()) await stop(0).catch(() => {});
+    await started.closeAll(0);
     throw error;
   }
 }
