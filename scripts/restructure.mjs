@@ -57,10 +57,7 @@ export const MOVES = {
   'src/version.ts': 'src/core/version.ts',
   'src/lifecycle.ts': 'src/core/lifecycle.ts',
   'src/diagnostics.ts': 'src/core/diagnostics.ts',
-  'src/http-kit.ts': 'src/core/http-kit.ts',
-  'src/bounded-peek.ts': 'src/core/bounded-peek.ts',
   'src/backoff.ts': 'src/core/backoff.ts',
-  'src/dns-stream-server.ts': 'src/core/dns-stream-server.ts',
   // Observation next to the metrics; the customer's command next to the app; the state dir next to config.
   'src/health.ts': 'src/metrics/health.ts',
   'src/http-endpoint.ts': 'src/metrics/http-endpoint.ts',
