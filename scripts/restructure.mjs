@@ -165,13 +165,15 @@ function rewriteSegments(text) {
   });
 }
 
-/** Where errorCode() is declared, in the layout the tree has before the moves. */
-const ERRORS_MODULE = 'src/errors.ts';
+/** Where errorCode() is declared, in the layout the tree has before the moves (after them, on a second run). */
+const ERRORS_MODULE = trackedSet.has('src/errors.ts') ? 'src/errors.ts' : mapPath('src/errors.ts');
 const CODE_CAST = /\(([A-Za-z_$][\w$.]*) as (?:NodeJS\.ErrnoException|\{ code\?: (?:string|unknown) \})\)\.code\b/g;
 
 /** `(error as NodeJS.ErrnoException).code` and `(error as { code?: string }).code` become `errorCode(error)`. */
 function useErrorCode(file, text) {
   if (file === ERRORS_MODULE || !/^(src|test|bench)\//.test(file) || !file.endsWith('.ts')) return text;
+  // A file with an errorCode of its own keeps its casts.
+  if (/\b(?:function|const|let|var|class)\s+errorCode\b/.test(text)) return text;
   CODE_CAST.lastIndex = 0;
   if (!CODE_CAST.test(text)) return text;
   let next = text.replace(CODE_CAST, 'errorCode($1)');
