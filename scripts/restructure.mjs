@@ -67,6 +67,22 @@ export const MOVES = {
   'src/bundle/launcher.c': 'packaging/launcher.c',
 };
 
+/** Prose that names a folder the moves take apart: exact text -> its replacement (skipped when absent). */
+const PROSE = {
+  'README.md': [
+    [
+      '| bridge | `src/bridge/` | vsock <-> TCP for ingress (parent -> enclave -> app port), with our own N-API addon for AF_VSOCK |',
+      '| ingress | `src/ingress/`, `src/net/` | vsock <-> TCP for ingress (parent -> enclave -> app port), PROXY protocol, GET /.well-known/attestation |\n' +
+        '| native | `src/native/` | our own N-API addon: AF_VSOCK sockets, the NSM ioctl, SO_ORIGINAL_DST, hostname, interfaces, the reaper |',
+    ],
+    [
+      '| attestation | `src/attestation/` | `/dev/nsm`, a simulated NSM, the app\'s API on 127.0.0.1:9999, and a verifier for clients |',
+      '| attestation | `src/attestation/` | `/dev/nsm`, a simulated NSM, the app\'s API on 127.0.0.1:9999 |\n' +
+        '| verify | `src/verify/` | the verifier for clients: COSE_Sign1, the document, the chain to the pinned AWS root |',
+    ],
+  ],
+};
+
 const CODE = /\.(ts|mts|mjs|js|cjs)$/;
 const CODE_DIRS = ['src', 'test', 'bench', 'scripts', 'bin', 'examples'];
 /** Files (outside code) whose text names repository paths. */
@@ -209,6 +225,7 @@ for (const file of tracked) {
   let after = before;
   if (CODE.test(file)) after = rewriteSegments(rewriteSpecifiers(file, useErrorCode(file, after)));
   after = rewriteRepoPaths(after);
+  for (const [from, to] of PROSE[file] ?? []) after = after.replace(from, to);
   if (file === 'Dockerfile.runtime' && mapPath('src/bundle/launcher.c').startsWith('packaging/')) {
     // The launcher is no longer under src/: the build stage copies packaging/ too.
     if (!/^COPY packaging \.\/packaging$/m.test(after)) after = after.replace(/^COPY src \.\/src$/m, '$&\nCOPY packaging ./packaging');
