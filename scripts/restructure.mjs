@@ -58,6 +58,7 @@ export const MOVES = {
   'src/lifecycle.ts': 'src/core/lifecycle.ts',
   'src/diagnostics.ts': 'src/core/diagnostics.ts',
   'src/backoff.ts': 'src/core/backoff.ts',
+  'src/http-kit.ts': 'src/core/http-kit.ts',
   // Observation next to the metrics; the customer's command next to the app; the state dir next to config.
   'src/health.ts': 'src/metrics/health.ts',
   'src/http-endpoint.ts': 'src/metrics/http-endpoint.ts',
