@@ -40,7 +40,7 @@ export function childPids(pid: number): number[] {
 
 /** CPU seconds of a process and all its live descendants, plus the children it has reaped. */
 export function treeCpuSeconds(pid: number): number {
-  let total = 0;
+  let total: number;
   try {
     total = cpuSeconds(pid, true);
   } catch {

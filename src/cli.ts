@@ -1,5 +1,5 @@
-import { readFileSync } from 'node:fs';
 import { processIo, type CommandIo } from './cli/io.js';
+import { version } from './version.js';
 
 const USAGE = `usage: enclave-runtime <command> [options]
 
@@ -29,16 +29,6 @@ const ATTEST_USAGE = `usage: enclave-runtime attest <verify|connect> [options]
 
 Run "enclave-runtime attest verify --help" or "enclave-runtime attest connect --help" for the options.
 `;
-
-/** Set by esbuild's `define` in the single-file bundle, which has no package.json beside it. */
-declare const __ENCLAVE_RUNTIME_VERSION__: string | undefined;
-
-/** The package version: injected at bundle time, else read from package.json beside dist/. */
-export function version(): string {
-  if (typeof __ENCLAVE_RUNTIME_VERSION__ === 'string') return __ENCLAVE_RUNTIME_VERSION__;
-  const manifest = new URL('../../package.json', import.meta.url);
-  return (JSON.parse(readFileSync(manifest, 'utf8')) as { version: string }).version;
-}
 
 /** Dispatches a command line; resolves with the process exit code. */
 export async function main(argv: string[], io: CommandIo = processIo()): Promise<number> {

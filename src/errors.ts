@@ -3,6 +3,7 @@
  * so callers, tests and log readers branch on codes, never on message text.
  */
 export class RuntimeError extends Error {
+  /** An ERR_* code of src/error-codes.ts, or the errno name (`ETIMEDOUT`) of a system call that failed. */
   readonly code: string;
 
   constructor(code: string, message: string, options?: { cause?: unknown }) {
@@ -21,4 +22,14 @@ export class ConfigError extends RuntimeError {
     super('ERR_CONFIG', `${source} is invalid:\n  - ${problems.join('\n  - ')}`);
     this.problems = problems;
   }
+}
+
+/**
+ * The `code` of anything thrown: a RuntimeError's ERR_*, Node's errno (`ENOENT`) or ERR_* code;
+ * undefined when there is none (a number, as child_process exit codes are, is not a code).
+ */
+export function errorCode(error: unknown): string | undefined {
+  if (typeof error !== 'object' || error === null) return undefined;
+  const code = (error as { code?: unknown }).code;
+  return typeof code === 'string' ? code : undefined;
 }

@@ -7,6 +7,7 @@ import type { Duplex } from 'node:stream';
 import { formatAddress, type Address } from './bridge/address.js';
 import { listen } from './bridge/transport.js';
 import { RuntimeError } from './errors.js';
+import { withTimeout } from './http-kit.js';
 import type { Logger } from './log.js';
 
 /** Scrapers and health checkers are few; more connections than this are closed at once. */
@@ -85,20 +86,4 @@ async function answer(routes: Readonly<Record<string, Route>>, request: Incoming
   }
   response.writeHead(result.status, { 'content-type': result.type, 'content-length': Buffer.byteLength(result.body), 'cache-control': 'no-store' });
   response.end(request.method === 'HEAD' ? undefined : result.body);
-}
-
-function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
-    promise.then(
-      (value) => {
-        clearTimeout(timer);
-        resolve(value);
-      },
-      (error: unknown) => {
-        clearTimeout(timer);
-        reject(error);
-      },
-    );
-  });
 }

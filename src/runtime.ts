@@ -6,10 +6,11 @@ import { formatAddress, type Address } from './bridge/address.js';
 import { Ingress } from './bridge/ingress.js';
 import type { Mode } from './config/field.js';
 import type { RuntimeConfig } from './config/schema.js';
-import { version } from './cli.js';
+import { version } from './version.js';
 import { HealthMonitor, type HealthReport } from './health.js';
 import { classifyAddress } from './host/address-class.js';
 import { startHttpEndpoint, type Route, type RouteAnswer } from './http-endpoint.js';
+import { CloserStack } from './lifecycle.js';
 import type { Logger } from './log.js';
 import { RuntimeMetrics } from './metrics/runtime-metrics.js';
 import { prepareStateDir } from './state-dir.js';
@@ -17,8 +18,6 @@ import type { AcmeCertificates } from './tls/acme-certificates.js';
 import type { CertificateSource } from './tls/certificate-source.js';
 import type { TlsTerminator } from './tls/tls-terminator.js';
 
-/** Stops one part; `graceMs` is what is left of runtime.shutdown_grace_ms for draining. */
-type Closer = (graceMs: number) => Promise<void>;
 
 /**
  * The data plane of one enclave: the NSM, the internal API, TLS and ingress, started in
@@ -31,9 +30,9 @@ export class Runtime {
   readonly nsm: Nsm;
   readonly metrics: RuntimeMetrics;
   readonly #logger: Logger;
-  readonly #closers: Closer[];
+  readonly #closers: CloserStack;
 
-  private constructor(parts: { config: RuntimeConfig; health: HealthMonitor; ingress: Ingress | undefined; nsm: Nsm; metrics: RuntimeMetrics; logger: Logger; closers: Closer[] }) {
+  private constructor(parts: { config: RuntimeConfig; health: HealthMonitor; ingress: Ingress | undefined; nsm: Nsm; metrics: RuntimeMetrics; logger: Logger; closers: CloserStack }) {
     this.metrics = parts.metrics;
     this.config = parts.config;
     this.health = parts.health;
@@ -48,7 +47,7 @@ export class Runtime {
    * replaces the NSM the config names (tests inject faults through it); it is closed on stop.
    */
   static async start(config: RuntimeConfig, mode: Mode, logger: Logger, parts: { nsm?: Nsm } = {}): Promise<Runtime> {
-    const closers: Closer[] = [];
+    const closers = new CloserStack(logger);
     try {
       await prepareStateDir(config.runtime.stateDir);
       const metrics = new RuntimeMetrics({ version: version(), mode });
@@ -182,7 +181,7 @@ export class Runtime {
       logger.info({ mode, nsm: nsm.kind, tls: config.tls.enabled }, 'runtime ready');
       return new Runtime({ config, health, ingress, nsm, metrics, logger, closers });
     } catch (error) {
-      await closeAll(closers, logger);
+      await closers.closeAll();
       throw error;
     }
   }
@@ -193,7 +192,7 @@ export class Runtime {
    */
   async stop(graceMs = this.config.runtime.shutdownGraceMs): Promise<void> {
     this.#logger.info({ graceMs }, 'runtime stopping');
-    await closeAll(this.#closers, this.#logger, graceMs);
+    await this.#closers.closeAll(graceMs);
     this.#logger.info('runtime stopped');
   }
 
@@ -233,16 +232,4 @@ async function openNsm(config: RuntimeConfig, logger: Logger): Promise<Nsm> {
   }
   const { openDeviceNsm } = await import('./attestation/nsm-device.js');
   return openDeviceNsm(config.attestation.device);
-}
-
-/** Closes in reverse start order; one part failing to close does not keep the others open. */
-async function closeAll(closers: Closer[], logger: Logger, graceMs = 0): Promise<void> {
-  for (const close of closers.reverse()) {
-    try {
-      await close(graceMs);
-    } catch (error) {
-      logger.error({ err: { message: (error as Error).message } }, 'error while stopping');
-    }
-  }
-  closers.length = 0;
 }

@@ -53,9 +53,16 @@ function readItem(bytes: Uint8Array, start: number): Item {
   let offset = start + 1;
   let argument = info;
   if (info === 24) argument = bytes[offset++]!;
-  else if (info === 25) (argument = (bytes[offset]! << 8) | bytes[offset + 1]!), (offset += 2);
-  else if (info === 26) (argument = Buffer.from(bytes).readUInt32BE(offset)), (offset += 4);
-  else if (info === 27) (argument = Number(Buffer.from(bytes).readBigUInt64BE(offset))), (offset += 8);
+  else if (info === 25) {
+    argument = (bytes[offset]! << 8) | bytes[offset + 1]!;
+    offset += 2;
+  } else if (info === 26) {
+    argument = Buffer.from(bytes).readUInt32BE(offset);
+    offset += 4;
+  } else if (info === 27) {
+    argument = Number(Buffer.from(bytes).readBigUInt64BE(offset));
+    offset += 8;
+  }
   const indefinite = info === 31;
   const children: Item[] = [];
   if (major === 2 || major === 3) {

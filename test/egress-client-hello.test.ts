@@ -153,7 +153,7 @@ describe('parseClientHello on real ClientHellos', () => {
         const result = parseClientHello(input);
         if (result.kind === 'client-hello' && result.serverName !== undefined) assert.match(result.serverName, /^[\x21-\x7e]{1,255}$/);
       } catch (error) {
-        if (!(error instanceof ClientHelloError)) throw new Error(`case ${i}: ${input.toString('hex')} threw ${String(error)}`);
+        if (!(error instanceof ClientHelloError)) throw new Error(`case ${i}: ${input.toString('hex')} threw ${String(error)}`, { cause: error });
       }
     }
   });

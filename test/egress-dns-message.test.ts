@@ -239,7 +239,7 @@ describe('DNS parser fuzz', () => {
             assert.deepEqual(answer.questions, [result.question], `case ${i}`);
           }
         } catch (error) {
-          if (!(error instanceof DnsFormatError)) throw new Error(`case ${i}: ${input.toString('hex')} threw ${String(error)}`);
+          if (!(error instanceof DnsFormatError)) throw new Error(`case ${i}: ${input.toString('hex')} threw ${String(error)}`, { cause: error });
         }
       }
       buildFormErr(input);

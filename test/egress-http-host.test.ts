@@ -123,7 +123,7 @@ describe('parseHttpHost', () => {
         const result = parseHttpHost(input, 256);
         if (result.kind === 'http-request') assert.ok(result.headLength <= input.length, `case ${i}`);
       } catch (error) {
-        if (!(error instanceof HttpHostError)) throw new Error(`case ${i}: ${JSON.stringify(input.toString('latin1'))} threw ${String(error)}`);
+        if (!(error instanceof HttpHostError)) throw new Error(`case ${i}: ${JSON.stringify(input.toString('latin1'))} threw ${String(error)}`, { cause: error });
       }
     }
   });

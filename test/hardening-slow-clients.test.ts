@@ -22,7 +22,7 @@ import { silentLogger, type Logger } from '../src/log.js';
 import { RuntimeMetrics } from '../src/metrics/runtime-metrics.js';
 import { connectTls, duplexPair, openTerminator, type TerminatorFixture } from './helpers/attested-tls.js';
 import { captureLogs } from './helpers/log-capture.js';
-import { closesWithin, readAll, tcpConnect } from './helpers/net.js';
+import { closesWithin, tcpConnect } from './helpers/net.js';
 
 /** How long a test waits for something that must happen; far above every timeout under test. */
 const EVENTUALLY_MS = 15_000;

@@ -6,7 +6,6 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -37,7 +36,7 @@ describe('enclave-runtime host', () => {
     assert.match(badKey.stderr, /allow_privat/);
     const badUpstream = run(['--config', writeConfig('upstream.toml', ['[host]', 'upstream_dns = "resolver.example"', 'egress_listen = "tcp:127.0.0.1:0"', 'dns_listen = "tcp:127.0.0.1:0"'])]);
     assert.equal(badUpstream.status, 1);
-    assert.match(badUpstream.stderr, /ERR_UPSTREAM_DNS/);
+    assert.match(badUpstream.stderr, /ERR_DNS_UPSTREAM/);
   });
 
   describe('running', () => {

@@ -7,9 +7,9 @@ import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
 import { after, describe, it } from 'node:test';
 import { parseConfig } from '../src/config/load.js';
-import { newEgressCounters } from '../src/egress/egress-audit.js';
+import { EgressAudit, newEgressCounters } from '../src/egress/egress-audit.js';
 import { silentLogger } from '../src/log.js';
-import { countEgressRefusal, registerEgressMetrics } from '../src/metrics/egress-metrics.js';
+import { registerEgressMetrics } from '../src/metrics/egress-metrics.js';
 import { MAX_SERIES_PER_METRIC, MetricsRegistry } from '../src/metrics/registry.js';
 import { Runtime } from '../src/runtime.js';
 import { captureLogs } from './helpers/log-capture.js';
@@ -163,16 +163,18 @@ describe('the metrics registry', () => {
     assert.throws(() => counter.inc({ kind: 'x' }, -1), /only goes up/);
   });
 
-  it('reads egress counters by path and outcome, and counts refusals by reason through the hook', () => {
+  it('reads egress counters by path and outcome, and counts refusals by reason from the egress audit', () => {
     const registry = new MetricsRegistry();
     const counters = newEgressCounters();
     counters.dnsRefused = 3;
     counters.connectionsAllowed = 5;
     counters.proxyFailed = 1;
     registerEgressMetrics(registry, () => counters);
-    countEgressRefusal('dns', 'not-allowed');
-    countEgressRefusal('dns', 'not-allowed');
-    countEgressRefusal('transparent', 'private-ip');
+    // The audit publishes each refusal on the egressRefused channel; the metrics subscribe to it.
+    const audit = new EgressAudit(silentLogger());
+    audit.refused('dns', { name: 'denied.test', reason: 'not-allowed' });
+    audit.refused('dns', { name: 'denied.test', reason: 'not-allowed' });
+    audit.refused('transparent', { ip: '10.0.0.1', port: 443, reason: 'private-ip' });
     const families = parsePrometheus(registry.render());
     assert.equal(value(families, 'enclave_egress_decisions_total', { path: 'dns', outcome: 'refused' }), 3);
     assert.equal(value(families, 'enclave_egress_decisions_total', { path: 'transparent', outcome: 'allowed' }), 5);

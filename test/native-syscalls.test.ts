@@ -4,7 +4,7 @@ import { once } from 'node:events';
 import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { hostname, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join, relative } from 'node:path';
 import { describe, it } from 'node:test';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import {
@@ -159,11 +159,17 @@ describe('native syscalls', { skip: NATIVE_SKIP, timeout: 60_000 }, () => {
     // A copy of the compiled module in a package without build/Release.
     const root = mkdtempSync(join(tmpdir(), 'native-missing-'));
     try {
-      mkdirSync(join(root, 'dist', 'src', 'bridge'), { recursive: true });
       writeFileSync(join(root, 'package.json'), JSON.stringify({ type: 'module' }));
-      copyFileSync(fileURLToPath(BINDING_URL), join(root, 'dist', 'src', 'bridge', 'native-binding.js'));
-      copyFileSync(fileURLToPath(new URL('../src/errors.js', import.meta.url)), join(root, 'dist', 'src', 'errors.js'));
-      const copy = pathToFileURL(join(root, 'dist', 'src', 'bridge', 'native-binding.js')).href;
+      // The module and what it imports, at the same places relative to dist/ as in this checkout.
+      const dist = fileURLToPath(new URL('..', import.meta.url));
+      const copyOf = (url: URL): string => {
+        const to = join(root, 'dist', relative(dist, fileURLToPath(url)));
+        mkdirSync(dirname(to), { recursive: true });
+        copyFileSync(fileURLToPath(url), to);
+        return to;
+      };
+      copyOf(new URL('../src/errors.js', import.meta.url));
+      const copy = pathToFileURL(copyOf(BINDING_URL)).href;
       const script = `
         const { loadNative, nativeUnavailable, openDevice, NATIVE_ADDON_PATH } = await import(${JSON.stringify(copy)});
         const outcome = {};

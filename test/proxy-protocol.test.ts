@@ -318,7 +318,7 @@ describe('parseProxyHeader fuzz', () => {
           const result = parseProxyHeader(input, accept);
           if (result.kind === 'header') assert.ok(result.length > 0 && result.length <= input.length, `case ${i}`);
         } catch (error) {
-          if (!(error instanceof ProxyProtocolError)) throw new Error(`case ${i}: ${input.toString('hex')} threw ${String(error)}`);
+          if (!(error instanceof ProxyProtocolError)) throw new Error(`case ${i}: ${input.toString('hex')} threw ${String(error)}`, { cause: error });
         }
       }
     }

@@ -128,19 +128,6 @@ describe('attested certificates over a real TLS handshake (loopback TCP)', () =>
       socket.destroy();
     }
   });
-
-  it('publishes the base document for GET /.well-known/attestation', async () => {
-    const socket = await connectTls(listener, { servername: 'localhost' });
-    try {
-      const body = fx.terminator.wellKnownAttestation();
-      const document = new Uint8Array(Buffer.from(body.attestation_doc, 'base64'));
-      assert.deepEqual(Buffer.from(document), Buffer.from(documentFromSan(peerLeaf(socket))));
-      const verified = verifyAttestation(document, { root: fx.simRootPem });
-      assert.deepEqual(Buffer.from(verified.document.userData!), Buffer.from(spkiOf(peerLeaf(socket))));
-    } finally {
-      socket.destroy();
-    }
-  });
 });
 
 describe('attested certificates over a generic Duplex (as the vsock/unix transports hand over)', () => {

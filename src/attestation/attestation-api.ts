@@ -2,6 +2,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { ConfigError, RuntimeError } from '../errors.js';
+import { readBody, send, sendJson, withTimeout } from '../http-kit.js';
 import type { Logger } from '../log.js';
 import { NSM_MAX_FIELD_BYTES, NsmError, type AttestationRequest, type Nsm } from './nsm.js';
 import { reservedUserDataReason, reservedUserDataRule } from './reserved-binding.js';
@@ -89,6 +90,12 @@ class ClientGone extends Error {}
 /** Starts the app-facing attestation and health API (SPEC "Internal API on 127.0.0.1:9999"). */
 export async function startAttestationApi(options: AttestationApiOptions): Promise<AttestationApi> {
   const limits = resolveLimits(options.limits ?? {});
+  const bodyLimits = {
+    maxBytes: limits.maxBodyBytes,
+    tooLarge: (declared?: number) =>
+      new BadRequest(413, declared === undefined ? `the body is more than ${limits.maxBodyBytes} bytes` : `the body is ${declared} bytes; at most ${limits.maxBodyBytes} are allowed`, 'body'),
+    gone: () => new ClientGone(),
+  };
   const { nsm, logger } = options;
   const health: HealthProvider = options.health ?? (() => ({ status: 'ok', parts: { attestation: { ok: true, detail: `${nsm.kind} NSM` } } }));
   let active = 0;
@@ -129,7 +136,7 @@ export async function startAttestationApi(options: AttestationApiOptions): Promi
       if (req.method !== 'GET' && req.method !== 'POST') return methodNotAllowed(res, req.method, path, ['GET', 'POST']);
       let request: AttestationRequest;
       try {
-        request = req.method === 'GET' ? parseQuery(req.url ?? '') : parseBody(await readBody(req, limits.maxBodyBytes));
+        request = req.method === 'GET' ? parseQuery(req.url ?? '') : parseBody(await readBody(req, bodyLimits));
       } catch (error) {
         if (error instanceof BadRequest) return sendBadRequest(res, error);
         if (error instanceof ClientGone) return;
@@ -298,40 +305,6 @@ function wantsJson(accept: string | undefined): boolean {
   return json > cbor;
 }
 
-function readBody(req: IncomingMessage, maxBytes: number): Promise<Buffer> {
-  const declared = Number(req.headers['content-length']);
-  if (Number.isFinite(declared) && declared > maxBytes) {
-    req.resume();
-    return Promise.reject(new BadRequest(413, `the body is ${declared} bytes; at most ${maxBytes} are allowed`, 'body'));
-  }
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    let settled = false;
-    const settle = (error: Error | undefined): void => {
-      if (settled) return;
-      settled = true;
-      req.off('data', onData);
-      if (error === undefined) resolve(Buffer.concat(chunks, size));
-      else reject(error);
-    };
-    const onData = (chunk: Buffer): void => {
-      size += chunk.byteLength;
-      if (size > maxBytes) {
-        settle(new BadRequest(413, `the body is more than ${maxBytes} bytes`, 'body'));
-        // Discard the rest (the request timeout bounds it) so closing does not reset the socket before the 413 is read.
-        req.resume();
-      } else {
-        chunks.push(chunk);
-      }
-    };
-    req.on('data', onData);
-    req.once('end', () => settle(undefined));
-    req.once('error', () => settle(new ClientGone()));
-    req.once('close', () => settle(new ClientGone()));
-  });
-}
-
 function sendBadRequest(res: ServerResponse, error: BadRequest): void {
   // After 413 the unread rest of the body would be parsed as the next request: close instead.
   const headers: Record<string, string> = error.status === 413 ? { connection: 'close' } : {};
@@ -340,36 +313,6 @@ function sendBadRequest(res: ServerResponse, error: BadRequest): void {
 
 function methodNotAllowed(res: ServerResponse, method: string | undefined, path: string, allowed: string[]): void {
   sendJson(res, 405, { error: `${String(method).slice(0, 16)} is not allowed on ${path}; use ${allowed.join(' or ')}` }, { allow: allowed.join(', ') });
-}
-
-function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
-  send(res, status, 'application/json; charset=utf-8', Buffer.from(JSON.stringify(body)), undefined, headers);
-}
-
-function send(res: ServerResponse, status: number, type: string, body: Buffer | undefined, length = body?.byteLength ?? 0, headers: Record<string, string> = {}): void {
-  if (res.destroyed) return;
-  res.writeHead(status, {
-    'content-type': type,
-    'content-length': String(length),
-    'cache-control': 'no-store',
-    'x-content-type-options': 'nosniff',
-    ...headers,
-  });
-  res.end(body);
-}
-
-async function withTimeout<T>(promise: Promise<T>, ms: number, error: () => Error): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      promise,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(error()), ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 async function closeServer(server: Server, graceMs: number): Promise<void> {

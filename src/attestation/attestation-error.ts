@@ -29,7 +29,7 @@ export class AttestationError extends RuntimeError {
   }
 }
 
-/** True when `error` is an AttestationError, optionally with the given code. */
+/** True when `error` is an AttestationError, optionally with the given code (the client library exports it). */
 export function isAttestationError(error: unknown, code?: AttestationErrorCode): error is AttestationError {
   return error instanceof AttestationError && (code === undefined || error.code === code);
 }

@@ -88,7 +88,7 @@ function checkLink(child: ParsedCertificate, parent: ParsedCertificate, name: st
   const key = `${child.fingerprint}:${parent.fingerprint}`;
   if (verifiedLinks.has(key)) return;
   if (!child.x509.checkIssued(parent.x509)) throw chainError(`${name} was not issued by ${parent.subject}`);
-  let ok = false;
+  let ok: boolean;
   try {
     ok = child.x509.verify(parent.publicKey);
   } catch (error) {

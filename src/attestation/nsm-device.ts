@@ -48,7 +48,7 @@ export interface NativeNsmBinding {
 
 // Compile-time only: the addon wrapper must keep offering what the worker calls.
 type ConformingBinding<T extends NativeNsmBinding> = T;
-type CheckedBinding = ConformingBinding<typeof nativeBinding>;
+type _CheckedBinding = ConformingBinding<typeof nativeBinding>;
 
 export interface DeviceNsmOptions {
   /** Replaces the device: tests pass a fake; nothing is opened then. */

@@ -3,8 +3,6 @@ import { RuntimeError } from '../errors.js';
 
 /** VMADDR_CID_ANY: listen on every CID the enclave has. */
 export const VMADDR_CID_ANY = 0xffffffff;
-/** The parent instance is always CID 3 from inside an enclave. */
-export const PARENT_CID = 3;
 
 export type Address =
   | { readonly transport: 'tcp'; readonly host: string; readonly port: number }

@@ -50,8 +50,6 @@ export interface IngressStats {
   wellKnownAnswered: number;
 }
 
-/** A PROXY v2 header carries addresses and TLVs; 536 bytes covers the spec's v1 limit and typical v2 use. */
-const MAX_PROXY_HEADER_BYTES = 4096;
 /** Refusals over the cap are logged at most this often, so a flood cannot flood the log too. */
 const CAP_LOG_INTERVAL_MS = 1000;
 /**
@@ -142,10 +140,8 @@ export class Ingress {
     let header: ProxyHeader | undefined;
     if (options.proxyProtocol !== 'off') {
       try {
-        const read = await readProxyHeader(socket, options.proxyProtocol, {
-          timeoutMs: options.proxyHeaderTimeoutMs,
-          maxBytes: MAX_PROXY_HEADER_BYTES,
-        });
+        // The default bound is the largest header the parser accepts (a v2 header with a 1 KiB payload).
+        const read = await readProxyHeader(socket, options.proxyProtocol, { timeoutMs: options.proxyHeaderTimeoutMs });
         header = read.header;
         if (read.rest.length > 0) socket.unshift(read.rest);
       } catch (error) {

@@ -16,8 +16,6 @@ import { RuntimeError } from '../errors.js';
 
 /** VMADDR_CID_ANY: listen on every CID of this VM (`vsock:any:PORT`). */
 export const VMADDR_CID_ANY = 0xffffffff;
-/** The parent instance as seen from inside an enclave. */
-export const VMADDR_CID_PARENT = 3;
 /** VMADDR_PORT_ANY: let the kernel pick a free port. */
 export const VMADDR_PORT_ANY = 0xffffffff;
 /** The Nitro driver's largest NSM response. */

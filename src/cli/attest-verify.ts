@@ -172,7 +172,7 @@ function readPcrSetFile(path: string): Record<number, Uint8Array>[] {
   try {
     json = JSON.parse(bytes.toString('utf8'));
   } catch (error) {
-    throw new Error(`not JSON: ${(error as Error).message}`);
+    throw new Error(`not JSON: ${(error as Error).message}`, { cause: error });
   }
   const sets = Array.isArray(json) ? json : [json];
   if (sets.length === 0) throw new Error('the list of PCR sets is empty');

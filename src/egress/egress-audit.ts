@@ -4,9 +4,9 @@
  * addresses and rules only, never payload bytes.
  */
 import type { Logger } from '../log.js';
-import { countEgressRefusal } from '../metrics/egress-metrics.js';
 import { RelayWatch } from './relay-watch.js';
 import type { InspectionRefusal, Sighting } from './stream-inspector.js';
+import { channels } from '../diagnostics.js';
 
 export interface EgressCounters {
   dnsQueries: number;
@@ -73,7 +73,7 @@ export class EgressAudit {
   /** Count a refusal and log its one line. */
   refused(path: EgressPath, facts: RefusalFacts): void {
     this.counters[REFUSED_COUNTER[path]]++;
-    countEgressRefusal(path, facts.reason);
+    channels.egressRefused.publish({ path, reason: facts.reason });
     this.#logger.warn(
       {
         event: 'egress-refused',

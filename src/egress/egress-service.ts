@@ -5,6 +5,7 @@
  */
 import { formatAddress } from '../bridge/address.js';
 import type { RuntimeConfig } from '../config/schema.js';
+import { CloserStack } from '../lifecycle.js';
 import type { Logger } from '../log.js';
 import { compileAllowlist } from './allowlist.js';
 import { DnsForwarder, DNS_FORWARD_TIMEOUT_MS } from './dns-forwarder.js';
@@ -49,15 +50,9 @@ export async function startEgress(config: EgressConfig, logger: Logger): Promise
     timeoutMs: DNS_FORWARD_TIMEOUT_MS,
     watch: audit.relays,
   });
-  const closers: Array<() => Promise<void>> = [];
+  const closers = new CloserStack(log, 'egress');
   const closeAll = async () => {
-    for (const close of closers.splice(0).reverse()) {
-      try {
-        await close();
-      } catch (error) {
-        log.error({ err: { message: (error as Error).message } }, 'error while stopping egress');
-      }
-    }
+    await closers.closeAll();
   };
 
   try {

@@ -57,9 +57,11 @@ export async function startHostRelays(
   return {
     egressRelay,
     dnsRelay,
+    // Both are stopped even when one fails to stop; the first failure is then rethrown.
     close: async () => {
-      await egressRelay.close();
-      await dnsRelay.close();
+      const results = await Promise.allSettled([egressRelay.close(), dnsRelay.close()]);
+      const failed = results.find((result): result is PromiseRejectedResult => result.status === 'rejected');
+      if (failed) throw failed.reason;
     },
   };
 }

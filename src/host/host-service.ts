@@ -5,6 +5,7 @@
  */
 import { Ingress } from '../bridge/ingress.js';
 import type { RuntimeConfig } from '../config/schema.js';
+import { CloserStack } from '../lifecycle.js';
 import type { Logger } from '../log.js';
 import type { DnsRelay } from './dns-relay.js';
 import type { EgressRelay } from './egress-relay.js';
@@ -27,10 +28,10 @@ export interface HostService {
 /** Start the host side; on a failure, stop what had started and rethrow. */
 export async function startHost(config: Pick<RuntimeConfig, 'host' | 'egress'>, logger: Logger): Promise<HostService> {
   const { host } = config;
-  const started: Array<(graceMs: number) => Promise<void>> = [];
+  const started = new CloserStack(logger, 'host');
   try {
     const { dnsRelay, egressRelay, close } = await startHostRelays(config, logger);
-    started.push(close);
+    started.push(close, 'egress and DNS relays');
     const ingress = await Ingress.start({
       listen: host.ingressListen,
       app: host.enclaveIngress,
@@ -42,20 +43,21 @@ export async function startHost(config: Pick<RuntimeConfig, 'host' | 'egress'>, 
       proxyHeaderTimeoutMs: PROXY_HEADER_TIMEOUT_MS,
       logger,
     });
-    started.push((graceMs) => ingress.stop(graceMs));
+    started.push((graceMs) => ingress.stop(graceMs), 'ingress');
     const operability = await startHostOperability(config.host, logger);
-    started.push((graceMs) => operability.close(graceMs));
+    started.push((graceMs) => operability.close(graceMs), 'operability relays');
     return {
       ingress,
       egressRelay,
       dnsRelay,
       operability,
+      // Every part is stopped even when one fails to (the failure is logged).
       close: async (graceMs) => {
-        for (const stop of started.splice(0).reverse()) await stop(graceMs);
+        await started.closeAll(graceMs);
       },
     };
   } catch (error) {
-    for (const stop of started.splice(0).reverse()) await stop(0).catch(() => {});
+    await started.closeAll(0);
     throw error;
   }
 }

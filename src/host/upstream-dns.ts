@@ -18,7 +18,7 @@ export interface Upstream {
 
 export class UpstreamDnsError extends RuntimeError {
   constructor(message: string, options?: { cause?: unknown }) {
-    super('ERR_UPSTREAM_DNS', message, options);
+    super('ERR_DNS_UPSTREAM', message, options);
   }
 }
 

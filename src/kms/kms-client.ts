@@ -11,6 +11,7 @@ import { SignatureV4 } from '@smithy/signature-v4';
 import { request, type Dispatcher } from 'undici';
 import { silentLogger, type Logger } from '../log.js';
 import { KmsError } from './kms-error.js';
+import { backoffDelay } from '../backoff.js';
 
 /** KMS answers are a few KiB (a 4 KiB plaintext in CMS, base64); anything bigger is not KMS. */
 export const KMS_MAX_RESPONSE_BYTES = 256 * 1024;
@@ -177,7 +178,7 @@ export class KmsClient {
         return await this.#send(operation, body);
       } catch (error) {
         if (!(error instanceof KmsError) || !isRetryable(error) || attempt >= this.#maxAttempts) throw error;
-        const delayMs = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** (attempt - 1));
+        const delayMs = backoffDelay(attempt, BACKOFF_BASE_MS, BACKOFF_CAP_MS);
         this.#logger.debug({ operation, attempt, code: error.code, kmsCode: error.kmsCode, status: error.status, delayMs }, 'KMS call failed; retrying');
         await sleep(delayMs);
       }

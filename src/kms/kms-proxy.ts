@@ -162,8 +162,8 @@ function toFault(error: unknown): ProxyFault {
   }
   if (error instanceof RangeError) return new ProxyFault(400, 'ValidationException', error.message);
   const code = (error as { code?: string }).code;
-  if (typeof code === 'string' && code.startsWith('ERR_SECRET_')) return new ProxyFault(502, 'KMSInternalException', "KMS's answer could not be opened with the enclave's key");
-  if (typeof code === 'string' && code.startsWith('ERR_NSM')) return new ProxyFault(503, 'KMSInternalException', 'the enclave could not make an attestation document');
+  if (typeof code === 'string' && /^ERR_SECRET_/.test(code)) return new ProxyFault(502, 'KMSInternalException', "KMS's answer could not be opened with the enclave's key");
+  if (typeof code === 'string' && /^ERR_NSM/.test(code)) return new ProxyFault(503, 'KMSInternalException', 'the enclave could not make an attestation document');
   return new ProxyFault(500, 'KMSInternalException', 'the KMS proxy failed');
 }
 

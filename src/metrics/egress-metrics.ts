@@ -1,8 +1,9 @@
 /**
  * Egress decisions as Prometheus series. The egress services keep their own running totals
- * (EgressCounters); those are read at scrape time. Refusal reasons are open-ended, so they get a
- * counter the egress code increments itself: `egressRefusals.inc({ path, reason })`.
+ * (EgressCounters); those are read at scrape time. Refusal reasons are open-ended, so they are
+ * counted here from the egress code's `egressRefused` diagnostics channel.
  */
+import { channels, type EgressRefusal } from '../diagnostics.js';
 import type { EgressCounters } from '../egress/egress-audit.js';
 import type { MetricsRegistry, Sample } from './registry.js';
 
@@ -15,15 +16,16 @@ const PATHS = [
 /** Reasons beyond this many distinct values are counted as "other", so they cannot grow without bound. */
 const MAX_REASONS = 64;
 
-/** A process-wide hook: egress code calls `countEgressRefusal(path, reason)` for every refusal. */
+/** Refusals of the whole process by path and reason, counted from the moment this module loads. */
 const refusals = new Map<string, number>();
 
 /** Counts one refusal by egress path (dns, transparent, proxy) and reason (e.g. "not-allowed", "private-ip"). */
-export function countEgressRefusal(path: string, reason: string): void {
+function countEgressRefusal({ path, reason }: EgressRefusal): void {
   let key = JSON.stringify([path, reason]);
   if (!refusals.has(key) && refusals.size >= MAX_REASONS) key = JSON.stringify([path, 'other']);
   refusals.set(key, (refusals.get(key) ?? 0) + 1);
 }
+channels.egressRefused.subscribe(countEgressRefusal);
 
 /** Registers enclave_egress_decisions_total (from `counters()`) and enclave_egress_refusals_total (the hook). */
 export function registerEgressMetrics(registry: MetricsRegistry, counters: () => Readonly<EgressCounters> | undefined): void {

@@ -10,6 +10,7 @@ import { checkPolicy, MAX_EXPECTED_PCR_SETS, verifyAttestation, type Attestation
 import { formatAddress, type Address } from '../bridge/address.js';
 import { listen, type Listener } from '../bridge/transport.js';
 import { ConfigError, RuntimeError } from '../errors.js';
+import { readBody as readRequestBody, sendJson as sendJsonAnswer } from '../http-kit.js';
 import type { Logger } from '../log.js';
 import { CertificateAuthority } from '../tls/certificate-authority.js';
 import { ChallengeBook } from './challenge-book.js';
@@ -287,50 +288,16 @@ function badRequest(message: string): ProvisionerRefusal {
 }
 
 function readBody(req: IncomingMessage): Promise<Buffer> {
-  const tooLarge = () => new ProvisionerRefusal(413, 'ERR_PROVISIONER_TOO_LARGE', `the body is more than ${MAX_REQUEST_BODY_BYTES} bytes`);
-  const declared = Number(req.headers['content-length']);
-  if (Number.isFinite(declared) && declared > MAX_REQUEST_BODY_BYTES) {
-    req.resume();
-    return Promise.reject(tooLarge());
-  }
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    let settled = false;
-    const settle = (error?: Error): void => {
-      if (settled) return;
-      settled = true;
-      req.off('data', onData);
-      if (error) {
-        // Discard the rest (the connection deadline bounds it) so the refusal can still be read.
-        req.resume();
-        reject(error);
-      } else {
-        resolve(Buffer.concat(chunks, size));
-      }
-    };
-    const onData = (chunk: Buffer): void => {
-      size += chunk.byteLength;
-      if (size > MAX_REQUEST_BODY_BYTES) settle(tooLarge());
-      else chunks.push(chunk);
-    };
-    req.on('data', onData);
-    req.once('end', () => settle());
-    req.once('error', (error) => settle(error));
+  return readRequestBody(req, {
+    maxBytes: MAX_REQUEST_BODY_BYTES,
+    tooLarge: () => new ProvisionerRefusal(413, 'ERR_PROVISIONER_TOO_LARGE', `the body is more than ${MAX_REQUEST_BODY_BYTES} bytes`),
+    gone: (cause) => (cause instanceof Error ? cause : new Error('the client went away before the end of its request')),
   });
 }
 
+/** One request per connection: nothing is left unread on a reused socket, and the deadline stays simple. */
 function sendJson(res: ServerResponse, status: number, body: unknown): void {
-  if (res.destroyed || res.headersSent) return;
-  const bytes = Buffer.from(JSON.stringify(body));
-  // One request per connection: nothing is left unread on a reused socket, and the deadline stays simple.
-  res.writeHead(status, {
-    'content-type': 'application/json; charset=utf-8',
-    'content-length': String(bytes.byteLength),
-    'cache-control': 'no-store',
-    connection: 'close',
-  });
-  res.end(bytes);
+  sendJsonAnswer(res, status, body, { connection: 'close' });
 }
 
 function peerOf(req: IncomingMessage): string {

@@ -3,7 +3,6 @@
  * enclave as the KMS Recipient, and hands to the customer command as environment variables.
  */
 import { base64Bytes, bool, oneOf, optional, text } from '../config/field.js';
-import type { TableList } from '../config/schema.js';
 
 /** Entries in [[secrets]]; each is one KMS call at boot. */
 export const MAX_SECRETS = 64;
@@ -23,14 +22,14 @@ export interface SecretEntry {
   encoding: 'utf8' | 'base64';
 }
 
-/** The schema of [[secrets]], for src/config/schema.ts. */
-export const SECRETS: TableList = {
-  kind: 'tableList',
+/** The schema of [[secrets]], for src/config/schema.ts (which checks its shape where it uses it). */
+export const SECRETS = {
+  kind: 'tableList' as const,
   doc: 'KMS ciphertexts decrypted at boot (this enclave as the KMS Recipient) into the command\'s environment',
   maxItems: MAX_SECRETS,
   required: ['name'],
   item: {
-    kind: 'table',
+    kind: 'table' as const,
     doc: 'one secret',
     entries: {
       name: optional(text('the environment variable the customer command gets', '', ENV_NAME, 'an environment variable name: letters, digits and _, not starting with a digit, at most 128')),

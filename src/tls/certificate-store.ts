@@ -5,6 +5,7 @@ import type { CertificateSource } from './certificate-source.js';
 import { generateTlsKeyPair, type TlsKeyPair } from './key-pair.js';
 import { TlsError } from './tls-error.js';
 import { formatNonceServerName, type SniNonceEncoding } from './nonce-label.js';
+import { timerDelay } from '../backoff.js';
 
 export const DEFAULT_NONCE_CACHE_SIZE = 1024;
 export const DEFAULT_MAX_PENDING_ISSUES = 256;
@@ -14,7 +15,6 @@ const RETRY_MAX_MS = 60_000;
 // Renewal never fires sooner than this after the last one, whatever a short-lived document says,
 // so a misconfigured clock cannot turn the timer into a busy loop.
 const RENEW_MIN_DELAY_MS = 1000;
-const TIMER_MAX_MS = 2 ** 31 - 1;
 const WARN_INTERVAL_MS = 10_000;
 
 export interface CertificateStoreOptions {
@@ -252,7 +252,7 @@ export class CertificateStore {
           this.#retryMs = Math.min(this.#retryMs * 2, RETRY_MAX_MS);
         },
       );
-    }, Math.min(Math.max(delayMs, RENEW_MIN_DELAY_MS), TIMER_MAX_MS));
+    }, timerDelay(delayMs, RENEW_MIN_DELAY_MS));
     // Renewal alone must never keep the process alive.
     this.#timer.unref();
   }

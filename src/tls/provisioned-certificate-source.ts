@@ -11,6 +11,7 @@ import { provisioningUserData } from '../provisioner/protocol.js';
 import { CertificateAuthority } from './certificate-authority.js';
 import type { CertificateRequest, CertificateSource, IssuedCertificate } from './certificate-source.js';
 import { TlsError } from './tls-error.js';
+import { backoffDelay, timerDelay } from '../backoff.js';
 
 x509.cryptoProvider.set(webcrypto);
 
@@ -21,7 +22,6 @@ type CryptoKeyPair = webcrypto.CryptoKeyPair;
 const RENEW_AT_FRACTION = 2 / 3;
 const RETRY_MIN_MS = 5_000;
 const RETRY_MAX_MS = 10 * 60_000;
-const TIMER_MAX_MS = 2 ** 31 - 1;
 const MAX_CHAIN_CERTS = 8;
 const PEM_CERT = /-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----/g;
 
@@ -132,7 +132,7 @@ export class ProvisionedCertificateSource implements CertificateSource {
 
   #scheduleRenewal(delayMs: number): void {
     if (this.#closed) return;
-    this.#timer = setTimeout(() => void this.#renewOnTimer(), Math.min(Math.max(delayMs, this.#retryMinMs), TIMER_MAX_MS));
+    this.#timer = setTimeout(() => void this.#renewOnTimer(), timerDelay(delayMs, this.#retryMinMs));
     this.#timer.unref();
   }
 
@@ -143,7 +143,7 @@ export class ProvisionedCertificateSource implements CertificateSource {
       this.#scheduleRenewal(this.#renewDelay(this.#current));
     } catch (error) {
       this.#failures += 1;
-      const retryMs = Math.min(this.#retryMinMs * 2 ** Math.min(this.#failures - 1, 16), RETRY_MAX_MS);
+      const retryMs = backoffDelay(this.#failures, this.#retryMinMs, RETRY_MAX_MS);
       this.#options.logger.warn(
         { code: (error as ProvisioningError).code, remoteCode: (error as ProvisioningError).remoteCode, reason: (error as Error).message, retryMs, notAfter: this.#current.notAfter.toISOString() },
         'renewing the provisioned intermediate CA failed; the current one stays in use',

@@ -2,11 +2,11 @@
  * When to renew a certificate and how long to wait after a failed attempt, kept apart from the
  * ACME protocol so the schedule can be tested against an injected clock.
  */
+import { backoffDelay, timerDelay } from '../backoff.js';
 
 /** Renewal moves by up to this share of the lifetime either way, so a fleet started together does not renew together. */
 export const RENEW_JITTER_FRACTION = 0.05;
 // setTimeout fires at once for delays beyond a signed 32-bit ms count; longer waits are re-armed.
-const TIMER_MAX_MS = 2 ** 31 - 1;
 
 /** The clock and timers a schedule runs on; tests pass a manual one. */
 export interface Clock {
@@ -63,8 +63,7 @@ export class RetryBackoff {
 
   /** Count one more failure and return how long to wait before the next attempt. */
   next(): number {
-    // The exponent is capped so the power cannot overflow to Infinity after many failures.
-    const ceiling = Math.min(this.maxMs, this.minMs * 2 ** Math.min(this.#failures, 40));
+    const ceiling = backoffDelay(this.#failures + 1, this.minMs, this.maxMs);
     this.#failures += 1;
     return Math.round(ceiling / 2 + (this.#random() * ceiling) / 2);
   }
@@ -96,7 +95,7 @@ export class WakeUp {
     this.#at = at;
     // Always through a timer, even when already due, so `fn` never runs inside the caller's stack.
     const arm = () => {
-      this.#handle = this.#clock.setTimeout(fire, Math.min(Math.max(at - this.#clock.now(), 0), TIMER_MAX_MS));
+      this.#handle = this.#clock.setTimeout(fire, timerDelay(at - this.#clock.now()));
     };
     const fire = () => {
       if (at > this.#clock.now()) return arm();

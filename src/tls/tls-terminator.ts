@@ -202,11 +202,6 @@ export class TlsTerminator {
     return this.store.base.document;
   }
 
-  /** The body of GET /.well-known/attestation: the base certificate's document. */
-  wellKnownAttestation(): { attestation_doc: string } {
-    return { attestation_doc: Buffer.from(this.store.base.document).toString('base64') };
-  }
-
   stats(): CertificateStoreStats {
     return this.store.stats();
   }

@@ -46,7 +46,8 @@ int VsockAddressFromJs(const Napi::Object& object, SocketAddress* out) {
 
 // Built with plain Node-API calls whose failures are checked: a terminating worker refuses them,
 // and node-addon-api would turn the follow-up calls on the failed object into a fatal error.
-Napi::Value AddressObject(Napi::Env env, const char* family, const std::initializer_list<std::pair<const char*, napi_value>>& fields) {
+Napi::Value AddressObject(Napi::Env env, const char* family,
+                          const std::initializer_list<std::pair<const char*, napi_value>>& fields) {
   napi_value object = nullptr;
   napi_value familyValue = nullptr;
   if (napi_create_object(env, &object) != napi_ok ||

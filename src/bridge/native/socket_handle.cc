@@ -51,6 +51,8 @@ napi_value Text(napi_env env, const char* text) {
 }  // namespace
 
 Napi::Function SocketHandle::Define(Napi::Env env) {
+  // One method per line reads as the table it is.
+  // clang-format off
   Napi::Function constructor = DefineClass(
       env, "Handle",
       {
@@ -70,6 +72,7 @@ Napi::Function SocketHandle::Define(Napi::Env env) {
           InstanceMethod("getpeername", &SocketHandle::GetPeerName),
           InstanceAccessor("fd", &SocketHandle::GetFd, nullptr),
       });
+  // clang-format on
   return constructor;
 }
 
