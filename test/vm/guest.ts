@@ -3,6 +3,8 @@
  * the guest check, the PID 1 runtime's settings (test/vm/enclave-vm.toml) and raw NSM requests.
  */
 import { existsSync } from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
 import { Decoder, Encoder, Tag } from 'cbor-x';
 import { closeFd, nsmRequest, openDevice } from '../../src/bridge/native-binding.js';
 import { decodeAttestationPayload, type AttestationDocument } from '../../src/attestation/document.js';
@@ -26,7 +28,7 @@ export const RUNTIME = {
   stateDir: '/tmp/enclave-state',
   ingressPort: 7777,
   app: { host: '127.0.0.1', port: 8008 },
-  api: 'http://127.0.0.1:9999',
+  api: { host: '127.0.0.1', port: 9999 },
   dns: { host: '127.0.0.1', port: 53 },
   proxy: { host: '127.0.0.1', port: 3128 },
   egressRelayPort: 4433,
@@ -81,4 +83,18 @@ export function decodeCborValue(bytes: Uint8Array): unknown {
 
 export function encodeCborValue(value: unknown): Uint8Array {
   return new Uint8Array(encoder.encode(value));
+}
+
+/** One request on a fresh connection (no keep-alive to go stale between tests); resolves with status and body. */
+export function get(options: http.RequestOptions | https.RequestOptions, secure = false, body?: string): Promise<{ status: number; body: string; headers: http.IncomingHttpHeaders }> {
+  return new Promise((resolve, reject) => {
+    const request = (secure ? https : http).request({ agent: false, ...options }, (response) => {
+      const chunks: Buffer[] = [];
+      response.on('data', (chunk: Buffer) => chunks.push(chunk));
+      response.on('end', () => resolve({ status: response.statusCode ?? 0, body: Buffer.concat(chunks).toString('latin1'), headers: response.headers }));
+      response.on('error', reject);
+    });
+    request.on('error', reject);
+    request.end(body);
+  });
 }

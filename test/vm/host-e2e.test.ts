@@ -10,7 +10,6 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
-import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -20,22 +19,9 @@ import { buildQuery } from '../../src/egress/dns-forwarder.js';
 import { runCli, type CliRun } from '../helpers/cli-run.js';
 import { freePort, udpExchange } from '../helpers/net.js';
 import { startTinyDns } from '../helpers/tiny-dns.js';
-import { GUEST_SKIP, LOCAL_CID, RUNTIME } from './guest.js';
+import { GUEST_SKIP, LOCAL_CID, RUNTIME, get } from './guest.js';
 
 const query = (name: string) => buildQuery({ name, type: DnsType.A, class: 1 });
-
-function get(options: http.RequestOptions | https.RequestOptions, secure = false): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const request = (secure ? https : http).request(options, (response) => {
-      const chunks: Buffer[] = [];
-      response.on('data', (chunk: Buffer) => chunks.push(chunk));
-      response.on('end', () => resolve({ status: response.statusCode ?? 0, body: Buffer.concat(chunks).toString() }));
-      response.on('error', reject);
-    });
-    request.on('error', reject);
-    request.end();
-  });
-}
 
 describe('host and run end to end over vsock loopback (ingress, egress relay, DNS relay)', { skip: GUEST_SKIP, timeout: 180_000 }, () => {
   let dir = '';

@@ -134,6 +134,8 @@ describe('the addon over real AF_VSOCK (vsock_loopback, CID 1)', { skip: GUEST_S
     assert.equal(received.bytes, total);
     assert.equal(received.sha256, sha256(Buffer.concat(Array.from({ length: total / MiB }, () => chunk))));
     assert.ok(drains > 0);
+    // The writer's read side must see the reader's FIN too, or it never closes.
+    writer.resume();
     reader.end();
     await Promise.all([whenClosed(reader), whenClosed(writer)]);
     await listener.close();
