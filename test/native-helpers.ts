@@ -71,3 +71,35 @@ export function whenClosed(stream: Readable | Writable): Promise<void> {
 export function sha256(data: Uint8Array): string {
   return createHash('sha256').update(data).digest('hex');
 }
+
+/**
+ * Writes `chunk` until `total` bytes are queued, waiting for 'drain' whenever write() says so, then end()s.
+ * `queued` and `drains` tell a backpressure test how far the writer got.
+ */
+export function writeRepeatedly(stream: Writable, chunk: Buffer, total: number): { done: Promise<void>; queued(): number; drains(): number } {
+  let queued = 0;
+  let drains = 0;
+  const done = (async () => {
+    while (queued < total) {
+      queued += chunk.length;
+      if (!stream.write(chunk)) {
+        await once(stream, 'drain');
+        drains++;
+      }
+    }
+    stream.end();
+  })();
+  return { done, queued: () => queued, drains: () => drains };
+}
+
+/** Polls `value` every `intervalMs` until it stays the same for 5 polls (true) or `rounds` polls pass (false). */
+export async function settles(value: () => number, intervalMs: number, rounds: number): Promise<boolean> {
+  let last = -1;
+  let stableRounds = 0;
+  for (let round = 0; round < rounds && stableRounds < 5; round++) {
+    await new Promise((resolve) => setTimeout(resolve, intervalMs));
+    stableRounds = value() === last ? stableRounds + 1 : 0;
+    last = value();
+  }
+  return stableRounds === 5;
+}

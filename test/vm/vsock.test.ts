@@ -10,7 +10,7 @@ import { parseAddress } from '../../src/bridge/address.js';
 import type { NativeError } from '../../src/bridge/native-binding.js';
 import type { NativeSocket } from '../../src/bridge/native-socket.js';
 import { connect, listen, type Listener, type TransportSocket } from '../../src/bridge/transport.js';
-import { MiB, drain, openFdCount, pumpRandom, sha256, whenClosed } from '../native-helpers.js';
+import { MiB, drain, openFdCount, pumpRandom, settles, sha256, whenClosed, writeRepeatedly } from '../native-helpers.js';
 import { GUEST_SKIP, LOCAL_CID } from './guest.js';
 
 let nextPort = 20_000;
@@ -104,36 +104,18 @@ describe('the addon over real AF_VSOCK (vsock_loopback, CID 1)', { skip: GUEST_S
     const { listener, client: reader, peer: writer } = await vsockPair();
     const total = 32 * MiB;
     const chunk = randomBytes(MiB);
-    let queued = 0;
-    let drains = 0;
-    const writing = (async () => {
-      while (queued < total) {
-        queued += chunk.length;
-        if (!writer.write(chunk)) {
-          await once(writer, 'drain');
-          drains++;
-        }
-      }
-      writer.end();
-    })();
+    const writing = writeRepeatedly(writer, chunk, total);
     // Nobody reads: wait until the writer makes no more progress.
-    let last = -1;
-    let stableRounds = 0;
-    for (let round = 0; round < 400 && stableRounds < 5; round++) {
-      await new Promise((resolve) => setTimeout(resolve, 50));
-      stableRounds = writer.bytesWritten === last ? stableRounds + 1 : 0;
-      last = writer.bytesWritten;
-    }
-    assert.equal(stableRounds, 5, 'the writer must stall while the reader is paused');
-    assert.equal(drains, 0);
+    assert.ok(await settles(() => writer.bytesWritten, 50, 400), 'the writer must stall while the reader is paused');
+    assert.equal(writing.drains(), 0);
     assert.ok(writer.bytesWritten < 8 * MiB, `only kernel buffers may take bytes, but ${writer.bytesWritten} were written`);
-    assert.ok(queued <= 2 * MiB, `the writer must be held at write() === false, but queued ${queued}`);
+    assert.ok(writing.queued() <= 2 * MiB, `the writer must be held at write() === false, but queued ${writing.queued()}`);
 
     const received = await drain(reader);
-    await writing;
+    await writing.done;
     assert.equal(received.bytes, total);
     assert.equal(received.sha256, sha256(Buffer.concat(Array.from({ length: total / MiB }, () => chunk))));
-    assert.ok(drains > 0);
+    assert.ok(writing.drains() > 0);
     // The writer's read side must see the reader's FIN too, or it never closes.
     writer.resume();
     reader.end();
