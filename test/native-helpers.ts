@@ -1,10 +1,11 @@
 /** Shared by the native-*.test files: temp socket paths, streaming hashes, fd counts. */
+import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Readable, Writable } from 'node:stream';
+import type { Duplex, Readable, Writable } from 'node:stream';
 import { loadNative, nativeUnavailable } from '../src/bridge/native-binding.js';
 
 export const MiB = 1024 * 1024;
@@ -102,4 +103,13 @@ export async function settles(value: () => number, intervalMs: number, rounds: n
     last = value();
   }
   return stableRounds === 5;
+}
+
+/** Sends `total` random bytes each way at once, then checks both directions arrived whole (counts and SHA-256). */
+export async function exchangeBothWays(a: Duplex, b: Duplex, total: number, chunkSize = MiB): Promise<void> {
+  const [aSent, bSent, bGot, aGot] = await Promise.all([pumpRandom(a, total, chunkSize), pumpRandom(b, total, chunkSize), drain(b), drain(a)]);
+  assert.equal(bGot.bytes, total);
+  assert.equal(aGot.bytes, total);
+  assert.equal(bGot.sha256, aSent);
+  assert.equal(aGot.sha256, bSent);
 }
