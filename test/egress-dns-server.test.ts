@@ -1,5 +1,4 @@
 import assert from 'node:assert/strict';
-import dgram from 'node:dgram';
 import { once } from 'node:events';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
@@ -15,6 +14,7 @@ import { startDnsRelay, type DnsRelay } from '../src/host/dns-relay.js';
 import { silentLogger } from '../src/log.js';
 import { answerQuestion, startAuthoritativeDns, type AuthoritativeDns } from './helpers/egress-internet.js';
 import { captureLogs } from './helpers/log-capture.js';
+import { udpExchange } from './helpers/net.js';
 
 const ZONE = {
   'allowed.test': { A: ['198.51.100.10'], AAAA: ['2001:db8::10'] },
@@ -25,22 +25,6 @@ const ZONE = {
 };
 const allowlist = compileAllowlist(['allowed.test', '*.allowed.test']);
 const query = (name: string, type: number = DnsType.A) => buildQuery({ name, type, class: 1 });
-
-function udpExchange(port: number, message: Buffer, timeoutMs = 3000): Promise<Buffer | undefined> {
-  return new Promise((resolve) => {
-    const socket = dgram.createSocket('udp4');
-    const timer = setTimeout(() => {
-      socket.close();
-      resolve(undefined);
-    }, timeoutMs);
-    socket.on('message', (answer) => {
-      clearTimeout(timer);
-      socket.close();
-      resolve(answer);
-    });
-    socket.send(message, port, '127.0.0.1');
-  });
-}
 
 async function tcpExchange(port: number, messages: Buffer[]): Promise<Buffer[]> {
   const socket = net.connect({ port, host: '127.0.0.1' });

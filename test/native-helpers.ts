@@ -1,10 +1,11 @@
 /** Shared by the native-*.test files: temp socket paths, streaming hashes, fd counts. */
+import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Readable, Writable } from 'node:stream';
+import type { Duplex, Readable, Writable } from 'node:stream';
 import { loadNative, nativeUnavailable } from '../src/bridge/native-binding.js';
 
 export const MiB = 1024 * 1024;
@@ -70,4 +71,45 @@ export function whenClosed(stream: Readable | Writable): Promise<void> {
 
 export function sha256(data: Uint8Array): string {
   return createHash('sha256').update(data).digest('hex');
+}
+
+/**
+ * Writes `chunk` until `total` bytes are queued, waiting for 'drain' whenever write() says so, then end()s.
+ * `queued` and `drains` tell a backpressure test how far the writer got.
+ */
+export function writeRepeatedly(stream: Writable, chunk: Buffer, total: number): { done: Promise<void>; queued(): number; drains(): number } {
+  let queued = 0;
+  let drains = 0;
+  const done = (async () => {
+    while (queued < total) {
+      queued += chunk.length;
+      if (!stream.write(chunk)) {
+        await once(stream, 'drain');
+        drains++;
+      }
+    }
+    stream.end();
+  })();
+  return { done, queued: () => queued, drains: () => drains };
+}
+
+/** Polls `value` every `intervalMs` until it stays the same for 5 polls (true) or `rounds` polls pass (false). */
+export async function settles(value: () => number, intervalMs: number, rounds: number): Promise<boolean> {
+  let last = -1;
+  let stableRounds = 0;
+  for (let round = 0; round < rounds && stableRounds < 5; round++) {
+    await new Promise((resolve) => setTimeout(resolve, intervalMs));
+    stableRounds = value() === last ? stableRounds + 1 : 0;
+    last = value();
+  }
+  return stableRounds === 5;
+}
+
+/** Sends `total` random bytes each way at once, then checks both directions arrived whole (counts and SHA-256). */
+export async function exchangeBothWays(a: Duplex, b: Duplex, total: number, chunkSize = MiB): Promise<void> {
+  const [aSent, bSent, bGot, aGot] = await Promise.all([pumpRandom(a, total, chunkSize), pumpRandom(b, total, chunkSize), drain(b), drain(a)]);
+  assert.equal(bGot.bytes, total);
+  assert.equal(aGot.bytes, total);
+  assert.equal(bGot.sha256, aSent);
+  assert.equal(aGot.sha256, bSent);
 }

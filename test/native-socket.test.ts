@@ -8,7 +8,7 @@ import { after, describe, it } from 'node:test';
 import { NativeError, loadNative } from '../src/bridge/native-binding.js';
 import { NativeServer } from '../src/bridge/native-server.js';
 import { NativeSocket, connectNative } from '../src/bridge/native-socket.js';
-import { MiB, NATIVE_SKIP, drain, openFdCount, pumpRandom, sha256, socketDir, whenClosed } from './native-helpers.js';
+import { MiB, NATIVE_SKIP, drain, exchangeBothWays, openFdCount, pumpRandom, settles, sha256, socketDir, whenClosed, writeRepeatedly } from './native-helpers.js';
 
 const skip = NATIVE_SKIP;
 
@@ -41,16 +41,7 @@ describe('NativeSocket over AF_UNIX', { skip, timeout: 60_000 }, () => {
   it('carries 64 MiB each way at once with matching SHA-256', async () => {
     const { server, client, peer } = await connectedPair(dir.path('bulk.sock'));
 
-    const [clientSent, serverSent, serverGot, clientGot] = await Promise.all([
-      pumpRandom(client, 64 * MiB),
-      pumpRandom(peer, 64 * MiB),
-      drain(peer),
-      drain(client),
-    ]);
-    assert.equal(serverGot.bytes, 64 * MiB);
-    assert.equal(clientGot.bytes, 64 * MiB);
-    assert.equal(serverGot.sha256, clientSent);
-    assert.equal(clientGot.sha256, serverSent);
+    await exchangeBothWays(client, peer, 64 * MiB);
     assert.equal(client.bytesWritten, 64 * MiB);
     assert.equal(client.bytesRead, 64 * MiB);
     assert.equal(peer.bytesWritten, 64 * MiB);
@@ -68,16 +59,7 @@ describe('NativeSocket over AF_UNIX', { skip, timeout: 60_000 }, () => {
     const client = await connectNative({ family: 'unix', path });
     const peer = await accepted;
 
-    const [clientSent, serverSent, serverGot, clientGot] = await Promise.all([
-      pumpRandom(client, 64 * MiB),
-      pumpRandom(peer, 64 * MiB),
-      drain(peer),
-      drain(client),
-    ]);
-    assert.equal(serverGot.bytes, 64 * MiB);
-    assert.equal(clientGot.bytes, 64 * MiB);
-    assert.equal(serverGot.sha256, clientSent);
-    assert.equal(clientGot.sha256, serverSent);
+    await exchangeBothWays(client, peer, 64 * MiB);
     await whenClosed(client);
     await new Promise((resolve) => server.close(resolve));
   });
@@ -159,41 +141,23 @@ describe('NativeSocket over AF_UNIX', { skip, timeout: 60_000 }, () => {
     for (let i = 0; i < total / chunk.length; i++) expected.update(chunk);
 
     const rssBefore = process.memoryUsage().rss;
-    let queued = 0;
-    let drains = 0;
-    const writing = (async () => {
-      while (queued < total) {
-        queued += chunk.length;
-        if (!writer.write(chunk)) {
-          await once(writer, 'drain');
-          drains++;
-        }
-      }
-      writer.end();
-    })();
+    const writing = writeRepeatedly(writer, chunk, total);
 
     // The reader is paused (nobody consumes it): wait until the writer makes no more progress.
-    let last = -1;
-    let stableRounds = 0;
-    for (let round = 0; round < 200 && stableRounds < 5; round++) {
-      await new Promise((resolve) => setTimeout(resolve, 20));
-      stableRounds = writer.bytesWritten === last ? stableRounds + 1 : 0;
-      last = writer.bytesWritten;
-    }
-    assert.equal(stableRounds, 5, 'the writer must stall while the reader is paused');
-    assert.equal(drains, 0);
+    assert.ok(await settles(() => writer.bytesWritten, 20, 200), 'the writer must stall while the reader is paused');
+    assert.equal(writing.drains(), 0);
     assert.ok(writer.bytesWritten < 16 * MiB, `kernel buffers only, but ${writer.bytesWritten} bytes were written`);
-    assert.ok(queued <= 2 * MiB, `the writer must be held at write() === false, but queued ${queued}`);
+    assert.ok(writing.queued() <= 2 * MiB, `the writer must be held at write() === false, but queued ${writing.queued()}`);
     assert.ok(writer.writableLength <= writer.writableHighWaterMark + chunk.length);
     assert.ok(reader.readableLength <= reader.readableHighWaterMark + 64 * 1024);
     const growth = process.memoryUsage().rss - rssBefore;
     assert.ok(growth < 64 * MiB, `RSS grew by ${growth} bytes while the writer was blocked`);
 
     const received = await drain(reader);
-    await writing;
+    await writing.done;
     assert.equal(received.bytes, total);
     assert.equal(received.sha256, expected.digest('hex'));
-    assert.ok(drains > 0);
+    assert.ok(writing.drains() > 0);
     writer.resume();
     reader.end();
     await Promise.all([whenClosed(reader), whenClosed(writer)]);

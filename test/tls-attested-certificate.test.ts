@@ -9,7 +9,8 @@ import { once } from 'node:events';
 import { after, before, describe, it } from 'node:test';
 import type tls from 'node:tls';
 import { verifyAttestation } from '../src/attestation/verifier.js';
-import { attestedDnsNames } from '../src/tls/attested-certificate.js';
+import { Encoder } from 'cbor-x';
+import { attestedDnsNames, documentSigningCertificateNotAfter, UNSIGNED_DOCUMENT_LIFETIME_MS } from '../src/tls/attested-certificate.js';
 import { CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority } from '../src/tls/certificate-authority.js';
 import { generateTlsKeyPair } from '../src/tls/key-pair.js';
 import { silentLogger } from '../src/log.js';
@@ -298,3 +299,34 @@ describe('the self CA (tls.source = "self")', () => {
   });
 });
 
+
+describe('documents of an emulated NSM that signs nothing (QEMU virtio-nsm)', () => {
+  // What QEMU's device returns: protected header {1: -1}, zero signature, zero-byte certificate and cabundle.
+  const cbor = new Encoder({ useRecords: false, tagUint8Array: false, mapsAsObjects: false, variableMapSize: true });
+  const payload = new Map<string, unknown>([
+    ['module_id', 'i-234-enc5678'],
+    ['digest', 'SHA384'],
+    ['timestamp', Date.now()],
+    ['pcrs', new Map([[0, new Uint8Array(48).fill(1)]])],
+    ['certificate', new Uint8Array(64)],
+    ['cabundle', [new Uint8Array(64)]],
+    ['public_key', null],
+    ['user_data', new Uint8Array(91)],
+    ['nonce', null],
+  ]);
+  const unsigned = new Uint8Array(cbor.encode([cbor.encode(new Map([[1, -1]])), new Map(), cbor.encode(payload), new Uint8Array(64)]));
+
+  it('still get certificates, renewed UNSIGNED_DOCUMENT_LIFETIME_MS ahead, while the verifier rejects the document', () => {
+    const now = Date.UTC(2026, 0, 1);
+    assert.equal(documentSigningCertificateNotAfter(unsigned, now).getTime(), now + UNSIGNED_DOCUMENT_LIFETIME_MS);
+    assert.throws(() => verifyAttestation(unsigned, { allowDebug: true }), { code: 'ERR_ATTESTATION_SIGNATURE' });
+  });
+
+  it('an unreadable document is still an error (ERR_TLS_ATTESTATION_DOCUMENT)', () => {
+    assert.throws(() => documentSigningCertificateNotAfter(new Uint8Array([0x83, 1, 2, 3])), { code: 'ERR_TLS_ATTESTATION_DOCUMENT' });
+    const noCertificate = new Map(payload);
+    noCertificate.delete('certificate');
+    const document = new Uint8Array(cbor.encode([cbor.encode(new Map([[1, -1]])), new Map(), cbor.encode(noCertificate), new Uint8Array(64)]));
+    assert.throws(() => documentSigningCertificateNotAfter(document), { code: 'ERR_TLS_ATTESTATION_DOCUMENT' });
+  });
+});

@@ -4,7 +4,7 @@ import { AttestationError } from './attestation-error.js';
 /** Real documents are 4–8 KiB; anything past this is not NSM output and is refused before parsing. */
 export const MAX_COSE_SIGN1_BYTES = 64 * 1024;
 
-const COSE_SIGN1_TAG = 18;
+export const COSE_SIGN1_TAG = 18;
 const HEADER_ALG = 1;
 const HEADER_CRIT = 2;
 const ALG_ES384 = -35;

@@ -1,5 +1,5 @@
 import { stat } from 'node:fs/promises';
-import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
+import { Worker } from 'node:worker_threads';
 import { Decoder, Encoder } from 'cbor-x';
 import type * as nativeBinding from '../bridge/native-binding.js';
 import type { Logger } from '../log.js';
@@ -14,7 +14,6 @@ export const DEFAULT_NSM_TIMEOUT_MS = 10_000;
 export const DEFAULT_NSM_MAX_QUEUE = 256;
 const MAX_PCR_INDEX = 0xffff;
 const MAX_ERROR_CODE_CHARS = 64;
-const WORKER_FLAG = 'enclaveRuntimeNsmWorker';
 
 /** /dev/nsm cannot be used here: not an enclave, no addon, or no permission. */
 export class NsmUnavailableError extends NsmError {
@@ -227,10 +226,17 @@ export async function openDeviceNsm(path: string = NSM_DEVICE_PATH, options: Dev
     const what = code === 'ENOENT' ? `${path} is missing: this is not a Nitro Enclave.` : `${path} cannot be used (${code ?? 'unknown error'}).`;
     throw new NsmUnavailableError(`${what} To run outside an enclave use \`enclave-runtime dev\` or set attestation.mode = "simulated".`, { cause: error });
   }
-  const bindingUrl = options.bindingUrl ?? new URL('../bridge/native-binding.js', import.meta.url).href;
+  // A literal import, so the single-file bundle carries the binding; tests name a fake module instead.
   let binding: NativeNsmBinding;
+  let addonPath: string | undefined;
   try {
-    binding = (await import(bindingUrl)) as NativeNsmBinding;
+    if (options.bindingUrl !== undefined) {
+      binding = (await import(options.bindingUrl)) as NativeNsmBinding;
+    } else {
+      const native = await import('../bridge/native-binding.js');
+      binding = native;
+      addonPath = native.NATIVE_ADDON_PATH;
+    }
   } catch (error) {
     throw new NsmUnavailableError(`${path} exists but the native addon that talks to it could not be loaded: ${(error as Error).message}`, { cause: error });
   }
@@ -240,7 +246,7 @@ export async function openDeviceNsm(path: string = NSM_DEVICE_PATH, options: Dev
   } catch (error) {
     throw new NsmUnavailableError(`cannot open ${path}: ${(error as Error).message}`, { cause: error });
   }
-  const worker = new WorkerIoctl(bindingUrl, fd, settings.logger);
+  const worker = new WorkerIoctl({ fd, bindingUrl: options.bindingUrl, addonPath }, settings.logger);
   const release = async (): Promise<void> => {
     await worker.close(settings.timeoutMs);
     binding.closeFd(fd);
@@ -266,8 +272,8 @@ class WorkerIoctl {
   #nextId = 0;
   #failure: Error | undefined;
 
-  constructor(bindingUrl: string, fd: number, logger: Logger) {
-    this.#worker = new Worker(new URL(import.meta.url), { workerData: { [WORKER_FLAG]: true, bindingUrl, fd } });
+  constructor(data: { fd: number; bindingUrl: string | undefined; addonPath: string | undefined }, logger: Logger) {
+    this.#worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { ...data, responseCap: NSM_RESPONSE_MAX_BYTES } });
     // A forgotten close must not keep the process alive.
     this.#worker.unref();
     this.#worker.on('message', (reply: WorkerReply) => {
@@ -303,25 +309,39 @@ class WorkerIoctl {
   }
 }
 
-function runWorker(data: { bindingUrl: string; fd: number }): void {
-  const port = parentPort!;
-  const ready = import(data.bindingUrl) as Promise<NativeNsmBinding>;
-  port.on('message', (message: { id: number; request: Uint8Array; maxResponse: number }) => {
-    // Messages are handled in order and each ioctl blocks this thread, so the device sees one at a time.
-    void ready.then(
-      (binding) => {
-        try {
-          const response = binding.nsmRequest(data.fd, message.request, message.maxResponse);
-          port.postMessage({ id: message.id, response } satisfies WorkerReply);
-        } catch (error) {
-          const { message: text, code } = error as NodeJS.ErrnoException;
-          port.postMessage({ id: message.id, error: { message: text, ...(typeof code === 'string' ? { code } : {}) } } satisfies WorkerReply);
-        }
-      },
-      (error: unknown) => port.postMessage({ id: message.id, error: { message: `native addon: ${(error as Error).message}` } } satisfies WorkerReply),
-    );
-  });
-}
+/**
+ * The worker's code, self-contained: in the single-file bundle there is no module file to start a worker from.
+ * It loads the addon itself (process.dlopen of the path the main thread found), or, in tests, a fake binding module.
+ */
+const WORKER_SOURCE = `
+const { parentPort, workerData } = require('node:worker_threads');
+const { getSystemErrorName } = require('node:util');
+const ready = workerData.bindingUrl !== undefined
+  ? import(workerData.bindingUrl).then((binding) => (request, max) => binding.nsmRequest(workerData.fd, request, max))
+  : new Promise((resolve) => {
+      const addon = { exports: {} };
+      process.dlopen(addon, workerData.addonPath);
+      resolve((request, max) => {
+        const result = addon.exports.nsmRequest(workerData.fd, request, Math.min(max, workerData.responseCap));
+        if (typeof result !== 'number') return result;
+        const code = getSystemErrorName(result);
+        throw Object.assign(new Error('ioctl ' + code + ' NSM'), { code });
+      });
+    });
+// Messages are handled in order and each ioctl blocks this thread, so the device sees one at a time.
+parentPort.on('message', (message) => {
+  void ready.then(
+    (call) => {
+      try {
+        parentPort.postMessage({ id: message.id, response: call(message.request, message.maxResponse) });
+      } catch (error) {
+        parentPort.postMessage({ id: message.id, error: typeof error.code === 'string' ? { message: error.message, code: error.code } : { message: String(error.message) } });
+      }
+    },
+    (error) => parentPort.postMessage({ id: message.id, error: { message: 'native addon: ' + error.message } }),
+  );
+});
+`;
 
 function bytesOrNull(value: Uint8Array | undefined): Uint8Array | null {
   return value === undefined ? null : value;
@@ -360,8 +380,4 @@ async function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
   } finally {
     clearTimeout(timer);
   }
-}
-
-if (!isMainThread && (workerData as Record<string, unknown> | null)?.[WORKER_FLAG] === true) {
-  runWorker(workerData as { bindingUrl: string; fd: number });
 }

@@ -33,6 +33,7 @@ export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 export const MAX_CONNECT_TIMEOUT_MS = 300_000;
 
 const ENOTCONN = negErrno('ENOTCONN');
+const ECONNRESET = negErrno('ECONNRESET');
 const ECANCELED = negErrno('ECANCELED');
 
 type WriteCallback = (error?: Error | null) => void;
@@ -226,7 +227,7 @@ export function connectNative(address: NativeAddress, options: ConnectNativeOpti
         resolve(new NativeSocket(handle, options));
         return;
       }
-      const error = errnoError(status, 'connect', where);
+      const error = connectError(status, address, where);
       closeHandle(handle).then(() => reject(error), reject);
     };
     const timer = setTimeout(() => settle(negErrno('ETIMEDOUT')), timeoutMs);
@@ -236,4 +237,16 @@ export function connectNative(address: NativeAddress, options: ConnectNativeOpti
     const status = handle.connect(address);
     if (status !== 1) settle(status);
   });
+}
+
+/**
+ * A failed connect. A vsock connect to a port nobody listens on is reset (ECONNRESET), where TCP and unix
+ * sockets say ECONNREFUSED: the message says what that means, the code stays the kernel's.
+ */
+function connectError(status: number, address: NativeAddress, where: string): Error {
+  const error = errnoError(status, 'connect', where);
+  if (address.family === 'vsock' && status === ECONNRESET) {
+    error.message = `connect ECONNRESET ${where}: nothing listens on ${where} (a vsock connect to an unbound port is reset, not refused)`;
+  }
+  return error;
 }

@@ -198,7 +198,7 @@ export class AcmeCertificates {
     this.#documentFlight ??= (async () => {
       const issuedAt = this.#clock.now();
       const document = await nsm.attest({ userData: cert.spkiDer });
-      const notAfter = documentSigningCertificateNotAfter(document).getTime();
+      const notAfter = documentSigningCertificateNotAfter(document, issuedAt).getTime();
       return { forCertificate: cert, document, staleAt: issuedAt + ((notAfter - issuedAt) * 2) / 3 };
     })().finally(() => {
       this.#documentFlight = undefined;

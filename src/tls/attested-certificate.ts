@@ -1,6 +1,7 @@
 import { X509Certificate } from 'node:crypto';
 import { createSecureContext, type SecureContext } from 'node:tls';
-import { decodeCoseSign1 } from '../attestation/cose-sign1.js';
+import { Tag } from 'cbor-x';
+import { COSE_SIGN1_TAG, decodeCbor } from '../attestation/cose-sign1.js';
 import { decodeAttestationPayload } from '../attestation/document.js';
 import type { Nsm } from '../attestation/nsm.js';
 import type { CertificateSource } from './certificate-source.js';
@@ -53,7 +54,7 @@ export async function createAttestedCertificate(request: AttestedCertificateRequ
   const nonce = request.nonce && request.nonce.length > 0 ? request.nonce : undefined;
   const issuedAt = new Date((request.now ?? Date.now)());
   const document = await nsm.attest({ userData: keyPair.spkiDer, nonce });
-  const documentNotAfter = documentSigningCertificateNotAfter(document);
+  const documentNotAfter = documentSigningCertificateNotAfter(document, issuedAt.getTime());
   const issued = await source.issue({
     serverName,
     dnsNames: attestedDnsNames(serverName, document),
@@ -76,14 +77,39 @@ export async function createAttestedCertificate(request: AttestedCertificateRequ
 }
 
 /**
- * The notAfter of the document's signing certificate. This only reads our own NSM's output to
- * plan renewal; it verifies nothing (clients do that).
+ * An emulated NSM (QEMU's virtio-nsm) signs nothing: its documents carry zero bytes where the signing
+ * certificate belongs. Their certificates are renewed as often as a real NSM's would be (its signing
+ * certificates last about three hours); no client can verify such a document anyway.
  */
-export function documentSigningCertificateNotAfter(document: Uint8Array): Date {
+export const UNSIGNED_DOCUMENT_LIFETIME_MS = 3 * 60 * 60 * 1000;
+
+/**
+ * The notAfter of the document's signing certificate, or `now` + UNSIGNED_DOCUMENT_LIFETIME_MS when that
+ * certificate is not X.509 (an emulated NSM). This only reads our own NSM's output to plan renewal; it verifies
+ * nothing (clients do), so it reads the COSE_Sign1 without checking its header: a real NSM's says ES384.
+ */
+export function documentSigningCertificateNotAfter(document: Uint8Array, now: number = Date.now()): Date {
+  let certificate: Uint8Array;
   try {
-    const { certificate } = decodeAttestationPayload(decodeCoseSign1(document).payload);
-    return new Date(new X509Certificate(certificate).validTo);
+    certificate = decodeAttestationPayload(ownCoseSign1Payload(document)).certificate;
   } catch (err) {
     throw new TlsError('ERR_TLS_ATTESTATION_DOCUMENT', `the NSM returned an unreadable attestation document: ${(err as Error).message}`, { cause: err });
   }
+  let notAfter: Date;
+  try {
+    notAfter = new Date(new X509Certificate(certificate).validTo);
+  } catch {
+    return new Date(now + UNSIGNED_DOCUMENT_LIFETIME_MS);
+  }
+  return notAfter;
+}
+
+/** The payload of a COSE_Sign1 (untagged or tag 18), with no check of its header or signature. */
+function ownCoseSign1Payload(document: Uint8Array): Uint8Array {
+  let value = decodeCbor(document, 'attestation document');
+  if (value instanceof Tag && value.tag === COSE_SIGN1_TAG) value = value.value;
+  if (!Array.isArray(value) || value.length !== 4 || !(value[2] instanceof Uint8Array)) {
+    throw new Error('not a COSE_Sign1 array with a payload');
+  }
+  return value[2];
 }

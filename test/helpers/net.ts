@@ -1,4 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
+import dgram from 'node:dgram';
 import { once } from 'node:events';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -73,4 +74,21 @@ export async function freePort(): Promise<number> {
   const { port } = server.address() as net.AddressInfo;
   await new Promise((resolve) => server.close(resolve));
   return port;
+}
+
+/** One UDP DNS exchange with 127.0.0.1:`port`; undefined when nothing answers within `timeoutMs`. */
+export function udpExchange(port: number, message: Buffer, timeoutMs = 3000): Promise<Buffer | undefined> {
+  return new Promise((resolve) => {
+    const socket = dgram.createSocket('udp4');
+    const timer = setTimeout(() => {
+      socket.close();
+      resolve(undefined);
+    }, timeoutMs);
+    socket.on('message', (answer) => {
+      clearTimeout(timer);
+      socket.close();
+      resolve(answer);
+    });
+    socket.send(message, port, '127.0.0.1');
+  });
 }
