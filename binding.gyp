@@ -9,19 +9,19 @@
       "conditions": [
         ["OS=='linux'", {
           "sources": [
-            "src/bridge/native/addon.cc",
-            "src/bridge/native/errno_value.cc",
-            "src/bridge/native/socket_address.cc",
-            "src/bridge/native/socket_handle.cc",
-            "src/bridge/native/nsm_device.cc",
-            "src/bridge/native/original_dst.cc",
-            "src/bridge/native/net_interface.cc",
-            "src/bridge/native/hostname.cc",
-            "src/bridge/native/child_reaper.cc",
-            "src/bridge/native/process_hardening.cc"
+            "src/native/addon.cc",
+            "src/native/errno_value.cc",
+            "src/native/socket_address.cc",
+            "src/native/socket_handle.cc",
+            "src/native/nsm_device.cc",
+            "src/native/original_dst.cc",
+            "src/native/net_interface.cc",
+            "src/native/hostname.cc",
+            "src/native/child_reaper.cc",
+            "src/native/process_hardening.cc"
           ]
         }, {
-          "sources": ["src/bridge/native/unsupported.cc"]
+          "sources": ["src/native/unsupported.cc"]
         }]
       ]
     },
@@ -30,10 +30,10 @@
       "type": "executable",
       "conditions": [
         ["OS=='linux'", {
-          "sources": ["src/bridge/native/app_sandbox.c"],
+          "sources": ["src/native/app_sandbox.c"],
           "cflags": ["-Wall", "-Wextra", "-Werror", "-O2"]
         }, {
-          "sources": ["src/bridge/native/app_sandbox_unsupported.c"]
+          "sources": ["src/native/app_sandbox_unsupported.c"]
         }]
       ]
     }

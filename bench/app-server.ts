@@ -27,12 +27,16 @@ export function header(mode: number, length: number): Buffer {
 }
 
 /** Writes `total` bytes with backpressure; rejects if the socket fails first. */
-export async function writeBytes(socket: NodeJS.WritableStream & { destroyed?: boolean }, total: number): Promise<void> {
+export async function writeBytes(
+  socket: NodeJS.WritableStream & { destroyed?: boolean },
+  total: number,
+): Promise<void> {
   let left = total;
   while (left > 0) {
     const n = Math.min(left, CHUNK_BYTES);
     left -= n;
-    if (!socket.write(n === CHUNK_BYTES ? CHUNK : CHUNK.subarray(0, n))) await once(socket as unknown as NodeJS.EventEmitter, 'drain');
+    if (!socket.write(n === CHUNK_BYTES ? CHUNK : CHUNK.subarray(0, n)))
+      await once(socket as unknown as NodeJS.EventEmitter, 'drain');
   }
 }
 

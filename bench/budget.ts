@@ -35,7 +35,11 @@ export class Deadline {
  * Round numbers 0 (the warm-up) to `rounds`, stopping early, with a log line, once the deadline has
  * passed: the rounds already taken are kept.
  */
-export function* roundsWithin(options: { rounds: number; deadline: Deadline; log: (line: string) => void }): Generator<number> {
+export function* roundsWithin(options: {
+  rounds: number;
+  deadline: Deadline;
+  log: (line: string) => void;
+}): Generator<number> {
   for (let round = 0; round <= options.rounds; round++) {
     if (options.deadline.passed) {
       options.log(`  out of time after ${round - 1} rounds; keeping those`);

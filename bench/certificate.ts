@@ -5,7 +5,7 @@ import { openSimulatedNsm } from '../src/attestation/sim-nsm.js';
 import { createAttestedCertificate } from '../src/tls/attested-certificate.js';
 import { openSelfCertificateSource } from '../src/tls/certificate-source.js';
 import { generateTlsKeyPair } from '../src/tls/key-pair.js';
-import { silentLogger } from '../src/log.js';
+import { silentLogger } from '../src/core/log.js';
 import type { NginxCertificate } from './peers.js';
 
 export interface PeerCertificate extends NginxCertificate {
@@ -20,7 +20,11 @@ export interface PeerCertificate extends NginxCertificate {
  * document in one. The runtime keeps its private key in memory only, so nginx cannot have that very
  * key; this one is the same in every way a handshake sees: key type, chain, and size on the wire.
  */
-export async function issuePeerCertificate(stateDir: string, serverName: string, dir: string): Promise<PeerCertificate> {
+export async function issuePeerCertificate(
+  stateDir: string,
+  serverName: string,
+  dir: string,
+): Promise<PeerCertificate> {
   const nsm = await openSimulatedNsm({ stateDir });
   const source = await openSelfCertificateSource(stateDir, { logger: silentLogger() });
   try {

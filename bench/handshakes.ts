@@ -57,7 +57,14 @@ export async function handshakeRate(subject: Subject, durationMs: number): Promi
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
   await subject.settle?.();
   const cpu = (subject.cpuSeconds?.() ?? Number.NaN) - cpuBefore;
-  return { handshakes, seconds, perSecond: handshakes / seconds, serverCpuMs: (cpu * 1000) / handshakes, resumed, errors };
+  return {
+    handshakes,
+    seconds,
+    perSecond: handshakes / seconds,
+    serverCpuMs: (cpu * 1000) / handshakes,
+    resumed,
+    errors,
+  };
 }
 
 export interface HandshakeRateOptions {
@@ -75,7 +82,8 @@ export async function measureHandshakeRates(options: HandshakeRateOptions): Prom
     const line: string[] = [];
     for (const subject of rotated(options.subjects, round)) {
       const rate = await handshakeRate(subject, round === 0 ? options.durationMs / 2 : options.durationMs);
-      if (rate.resumed > 0 || rate.errors > 0) options.log(`  ${subject.name}: ${rate.resumed} resumed, ${rate.errors} failed`);
+      if (rate.resumed > 0 || rate.errors > 0)
+        options.log(`  ${subject.name}: ${rate.resumed} resumed, ${rate.errors} failed`);
       if (round === 0) continue;
       const ok = rate.handshakes > 0 && rate.resumed === 0;
       log.add(subject.name, ok ? rate.perSecond : Number.NaN);
@@ -92,7 +100,11 @@ const NONCE_WARM_UP_FACTOR = 4;
 export const CERTIFICATE_KINDS: readonly CertificateKind[] = ['new-nonce', 'cached-nonce', 'base'];
 
 /** One handshake, timed from connect() to secure, on an idle server; also says whether the nonce certificate came back. */
-export async function timedHandshake(port: number, servername: string, ca: string): Promise<{ ms: number; gotName: boolean }> {
+export async function timedHandshake(
+  port: number,
+  servername: string,
+  ca: string,
+): Promise<{ ms: number; gotName: boolean }> {
   const started = process.hrtime.bigint();
   const socket = tls.connect(tlsClientOptions(port, { ca, servername }));
   try {
@@ -137,7 +149,12 @@ export async function measureNonceHandshakes(options: NonceHandshakeOptions): Pr
     const count = round === 0 ? options.perRound * NONCE_WARM_UP_FACTOR : options.perRound;
     for (let i = 0; i < count; i++) {
       for (const kind of rotated(CERTIFICATE_KINDS, i)) {
-        const servername = kind === 'base' ? SERVER_NAME : kind === 'cached-nonce' ? cachedName : `${randomBytes(16).toString('hex')}.attest.${SERVER_NAME}`;
+        const servername =
+          kind === 'base'
+            ? SERVER_NAME
+            : kind === 'cached-nonce'
+              ? cachedName
+              : `${randomBytes(16).toString('hex')}.attest.${SERVER_NAME}`;
         try {
           const { ms, gotName } = await timedHandshake(options.subject.port, servername, options.ca);
           if (!gotName) wrongCertificates++;
@@ -147,7 +164,8 @@ export async function measureNonceHandshakes(options: NonceHandshakeOptions): Pr
         }
       }
     }
-    if (wrongCertificates > 0) options.log(`  ${wrongCertificates} handshakes did not get the certificate they asked for`);
+    if (wrongCertificates > 0)
+      options.log(`  ${wrongCertificates} handshakes did not get the certificate they asked for`);
     if (round === 0) continue;
     const line: string[] = [];
     for (const kind of CERTIFICATE_KINDS) {

@@ -55,7 +55,9 @@ export async function measureMemory(options: MemoryOptions): Promise<RoundLog> {
           log.add(`${runtime.name}:connections`, withConnections);
         }
         const label = round === 0 ? 'warm-up' : `round ${round}`;
-        options.log(`  ${label}: ${runtime.name} idle ${idle.toFixed(1)} MiB, ${sockets.length} connections ${withConnections.toFixed(1)} MiB (the app holds ${options.app.open - appBefore})`);
+        options.log(
+          `  ${label}: ${runtime.name} idle ${idle.toFixed(1)} MiB, ${sockets.length} connections ${withConnections.toFixed(1)} MiB (the app holds ${options.app.open - appBefore})`,
+        );
       } finally {
         for (const socket of sockets) socket.destroy();
         await runtime.stop();

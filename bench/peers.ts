@@ -54,8 +54,12 @@ function isListening(port: number): boolean {
 async function waitListening(child: ChildProcess, port: number, what: string, lastLines: () => string): Promise<void> {
   const deadline = Date.now() + START_TIMEOUT_MS;
   while (!isListening(port)) {
-    if (child.exitCode !== null || child.signalCode !== null) throw new PeerMissing(`${what} exited at start: ${lastLines() || `code ${child.exitCode ?? child.signalCode}`}`);
-    if (Date.now() > deadline) throw new PeerMissing(`${what} did not listen on 127.0.0.1:${port} within ${START_TIMEOUT_MS} ms: ${lastLines()}`);
+    if (child.exitCode !== null || child.signalCode !== null)
+      throw new PeerMissing(`${what} exited at start: ${lastLines() || `code ${child.exitCode ?? child.signalCode}`}`);
+    if (Date.now() > deadline)
+      throw new PeerMissing(
+        `${what} did not listen on 127.0.0.1:${port} within ${START_TIMEOUT_MS} ms: ${lastLines()}`,
+      );
     await new Promise((resolve) => setTimeout(resolve, 25));
   }
 }
@@ -163,14 +167,21 @@ function streamModule(nginx: string): string {
   if (configure.includes('--with-stream=dynamic')) {
     const modules = /--modules-path=(\S+)/.exec(configure)?.[1] ?? '/usr/lib/nginx/modules';
     const module = join(modules, 'ngx_stream_module.so');
-    if (!existsSync(module)) throw new PeerMissing(`nginx's stream module is not installed (${module}; ${PEER_INSTALL})`);
+    if (!existsSync(module))
+      throw new PeerMissing(`nginx's stream module is not installed (${module}; ${PEER_INSTALL})`);
     return `load_module ${module};`;
   }
   if (/--with-stream(\s|$)/.test(configure)) return '';
   throw new PeerMissing('this nginx was built without the stream module');
 }
 
-function nginxConf(options: { dir: string; port: number; appPort: number; certificate: NginxCertificate; loadModule: string }): string {
+function nginxConf(options: {
+  dir: string;
+  port: number;
+  appPort: number;
+  certificate: NginxCertificate;
+  loadModule: string;
+}): string {
   return `# Written by the bench. One worker: the runtime is one Node thread, and the load generator needs the other core.
 ${options.loadModule}
 worker_processes 1;

@@ -28,7 +28,9 @@ export function topFrames(path: string, count = 15): Frame[] {
   const names = new Map<number, string>();
   for (const node of profile.nodes) {
     const { functionName, url, lineNumber } = node.callFrame;
-    const where = url ? `${url.replace(/^.*\/(node_modules|dist)\//, '$1/').replace(/^node:/, '')}:${lineNumber + 1}` : '';
+    const where = url
+      ? `${url.replace(/^.*\/(node_modules|dist)\//, '$1/').replace(/^node:/, '')}:${lineNumber + 1}`
+      : '';
     names.set(node.id, where ? `${functionName || '(anonymous)'} ${where}` : functionName);
   }
   const self = new Map<string, number>();

@@ -57,7 +57,16 @@ function ratioText(figure: Figure | undefined): string {
   return `${num(figure.median)}x (${num(figure.min)}–${num(figure.max)})`;
 }
 
-const COLUMNS = ['figure', 'unit', 'runtime: median (min–max)', 'peer', 'peer: median (min–max)', 'runtime / peer', 'target', 'met'];
+const COLUMNS = [
+  'figure',
+  'unit',
+  'runtime: median (min–max)',
+  'peer',
+  'peer: median (min–max)',
+  'runtime / peer',
+  'target',
+  'met',
+];
 
 function cells(row: Row): string[] {
   const met = targetMet(row);
@@ -69,7 +78,15 @@ function cells(row: Row): string[] {
     row.peerName ? withSpread(row.peer) : '',
     ratioText(row.ratio),
     targetText(row.target, row.unit),
-    met === undefined ? (row.target ? (row.note?.startsWith('skipped') ? 'skipped' : 'n/a') : '') : met ? 'yes' : '**no**',
+    met === undefined
+      ? row.target
+        ? row.note?.startsWith('skipped')
+          ? 'skipped'
+          : 'n/a'
+        : ''
+      : met
+        ? 'yes'
+        : '**no**',
   ];
 }
 

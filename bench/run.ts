@@ -57,7 +57,9 @@ const only = new Set((args.only ?? SECTIONS.join(',')).split(',') as Section[]);
 const SHIPPED_RUNTIME_FLAGS = '--initial-old-space-size=64';
 const runtimeFlags = (args['runtime-flags'] ?? SHIPPED_RUNTIME_FLAGS).split(' ').filter((flag) => flag !== '');
 if (!(gib > 0) || !Number.isInteger(rounds) || rounds < 1 || [...only].some((s) => !SECTIONS.includes(s))) {
-  process.stderr.write(`usage: npm run bench -- [--quick] [--profile] [--gib N] [--rounds N] [--only ${SECTIONS.join(',')}] [--runtime-flags '--v8-flag ...']\n`);
+  process.stderr.write(
+    `usage: npm run bench -- [--quick] [--profile] [--gib N] [--rounds N] [--only ${SECTIONS.join(',')}] [--runtime-flags '--v8-flag ...']\n`,
+  );
   process.exit(2);
 }
 
@@ -84,7 +86,9 @@ const startRuntime = (tls: boolean, profiled: boolean) =>
     nodeFlags: runtimeFlags,
   });
 
-say(`enclave-runtime bench: ${gib} GiB per transfer, ${rounds} rounds after a warm-up${args.profile ? ', PROFILING (figures are slower than normal)' : ''}${runtimeFlags.length > 0 ? `, runtime started with node ${runtimeFlags.join(' ')}` : ''}`);
+say(
+  `enclave-runtime bench: ${gib} GiB per transfer, ${rounds} rounds after a warm-up${args.profile ? ', PROFILING (figures are slower than normal)' : ''}${runtimeFlags.length > 0 ? `, runtime started with node ${runtimeFlags.join(' ')}` : ''}`,
+);
 // One after the other: the first creates the state dir's CA and simulated NSM chain that both use.
 const passthrough = await startRuntime(false, true);
 const terminating = await startRuntime(true, true);
@@ -106,31 +110,84 @@ const socat = await startPeer('socat', () => SocatPeer.start(app.port));
 const peerCertificate = await issuePeerCertificate(stateDir, SERVER_NAME, work);
 const nginx = await startPeer('nginx', () => NginxPeer.start(app.port, work, peerCertificate));
 const present = <T>(items: (T | undefined)[]) => items.filter((item): item is T => item !== undefined);
-const tlsSeen = Object.fromEntries(await Promise.all(present([terminating, nginx]).map(async (subject) => [subject.name, await probeTls(subject)] as const)));
-for (const [name, seen] of Object.entries(tlsSeen)) say(`${name}: ${seen.protocol} ${seen.cipher}, leaf certificate ${seen.leafBytes} bytes`);
+const tlsSeen = Object.fromEntries(
+  await Promise.all(
+    present([terminating, nginx]).map(async (subject) => [subject.name, await probeTls(subject)] as const),
+  ),
+);
+for (const [name, seen] of Object.entries(tlsSeen))
+  say(`${name}: ${seen.protocol} ${seen.cipher}, leaf certificate ${seen.leafBytes} bytes`);
 const loadBefore = loadAverage();
 
 const logs = new Map<Section, RoundLog>();
 
 if (only.has('passthrough')) {
   say(`\n== passthrough bulk: runtime (TLS off) vs socat vs direct, ${gib} GiB each way`);
-  logs.set('passthrough', await measureThroughput({ subjects: present([passthrough, socat, direct]), bytes: Math.round(gib * GIB), rounds, deadline: budget.section(150_000), log: say }));
+  logs.set(
+    'passthrough',
+    await measureThroughput({
+      subjects: present([passthrough, socat, direct]),
+      bytes: Math.round(gib * GIB),
+      rounds,
+      deadline: budget.section(150_000),
+      log: say,
+    }),
+  );
 }
 if (only.has('tls')) {
   say(`\n== TLS-terminated bulk: runtime vs nginx, ${gib} GiB each way, TLS 1.3 TLS_AES_128_GCM_SHA256`);
-  logs.set('tls', await measureThroughput({ subjects: present([terminating, nginx]), bytes: Math.round(gib * GIB), rounds, ca, deadline: budget.section(150_000), log: say }));
+  logs.set(
+    'tls',
+    await measureThroughput({
+      subjects: present([terminating, nginx]),
+      bytes: Math.round(gib * GIB),
+      rounds,
+      ca,
+      deadline: budget.section(150_000),
+      log: say,
+    }),
+  );
 }
 if (only.has('handshakes')) {
   say('\n== new TLS handshakes per second (no resumption, base certificate)');
-  logs.set('handshakes', await measureHandshakeRates({ subjects: present([terminating, nginx]), rounds, durationMs: quick ? 1000 : 2000, deadline: budget.section(60_000), log: say }));
+  logs.set(
+    'handshakes',
+    await measureHandshakeRates({
+      subjects: present([terminating, nginx]),
+      rounds,
+      durationMs: quick ? 1000 : 2000,
+      deadline: budget.section(60_000),
+      log: say,
+    }),
+  );
 }
 if (only.has('latency')) {
   say('\n== 1 KiB request/response latency, persistent connections');
-  logs.set('latency', await measureLatency({ subjects: present([direct, passthrough, socat, terminating, nginx]), rounds, slices: quick ? 5 : 10, ca, deadline: budget.section(120_000), log: say }));
+  logs.set(
+    'latency',
+    await measureLatency({
+      subjects: present([direct, passthrough, socat, terminating, nginx]),
+      rounds,
+      slices: quick ? 5 : 10,
+      ca,
+      deadline: budget.section(120_000),
+      log: say,
+    }),
+  );
 }
 if (only.has('nonce')) {
   say('\n== handshake on a new nonce, a cached nonce and the base certificate (sequential)');
-  logs.set('nonce', await measureNonceHandshakes({ subject: terminating, ca, rounds, perRound: 10, deadline: budget.section(45_000), log: say }));
+  logs.set(
+    'nonce',
+    await measureNonceHandshakes({
+      subject: terminating,
+      ca,
+      rounds,
+      perRound: 10,
+      deadline: budget.section(45_000),
+      log: say,
+    }),
+  );
 }
 
 // Read before they stop: the high-water mark after moving gigabytes shows what the heap lets garbage grow to.
@@ -147,7 +204,16 @@ if (only.has('verify')) {
 }
 if (only.has('memory')) {
   say(`\n== RSS of a fresh runtime: idle, then ${IDLE_CONNECTIONS} idle connections`);
-  logs.set('memory', await measureMemory({ starts: [() => startRuntime(true, false), () => startRuntime(false, false)], app, rounds: Math.min(rounds, 3), deadline: budget.section(90_000), log: say }));
+  logs.set(
+    'memory',
+    await measureMemory({
+      starts: [() => startRuntime(true, false), () => startRuntime(false, false)],
+      app,
+      rounds: Math.min(rounds, 3),
+      deadline: budget.section(90_000),
+      log: say,
+    }),
+  );
 }
 await app.close();
 
@@ -157,7 +223,9 @@ const table = markdownTable(rows);
 const machine = machineDescription();
 const elapsedS = (Date.now() - started) / 1000;
 say(`\n${table}`);
-say(`\nmachine: ${machine.cores} cores, ${machine.cpuModel}, Linux ${machine.kernel}, Node ${machine.node}; ${elapsedS.toFixed(0)} s; load average ${loadBefore} before, ${loadAfter} after`);
+say(
+  `\nmachine: ${machine.cores} cores, ${machine.cpuModel}, Linux ${machine.kernel}, Node ${machine.node}; ${elapsedS.toFixed(0)} s; load average ${loadBefore} before, ${loadAfter} after`,
+);
 const missed = rows.filter((row) => targetMet(row) === false);
 if (missed.length > 0) say(`targets missed: ${missed.map((row) => row.what).join('; ')}`);
 
@@ -167,7 +235,15 @@ writeFileSync(
     {
       date: new Date().toISOString(),
       machine,
-      settings: { gib, rounds, quick, profiled: args.profile === true, runtimeFlags, cipherSuite: 'TLS_AES_128_GCM_SHA256', elapsedSeconds: elapsedS },
+      settings: {
+        gib,
+        rounds,
+        quick,
+        profiled: args.profile === true,
+        runtimeFlags,
+        cipherSuite: 'TLS_AES_128_GCM_SHA256',
+        elapsedSeconds: elapsedS,
+      },
       tls: tlsSeen,
       loadAverage: { before: loadBefore, after: loadAfter },
       missingPeers: Object.fromEntries(missing),
@@ -183,7 +259,8 @@ if (profileDir) {
   for (const name of ['runtime', 'runtime-tls']) {
     for (const path of profilesIn(join(profileDir, name))) {
       say(`\n== CPU profile of ${name} (self time, top frames, % of busy time): ${path}`);
-      for (const frame of topFrames(path)) say(`  ${frame.percent.toFixed(1).padStart(5)}%  ${frame.selfMs.toFixed(0).padStart(6)} ms  ${frame.frame}`);
+      for (const frame of topFrames(path))
+        say(`  ${frame.percent.toFixed(1).padStart(5)}%  ${frame.selfMs.toFixed(0).padStart(6)} ms  ${frame.frame}`);
     }
   }
   say(`\nprofiles kept in ${profileDir}`);
@@ -193,7 +270,11 @@ if (profileDir) {
 async function probeTls(subject: Subject): Promise<{ protocol: string; cipher: string; leafBytes: number }> {
   const socket = (await connectTo(subject, { ca })) as TLSSocket;
   try {
-    return { protocol: socket.getProtocol() ?? '?', cipher: socket.getCipher().standardName, leafBytes: socket.getPeerX509Certificate()?.raw.length ?? 0 };
+    return {
+      protocol: socket.getProtocol() ?? '?',
+      cipher: socket.getCipher().standardName,
+      leafBytes: socket.getPeerX509Certificate()?.raw.length ?? 0,
+    };
   } finally {
     socket.destroy();
   }
@@ -211,38 +292,106 @@ function loadAverage(): number {
 function buildRows(): Row[] {
   const rows: Row[] = [];
   const skipped = (peer: string) => (missing.has(peer) ? `skipped: ${missing.get(peer)}` : undefined);
-  const compare = (section: string, log: RoundLog | undefined, what: string, unit: string, runtimeKey: string, peerName: string, peerKey: string, target?: Target): Row => {
+  const compare = (
+    section: string,
+    log: RoundLog | undefined,
+    what: string,
+    unit: string,
+    runtimeKey: string,
+    peerName: string,
+    peerKey: string,
+    target?: Target,
+  ): Row => {
     const runtime = log?.get(runtimeKey) ?? [];
     const peer = log?.get(peerKey) ?? [];
-    return { section, what, unit, runtime: figure(runtime), peerName, peer: figure(peer), ratio: paired(runtime, peer, ratio), target, note: skipped(peerName) };
+    return {
+      section,
+      what,
+      unit,
+      runtime: figure(runtime),
+      peerName,
+      peer: figure(peer),
+      ratio: paired(runtime, peer, ratio),
+      target,
+      note: skipped(peerName),
+    };
   };
 
   const pt = logs.get('passthrough');
   if (pt) {
-    for (const d of DIRECTIONS) rows.push(compare('passthrough', pt, `passthrough ${d}`, 'GiB/s', `runtime:${d}`, 'socat', `socat:${d}`, { on: 'ratio', op: '>=', limit: 1.0 }));
-    for (const d of DIRECTIONS) rows.push(compare('passthrough', pt, `passthrough ${d} vs no relay`, 'GiB/s', `runtime:${d}`, 'direct', `direct:${d}`));
-    for (const d of DIRECTIONS) rows.push(compare('passthrough', pt, `passthrough ${d}: server CPU per GiB`, 'CPU s', `cpu:runtime:${d}`, 'socat', `cpu:socat:${d}`));
+    for (const d of DIRECTIONS)
+      rows.push(
+        compare('passthrough', pt, `passthrough ${d}`, 'GiB/s', `runtime:${d}`, 'socat', `socat:${d}`, {
+          on: 'ratio',
+          op: '>=',
+          limit: 1.0,
+        }),
+      );
+    for (const d of DIRECTIONS)
+      rows.push(
+        compare('passthrough', pt, `passthrough ${d} vs no relay`, 'GiB/s', `runtime:${d}`, 'direct', `direct:${d}`),
+      );
+    for (const d of DIRECTIONS)
+      rows.push(
+        compare(
+          'passthrough',
+          pt,
+          `passthrough ${d}: server CPU per GiB`,
+          'CPU s',
+          `cpu:runtime:${d}`,
+          'socat',
+          `cpu:socat:${d}`,
+        ),
+      );
   }
   const tls = logs.get('tls');
   if (tls) {
-    for (const d of DIRECTIONS) rows.push(compare('tls', tls, `TLS bulk ${d}`, 'GiB/s', `runtime-tls:${d}`, 'nginx', `nginx:${d}`, { on: 'ratio', op: '>=', limit: 0.8 }));
-    for (const d of DIRECTIONS) rows.push(compare('tls', tls, `TLS bulk ${d}: server CPU per GiB`, 'CPU s', `cpu:runtime-tls:${d}`, 'nginx', `cpu:nginx:${d}`));
+    for (const d of DIRECTIONS)
+      rows.push(
+        compare('tls', tls, `TLS bulk ${d}`, 'GiB/s', `runtime-tls:${d}`, 'nginx', `nginx:${d}`, {
+          on: 'ratio',
+          op: '>=',
+          limit: 0.8,
+        }),
+      );
+    for (const d of DIRECTIONS)
+      rows.push(
+        compare(
+          'tls',
+          tls,
+          `TLS bulk ${d}: server CPU per GiB`,
+          'CPU s',
+          `cpu:runtime-tls:${d}`,
+          'nginx',
+          `cpu:nginx:${d}`,
+        ),
+      );
   }
   const hs = logs.get('handshakes');
   if (hs) {
-    rows.push(compare('handshakes', hs, 'new TLS handshakes', 'per s', 'runtime-tls', 'nginx', 'nginx', { on: 'ratio', op: '>=', limit: 0.7 }));
+    rows.push(
+      compare('handshakes', hs, 'new TLS handshakes', 'per s', 'runtime-tls', 'nginx', 'nginx', {
+        on: 'ratio',
+        op: '>=',
+        limit: 0.7,
+      }),
+    );
     rows.push(compare('handshakes', hs, 'server CPU per handshake', 'ms', 'cpu:runtime-tls', 'nginx', 'cpu:nginx'));
   }
   const lat = logs.get('latency');
   if (lat) {
-    for (const [runtimeName, peerName, kind] of [['runtime', 'socat', 'passthrough'], ['runtime-tls', 'nginx', 'TLS']] as const) {
+    for (const [runtimeName, peerName, kind] of [
+      ['runtime', 'socat', 'passthrough'],
+      ['runtime-tls', 'nginx', 'TLS'],
+    ] as const) {
       for (const c of CONCURRENCIES) {
         for (const p of ['p50', 'p99'] as const) {
           // Added over direct, round by round: the same round's direct figure is the baseline.
           const base = lat.get(`direct:c${c}:${p}`);
           const runtime = paired(lat.get(`${runtimeName}:c${c}:${p}`), base, difference)?.rounds ?? [];
           const peer = paired(lat.get(`${peerName}:c${c}:${p}`), base, difference)?.rounds ?? [];
-          const target: Target | undefined = kind === 'passthrough' && p === 'p99' ? { on: 'ratio', op: '<=', limit: 1.5 } : undefined;
+          const target: Target | undefined =
+            kind === 'passthrough' && p === 'p99' ? { on: 'ratio', op: '<=', limit: 1.5 } : undefined;
           const runtimeAdded = figure(runtime);
           const peerAdded = figure(peer);
           rows.push({
@@ -254,17 +403,37 @@ function buildRows(): Row[] {
             peer: peerAdded,
             // Added latency is a small difference of noisy numbers, at times negative in a round: a
             // per-round ratio would swing wildly, so the ratio is of the medians (spreads are beside it).
-            ratio: runtimeAdded && peerAdded && peerAdded.median > 0 ? { median: runtimeAdded.median / peerAdded.median, min: Number.NaN, max: Number.NaN, rounds: [] } : undefined,
+            ratio:
+              runtimeAdded && peerAdded && peerAdded.median > 0
+                ? { median: runtimeAdded.median / peerAdded.median, min: Number.NaN, max: Number.NaN, rounds: [] }
+                : undefined,
             target,
-            note: skipped(peerName) ?? (p === 'p99' && c === 1 ? `direct: p50 ${lat.figure(`direct:c${c}:p50`)?.median.toFixed(0)} µs, p99 ${lat.figure(`direct:c${c}:p99`)?.median.toFixed(0)} µs` : undefined),
+            note:
+              skipped(peerName) ??
+              (p === 'p99' && c === 1
+                ? `direct: p50 ${lat.figure(`direct:c${c}:p50`)?.median.toFixed(0)} µs, p99 ${lat.figure(`direct:c${c}:p99`)?.median.toFixed(0)} µs`
+                : undefined),
           });
         }
         if (c > 1) {
           // With many connections the direct run saturates the one-process load generator, whose tail
           // then exceeds a relayed run's; the p99s themselves, side by side, still compare the relays.
-          const row = compare('latency', lat, `${kind} p99, ${c} concurrent (not added)`, 'µs', `${runtimeName}:c${c}:p99`, peerName, `${peerName}:c${c}:p99`);
+          const row = compare(
+            'latency',
+            lat,
+            `${kind} p99, ${c} concurrent (not added)`,
+            'µs',
+            `${runtimeName}:c${c}:p99`,
+            peerName,
+            `${peerName}:c${c}:p99`,
+          );
           const direct = lat.figure(`direct:c${c}:p99`);
-          rows.push({ ...row, note: row.note ?? `direct: p50 ${lat.figure(`direct:c${c}:p50`)?.median.toFixed(0)} µs, p99 ${direct?.median.toFixed(0)} µs (${direct?.min.toFixed(0)}–${direct?.max.toFixed(0)})` });
+          rows.push({
+            ...row,
+            note:
+              row.note ??
+              `direct: p50 ${lat.figure(`direct:c${c}:p50`)?.median.toFixed(0)} µs, p99 ${direct?.median.toFixed(0)} µs (${direct?.min.toFixed(0)}–${direct?.max.toFixed(0)})`,
+          });
         }
       }
     }
@@ -272,22 +441,58 @@ function buildRows(): Row[] {
   const nonce = logs.get('nonce');
   if (nonce) {
     for (const kind of CERTIFICATE_KINDS) {
-      rows.push({ section: 'nonce', what: `handshake, ${kind.replace('-', ' ')} certificate`, unit: 'ms', runtime: nonce.figure(kind), target: kind === 'new-nonce' ? { on: 'value', op: '<=', limit: 10 } : undefined });
+      rows.push({
+        section: 'nonce',
+        what: `handshake, ${kind.replace('-', ' ')} certificate`,
+        unit: 'ms',
+        runtime: nonce.figure(kind),
+        target: kind === 'new-nonce' ? { on: 'value', op: '<=', limit: 10 } : undefined,
+      });
     }
   }
   const verify = logs.get('verify');
-  if (verify) rows.push({ section: 'verify', what: 'attest verify, one AWS document', unit: 'ms', runtime: verify.figure('verify'), target: { on: 'value', op: '<=', limit: 5 } });
+  if (verify)
+    rows.push({
+      section: 'verify',
+      what: 'attest verify, one AWS document',
+      unit: 'ms',
+      runtime: verify.figure('verify'),
+      target: { on: 'value', op: '<=', limit: 5 },
+    });
   if (logs.has('passthrough') || logs.has('tls')) {
-    for (const [name, label] of [['runtime-tls', 'TLS on'], ['runtime', 'passthrough']] as const) {
+    for (const [name, label] of [
+      ['runtime-tls', 'TLS on'],
+      ['runtime', 'passthrough'],
+    ] as const) {
       const mib = peakRss[name];
-      rows.push({ section: 'memory', what: `peak RSS after the runs above (${label})`, unit: 'MiB', runtime: { median: mib, min: mib, max: mib, rounds: [mib] } });
+      rows.push({
+        section: 'memory',
+        what: `peak RSS after the runs above (${label})`,
+        unit: 'MiB',
+        runtime: { median: mib, min: mib, max: mib, rounds: [mib] },
+      });
     }
   }
   const memory = logs.get('memory');
   if (memory) {
-    for (const [name, label] of [['runtime-tls', 'TLS on'], ['runtime', 'passthrough']] as const) {
-      rows.push({ section: 'memory', what: `RSS idle (${label})`, unit: 'MiB', runtime: memory.figure(`${name}:idle`), target: { on: 'value', op: '<=', limit: 80 } });
-      rows.push({ section: 'memory', what: `RSS with ${IDLE_CONNECTIONS} idle connections (${label})`, unit: 'MiB', runtime: memory.figure(`${name}:connections`), target: { on: 'value', op: '<=', limit: 150 } });
+    for (const [name, label] of [
+      ['runtime-tls', 'TLS on'],
+      ['runtime', 'passthrough'],
+    ] as const) {
+      rows.push({
+        section: 'memory',
+        what: `RSS idle (${label})`,
+        unit: 'MiB',
+        runtime: memory.figure(`${name}:idle`),
+        target: { on: 'value', op: '<=', limit: 80 },
+      });
+      rows.push({
+        section: 'memory',
+        what: `RSS with ${IDLE_CONNECTIONS} idle connections (${label})`,
+        unit: 'MiB',
+        runtime: memory.figure(`${name}:connections`),
+        target: { on: 'value', op: '<=', limit: 150 },
+      });
     }
   }
   return rows;

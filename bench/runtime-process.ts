@@ -48,8 +48,13 @@ export class RuntimeProcess implements Subject {
 
   static async start(options: RuntimeProcessOptions): Promise<RuntimeProcess> {
     writeFileSync(options.configPath, configText(options));
-    const nodeArgs = [...(options.nodeFlags ?? []), ...(options.cpuProfileDir ? ['--cpu-prof', `--cpu-prof-dir=${options.cpuProfileDir}`] : [])];
-    const child = spawnOwned(process.execPath, [...nodeArgs, CLI, 'dev', '--config', options.configPath], { cwd: REPO_ROOT });
+    const nodeArgs = [
+      ...(options.nodeFlags ?? []),
+      ...(options.cpuProfileDir ? ['--cpu-prof', `--cpu-prof-dir=${options.cpuProfileDir}`] : []),
+    ];
+    const child = spawnOwned(process.execPath, [...nodeArgs, CLI, 'dev', '--config', options.configPath], {
+      cwd: REPO_ROOT,
+    });
     const lastLines = tail(child.stderr);
     child.stdout?.resume();
     const port = await new Promise<number>((resolve, reject) => {
@@ -123,14 +128,16 @@ function configText(options: RuntimeProcessOptions): string {
   const config = parse(readFileSync(join(REPO_ROOT, 'enclave.toml.example'), 'utf8')) as TomlTable;
   const moveListeners = (table: TomlTable) => {
     for (const [key, value] of Object.entries(table)) {
-      if (typeof value === 'string' && /listen$/.test(key) && /^tcp:127\.0\.0\.1:\d+$/.test(value)) table[key] = 'tcp:127.0.0.1:0';
+      if (typeof value === 'string' && /listen$/.test(key) && /^tcp:127\.0\.0\.1:\d+$/.test(value))
+        table[key] = 'tcp:127.0.0.1:0';
       else if (value !== null && typeof value === 'object' && !Array.isArray(value)) moveListeners(value as TomlTable);
     }
   };
   for (const [name, table] of Object.entries(config)) {
-    if (!OTHER_COMMANDS.has(name) && table !== null && typeof table === 'object' && !Array.isArray(table)) moveListeners(table as TomlTable);
+    if (!OTHER_COMMANDS.has(name) && table !== null && typeof table === 'object' && !Array.isArray(table))
+      moveListeners(table as TomlTable);
   }
-  const table = (name: string) => ((config[name] ??= {}) as TomlTable);
+  const table = (name: string) => (config[name] ??= {}) as TomlTable;
   Object.assign(table('runtime'), { log_level: 'info', state_dir: options.stateDir, shutdown_grace_ms: 1000 });
   Object.assign(table('ingress'), { listen: 'tcp:127.0.0.1:0', app: `tcp:127.0.0.1:${options.appPort}` });
   Object.assign(table('tls'), { enabled: options.tls });

@@ -31,7 +31,11 @@ export function figure(rounds: readonly number[]): Figure | undefined {
  * the noise both saw in the same round better than combining two medians would. A round that
  * failed on either side (NaN) drops out of the pair.
  */
-export function paired(a: readonly number[], b: readonly number[], combine: (a: number, b: number) => number): Figure | undefined {
+export function paired(
+  a: readonly number[],
+  b: readonly number[],
+  combine: (a: number, b: number) => number,
+): Figure | undefined {
   const n = Math.min(a.length, b.length);
   const values: number[] = [];
   for (let i = 0; i < n; i++) values.push(combine(a[i] as number, b[i] as number));

@@ -30,10 +30,16 @@ export interface TlsClientOptions {
 
 /** A connected client socket (TLS: handshake done, no session offered, so never resumed). */
 export async function connectTo(subject: Subject, options: TlsClientOptions = {}): Promise<net.Socket | tls.TLSSocket> {
-  const socket = subject.tls ? tls.connect(tlsClientOptions(subject.port, options)) : net.connect({ host: '127.0.0.1', port: subject.port });
+  const socket = subject.tls
+    ? tls.connect(tlsClientOptions(subject.port, options))
+    : net.connect({ host: '127.0.0.1', port: subject.port });
   socket.setNoDelay(true);
   try {
-    await withTimeout(once(socket, subject.tls ? 'secureConnect' : 'connect'), CONNECT_TIMEOUT_MS, `connect to ${subject.name}`);
+    await withTimeout(
+      once(socket, subject.tls ? 'secureConnect' : 'connect'),
+      CONNECT_TIMEOUT_MS,
+      `connect to ${subject.name}`,
+    );
   } catch (error) {
     socket.destroy();
     throw error;

@@ -22,7 +22,12 @@ export interface TransferResult {
  * to the app and stops the clock at the app's ack; `download` asks the app for `bytes` and stops the
  * clock at the last one.
  */
-export async function transfer(subject: Subject, direction: Direction, bytes: number, ca: string | undefined): Promise<TransferResult> {
+export async function transfer(
+  subject: Subject,
+  direction: Direction,
+  bytes: number,
+  ca: string | undefined,
+): Promise<TransferResult> {
   const socket = await connectTo(subject, ca ? { ca } : {});
   try {
     const cpuBefore = subject.cpuSeconds?.();
@@ -93,14 +98,28 @@ export async function measureThroughput(options: ThroughputOptions): Promise<Rou
         if (warmUp) continue;
         const gib = bytes / GIB;
         log.add(`${subject.name}:${direction}`, result ? gib / result.seconds : Number.NaN);
-        log.add(`generator-busy:${subject.name}:${direction}`, result ? result.generatorCpuSeconds / result.seconds : Number.NaN);
+        log.add(
+          `generator-busy:${subject.name}:${direction}`,
+          result ? result.generatorCpuSeconds / result.seconds : Number.NaN,
+        );
         if (subject.cpuSeconds) {
-          log.add(`cpu:${subject.name}:${direction}`, result?.cpuSeconds === undefined ? Number.NaN : result.cpuSeconds / gib);
-          log.add(`busy:${subject.name}:${direction}`, result?.cpuSeconds === undefined ? Number.NaN : result.cpuSeconds / result.seconds);
+          log.add(
+            `cpu:${subject.name}:${direction}`,
+            result?.cpuSeconds === undefined ? Number.NaN : result.cpuSeconds / gib,
+          );
+          log.add(
+            `busy:${subject.name}:${direction}`,
+            result?.cpuSeconds === undefined ? Number.NaN : result.cpuSeconds / result.seconds,
+          );
         }
         if (result) {
-          const busy = result.cpuSeconds === undefined ? '' : ` server ${((100 * result.cpuSeconds) / result.seconds).toFixed(0)}%`;
-          line.push(`${subject.name} ${direction} ${(gib / result.seconds).toFixed(2)} (gen ${((100 * result.generatorCpuSeconds) / result.seconds).toFixed(0)}%${busy})`);
+          const busy =
+            result.cpuSeconds === undefined
+              ? ''
+              : ` server ${((100 * result.cpuSeconds) / result.seconds).toFixed(0)}%`;
+          line.push(
+            `${subject.name} ${direction} ${(gib / result.seconds).toFixed(2)} (gen ${((100 * result.generatorCpuSeconds) / result.seconds).toFixed(0)}%${busy})`,
+          );
         }
       }
     }

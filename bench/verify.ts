@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { verifyAttestation } from '../src/attestation/verifier.js';
+import { verifyAttestation } from '../src/verify/verifier.js';
 import { RoundLog } from './stats.js';
 
 export interface VerifyFixture {
@@ -12,7 +12,12 @@ export interface VerifyFixture {
  * `attest verify`'s work on one real AWS document, in-process: COSE decode, the ES384 signature, the
  * chain to the bundled AWS root, the policy. Key `verify`, in ms per document.
  */
-export function measureVerify(fixture: VerifyFixture, rounds: number, perRound: number, log: (line: string) => void): RoundLog {
+export function measureVerify(
+  fixture: VerifyFixture,
+  rounds: number,
+  perRound: number,
+  log: (line: string) => void,
+): RoundLog {
   const bytes = new Uint8Array(Buffer.from(readFileSync(fixture.path, 'utf8').trim(), 'base64'));
   // A debug-mode document (evervault's GA sample): allowDebug so every check runs to the end.
   const options = { at: fixture.at, allowDebug: true };

@@ -8,7 +8,9 @@ const attestationApi = process.env.ATTESTATION_API ?? 'http://127.0.0.1:9999';
 const server = http.createServer(async (request, response) => {
   if (request.url === '/attestation') {
     try {
-      const answer = await fetch(`${attestationApi}/attestation-doc?nonce=00ff`, { headers: { accept: 'application/json' } });
+      const answer = await fetch(`${attestationApi}/attestation-doc?nonce=00ff`, {
+        headers: { accept: 'application/json' },
+      });
       response.writeHead(answer.status, { 'content-type': 'application/json' });
       response.end(await answer.text());
     } catch (error) {

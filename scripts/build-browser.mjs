@@ -8,11 +8,15 @@ import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const { AWS_NITRO_ROOT_G1_SHA256 } = await import(join(root, 'dist/src/attestation/root-store.js'));
-const pem = readFileSync(join(root, 'src/attestation/roots/aws-nitro-root-g1.pem'), 'utf8');
+const { AWS_NITRO_ROOT_G1_SHA256 } = await import(join(root, 'dist/src/verify/root-store.js'));
+const pem = readFileSync(join(root, 'src/verify/roots/aws-nitro-root-g1.pem'), 'utf8');
 const body = /-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]+?)-----END CERTIFICATE-----/.exec(pem)?.[1] ?? '';
-const fingerprint = createHash('sha256').update(Buffer.from(body.replace(/\s+/g, ''), 'base64')).digest('hex').toUpperCase();
-if (fingerprint !== AWS_NITRO_ROOT_G1_SHA256) throw new Error(`the bundled AWS root has SHA-256 ${fingerprint}, not ${AWS_NITRO_ROOT_G1_SHA256}`);
+const fingerprint = createHash('sha256')
+  .update(Buffer.from(body.replace(/\s+/g, ''), 'base64'))
+  .digest('hex')
+  .toUpperCase();
+if (fingerprint !== AWS_NITRO_ROOT_G1_SHA256)
+  throw new Error(`the bundled AWS root has SHA-256 ${fingerprint}, not ${AWS_NITRO_ROOT_G1_SHA256}`);
 
 await build({
   absWorkingDir: root,

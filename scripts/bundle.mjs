@@ -2,19 +2,29 @@
 // `npm run bundle`: the self-contained runtime that a customer image gains with one COPY.
 //
 //   dist/enclave-runtime/
-//     bin/enclave-runtime        static launcher (src/bundle/launcher.c): no libc or shell needed in the image
+//     bin/enclave-runtime        static launcher (packaging/launcher.c): no libc or shell needed in the image
 //     bin/node                   the Node binary that runs this script (or --node PATH)
 //     lib/<loader>               Node's own ELF interpreter (ld-linux-x86-64.so.2 on x86_64)
 //     lib/*.so*                  every shared library Node and the addon need, as ldd resolves them
 //     lib/enclave-runtime.mjs    all of the runtime's JavaScript and its dependencies, one ESM file
 //     lib/enclave_native.node    the vsock/NSM addon (build/Release)
-//     lib/app-sandbox            static seccomp helper the customer command is exec'd through (src/bridge/native/app_sandbox.c)
+//     lib/app-sandbox            static seccomp helper the customer command is exec'd through (src/native/app_sandbox.c)
 //     lib/roots/aws-nitro-root-g1.pem
 //
 // Reproducible: no timestamps are written, every file's mtime is SOURCE_DATE_EPOCH (default 0),
 // and modes are fixed. Options: --out DIR (default dist/enclave-runtime), --node PATH.
 import { execFileSync } from 'node:child_process';
-import { chmodSync, copyFileSync, mkdirSync, readdirSync, readFileSync, realpathSync, rmSync, statSync, utimesSync } from 'node:fs';
+import {
+  chmodSync,
+  copyFileSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  realpathSync,
+  rmSync,
+  statSync,
+  utimesSync,
+} from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -25,11 +35,14 @@ const { values } = parseArgs({ options: { out: { type: 'string' }, node: { type:
 const out = resolve(values.out ?? join(ROOT, 'dist', 'enclave-runtime'));
 const nodeBinary = realpathSync(values.node ?? process.execPath);
 const addon = join(ROOT, 'build', 'Release', 'enclave_native.node');
-const rootPem = join(ROOT, 'src', 'attestation', 'roots', 'aws-nitro-root-g1.pem');
+const rootPem = join(ROOT, 'src', 'verify', 'roots', 'aws-nitro-root-g1.pem');
 const epoch = Number(process.env.SOURCE_DATE_EPOCH ?? 0);
 const { version } = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8'));
 
-for (const [what, path] of [['the addon (run `npm install` or `npx node-gyp rebuild`)', addon], ['the AWS root', rootPem]]) {
+for (const [what, path] of [
+  ['the addon (run `npm install` or `npx node-gyp rebuild`)', addon],
+  ['the AWS root', rootPem],
+]) {
   try {
     statSync(path);
   } catch {
@@ -58,7 +71,9 @@ await build({
   outfile: join(out, 'lib', 'enclave-runtime.mjs'),
   external: ['cbor-extract'],
   define: { __ENCLAVE_RUNTIME_VERSION__: JSON.stringify(version) },
-  banner: { js: "import { createRequire as __enclaveCreateRequire } from 'node:module';\nconst require = __enclaveCreateRequire(import.meta.url);" },
+  banner: {
+    js: "import { createRequire as __enclaveCreateRequire } from 'node:module';\nconst require = __enclaveCreateRequire(import.meta.url);",
+  },
   legalComments: 'eof',
   logLevel: 'warning',
 });
@@ -74,20 +89,45 @@ copyFileSync(loader, join(out, 'lib', loaderName));
 
 execFileSync(
   process.env.CC ?? 'gcc',
-  ['-static', '-Os', '-s', '-Wall', '-Wextra', '-Werror', `-DLOADER="${loaderName}"`, `-ffile-prefix-map=${ROOT}=.`, '-o', join(out, 'bin', 'enclave-runtime'), join(ROOT, 'src', 'bundle', 'launcher.c')],
+  [
+    '-static',
+    '-Os',
+    '-s',
+    '-Wall',
+    '-Wextra',
+    '-Werror',
+    `-DLOADER="${loaderName}"`,
+    `-ffile-prefix-map=${ROOT}=.`,
+    '-o',
+    join(out, 'bin', 'enclave-runtime'),
+    join(ROOT, 'packaging', 'launcher.c'),
+  ],
   { stdio: 'inherit' },
 );
 
 // Static, like the launcher: the customer's image may have no libc, and Node's loader is not on its PATH.
 execFileSync(
   process.env.CC ?? 'gcc',
-  ['-static', '-O2', '-s', '-Wall', '-Wextra', '-Werror', `-ffile-prefix-map=${ROOT}=.`, '-o', join(out, 'lib', 'app-sandbox'), join(ROOT, 'src', 'bridge', 'native', 'app_sandbox.c')],
+  [
+    '-static',
+    '-O2',
+    '-s',
+    '-Wall',
+    '-Wextra',
+    '-Werror',
+    `-ffile-prefix-map=${ROOT}=.`,
+    '-o',
+    join(out, 'lib', 'app-sandbox'),
+    join(ROOT, 'src', 'native', 'app_sandbox.c'),
+  ],
   { stdio: 'inherit' },
 );
 
 normalize(out);
 const bytes = totalBytes(out);
-process.stdout.write(`bundle: ${out} (${(bytes / 1024 / 1024).toFixed(1)} MiB, enclave-runtime ${version}, node ${nodeVersion()}, loader ${loaderName})\n`);
+process.stdout.write(
+  `bundle: ${out} (${(bytes / 1024 / 1024).toFixed(1)} MiB, enclave-runtime ${version}, node ${nodeVersion()}, loader ${loaderName})\n`,
+);
 
 /** The ELF interpreter and the libraries `ldd` resolves for each binary (the vDSO has no file). */
 function sharedLibraries(binaries) {
@@ -116,7 +156,11 @@ function normalize(dir) {
       chmodSync(path, 0o755);
       normalize(path);
     } else {
-      const executable = dir.endsWith('/bin') || /\.so(\.\d+)*$/.test(entry.name) || entry.name.endsWith('.node') || entry.name === 'app-sandbox';
+      const executable =
+        dir.endsWith('/bin') ||
+        /\.so(\.\d+)*$/.test(entry.name) ||
+        entry.name.endsWith('.node') ||
+        entry.name === 'app-sandbox';
       chmodSync(path, executable ? 0o755 : 0o644);
     }
     utimesSync(path, epoch, epoch);
@@ -134,7 +178,9 @@ function totalBytes(dir) {
 }
 
 function nodeVersion() {
-  return nodeBinary === realpathSync(process.execPath) ? process.version : execFileSync(nodeBinary, ['--version'], { encoding: 'utf8' }).trim();
+  return nodeBinary === realpathSync(process.execPath)
+    ? process.version
+    : execFileSync(nodeBinary, ['--version'], { encoding: 'utf8' }).trim();
 }
 
 function fail(message) {

@@ -17,7 +17,9 @@ import { parseArgs } from 'node:util';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const { name, version } = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8'));
-const { values } = parseArgs({ options: { engine: { type: 'string' }, tag: { type: 'string' }, out: { type: 'string' } } });
+const { values } = parseArgs({
+  options: { engine: { type: 'string' }, tag: { type: 'string' }, out: { type: 'string' } },
+});
 const out = resolve(values.out ?? join(ROOT, 'dist', 'enclave-runtime'));
 const tag = values.tag ?? `${name}:${version}`;
 const engine = values.engine ?? (process.env.CONTAINER_ENGINE || undefined) ?? ['podman', 'docker'].find(installed);
@@ -25,7 +27,10 @@ if (engine === undefined) fail('neither podman nor docker is installed (or pass 
 if (!installed(engine)) fail(`${engine} is not installed`);
 const epoch = String(Number(process.env.SOURCE_DATE_EPOCH ?? 0));
 
-execFileSync(process.execPath, [join(ROOT, 'scripts', 'bundle.mjs'), '--out', out], { stdio: 'inherit', env: { ...process.env, SOURCE_DATE_EPOCH: epoch } });
+execFileSync(process.execPath, [join(ROOT, 'scripts', 'bundle.mjs'), '--out', out], {
+  stdio: 'inherit',
+  env: { ...process.env, SOURCE_DATE_EPOCH: epoch },
+});
 
 // podman's --timestamp fixes the image's creation time and every file's mtime in the layer, so equal
 // bundles give an equal image ID. docker keeps the files' mtimes (SOURCE_DATE_EPOCH already) but
@@ -35,7 +40,9 @@ const args = ['build', ...reproducible, '--file', join(ROOT, 'Dockerfile.local')
 process.stdout.write(`image: ${engine} ${args.join(' ')}\n`);
 const built = spawnSync(engine, args, { stdio: 'inherit' });
 if (built.status !== 0) fail(`${engine} build failed (${built.status ?? built.signal})`);
-process.stdout.write(`image: ${tag} built with ${engine}; a customer image takes it with COPY --from=${tag} /opt/enclave-runtime /opt/enclave-runtime\n`);
+process.stdout.write(
+  `image: ${tag} built with ${engine}; a customer image takes it with COPY --from=${tag} /opt/enclave-runtime /opt/enclave-runtime\n`,
+);
 
 function installed(command) {
   return spawnSync(command, ['--version'], { stdio: 'ignore' }).status === 0;

@@ -4,7 +4,9 @@
 // where clang-format is not installed (.ci/run installs it).
 import { execFileSync, spawnSync } from 'node:child_process';
 
-const files = execFileSync('git', ['ls-files', '-z', '*.cc', '*.h', '*.c'], { encoding: 'utf8' }).split('\0').filter(Boolean);
+const files = execFileSync('git', ['ls-files', '-z', '*.cc', '*.h', '*.c'], { encoding: 'utf8' })
+  .split('\0')
+  .filter(Boolean);
 if (spawnSync('clang-format', ['--version']).error) {
   console.log('clang-format is not installed: the C++ sources were not checked');
   process.exit(0);

@@ -1,5 +1,5 @@
 import { processIo, type CommandIo } from './cli/io.js';
-import { version } from './version.js';
+import { version } from './core/version.js';
 
 const USAGE = `usage: enclave-runtime <command> [options]
 
@@ -83,7 +83,9 @@ async function attest(argv: string[], io: CommandIo): Promise<number> {
       io.stdout.write(ATTEST_USAGE);
       return 0;
     default:
-      io.stderr.write(`enclave-runtime attest: expected "verify" or "connect", got ${sub === undefined ? 'nothing' : `"${sub}"`}\n\n${ATTEST_USAGE}`);
+      io.stderr.write(
+        `enclave-runtime attest: expected "verify" or "connect", got ${sub === undefined ? 'nothing' : `"${sub}"`}\n\n${ATTEST_USAGE}`,
+      );
       return 2;
   }
 }

@@ -2,22 +2,22 @@ import { createAppProbe } from './app/app-probe.js';
 import { startAttestationApi } from './attestation/attestation-api.js';
 import type { Nsm } from './attestation/nsm.js';
 import { NsmHealth } from './attestation/nsm-health.js';
-import { formatAddress, type Address } from './bridge/address.js';
-import { Ingress } from './bridge/ingress.js';
+import { formatAddress, type Address } from './net/address.js';
+import { Ingress } from './ingress/ingress.js';
 import type { Mode } from './config/field.js';
 import type { RuntimeConfig } from './config/schema.js';
-import { version } from './version.js';
-import { HealthMonitor, type HealthReport } from './health.js';
+import { version } from './core/version.js';
+import { HealthMonitor, type HealthReport } from './metrics/health.js';
 import { classifyAddress } from './host/address-class.js';
-import { startHttpEndpoint, type Route, type RouteAnswer } from './http-endpoint.js';
-import { CloserStack } from './lifecycle.js';
-import type { Logger } from './log.js';
+import { startHttpEndpoint, type Route, type RouteAnswer } from './metrics/http-endpoint.js';
+import { CloserStack } from './core/lifecycle.js';
+import type { Logger } from './core/log.js';
 import { RuntimeMetrics } from './metrics/runtime-metrics.js';
-import { prepareStateDir } from './state-dir.js';
+import { prepareStateDir } from './config/state-dir.js';
 import type { AcmeCertificates } from './tls/acme-certificates.js';
 import type { CertificateSource } from './tls/certificate-source.js';
 import type { TlsTerminator } from './tls/tls-terminator.js';
-
+import { errorCode } from './core/errors.js';
 
 /**
  * The data plane of one enclave: the NSM, the internal API, TLS and ingress, started in
@@ -32,7 +32,15 @@ export class Runtime {
   readonly #logger: Logger;
   readonly #closers: CloserStack;
 
-  private constructor(parts: { config: RuntimeConfig; health: HealthMonitor; ingress: Ingress | undefined; nsm: Nsm; metrics: RuntimeMetrics; logger: Logger; closers: CloserStack }) {
+  private constructor(parts: {
+    config: RuntimeConfig;
+    health: HealthMonitor;
+    ingress: Ingress | undefined;
+    nsm: Nsm;
+    metrics: RuntimeMetrics;
+    logger: Logger;
+    closers: CloserStack;
+  }) {
     this.metrics = parts.metrics;
     this.config = parts.config;
     this.health = parts.health;
@@ -96,10 +104,13 @@ export class Runtime {
           const { startHostRelays } = await import('./host/host-relays.js');
           const { relay, dnsRelay } = config.egress;
           try {
-            const relays = await startHostRelays(config, logger.child({ component: 'dev-host-relays' }), { egress: relay, dns: dnsRelay });
+            const relays = await startHostRelays(config, logger.child({ component: 'dev-host-relays' }), {
+              egress: relay,
+              dns: dnsRelay,
+            });
             closers.push(() => relays.close());
           } catch (error) {
-            if ((error as { code?: string }).code !== 'EADDRINUSE') throw error;
+            if (errorCode(error) !== 'EADDRINUSE') throw error;
             logger.warn(
               { relay: formatAddress(relay), dnsRelay: formatAddress(dnsRelay), code: 'EADDRINUSE' },
               'egress relay address already in use: not running the host relays in-process; egress goes to what listens there (a separate enclave-runtime host?)',
@@ -127,7 +138,12 @@ export class Runtime {
         }
         if (config.tls.acme.enabled) {
           const { AcmeCertificates } = await import('./tls/acme-certificates.js');
-          const opened = await AcmeCertificates.open({ settings: config.tls.acme, stateDir: config.runtime.stateDir, nsm, logger });
+          const opened = await AcmeCertificates.open({
+            settings: config.tls.acme,
+            stateDir: config.runtime.stateDir,
+            nsm,
+            logger,
+          });
           closers.push(async () => opened.close());
           acme = opened;
         }
@@ -150,7 +166,11 @@ export class Runtime {
 
       let ingress: Ingress | undefined;
       if (config.ingress.enabled) {
-        ingress = await Ingress.start({ ...config.ingress, logger, terminator: terminator && metrics.meterTerminator(terminator) });
+        ingress = await Ingress.start({
+          ...config.ingress,
+          logger,
+          terminator: terminator && metrics.meterTerminator(terminator),
+        });
         const started = ingress;
         closers.push((graceMs) => started.stop(graceMs));
       }
@@ -166,16 +186,25 @@ export class Runtime {
 
       // The same /health for the parent over the bridge, and /metrics, both up before "runtime ready".
       // They only observe: a port the app already holds (9090 is a favourite) costs them, not the enclave.
-      const endpoints: Array<[string, Address, Record<string, Route>]> = [['health endpoint', config.runtime.healthListen, { '/health': () => healthAnswer(health.report()) }]];
+      const endpoints: Array<[string, Address, Record<string, Route>]> = [
+        ['health endpoint', config.runtime.healthListen, { '/health': () => healthAnswer(health.report()) }],
+      ];
       if (config.metrics.enabled) {
-        endpoints.push(['metrics endpoint', config.metrics.listen, { '/metrics': () => ({ status: 200, type: PROMETHEUS_TEXT, body: metrics.registry.render() }) }]);
+        endpoints.push([
+          'metrics endpoint',
+          config.metrics.listen,
+          { '/metrics': () => ({ status: 200, type: PROMETHEUS_TEXT, body: metrics.registry.render() }) },
+        ]);
       }
       for (const [name, listen, routes] of endpoints) {
         try {
           const endpoint = await startHttpEndpoint(name, listen, routes, logger);
           closers.push(() => endpoint.close());
         } catch (error) {
-          logger.error({ listen: formatAddress(listen), code: (error as { code?: string }).code, reason: (error as Error).message }, `${name} not served`);
+          logger.error(
+            { listen: formatAddress(listen), code: errorCode(error), reason: (error as Error).message },
+            `${name} not served`,
+          );
         }
       }
       logger.info({ mode, nsm: nsm.kind, tls: config.tls.enabled }, 'runtime ready');
@@ -206,7 +235,9 @@ const PROMETHEUS_TEXT = 'text/plain; version=0.0.4; charset=utf-8';
 
 /** Whether both relays are on this machine's loopback (dev's defaults are): then dev is its own host side. */
 function relaysInProcess(config: RuntimeConfig): boolean {
-  return [config.egress.relay, config.egress.dnsRelay].every((address) => address.transport === 'tcp' && (address.host === 'localhost' || isLoopbackIp(address.host)));
+  return [config.egress.relay, config.egress.dnsRelay].every(
+    (address) => address.transport === 'tcp' && (address.host === 'localhost' || isLoopbackIp(address.host)),
+  );
 }
 
 function isLoopbackIp(host: string): boolean {
@@ -219,15 +250,27 @@ function isLoopbackIp(host: string): boolean {
 
 /** GET /health's answer, as the internal API gives it: 200 when every part is ok, else 503. */
 function healthAnswer(report: HealthReport): RouteAnswer {
-  return { status: report.status === 'ok' ? 200 : 503, type: 'application/json; charset=utf-8', body: JSON.stringify({ status: report.status, parts: report.parts }) };
+  return {
+    status: report.status === 'ok' ? 200 : 503,
+    type: 'application/json; charset=utf-8',
+    body: JSON.stringify({ status: report.status, parts: report.parts }),
+  };
 }
 
 async function openNsm(config: RuntimeConfig, logger: Logger): Promise<Nsm> {
   if (config.attestation.mode === 'simulated') {
     const { openSimulatedNsm } = await import('./attestation/sim-nsm.js');
     const { simulated } = config.attestation;
-    const nsm = await openSimulatedNsm({ stateDir: config.runtime.stateDir, pcrs: simulated.pcrs, debug: simulated.debug, moduleId: simulated.moduleId });
-    logger.warn({ root: `${config.runtime.stateDir}/sim-nsm-root.pem` }, 'using the SIMULATED NSM: documents prove nothing outside tests');
+    const nsm = await openSimulatedNsm({
+      stateDir: config.runtime.stateDir,
+      pcrs: simulated.pcrs,
+      debug: simulated.debug,
+      moduleId: simulated.moduleId,
+    });
+    logger.warn(
+      { root: `${config.runtime.stateDir}/sim-nsm-root.pem` },
+      'using the SIMULATED NSM: documents prove nothing outside tests',
+    );
     return nsm;
   }
   const { openDeviceNsm } = await import('./attestation/nsm-device.js');

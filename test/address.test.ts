@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { AddressError, formatAddress, parseAddress } from '../src/bridge/address.js';
+import { AddressError, formatAddress, parseAddress } from '../src/net/address.js';
 
 describe('addresses', () => {
   const good: Array<[string, unknown]> = [
@@ -34,7 +34,10 @@ describe('addresses', () => {
   ];
   for (const [text, expected] of bad) {
     it(`rejects ${JSON.stringify(text.slice(0, 30))}`, () => {
-      assert.throws(() => parseAddress(text), (error: unknown) => error instanceof AddressError && expected.test(error.message));
+      assert.throws(
+        () => parseAddress(text),
+        (error: unknown) => error instanceof AddressError && expected.test(error.message),
+      );
     });
   }
 });

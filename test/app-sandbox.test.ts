@@ -6,9 +6,15 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { appEnvironment, appLaunch } from '../src/app/app-sandbox.js';
 import { AppSupervisor, type AppSettings } from '../src/app/app-supervisor.js';
-import { APP_SANDBOX_PATH, closeHandle, openSocketHandle, VMADDR_CID_ANY, VMADDR_PORT_ANY } from '../src/bridge/native-binding.js';
+import {
+  APP_SANDBOX_PATH,
+  closeHandle,
+  openSocketHandle,
+  VMADDR_CID_ANY,
+  VMADDR_PORT_ANY,
+} from '../src/native/native-binding.js';
 import { parseConfig } from '../src/config/load.js';
-import { silentLogger } from '../src/log.js';
+import { silentLogger } from '../src/core/log.js';
 import { problemsOf } from './helpers/config-problems.js';
 import { captureLogs } from './helpers/log-capture.js';
 import { REPO_ROOT } from './helpers/paths.js';
@@ -44,13 +50,19 @@ const X86_SKIP = SKIP ?? (arch() === 'x64' ? undefined : "the probe's machine co
 function i386Unavailable(): string | undefined {
   if (X86_SKIP) return X86_SKIP;
   const result = String(probeUnfiltered().i386_socketcall_vsock);
-  return result.startsWith('crashed') ? `int 0x80 faults here even without the filter (${result}): this kernel or hypervisor has no IA-32 syscall entry` : undefined;
+  return result.startsWith('crashed')
+    ? `int 0x80 faults here even without the filter (${result}): this kernel or hypervisor has no IA-32 syscall entry`
+    : undefined;
 }
 
 type ProbeResult = Record<string, string | string[] | number | Record<string, string>>;
 
 /** Runs the probe as the customer command under `settings`; resolves with what it saw. */
-async function probeAsApp(name: string, settings: Partial<AppSettings> = {}, env: NodeJS.ProcessEnv = {}): Promise<ProbeResult> {
+async function probeAsApp(
+  name: string,
+  settings: Partial<AppSettings> = {},
+  env: NodeJS.ProcessEnv = {},
+): Promise<ProbeResult> {
   const out = join(dir, `${name}.json`);
   const saved = Object.fromEntries(Object.keys(env).map((key) => [key, process.env[key]]));
   Object.assign(process.env, env);
@@ -78,7 +90,13 @@ function probeUnfiltered(): ProbeResult {
 describe('the app sandbox: the customer command cannot create AF_VSOCK sockets', { skip: SKIP }, () => {
   it('socket() and socketpair() with AF_VSOCK (any type, family with high bits set) and io_uring_setup get EACCES; other sockets work', async () => {
     const seen = await probeAsApp('denied');
-    for (const attempt of ['socket_vsock', 'socket_vsock_dgram', 'socketpair_vsock', 'socket_vsock_high_bits', 'io_uring_setup']) {
+    for (const attempt of [
+      'socket_vsock',
+      'socket_vsock_dgram',
+      'socketpair_vsock',
+      'socket_vsock_high_bits',
+      'io_uring_setup',
+    ]) {
       // EACCES is the filter's answer: the kernel's own would be ok, EAFNOSUPPORT, ENODEV or ENOTSUP.
       assert.equal(seen[attempt], 'EACCES', `${attempt}: ${JSON.stringify(seen)}`);
     }
@@ -90,29 +108,45 @@ describe('the app sandbox: the customer command cannot create AF_VSOCK sockets',
   it('refuses the x32 ABI: socket(AF_VSOCK) as an x32 syscall gets EACCES', { skip: X86_SKIP }, async () => {
     const unfiltered = probeUnfiltered();
     const seen = await probeAsApp('x32');
-    assert.equal(seen.x32_socket_vsock, 'EACCES', `without the filter this kernel answers ${String(unfiltered.x32_socket_vsock)}`);
+    assert.equal(
+      seen.x32_socket_vsock,
+      'EACCES',
+      `without the filter this kernel answers ${String(unfiltered.x32_socket_vsock)}`,
+    );
   });
 
-  it('refuses the i386 ABI: socketcall(SYS_SOCKET, AF_VSOCK) via int 0x80 gets EACCES', { skip: i386Unavailable() }, async () => {
-    const seen = await probeAsApp('i386');
-    assert.equal(seen.i386_socketcall_vsock, 'EACCES');
-  });
+  it(
+    'refuses the i386 ABI: socketcall(SYS_SOCKET, AF_VSOCK) via int 0x80 gets EACCES',
+    { skip: i386Unavailable() },
+    async () => {
+      const seen = await probeAsApp('i386');
+      assert.equal(seen.i386_socketcall_vsock, 'EACCES');
+    },
+  );
 
-  it('the runtime itself still creates and listens on vsock sockets while the app is filtered', { skip: vsockUnavailable() }, async () => {
-    const seen = await probeAsApp('runtime-unaffected');
-    assert.equal(seen.socket_vsock, 'EACCES');
-    const handle = openSocketHandle('vsock');
-    try {
-      assert.equal(handle.bind({ family: 'vsock', cid: VMADDR_CID_ANY, port: VMADDR_PORT_ANY }), 0);
-      assert.equal(handle.listen(16), 0);
-    } finally {
-      await closeHandle(handle);
-    }
-  });
+  it(
+    'the runtime itself still creates and listens on vsock sockets while the app is filtered',
+    { skip: vsockUnavailable() },
+    async () => {
+      const seen = await probeAsApp('runtime-unaffected');
+      assert.equal(seen.socket_vsock, 'EACCES');
+      const handle = openSocketHandle('vsock');
+      try {
+        assert.equal(handle.bind({ family: 'vsock', cid: VMADDR_CID_ANY, port: VMADDR_PORT_ANY }), 0);
+        assert.equal(handle.listen(16), 0);
+      } finally {
+        await closeHandle(handle);
+      }
+    },
+  );
 
   it('app.allow_vsock = true starts the command without the filter', { skip: vsockUnavailable() }, async () => {
     const logs = captureLogs();
-    assert.deepEqual(appLaunch('python3', ['x'], true, logs.logger), { file: 'python3', args: ['x'], sandboxed: false });
+    assert.deepEqual(appLaunch('python3', ['x'], true, logs.logger), {
+      file: 'python3',
+      args: ['x'],
+      sandboxed: false,
+    });
     assert.ok(logs.lines.some((line) => line.level === 40 && /allow_vsock = true/.test(String(line.msg))));
     const seen = await probeAsApp('allowed', { allowVsock: true });
     assert.equal(seen.socket_vsock, 'ok');
@@ -120,11 +154,20 @@ describe('the app sandbox: the customer command cannot create AF_VSOCK sockets',
   });
 
   it('refuses to start the command unfiltered when the helper is missing (ERR_APP_SANDBOX)', () => {
-    assert.throws(() => appLaunch('true', [], false, silentLogger(), join(dir, 'no-such-helper')), (error: unknown) => {
-      const { code, message } = error as { code: string; message: string };
-      return code === 'ERR_APP_SANDBOX' && /app-sandbox helper is missing/.test(message) && /allow_vsock/.test(message);
+    assert.throws(
+      () => appLaunch('true', [], false, silentLogger(), join(dir, 'no-such-helper')),
+      (error: unknown) => {
+        const { code, message } = error as { code: string; message: string };
+        return (
+          code === 'ERR_APP_SANDBOX' && /app-sandbox helper is missing/.test(message) && /allow_vsock/.test(message)
+        );
+      },
+    );
+    assert.deepEqual(appLaunch('cmd', ['a'], false, silentLogger()), {
+      file: APP_SANDBOX_PATH,
+      args: ['cmd', 'a'],
+      sandboxed: true,
     });
-    assert.deepEqual(appLaunch('cmd', ['a'], false, silentLogger()), { file: APP_SANDBOX_PATH, args: ['cmd', 'a'], sandboxed: true });
   });
 
   it('the helper reports a command it cannot find with exit 127, and a missing command with a usage error', () => {
@@ -145,13 +188,26 @@ describe('[app] allow_vsock and pass_aws_credentials in enclave.toml', () => {
     const set = parseConfig('[app]\nallow_vsock = true\npass_aws_credentials = true\n', 'run').app;
     assert.deepEqual([set.allowVsock, set.passAwsCredentials], [true, true]);
     const problems = problemsOf('[app]\nallow_vsock = "yes"\npass_aws_credentials = 1\n');
-    assert.ok(problems.some((p) => p.startsWith('app.allow_vsock')), problems.join('; '));
-    assert.ok(problems.some((p) => p.startsWith('app.pass_aws_credentials')), problems.join('; '));
+    assert.ok(
+      problems.some((p) => p.startsWith('app.allow_vsock')),
+      problems.join('; '),
+    );
+    assert.ok(
+      problems.some((p) => p.startsWith('app.pass_aws_credentials')),
+      problems.join('; '),
+    );
   });
 });
 
 describe("the runtime's AWS credentials stay out of the app's environment", () => {
-  const inherited = { PATH: '/bin', AWS_ACCESS_KEY_ID: 'AKIAEXAMPLE', AWS_SECRET_ACCESS_KEY: 'secret', AWS_SESSION_TOKEN: 'token', AWS_REGION: 'eu-west-1', aws_profile: 'p' };
+  const inherited = {
+    PATH: '/bin',
+    AWS_ACCESS_KEY_ID: 'AKIAEXAMPLE',
+    AWS_SECRET_ACCESS_KEY: 'secret',
+    AWS_SESSION_TOKEN: 'token',
+    AWS_REGION: 'eu-west-1',
+    aws_profile: 'p',
+  };
 
   it('withholds AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN and the like; keeps the region and the rest', () => {
     const env = appEnvironment(inherited, {}, {}, false);
@@ -160,14 +216,24 @@ describe("the runtime's AWS credentials stay out of the app's environment", () =
 
   it('passes them with app.pass_aws_credentials = true, and [app] env or a secret may always set them', () => {
     assert.deepEqual(appEnvironment(inherited, {}, {}, true), inherited);
-    const env = appEnvironment(inherited, { AWS_ACCESS_KEY_ID: 'from-toml' }, { AWS_SECRET_ACCESS_KEY: 'from-secret' }, false);
+    const env = appEnvironment(
+      inherited,
+      { AWS_ACCESS_KEY_ID: 'from-toml' },
+      { AWS_SECRET_ACCESS_KEY: 'from-secret' },
+      false,
+    );
     assert.equal(env.AWS_ACCESS_KEY_ID, 'from-toml');
     assert.equal(env.AWS_SECRET_ACCESS_KEY, 'from-secret');
     assert.equal(env.AWS_SESSION_TOKEN, undefined);
   });
 
   it('the command started by the supervisor sees none of them', { skip: SKIP }, async () => {
-    const credentials = { AWS_ACCESS_KEY_ID: 'AKIATESTONLY', AWS_SECRET_ACCESS_KEY: 'not-a-real-secret', AWS_SESSION_TOKEN: 'not-a-real-token', AWS_REGION: 'eu-west-1' };
+    const credentials = {
+      AWS_ACCESS_KEY_ID: 'AKIATESTONLY',
+      AWS_SECRET_ACCESS_KEY: 'not-a-real-secret',
+      AWS_SESSION_TOKEN: 'not-a-real-token',
+      AWS_REGION: 'eu-west-1',
+    };
     const withheld = await probeAsApp('aws-withheld', {}, credentials);
     assert.equal((withheld.aws as Record<string, string>).AWS_ACCESS_KEY_ID, undefined);
     assert.equal((withheld.aws as Record<string, string>).AWS_SECRET_ACCESS_KEY, undefined);

@@ -60,7 +60,11 @@ describe('attest connect against a local TlsTerminator', () => {
     const pcrs = [0, 1, 2].flatMap((i) => ['--pcr', `${i}=${hex(defaultSimulatedPcr(i))}`]);
     const result = await run([target, '--fresh-nonce', '--root', root, '--json', ...pcrs]);
     assert.equal(result.code, 0, result.stderr);
-    const json = JSON.parse(result.stdout) as { valid: boolean; connection: { nonce: string; servername: string }; document: Record<string, unknown> };
+    const json = JSON.parse(result.stdout) as {
+      valid: boolean;
+      connection: { nonce: string; servername: string };
+      document: Record<string, unknown>;
+    };
     assert.equal(json.valid, true);
     assert.equal(json.connection.nonce.length, 32);
     // Without --servername the base host of an IP target is the IP itself.
@@ -69,7 +73,16 @@ describe('attest connect against a local TlsTerminator', () => {
   });
 
   it('exits 1 with one line when a PCR differs', async () => {
-    const result = await run([target, '--servername', 'localhost', '--fresh-nonce', '--root', root, '--pcr', `0=${'00'.repeat(48)}`]);
+    const result = await run([
+      target,
+      '--servername',
+      'localhost',
+      '--fresh-nonce',
+      '--root',
+      root,
+      '--pcr',
+      `0=${'00'.repeat(48)}`,
+    ]);
     assert.equal(result.code, 1);
     assert.match(result.stderr, /^invalid: ERR_ATTESTATION_PCR: [^\n]+\n$/);
     assert.equal(result.stdout, '');
@@ -106,7 +119,13 @@ describe('attest connect against a local TlsTerminator', () => {
     silent.listen(0, '127.0.0.1');
     await once(silent, 'listening');
     try {
-      const timedOut = await run([`127.0.0.1:${(silent.address() as net.AddressInfo).port}`, '--root', root, '--timeout', '100']);
+      const timedOut = await run([
+        `127.0.0.1:${(silent.address() as net.AddressInfo).port}`,
+        '--root',
+        root,
+        '--timeout',
+        '100',
+      ]);
       assert.equal(timedOut.code, 1);
       assert.match(timedOut.stderr, /^error: ERR_CONNECT_TIMEOUT: [^\n]+\n$/);
     } finally {

@@ -7,7 +7,7 @@ import { PassThrough } from 'node:stream';
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { attestVerifyCommand, parseVerificationTime, parseVerifyOptions } from '../src/cli/attest-verify.js';
-import { ConfigError } from '../src/errors.js';
+import { ConfigError } from '../src/core/errors.js';
 import { CLI, NITRO_FIXTURES, REPO_ROOT } from './helpers/paths.js';
 
 const SOURCES = readFileSync(join(NITRO_FIXTURES, 'SOURCES.md'), 'utf8');
@@ -18,7 +18,10 @@ const YAWN = { file: fx('yawn-nitro-attest-attestation.cose'), at: '1736179625' 
 const SUI = { file: fx('sui-nitro_attestation_tests.hex'), at: '2024-11-14T23:46:27.382Z' }; // sui: 1731627987382 ms; debug-mode
 const ETERNIS = { file: fx('eternis-test_verify-literal.b64'), at: '1726606091' }; // eternis: unix_time=1726606091; debug-mode
 const NEGATIVE = { file: fx('eternis-invalid_attestation.b64'), at: '1721770180' }; // chain OK then, signature fails
-const BETA_CERT = { file: fx('evervault-beta-non-debug-cert-containing-attestation-document-18-1-23.pem'), at: '1674054914' }; // FAKETIME beta
+const BETA_CERT = {
+  file: fx('evervault-beta-non-debug-cert-containing-attestation-document-18-1-23.pem'),
+  at: '1674054914',
+}; // FAKETIME beta
 const PONTIFEX = { file: fx('worldcoin-pontifex-real-attestation-doc.b64'), at: '1758628609' }; // doc timestamp
 const ROOT_PEM = fx('AWS_NitroEnclaves_Root-G1.root.pem');
 
@@ -28,7 +31,9 @@ function sourcesFacts(file: string): { moduleId: string; timestamp: number; pcrs
   assert.ok(section !== undefined, file);
   const head = /module_id `([^`]+)`; digest `SHA384`; timestamp (\d+) ms/.exec(section);
   assert.ok(head !== null);
-  const pcrs = new Map([...section.split(/^## /m)[0]!.matchAll(/^\s+- PCR(\d+) `([0-9a-f]+)`/gm)].map((m) => [Number(m[1]), m[2]!]));
+  const pcrs = new Map(
+    [...section.split(/^## /m)[0]!.matchAll(/^\s+- PCR(\d+) `([0-9a-f]+)`/gm)].map((m) => [Number(m[1]), m[2]!]),
+  );
   return { moduleId: head[1]!, timestamp: Number(head[2]), pcrs };
 }
 
@@ -78,12 +83,21 @@ describe('attest verify (in-process)', () => {
   it('prints one "valid:" line and exits 0 for a genuine document at its time', async () => {
     const result = await run([YAWN.file, '--at', YAWN.at]);
     assert.equal(result.code, 0, result.stderr);
-    assert.equal(result.stdout, `valid: module ${yawn.moduleId}, 16 PCRs, signed ${new Date(yawn.timestamp).toISOString()}\n`);
+    assert.equal(
+      result.stdout,
+      `valid: module ${yawn.moduleId}, 16 PCRs, signed ${new Date(yawn.timestamp).toISOString()}\n`,
+    );
     assert.equal(result.stderr, '');
   });
 
   it('takes --at as ISO-8601 too (UTC without an offset), and as fractional unix seconds', async () => {
-    for (const at of ['2025-01-06T16:07:05Z', '2025-01-06T16:07:05', '2025-01-06T18:07:05+02:00', '2025-01-06 16:07:05.000Z', '1736179625.5']) {
+    for (const at of [
+      '2025-01-06T16:07:05Z',
+      '2025-01-06T16:07:05',
+      '2025-01-06T18:07:05+02:00',
+      '2025-01-06 16:07:05.000Z',
+      '1736179625.5',
+    ]) {
       assert.equal((await run([YAWN.file, '--at', at])).code, 0, at);
     }
   });
@@ -132,13 +146,20 @@ describe('attest verify (in-process)', () => {
     assert.equal(json.document.user_data, null);
     assert.equal(json.document.nonce, null);
     assert.equal((json.document.cabundle as string[]).length, 4);
-    assert.equal(json.document.cabundle && (json.document.cabundle as string[])[0], new X509Certificate(readFileSync(ROOT_PEM)).raw.toString('hex'));
+    assert.equal(
+      json.document.cabundle && (json.document.cabundle as string[])[0],
+      new X509Certificate(readFileSync(ROOT_PEM)).raw.toString('hex'),
+    );
   });
 
   it('--json on an invalid document still shows what it claims, and the reason stays on stderr', async () => {
     const result = await run([NEGATIVE.file, '--at', NEGATIVE.at, '--json']);
     assertInvalid(result, 'ERR_ATTESTATION_SIGNATURE');
-    const json = JSON.parse(result.stdout) as { valid: boolean; error: { code: string }; document: { module_id: string } };
+    const json = JSON.parse(result.stdout) as {
+      valid: boolean;
+      error: { code: string };
+      document: { module_id: string };
+    };
     assert.equal(json.valid, false);
     assert.equal(json.error.code, 'ERR_ATTESTATION_SIGNATURE');
     assert.equal(json.document.module_id, sourcesFacts('eternis-invalid_attestation.b64').moduleId);
@@ -146,7 +167,10 @@ describe('attest verify (in-process)', () => {
 
   it('--pcr: a match exits 0, a mismatch exits 1 with ERR_ATTESTATION_PCR', async () => {
     const pcr0 = yawn.pcrs.get(0)!;
-    assert.equal((await run([YAWN.file, '--at', YAWN.at, '--pcr', `0=${pcr0}`, '--pcr', `3=${yawn.pcrs.get(3)!}`])).code, 0);
+    assert.equal(
+      (await run([YAWN.file, '--at', YAWN.at, '--pcr', `0=${pcr0}`, '--pcr', `3=${yawn.pcrs.get(3)!}`])).code,
+      0,
+    );
     assert.equal((await run([YAWN.file, '--at', YAWN.at, '--pcr', `0=${pcr0.toUpperCase()}`])).code, 0);
     const wrong = `${pcr0.slice(0, -2)}${pcr0.endsWith('00') ? '01' : '00'}`;
     assertInvalid(await run([YAWN.file, '--at', YAWN.at, '--pcr', `0=${wrong}`]), 'ERR_ATTESTATION_PCR');
@@ -166,15 +190,41 @@ describe('attest verify (in-process)', () => {
   it('--nonce, --user-data and --public-key must equal the document fields', async () => {
     // SOURCES.md: eternis nonce 00…01 (20 B), public_key "dummy"; pontifex public_key 43b98646….
     const nonce = '0000000000000000000000000000000000000001';
-    assert.equal((await run([ETERNIS.file, '--at', ETERNIS.at, '--allow-debug', '--nonce', nonce, '--public-key', Buffer.from('dummy').toString('hex')])).code, 0);
-    assertInvalid(await run([ETERNIS.file, '--at', ETERNIS.at, '--allow-debug', '--nonce', '00'.repeat(20)]), 'ERR_ATTESTATION_NONCE');
-    assertInvalid(await run([ETERNIS.file, '--at', ETERNIS.at, '--allow-debug', '--user-data', 'aa']), 'ERR_ATTESTATION_USER_DATA');
-    assertInvalid(await run([PONTIFEX.file, '--at', PONTIFEX.at, '--public-key', '43b98646']), 'ERR_ATTESTATION_PUBLIC_KEY');
+    assert.equal(
+      (
+        await run([
+          ETERNIS.file,
+          '--at',
+          ETERNIS.at,
+          '--allow-debug',
+          '--nonce',
+          nonce,
+          '--public-key',
+          Buffer.from('dummy').toString('hex'),
+        ])
+      ).code,
+      0,
+    );
+    assertInvalid(
+      await run([ETERNIS.file, '--at', ETERNIS.at, '--allow-debug', '--nonce', '00'.repeat(20)]),
+      'ERR_ATTESTATION_NONCE',
+    );
+    assertInvalid(
+      await run([ETERNIS.file, '--at', ETERNIS.at, '--allow-debug', '--user-data', 'aa']),
+      'ERR_ATTESTATION_USER_DATA',
+    );
+    assertInvalid(
+      await run([PONTIFEX.file, '--at', PONTIFEX.at, '--public-key', '43b98646']),
+      'ERR_ATTESTATION_PUBLIC_KEY',
+    );
   });
 
   it('--root: the AWS root PEM verifies, another certificate is ERR_ATTESTATION_ROOT', async () => {
     assert.equal((await run([YAWN.file, '--at', YAWN.at, '--root', ROOT_PEM])).code, 0);
-    const other = scratchFile('other-root.pem', new X509Certificate(readFileSync(fx('evervault-ga-valid-certificate.der'))).toString());
+    const other = scratchFile(
+      'other-root.pem',
+      new X509Certificate(readFileSync(fx('evervault-ga-valid-certificate.der'))).toString(),
+    );
     assertInvalid(await run([YAWN.file, '--at', YAWN.at, '--root', other]), 'ERR_ATTESTATION_ROOT');
   });
 
@@ -182,11 +232,17 @@ describe('attest verify (in-process)', () => {
     const result = await run([BETA_CERT.file, '--at', BETA_CERT.at]);
     assert.equal(result.code, 0, result.stderr);
     assert.match(result.stdout, /^valid: module .*binds the certificate key\)\n$/);
-    assertInvalid(await run([fx('evervault-ga-valid-certificate.der'), '--at', BETA_CERT.at]), 'ERR_ATTESTATION_FORMAT');
+    assertInvalid(
+      await run([fx('evervault-ga-valid-certificate.der'), '--at', BETA_CERT.at]),
+      'ERR_ATTESTATION_FORMAT',
+    );
   });
 
   it('exits 1 with ERR_ATTESTATION_FORMAT for garbage or empty input', async () => {
-    assertInvalid(await run([scratchFile('garbage.txt', 'this is not an attestation document\n')]), 'ERR_ATTESTATION_FORMAT');
+    assertInvalid(
+      await run([scratchFile('garbage.txt', 'this is not an attestation document\n')]),
+      'ERR_ATTESTATION_FORMAT',
+    );
     assertInvalid(await run([scratchFile('empty.bin', '')]), 'ERR_ATTESTATION_FORMAT');
     assertInvalid(await run([fx('SOURCES.md')]), 'ERR_ATTESTATION_FORMAT');
     assertInvalid(await run([scratchFile('big.txt', Buffer.alloc(300 * 1024, 0x41))]), 'ERR_ATTESTATION_FORMAT');
@@ -215,7 +271,16 @@ describe('attest verify (in-process)', () => {
   it('--help prints the options and exits 0', async () => {
     const result = await run(['--help']);
     assert.equal(result.code, 0);
-    for (const option of ['--root', '--at', '--pcr', '--nonce', '--user-data', '--public-key', '--allow-debug', '--json']) {
+    for (const option of [
+      '--root',
+      '--at',
+      '--pcr',
+      '--nonce',
+      '--user-data',
+      '--public-key',
+      '--allow-debug',
+      '--json',
+    ]) {
       assert.ok(result.stdout.includes(option), option);
     }
   });
@@ -224,7 +289,18 @@ describe('attest verify (in-process)', () => {
 describe('parseVerifyOptions', () => {
   it('builds VerifyOptions and passes extra options through (for attest connect)', () => {
     const parsed = parseVerifyOptions(
-      ['host:443', '--servername', 'x.example', '--fresh-nonce', '--pcr', `8=${'ab'.repeat(48)}`, '--nonce', '0x0102', '--allow-debug', '--json'],
+      [
+        'host:443',
+        '--servername',
+        'x.example',
+        '--fresh-nonce',
+        '--pcr',
+        `8=${'ab'.repeat(48)}`,
+        '--nonce',
+        '0x0102',
+        '--allow-debug',
+        '--json',
+      ],
       { servername: { type: 'string' }, 'fresh-nonce': { type: 'boolean' } },
       'attest connect',
     );
@@ -253,8 +329,23 @@ describe('parseVerifyOptions', () => {
     assert.equal(parseVerificationTime('2024-09-07T14:37:39.545Z')?.getTime(), Date.UTC(2024, 8, 7, 14, 37, 39, 545));
     assert.equal(parseVerificationTime('2024-09-07T14:37')?.getTime(), Date.UTC(2024, 8, 7, 14, 37));
     assert.equal(parseVerificationTime('2024-09-07T16:37:39-0100')?.getTime(), Date.UTC(2024, 8, 7, 17, 37, 39));
-    assert.equal(parseVerificationTime('2024-09-07T14:37:39.123456789Z')?.getTime(), Date.UTC(2024, 8, 7, 14, 37, 39, 123));
-    for (const bad of ['', 'now', '-5', '1e9', 'Sep 7 2024', '2024-09-07T25:00:00Z', '2024-09-07T24:00:00Z', '2024-02-30T00:00:00Z', '2023-02-29', '2024-00-10', '2024-09-07T12:60:00Z']) {
+    assert.equal(
+      parseVerificationTime('2024-09-07T14:37:39.123456789Z')?.getTime(),
+      Date.UTC(2024, 8, 7, 14, 37, 39, 123),
+    );
+    for (const bad of [
+      '',
+      'now',
+      '-5',
+      '1e9',
+      'Sep 7 2024',
+      '2024-09-07T25:00:00Z',
+      '2024-09-07T24:00:00Z',
+      '2024-02-30T00:00:00Z',
+      '2023-02-29',
+      '2024-00-10',
+      '2024-09-07T12:60:00Z',
+    ]) {
       assert.equal(parseVerificationTime(bad), undefined, bad);
     }
   });
@@ -262,7 +353,11 @@ describe('parseVerifyOptions', () => {
 
 describe('attest verify (spawned through the package bin)', () => {
   const spawn = (args: string[]) =>
-    spawnSync(process.execPath, [CLI, 'attest', 'verify', ...args], { cwd: REPO_ROOT, encoding: 'utf8', timeout: 30_000 });
+    spawnSync(process.execPath, [CLI, 'attest', 'verify', ...args], {
+      cwd: REPO_ROOT,
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
 
   it('exits 0 for a genuine document at its time, 1 for garbage, 2 for a bad option', () => {
     const ok = spawn([YAWN.file, '--at', YAWN.at]);

@@ -7,10 +7,15 @@ import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { Decoder } from 'cbor-x';
-import { startAttestationApi, type AttestationApi, type AttestationApiOptions, type HealthReport } from '../src/attestation/attestation-api.js';
+import {
+  startAttestationApi,
+  type AttestationApi,
+  type AttestationApiOptions,
+  type HealthReport,
+} from '../src/attestation/attestation-api.js';
 import { NsmError, type AttestationRequest, type Nsm } from '../src/attestation/nsm.js';
 import { openSimulatedNsm, type SimulatedNsm } from '../src/attestation/sim-nsm.js';
-import { createLogger, silentLogger } from '../src/log.js';
+import { createLogger, silentLogger } from '../src/core/log.js';
 
 const decoder = new Decoder({ mapsAsObjects: false, useRecords: false });
 const scratch = mkdtempSync(join(tmpdir(), 'attestation-api-test-'));
@@ -24,7 +29,10 @@ after(() => rmSync(scratch, { recursive: true, force: true }));
 class RecordingNsm implements Nsm {
   readonly kind = 'simulated' as const;
   readonly requests: AttestationRequest[] = [];
-  constructor(private readonly behaviour: (request: AttestationRequest) => Promise<Uint8Array> = async () => Uint8Array.of(0x84, 1, 2, 3)) {}
+  constructor(
+    private readonly behaviour: (request: AttestationRequest) => Promise<Uint8Array> = async () =>
+      Uint8Array.of(0x84, 1, 2, 3),
+  ) {}
   attest(request: AttestationRequest): Promise<Uint8Array> {
     this.requests.push(request);
     return this.behaviour(request);
@@ -38,8 +46,16 @@ class RecordingNsm implements Nsm {
   async close(): Promise<void> {}
 }
 
-async function withApi(options: Partial<AttestationApiOptions>, body: (base: string, api: AttestationApi) => Promise<void>): Promise<void> {
-  const api = await startAttestationApi({ listen: { host: '127.0.0.1', port: 0 }, nsm: sim, logger: silentLogger(), ...options });
+async function withApi(
+  options: Partial<AttestationApiOptions>,
+  body: (base: string, api: AttestationApi) => Promise<void>,
+): Promise<void> {
+  const api = await startAttestationApi({
+    listen: { host: '127.0.0.1', port: 0 },
+    nsm: sim,
+    logger: silentLogger(),
+    ...options,
+  });
   try {
     await body(`http://127.0.0.1:${api.address.port}`, api);
   } finally {
@@ -54,7 +70,13 @@ interface RawResponse {
 }
 
 /** A plain node:http request, for methods and bodies fetch will not send as is. */
-function raw(base: string, method: string, path: string, body?: string | Buffer, headers: Record<string, string> = {}): Promise<RawResponse> {
+function raw(
+  base: string,
+  method: string,
+  path: string,
+  body?: string | Buffer,
+  headers: Record<string, string> = {},
+): Promise<RawResponse> {
   return new Promise((resolve, reject) => {
     const req = httpRequest(`${base}${path}`, { method, headers, agent: false }, (res) => {
       const chunks: Buffer[] = [];
@@ -68,7 +90,8 @@ function raw(base: string, method: string, path: string, body?: string | Buffer,
 }
 
 const hex = (n: number, fill = 0xab): string => Buffer.alloc(n, fill).toString('hex');
-const json = (res: RawResponse): Record<string, unknown> => JSON.parse(res.body.toString('utf8')) as Record<string, unknown>;
+const json = (res: RawResponse): Record<string, unknown> =>
+  JSON.parse(res.body.toString('utf8')) as Record<string, unknown>;
 
 function payloadOf(doc: Uint8Array): Map<string, unknown> {
   const cose = decoder.decode(doc) as [Uint8Array, unknown, Uint8Array, Uint8Array];
@@ -112,7 +135,9 @@ describe('GET /attestation-doc', () => {
       const payload = payloadOf(Buffer.from(body.attestation_doc, 'base64'));
       assert.equal(Buffer.from(payload.get('nonce') as Uint8Array).toString('hex'), '01');
       // CBOR stays the default when both are acceptable.
-      const either = await fetch(`${base}/attestation-doc`, { headers: { accept: 'application/cbor, application/json;q=0.5' } });
+      const either = await fetch(`${base}/attestation-doc`, {
+        headers: { accept: 'application/cbor, application/json;q=0.5' },
+      });
       assert.equal(either.headers.get('content-type'), 'application/cbor');
       await either.arrayBuffer();
     });
@@ -121,7 +146,9 @@ describe('GET /attestation-doc', () => {
   test('each field may be 1024 bytes; 1025 is a 400 naming the field', async () => {
     const nsm = new RecordingNsm();
     await withApi({ nsm }, async (base) => {
-      const ok = await fetch(`${base}/attestation-doc?nonce=${hex(1024)}&user_data=${hex(1024)}&public_key=${hex(1024)}`);
+      const ok = await fetch(
+        `${base}/attestation-doc?nonce=${hex(1024)}&user_data=${hex(1024)}&public_key=${hex(1024)}`,
+      );
       assert.equal(ok.status, 200);
       await ok.arrayBuffer();
       assert.equal(nsm.requests[0]!.nonce!.length, 1024);
@@ -186,7 +213,16 @@ describe('POST /attestation-doc (evervault-compatible)', () => {
   test('limits count UTF-8 bytes: 1024 ok, 1025 is 400 with the field', async () => {
     const nsm = new RecordingNsm();
     await withApi({ nsm }, async (base) => {
-      const ok = await raw(base, 'POST', '/attestation-doc', JSON.stringify({ nonce: 'a'.repeat(1024), challenge: '\u00e9'.repeat(512), publicKey: Buffer.alloc(1024).toString('base64') }));
+      const ok = await raw(
+        base,
+        'POST',
+        '/attestation-doc',
+        JSON.stringify({
+          nonce: 'a'.repeat(1024),
+          challenge: '\u00e9'.repeat(512),
+          publicKey: Buffer.alloc(1024).toString('base64'),
+        }),
+      );
       assert.equal(ok.status, 200);
       for (const [body, field] of [
         [{ nonce: 'a'.repeat(1025) }, 'nonce'],
@@ -227,10 +263,14 @@ describe('POST /attestation-doc (evervault-compatible)', () => {
       assert.equal(declared.status, 413);
       assert.equal(json(declared).field, 'body');
       const streamed = await new Promise<number>((resolve, reject) => {
-        const req = httpRequest(`${base}/attestation-doc`, { method: 'POST', agent: false, headers: { 'transfer-encoding': 'chunked' } }, (res) => {
-          res.resume();
-          resolve(res.statusCode!);
-        });
+        const req = httpRequest(
+          `${base}/attestation-doc`,
+          { method: 'POST', agent: false, headers: { 'transfer-encoding': 'chunked' } },
+          (res) => {
+            res.resume();
+            resolve(res.statusCode!);
+          },
+        );
         req.on('error', reject);
         req.write('{"nonce": "');
         req.write('a'.repeat(5000));
@@ -291,7 +331,10 @@ describe('routes, methods and limits', () => {
       assert.equal(refused.status, 503);
       assert.equal(refused.headers['retry-after'], '1');
       release();
-      assert.deepEqual((await Promise.all(held)).map((res) => res.status), [200, 200]);
+      assert.deepEqual(
+        (await Promise.all(held)).map((res) => res.status),
+        [200, 200],
+      );
       assert.equal((await raw(base, 'GET', '/attestation-doc')).status, 200);
     });
   });
@@ -322,7 +365,9 @@ describe('routes, methods and limits', () => {
   test('a client that never finishes its headers is cut off', async () => {
     await withApi({ limits: { headersTimeoutMs: 200, requestTimeoutMs: 400 } }, async (_base, api) => {
       const reply = await new Promise<string>((resolve, reject) => {
-        const socket = connect(api.address.port, '127.0.0.1', () => socket.write('GET /health HTTP/1.1\r\nHost: x\r\n'));
+        const socket = connect(api.address.port, '127.0.0.1', () =>
+          socket.write('GET /health HTTP/1.1\r\nHost: x\r\n'),
+        );
         let data = '';
         socket.on('data', (chunk) => (data += chunk.toString()));
         socket.on('close', () => resolve(data));
@@ -337,7 +382,8 @@ describe('routes, methods and limits', () => {
     const sink = new PassThrough();
     const lines: Array<Record<string, unknown>> = [];
     sink.on('data', (chunk: Buffer) => {
-      for (const line of chunk.toString().split('\n').filter(Boolean)) lines.push(JSON.parse(line) as Record<string, unknown>);
+      for (const line of chunk.toString().split('\n').filter(Boolean))
+        lines.push(JSON.parse(line) as Record<string, unknown>);
     });
     await withApi({ logger: createLogger('debug', sink) }, async (base, api) => {
       await new Promise<void>((resolve, reject) => {
@@ -354,17 +400,35 @@ describe('routes, methods and limits', () => {
       assert.equal((await raw(base, 'GET', '/health')).status, 200);
     });
     await new Promise((resolve) => setImmediate(resolve));
-    assert.deepEqual(lines.filter((line) => (line.level as number) >= 40), []);
+    assert.deepEqual(
+      lines.filter((line) => (line.level as number) >= 40),
+      [],
+    );
     assert.equal(lines.find((line) => line.aborted === true)?.status, null);
   });
 
   test('rejects nonsensical limits', async () => {
-    await assert.rejects(startAttestationApi({ listen: { host: '127.0.0.1', port: 0 }, nsm: sim, logger: silentLogger(), limits: { maxBodyBytes: 0 } }), { code: 'ERR_CONFIG' });
+    await assert.rejects(
+      startAttestationApi({
+        listen: { host: '127.0.0.1', port: 0 },
+        nsm: sim,
+        logger: silentLogger(),
+        limits: { maxBodyBytes: 0 },
+      }),
+      { code: 'ERR_CONFIG' },
+    );
   });
 
   test('a taken port is ERR_API_LISTEN', async () => {
     await withApi({}, async (_base, api) => {
-      await assert.rejects(startAttestationApi({ listen: { host: '127.0.0.1', port: api.address.port }, nsm: sim, logger: silentLogger() }), { code: 'ERR_API_LISTEN' });
+      await assert.rejects(
+        startAttestationApi({
+          listen: { host: '127.0.0.1', port: api.address.port },
+          nsm: sim,
+          logger: silentLogger(),
+        }),
+        { code: 'ERR_API_LISTEN' },
+      );
     });
   });
 
@@ -372,7 +436,8 @@ describe('routes, methods and limits', () => {
     const sink = new PassThrough();
     const lines: Array<Record<string, unknown>> = [];
     sink.on('data', (chunk: Buffer) => {
-      for (const line of chunk.toString().split('\n').filter(Boolean)) lines.push(JSON.parse(line) as Record<string, unknown>);
+      for (const line of chunk.toString().split('\n').filter(Boolean))
+        lines.push(JSON.parse(line) as Record<string, unknown>);
     });
     await withApi({ logger: createLogger('debug', sink) }, async (base) => {
       await (await fetch(`${base}/attestation-doc?nonce=${hex(8, 0x5a)}`)).arrayBuffer();
@@ -399,7 +464,12 @@ describe('routes, methods and limits', () => {
 describe('GET /health', () => {
   const report = (status: HealthReport['status'], appOk: boolean): HealthReport => ({
     status,
-    parts: { ingress: { ok: true }, attestation: { ok: true, detail: 'simulated NSM' }, egress: { ok: true, detail: 'disabled' }, app: { ok: appOk, detail: 'probe' } },
+    parts: {
+      ingress: { ok: true },
+      attestation: { ok: true, detail: 'simulated NSM' },
+      egress: { ok: true, detail: 'disabled' },
+      app: { ok: appOk, detail: 'probe' },
+    },
   });
 
   test('200 with each part when the provider says ok, 503 otherwise', async () => {

@@ -2,10 +2,10 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { AttestationError, type AttestationErrorCode } from '../src/attestation/attestation-error.js';
-import { verifyCertificateChain } from '../src/attestation/certificate-chain.js';
-import { resolveTrustedRoots } from '../src/attestation/root-store.js';
-import { decodeAttestation, verifyAttestation } from '../src/attestation/verifier.js';
+import { AttestationError, type AttestationErrorCode } from '../src/verify/attestation-error.js';
+import { verifyCertificateChain } from '../src/verify/certificate-chain.js';
+import { resolveTrustedRoots } from '../src/verify/root-store.js';
+import { decodeAttestation, verifyAttestation } from '../src/verify/verifier.js';
 import { NITRO_FIXTURES } from './helpers/paths.js';
 
 // Verification times copied from test/fixtures/nitro/SOURCES.md ("Per-file provenance"):
@@ -107,7 +107,8 @@ function layout(doc: Buffer): Layout {
   const map = readItem(payloadBytes, 0);
   assert.equal(map.major, 5);
   const fields = new Map<string, Item>();
-  for (let i = 0; i < map.children.length; i += 2) fields.set(text(payloadBytes, map.children[i]!), map.children[i + 1]!);
+  for (let i = 0; i < map.children.length; i += 2)
+    fields.set(text(payloadBytes, map.children[i]!), map.children[i + 1]!);
   return { protectedHeader, payload, signature, fields };
 }
 
@@ -170,7 +171,11 @@ for (const subject of SUBJECTS) {
     it('every byte of the signature, flipped either way, is ERR_ATTESTATION_SIGNATURE', () => {
       for (let offset = l.signature.contentStart; offset < l.signature.end; offset++) {
         for (const mask of [0x01, 0x80, 0xff]) {
-          assert.equal(codeOf(verify(flipAt(doc, offset, mask))), 'ERR_ATTESTATION_SIGNATURE', `signature byte ${offset - l.signature.contentStart} ^ ${mask}`);
+          assert.equal(
+            codeOf(verify(flipAt(doc, offset, mask))),
+            'ERR_ATTESTATION_SIGNATURE',
+            `signature byte ${offset - l.signature.contentStart} ^ ${mask}`,
+          );
         }
       }
     });
@@ -187,7 +192,11 @@ for (const subject of SUBJECTS) {
           // The mutation really lands in that PCR, and nowhere else.
           const index = decoded.pcrs.size > 0 ? [...decoded.pcrs.keys()][i / 2]! : -1;
           assert.notDeepEqual(decodeAttestation(mutated).pcrs.get(index), decoded.pcrs.get(index));
-          assert.equal(codeOf(verify(mutated)), 'ERR_ATTESTATION_SIGNATURE', `PCR${index} byte ${offset - value.contentStart}`);
+          assert.equal(
+            codeOf(verify(mutated)),
+            'ERR_ATTESTATION_SIGNATURE',
+            `PCR${index} byte ${offset - value.contentStart}`,
+          );
           checked++;
         }
       }
@@ -200,7 +209,11 @@ for (const subject of SUBJECTS) {
         const value = l.fields.get(name)!;
         if (value.major !== 2) continue; // null in this document
         for (const offset of sample(value.contentStart, value.end, 3)) {
-          assert.equal(codeOf(verify(flipInPayload(doc, l, offset))), 'ERR_ATTESTATION_SIGNATURE', `${name} byte ${offset - value.contentStart}`);
+          assert.equal(
+            codeOf(verify(flipInPayload(doc, l, offset))),
+            'ERR_ATTESTATION_SIGNATURE',
+            `${name} byte ${offset - value.contentStart}`,
+          );
           checked++;
         }
       }
@@ -210,7 +223,12 @@ for (const subject of SUBJECTS) {
     it('cabundle certificate bytes are rejected (signature, chain or format/schema by where they fall)', () => {
       const cabundle = l.fields.get('cabundle')!;
       assert.equal(cabundle.children.length, 4);
-      const allowed = new Set(['ERR_ATTESTATION_SIGNATURE', 'ERR_ATTESTATION_CHAIN', 'ERR_ATTESTATION_FORMAT', 'ERR_ATTESTATION_SCHEMA']);
+      const allowed = new Set([
+        'ERR_ATTESTATION_SIGNATURE',
+        'ERR_ATTESTATION_CHAIN',
+        'ERR_ATTESTATION_FORMAT',
+        'ERR_ATTESTATION_SCHEMA',
+      ]);
       for (const [n, cert] of cabundle.children.entries()) {
         for (const offset of sample(cert.contentStart, cert.end, 4)) {
           const code = codeOf(verify(flipInPayload(doc, l, offset)));
@@ -229,9 +247,18 @@ for (const subject of SUBJECTS) {
     });
 
     it('no single flipped byte anywhere yields a valid document', () => {
-      const allowed = new Set(['ERR_ATTESTATION_FORMAT', 'ERR_ATTESTATION_SCHEMA', 'ERR_ATTESTATION_SIGNATURE', 'ERR_ATTESTATION_CHAIN']);
+      const allowed = new Set([
+        'ERR_ATTESTATION_FORMAT',
+        'ERR_ATTESTATION_SCHEMA',
+        'ERR_ATTESTATION_SIGNATURE',
+        'ERR_ATTESTATION_CHAIN',
+      ]);
       // Every byte outside the payload body (COSE structure, headers, signature) and a sample inside it.
-      const offsets = [...sample(0, l.payload.contentStart + 64, 1), ...sample(l.payload.contentStart + 64, l.payload.end, 11), ...sample(l.payload.end, doc.length, 1)];
+      const offsets = [
+        ...sample(0, l.payload.contentStart + 64, 1),
+        ...sample(l.payload.contentStart + 64, l.payload.end, 11),
+        ...sample(l.payload.end, doc.length, 1),
+      ];
       for (const offset of offsets) {
         const code = codeOf(verify(flipAt(doc, offset)));
         assert.ok(allowed.has(code), `byte ${offset}: ${code}`);
@@ -255,7 +282,13 @@ describe('chain-level mutations (certificates checked on their own, at the docum
     for (const offset of sample(0, root.byteLength, 7)) {
       const mutated = Buffer.from(root);
       mutated[offset]! ^= 0xff;
-      const code = codeOf(() => verifyCertificateChain({ certificate: doc.certificate, cabundle: [mutated, ...doc.cabundle.slice(1)] }, roots, at));
+      const code = codeOf(() =>
+        verifyCertificateChain(
+          { certificate: doc.certificate, cabundle: [mutated, ...doc.cabundle.slice(1)] },
+          roots,
+          at,
+        ),
+      );
       // An unparseable root is a chain (DER) error before it can be compared.
       assert.ok(code === 'ERR_ATTESTATION_ROOT' || code === 'ERR_ATTESTATION_CHAIN', `root byte ${offset}: ${code}`);
     }
@@ -271,7 +304,11 @@ describe('chain-level mutations (certificates checked on their own, at the docum
           n < doc.cabundle.length
             ? { certificate: doc.certificate, cabundle: doc.cabundle.map((c, i) => (i === n ? mutated : c)) }
             : { certificate: mutated, cabundle: doc.cabundle };
-        assert.equal(codeOf(() => verifyCertificateChain(input, roots, at)), 'ERR_ATTESTATION_CHAIN', `${n < doc.cabundle.length ? `cabundle[${n}]` : 'certificate'} byte ${offset}`);
+        assert.equal(
+          codeOf(() => verifyCertificateChain(input, roots, at)),
+          'ERR_ATTESTATION_CHAIN',
+          `${n < doc.cabundle.length ? `cabundle[${n}]` : 'certificate'} byte ${offset}`,
+        );
       }
     }
   });
@@ -289,7 +326,10 @@ describe('chain-level mutations (certificates checked on their own, at the docum
       [[root, regional, zonal, instance, doc.certificate], 'ERR_ATTESTATION_CHAIN'],
     ];
     for (const [cabundle, code] of cases) {
-      assert.equal(codeOf(() => verifyCertificateChain({ certificate: doc.certificate, cabundle }, roots, at)), code);
+      assert.equal(
+        codeOf(() => verifyCertificateChain({ certificate: doc.certificate, cabundle }, roots, at)),
+        code,
+      );
     }
   });
 });

@@ -7,12 +7,13 @@ import { after, before, describe, it } from 'node:test';
 import { startAttestationApi, type AttestationApi } from '../src/attestation/attestation-api.js';
 import { reservedUserDataRule } from '../src/attestation/reserved-binding.js';
 import { openSimulatedNsm, type SimulatedNsm } from '../src/attestation/sim-nsm.js';
-import { verifyAttestation } from '../src/attestation/verifier.js';
-import { provisioningUserData } from '../src/provisioner/protocol.js';
+import { verifyAttestation } from '../src/verify/verifier.js';
+import { provisioningUserData } from '../src/wire/provisioner-protocol.js';
 import { captureLogs } from './helpers/log-capture.js';
 
 const scratch = mkdtempSync(join(tmpdir(), 'reserved-binding-test-'));
-const der = (key: { export(options: { type: 'spki'; format: 'der' }): Buffer }) => key.export({ type: 'spki', format: 'der' });
+const der = (key: { export(options: { type: 'spki'; format: 'der' }): Buffer }) =>
+  key.export({ type: 'spki', format: 'der' });
 
 /** DER SPKIs of every key type Node makes, and one of an algorithm nobody knows. */
 const SPKIS: Record<string, Buffer> = {
@@ -42,7 +43,11 @@ describe('reserved user_data: which bytes the runtime keeps for its own bindings
   it('refuses an SPKI of every key type, in DER and BER forms, with or without trailing bytes', () => {
     for (const [name, spki] of Object.entries(SPKIS)) {
       assert.equal(reservedUserDataRule(spki), 'spki', name);
-      assert.equal(reservedUserDataRule(Buffer.concat([spki, Buffer.from('trailing garbage')])), 'spki', `${name} + trailing bytes`);
+      assert.equal(
+        reservedUserDataRule(Buffer.concat([spki, Buffer.from('trailing garbage')])),
+        'spki',
+        `${name} + trailing bytes`,
+      );
       assert.equal(reservedUserDataRule(indefinite(spki)), 'spki', `${name} indefinite length`);
     }
     assert.equal(reservedUserDataRule(longFormLengths(SPKIS['EC P-256']!)), 'spki');
@@ -50,7 +55,12 @@ describe('reserved user_data: which bytes the runtime keeps for its own bindings
   });
 
   it('refuses the prefix in any ASCII case, and decoded from JSON unicode escapes alike', () => {
-    for (const text of ['enclave-runtime/', 'enclave-runtime/provisioner/v1:x', 'ENCLAVE-RUNTIME/anything', 'Enclave-Runtime/']) {
+    for (const text of [
+      'enclave-runtime/',
+      'enclave-runtime/provisioner/v1:x',
+      'ENCLAVE-RUNTIME/anything',
+      'Enclave-Runtime/',
+    ]) {
       assert.equal(reservedUserDataRule(Buffer.from(text)), 'prefix', text);
     }
     assert.equal(reservedUserDataRule(Buffer.from(JSON.parse('"\\u0065nclave-runtime\\u002fx"') as string)), 'prefix');
@@ -79,7 +89,10 @@ describe('reserved user_data: which bytes the runtime keeps for its own bindings
   });
 
   it('stops on deep or huge BER nesting without throwing', () => {
-    const deep = Buffer.concat([Buffer.alloc(500, 0x30).map((_, i) => (i % 2 === 0 ? 0x30 : 0x80)), Buffer.alloc(500, 0)]);
+    const deep = Buffer.concat([
+      Buffer.alloc(500, 0x30).map((_, i) => (i % 2 === 0 ? 0x30 : 0x80)),
+      Buffer.alloc(500, 0),
+    ]);
     assert.equal(reservedUserDataRule(deep), undefined);
     assert.equal(reservedUserDataRule(Buffer.from('3084ffffffff', 'hex')), undefined);
   });
@@ -125,17 +138,27 @@ describe('the internal API refuses reserved user_data (SPEC "Reserved bindings")
   });
 
   it('POST challenge with the prefix (plain, other case, unicode escapes): 400 with field user_data', async () => {
-    for (const body of ['{"challenge": "enclave-runtime/provisioner/v1:abc"}', '{"challenge": "ENCLAVE-RUNTIME/x"}', '{"challenge": "\\u0065nclave-runtime\\u002fx"}']) {
-      const response = await fetch(`${base}/attestation-doc`, { method: 'POST', body, headers: { 'content-type': 'application/json' } });
+    for (const body of [
+      '{"challenge": "enclave-runtime/provisioner/v1:abc"}',
+      '{"challenge": "ENCLAVE-RUNTIME/x"}',
+      '{"challenge": "\\u0065nclave-runtime\\u002fx"}',
+    ]) {
+      const response = await fetch(`${base}/attestation-doc`, {
+        method: 'POST',
+        body,
+        headers: { 'content-type': 'application/json' },
+      });
       assert.equal(response.status, 400, body);
       assert.equal(((await response.json()) as { field: string }).field, 'user_data');
     }
   });
 
-  it('still serves ordinary user_data, a hash of a key, and the app\'s own public_key', async () => {
+  it("still serves ordinary user_data, a hash of a key, and the app's own public_key", async () => {
     const spki = SPKIS['EC P-256']!;
     const hash = createHash('sha256').update(spki).digest();
-    const response = await fetch(`${base}/attestation-doc?user_data=${hash.toString('hex')}&public_key=${spki.toString('hex')}`);
+    const response = await fetch(
+      `${base}/attestation-doc?user_data=${hash.toString('hex')}&public_key=${spki.toString('hex')}`,
+    );
     assert.equal(response.status, 200);
     const { document } = verifyAttestation(new Uint8Array(await response.arrayBuffer()), { root: sim.rootPem });
     assert.deepEqual(Buffer.from(document.userData!), hash);

@@ -4,17 +4,22 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { Encoder } from 'cbor-x';
-import { AttestationError, type AttestationErrorCode } from '../src/attestation/attestation-error.js';
+import { AttestationError, type AttestationErrorCode } from '../src/verify/attestation-error.js';
 import {
   certificateSpki,
   extractAttestationFromCertificate,
   verifyAttestationForCertificate,
   verifyCertificateAttestation,
-} from '../src/attestation/certificate-binding.js';
-import { decodeAttestationInput, decodeDocumentInput } from '../src/attestation/document-encoding.js';
-import { isDebugDocument } from '../src/attestation/document.js';
-import { AWS_NITRO_ROOT_G1_SHA256, awsNitroRoot, bundledRootPath } from '../src/attestation/root-store.js';
-import { decodeAttestation, verifyAttestation, type VerifiedAttestation, type VerifyOptions } from '../src/attestation/verifier.js';
+} from '../src/verify/certificate-binding.js';
+import { decodeAttestationInput, decodeDocumentInput } from '../src/verify/document-encoding.js';
+import { isDebugDocument } from '../src/verify/document.js';
+import { AWS_NITRO_ROOT_G1_SHA256, awsNitroRoot, bundledRootPath } from '../src/verify/root-store.js';
+import {
+  decodeAttestation,
+  verifyAttestation,
+  type VerifiedAttestation,
+  type VerifyOptions,
+} from '../src/verify/verifier.js';
 import { NITRO_FIXTURES, REPO_ROOT } from './helpers/paths.js';
 
 const SOURCES = readFileSync(join(NITRO_FIXTURES, 'SOURCES.md'), 'utf8');
@@ -60,7 +65,11 @@ const FIXTURES: readonly Fixture[] = [
   { file: 'yawn-nitro-attest-attestation.cose', at: 1736179625 },
   // evervault beta certificates: FAKETIME 1674054914.
   { file: 'evervault-beta-debug-mode-cert-containing-attestation-doc-18-1-23.pem', at: 1674054914, certificate: true },
-  { file: 'evervault-beta-non-debug-cert-containing-attestation-document-18-1-23.pem', at: 1674054914, certificate: true },
+  {
+    file: 'evervault-beta-non-debug-cert-containing-attestation-document-18-1-23.pem',
+    at: 1674054914,
+    certificate: true,
+  },
   {
     file: 'evervault-beta-non-debug-cert-containing-attestation-document-18-1-23.der.crt',
     at: 1674054914,
@@ -178,7 +187,10 @@ function rejects(fn: () => unknown, code: AttestationErrorCode, message?: string
   } catch (error) {
     caught = error;
   }
-  assert.ok(caught instanceof AttestationError, `${message ?? 'call'} throws an AttestationError (got ${String(caught)})`);
+  assert.ok(
+    caught instanceof AttestationError,
+    `${message ?? 'call'} throws an AttestationError (got ${String(caught)})`,
+  );
   assert.equal(caught.code, code, `${message ?? 'call'}: ${caught.message}`);
   assert.ok(!caught.message.includes('\n'), 'the reason is one line');
   return caught;
@@ -186,7 +198,9 @@ function rejects(fn: () => unknown, code: AttestationErrorCode, message?: string
 
 function verifyFixture(f: Fixture, options: VerifyOptions): VerifiedAttestation {
   const bytes = documentBytes(f);
-  return f.certificate === true ? verifyCertificateAttestation(certificateDer(f.file), options) : verifyAttestation(bytes, options);
+  return f.certificate === true
+    ? verifyCertificateAttestation(certificateDer(f.file), options)
+    : verifyAttestation(bytes, options);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -194,7 +208,9 @@ function verifyFixture(f: Fixture, options: VerifyOptions): VerifiedAttestation 
 describe('the fixture table', () => {
   it('covers every attestation document in fixtures/nitro', () => {
     const notDocuments = new Set([ROOT_PEM_FILE, 'AWS_NitroEnclaves_Root-G1.zip', 'SOURCES.md', GA_CERTIFICATE]);
-    const documents = readdirSync(NITRO_FIXTURES).filter((f) => !notDocuments.has(f)).sort();
+    const documents = readdirSync(NITRO_FIXTURES)
+      .filter((f) => !notDocuments.has(f))
+      .sort();
     assert.deepEqual(documents, FIXTURES.map((f) => f.file).sort());
     // SOURCES.md: "the signature and the chain of all 13 distinct documents verify ... except" one.
     assert.equal(new Set(FIXTURES.map((f) => decodedFacts(f.sourcesName ?? f.file).coseSha256)).size, 13);
@@ -253,7 +269,11 @@ describe('every real document', () => {
       assert.equal(document.pcrs.size, facts.pcrCount);
       for (const [index, value] of document.pcrs) {
         assert.equal(value.byteLength, 48);
-        assert.equal(Buffer.from(value).toString('hex'), facts.nonZeroPcrs.get(index) ?? '00'.repeat(48), `PCR${index}`);
+        assert.equal(
+          Buffer.from(value).toString('hex'),
+          facts.nonZeroPcrs.get(index) ?? '00'.repeat(48),
+          `PCR${index}`,
+        );
       }
       assert.equal(document.cabundle.length, 4);
       assert.equal(document.publicKey?.byteLength ?? null, facts.fields.public_key);
@@ -271,9 +291,15 @@ describe('every real document', () => {
       const options = { allowDebug: true };
       verifyFixture(f, { ...options, at: new Date(facts.leafNotBefore) });
       verifyFixture(f, { ...options, at: new Date(facts.leafNotAfter) });
-      const early = rejects(() => verifyFixture(f, { ...options, at: new Date(facts.leafNotBefore - 1000) }), 'ERR_ATTESTATION_EXPIRED');
+      const early = rejects(
+        () => verifyFixture(f, { ...options, at: new Date(facts.leafNotBefore - 1000) }),
+        'ERR_ATTESTATION_EXPIRED',
+      );
       assert.match(early.message, /signing certificate .* not valid before/);
-      const late = rejects(() => verifyFixture(f, { ...options, at: new Date(facts.leafNotAfter + 1000) }), 'ERR_ATTESTATION_EXPIRED');
+      const late = rejects(
+        () => verifyFixture(f, { ...options, at: new Date(facts.leafNotAfter + 1000) }),
+        'ERR_ATTESTATION_EXPIRED',
+      );
       assert.match(late.message, /signing certificate .* expired at/);
     });
   }
@@ -285,7 +311,10 @@ describe('documents embedded in certificates', () => {
       const der = certificateDer(f.file);
       assert.ok(Buffer.from(extractAttestationFromCertificate(der)).equals(documentBytes(f)));
       assert.ok(Buffer.from(extractAttestationFromCertificate(new X509Certificate(der))).equals(documentBytes(f)));
-      const { document } = verifyCertificateAttestation(new X509Certificate(der), { at: fixtureTime(f), allowDebug: true });
+      const { document } = verifyCertificateAttestation(new X509Certificate(der), {
+        at: fixtureTime(f),
+        allowDebug: true,
+      });
       // SPKI computed by OpenSSL, independently of the code under test.
       const spki = new X509Certificate(der).publicKey.export({ type: 'spki', format: 'der' });
       assert.ok(document.userData !== null && Buffer.from(document.userData).equals(spki));
@@ -294,14 +323,21 @@ describe('documents embedded in certificates', () => {
   }
 
   it('the PEM and DER copies of the non-debug certificate carry the same document', () => {
-    const pem = extractAttestationFromCertificate(certificateDer('evervault-beta-non-debug-cert-containing-attestation-document-18-1-23.pem'));
-    const der = extractAttestationFromCertificate(fixtureBytes('evervault-beta-non-debug-cert-containing-attestation-document-18-1-23.der.crt'));
+    const pem = extractAttestationFromCertificate(
+      certificateDer('evervault-beta-non-debug-cert-containing-attestation-document-18-1-23.pem'),
+    );
+    const der = extractAttestationFromCertificate(
+      fixtureBytes('evervault-beta-non-debug-cert-containing-attestation-document-18-1-23.der.crt'),
+    );
     assert.deepEqual(pem, der);
   });
 
   it('the evervault GA document binds the GA certificate delivered beside it', () => {
     const cert = fixtureBytes(GA_CERTIFICATE);
-    const { document } = verifyAttestationForCertificate(documentBytes(fixture(GA_DOCUMENT)), cert, { at: new Date(GA_AT * 1000), allowDebug: true });
+    const { document } = verifyAttestationForCertificate(documentBytes(fixture(GA_DOCUMENT)), cert, {
+      at: new Date(GA_AT * 1000),
+      allowDebug: true,
+    });
     const spki = new X509Certificate(cert).publicKey.export({ type: 'spki', format: 'der' });
     assert.ok(document.userData !== null && Buffer.from(document.userData).equals(spki));
     // SOURCES.md: "user_data (91 B) is exactly this cert's DER SubjectPublicKeyInfo (3059301306072a8648ce3d0201…)".
@@ -311,18 +347,28 @@ describe('documents embedded in certificates', () => {
   it('a certificate without an embedded document is ERR_ATTESTATION_FORMAT', () => {
     rejects(() => extractAttestationFromCertificate(fixtureBytes(GA_CERTIFICATE)), 'ERR_ATTESTATION_FORMAT');
     rejects(() => verifyCertificateAttestation(fixtureBytes(GA_CERTIFICATE)), 'ERR_ATTESTATION_FORMAT');
-    rejects(() => extractAttestationFromCertificate(new Uint8Array([0x30, 0x03, 0x02, 0x01, 0x00])), 'ERR_ATTESTATION_FORMAT');
+    rejects(
+      () => extractAttestationFromCertificate(new Uint8Array([0x30, 0x03, 0x02, 0x01, 0x00])),
+      'ERR_ATTESTATION_FORMAT',
+    );
   });
 
   it('a genuine document that attests another key is ERR_ATTESTATION_BINDING', () => {
     const beta = certificateDer('evervault-beta-non-debug-cert-containing-attestation-document-18-1-23.pem');
     rejects(
-      () => verifyAttestationForCertificate(documentBytes(fixture(GA_DOCUMENT)), beta, { at: new Date(GA_AT * 1000), allowDebug: true }),
+      () =>
+        verifyAttestationForCertificate(documentBytes(fixture(GA_DOCUMENT)), beta, {
+          at: new Date(GA_AT * 1000),
+          allowDebug: true,
+        }),
       'ERR_ATTESTATION_BINDING',
     );
     const yawn = fixture('yawn-nitro-attest-attestation.cose');
     // yawn's user_data is null (SOURCES.md), so it binds no certificate at all.
-    rejects(() => verifyAttestationForCertificate(documentBytes(yawn), beta, { at: fixtureTime(yawn) }), 'ERR_ATTESTATION_BINDING');
+    rejects(
+      () => verifyAttestationForCertificate(documentBytes(yawn), beta, { at: fixtureTime(yawn) }),
+      'ERR_ATTESTATION_BINDING',
+    );
   });
 });
 
@@ -347,13 +393,30 @@ describe('policy', () => {
   it('rejects a PCR mismatch with ERR_ATTESTATION_PCR', () => {
     const published = pcrSet(betaFacts, [0, 1, 2, 8]);
     for (const index of [0, 1, 2, 8]) {
-      rejects(() => verifyFixture(betaCert, { at: atOf(betaCert), expectedPcrs: [flipped(published, index)] }), 'ERR_ATTESTATION_PCR', `PCR${index}`);
+      rejects(
+        () => verifyFixture(betaCert, { at: atOf(betaCert), expectedPcrs: [flipped(published, index)] }),
+        'ERR_ATTESTATION_PCR',
+        `PCR${index}`,
+      );
     }
     // evervault: zero PCRs are "incorrect" for this non-debug document.
-    rejects(() => verifyFixture(betaCert, { at: atOf(betaCert), expectedPcrs: [pcrSet(decodedFacts(GA_DOCUMENT), [0, 1, 2, 8])] }), 'ERR_ATTESTATION_PCR');
+    rejects(
+      () =>
+        verifyFixture(betaCert, {
+          at: atOf(betaCert),
+          expectedPcrs: [pcrSet(decodedFacts(GA_DOCUMENT), [0, 1, 2, 8])],
+        }),
+      'ERR_ATTESTATION_PCR',
+    );
     // A PCR the document does not carry never matches.
-    rejects(() => verifyFixture(betaCert, { at: atOf(betaCert), expectedPcrs: [{ 16: published[8]! }] }), 'ERR_ATTESTATION_PCR');
-    rejects(() => verifyFixture(betaCert, { at: atOf(betaCert), expectedPcrs: [{ 8: published[8]!.subarray(0, 32) }] }), 'ERR_ATTESTATION_PCR');
+    rejects(
+      () => verifyFixture(betaCert, { at: atOf(betaCert), expectedPcrs: [{ 16: published[8]! }] }),
+      'ERR_ATTESTATION_PCR',
+    );
+    rejects(
+      () => verifyFixture(betaCert, { at: atOf(betaCert), expectedPcrs: [{ 8: published[8]!.subarray(0, 32) }] }),
+      'ERR_ATTESTATION_PCR',
+    );
   });
 
   it('accepts when any one of several PCR sets matches (rolling deploy)', () => {
@@ -361,7 +424,10 @@ describe('policy', () => {
     const old = flipped(published, 0);
     verifyFixture(betaCert, { at: atOf(betaCert), expectedPcrs: [old, published] });
     verifyFixture(betaCert, { at: atOf(betaCert), expectedPcrs: [published, old] });
-    const err = rejects(() => verifyFixture(betaCert, { at: atOf(betaCert), expectedPcrs: [old, flipped(published, 8)] }), 'ERR_ATTESTATION_PCR');
+    const err = rejects(
+      () => verifyFixture(betaCert, { at: atOf(betaCert), expectedPcrs: [old, flipped(published, 8)] }),
+      'ERR_ATTESTATION_PCR',
+    );
     assert.match(err.message, /set 1: PCR0 .*set 2: PCR8/);
   });
 
@@ -371,7 +437,11 @@ describe('policy', () => {
   });
 
   it('checks the published PCRs of the other non-debug documents', () => {
-    for (const file of ['evervault-beta-valid-attestation-doc.cbor', 'worldcoin-pontifex-real-attestation-doc.b64', 'yawn-nitro-attest-attestation.cose']) {
+    for (const file of [
+      'evervault-beta-valid-attestation-doc.cbor',
+      'worldcoin-pontifex-real-attestation-doc.b64',
+      'yawn-nitro-attest-attestation.cose',
+    ]) {
       const f = fixture(file);
       const facts = decodedFacts(file);
       const all = pcrSet(facts, [...Array(16).keys()]);
@@ -387,7 +457,10 @@ describe('policy', () => {
     rejects(() => verifyFixture(ga, { at: atOf(ga), expectedPcrs: [zeros] }), 'ERR_ATTESTATION_DEBUG');
     const pcr8 = new Uint8Array(48);
     pcr8.set([0x50, 0, 0, 0], 44);
-    rejects(() => verifyFixture(ga, { at: atOf(ga), allowDebug: true, expectedPcrs: [{ ...zeros, 8: pcr8 }] }), 'ERR_ATTESTATION_PCR');
+    rejects(
+      () => verifyFixture(ga, { at: atOf(ga), allowDebug: true, expectedPcrs: [{ ...zeros, 8: pcr8 }] }),
+      'ERR_ATTESTATION_PCR',
+    );
   });
 
   it('rejects every debug-mode document unless allowDebug, and never a non-debug one', () => {
@@ -409,18 +482,35 @@ describe('policy', () => {
     const f = fixture('eternis-test_verify-literal.b64');
     const nonce = hex('0000000000000000000000000000000000000001');
     verifyFixture(f, { at: atOf(f), allowDebug: true, nonce });
-    rejects(() => verifyFixture(f, { at: atOf(f), allowDebug: true, nonce: hex('0000000000000000000000000000000000000000') }), 'ERR_ATTESTATION_NONCE');
-    rejects(() => verifyFixture(f, { at: atOf(f), allowDebug: true, nonce: nonce.subarray(0, 19) }), 'ERR_ATTESTATION_NONCE');
+    rejects(
+      () => verifyFixture(f, { at: atOf(f), allowDebug: true, nonce: hex('0000000000000000000000000000000000000000') }),
+      'ERR_ATTESTATION_NONCE',
+    );
+    rejects(
+      () => verifyFixture(f, { at: atOf(f), allowDebug: true, nonce: nonce.subarray(0, 19) }),
+      'ERR_ATTESTATION_NONCE',
+    );
     const yawn = fixture('yawn-nitro-attest-attestation.cose');
     rejects(() => verifyFixture(yawn, { at: atOf(yawn), nonce }), 'ERR_ATTESTATION_NONCE');
   });
 
   it('checks user_data (blindai: "hello, world!")', () => {
     const f = fixture('blindai-nitro_attestation_document_valid.cbor');
-    verifyFixture(f, { at: atOf(f), allowDebug: true, userData: Buffer.from('hello, world!'), expectedPcrs: [{ 0: new Uint8Array(48) }] });
-    rejects(() => verifyFixture(f, { at: atOf(f), allowDebug: true, userData: Buffer.from('hello, world?') }), 'ERR_ATTESTATION_USER_DATA');
+    verifyFixture(f, {
+      at: atOf(f),
+      allowDebug: true,
+      userData: Buffer.from('hello, world!'),
+      expectedPcrs: [{ 0: new Uint8Array(48) }],
+    });
+    rejects(
+      () => verifyFixture(f, { at: atOf(f), allowDebug: true, userData: Buffer.from('hello, world?') }),
+      'ERR_ATTESTATION_USER_DATA',
+    );
     const beta = fixture('evervault-beta-valid-attestation-doc.cbor');
-    rejects(() => verifyFixture(beta, { at: atOf(beta), userData: Buffer.from('hello, world!') }), 'ERR_ATTESTATION_USER_DATA');
+    rejects(
+      () => verifyFixture(beta, { at: atOf(beta), userData: Buffer.from('hello, world!') }),
+      'ERR_ATTESTATION_USER_DATA',
+    );
   });
 
   it('checks public_key (pontifex attested key 43b98646…)', () => {
@@ -454,7 +544,10 @@ describe('roots', () => {
     const document = decodeAttestation(bytes);
     rejects(() => verifyAttestation(bytes, { at, root: document.certificate }), 'ERR_ATTESTATION_ROOT');
     rejects(() => verifyAttestation(bytes, { at, root: document.cabundle[1]! }), 'ERR_ATTESTATION_ROOT');
-    rejects(() => verifyAttestation(bytes, { at, root: new X509Certificate(fixtureBytes(GA_CERTIFICATE)) }), 'ERR_ATTESTATION_ROOT');
+    rejects(
+      () => verifyAttestation(bytes, { at, root: new X509Certificate(fixtureBytes(GA_CERTIFICATE)) }),
+      'ERR_ATTESTATION_ROOT',
+    );
   });
 
   it('refuses a root option that is not a certificate', () => {
@@ -502,7 +595,11 @@ describe('input formats', () => {
 
   it('rejects what is not a document with ERR_ATTESTATION_FORMAT', () => {
     for (const garbage of ['', '   \n', 'hello world', 'abc', '\u00e9t\u00e9', '8444a1']) {
-      rejects(() => verifyAttestation(decodeAttestationInput(Buffer.from(garbage)).bytes, { at }), 'ERR_ATTESTATION_FORMAT', JSON.stringify(garbage));
+      rejects(
+        () => verifyAttestation(decodeAttestationInput(Buffer.from(garbage)).bytes, { at }),
+        'ERR_ATTESTATION_FORMAT',
+        JSON.stringify(garbage),
+      );
     }
     rejects(() => decodeAttestationInput(Buffer.alloc(200 * 1024, 0x41)), 'ERR_ATTESTATION_FORMAT');
     rejects(() => verifyAttestation(new Uint8Array(0), { at }), 'ERR_ATTESTATION_FORMAT');
@@ -515,7 +612,10 @@ describe('input formats', () => {
     for (const cut of [1, 2, 10, 100, bytes.length - 97, bytes.length - 1]) {
       rejects(() => verifyAttestation(bytes.subarray(0, cut), { at }), 'ERR_ATTESTATION_FORMAT', `cut at ${cut}`);
     }
-    rejects(() => verifyAttestation(Buffer.concat([bytes, Buffer.from('f6f6f6', 'hex')]), { at }), 'ERR_ATTESTATION_FORMAT');
+    rejects(
+      () => verifyAttestation(Buffer.concat([bytes, Buffer.from('f6f6f6', 'hex')]), { at }),
+      'ERR_ATTESTATION_FORMAT',
+    );
   });
 
   it('accepts the COSE_Sign1 tag 18, which is not signed, and rejects other tags', () => {
@@ -554,11 +654,24 @@ describe('schema', () => {
 
   const bstr = (bytes: Uint8Array): Buffer => {
     const n = bytes.byteLength;
-    const head = n < 24 ? [0x40 | n] : n < 256 ? [0x58, n] : n < 65536 ? [0x59, n >> 8, n & 0xff] : [0x5a, n >>> 24, (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff];
+    const head =
+      n < 24
+        ? [0x40 | n]
+        : n < 256
+          ? [0x58, n]
+          : n < 65536
+            ? [0x59, n >> 8, n & 0xff]
+            : [0x5a, n >>> 24, (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff];
     return Buffer.concat([Buffer.from(head), bytes]);
   };
   const cose = (payload: Uint8Array, protectedHeader: Uint8Array = PROTECTED_ES384): Buffer =>
-    Buffer.concat([Buffer.from([0x84]), bstr(protectedHeader), Buffer.from([0xa0]), bstr(payload), bstr(new Uint8Array(96))]);
+    Buffer.concat([
+      Buffer.from([0x84]),
+      bstr(protectedHeader),
+      Buffer.from([0xa0]),
+      bstr(payload),
+      bstr(new Uint8Array(96)),
+    ]);
   const baseEntries = (): [unknown, unknown][] => [
     ['module_id', original.moduleId],
     ['digest', original.digest],
@@ -580,15 +693,22 @@ describe('schema', () => {
     const decoded = decodeAttestation(cose(payloadWith(() => {})));
     assert.deepEqual(decoded, original);
     // Same claims, but not the signed bytes: the signature must fail, not the schema.
-    rejects(() => verifyAttestation(cose(payloadWith(() => {})), { at: fixtureTime(yawn) }), 'ERR_ATTESTATION_SIGNATURE');
+    rejects(
+      () => verifyAttestation(cose(payloadWith(() => {})), { at: fixtureTime(yawn) }),
+      'ERR_ATTESTATION_SIGNATURE',
+    );
   });
 
   it('treats absent optional fields like null (AWS CDDL marks them optional)', () => {
-    const decoded = decodeAttestation(cose(payloadWith((m) => {
-      m.delete('public_key');
-      m.delete('user_data');
-      m.delete('nonce');
-    })));
+    const decoded = decodeAttestation(
+      cose(
+        payloadWith((m) => {
+          m.delete('public_key');
+          m.delete('user_data');
+          m.delete('nonce');
+        }),
+      ),
+    );
     assert.equal(decoded.publicKey, null);
     assert.equal(decoded.userData, null);
     assert.equal(decoded.nonce, null);
@@ -616,7 +736,14 @@ describe('schema', () => {
     ['certificate empty', (m) => m.set('certificate', Buffer.alloc(0))],
     ['certificate 1025 bytes', (m) => m.set('certificate', Buffer.alloc(1025))],
     ['cabundle empty', (m) => m.set('cabundle', [])],
-    ['cabundle of 9', (m) => m.set('cabundle', Array.from({ length: 9 }, () => Buffer.from(original.cabundle[0]!)))],
+    [
+      'cabundle of 9',
+      (m) =>
+        m.set(
+          'cabundle',
+          Array.from({ length: 9 }, () => Buffer.from(original.cabundle[0]!)),
+        ),
+    ],
     ['cabundle entry text', (m) => m.set('cabundle', ['cert'])],
     ['user_data 1025 bytes', (m) => m.set('user_data', Buffer.alloc(1025))],
     ['nonce text', (m) => m.set('nonce', 'abc')],
@@ -643,20 +770,54 @@ describe('schema', () => {
   it('requires ES384 in the protected header', () => {
     const payload = payloadWith(() => {});
     for (const header of ['a10126', 'a1013823', 'a0', 'a2013822021801']) {
-      rejects(() => verifyAttestation(cose(payload, Buffer.from(header, 'hex')), { at: fixtureTime(yawn) }), 'ERR_ATTESTATION_SIGNATURE', header);
+      rejects(
+        () => verifyAttestation(cose(payload, Buffer.from(header, 'hex')), { at: fixtureTime(yawn) }),
+        'ERR_ATTESTATION_SIGNATURE',
+        header,
+      );
     }
-    rejects(() => verifyAttestation(cose(payload, new Uint8Array(0)), { at: fixtureTime(yawn) }), 'ERR_ATTESTATION_SIGNATURE');
-    rejects(() => verifyAttestation(cose(payload, Buffer.from('ff', 'hex')), { at: fixtureTime(yawn) }), 'ERR_ATTESTATION_FORMAT');
+    rejects(
+      () => verifyAttestation(cose(payload, new Uint8Array(0)), { at: fixtureTime(yawn) }),
+      'ERR_ATTESTATION_SIGNATURE',
+    );
+    rejects(
+      () => verifyAttestation(cose(payload, Buffer.from('ff', 'hex')), { at: fixtureTime(yawn) }),
+      'ERR_ATTESTATION_FORMAT',
+    );
   });
 
   it('rejects a COSE array of the wrong shape with ERR_ATTESTATION_FORMAT', () => {
     const payload = payloadWith(() => {});
     const shapes = [
       Buffer.concat([Buffer.from([0x83]), bstr(PROTECTED_ES384), Buffer.from([0xa0]), bstr(payload)]),
-      Buffer.concat([Buffer.from([0x84]), bstr(PROTECTED_ES384), Buffer.from([0xa0]), Buffer.from([0xf6]), bstr(new Uint8Array(96))]),
-      Buffer.concat([Buffer.from([0x84]), Buffer.from([0xa1, 0x01, 0x38, 0x22]), Buffer.from([0xa0]), bstr(payload), bstr(new Uint8Array(96))]),
-      Buffer.concat([Buffer.from([0x84]), bstr(PROTECTED_ES384), Buffer.from([0x80]), bstr(payload), bstr(new Uint8Array(96))]),
-      Buffer.concat([Buffer.from([0x84]), bstr(PROTECTED_ES384), Buffer.from([0xa0]), bstr(payload), Buffer.from([0x00])]),
+      Buffer.concat([
+        Buffer.from([0x84]),
+        bstr(PROTECTED_ES384),
+        Buffer.from([0xa0]),
+        Buffer.from([0xf6]),
+        bstr(new Uint8Array(96)),
+      ]),
+      Buffer.concat([
+        Buffer.from([0x84]),
+        Buffer.from([0xa1, 0x01, 0x38, 0x22]),
+        Buffer.from([0xa0]),
+        bstr(payload),
+        bstr(new Uint8Array(96)),
+      ]),
+      Buffer.concat([
+        Buffer.from([0x84]),
+        bstr(PROTECTED_ES384),
+        Buffer.from([0x80]),
+        bstr(payload),
+        bstr(new Uint8Array(96)),
+      ]),
+      Buffer.concat([
+        Buffer.from([0x84]),
+        bstr(PROTECTED_ES384),
+        Buffer.from([0xa0]),
+        bstr(payload),
+        Buffer.from([0x00]),
+      ]),
     ];
     for (const shape of shapes) rejects(() => decodeAttestation(shape), 'ERR_ATTESTATION_FORMAT');
   });
@@ -666,13 +827,17 @@ describe('schema', () => {
     // The signature is the last element: a 0x58 0x60 header and 96 bytes.
     assert.equal(doc[doc.length - 98], 0x58);
     assert.equal(doc[doc.length - 97], 96);
-    const short = Buffer.concat([doc.subarray(0, doc.length - 98), Buffer.from([0x58, 95]), doc.subarray(doc.length - 95)]);
+    const short = Buffer.concat([
+      doc.subarray(0, doc.length - 98),
+      Buffer.from([0x58, 95]),
+      doc.subarray(doc.length - 95),
+    ]);
     rejects(() => verifyAttestation(short, { at: fixtureTime(yawn) }), 'ERR_ATTESTATION_SIGNATURE');
   });
 });
 
-it('the bundled root ships where package.json says (src/attestation/roots)', () => {
+it('the bundled root ships where package.json says (src/verify/roots)', () => {
   const manifest = JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as { files: string[] };
-  assert.ok(manifest.files.includes('src/attestation/roots'));
-  assert.equal(bundledRootPath(), join(REPO_ROOT, 'src', 'attestation', 'roots', 'aws-nitro-root-g1.pem'));
+  assert.ok(manifest.files.includes('src/verify/roots'));
+  assert.equal(bundledRootPath(), join(REPO_ROOT, 'src', 'verify', 'roots', 'aws-nitro-root-g1.pem'));
 });

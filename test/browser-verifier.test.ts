@@ -9,13 +9,14 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import { Agent, fetch as undiciFetch } from 'undici';
-import type { Ingress } from '../src/bridge/ingress.js';
-import { decodeDocumentInput } from '../src/attestation/document-encoding.js';
+import type { Ingress } from '../src/ingress/ingress.js';
+import { decodeDocumentInput } from '../src/verify/document-encoding.js';
 import { defaultSimulatedPcr, openSimulatedNsm, type SimulatedNsm } from '../src/attestation/sim-nsm.js';
-import { verifyAttestation } from '../src/attestation/verifier.js';
+import { verifyAttestation } from '../src/verify/verifier.js';
 import { openTerminator, startTlsIngress, type TerminatorFixture } from './helpers/attested-tls.js';
 import { NITRO_FIXTURES, REPO_ROOT } from './helpers/paths.js';
 import { Prng } from './helpers/prng.js';
+import { errorCode } from '../src/core/errors.js';
 
 /** The one-file browser build, loaded as a page would load it (Node ≥ 20 has WebCrypto too). */
 export const BROWSER_BUNDLE = join(REPO_ROOT, 'dist', 'browser', 'enclave-runtime-browser.js');
@@ -40,7 +41,7 @@ async function outcome(run: () => unknown): Promise<string> {
     await run();
     return 'valid';
   } catch (error) {
-    return String((error as { code?: unknown }).code ?? (error as Error).message);
+    return String(errorCode(error) ?? (error as Error).message);
   }
 }
 
@@ -64,7 +65,9 @@ describe('enclave-runtime/browser: the WebCrypto verifier in its bundled form', 
         }
       }
     }
-    const verified = await browser.verifyAttestationDocument(fixture('worldcoin-pontifex-real-attestation-doc.b64'), { at: FIXTURES[5]![1] });
+    const verified = await browser.verifyAttestationDocument(fixture('worldcoin-pontifex-real-attestation-doc.b64'), {
+      at: FIXTURES[5]![1],
+    });
     assert.equal(verified.document.moduleId, 'i-01b324f0b8b6c25ea-enc01997668bda38b2a');
   });
 
@@ -88,9 +91,15 @@ describe('enclave-runtime/browser: the WebCrypto verifier in its bundled form', 
       if (web !== node) differing.push(`${i}: node ${node}, browser ${web}`);
       codes.set(node, (codes.get(node) ?? 0) + 1);
     }
-    assert.ok((codes.get('ERR_ATTESTATION_SIGNATURE') ?? 0) > 10, `signature failures seen: ${JSON.stringify([...codes])}`);
+    assert.ok(
+      (codes.get('ERR_ATTESTATION_SIGNATURE') ?? 0) > 10,
+      `signature failures seen: ${JSON.stringify([...codes])}`,
+    );
     assert.ok(differing.length <= 3, `codes differ on: ${differing.join('; ')}`);
-    assert.ok(differing.every((line) => /ERR_ATTESTATION_(SIGNATURE|CHAIN)$/.test(line)), differing.join('; '));
+    assert.ok(
+      differing.every((line) => /ERR_ATTESTATION_(SIGNATURE|CHAIN)$/.test(line)),
+      differing.join('; '),
+    );
   });
 
   describe('against simulated-NSM documents', () => {
@@ -111,13 +120,29 @@ describe('enclave-runtime/browser: the WebCrypto verifier in its bundled form', 
       const nonce = new Uint8Array([1, 2, 3, 4]);
       const doc = await nsm.attest({ nonce, userData: new Uint8Array([9]) });
       const pcr0 = hex(defaultSimulatedPcr(0));
-      const ok = await browser.verifyAttestationDocument(doc, { root: rootPem, nonce: '01020304', pcrs: [{ 0: 'ff'.repeat(48) }, { 0: pcr0, 1: defaultSimulatedPcr(1) }] });
+      const ok = await browser.verifyAttestationDocument(doc, {
+        root: rootPem,
+        nonce: '01020304',
+        pcrs: [{ 0: 'ff'.repeat(48) }, { 0: pcr0, 1: defaultSimulatedPcr(1) }],
+      });
       assert.equal(hex(ok.document.nonce), '01020304');
-      await assert.rejects(browser.verifyAttestationDocument(doc, { root: rootPem, pcrs: { 0: 'ff'.repeat(48) } }), { code: 'ERR_ATTESTATION_PCR' });
-      await assert.rejects(browser.verifyAttestationDocument(doc, { root: rootPem, pcrs: [] }), { code: 'ERR_ATTESTATION_PCR' });
-      await assert.rejects(browser.verifyAttestationDocument(doc, { root: rootPem, nonce: '01020305' }), { code: 'ERR_ATTESTATION_NONCE' });
-      await assert.rejects(browser.verifyAttestationDocument(doc, { root: rootPem, userData: '0a' }), { code: 'ERR_ATTESTATION_USER_DATA' });
-      await assert.rejects(browser.verifyAttestationDocument(doc), { code: 'ERR_ATTESTATION_ROOT' }, 'not the AWS root');
+      await assert.rejects(browser.verifyAttestationDocument(doc, { root: rootPem, pcrs: { 0: 'ff'.repeat(48) } }), {
+        code: 'ERR_ATTESTATION_PCR',
+      });
+      await assert.rejects(browser.verifyAttestationDocument(doc, { root: rootPem, pcrs: [] }), {
+        code: 'ERR_ATTESTATION_PCR',
+      });
+      await assert.rejects(browser.verifyAttestationDocument(doc, { root: rootPem, nonce: '01020305' }), {
+        code: 'ERR_ATTESTATION_NONCE',
+      });
+      await assert.rejects(browser.verifyAttestationDocument(doc, { root: rootPem, userData: '0a' }), {
+        code: 'ERR_ATTESTATION_USER_DATA',
+      });
+      await assert.rejects(
+        browser.verifyAttestationDocument(doc),
+        { code: 'ERR_ATTESTATION_ROOT' },
+        'not the AWS root',
+      );
       await assert.rejects(browser.verifyAttestationDocument(doc, { root: rootPem, pcrs: { 40: pcr0 } }), RangeError);
       await assert.rejects(browser.verifyAttestationDocument(doc, { root: rootPem, pcrs: { 0: 'xyz' } }), RangeError);
     });
@@ -147,7 +172,8 @@ describe('enclave-runtime/browser: the WebCrypto verifier in its bundled form', 
       await once(fake, 'listening');
       // A page trusts the server through its own roots; here the global fetch is given the dev CA.
       dispatcher = new Agent({ connect: { ca: fx.caPem, servername: 'localhost' } });
-      globalThis.fetch = ((url: string | URL, init?: object) => undiciFetch(url, { ...init, dispatcher })) as typeof fetch;
+      globalThis.fetch = ((url: string | URL, init?: object) =>
+        undiciFetch(url, { ...init, dispatcher })) as typeof fetch;
     });
     after(async () => {
       globalThis.fetch = realFetch;
@@ -166,30 +192,54 @@ describe('enclave-runtime/browser: the WebCrypto verifier in its bundled form', 
       assert.equal(hex(first.document.nonce), hex(first.nonce));
       assert.equal(hex(second.document.nonce), 'c0ffee');
       assert.equal(hex(first.document.userData), hex(second.document.userData), 'both bind the same served key');
-      assert.equal(hex(first.document.userData), hex(fx.terminator.store.base.document && verifyAttestation(fx.terminator.store.base.document, { root: fx.simRootPem }).document.userData));
+      assert.equal(
+        hex(first.document.userData),
+        hex(
+          fx.terminator.store.base.document &&
+            verifyAttestation(fx.terminator.store.base.document, { root: fx.simRootPem }).document.userData,
+        ),
+      );
     });
 
     it('refuses a replayed document (no or another nonce), a tampered one, and answers that are not documents or too long', async () => {
       const origin = `http://127.0.0.1:${(fake.address() as AddressInfo).port}`;
       const document = await fx.nsm.attest({ nonce: new Uint8Array([7]) });
       fakeAnswer = JSON.stringify({ attestation_doc: Buffer.from(document).toString('base64') });
-      await assert.rejects(browser.fetchAttestation(origin, { root: fx.simRootPem }), { code: 'ERR_ATTESTATION_NONCE' });
+      await assert.rejects(browser.fetchAttestation(origin, { root: fx.simRootPem }), {
+        code: 'ERR_ATTESTATION_NONCE',
+      });
       const tampered = new Uint8Array(document);
       tampered[tampered.length - 1]! ^= 1;
       fakeAnswer = JSON.stringify({ attestation_doc: Buffer.from(tampered).toString('base64') });
-      await assert.rejects(browser.fetchAttestation(origin, { root: fx.simRootPem, nonce: '07' }), { code: 'ERR_ATTESTATION_SIGNATURE' });
+      await assert.rejects(browser.fetchAttestation(origin, { root: fx.simRootPem, nonce: '07' }), {
+        code: 'ERR_ATTESTATION_SIGNATURE',
+      });
       fakeAnswer = 'not json';
-      await assert.rejects(browser.fetchAttestation(origin, { root: fx.simRootPem }), { code: 'ERR_ATTESTATION_FETCH' });
+      await assert.rejects(browser.fetchAttestation(origin, { root: fx.simRootPem }), {
+        code: 'ERR_ATTESTATION_FETCH',
+      });
       fakeAnswer = JSON.stringify({ attestation_doc: 42 });
-      await assert.rejects(browser.fetchAttestation(origin, { root: fx.simRootPem }), { code: 'ERR_ATTESTATION_FETCH' });
+      await assert.rejects(browser.fetchAttestation(origin, { root: fx.simRootPem }), {
+        code: 'ERR_ATTESTATION_FETCH',
+      });
       fakeAnswer = JSON.stringify({ attestation_doc: 'A'.repeat(300 * 1024) });
-      await assert.rejects(browser.fetchAttestation(origin, { root: fx.simRootPem }), (e: { code?: string; message?: string }) => e.code === 'ERR_ATTESTATION_FETCH' && /more than 262144 bytes/.test(e.message ?? ''));
+      await assert.rejects(
+        browser.fetchAttestation(origin, { root: fx.simRootPem }),
+        (e: { code?: string; message?: string }) =>
+          e.code === 'ERR_ATTESTATION_FETCH' && /more than 262144 bytes/.test(e.message ?? ''),
+      );
     });
 
     it('the ingress answers a bad nonce 400 in the internal API’s shape, readable cross-origin', async () => {
       const port = (ingress.address as { port: number }).port;
-      for (const [query, field] of [['nonce=abc', 'nonce'], [`nonce=${'00'.repeat(1025)}`, 'nonce'], ['nonce=00&nonce=01', 'nonce']] as const) {
-        const response = await undiciFetch(`https://127.0.0.1:${port}/.well-known/attestation?${query}`, { dispatcher });
+      for (const [query, field] of [
+        ['nonce=abc', 'nonce'],
+        [`nonce=${'00'.repeat(1025)}`, 'nonce'],
+        ['nonce=00&nonce=01', 'nonce'],
+      ] as const) {
+        const response = await undiciFetch(`https://127.0.0.1:${port}/.well-known/attestation?${query}`, {
+          dispatcher,
+        });
         assert.equal(response.status, 400, query.slice(0, 40));
         assert.equal(response.headers.get('access-control-allow-origin'), '*');
         assert.equal(response.headers.get('access-control-allow-credentials'), null);

@@ -1,7 +1,17 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  cpSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -13,7 +23,10 @@ import { freePort } from './helpers/net.js';
 // directory and chroots there, so no libc, Node, shell, /proc or /dev of the machine can help.
 const BUNDLE = join(REPO_ROOT, 'dist', 'enclave-runtime');
 const IN_ROOT = '/opt/enclave-runtime';
-const skip = process.getuid?.() !== 0 ? 'needs root (chroot)' : (commandMissing('chroot') ?? commandMissing('gcc') ?? commandMissing('ldd'));
+const skip =
+  process.getuid?.() !== 0
+    ? 'needs root (chroot)'
+    : (commandMissing('chroot') ?? commandMissing('gcc') ?? commandMissing('ldd'));
 const root = mkdtempSync(join(tmpdir(), 'bundle-chroot-'));
 after(() => rmSync(root, { recursive: true, force: true }));
 
@@ -21,23 +34,43 @@ const CHROOT = spawnSync('sh', ['-c', 'command -v chroot'], { encoding: 'utf8' }
 
 function chroot(args: string[]) {
   // An empty environment: nothing of this machine's (PATH, NODE_OPTIONS, NODE_EXTRA_CA_CERTS, ...) leaks in.
-  return spawn(CHROOT, [root, `${IN_ROOT}/bin/enclave-runtime`, ...args], { env: {}, stdio: ['ignore', 'pipe', 'pipe'] });
+  return spawn(CHROOT, [root, `${IN_ROOT}/bin/enclave-runtime`, ...args], {
+    env: {},
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
 }
 
 describe('the self-contained bundle', { skip }, () => {
   let bundleMiB = 0;
   before(() => {
-    const built = spawnSync('npm', ['run', 'bundle', '--silent'], { cwd: REPO_ROOT, encoding: 'utf8', timeout: 300_000 });
+    const built = spawnSync('npm', ['run', 'bundle', '--silent'], {
+      cwd: REPO_ROOT,
+      encoding: 'utf8',
+      timeout: 300_000,
+    });
     assert.equal(built.status, 0, `npm run bundle failed:\n${built.stdout}${built.stderr}`);
     mkdirSync(join(root, 'opt'));
     cpSync(BUNDLE, join(root, 'opt', 'enclave-runtime'), { recursive: true });
     assert.deepEqual(readdirSync(root), ['opt'], 'the chroot holds nothing but the bundle');
-    const sizes = (dir: string): number => readdirSync(dir, { withFileTypes: true }).reduce((sum, e) => sum + (e.isDirectory() ? sizes(join(dir, e.name)) : statSync(join(dir, e.name)).size), 0);
+    const sizes = (dir: string): number =>
+      readdirSync(dir, { withFileTypes: true }).reduce(
+        (sum, e) => sum + (e.isDirectory() ? sizes(join(dir, e.name)) : statSync(join(dir, e.name)).size),
+        0,
+      );
     bundleMiB = sizes(BUNDLE) / 1024 / 1024;
   });
 
   it('has the launcher, Node, the loader, the addon, the app sandbox helper, the script and the AWS root', () => {
-    for (const file of ['bin/enclave-runtime', 'bin/node', 'lib/ld-linux-x86-64.so.2', 'lib/libc.so.6', 'lib/enclave-runtime.mjs', 'lib/enclave_native.node', 'lib/app-sandbox', 'lib/roots/aws-nitro-root-g1.pem']) {
+    for (const file of [
+      'bin/enclave-runtime',
+      'bin/node',
+      'lib/ld-linux-x86-64.so.2',
+      'lib/libc.so.6',
+      'lib/enclave-runtime.mjs',
+      'lib/enclave_native.node',
+      'lib/app-sandbox',
+      'lib/roots/aws-nitro-root-g1.pem',
+    ]) {
       if (file.includes('x86-64') && process.arch !== 'x64') continue;
       assert.ok(existsSync(join(BUNDLE, file)), `${file} is missing from the bundle`);
     }
@@ -60,15 +93,19 @@ describe('the self-contained bundle', { skip }, () => {
     assert.equal(err, '');
   });
 
-  it('verifies a real Nitro document against the bundled AWS root', { skip: existsSync(NITRO_FIXTURES) ? undefined : `no fixtures at ${NITRO_FIXTURES}` }, async () => {
-    cpSync(join(NITRO_FIXTURES, 'blindai-nitro_attestation_document_valid.cbor'), join(root, 'doc.cbor'));
-    const child = chroot(['attest', 'verify', '/doc.cbor', '--at', '2023-03-22T14:28:27.405Z', '--allow-debug']);
-    let output = '';
-    child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    const [code] = await once(child, 'exit');
-    assert.equal(code, 0, output);
-  });
+  it(
+    'verifies a real Nitro document against the bundled AWS root',
+    { skip: existsSync(NITRO_FIXTURES) ? undefined : `no fixtures at ${NITRO_FIXTURES}` },
+    async () => {
+      cpSync(join(NITRO_FIXTURES, 'blindai-nitro_attestation_document_valid.cbor'), join(root, 'doc.cbor'));
+      const child = chroot(['attest', 'verify', '/doc.cbor', '--at', '2023-03-22T14:28:27.405Z', '--allow-debug']);
+      let output = '';
+      child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+      child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+      const [code] = await once(child, 'exit');
+      assert.equal(code, 0, output);
+    },
+  );
 
   it('starts `dev` in the empty chroot (addon loaded for a unix ingress), answers /health, and stops on SIGTERM', async (t) => {
     const [apiPort, healthPort, metricsPort] = [await freePort(), await freePort(), await freePort()];
@@ -98,7 +135,10 @@ describe('the self-contained bundle', { skip }, () => {
       await ready;
       const readyMs = Number(process.hrtime.bigint() - started) / 1e6;
       t.diagnostic(`bundle ${bundleMiB.toFixed(1)} MiB; dev ready in the chroot after ${readyMs.toFixed(0)} ms`);
-      assert.ok(lines.some((line) => line.msg === 'ingress listening' && line.listen === 'unix:/ingress.sock'), 'the unix ingress (our addon) is listening');
+      assert.ok(
+        lines.some((line) => line.msg === 'ingress listening' && line.listen === 'unix:/ingress.sock'),
+        'the unix ingress (our addon) is listening',
+      );
       assert.ok(existsSync(join(root, 'ingress.sock')), 'the socket exists inside the chroot');
       assert.ok(existsSync(join(root, 'state', 'sim-nsm-root.pem')), 'the state dir was written');
 
@@ -124,7 +164,16 @@ describe('the self-contained bundle', { skip }, () => {
       `[runtime]\nhealth_listen = "tcp:127.0.0.1:${healthPort}"\n[ingress]\nenabled = false\n[attestation]\napi_listen = "tcp:127.0.0.1:${apiPort}"\n[metrics]\nenabled = false\n`,
     );
     // The launcher itself is the command: static, so it runs in the chroot; through the helper, or not at all.
-    const child = chroot(['dev', '--config', '/sandboxed.toml', '--state-dir', '/state-sandboxed', '--', '/opt/enclave-runtime/bin/enclave-runtime', '--version']);
+    const child = chroot([
+      'dev',
+      '--config',
+      '/sandboxed.toml',
+      '--state-dir',
+      '/state-sandboxed',
+      '--',
+      '/opt/enclave-runtime/bin/enclave-runtime',
+      '--version',
+    ]);
     let out = '';
     let err = '';
     child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));

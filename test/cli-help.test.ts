@@ -11,8 +11,16 @@ function cli(args: string[]): { status: number | null; stdout: string; stderr: s
 /** Each command, the usage line its help starts with, and a default address its help must show. */
 const COMMANDS: Array<[string[], string, RegExp]> = [
   [['run'], 'usage: enclave-runtime run ', /ingress +vsock:any:7777 -> the app at tcp:127\.0\.0\.1:8008/],
-  [['dev'], 'usage: enclave-runtime dev ', /ingress +tcp:127\.0\.0\.1:8443[\s\S]*internal API +tcp:127\.0\.0\.1:9999[\s\S]*DNS tcp:127\.0\.0\.1:8053/],
-  [['host'], 'usage: enclave-runtime host ', /ingress +tcp:0\.0\.0\.0:443 -> the enclave at vsock:16:7777[\s\S]*egress relay +vsock:any:4433[\s\S]*DNS relay +vsock:any:8585/],
+  [
+    ['dev'],
+    'usage: enclave-runtime dev ',
+    /ingress +tcp:127\.0\.0\.1:8443[\s\S]*internal API +tcp:127\.0\.0\.1:9999[\s\S]*DNS tcp:127\.0\.0\.1:8053/,
+  ],
+  [
+    ['host'],
+    'usage: enclave-runtime host ',
+    /ingress +tcp:0\.0\.0\.0:443 -> the enclave at vsock:16:7777[\s\S]*egress relay +vsock:any:4433[\s\S]*DNS relay +vsock:any:8585/,
+  ],
   [['provisioner'], 'usage: enclave-runtime provisioner ', /listen +tcp:127\.0\.0\.1:8444/],
   [['attest'], 'usage: enclave-runtime attest <verify|connect>', /attest connect HOST\[:PORT\]/],
   [['attest', 'verify'], 'usage: enclave-runtime attest verify ', /--root PEM_FILE/],
@@ -28,7 +36,8 @@ describe('--help', () => {
         assert.equal(stderr, '');
         assert.ok(stdout.startsWith(usage), stdout.slice(0, 200));
         assert.match(stdout, defaults);
-        if (command[0] !== 'attest' || command.length > 1) assert.match(stdout, /\nexamples:\n[\s\S]*^ {2}enclave-runtime /m);
+        if (command[0] !== 'attest' || command.length > 1)
+          assert.match(stdout, /\nexamples:\n[\s\S]*^ {2}enclave-runtime /m);
       }
     });
   }
@@ -36,7 +45,8 @@ describe('--help', () => {
   it('the top-level help lists every command and says each takes --help', () => {
     const { status, stdout } = cli(['--help']);
     assert.equal(status, 0);
-    for (const command of ['run', 'dev', 'host', 'provisioner', 'attest verify', 'attest connect']) assert.match(stdout, new RegExp(`\\n  ${command} `));
+    for (const command of ['run', 'dev', 'host', 'provisioner', 'attest verify', 'attest connect'])
+      assert.match(stdout, new RegExp(`\\n  ${command} `));
     assert.match(stdout, /Every command takes --help/);
   });
 

@@ -51,9 +51,14 @@ describe('enclave.toml', () => {
         }
         if (entry.kind === 'tableList') {
           // Shown commented out (an active entry would need a real KMS): each key as `# key = ...` under a doc line.
-          assert.ok(lines.includes(`# [[${here}]]`) || lines.includes(`[[${here}]]`), `enclave.toml.example lacks [[${here}]]`);
+          assert.ok(
+            lines.includes(`# [[${here}]]`) || lines.includes(`[[${here}]]`),
+            `enclave.toml.example lacks [[${here}]]`,
+          );
           for (const itemKey of Object.keys(entry.item.entries)) {
-            const at = lines.findIndex((line) => line.startsWith(`# ${itemKey} = `) || line.startsWith(`${itemKey} = `));
+            const at = lines.findIndex(
+              (line) => line.startsWith(`# ${itemKey} = `) || line.startsWith(`${itemKey} = `),
+            );
             assert.ok(at > 0, `enclave.toml.example lacks ${here}[].${itemKey}`);
             assert.match(lines[at - 1] as string, /^# (?![a-z_]+ = )/, `${here}[].${itemKey} has no comment above it`);
           }
@@ -70,28 +75,79 @@ describe('enclave.toml', () => {
 
   describe('bad files: every message names the key', () => {
     const cases: Array<[string, string, RegExp]> = [
-      ['unknown key with a suggestion', '[ingress]\nmax_conections = 5', /ingress\.max_conections: unknown key; did you mean "ingress\.max_connections"\?/],
+      [
+        'unknown key with a suggestion',
+        '[ingress]\nmax_conections = 5',
+        /ingress\.max_conections: unknown key; did you mean "ingress\.max_connections"\?/,
+      ],
       ['unknown section', '[ingres]\nenabled = true', /^ingres: unknown key; did you mean "ingress"\?/],
       ['wrong type', '[ingress]\nenabled = "yes"', /^ingress\.enabled: "yes" is not allowed; expected true or false/],
-      ['integer out of range', '[ingress]\nmax_connections = 0', /^ingress\.max_connections: 0 is not allowed; expected an integer from 1 to 1000000/],
-      ['float for integer', '[ingress]\nidle_timeout_ms = 1.5', /^ingress\.idle_timeout_ms: 1\.5 is not allowed; expected an integer/],
-      ['enum', '[ingress]\nproxy_protocol = "v3"', /^ingress\.proxy_protocol: "v3" is not allowed; expected one of "off", "v1", "v2", "any"/],
-      ['bad address transport', '[ingress]\napp = "udp:1.2.3.4:5"', /^ingress\.app: "udp:1\.2\.3\.4:5" has an unknown transport "udp"; expected vsock:CID:PORT/],
+      [
+        'integer out of range',
+        '[ingress]\nmax_connections = 0',
+        /^ingress\.max_connections: 0 is not allowed; expected an integer from 1 to 1000000/,
+      ],
+      [
+        'float for integer',
+        '[ingress]\nidle_timeout_ms = 1.5',
+        /^ingress\.idle_timeout_ms: 1\.5 is not allowed; expected an integer/,
+      ],
+      [
+        'enum',
+        '[ingress]\nproxy_protocol = "v3"',
+        /^ingress\.proxy_protocol: "v3" is not allowed; expected one of "off", "v1", "v2", "any"/,
+      ],
+      [
+        'bad address transport',
+        '[ingress]\napp = "udp:1.2.3.4:5"',
+        /^ingress\.app: "udp:1\.2\.3\.4:5" has an unknown transport "udp"; expected vsock:CID:PORT/,
+      ],
       ['bad port', '[ingress]\napp = "tcp:127.0.0.1:70000"', /^ingress\.app: .*port 70000 is outside 0\.\.65535/],
-      ['api on vsock', '[attestation]\napi_listen = "vsock:any:9999"', /^attestation\.api_listen: .*expected a tcp address/],
-      ['log level', '[runtime]\nlog_level = "loud"', /^runtime\.log_level: "loud" is not allowed; expected one of "trace"/],
-      ['short PCR', '[attestation.simulated.pcrs]\n0 = "abcd"', /^attestation\.simulated\.pcrs: .*PCR 0 as 96 hex digits/],
-      ['PCR index', `[attestation.simulated.pcrs]\n16 = "${'00'.repeat(48)}"`, /^attestation\.simulated\.pcrs: .*PCR indexes 0 to 15, not "16"/],
+      [
+        'api on vsock',
+        '[attestation]\napi_listen = "vsock:any:9999"',
+        /^attestation\.api_listen: .*expected a tcp address/,
+      ],
+      [
+        'log level',
+        '[runtime]\nlog_level = "loud"',
+        /^runtime\.log_level: "loud" is not allowed; expected one of "trace"/,
+      ],
+      [
+        'short PCR',
+        '[attestation.simulated.pcrs]\n0 = "abcd"',
+        /^attestation\.simulated\.pcrs: .*PCR 0 as 96 hex digits/,
+      ],
+      [
+        'PCR index',
+        `[attestation.simulated.pcrs]\n16 = "${'00'.repeat(48)}"`,
+        /^attestation\.simulated\.pcrs: .*PCR indexes 0 to 15, not "16"/,
+      ],
       ['section is a value', 'tls = 5', /^tls: 5 is not allowed; expected a table \[tls\]/],
-      ['forwarding to itself', '[ingress]\nlisten = "tcp:127.0.0.1:8008"', /ingress\.listen and ingress\.app are the same address/],
+      [
+        'forwarding to itself',
+        '[ingress]\nlisten = "tcp:127.0.0.1:8008"',
+        /ingress\.listen and ingress\.app are the same address/,
+      ],
       ['TOML syntax', '[ingress\nenabled = true', /TOML syntax error at line 1/],
-      ['egress allow entry', '[egress]\nallow = ["api.example.com", "*.*.bad"]', /^egress\.allow: egress allow entry "\*\.\*\.bad" is invalid/],
-      ['nonce encoding', '[tls]\nsni_nonce_encoding = "base32"', /^tls\.sni_nonce_encoding: "base32" is not allowed; expected one of "hex", "base64"/],
+      [
+        'egress allow entry',
+        '[egress]\nallow = ["api.example.com", "*.*.bad"]',
+        /^egress\.allow: egress allow entry "\*\.\*\.bad" is invalid/,
+      ],
+      [
+        'nonce encoding',
+        '[tls]\nsni_nonce_encoding = "base32"',
+        /^tls\.sni_nonce_encoding: "base32" is not allowed; expected one of "hex", "base64"/,
+      ],
     ];
     for (const [name, toml, expected] of cases) {
       it(name, () => {
         const problems = problemsOf(toml);
-        assert.ok(problems.some((p) => expected.test(p)), `no problem matched ${expected}:\n${problems.join('\n')}`);
+        assert.ok(
+          problems.some((p) => expected.test(p)),
+          `no problem matched ${expected}:\n${problems.join('\n')}`,
+        );
       });
     }
 
@@ -105,7 +161,12 @@ describe('enclave.toml', () => {
 
     it('names every bad egress.allow entry, in the same pass as a bad key elsewhere', () => {
       const problems = problemsOf(
-        ['[egress]', 'allow = ["api.example.com", "*.*.bad", "10.0.0.0/33", "ok.example:443", "has space.example", "host:99999"]', '[ingress]', 'max_connections = 0'].join('\n'),
+        [
+          '[egress]',
+          'allow = ["api.example.com", "*.*.bad", "10.0.0.0/33", "ok.example:443", "has space.example", "host:99999"]',
+          '[ingress]',
+          'max_connections = 0',
+        ].join('\n'),
       );
       const allow = problems.filter((p) => p.startsWith('egress.allow: '));
       assert.deepEqual(
@@ -113,7 +174,10 @@ describe('enclave.toml', () => {
         ['"*.*.bad"', '"10.0.0.0/33"', '"has space.example"', '"host:99999"'],
         problems.join('\n'),
       );
-      assert.ok(problems.some((p) => p.startsWith('ingress.max_connections: 0 is not allowed')), problems.join('\n'));
+      assert.ok(
+        problems.some((p) => p.startsWith('ingress.max_connections: 0 is not allowed')),
+        problems.join('\n'),
+      );
       assert.equal(problems.length, 5, problems.join('\n'));
     });
 
@@ -130,7 +194,10 @@ describe('enclave.toml', () => {
 
     it('truncates a huge bad value in the message', () => {
       const problems = problemsOf(`[ingress]\napp = "${'x'.repeat(5000)}"`);
-      assert.ok(problems.every((p) => p.length < 600), 'a message carried the whole value');
+      assert.ok(
+        problems.every((p) => p.length < 600),
+        'a message carried the whole value',
+      );
     });
   });
 });

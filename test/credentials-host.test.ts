@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { openSimulatedNsm } from '../src/attestation/sim-nsm.js';
-import { parseAddress } from '../src/bridge/address.js';
+import { parseAddress } from '../src/net/address.js';
 import { validateConfig } from '../src/config/validate.js';
 import { startCredentialsServer } from '../src/host/credentials-server.js';
 import { startHostOperability } from '../src/host/host-operability.js';
@@ -27,7 +27,12 @@ const dir = mkdtempSync(join(tmpdir(), 'credentials-host-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
 const inAnHour = () => new Date(Date.now() + 3600_000).toISOString();
-const roleCredentials = () => ({ AccessKeyId: 'ASIAPARENTROLE000001', SecretAccessKey: 'parent-role-secret-0000000000000', Token: 'parent-role-session-token-000000000000', Expiration: inAnHour() });
+const roleCredentials = () => ({
+  AccessKeyId: 'ASIAPARENTROLE000001',
+  SecretAccessKey: 'parent-role-secret-0000000000000',
+  Token: 'parent-role-session-token-000000000000',
+  Expiration: inAnHour(),
+});
 
 describe('IMDSv2 credentials on the parent', () => {
   it('does the token dance: PUT a token with a TTL, then GETs that carry it; the fake refuses a GET without it', async () => {
@@ -39,10 +44,20 @@ describe('IMDSv2 credentials on the parent', () => {
       assert.equal(credentials.sessionToken, 'parent-role-session-token-000000000000');
       assert.deepEqual(
         imds.requests.map(({ method, path, status }) => `${method} ${path} ${status}`),
-        ['PUT /latest/api/token 200', 'GET /latest/meta-data/iam/security-credentials/ 200', `GET /latest/meta-data/iam/security-credentials/${imds.role} 200`],
+        [
+          'PUT /latest/api/token 200',
+          'GET /latest/meta-data/iam/security-credentials/ 200',
+          `GET /latest/meta-data/iam/security-credentials/${imds.role} 200`,
+        ],
       );
       // The fake is strict: an IMDSv1 GET (no token) is refused, so the success above needed the token.
-      const v1 = await new Promise<number>((resolve, reject) => http.get(`${imds.url}/latest/meta-data/iam/security-credentials/`, (response) => resolve(response.statusCode ?? 0)).on('error', reject));
+      const v1 = await new Promise<number>((resolve, reject) =>
+        http
+          .get(`${imds.url}/latest/meta-data/iam/security-credentials/`, (response) =>
+            resolve(response.statusCode ?? 0),
+          )
+          .on('error', reject),
+      );
       assert.equal(v1, 401);
     } finally {
       await imds.close();
@@ -75,7 +90,10 @@ describe('IMDSv2 credentials on the parent', () => {
   it('says what is wrong when the instance has no role', async () => {
     const imds = await startFakeImds(roleCredentials(), '');
     try {
-      await assert.rejects(new ImdsCredentials({ endpoint: imds.url, timeoutMs: 2000 }).get(), { code: 'ERR_IMDS', message: /no IAM role/ });
+      await assert.rejects(new ImdsCredentials({ endpoint: imds.url, timeoutMs: 2000 }).get(), {
+        code: 'ERR_IMDS',
+        message: /no IAM role/,
+      });
     } finally {
       await imds.close();
     }
@@ -87,26 +105,50 @@ describe('credentials from the host to the runtime', () => {
     const stateDir = join(dir, 'state');
     const role = roleCredentials();
     const imds = await startFakeImds(role);
-    const kms = await startFakeKmsForStateDir(() => stateDir, { accessKeyId: role.AccessKeyId, secretAccessKey: role.SecretAccessKey, sessionToken: role.Token });
+    const kms = await startFakeKmsForStateDir(() => stateDir, {
+      accessKeyId: role.AccessKeyId,
+      secretAccessKey: role.SecretAccessKey,
+      sessionToken: role.Token,
+    });
     const hostLogs = captureLogs('trace');
     const runtimeLogs = captureLogs('trace');
     const listen = join(dir, 'credentials.sock');
-    const host = validateConfig({ host: { log_listen: 'off', credentials: 'imds', credentials_listen: `unix:${listen}`, imds_endpoint: imds.url } }, 'host').host;
+    const host = validateConfig(
+      {
+        host: { log_listen: 'off', credentials: 'imds', credentials_listen: `unix:${listen}`, imds_endpoint: imds.url },
+      },
+      'host',
+    ).host;
     const started = await startHostOperability(host, hostLogs.logger);
     const nsm = await openSimulatedNsm({ stateDir });
     try {
       assert.equal(started.describe().credentials, `unix:${listen}`);
-      const kmsConfig = validateConfig({ kms: { region: kms.region, endpoint: kms.url, credentials: 'host', credentials_address: `unix:${listen}`, via: 'direct' } }, 'run').kms;
+      const kmsConfig = validateConfig(
+        {
+          kms: {
+            region: kms.region,
+            endpoint: kms.url,
+            credentials: 'host',
+            credentials_address: `unix:${listen}`,
+            via: 'direct',
+          },
+        },
+        'run',
+      ).kms;
       // No AWS_* in this environment: the credentials can only have come from the host.
       const client = new KmsClient({ ...kmsSettings(kmsConfig, {}), logger: runtimeLogs.logger });
       const key = await RecipientKey.generate();
       for (const secret of ['first secret', 'second secret']) {
-        const answer = await client.decrypt({ ciphertextBlob: kms.encrypt(Buffer.from(secret)), recipient: { attestationDocument: await key.attest(nsm) } });
+        const answer = await client.decrypt({
+          ciphertextBlob: kms.encrypt(Buffer.from(secret)),
+          recipient: { attestationDocument: await key.attest(nsm) },
+        });
         assert.equal(key.open(answer.ciphertextForRecipient!).toString('utf8'), secret);
       }
       assert.equal(started.credentials!.stats.served, 1, 'the runtime cached the credentials for the second call');
       for (const logs of [hostLogs.text(), runtimeLogs.text()]) {
-        for (const secret of [role.SecretAccessKey, role.Token]) assert.ok(!logs.includes(secret), 'a credential reached a log line');
+        for (const secret of [role.SecretAccessKey, role.Token])
+          assert.ok(!logs.includes(secret), 'a credential reached a log line');
       }
       assert.ok(!Object.values(process.env).includes(role.SecretAccessKey));
     } finally {
@@ -119,10 +161,20 @@ describe('credentials from the host to the runtime', () => {
 
   it('a host that cannot get credentials says why; the runtime gets a typed error', async () => {
     const listen = join(dir, 'broken.sock');
-    const server = await startCredentialsServer({ listen: parseAddress(`unix:${listen}`), source: { get: () => Promise.reject(new Error('IMDS at 127.0.0.1:1 could not be reached: ECONNREFUSED')) }, logger: captureLogs().logger });
+    const server = await startCredentialsServer({
+      listen: parseAddress(`unix:${listen}`),
+      source: { get: () => Promise.reject(new Error('IMDS at 127.0.0.1:1 could not be reached: ECONNREFUSED')) },
+      logger: captureLogs().logger,
+    });
     try {
-      await assert.rejects(hostCredentialsProvider(parseAddress(`unix:${listen}`), 1000)(), { code: 'ERR_KMS_CREDENTIALS', message: /ECONNREFUSED/ });
-      await assert.rejects(hostCredentialsProvider(parseAddress(`unix:${join(dir, 'nobody.sock')}`), 1000)(), { code: 'ERR_KMS_CREDENTIALS', message: /could not be reached/ });
+      await assert.rejects(hostCredentialsProvider(parseAddress(`unix:${listen}`), 1000)(), {
+        code: 'ERR_KMS_CREDENTIALS',
+        message: /ECONNREFUSED/,
+      });
+      await assert.rejects(hostCredentialsProvider(parseAddress(`unix:${join(dir, 'nobody.sock')}`), 1000)(), {
+        code: 'ERR_KMS_CREDENTIALS',
+        message: /could not be reached/,
+      });
     } finally {
       await server.close();
     }

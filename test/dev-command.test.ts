@@ -8,7 +8,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { verifyAttestation } from '../src/attestation/verifier.js';
+import { verifyAttestation } from '../src/verify/verifier.js';
 import { CLI, REPO_ROOT } from './helpers/paths.js';
 import { freePort } from './helpers/net.js';
 
@@ -46,18 +46,30 @@ function start(args: string[], env: NodeJS.ProcessEnv = {}): Started {
       const seen = logs.find((line) => line.msg === message);
       if (seen) return resolve(seen);
       waiters.push({ message, resolve });
-      child.once('exit', (code) => reject(new Error(`exited with ${code} before logging "${message}":\n${JSON.stringify(logs, null, 1)}`)));
+      child.once('exit', (code) =>
+        reject(new Error(`exited with ${code} before logging "${message}":\n${JSON.stringify(logs, null, 1)}`)),
+      );
     });
   return { child, logs, stdout: () => out, waitFor };
 }
 
 /** One GET on a fresh connection: the spawnSync calls below block this loop past the API's keep-alive, so a reused socket could be stale. */
-function httpGet(port: number, path: string, headers: Record<string, string> = {}): Promise<{ status: number; body: Buffer; type: string | null }> {
+function httpGet(
+  port: number,
+  path: string,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; body: Buffer; type: string | null }> {
   return new Promise((resolve, reject) => {
     const request = http.get({ host: '127.0.0.1', port, path, headers, agent: false }, (response) => {
       const chunks: Buffer[] = [];
       response.on('data', (chunk: Buffer) => chunks.push(chunk));
-      response.on('end', () => resolve({ status: response.statusCode ?? 0, body: Buffer.concat(chunks), type: response.headers['content-type'] ?? null }));
+      response.on('end', () =>
+        resolve({
+          status: response.statusCode ?? 0,
+          body: Buffer.concat(chunks),
+          type: response.headers['content-type'] ?? null,
+        }),
+      );
     });
     request.on('error', reject);
   });
@@ -66,11 +78,14 @@ function httpGet(port: number, path: string, headers: Record<string, string> = {
 /** GET over the TLS ingress, trusting only the runtime's own CA from the state dir. */
 function httpsGet(port: number, path: string, ca: string): Promise<{ status: number; body: Buffer }> {
   return new Promise((resolve, reject) => {
-    const request = https.get({ host: '127.0.0.1', port, path, ca, servername: 'localhost', agent: false }, (response) => {
-      const chunks: Buffer[] = [];
-      response.on('data', (chunk: Buffer) => chunks.push(chunk));
-      response.on('end', () => resolve({ status: response.statusCode ?? 0, body: Buffer.concat(chunks) }));
-    });
+    const request = https.get(
+      { host: '127.0.0.1', port, path, ca, servername: 'localhost', agent: false },
+      (response) => {
+        const chunks: Buffer[] = [];
+        response.on('data', (chunk: Buffer) => chunks.push(chunk));
+        response.on('end', () => resolve({ status: response.statusCode ?? 0, body: Buffer.concat(chunks) }));
+      },
+    );
     request.on('error', reject);
   });
 }
@@ -88,10 +103,13 @@ describe('enclave-runtime dev', () => {
         .replace('api_listen = "tcp:127.0.0.1:9999"', `api_listen = "tcp:127.0.0.1:${apiPort}"`),
     );
     const stateDir = join(dir, 'state');
-    const run = start(['dev', '--config', config, '--state-dir', stateDir, '--', process.execPath, 'examples/demo-app.js'], {
-      PORT: String(appPort),
-      ATTESTATION_API: `http://127.0.0.1:${apiPort}`,
-    });
+    const run = start(
+      ['dev', '--config', config, '--state-dir', stateDir, '--', process.execPath, 'examples/demo-app.js'],
+      {
+        PORT: String(appPort),
+        ATTESTATION_API: `http://127.0.0.1:${apiPort}`,
+      },
+    );
     try {
       const listening = await run.waitFor('ingress listening');
       assert.equal(listening.listen, `tcp:127.0.0.1:${ingressPort}`);
@@ -111,32 +129,66 @@ describe('enclave-runtime dev', () => {
       const doc = await httpGet(apiPort, '/attestation-doc?nonce=00ff');
       assert.equal(doc.status, 200);
       assert.equal(doc.type, 'application/cbor');
-      const verified = verifyAttestation(doc.body, { root: readFileSync(join(stateDir, 'sim-nsm-root.pem'), 'utf8'), nonce: Buffer.from('00ff', 'hex') });
+      const verified = verifyAttestation(doc.body, {
+        root: readFileSync(join(stateDir, 'sim-nsm-root.pem'), 'utf8'),
+        nonce: Buffer.from('00ff', 'hex'),
+      });
       assert.deepEqual(Buffer.from(verified.document.nonce ?? []), Buffer.from('00ff', 'hex'));
 
       const viaApp = await httpsGet(ingressPort, '/attestation', ca);
       assert.equal(viaApp.status, 200);
-      assert.ok(JSON.parse(viaApp.body.toString()).attestation_doc.length > 1000, 'the demo app could not fetch its document');
+      assert.ok(
+        JSON.parse(viaApp.body.toString()).attestation_doc.length > 1000,
+        'the demo app could not fetch its document',
+      );
 
       const root = join(stateDir, 'sim-nsm-root.pem');
-      const connect = spawnSync(process.execPath, [CLI, 'attest', 'connect', `127.0.0.1:${ingressPort}`, '--servername', 'localhost', '--fresh-nonce', '--root', root], {
-        encoding: 'utf8',
-        timeout: 20_000,
-      });
+      const connect = spawnSync(
+        process.execPath,
+        [
+          CLI,
+          'attest',
+          'connect',
+          `127.0.0.1:${ingressPort}`,
+          '--servername',
+          'localhost',
+          '--fresh-nonce',
+          '--root',
+          root,
+        ],
+        {
+          encoding: 'utf8',
+          timeout: 20_000,
+        },
+      );
       assert.equal(connect.status, 0, `attest connect: ${connect.stdout}${connect.stderr}`);
 
       const nonce = 'c0ffee0123456789abcdef0123456789';
-      const sClient = spawnSync('openssl', ['s_client', '-connect', `127.0.0.1:${ingressPort}`, '-servername', `${nonce}.attest.localhost`, '-showcerts'], {
-        input: '',
-        encoding: 'utf8',
-        timeout: 20_000,
-      });
+      const sClient = spawnSync(
+        'openssl',
+        ['s_client', '-connect', `127.0.0.1:${ingressPort}`, '-servername', `${nonce}.attest.localhost`, '-showcerts'],
+        {
+          input: '',
+          encoding: 'utf8',
+          timeout: 20_000,
+        },
+      );
       const leafPem = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/.exec(sClient.stdout)?.[0];
       assert.ok(leafPem, `openssl s_client printed no certificate: ${sClient.stderr}`);
       const leaf = new X509Certificate(leafPem);
-      const longest = (leaf.subjectAltName ?? '').split(', ').map((name) => name.replace(/^DNS:/, '')).sort((a, b) => b.length - a.length)[0] ?? '';
-      const fromSan = verifyAttestation(Buffer.from(longest.split('.')[0] ?? '', 'hex'), { root: readFileSync(root, 'utf8'), nonce: Buffer.from(nonce, 'hex') });
-      assert.deepEqual(Buffer.from(fromSan.document.userData ?? []), leaf.publicKey.export({ type: 'spki', format: 'der' }));
+      const longest =
+        (leaf.subjectAltName ?? '')
+          .split(', ')
+          .map((name) => name.replace(/^DNS:/, ''))
+          .sort((a, b) => b.length - a.length)[0] ?? '';
+      const fromSan = verifyAttestation(Buffer.from(longest.split('.')[0] ?? '', 'hex'), {
+        root: readFileSync(root, 'utf8'),
+        nonce: Buffer.from(nonce, 'hex'),
+      });
+      assert.deepEqual(
+        Buffer.from(fromSan.document.userData ?? []),
+        leaf.publicKey.export({ type: 'spki', format: 'der' }),
+      );
 
       // The spawnSync calls above block the event loop; on a loaded machine for longer than the API's 5 s keep-alive.
       // One turn of the loop lets fetch see the server's close of its idle connection instead of reusing it.

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { buildQuery } from '../src/egress/dns-forwarder.js';
-import { DnsRcode, DnsType, parseDnsResponse } from '../src/egress/dns-message.js';
+import { DnsRcode, DnsType, parseDnsResponse } from '../src/wire/dns-message.js';
 import { eventually, runCli, type CliRun } from './helpers/cli-run.js';
 import { loopbackConfigLines } from './helpers/dev-config.js';
 import { freePort } from './helpers/net.js';
@@ -70,11 +70,14 @@ async function ask(port: number, name: string): Promise<ReturnType<typeof parseD
 /** GET through the egress HTTP proxy (absolute URI). */
 function viaProxy(proxyPort: number, url: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const request = http.get({ host: '127.0.0.1', port: proxyPort, path: url, headers: { host: new URL(url).host }, agent: false }, (response) => {
-      let body = '';
-      response.on('data', (chunk: Buffer) => (body += chunk.toString()));
-      response.on('end', () => resolve({ status: response.statusCode ?? 0, body }));
-    });
+    const request = http.get(
+      { host: '127.0.0.1', port: proxyPort, path: url, headers: { host: new URL(url).host }, agent: false },
+      (response) => {
+        let body = '';
+        response.on('data', (chunk: Buffer) => (body += chunk.toString()));
+        response.on('end', () => resolve({ status: response.statusCode ?? 0, body }));
+      },
+    );
     request.on('error', reject);
   });
 }
@@ -93,7 +96,10 @@ describe('egress in dev, with one command', { timeout: 120_000 }, () => {
   it('runs the host relays in-process: an allowed name resolves and is reachable through the proxy, a denied one is refused', async () => {
     const ports = { dns: await freePort(), proxy: await freePort(), api: await freePort() };
     const [relayPort, dnsRelayPort] = [await freePort(), await freePort()];
-    const config = devConfig('inprocess', ports, [`relay = "tcp:127.0.0.1:${relayPort}"`, `dns_relay = "tcp:127.0.0.1:${dnsRelayPort}"`]);
+    const config = devConfig('inprocess', ports, [
+      `relay = "tcp:127.0.0.1:${relayPort}"`,
+      `dns_relay = "tcp:127.0.0.1:${dnsRelayPort}"`,
+    ]);
     const run = runCli(['dev', '--config', config, '--state-dir', join(dir, 'state-inprocess')]);
     try {
       const relay = await run.waitFor('host DNS relay listening');
@@ -109,7 +115,10 @@ describe('egress in dev, with one command', { timeout: 120_000 }, () => {
       );
       const denied = await ask(ports.dns, 'denied.test');
       assert.equal(denied.header.rcode, DnsRcode.REFUSED);
-      assert.ok(!dns.queries.some((query) => query.startsWith('denied.test')), 'a denied name never reaches the upstream resolver');
+      assert.ok(
+        !dns.queries.some((query) => query.startsWith('denied.test')),
+        'a denied name never reaches the upstream resolver',
+      );
 
       const answer = await viaProxy(ports.proxy, `http://allowed.test:${destinationPort}/`);
       assert.equal(answer.status, 200, answer.body);
@@ -134,7 +143,9 @@ describe('egress in dev, with one command', { timeout: 120_000 }, () => {
 
       const answer = await ask(ports.dns, 'allowed.test');
       assert.equal(answer.header.rcode, DnsRcode.SERVFAIL);
-      const line = await run.waitFor('egress relay unreachable: is the host side (enclave-runtime host, or dev\'s in-process relays) running there?');
+      const line = await run.waitFor(
+        "egress relay unreachable: is the host side (enclave-runtime host, or dev's in-process relays) running there?",
+      );
       assert.equal(line.relay, `unix:${missing}`);
       assert.equal(line.code, 'ENOENT');
       assert.equal(line.level, 40);
@@ -142,7 +153,10 @@ describe('egress in dev, with one command', { timeout: 120_000 }, () => {
         const part = await egressHealth(ports.api);
         return part.ok ? undefined : part;
       }, 'reported egress not ok');
-      assert.match(health.detail, new RegExp(`relay unix:${missing.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')} unreachable \\(ENOENT\\)`));
+      assert.match(
+        health.detail,
+        new RegExp(`relay unix:${missing.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')} unreachable \\(ENOENT\\)`),
+      );
     } finally {
       await stop(run);
     }
@@ -159,7 +173,9 @@ describe('egress in dev, with one command', { timeout: 120_000 }, () => {
     ]);
     const run = runCli(['host', '--config', config]);
     try {
-      const warning = await run.waitFor('egress.allow is empty: the relays refuse every destination and every DNS question');
+      const warning = await run.waitFor(
+        'egress.allow is empty: the relays refuse every destination and every DNS question',
+      );
       assert.equal(warning.level, 40);
       await run.waitFor('host ready');
     } finally {

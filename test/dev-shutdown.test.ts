@@ -17,7 +17,11 @@ function writeConfig(name: string, appPort: number, graceMs: number): string {
   const path = join(dir, `${name}.toml`);
   writeFileSync(
     path,
-    [...loopbackConfigLines({ appPort, runtime: [`shutdown_grace_ms = ${graceMs}`] }), '[app]', 'healthcheck_interval_ms = 100'].join('\n'),
+    [
+      ...loopbackConfigLines({ appPort, runtime: [`shutdown_grace_ms = ${graceMs}`] }),
+      '[app]',
+      'healthcheck_interval_ms = 100',
+    ].join('\n'),
   );
   return path;
 }
@@ -34,9 +38,21 @@ describe('stopping dev with a supervised command', { timeout: 120_000 }, () => {
   it('Ctrl-C while clients hold connections to the demo app (one kept alive after a request, one with no request yet) exits 0', async () => {
     const appPort = await freePort();
     const stateDir = join(dir, 'demo-state');
-    const run = runCli(['dev', '--config', writeConfig('demo', appPort, 3000), '--state-dir', stateDir, '--', process.execPath, 'examples/demo-app.js'], {
-      env: { PORT: String(appPort) },
-    });
+    const run = runCli(
+      [
+        'dev',
+        '--config',
+        writeConfig('demo', appPort, 3000),
+        '--state-dir',
+        stateDir,
+        '--',
+        process.execPath,
+        'examples/demo-app.js',
+      ],
+      {
+        env: { PORT: String(appPort) },
+      },
+    );
     const sockets: tls.TLSSocket[] = [];
     try {
       const ingressPort = portOf((await run.waitFor('ingress listening')).listen);
@@ -59,7 +75,10 @@ describe('stopping dev with a supervised command', { timeout: 120_000 }, () => {
       assert.equal(waiting.commandPid, started.pid, 'the wait names the command it waits for');
       assert.equal(waiting.graceMs, 3000);
       assert.equal(await run.exited, 0, run.output().toString('utf8').slice(-3000));
-      assert.ok(!run.logs.some((line) => line.msg?.toString().includes('SIGKILL')), 'the demo app stopped on SIGTERM by itself');
+      assert.ok(
+        !run.logs.some((line) => line.msg?.toString().includes('SIGKILL')),
+        'the demo app stopped on SIGTERM by itself',
+      );
     } finally {
       for (const socket of sockets) socket.destroy();
       run.child.kill('SIGKILL');
@@ -69,7 +88,17 @@ describe('stopping dev with a supervised command', { timeout: 120_000 }, () => {
   it('a SIGTERM during start-up is a clean stop: the start finishes, no command is started, exit 0', async () => {
     const appPort = await freePort();
     const marker = join(dir, 'started.marker');
-    const run = runCli(['dev', '--config', writeConfig('early', appPort, 1000), '--state-dir', join(dir, 'early-state'), '--', process.execPath, '-e', `require('fs').writeFileSync(${JSON.stringify(marker)}, '')`]);
+    const run = runCli([
+      'dev',
+      '--config',
+      writeConfig('early', appPort, 1000),
+      '--state-dir',
+      join(dir, 'early-state'),
+      '--',
+      process.execPath,
+      '-e',
+      `require('fs').writeFileSync(${JSON.stringify(marker)}, '')`,
+    ]);
     try {
       await run.waitFor('config loaded');
       run.child.kill('SIGTERM');
@@ -91,17 +120,31 @@ describe('stopping dev with a supervised command', { timeout: 120_000 }, () => {
       stubborn,
       "import net from 'node:net';\nprocess.on('SIGTERM', () => {});\nprocess.on('SIGINT', () => {});\nnet.createServer().listen(Number(process.env.PORT), '127.0.0.1');\n",
     );
-    const run = runCli(['dev', '--config', writeConfig('stubborn', appPort, 300), '--state-dir', join(dir, 'stubborn-state'), '--', process.execPath, stubborn], {
-      env: { PORT: String(appPort) },
-    });
+    const run = runCli(
+      [
+        'dev',
+        '--config',
+        writeConfig('stubborn', appPort, 300),
+        '--state-dir',
+        join(dir, 'stubborn-state'),
+        '--',
+        process.execPath,
+        stubborn,
+      ],
+      {
+        env: { PORT: String(appPort) },
+      },
+    );
     try {
       const started = await run.waitFor('customer command started');
       await run.waitFor('app is up');
       run.child.kill('SIGTERM');
-      const killed = await run.waitFor('customer command still running after runtime.shutdown_grace_ms; sending SIGKILL');
+      const killed = await run.waitFor(
+        'customer command still running after runtime.shutdown_grace_ms; sending SIGKILL',
+      );
       assert.equal(killed.commandPid, started.pid);
       assert.equal(killed.level, 40);
-      assert.equal(await run.exited, 128 + 9, 'the exit status is the killed command\'s, as a shell reports it');
+      assert.equal(await run.exited, 128 + 9, "the exit status is the killed command's, as a shell reports it");
     } finally {
       run.child.kill('SIGKILL');
     }

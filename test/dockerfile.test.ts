@@ -38,7 +38,10 @@ function instructions(text: string): Instruction[] {
 function dockerignore(): string[] {
   const path = join(REPO_ROOT, '.dockerignore');
   if (!existsSync(path)) return [];
-  return readFileSync(path, 'utf8').split('\n').map((line) => line.trim()).filter((line) => line !== '' && !line.startsWith('#'));
+  return readFileSync(path, 'utf8')
+    .split('\n')
+    .map((line) => line.trim())
+    .filter((line) => line !== '' && !line.startsWith('#'));
 }
 
 describe('Dockerfile.runtime', () => {
@@ -49,7 +52,8 @@ describe('Dockerfile.runtime', () => {
     const [name, value] = instruction.args.split('=') as [string, string | undefined];
     if (value !== undefined && !args.has(name)) args.set(name, value);
   }
-  const expand = (text: string) => text.replace(/\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?/g, (_, name: string) => args.get(name) ?? `<unset ${name}>`);
+  const expand = (text: string) =>
+    text.replace(/\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?/g, (_, name: string) => args.get(name) ?? `<unset ${name}>`);
 
   it('pins every base image to an exact version or a digest, never latest', () => {
     const stages: string[] = [];
@@ -94,7 +98,10 @@ describe('Dockerfile.runtime', () => {
         const clean = source.replace(/^\.\//, '').replace(/\/$/, '');
         assert.ok(existsSync(join(REPO_ROOT, clean)), `line ${line}: COPY source ${source} does not exist`);
         for (const pattern of ignored) {
-          assert.ok(clean !== pattern && !clean.startsWith(`${pattern}/`), `line ${line}: ${source} is excluded by .dockerignore (${pattern})`);
+          assert.ok(
+            clean !== pattern && !clean.startsWith(`${pattern}/`),
+            `line ${line}: ${source} is excluded by .dockerignore (${pattern})`,
+          );
         }
       }
     }
@@ -115,7 +122,8 @@ describe('Dockerfile.runtime', () => {
       assert.doesNotMatch(rest, /^cd\s/, `line ${line}: DL3003, use WORKDIR`);
     }
     for (const { keyword, args: rest, line } of parsed) {
-      if (keyword === 'ENTRYPOINT' || keyword === 'CMD') assert.doesNotThrow(() => JSON.parse(rest), `line ${line}: ${keyword} in exec (JSON) form`);
+      if (keyword === 'ENTRYPOINT' || keyword === 'CMD')
+        assert.doesNotThrow(() => JSON.parse(rest), `line ${line}: ${keyword} in exec (JSON) form`);
     }
     const workdirs = parsed.filter((i) => i.keyword === 'WORKDIR');
     for (const { args: rest, line } of workdirs) assert.match(rest, /^\//, `line ${line}: DL3000, WORKDIR is absolute`);
@@ -124,9 +132,16 @@ describe('Dockerfile.runtime', () => {
   it('has the final stage Dockerfile.local builds from a prebuilt bundle (`npm run image`)', () => {
     const local = instructions(readFileSync(join(REPO_ROOT, 'Dockerfile.local'), 'utf8'));
     const final = parsed.slice(parsed.findLastIndex((i) => i.keyword === 'FROM'));
-    const shape = (stage: Instruction[]) => stage.map(({ keyword, args: rest }) => (keyword === 'COPY' ? `COPY ${rest.split(/\s+/).at(-1)}` : `${keyword} ${rest.replace(/\s+AS\s+\S+$/i, '')}`));
+    const shape = (stage: Instruction[]) =>
+      stage.map(({ keyword, args: rest }) =>
+        keyword === 'COPY' ? `COPY ${rest.split(/\s+/).at(-1)}` : `${keyword} ${rest.replace(/\s+AS\s+\S+$/i, '')}`,
+      );
     assert.deepEqual(shape(local), shape(final), 'the same FROM, destination, ENTRYPOINT and CMD');
-    assert.deepEqual(local.filter((i) => i.keyword === 'COPY').map((i) => i.args), ['. /opt/enclave-runtime'], 'the build context (the bundle directory) is the whole layer');
+    assert.deepEqual(
+      local.filter((i) => i.keyword === 'COPY').map((i) => i.args),
+      ['. /opt/enclave-runtime'],
+      'the build context (the bundle directory) is the whole layer',
+    );
   });
 
   it('matches the two lines README gives a customer Dockerfile', () => {

@@ -3,7 +3,8 @@ import { describe, it } from 'node:test';
 import { AllowlistError, compileAllowlist, type Decision } from '../src/egress/allowlist.js';
 
 const allowed = (rule: string, reason: Decision['reason']): Decision => ({ allowed: true, rule, reason });
-const denied = (reason: Decision['reason'], rule?: string): Decision => (rule === undefined ? { allowed: false, reason } : { allowed: false, rule, reason });
+const denied = (reason: Decision['reason'], rule?: string): Decision =>
+  rule === undefined ? { allowed: false, reason } : { allowed: false, rule, reason };
 
 describe('allowlist names', () => {
   const policy = compileAllowlist(['example.com', '*.example.com', 'api.partner.io:443']);
@@ -68,7 +69,13 @@ describe('allowlist names', () => {
 });
 
 describe('allowlist addresses', () => {
-  const policy = compileAllowlist(['192.0.2.10', '10.0.0.0/8:443', '2001:db8::1', '[2001:db8:1::/48]:443', '[2001:db8:2::5]']);
+  const policy = compileAllowlist([
+    '192.0.2.10',
+    '10.0.0.0/8:443',
+    '2001:db8::1',
+    '[2001:db8:1::/48]:443',
+    '[2001:db8:2::5]',
+  ]);
 
   it('matches IPv4 literals and CIDRs', () => {
     assert.deepEqual(policy.allowsIp('192.0.2.10'), allowed('192.0.2.10', 'exact'));

@@ -3,7 +3,12 @@ import { spawn } from 'node:child_process';
 import { createServer, type AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { connect as tlsConnect } from 'node:tls';
-import { CLIENT_HELLO_MAX_LENGTH, ClientHelloError, parseClientHello, type ClientHelloResult } from '../src/egress/client-hello.js';
+import {
+  CLIENT_HELLO_MAX_LENGTH,
+  ClientHelloError,
+  parseClientHello,
+  type ClientHelloResult,
+} from '../src/egress/client-hello.js';
 import { commandMissing } from './helpers/privilege.js';
 import { Prng } from './helpers/prng.js';
 
@@ -49,7 +54,9 @@ function nodeClient(options: { servername?: string; ALPNProtocols?: string[]; ma
 
 function opensslClient(args: string[]) {
   return (port: number) => {
-    const child = spawn('openssl', ['s_client', '-connect', `127.0.0.1:${port}`, ...args], { stdio: ['pipe', 'ignore', 'ignore'] });
+    const child = spawn('openssl', ['s_client', '-connect', `127.0.0.1:${port}`, ...args], {
+      stdio: ['pipe', 'ignore', 'ignore'],
+    });
     child.on('error', () => {});
     return () => child.kill();
   };
@@ -82,17 +89,40 @@ const u16 = (n: number): Buffer => Buffer.from([n >> 8, n & 0xff]);
 const vec16 = (...parts: Buffer[]): Buffer => Buffer.concat([u16(Buffer.concat(parts).length), ...parts]);
 const ext = (type: number, data: Buffer): Buffer => Buffer.concat([u16(type), vec16(data)]);
 const sni = (...names: Array<[number, string | Buffer]>): Buffer =>
-  ext(0, vec16(...names.map(([type, name]) => Buffer.concat([Buffer.from([type]), vec16(Buffer.from(name as string, 'latin1'))]))));
-const alpn = (...names: string[]): Buffer => ext(16, vec16(...names.map((n) => Buffer.concat([Buffer.from([n.length]), Buffer.from(n, 'latin1')]))));
-function craft(extensions: Buffer | null, { handshakeType = 1, body }: { handshakeType?: number; body?: Buffer } = {}): Buffer {
-  const fixed = Buffer.concat([Buffer.from([3, 3]), Buffer.alloc(32, 7), Buffer.from([0]), vec16(Buffer.from([0x13, 0x01])), Buffer.from([1, 0])]);
+  ext(
+    0,
+    vec16(
+      ...names.map(([type, name]) =>
+        Buffer.concat([Buffer.from([type]), vec16(Buffer.from(name as string, 'latin1'))]),
+      ),
+    ),
+  );
+const alpn = (...names: string[]): Buffer =>
+  ext(16, vec16(...names.map((n) => Buffer.concat([Buffer.from([n.length]), Buffer.from(n, 'latin1')]))));
+function craft(
+  extensions: Buffer | null,
+  { handshakeType = 1, body }: { handshakeType?: number; body?: Buffer } = {},
+): Buffer {
+  const fixed = Buffer.concat([
+    Buffer.from([3, 3]),
+    Buffer.alloc(32, 7),
+    Buffer.from([0]),
+    vec16(Buffer.from([0x13, 0x01])),
+    Buffer.from([1, 0]),
+  ]);
   const message = body ?? Buffer.concat([fixed, extensions === null ? Buffer.alloc(0) : vec16(extensions)]);
-  const handshake = Buffer.concat([Buffer.from([handshakeType, message.length >> 16, (message.length >> 8) & 0xff, message.length & 0xff]), message]);
+  const handshake = Buffer.concat([
+    Buffer.from([handshakeType, message.length >> 16, (message.length >> 8) & 0xff, message.length & 0xff]),
+    message,
+  ]);
   return Buffer.concat([Buffer.from([0x16, 0x03, 0x01]), u16(handshake.length), handshake]);
 }
 
 function rejects(data: Buffer, pattern: RegExp): void {
-  assert.throws(() => parseClientHello(data), (e: unknown) => e instanceof ClientHelloError && e.code === 'ERR_CLIENT_HELLO' && pattern.test(e.message));
+  assert.throws(
+    () => parseClientHello(data),
+    (e: unknown) => e instanceof ClientHelloError && e.code === 'ERR_CLIENT_HELLO' && pattern.test(e.message),
+  );
 }
 
 const captures = new Map<string, Buffer>();
@@ -100,31 +130,51 @@ const opensslMissing = commandMissing('openssl');
 
 describe('parseClientHello on real ClientHellos', () => {
   before(async () => {
-    captures.set('node-sni-alpn', await captureFirstRecord(nodeClient({ servername: 'api.example.com', ALPNProtocols: ['h2', 'http/1.1'] })));
+    captures.set(
+      'node-sni-alpn',
+      await captureFirstRecord(nodeClient({ servername: 'api.example.com', ALPNProtocols: ['h2', 'http/1.1'] })),
+    );
     captures.set('node-no-sni', await captureFirstRecord(nodeClient({})));
-    captures.set('node-tls12', await captureFirstRecord(nodeClient({ servername: 'Mixed.Case.Example', maxVersion: 'TLSv1.2' })));
+    captures.set(
+      'node-tls12',
+      await captureFirstRecord(nodeClient({ servername: 'Mixed.Case.Example', maxVersion: 'TLSv1.2' })),
+    );
     if (!opensslMissing) {
-      captures.set('openssl-sni', await captureFirstRecord(opensslClient(['-servername', 'x.example.org', '-alpn', 'h2,http/1.1'])));
+      captures.set(
+        'openssl-sni',
+        await captureFirstRecord(opensslClient(['-servername', 'x.example.org', '-alpn', 'h2,http/1.1'])),
+      );
       captures.set('openssl-no-sni', await captureFirstRecord(opensslClient(['-noservername'])));
     }
   });
 
   it('reads SNI and ALPN from Node tls.connect', () => {
-    assert.deepEqual(hello(parseClientHello(captures.get('node-sni-alpn')!)), { serverName: 'api.example.com', alpn: ['h2', 'http/1.1'] });
+    assert.deepEqual(hello(parseClientHello(captures.get('node-sni-alpn')!)), {
+      serverName: 'api.example.com',
+      alpn: ['h2', 'http/1.1'],
+    });
     assert.deepEqual(hello(parseClientHello(captures.get('node-no-sni')!)), {});
     assert.deepEqual(hello(parseClientHello(captures.get('node-tls12')!)), { serverName: 'Mixed.Case.Example' });
   });
 
   it('reads SNI and ALPN from openssl s_client', { skip: opensslMissing }, () => {
-    assert.deepEqual(hello(parseClientHello(captures.get('openssl-sni')!)), { serverName: 'x.example.org', alpn: ['h2', 'http/1.1'] });
+    assert.deepEqual(hello(parseClientHello(captures.get('openssl-sni')!)), {
+      serverName: 'x.example.org',
+      alpn: ['h2', 'http/1.1'],
+    });
     assert.deepEqual(hello(parseClientHello(captures.get('openssl-no-sni')!)), {});
   });
 
   it('says incomplete for every strict prefix and ignores what follows', () => {
     for (const [label, record] of captures) {
-      for (let i = 0; i < record.length; i++) assert.deepEqual(parseClientHello(record.subarray(0, i)), { kind: 'incomplete' }, `${label} prefix ${i}`);
+      for (let i = 0; i < record.length; i++)
+        assert.deepEqual(parseClientHello(record.subarray(0, i)), { kind: 'incomplete' }, `${label} prefix ${i}`);
       const whole = parseClientHello(record);
-      assert.deepEqual(parseClientHello(Buffer.concat([record, Buffer.from([0x14, 0x03, 0x03, 0x00, 0x01, 0x01])])), whole, label);
+      assert.deepEqual(
+        parseClientHello(Buffer.concat([record, Buffer.from([0x14, 0x03, 0x03, 0x00, 0x01, 0x01])])),
+        whole,
+        label,
+      );
     }
   });
 
@@ -134,7 +184,8 @@ describe('parseClientHello on real ClientHellos', () => {
     for (const sizes of [[1], [3], [4], [100], [50, 50, 50], Array<number>(31).fill(2)]) {
       const split = splitRecords(record, sizes);
       assert.deepEqual(parseClientHello(split), expected, `sizes ${sizes.join(',')}`);
-      for (let i = 0; i < split.length; i++) assert.deepEqual(parseClientHello(split.subarray(0, i)), { kind: 'incomplete' }, `split prefix ${i}`);
+      for (let i = 0; i < split.length; i++)
+        assert.deepEqual(parseClientHello(split.subarray(0, i)), { kind: 'incomplete' }, `split prefix ${i}`);
     }
     rejects(splitRecords(record, Array<number>(40).fill(1)), /more than 32 records/);
     const interrupted = splitRecords(record, [10]);
@@ -148,12 +199,19 @@ describe('parseClientHello on real ClientHellos', () => {
     for (let i = 0; i < 20_000; i++) {
       const seed = prng.pick(seeds);
       const mode = prng.int(3);
-      const input = mode === 0 ? Buffer.concat([Buffer.from([0x16, 3, prng.int(5)]), prng.bytes(prng.int(300))]) : mode === 1 ? seed.subarray(0, prng.int(seed.length + 1)) : prng.mutate(seed);
+      const input =
+        mode === 0
+          ? Buffer.concat([Buffer.from([0x16, 3, prng.int(5)]), prng.bytes(prng.int(300))])
+          : mode === 1
+            ? seed.subarray(0, prng.int(seed.length + 1))
+            : prng.mutate(seed);
       try {
         const result = parseClientHello(input);
-        if (result.kind === 'client-hello' && result.serverName !== undefined) assert.match(result.serverName, /^[\x21-\x7e]{1,255}$/);
+        if (result.kind === 'client-hello' && result.serverName !== undefined)
+          assert.match(result.serverName, /^[\x21-\x7e]{1,255}$/);
       } catch (error) {
-        if (!(error instanceof ClientHelloError)) throw new Error(`case ${i}: ${input.toString('hex')} threw ${String(error)}`, { cause: error });
+        if (!(error instanceof ClientHelloError))
+          throw new Error(`case ${i}: ${input.toString('hex')} threw ${String(error)}`, { cause: error });
       }
     }
   });
@@ -163,18 +221,23 @@ describe('parseClientHello on real ClientHellos', () => {
 
 describe('parseClientHello on crafted input', () => {
   it('classifies other protocols as not-tls', () => {
-    for (const data of ['GET / HTTP/1.1\r\n', 'SSH-2.0-OpenSSH\r\n'].map((t) => Buffer.from(t))) assert.deepEqual(parseClientHello(data), { kind: 'not-tls' });
+    for (const data of ['GET / HTTP/1.1\r\n', 'SSH-2.0-OpenSSH\r\n'].map((t) => Buffer.from(t)))
+      assert.deepEqual(parseClientHello(data), { kind: 'not-tls' });
     assert.deepEqual(parseClientHello(Buffer.from([0x80, 0x2e, 0x01, 0x00, 0x02])), { kind: 'not-tls' }, 'SSLv2 hello');
     assert.deepEqual(parseClientHello(Buffer.from([0x16, 0x02])), { kind: 'not-tls' });
     // Any minor version is TLS: servers accept 0x0305 and 0x03ff in the first record's header.
-    for (const minor of [0x00, 0x05, 0xff]) assert.deepEqual(parseClientHello(Buffer.from([0x16, 0x03, minor])), { kind: 'incomplete' });
+    for (const minor of [0x00, 0x05, 0xff])
+      assert.deepEqual(parseClientHello(Buffer.from([0x16, 0x03, minor])), { kind: 'incomplete' });
     assert.deepEqual(parseClientHello(Buffer.alloc(0)), { kind: 'incomplete' });
     assert.deepEqual(parseClientHello(Buffer.from([0x16])), { kind: 'incomplete' });
   });
 
   it('accepts a ClientHello without extensions', () => {
     assert.deepEqual(parseClientHello(craft(null)), { kind: 'client-hello' });
-    assert.deepEqual(hello(parseClientHello(craft(Buffer.concat([ext(0xff01, Buffer.from([0])), sni([0, 'a.example'])])))), { serverName: 'a.example' });
+    assert.deepEqual(
+      hello(parseClientHello(craft(Buffer.concat([ext(0xff01, Buffer.from([0])), sni([0, 'a.example'])])))),
+      { serverName: 'a.example' },
+    );
   });
 
   it('reads a ClientHello whatever the record minor version', () => {
@@ -186,7 +249,9 @@ describe('parseClientHello on crafted input', () => {
   });
 
   it('reports encrypted_client_hello (and draft ESNI), whose real SNI is hidden', () => {
-    const ech = parseClientHello(craft(Buffer.concat([sni([0, 'public.example']), ext(0xfe0d, Buffer.from([0, 1, 2, 3]))])));
+    const ech = parseClientHello(
+      craft(Buffer.concat([sni([0, 'public.example']), ext(0xfe0d, Buffer.from([0, 1, 2, 3]))])),
+    );
     assert.deepEqual(ech, { kind: 'client-hello', serverName: 'public.example', ech: true });
     assert.equal((parseClientHello(craft(ext(0xffce, Buffer.from([9])))) as { ech?: boolean }).ech, true);
     assert.equal((parseClientHello(craft(sni([0, 'a.example']))) as { ech?: boolean }).ech, undefined);
@@ -207,7 +272,10 @@ describe('parseClientHello on crafted input', () => {
     rejects(Buffer.from([0x16, 0x03, 0x01, 0x00, 0x01, 0x02]), /type 2, not ClientHello/);
     rejects(Buffer.from([0x16, 0x03, 0x01, 0x00, 0x00]), /empty TLS handshake record/);
     rejects(Buffer.from([0x16, 0x03, 0x01, 0x40, 0x01]), /record of 16385 bytes exceeds 16384/);
-    rejects(Buffer.from([0x16, 0x03, 0x01, 0x00, 0x04, 0x01, 0x00, 0x40, 0x00]), new RegExp(`ClientHello of 16388 bytes exceeds ${CLIENT_HELLO_MAX_LENGTH}`));
+    rejects(
+      Buffer.from([0x16, 0x03, 0x01, 0x00, 0x04, 0x01, 0x00, 0x40, 0x00]),
+      new RegExp(`ClientHello of 16388 bytes exceeds ${CLIENT_HELLO_MAX_LENGTH}`),
+    );
     rejects(craft(Buffer.concat([sni([0, 'a.example']), sni([0, 'b.example'])])), /repeats extension 0/);
     rejects(craft(sni([0, 'a.example'], [0, 'b.example'])), /more than one host_name/);
     rejects(craft(sni([1, 'other.example'], [0, 'a.example'])), /server_name entry of type 1, not host_name/);
@@ -219,9 +287,36 @@ describe('parseClientHello on crafted input', () => {
     rejects(craft(alpn('h2', '')), /empty protocol name/);
     rejects(craft(ext(16, Buffer.alloc(0))), /ALPN list is truncated/);
     rejects(craft(Buffer.concat([u16(0), u16(50), Buffer.alloc(3)])), /extension 0 is truncated/);
-    rejects(craft(null, { body: Buffer.concat([Buffer.from([3, 3]), Buffer.alloc(32), Buffer.from([33]), Buffer.alloc(33)]) }), /session_id is longer than 32/);
-    rejects(craft(null, { body: Buffer.concat([Buffer.from([3, 3]), Buffer.alloc(32), Buffer.from([0]), vec16(Buffer.from([1])), Buffer.from([1, 0])]) }), /cipher_suites has 1 bytes/);
-    rejects(craft(null, { body: Buffer.concat([Buffer.from([3, 3]), Buffer.alloc(32), Buffer.from([0]), vec16(Buffer.from([0x13, 1])), Buffer.from([0])]) }), /no compression methods/);
+    rejects(
+      craft(null, {
+        body: Buffer.concat([Buffer.from([3, 3]), Buffer.alloc(32), Buffer.from([33]), Buffer.alloc(33)]),
+      }),
+      /session_id is longer than 32/,
+    );
+    rejects(
+      craft(null, {
+        body: Buffer.concat([
+          Buffer.from([3, 3]),
+          Buffer.alloc(32),
+          Buffer.from([0]),
+          vec16(Buffer.from([1])),
+          Buffer.from([1, 0]),
+        ]),
+      }),
+      /cipher_suites has 1 bytes/,
+    );
+    rejects(
+      craft(null, {
+        body: Buffer.concat([
+          Buffer.from([3, 3]),
+          Buffer.alloc(32),
+          Buffer.from([0]),
+          vec16(Buffer.from([0x13, 1])),
+          Buffer.from([0]),
+        ]),
+      }),
+      /no compression methods/,
+    );
     rejects(craft(null, { body: Buffer.concat([Buffer.from([3, 3]), Buffer.alloc(20)]) }), /random is truncated/);
   });
 });

@@ -14,25 +14,46 @@ import {
   parseDnsHeader,
   parseDnsQuery,
   parseDnsResponse,
-} from '../src/egress/dns-message.js';
+} from '../src/wire/dns-message.js';
 import { Prng } from './helpers/prng.js';
 
 // A deliberately separate, dumb encoder: the bytes `dig +noedns` would send, built by hand.
 const u16 = (n: number): Buffer => Buffer.from([n >> 8, n & 0xff]);
 const u32 = (n: number): Buffer => Buffer.from([n >>> 24, (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff]);
-const name = (...labels: string[]): Buffer => Buffer.concat([...labels.map((l) => Buffer.concat([Buffer.from([l.length]), Buffer.from(l, 'latin1')])), Buffer.from([0])]);
-const labels = (...parts: string[]): Buffer => Buffer.concat(parts.map((l) => Buffer.concat([Buffer.from([l.length]), Buffer.from(l, 'latin1')])));
+const name = (...labels: string[]): Buffer =>
+  Buffer.concat([
+    ...labels.map((l) => Buffer.concat([Buffer.from([l.length]), Buffer.from(l, 'latin1')])),
+    Buffer.from([0]),
+  ]);
+const labels = (...parts: string[]): Buffer =>
+  Buffer.concat(parts.map((l) => Buffer.concat([Buffer.from([l.length]), Buffer.from(l, 'latin1')])));
 const pointer = (offset: number): Buffer => u16(0xc000 | offset);
 const header = (o: { id?: number; flags?: number; qd?: number; an?: number; ns?: number; ar?: number } = {}): Buffer =>
-  Buffer.concat([u16(o.id ?? 0xbeef), u16(o.flags ?? 0x0100), u16(o.qd ?? 1), u16(o.an ?? 0), u16(o.ns ?? 0), u16(o.ar ?? 0)]);
-const question = (qname: Buffer, type: number = DnsType.A, cls = 1): Buffer => Buffer.concat([qname, u16(type), u16(cls)]);
-const record = (owner: Buffer, type: number, ttl: number, rdata: Buffer): Buffer => Buffer.concat([owner, u16(type), u16(1), u32(ttl), u16(rdata.length), rdata]);
+  Buffer.concat([
+    u16(o.id ?? 0xbeef),
+    u16(o.flags ?? 0x0100),
+    u16(o.qd ?? 1),
+    u16(o.an ?? 0),
+    u16(o.ns ?? 0),
+    u16(o.ar ?? 0),
+  ]);
+const question = (qname: Buffer, type: number = DnsType.A, cls = 1): Buffer =>
+  Buffer.concat([qname, u16(type), u16(cls)]);
+const record = (owner: Buffer, type: number, ttl: number, rdata: Buffer): Buffer =>
+  Buffer.concat([owner, u16(type), u16(1), u32(ttl), u16(rdata.length), rdata]);
 
 function rejects(fn: () => unknown, pattern: RegExp): void {
-  assert.throws(fn, (error: unknown) => error instanceof DnsFormatError && error.code === 'ERR_DNS_FORMAT' && pattern.test(error.message));
+  assert.throws(
+    fn,
+    (error: unknown) =>
+      error instanceof DnsFormatError && error.code === 'ERR_DNS_FORMAT' && pattern.test(error.message),
+  );
 }
 
-const exampleQuery = Buffer.concat([header({ id: 0x1234, flags: 0x0100 }), question(name('ExAmPlE', 'CoM'), DnsType.AAAA)]);
+const exampleQuery = Buffer.concat([
+  header({ id: 0x1234, flags: 0x0100 }),
+  question(name('ExAmPlE', 'CoM'), DnsType.AAAA),
+]);
 
 describe('parseDnsQuery', () => {
   it('reads the header and the single question, keeping the case', () => {
@@ -63,8 +84,14 @@ describe('parseDnsQuery', () => {
 
   it('requires exactly one question and a query', () => {
     rejects(() => parseDnsQuery(header({ qd: 0 })), /has 0 questions; exactly one is required/);
-    rejects(() => parseDnsQuery(Buffer.concat([header({ qd: 2 }), question(name('a')), question(name('b'))])), /has 2 questions/);
-    rejects(() => parseDnsQuery(Buffer.concat([header({ flags: 0x8180 }), question(name('a'))])), /is a response, not a query/);
+    rejects(
+      () => parseDnsQuery(Buffer.concat([header({ qd: 2 }), question(name('a')), question(name('b'))])),
+      /has 2 questions/,
+    );
+    rejects(
+      () => parseDnsQuery(Buffer.concat([header({ flags: 0x8180 }), question(name('a'))])),
+      /is a response, not a query/,
+    );
   });
 
   it('rejects every truncation of a query', () => {
@@ -72,7 +99,10 @@ describe('parseDnsQuery', () => {
       assert.throws(() => parseDnsQuery(exampleQuery.subarray(0, i)), DnsFormatError, `length ${i}`);
     }
     rejects(() => parseDnsQuery(Buffer.alloc(5)), /shorter than the 12-byte header/);
-    rejects(() => parseDnsQuery(exampleQuery.subarray(0, exampleQuery.length - 2)), /question for ExAmPlE\.CoM is truncated/);
+    rejects(
+      () => parseDnsQuery(exampleQuery.subarray(0, exampleQuery.length - 2)),
+      /question for ExAmPlE\.CoM is truncated/,
+    );
     rejects(() => parseDnsHeader(Buffer.alloc(65536)), /exceeds 65535/);
   });
 });
@@ -106,12 +136,19 @@ describe('DNS names with compression', () => {
   });
 
   it('returns other record types without data', () => {
-    const mx = parseDnsResponse(Buffer.concat([header({ flags: 0x8180, an: 1 }), q, record(pointer(12), DnsType.MX, 5, Buffer.concat([u16(10), pointer(12)]))]));
+    const mx = parseDnsResponse(
+      Buffer.concat([
+        header({ flags: 0x8180, an: 1 }),
+        q,
+        record(pointer(12), DnsType.MX, 5, Buffer.concat([u16(10), pointer(12)])),
+      ]),
+    );
     assert.deepEqual(mx.answers, [{ name: 'www.example.com', type: DnsType.MX, class: 1, ttl: 5 }]);
   });
 
   it('rejects every truncation of a response', () => {
-    for (let i = 0; i < response.length; i++) assert.throws(() => parseDnsResponse(response.subarray(0, i)), DnsFormatError, `length ${i}`);
+    for (let i = 0; i < response.length; i++)
+      assert.throws(() => parseDnsResponse(response.subarray(0, i)), DnsFormatError, `length ${i}`);
   });
 
   it('rejects pointer loops, forward pointers and pointers into the header', () => {
@@ -121,12 +158,19 @@ describe('DNS names with compression', () => {
     rejects(() => parseDnsQuery(pingPong), /does not point backwards \(to 17\)/);
     rejects(() => parseDnsQuery(Buffer.concat([header(), question(pointer(3))])), /points into the header/);
     // A name that continues with a pointer to its own start: "b.b.b..." forever.
-    const selfSuffix = Buffer.concat([header({ flags: 0x8180, an: 1 }), question(name('a')), record(Buffer.concat([labels('b'), pointer(19)]), 1, 1, Buffer.alloc(4))]);
+    const selfSuffix = Buffer.concat([
+      header({ flags: 0x8180, an: 1 }),
+      question(name('a')),
+      record(Buffer.concat([labels('b'), pointer(19)]), 1, 1, Buffer.alloc(4)),
+    ]);
     rejects(() => parseDnsResponse(selfSuffix), /pointer at offset 21 does not point backwards \(to 19\)/);
   });
 
   it('bounds names at 255 bytes, even when built from a pointer chain', () => {
-    rejects(() => parseDnsQuery(Buffer.concat([header(), question(name(...Array<string>(5).fill('x'.repeat(63))))])), /longer than 255 bytes/);
+    rejects(
+      () => parseDnsQuery(Buffer.concat([header(), question(name(...Array<string>(5).fill('x'.repeat(63))))])),
+      /longer than 255 bytes/,
+    );
     // Question i is a 37-byte label plus a pointer to question i-1: each one 38 bytes longer.
     const questions = [question(name('z'))];
     let start = 12;
@@ -141,15 +185,48 @@ describe('DNS names with compression', () => {
   });
 
   it('rejects extended label types and bad address lengths', () => {
-    rejects(() => parseDnsQuery(Buffer.concat([header(), Buffer.from([0x41, 0x00, 0x00]), u16(1), u16(1)])), /unsupported label type 0x40/);
-    rejects(() => parseDnsQuery(Buffer.concat([header(), Buffer.from([0x81, 0x00, 0x00]), u16(1), u16(1)])), /unsupported label type 0x80/);
-    const badA = Buffer.concat([header({ flags: 0x8180, an: 1 }), q, record(pointer(12), DnsType.A, 1, Buffer.alloc(5))]);
+    rejects(
+      () => parseDnsQuery(Buffer.concat([header(), Buffer.from([0x41, 0x00, 0x00]), u16(1), u16(1)])),
+      /unsupported label type 0x40/,
+    );
+    rejects(
+      () => parseDnsQuery(Buffer.concat([header(), Buffer.from([0x81, 0x00, 0x00]), u16(1), u16(1)])),
+      /unsupported label type 0x80/,
+    );
+    const badA = Buffer.concat([
+      header({ flags: 0x8180, an: 1 }),
+      q,
+      record(pointer(12), DnsType.A, 1, Buffer.alloc(5)),
+    ]);
     rejects(() => parseDnsResponse(badA), /A record for www\.example\.com has 5 data bytes, not 4/);
-    const longCname = Buffer.concat([header({ flags: 0x8180, an: 1 }), q, record(pointer(12), DnsType.CNAME, 1, Buffer.concat([pointer(12), Buffer.from([0])]))]);
+    const longCname = Buffer.concat([
+      header({ flags: 0x8180, an: 1 }),
+      q,
+      record(pointer(12), DnsType.CNAME, 1, Buffer.concat([pointer(12), Buffer.from([0])])),
+    ]);
     rejects(() => parseDnsResponse(longCname), /bytes after its target name/);
-    const overrun = Buffer.concat([header({ flags: 0x8180, an: 1 }), q, pointer(12), u16(1), u16(1), u32(1), u16(50), Buffer.alloc(4)]);
+    const overrun = Buffer.concat([
+      header({ flags: 0x8180, an: 1 }),
+      q,
+      pointer(12),
+      u16(1),
+      u16(1),
+      u32(1),
+      u16(50),
+      Buffer.alloc(4),
+    ]);
     rejects(() => parseDnsResponse(overrun), /runs past the end/);
-    const cnameEscapesRdata = Buffer.concat([header({ flags: 0x8180, an: 1 }), q, pointer(12), u16(DnsType.CNAME), u16(1), u32(1), u16(2), labels('abc'), Buffer.from([0])]);
+    const cnameEscapesRdata = Buffer.concat([
+      header({ flags: 0x8180, an: 1 }),
+      q,
+      pointer(12),
+      u16(DnsType.CNAME),
+      u16(1),
+      u32(1),
+      u16(2),
+      labels('abc'),
+      Buffer.from([0]),
+    ]);
     rejects(() => parseDnsResponse(cnameEscapesRdata), /truncated/);
   });
 });
@@ -158,14 +235,28 @@ describe('responses built for a query', () => {
   it('REFUSED and NXDOMAIN echo ID, RD and the question with QR=1, RA=1', () => {
     const query = parseDnsQuery(exampleQuery);
     const refused = buildRefused(query);
-    assert.deepEqual(refused, Buffer.concat([u16(0x1234), u16(0x8185), u16(1), u16(0), u16(0), u16(0), question(name('ExAmPlE', 'CoM'), DnsType.AAAA)]));
+    assert.deepEqual(
+      refused,
+      Buffer.concat([
+        u16(0x1234),
+        u16(0x8185),
+        u16(1),
+        u16(0),
+        u16(0),
+        u16(0),
+        question(name('ExAmPlE', 'CoM'), DnsType.AAAA),
+      ]),
+    );
     const parsed = parseDnsResponse(refused);
     assert.equal(parsed.header.rcode, DnsRcode.REFUSED);
     assert.deepEqual(parsed.questions, [query.question]);
 
     const noRecursion = parseDnsQuery(Buffer.concat([header({ id: 7, flags: 0x0010 }), question(name('a', 'b'))]));
     const nx = parseDnsHeader(buildNxdomain(noRecursion));
-    assert.deepEqual([nx.id, nx.qr, nx.rd, nx.ra, nx.cd, nx.aa, nx.tc, nx.rcode, nx.qdcount, nx.ancount], [7, true, false, true, true, false, false, DnsRcode.NXDOMAIN, 1, 0]);
+    assert.deepEqual(
+      [nx.id, nx.qr, nx.rd, nx.ra, nx.cd, nx.aa, nx.tc, nx.rcode, nx.qdcount, nx.ancount],
+      [7, true, false, true, true, false, false, DnsRcode.NXDOMAIN, 1, 0],
+    );
     assert.equal(parseDnsHeader(buildErrorResponse(noRecursion, DnsRcode.SERVFAIL)).rcode, 2);
   });
 
@@ -223,13 +314,27 @@ describe('DNS parser fuzz', () => {
     const prng = new Prng(0x5eed_0003);
     const seeds = [
       exampleQuery,
-      Buffer.concat([header({ flags: 0x8180, an: 2 }), question(name('www', 'example', 'com')), record(pointer(12), DnsType.CNAME, 1, Buffer.concat([labels('cdn'), pointer(16)])), record(pointer(33 + 12), DnsType.A, 9, Buffer.from([1, 2, 3, 4]))]),
-      Buffer.concat([header({ flags: 0x8180, an: 1 }), question(name('a')), record(pointer(12), DnsType.AAAA, 9, Buffer.alloc(16, 1))]),
+      Buffer.concat([
+        header({ flags: 0x8180, an: 2 }),
+        question(name('www', 'example', 'com')),
+        record(pointer(12), DnsType.CNAME, 1, Buffer.concat([labels('cdn'), pointer(16)])),
+        record(pointer(33 + 12), DnsType.A, 9, Buffer.from([1, 2, 3, 4])),
+      ]),
+      Buffer.concat([
+        header({ flags: 0x8180, an: 1 }),
+        question(name('a')),
+        record(pointer(12), DnsType.AAAA, 9, Buffer.alloc(16, 1)),
+      ]),
     ];
     for (let i = 0; i < 20_000; i++) {
       const mode = prng.int(3);
       const seed = prng.pick(seeds);
-      const input = mode === 0 ? Buffer.concat([header({ qd: prng.int(3), an: prng.int(4) }), prng.bytes(prng.int(80))]) : mode === 1 ? seed.subarray(0, prng.int(seed.length + 1)) : prng.mutate(seed);
+      const input =
+        mode === 0
+          ? Buffer.concat([header({ qd: prng.int(3), an: prng.int(4) }), prng.bytes(prng.int(80))])
+          : mode === 1
+            ? seed.subarray(0, prng.int(seed.length + 1))
+            : prng.mutate(seed);
       for (const parse of [parseDnsQuery, parseDnsResponse]) {
         try {
           const result = parse(input);
@@ -239,7 +344,8 @@ describe('DNS parser fuzz', () => {
             assert.deepEqual(answer.questions, [result.question], `case ${i}`);
           }
         } catch (error) {
-          if (!(error instanceof DnsFormatError)) throw new Error(`case ${i}: ${input.toString('hex')} threw ${String(error)}`, { cause: error });
+          if (!(error instanceof DnsFormatError))
+            throw new Error(`case ${i}: ${input.toString('hex')} threw ${String(error)}`, { cause: error });
         }
       }
       buildFormErr(input);

@@ -1,12 +1,16 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { DomainNameError, normaliseDomainName, tryNormaliseDomainName } from '../src/egress/domain-name.js';
+import { DomainNameError, normaliseDomainName, tryNormaliseDomainName } from '../src/wire/domain-name.js';
 import { Prng } from './helpers/prng.js';
 
 function rejects(input: string, pattern: RegExp): void {
   assert.throws(
     () => normaliseDomainName(input),
-    (error: unknown) => error instanceof DomainNameError && error.code === 'ERR_DOMAIN_NAME' && error.value === input && pattern.test(error.message),
+    (error: unknown) =>
+      error instanceof DomainNameError &&
+      error.code === 'ERR_DOMAIN_NAME' &&
+      error.value === input &&
+      pattern.test(error.message),
     input,
   );
 }
@@ -61,7 +65,26 @@ describe('normaliseDomainName', () => {
 
   it('is idempotent and throws only DomainNameError on random strings', () => {
     const prng = new Prng(0x5eed_0002);
-    const alphabet = ['a', 'Z', '0', '-', '_', '.', '.', '*', '%', ' ', 'é', 'а', '。', '\u200d', 'ß', 'x', 'n', '\u0000'];
+    const alphabet = [
+      'a',
+      'Z',
+      '0',
+      '-',
+      '_',
+      '.',
+      '.',
+      '*',
+      '%',
+      ' ',
+      'é',
+      'а',
+      '。',
+      '\u200d',
+      'ß',
+      'x',
+      'n',
+      '\u0000',
+    ];
     for (let i = 0; i < 5000; i++) {
       let input = '';
       const length = prng.int(40);

@@ -32,7 +32,15 @@ const ALLOWED_V6 = '2001:db8::10';
 const PARENT = '10.200.1.1';
 const DNS_SERVER = '10.200.1.2';
 
-const ALLOW = ['allowed.test', '*.allowed.test', 'banner.test', 'big.test', 'v6.test', 'private.test', 'port443.test:443'];
+const ALLOW = [
+  'allowed.test',
+  '*.allowed.test',
+  'banner.test',
+  'big.test',
+  'v6.test',
+  'private.test',
+  'port443.test:443',
+];
 
 const ZONE: InternetSpec['zone'] = {
   'allowed.test': { A: [ALLOWED] },
@@ -83,9 +91,11 @@ describe('egress in network namespaces (enclave, parent, internet)', { skip: net
     const veth = lab.addVeth(parent, `${PARENT}/30`, internet, `${DNS_SERVER}/30`);
     lab.exec(parent, 'ip', ['-6', 'addr', 'add', 'fd00:200::1/64', 'dev', veth.a, 'nodad']);
     lab.exec(internet, 'ip', ['-6', 'addr', 'add', 'fd00:200::2/64', 'dev', veth.b, 'nodad']);
-    for (const address of [`${ALLOWED}/32`, `${DENIED}/32`, `${BANNER}/32`]) lab.exec(internet, 'ip', ['addr', 'add', address, 'dev', 'lo']);
+    for (const address of [`${ALLOWED}/32`, `${DENIED}/32`, `${BANNER}/32`])
+      lab.exec(internet, 'ip', ['addr', 'add', address, 'dev', 'lo']);
     lab.exec(internet, 'ip', ['-6', 'addr', 'add', `${ALLOWED_V6}/128`, 'dev', 'lo']);
-    for (const range of ['198.51.100.0/24', '203.0.113.0/24']) lab.exec(parent, 'ip', ['route', 'add', range, 'via', DNS_SERVER]);
+    for (const range of ['198.51.100.0/24', '203.0.113.0/24'])
+      lab.exec(parent, 'ip', ['route', 'add', range, 'via', DNS_SERVER]);
     lab.exec(parent, 'ip', ['-6', 'route', 'add', '2001:db8::/32', 'via', 'fd00:200::2']);
     // The host relay asks "system" DNS: resolv.conf as seen inside the parent namespace.
     lab.setResolvConf(parent, `nameserver ${DNS_SERVER}\n`);
@@ -156,14 +166,19 @@ describe('egress in network namespaces (enclave, parent, internet)', { skip: net
       const before = await counters();
       const mark = runtime.stderrLines.length;
       const result = await app(probe);
-      await runtime.waitForLine((line) => line.includes('"egress refused"') && runtime.stderrLines.indexOf(line) >= mark, 5000);
+      await runtime.waitForLine(
+        (line) => line.includes('"egress refused"') && runtime.stderrLines.indexOf(line) >= mark,
+        5000,
+      );
       const afterCounters = await counters();
       const lines = refusalsSince(mark);
       assert.equal(lines.length, 1, `one refusal line for ${JSON.stringify(probe)}, got ${JSON.stringify(lines)}`);
       const line = lines[0]!;
-      for (const key of ['name', 'ip', 'port', 'outcome', 'reason', 'rule']) assert.ok(key in line, `refusal line has ${key}: ${JSON.stringify(line)}`);
+      for (const key of ['name', 'ip', 'port', 'outcome', 'reason', 'rule'])
+        assert.ok(key in line, `refusal line has ${key}: ${JSON.stringify(line)}`);
       assert.equal(line.outcome, 'refused');
-      for (const [key, value] of Object.entries(expected)) assert.deepEqual(line[key], value, `refusal line ${key}: ${JSON.stringify(line)}`);
+      for (const [key, value] of Object.entries(expected))
+        assert.deepEqual(line[key], value, `refusal line ${key}: ${JSON.stringify(line)}`);
       assert.equal(afterCounters[counter], before[counter]! + 1, `${counter} counts the refusal`);
       return result;
     };
@@ -222,7 +237,13 @@ describe('egress in network namespaces (enclave, parent, internet)', { skip: net
 
       const plain = await app({ op: 'http', host: 'allowed.test', path: '/plain' });
       assert.equal(plain.status, 200, JSON.stringify(plain));
-      assert.deepEqual(body(plain), { server: ALLOWED, from: PARENT, host: 'allowed.test', path: '/plain', method: 'GET' });
+      assert.deepEqual(body(plain), {
+        server: ALLOWED,
+        from: PARENT,
+        host: 'allowed.test',
+        path: '/plain',
+        method: 'GET',
+      });
 
       const alias = await app({ op: 'https', host: 'alias.allowed.test' });
       assert.equal(alias.status, 200, JSON.stringify(alias));
@@ -233,9 +254,20 @@ describe('egress in network namespaces (enclave, parent, internet)', { skip: net
     it('allows an allowed name through the HTTP proxy: absolute URI and CONNECT', async () => {
       const absolute = await app({ op: 'proxy-get', proxy: '127.0.0.1:3128', url: 'http://allowed.test/absolute?q=1' });
       assert.equal(absolute.status, 200, JSON.stringify(absolute));
-      assert.deepEqual(body(absolute), { server: ALLOWED, from: PARENT, host: 'allowed.test', path: '/absolute?q=1', method: 'GET' });
+      assert.deepEqual(body(absolute), {
+        server: ALLOWED,
+        from: PARENT,
+        host: 'allowed.test',
+        path: '/absolute?q=1',
+        method: 'GET',
+      });
 
-      const tunnel = await app({ op: 'proxy-connect', proxy: '127.0.0.1:3128', target: 'allowed.test:443', servername: 'allowed.test' });
+      const tunnel = await app({
+        op: 'proxy-connect',
+        proxy: '127.0.0.1:3128',
+        target: 'allowed.test:443',
+        servername: 'allowed.test',
+      });
       assert.equal(tunnel.status, 200, JSON.stringify(tunnel));
       assert.deepEqual(body(tunnel), { server: ALLOWED, from: PARENT, sni: 'allowed.test', path: '/through-connect' });
     });
@@ -251,11 +283,23 @@ describe('egress in network namespaces (enclave, parent, internet)', { skip: net
     it('allows IPv6 through ip6tables and the [::1] listener', async () => {
       const result = await app({ op: 'http', host: 'v6.test', path: '/six' });
       assert.equal(result.status, 200, JSON.stringify(result));
-      assert.deepEqual(body(result), { server: ALLOWED_V6, from: 'fd00:200::1', host: 'v6.test', path: '/six', method: 'GET' });
+      assert.deepEqual(body(result), {
+        server: ALLOWED_V6,
+        from: 'fd00:200::1',
+        host: 'v6.test',
+        path: '/six',
+        method: 'GET',
+      });
     });
 
     it('refuses a denied name at DNS at once (REFUSED, not a timeout)', async () => {
-      const result = await expectRefusal({ op: 'dns', name: 'denied.test', type: 'A' }, 'dnsRefused', { name: 'denied.test', qtype: 'A', reason: 'no-rule', ip: null, port: null });
+      const result = await expectRefusal({ op: 'dns', name: 'denied.test', type: 'A' }, 'dnsRefused', {
+        name: 'denied.test',
+        qtype: 'A',
+        reason: 'no-rule',
+        ip: null,
+        port: null,
+      });
       assert.deepEqual(result, { rcode: 5, tc: false, answers: [] });
       const lookup = await app({ op: 'lookup', name: 'denied.test' });
       assert.equal(lookup.addresses, undefined);
@@ -263,9 +307,20 @@ describe('egress in network namespaces (enclave, parent, internet)', { skip: net
     });
 
     it("refuses dialling the denied server's IP directly", async () => {
-      const result = await expectRefusal({ op: 'https', host: DENIED }, 'connectionsRefused', { ip: DENIED, port: 443, name: null, reason: 'not-resolved' });
+      const result = await expectRefusal({ op: 'https', host: DENIED }, 'connectionsRefused', {
+        ip: DENIED,
+        port: 443,
+        name: null,
+        reason: 'not-resolved',
+      });
       assert.equal(result.code, 'ECONNRESET', JSON.stringify(result));
-      const banner = await expectRefusal({ op: 'banner', host: DENIED, port: 25 }, 'connectionsRefused', { ip: DENIED, port: 25, reason: 'not-resolved', sni: null, host: null });
+      const banner = await expectRefusal({ op: 'banner', host: DENIED, port: 25 }, 'connectionsRefused', {
+        ip: DENIED,
+        port: 25,
+        reason: 'not-resolved',
+        sni: null,
+        host: null,
+      });
       assert.equal(banner.code, 'ECONNRESET', JSON.stringify(banner));
       assert.equal(banner.received, '', 'the denied server never spoke to the app');
     });
@@ -279,12 +334,16 @@ describe('egress in network namespaces (enclave, parent, internet)', { skip: net
         reason: 'hostname-denied',
       });
       assert.equal(sni.code, 'ECONNRESET', JSON.stringify(sni));
-      const mismatch = await expectRefusal({ op: 'https', host: ALLOWED, servername: 'other.allowed.test' }, 'connectionsRefused', {
-        ip: ALLOWED,
-        port: 443,
-        sni: 'other.allowed.test',
-        reason: 'hostname-mismatch',
-      });
+      const mismatch = await expectRefusal(
+        { op: 'https', host: ALLOWED, servername: 'other.allowed.test' },
+        'connectionsRefused',
+        {
+          ip: ALLOWED,
+          port: 443,
+          sni: 'other.allowed.test',
+          reason: 'hostname-mismatch',
+        },
+      );
       assert.equal(mismatch.code, 'ECONNRESET', JSON.stringify(mismatch));
       const host = await expectRefusal({ op: 'http', host: ALLOWED, hostHeader: 'denied.test' }, 'connectionsRefused', {
         ip: ALLOWED,
@@ -296,34 +355,50 @@ describe('egress in network namespaces (enclave, parent, internet)', { skip: net
     });
 
     it('answers 403 with a reason for a denied name through the proxy', async () => {
-      const absolute = await expectRefusal({ op: 'proxy-get', proxy: '127.0.0.1:3128', url: 'http://denied.test/' }, 'proxyRefused', {
-        name: 'denied.test',
-        port: 80,
-        reason: 'no-rule',
-      });
+      const absolute = await expectRefusal(
+        { op: 'proxy-get', proxy: '127.0.0.1:3128', url: 'http://denied.test/' },
+        'proxyRefused',
+        {
+          name: 'denied.test',
+          port: 80,
+          reason: 'no-rule',
+        },
+      );
       assert.equal(absolute.status, 403);
       assert.match(absolute.body, /denied\.test:80 is not allowed \(no-rule\)/);
-      const tunnel = await expectRefusal({ op: 'proxy-connect', proxy: '127.0.0.1:3128', target: 'denied.test:443', servername: 'denied.test' }, 'proxyRefused', {
-        name: 'denied.test',
-        port: 443,
-        reason: 'no-rule',
-      });
+      const tunnel = await expectRefusal(
+        { op: 'proxy-connect', proxy: '127.0.0.1:3128', target: 'denied.test:443', servername: 'denied.test' },
+        'proxyRefused',
+        {
+          name: 'denied.test',
+          port: 443,
+          reason: 'no-rule',
+        },
+      );
       assert.equal(tunnel.status, 403);
-      const smuggled = await expectRefusal({ op: 'proxy-connect', proxy: '127.0.0.1:3128', target: 'allowed.test:443', servername: 'denied.test' }, 'proxyRefused', {
-        name: 'allowed.test',
-        ip: ALLOWED,
-        port: 443,
-        sni: 'denied.test',
-        reason: 'hostname-denied',
-      });
+      const smuggled = await expectRefusal(
+        { op: 'proxy-connect', proxy: '127.0.0.1:3128', target: 'allowed.test:443', servername: 'denied.test' },
+        'proxyRefused',
+        {
+          name: 'allowed.test',
+          ip: ALLOWED,
+          port: 443,
+          sni: 'denied.test',
+          reason: 'hostname-denied',
+        },
+      );
       assert.equal(smuggled.status, 200, 'the tunnel opened, then the ClientHello gave the other name away');
       assert.equal(smuggled.code, 'ECONNRESET', JSON.stringify(smuggled));
     });
 
-    describe('inspection that cannot be blinded (cdn-denied.test shares allowed.test\'s server)', () => {
+    describe("inspection that cannot be blinded (cdn-denied.test shares allowed.test's server)", () => {
       const HEAD = (host: string) => `GET /keep-alive HTTP/1.1\r\nHost: ${host}\r\n\r\n`;
       /** Run a probe that must be refused (one line, one count) and check the server never saw cdn-denied.test. */
-      const attack = async (probe: Probe, counter: string, expected: Result): Promise<{ result: Result; seen: string[] }> => {
+      const attack = async (
+        probe: Probe,
+        counter: string,
+        expected: Result,
+      ): Promise<{ result: Result; seen: string[] }> => {
         const mark = internetProcess.stdoutLines.length;
         const result = await expectRefusal(probe, counter, expected);
         const seen = seenSince(mark);
@@ -333,21 +408,30 @@ describe('egress in network namespaces (enclave, parent, internet)', { skip: net
 
       before(async () => {
         // The IP is known for allowed.test and port443.test, as after any ordinary lookup.
-        for (const name of ['allowed.test', 'port443.test']) assert.deepEqual(await app({ op: 'lookup', name }), { addresses: [ALLOWED] });
+        for (const name of ['allowed.test', 'port443.test'])
+          assert.deepEqual(await app({ op: 'lookup', name }), { addresses: [ALLOWED] });
       });
 
       it('refuses a ClientHello sent after peek_timeout_ms, also under a name:443 rule; allows an allowed one', async () => {
-        const late = await attack({ op: 'tls', host: 'allowed.test', servername: 'cdn-denied.test', delayMs: 700 }, 'connectionsRefused', {
-          ip: ALLOWED,
-          port: 443,
-          sni: 'cdn-denied.test',
-          reason: 'hostname-denied',
-        });
+        const late = await attack(
+          { op: 'tls', host: 'allowed.test', servername: 'cdn-denied.test', delayMs: 700 },
+          'connectionsRefused',
+          {
+            ip: ALLOWED,
+            port: 443,
+            sni: 'cdn-denied.test',
+            reason: 'hostname-denied',
+          },
+        );
         assert.equal(late.result.code, 'ECONNRESET', JSON.stringify(late.result));
-        const portRule = await attack({ op: 'tls', host: 'port443.test', servername: 'cdn-denied.test', delayMs: 700 }, 'connectionsRefused', {
-          sni: 'cdn-denied.test',
-          reason: 'hostname-denied',
-        });
+        const portRule = await attack(
+          { op: 'tls', host: 'port443.test', servername: 'cdn-denied.test', delayMs: 700 },
+          'connectionsRefused',
+          {
+            sni: 'cdn-denied.test',
+            reason: 'hostname-denied',
+          },
+        );
         assert.equal(portRule.result.code, 'ECONNRESET', JSON.stringify(portRule.result));
 
         const allowed = await app({ op: 'tls', host: 'allowed.test', servername: 'allowed.test', delayMs: 700 });
@@ -357,36 +441,75 @@ describe('egress in network namespaces (enclave, parent, internet)', { skip: net
 
       it('reads a ClientHello whose record version is 3.5 or 3.255; reassembles one split over records and segments', async () => {
         for (const mutate of ['minor-05', 'minor-ff'] as const) {
-          const { result } = await attack({ op: 'tls', host: 'allowed.test', servername: 'cdn-denied.test', mutate }, 'connectionsRefused', { sni: 'cdn-denied.test', reason: 'hostname-denied' });
+          const { result } = await attack(
+            { op: 'tls', host: 'allowed.test', servername: 'cdn-denied.test', mutate },
+            'connectionsRefused',
+            { sni: 'cdn-denied.test', reason: 'hostname-denied' },
+          );
           assert.equal(result.code, 'ECONNRESET', `${mutate}: ${JSON.stringify(result)}`);
         }
         const split = await app({ op: 'tls', host: 'allowed.test', servername: 'allowed.test', mutate: 'split' });
         assert.equal(split.status, 200, JSON.stringify(split));
         assert.equal(body(split).sni, 'allowed.test');
-        await attack({ op: 'tls', host: 'allowed.test', servername: 'cdn-denied.test', mutate: 'split' }, 'connectionsRefused', { sni: 'cdn-denied.test', reason: 'hostname-denied' });
+        await attack(
+          { op: 'tls', host: 'allowed.test', servername: 'cdn-denied.test', mutate: 'split' },
+          'connectionsRefused',
+          { sni: 'cdn-denied.test', reason: 'hostname-denied' },
+        );
       });
 
       it('refuses a ClientHello with encrypted_client_hello (egress.allow_ech off): the server sees no ClientHello at all', async () => {
-        const { seen } = await attack({ op: 'tls', host: 'allowed.test', servername: 'allowed.test', mutate: 'ech' }, 'connectionsRefused', { sni: 'allowed.test', reason: 'encrypted-client-hello' });
+        const { seen } = await attack(
+          { op: 'tls', host: 'allowed.test', servername: 'allowed.test', mutate: 'ech' },
+          'connectionsRefused',
+          { sni: 'allowed.test', reason: 'encrypted-client-hello' },
+        );
         assert.deepEqual(seen, []);
       });
 
       it('refuses a Host after an empty line, and every keep-alive request naming another host; allows allowed ones', async () => {
-        await attack({ op: 'raw', host: 'allowed.test', port: 80, steps: [{ send: `\r\n${HEAD('cdn-denied.test')}` }] }, 'connectionsRefused', { host: 'cdn-denied.test', reason: 'hostname-denied' });
-        const pipelined = await attack({ op: 'raw', host: 'allowed.test', port: 80, steps: [{ send: HEAD('allowed.test') + HEAD('cdn-denied.test') }] }, 'connectionsRefused', {
-          host: 'cdn-denied.test',
-          reason: 'hostname-denied',
-        });
+        await attack(
+          { op: 'raw', host: 'allowed.test', port: 80, steps: [{ send: `\r\n${HEAD('cdn-denied.test')}` }] },
+          'connectionsRefused',
+          { host: 'cdn-denied.test', reason: 'hostname-denied' },
+        );
+        const pipelined = await attack(
+          {
+            op: 'raw',
+            host: 'allowed.test',
+            port: 80,
+            steps: [{ send: HEAD('allowed.test') + HEAD('cdn-denied.test') }],
+          },
+          'connectionsRefused',
+          {
+            host: 'cdn-denied.test',
+            reason: 'hostname-denied',
+          },
+        );
         assert.equal(pipelined.result.code, 'ECONNRESET', JSON.stringify(pipelined.result));
-        const later = await attack({ op: 'raw', host: 'allowed.test', port: 80, steps: [{ send: HEAD('allowed.test') }, { delayMs: 1000, send: HEAD('cdn-denied.test') }] }, 'connectionsRefused', {
-          host: 'cdn-denied.test',
-          reason: 'hostname-denied',
-        });
+        const later = await attack(
+          {
+            op: 'raw',
+            host: 'allowed.test',
+            port: 80,
+            steps: [{ send: HEAD('allowed.test') }, { delayMs: 1000, send: HEAD('cdn-denied.test') }],
+          },
+          'connectionsRefused',
+          {
+            host: 'cdn-denied.test',
+            reason: 'hostname-denied',
+          },
+        );
         assert.deepEqual(later.seen, ['allowed.test'], 'the first request went through, the second did not');
         assert.match(later.result.received, /^HTTP\/1\.1 200 /, 'the app got the first answer');
 
         const mark = internetProcess.stdoutLines.length;
-        const both = await app({ op: 'raw', host: 'allowed.test', port: 80, steps: [{ send: HEAD('allowed.test') }, { delayMs: 700, send: `\r\n${HEAD('allowed.test')}` }] });
+        const both = await app({
+          op: 'raw',
+          host: 'allowed.test',
+          port: 80,
+          steps: [{ send: HEAD('allowed.test') }, { delayMs: 700, send: `\r\n${HEAD('allowed.test')}` }],
+        });
         assert.equal(both.received.match(/HTTP\/1\.1 200 /g)?.length, 2, JSON.stringify(both));
         assert.deepEqual(seenSince(mark), ['allowed.test', 'allowed.test']);
       });
@@ -394,22 +517,42 @@ describe('egress in network namespaces (enclave, parent, internet)', { skip: net
       it('refuses a keep-alive request naming another host inside a CONNECT tunnel, and one sent late', async () => {
         const connect = 'CONNECT allowed.test:80 HTTP/1.1\r\nHost: allowed.test:80\r\n\r\n';
         const proxy = { host: '127.0.0.1', port: 3128 };
-        const second = await attack({ op: 'raw', ...proxy, steps: [{ send: connect + HEAD('allowed.test') }, { delayMs: 500, send: HEAD('cdn-denied.test') }] }, 'proxyRefused', {
-          name: 'allowed.test',
-          host: 'cdn-denied.test',
-          reason: 'hostname-denied',
-        });
+        const second = await attack(
+          {
+            op: 'raw',
+            ...proxy,
+            steps: [{ send: connect + HEAD('allowed.test') }, { delayMs: 500, send: HEAD('cdn-denied.test') }],
+          },
+          'proxyRefused',
+          {
+            name: 'allowed.test',
+            host: 'cdn-denied.test',
+            reason: 'hostname-denied',
+          },
+        );
         assert.deepEqual(second.seen, ['allowed.test']);
-        await attack({ op: 'raw', ...proxy, steps: [{ send: connect }, { delayMs: 700, send: HEAD('cdn-denied.test') }] }, 'proxyRefused', { host: 'cdn-denied.test', reason: 'hostname-denied' });
+        await attack(
+          { op: 'raw', ...proxy, steps: [{ send: connect }, { delayMs: 700, send: HEAD('cdn-denied.test') }] },
+          'proxyRefused',
+          { host: 'cdn-denied.test', reason: 'hostname-denied' },
+        );
       });
 
       it('the host relay reads SNI and Host too, for an app that dials it directly', async () => {
         const relayHeader = { unix: join(dir, 'relay.sock'), name: 'allowed.test', ip: ALLOWED, port: 443 };
         const mark = internetProcess.stdoutLines.length;
         const hostMark = host.stderrLines.length;
-        const direct = await app({ op: 'tls', host: 'allowed.test', servername: 'cdn-denied.test', relay: relayHeader });
+        const direct = await app({
+          op: 'tls',
+          host: 'allowed.test',
+          servername: 'cdn-denied.test',
+          relay: relayHeader,
+        });
         assert.equal(direct.status, undefined, JSON.stringify(direct));
-        const line = await host.waitForLine((text) => text.includes('"host-egress-refused"') && host.stderrLines.indexOf(text) >= hostMark, 5000);
+        const line = await host.waitForLine(
+          (text) => text.includes('"host-egress-refused"') && host.stderrLines.indexOf(text) >= hostMark,
+          5000,
+        );
         assert.deepEqual(
           (({ name, ip, port, sni, reason }) => ({ name, ip, port, sni, reason }))(JSON.parse(line) as Result),
           { name: 'allowed.test', ip: ALLOWED, port: 443, sni: 'cdn-denied.test', reason: 'hostname-denied' },
@@ -426,7 +569,10 @@ describe('egress in network namespaces (enclave, parent, internet)', { skip: net
       const mark = host.stderrLines.length;
       const result = await app({ op: 'http', host: 'private.test' });
       assert.equal(result.code, 'ECONNRESET', JSON.stringify(result));
-      const line = await host.waitForLine((text) => text.includes('"host-egress-refused"') && host.stderrLines.indexOf(text) >= mark, 5000);
+      const line = await host.waitForLine(
+        (text) => text.includes('"host-egress-refused"') && host.stderrLines.indexOf(text) >= mark,
+        5000,
+      );
       assert.deepEqual(
         (({ name, ip, port, status, reason }) => ({ name, ip, port, status, reason }))(JSON.parse(line) as Result),
         { name: 'private.test', ip: DNS_SERVER, port: 80, status: 'PRIVATE', reason: 'private' },

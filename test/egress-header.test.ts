@@ -9,7 +9,7 @@ import {
   parseEgressHeader,
   parseEgressReply,
   type EgressHeader,
-} from '../src/egress/egress-header.js';
+} from '../src/wire/egress-header.js';
 import { canonicalIp } from '../src/egress/name-cache.js';
 import { Prng } from './helpers/prng.js';
 
@@ -78,7 +78,8 @@ describe('egress header', () => {
 
   it('reports incomplete for every strict prefix, and rejects wrong magic, version, family, port and name', () => {
     const encoded = encodeEgressHeader({ name: 'api.example.com', ip: '2001:db8::1', port: 443 });
-    for (let end = 0; end < encoded.length; end++) assert.deepEqual(parseEgressHeader(encoded.subarray(0, end)), { kind: 'incomplete' });
+    for (let end = 0; end < encoded.length; end++)
+      assert.deepEqual(parseEgressHeader(encoded.subarray(0, end)), { kind: 'incomplete' });
     const corrupt = (offset: number, value: number) => {
       const copy = Buffer.from(encoded);
       copy[offset] = value;
@@ -88,7 +89,10 @@ describe('egress header', () => {
     assert.throws(() => parseEgressHeader(Buffer.from('GET / HTTP/1.1\r\n')), /bad magic/);
     assert.throws(() => parseEgressHeader(corrupt(2, 2)), /unsupported version 2/);
     assert.throws(() => parseEgressHeader(corrupt(3, 5)), /family 5/);
-    assert.throws(() => parseEgressHeader(Buffer.concat([encoded.subarray(0, 4), Buffer.from([0, 0]), encoded.subarray(6)])), /port 0/);
+    assert.throws(
+      () => parseEgressHeader(Buffer.concat([encoded.subarray(0, 4), Buffer.from([0, 0]), encoded.subarray(6)])),
+      /port 0/,
+    );
     assert.throws(() => parseEgressHeader(corrupt(6, 254)), /exceeds 253/);
     assert.throws(() => parseEgressHeader(corrupt(encoded.length - 1, 0x41)), /normalised/); // 'M' instead of 'm'
     assert.throws(() => parseEgressHeader(corrupt(encoded.length - 1, 0x00)), /printable ASCII/);
@@ -101,7 +105,11 @@ describe('egress header', () => {
       const encoded = encodeEgressHeader(header);
       assert.ok(encoded.length <= EGRESS_HEADER_MAX_LENGTH);
       const parsed = parseEgressHeader(encoded);
-      assert.deepEqual(parsed, { kind: 'header', header: { ...header, ip: canonical(header.ip) }, length: encoded.length }, `seed iteration ${i}`);
+      assert.deepEqual(
+        parsed,
+        { kind: 'header', header: { ...header, ip: canonical(header.ip) }, length: encoded.length },
+        `seed iteration ${i}`,
+      );
 
       const mutated = prng.mutate(encoded);
       try {
@@ -133,8 +141,13 @@ describe('egress header', () => {
   it('encodes and parses replies', () => {
     for (const status of Object.values(EgressStatus)) {
       const reply = encodeEgressReply(status);
-      assert.deepEqual(parseEgressReply(Buffer.concat([reply, Buffer.from('banner')])), { kind: 'reply', status, length: 4 });
-      for (let end = 0; end < reply.length; end++) assert.deepEqual(parseEgressReply(reply.subarray(0, end)), { kind: 'incomplete' });
+      assert.deepEqual(parseEgressReply(Buffer.concat([reply, Buffer.from('banner')])), {
+        kind: 'reply',
+        status,
+        length: 4,
+      });
+      for (let end = 0; end < reply.length; end++)
+        assert.deepEqual(parseEgressReply(reply.subarray(0, end)), { kind: 'incomplete' });
     }
     assert.throws(() => parseEgressReply(Buffer.from([0x45, 0x47, 1, 99])), /unknown status 99/);
     assert.throws(() => parseEgressReply(Buffer.from('220 smtp')), /bad magic/);

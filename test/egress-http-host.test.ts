@@ -15,17 +15,35 @@ function request_(text: string): Omit<Extract<HttpHostResult, { kind: 'http-requ
 }
 
 function rejects(text: string, pattern: RegExp): void {
-  assert.throws(() => parseHttpHost(head(text)), (e: unknown) => e instanceof HttpHostError && e.code === 'ERR_HTTP_HOST' && pattern.test(e.message), text);
+  assert.throws(
+    () => parseHttpHost(head(text)),
+    (e: unknown) => e instanceof HttpHostError && e.code === 'ERR_HTTP_HOST' && pattern.test(e.message),
+    text,
+  );
 }
 
 describe('parseHttpHost', () => {
   it('reads the Host header case-insensitively and strips the port', () => {
     const text = 'GET /index.html HTTP/1.1\r\nUser-Agent: t\r\nhOsT:   Example.COM:8080  \r\n\r\nbody';
-    assert.deepEqual(request_(text), { method: 'GET', target: '/index.html', version: '1.1', host: 'Example.COM', port: 8080, headLength: text.length - 4 });
+    assert.deepEqual(request_(text), {
+      method: 'GET',
+      target: '/index.html',
+      version: '1.1',
+      host: 'Example.COM',
+      port: 8080,
+      headLength: text.length - 4,
+    });
     assert.deepEqual(request_('GET / HTTP/1.1\r\nHost: example.com\r\n\r\n').host, 'example.com');
     assert.equal(request_('GET / HTTP/1.1\r\nHost: example.com\r\n\r\n').port, undefined);
     const v6 = 'GET / HTTP/1.1\r\nHost: [2001:db8::1]:443\r\n\r\n';
-    assert.deepEqual(request_(v6), { method: 'GET', target: '/', version: '1.1', host: '2001:db8::1', port: 443, headLength: v6.length });
+    assert.deepEqual(request_(v6), {
+      method: 'GET',
+      target: '/',
+      version: '1.1',
+      host: '2001:db8::1',
+      port: 443,
+      headLength: v6.length,
+    });
     assert.equal(request_('OPTIONS * HTTP/1.1\r\nHost: 10.0.0.1:\r\n\r\n').host, '10.0.0.1');
   });
 
@@ -35,13 +53,23 @@ describe('parseHttpHost', () => {
   });
 
   it('allows HTTP/1.0 without Host', () => {
-    assert.deepEqual(request_('GET / HTTP/1.0\r\n\r\n'), { method: 'GET', target: '/', version: '1.0', headLength: 18 });
+    assert.deepEqual(request_('GET / HTTP/1.0\r\n\r\n'), {
+      method: 'GET',
+      target: '/',
+      version: '1.0',
+      headLength: 18,
+    });
   });
 
   it('takes the host of absolute-form and CONNECT targets', () => {
     const proxied = 'GET http://api.example.com:81/x?y HTTP/1.1\r\nHost: API.example.com\r\n\r\n';
     assert.deepEqual(request_(proxied), {
-      method: 'GET', target: 'http://api.example.com:81/x?y', version: '1.1', host: 'api.example.com', port: 81, headLength: proxied.length,
+      method: 'GET',
+      target: 'http://api.example.com:81/x?y',
+      version: '1.1',
+      host: 'api.example.com',
+      port: 81,
+      headLength: proxied.length,
     });
     assert.equal(request_('GET HTTPS://[::1]/ HTTP/1.1\r\n\r\n').host, '::1');
     assert.deepEqual(request_('CONNECT api.example.com:443 HTTP/1.1\r\nHost: api.example.com:443\r\n\r\n').port, 443);
@@ -49,8 +77,15 @@ describe('parseHttpHost', () => {
   });
 
   it('tells incomplete from not-http from the first bytes', () => {
-    for (const text of ['', 'G', 'GET', 'GET ', 'GET / HTTP/1.1\r\n', 'GET / HTTP/1.1\r\nHost: a\r\n\r']) assert.deepEqual(parseHttpHost(head(text)), { kind: 'incomplete' }, JSON.stringify(text));
-    for (const data of [head('get / HTTP/1.1'), head(' GET /'), head('ABCDEFGHIJKLMNOPQ'), Buffer.from([0x16, 0x03, 0x01]), head('SSH-2.0-x')]) {
+    for (const text of ['', 'G', 'GET', 'GET ', 'GET / HTTP/1.1\r\n', 'GET / HTTP/1.1\r\nHost: a\r\n\r'])
+      assert.deepEqual(parseHttpHost(head(text)), { kind: 'incomplete' }, JSON.stringify(text));
+    for (const data of [
+      head('get / HTTP/1.1'),
+      head(' GET /'),
+      head('ABCDEFGHIJKLMNOPQ'),
+      Buffer.from([0x16, 0x03, 0x01]),
+      head('SSH-2.0-x'),
+    ]) {
       assert.deepEqual(parseHttpHost(data), { kind: 'not-http' }, data.toString('latin1'));
     }
   });
@@ -72,7 +107,10 @@ describe('parseHttpHost', () => {
     rejects('GET / HTTP/1.1\r\nHost: ::1\r\n\r\n', /is not a host name/);
     rejects('GET / HTTP/1.1\r\nHost: b\u00fccher.example\r\n\r\n', /is not a host name/);
     rejects('GET http://user@good.example/ HTTP/1.1\r\n\r\n', /request target authority "user@good.example"/);
-    rejects('GET http://a.example/ HTTP/1.1\r\nHost: b.example\r\n\r\n', /Host header "b.example" disagrees with the request target's "a.example"/);
+    rejects(
+      'GET http://a.example/ HTTP/1.1\r\nHost: b.example\r\n\r\n',
+      /Host header "b.example" disagrees with the request target's "a.example"/,
+    );
     rejects('CONNECT a.example HTTP/1.1\r\n\r\n', /CONNECT target "a.example" has no port/);
     rejects('GET ftp://a.example/ HTTP/1.1\r\n\r\n', /is not origin-, absolute-, authority- or asterisk-form/);
     rejects('GET / HTTP/2.0\r\n\r\n', /unsupported HTTP version "HTTP\/2.0"/);
@@ -99,13 +137,29 @@ describe('parseHttpHost', () => {
         });
       });
     });
-    const client = request({ host: '127.0.0.1', port, path: '/v1/items?q=1', method: 'POST', headers: { host: 'api.example.com:8443', 'content-length': '0' } });
+    const client = request({
+      host: '127.0.0.1',
+      port,
+      path: '/v1/items?q=1',
+      method: 'POST',
+      headers: { host: 'api.example.com:8443', 'content-length': '0' },
+    });
     client.on('error', () => {});
     client.end();
     const data = await received;
     server.close();
-    assert.deepEqual(parseHttpHost(data), { kind: 'http-request', method: 'POST', target: '/v1/items?q=1', version: '1.1', host: 'api.example.com', port: 8443, headLength: data.indexOf('\r\n\r\n') + 4, contentLength: 0 });
-    for (let i = 0; i < data.indexOf('\r\n\r\n') + 4; i++) assert.deepEqual(parseHttpHost(data.subarray(0, i)), { kind: 'incomplete' }, `prefix ${i}`);
+    assert.deepEqual(parseHttpHost(data), {
+      kind: 'http-request',
+      method: 'POST',
+      target: '/v1/items?q=1',
+      version: '1.1',
+      host: 'api.example.com',
+      port: 8443,
+      headLength: data.indexOf('\r\n\r\n') + 4,
+      contentLength: 0,
+    });
+    for (let i = 0; i < data.indexOf('\r\n\r\n') + 4; i++)
+      assert.deepEqual(parseHttpHost(data.subarray(0, i)), { kind: 'incomplete' }, `prefix ${i}`);
   });
 
   it('survives 20k mutated, truncated and random inputs with only typed errors', () => {
@@ -118,12 +172,20 @@ describe('parseHttpHost', () => {
     for (let i = 0; i < 20_000; i++) {
       const seed = prng.pick(seeds);
       const mode = prng.int(3);
-      const input = mode === 0 ? Buffer.concat([head(prng.pick(['GET ', 'CONNECT ', ''])), prng.bytes(prng.int(100))]) : mode === 1 ? seed.subarray(0, prng.int(seed.length + 1)) : prng.mutate(seed);
+      const input =
+        mode === 0
+          ? Buffer.concat([head(prng.pick(['GET ', 'CONNECT ', ''])), prng.bytes(prng.int(100))])
+          : mode === 1
+            ? seed.subarray(0, prng.int(seed.length + 1))
+            : prng.mutate(seed);
       try {
         const result = parseHttpHost(input, 256);
         if (result.kind === 'http-request') assert.ok(result.headLength <= input.length, `case ${i}`);
       } catch (error) {
-        if (!(error instanceof HttpHostError)) throw new Error(`case ${i}: ${JSON.stringify(input.toString('latin1'))} threw ${String(error)}`, { cause: error });
+        if (!(error instanceof HttpHostError))
+          throw new Error(`case ${i}: ${JSON.stringify(input.toString('latin1'))} threw ${String(error)}`, {
+            cause: error,
+          });
       }
     }
   });

@@ -7,7 +7,7 @@ import { once } from 'node:events';
 import http from 'node:http';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
-import { parseAddress } from '../src/bridge/address.js';
+import { parseAddress } from '../src/net/address.js';
 import type { TcpAddress } from '../src/config/schema.js';
 import { compileAllowlist } from '../src/egress/allowlist.js';
 import { EgressAudit } from '../src/egress/egress-audit.js';
@@ -32,11 +32,21 @@ describe('egress HTTP proxy', () => {
   let proxy: EgressHttpProxy;
 
   /** One request through the proxy, as an app with HTTP_PROXY set sends it. */
-  const viaProxy = (method: string, target: string, headers: Record<string, string> = {}, body?: string): Promise<Reply> =>
+  const viaProxy = (
+    method: string,
+    target: string,
+    headers: Record<string, string> = {},
+    body?: string,
+  ): Promise<Reply> =>
     new Promise((resolve, reject) => {
-      const req = http.request({ host: '127.0.0.1', port: proxy.port, method, path: target, headers, agent: false }, (res) => {
-        void readAll(res as never).then((data) => resolve({ status: res.statusCode!, headers: res.headers, body: data.toString() }));
-      });
+      const req = http.request(
+        { host: '127.0.0.1', port: proxy.port, method, path: target, headers, agent: false },
+        (res) => {
+          void readAll(res as never).then((data) =>
+            resolve({ status: res.statusCode!, headers: res.headers, body: data.toString() }),
+          );
+        },
+      );
       req.on('error', reject);
       req.end(body);
     });
@@ -106,7 +116,12 @@ describe('egress HTTP proxy', () => {
   });
 
   it('forwards an absolute-URI request to an allowed name, body and all, without proxy headers', async () => {
-    const reply = await viaProxy('POST', `http://allowed.test:${port}/submit?x=1`, { 'proxy-authorization': 'Basic c2VjcmV0', 'proxy-connection': 'keep-alive', 'x-app': '1' }, 'payload');
+    const reply = await viaProxy(
+      'POST',
+      `http://allowed.test:${port}/submit?x=1`,
+      { 'proxy-authorization': 'Basic c2VjcmV0', 'proxy-connection': 'keep-alive', 'x-app': '1' },
+      'payload',
+    );
     assert.equal(reply.status, 200);
     assert.equal(reply.body, 'hello POST /submit?x=1');
     assert.equal(reply.headers['x-upstream'], 'yes');
@@ -128,20 +143,28 @@ describe('egress HTTP proxy', () => {
     assert.equal(reply.body, `egress to denied.test:${port} is not allowed (no-rule)\n`);
     const lines = logs.lines.slice(mark).filter((line) => line.msg === 'egress refused');
     assert.equal(lines.length, 1);
-    assert.deepEqual([lines[0]!.path, lines[0]!.name, lines[0]!.port, lines[0]!.reason], ['proxy', 'denied.test', port, 'no-rule']);
+    assert.deepEqual(
+      [lines[0]!.path, lines[0]!.name, lines[0]!.port, lines[0]!.reason],
+      ['proxy', 'denied.test', port, 'no-rule'],
+    );
     assert.equal(audit.counters.proxyRefused, 1);
   });
 
   it('refuses what it does not forward: https:// targets, origin-form requests, huge heads', async () => {
     assert.equal((await viaProxy('GET', 'https://allowed.test/')).status, 400);
     assert.equal((await viaProxy('GET', '/just-a-path')).status, 400);
-    const huge = await viaProxy('GET', `http://allowed.test:${port}/`, { 'x-big': 'a'.repeat(6000) }).catch((error: NodeJS.ErrnoException) => ({ status: error.code }));
+    const huge = await viaProxy('GET', `http://allowed.test:${port}/`, { 'x-big': 'a'.repeat(6000) }).catch(
+      (error: NodeJS.ErrnoException) => ({ status: error.code }),
+    );
     assert.equal(huge.status, 431, 'egress.proxy_max_header_bytes (4 KiB here) was not applied');
     assert.equal((await viaProxy('GET', `http://allowed.test:${port}/`, { 'x-big': 'a'.repeat(2000) })).status, 200);
   });
 
   it('tunnels CONNECT to an allowed name, checking the Host inside the tunnel', async () => {
-    const allowed = await tunnel(`allowed.test:${port}`, 'GET /in-tunnel HTTP/1.1\r\nHost: allowed.test\r\nConnection: close\r\n\r\n');
+    const allowed = await tunnel(
+      `allowed.test:${port}`,
+      'GET /in-tunnel HTTP/1.1\r\nHost: allowed.test\r\nConnection: close\r\n\r\n',
+    );
     assert.match(allowed.head, /^HTTP\/1\.1 200/);
     assert.match(allowed.rest, /hello GET \/in-tunnel$/);
 
@@ -149,7 +172,10 @@ describe('egress HTTP proxy', () => {
     const smuggled = await tunnel(`allowed.test:${port}`, 'GET / HTTP/1.1\r\nHost: other.allowed.test\r\n\r\n');
     assert.equal(smuggled.error, 'ECONNRESET', 'an allowed name not the one CONNECT asked for');
     assert.deepEqual(
-      logs.lines.slice(mark).filter((line) => line.msg === 'egress refused').map((line) => [line.path, line.name, line.host, line.reason]),
+      logs.lines
+        .slice(mark)
+        .filter((line) => line.msg === 'egress refused')
+        .map((line) => [line.path, line.name, line.host, line.reason]),
       [['proxy', 'allowed.test', 'other.allowed.test', 'hostname-mismatch']],
     );
   });

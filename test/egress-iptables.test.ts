@@ -4,13 +4,22 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { applyRules, buildRules, EGRESS_CHAIN, IptablesError } from '../src/egress/iptables-rules.js';
-import { silentLogger } from '../src/log.js';
+import { silentLogger } from '../src/core/log.js';
 import { NetnsLab } from './helpers/netns.js';
 import { netnsUnavailable } from './helpers/privilege.js';
 
 describe('egress redirect rules', () => {
   it('redirect all outbound TCP, and DNS, except loopback and the runtime own relay destinations', () => {
-    const rules = buildRules({ transparentPort: 4444, dnsPort: 53, ipv6: true, exclude: [{ host: '10.0.0.5', port: 4433 }, { host: 'fd00::5', port: 8585 }, { host: 'relay.internal', port: 1 }] });
+    const rules = buildRules({
+      transparentPort: 4444,
+      dnsPort: 53,
+      ipv6: true,
+      exclude: [
+        { host: '10.0.0.5', port: 4433 },
+        { host: 'fd00::5', port: 8585 },
+        { host: 'relay.internal', port: 1 },
+      ],
+    });
     assert.deepEqual(rules.ipv4, [
       ['-A', EGRESS_CHAIN, '-d', '127.0.0.0/8', '-j', 'RETURN'],
       ['-A', EGRESS_CHAIN, '-p', 'tcp', '-d', '10.0.0.5', '--dport', '4433', '-j', 'RETURN'],
@@ -28,8 +37,14 @@ describe('egress redirect rules', () => {
 
   it('says which package to install when a binary is missing', async () => {
     await assert.rejects(
-      applyRules({ transparentPort: 4444, ipv6: false, exclude: [] }, { logger: silentLogger(), iptables: '/nonexistent/iptables' }),
-      (error: unknown) => error instanceof IptablesError && error.code === 'ERR_IPTABLES' && /\/nonexistent\/iptables not found: install the iptables/.test(error.message),
+      applyRules(
+        { transparentPort: 4444, ipv6: false, exclude: [] },
+        { logger: silentLogger(), iptables: '/nonexistent/iptables' },
+      ),
+      (error: unknown) =>
+        error instanceof IptablesError &&
+        error.code === 'ERR_IPTABLES' &&
+        /\/nonexistent\/iptables not found: install the iptables/.test(error.message),
     );
   });
 
@@ -54,7 +69,12 @@ describe('egress redirect rules', () => {
       if (dir) rmSync(dir, { recursive: true, force: true });
     });
 
-    const options = () => ({ logger: silentLogger(), iptables: binaries.iptables!, ip6tables: binaries.ip6tables!, ip: binaries.ip! });
+    const options = () => ({
+      logger: silentLogger(),
+      iptables: binaries.iptables!,
+      ip6tables: binaries.ip6tables!,
+      ip: binaries.ip!,
+    });
 
     it('adds the chain, the jump and a default route via lo, and removes exactly those', async () => {
       assert.equal(lab.exec(ns, 'ip', ['route', 'show', 'default']).trim(), '');
@@ -65,7 +85,10 @@ describe('egress redirect rules', () => {
       assert.match(v4, /^-A ENCLAVE_EGRESS -d 127\.0\.0\.0\/8 -j RETURN$/m);
       assert.match(v4, /^-A ENCLAVE_EGRESS -p udp -m udp --dport 53 -j REDIRECT --to-ports 8053$/m);
       assert.match(v4, /^-A ENCLAVE_EGRESS -p tcp -j REDIRECT --to-ports 4444$/m);
-      assert.match(lab.exec(ns, 'ip6tables', ['-t', 'nat', '-S']), /^-A ENCLAVE_EGRESS -p tcp -j REDIRECT --to-ports 4444$/m);
+      assert.match(
+        lab.exec(ns, 'ip6tables', ['-t', 'nat', '-S']),
+        /^-A ENCLAVE_EGRESS -p tcp -j REDIRECT --to-ports 4444$/m,
+      );
       assert.match(lab.exec(ns, 'ip', ['route', 'show', 'default']), /^default dev lo scope link src 127\.0\.0\.1/);
       assert.match(lab.exec(ns, 'ip', ['-6', 'route', 'show', 'default']), /default dev lo/);
 

@@ -1,11 +1,17 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { DnsType, type DnsAnswer } from '../src/egress/dns-message.js';
+import { DnsType, type DnsAnswer } from '../src/wire/dns-message.js';
 import { NameCache, canonicalIp } from '../src/egress/name-cache.js';
 
 const a = (name: string, data: string, ttl = 300): DnsAnswer => ({ name, type: DnsType.A, class: 1, ttl, data });
 const aaaa = (name: string, data: string, ttl = 300): DnsAnswer => ({ name, type: DnsType.AAAA, class: 1, ttl, data });
-const cname = (name: string, data: string, ttl = 300): DnsAnswer => ({ name, type: DnsType.CNAME, class: 1, ttl, data });
+const cname = (name: string, data: string, ttl = 300): DnsAnswer => ({
+  name,
+  type: DnsType.CNAME,
+  class: 1,
+  ttl,
+  data,
+});
 
 function clock(start = 1_000_000) {
   let now = start;
@@ -15,7 +21,10 @@ function clock(start = 1_000_000) {
 describe('name cache', () => {
   it('maps A and AAAA answers to the (normalised) question name', () => {
     const cache = new NameCache();
-    const learned = cache.learn('API.Example.COM.', [a('api.example.com', '192.0.2.1'), aaaa('api.example.com', '2001:db8:0::1')]);
+    const learned = cache.learn('API.Example.COM.', [
+      a('api.example.com', '192.0.2.1'),
+      aaaa('api.example.com', '2001:db8:0::1'),
+    ]);
     assert.deepEqual(learned, ['192.0.2.1', '2001:db8::1']);
     assert.deepEqual(cache.namesFor('192.0.2.1'), ['api.example.com']);
     assert.deepEqual(cache.namesFor('2001:0db8::0001'), ['api.example.com'], 'IPv6 in any spelling');
@@ -25,8 +34,16 @@ describe('name cache', () => {
 
   it('follows CNAME chains, in any order, back to the question name', () => {
     const cache = new NameCache();
-    cache.learn('www.shop.test', [a('edge.cdn.test', '198.51.100.7'), cname('lb.shop.test', 'edge.cdn.test'), cname('www.shop.test', 'lb.shop.test')]);
-    assert.deepEqual(cache.namesFor('198.51.100.7'), ['www.shop.test'], 'the app will send the question name as SNI, not the CDN name');
+    cache.learn('www.shop.test', [
+      a('edge.cdn.test', '198.51.100.7'),
+      cname('lb.shop.test', 'edge.cdn.test'),
+      cname('www.shop.test', 'lb.shop.test'),
+    ]);
+    assert.deepEqual(
+      cache.namesFor('198.51.100.7'),
+      ['www.shop.test'],
+      'the app will send the question name as SNI, not the CDN name',
+    );
   });
 
   it('ignores addresses not reachable from the question through CNAMEs', () => {
@@ -45,7 +62,10 @@ describe('name cache', () => {
 
   it('does not loop on CNAME cycles', () => {
     const cache = new NameCache();
-    assert.deepEqual(cache.learn('a.test', [cname('a.test', 'b.test'), cname('b.test', 'a.test'), a('b.test', '192.0.2.9')]), ['192.0.2.9']);
+    assert.deepEqual(
+      cache.learn('a.test', [cname('a.test', 'b.test'), cname('b.test', 'a.test'), a('b.test', '192.0.2.9')]),
+      ['192.0.2.9'],
+    );
     assert.deepEqual(cache.namesFor('192.0.2.9'), ['a.test']);
   });
 

@@ -8,17 +8,33 @@ import { PassThrough } from 'node:stream';
 import { describe, it } from 'node:test';
 import { InspectionGate } from '../src/egress/inspection-gate.js';
 import { Prng } from './helpers/prng.js';
-import { StreamInspector, type InspectionRefusal, type Sighting, type Verdict } from '../src/egress/stream-inspector.js';
+import {
+  StreamInspector,
+  type InspectionRefusal,
+  type Sighting,
+  type Verdict,
+} from '../src/egress/stream-inspector.js';
 
 const u16 = (n: number): Buffer => Buffer.from([n >> 8, n & 0xff]);
 const vec16 = (...parts: Buffer[]): Buffer => Buffer.concat([u16(Buffer.concat(parts).length), ...parts]);
 const ext = (type: number, data: Buffer): Buffer => Buffer.concat([u16(type), vec16(data)]);
-const sni = (name: string): Buffer => ext(0, vec16(Buffer.concat([Buffer.from([0]), vec16(Buffer.from(name, 'latin1'))])));
+const sni = (name: string): Buffer =>
+  ext(0, vec16(Buffer.concat([Buffer.from([0]), vec16(Buffer.from(name, 'latin1'))])));
 
 /** A ClientHello handshake message (no record header) around the given extensions. */
 function handshake(extensions: Buffer): Buffer {
-  const message = Buffer.concat([Buffer.from([3, 3]), Buffer.alloc(32, 7), Buffer.from([0]), vec16(Buffer.from([0x13, 0x01])), Buffer.from([1, 0]), vec16(extensions)]);
-  return Buffer.concat([Buffer.from([1, message.length >> 16, (message.length >> 8) & 0xff, message.length & 0xff]), message]);
+  const message = Buffer.concat([
+    Buffer.from([3, 3]),
+    Buffer.alloc(32, 7),
+    Buffer.from([0]),
+    vec16(Buffer.from([0x13, 0x01])),
+    Buffer.from([1, 0]),
+    vec16(extensions),
+  ]);
+  return Buffer.concat([
+    Buffer.from([1, message.length >> 16, (message.length >> 8) & 0xff, message.length & 0xff]),
+    message,
+  ]);
 }
 
 /** The handshake message cut into records of at most `size` bytes, with record version 3.minor. */
@@ -37,23 +53,37 @@ const hello = (name: string, options: { size?: number; minor?: number; extra?: B
 const judged: Sighting[] = [];
 function judge(sighting: Sighting): Verdict {
   judged.push(sighting);
-  if (sighting.hostname === undefined || sighting.hostname === 'allowed.test') return { allowed: true, reason: 'hostname', name: 'allowed.test' };
+  if (sighting.hostname === undefined || sighting.hostname === 'allowed.test')
+    return { allowed: true, reason: 'hostname', name: 'allowed.test' };
   return { allowed: false, reason: 'hostname-denied', name: sighting.hostname };
 }
 
 /** Feed `chunks` one by one (then the end, if asked); what was forwarded and the refusal, if any. */
-function inspect(chunks: Array<Buffer | string>, options: { port?: number; allowEch?: boolean; end?: boolean } = {}): { forwarded: string; refusal?: InspectionRefusal; holding: boolean } {
+function inspect(
+  chunks: Array<Buffer | string>,
+  options: { port?: number; allowEch?: boolean; end?: boolean } = {},
+): { forwarded: string; refusal?: InspectionRefusal; holding: boolean } {
   const inspector = new StreamInspector({ port: options.port ?? 80, allowEch: options.allowEch ?? false, judge });
   const forwarded: Buffer[] = [];
   for (const chunk of chunks) {
     const step = inspector.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk, 'latin1'));
     forwarded.push(...step.forward);
-    if (step.refusal) return { forwarded: Buffer.concat(forwarded).toString('latin1'), refusal: step.refusal, holding: inspector.holding };
+    if (step.refusal)
+      return {
+        forwarded: Buffer.concat(forwarded).toString('latin1'),
+        refusal: step.refusal,
+        holding: inspector.holding,
+      };
   }
   if (options.end) {
     const step = inspector.end();
     forwarded.push(...step.forward);
-    if (step.refusal) return { forwarded: Buffer.concat(forwarded).toString('latin1'), refusal: step.refusal, holding: inspector.holding };
+    if (step.refusal)
+      return {
+        forwarded: Buffer.concat(forwarded).toString('latin1'),
+        refusal: step.refusal,
+        holding: inspector.holding,
+      };
   }
   return { forwarded: Buffer.concat(forwarded).toString('latin1'), holding: inspector.holding };
 }
@@ -96,17 +126,38 @@ describe('stream inspector: TLS', () => {
   });
 
   it('refuses what a parser cannot trust, without holding more than the bounds', () => {
-    assert.equal(inspect([Buffer.from([0x16, 0x03, 0x01, 0x00, 0x00])], { port: 443 }).refusal?.reason, 'unreadable-first-bytes', 'empty record');
+    assert.equal(
+      inspect([Buffer.from([0x16, 0x03, 0x01, 0x00, 0x00])], { port: 443 }).refusal?.reason,
+      'unreadable-first-bytes',
+      'empty record',
+    );
     // A record header promising a 16 MiB ClientHello is refused on its first 9 bytes, not buffered.
-    assert.match(inspect([Buffer.from([0x16, 0x03, 0x01, 0x00, 0x04, 0x01, 0xff, 0xff, 0xff])], { port: 443 }).refusal?.problem ?? '', /exceeds 16384/);
-    assert.match(inspect([Buffer.from([0x16, 0x03, 0x01, 0xff, 0xff])], { port: 443 }).refusal?.problem ?? '', /exceeds 16384/);
-    assert.match(inspect([records(handshake(sni('allowed.test')), 1).subarray(0, 5 * 40)], { port: 443 }).refusal?.problem ?? '', /more than 32 records/);
+    assert.match(
+      inspect([Buffer.from([0x16, 0x03, 0x01, 0x00, 0x04, 0x01, 0xff, 0xff, 0xff])], { port: 443 }).refusal?.problem ??
+        '',
+      /exceeds 16384/,
+    );
+    assert.match(
+      inspect([Buffer.from([0x16, 0x03, 0x01, 0xff, 0xff])], { port: 443 }).refusal?.problem ?? '',
+      /exceeds 16384/,
+    );
+    assert.match(
+      inspect([records(handshake(sni('allowed.test')), 1).subarray(0, 5 * 40)], { port: 443 }).refusal?.problem ?? '',
+      /more than 32 records/,
+    );
     // Two SNI extensions, or one with a name of another type.
-    assert.equal(inspect([records(handshake(Buffer.concat([sni('allowed.test'), sni('cdn-denied.test')])))], { port: 443 }).refusal?.reason, 'unreadable-first-bytes');
+    assert.equal(
+      inspect([records(handshake(Buffer.concat([sni('allowed.test'), sni('cdn-denied.test')])))], { port: 443 }).refusal
+        ?.reason,
+      'unreadable-first-bytes',
+    );
     const otherType = ext(0, vec16(Buffer.concat([Buffer.from([1]), vec16(Buffer.from('cdn-denied.test'))])));
     assert.equal(inspect([records(handshake(otherType))], { port: 443 }).refusal?.reason, 'unreadable-first-bytes');
     // The app ends inside its ClientHello.
-    assert.equal(inspect([hello('allowed.test').subarray(0, 20)], { port: 443, end: true }).refusal?.reason, 'unreadable-first-bytes');
+    assert.equal(
+      inspect([hello('allowed.test').subarray(0, 20)], { port: 443, end: true }).refusal?.reason,
+      'unreadable-first-bytes',
+    );
   });
 
   it('passes the encrypted rest of an allowed connection unread', () => {
@@ -136,15 +187,26 @@ describe('stream inspector: HTTP', () => {
   it('steps over Content-Length and chunked bodies to find the next head', () => {
     const smuggled = GET('cdn-denied.test');
     const withLength = `POST / HTTP/1.1\r\nHost: allowed.test\r\nContent-Length: ${smuggled.length}\r\n\r\n${smuggled}`;
-    assert.deepEqual(inspect([withLength, GET('allowed.test')]), { forwarded: withLength + GET('allowed.test'), holding: false });
+    assert.deepEqual(inspect([withLength, GET('allowed.test')]), {
+      forwarded: withLength + GET('allowed.test'),
+      holding: false,
+    });
     assert.equal(inspect([withLength + GET('cdn-denied.test')]).refusal?.reason, 'hostname-denied');
 
     const chunked = `POST / HTTP/1.1\r\nHost: allowed.test\r\nTransfer-Encoding: chunked\r\n\r\n${smuggled.length.toString(16)};ext=1\r\n${smuggled}\r\n0\r\nX-Trailer: y\r\n\r\n`;
     const bytes = [...Buffer.from(chunked + GET('allowed.test'))].map((byte) => Buffer.from([byte]));
     assert.deepEqual(inspect(bytes), { forwarded: chunked + GET('allowed.test'), holding: false }, 'byte by byte');
     assert.equal(inspect([chunked + GET('cdn-denied.test')]).refusal?.reason, 'hostname-denied');
-    assert.equal(inspect([`${chunked.slice(0, chunked.indexOf('\r\n\r\n') + 4)}5\r\nabcdeXX`]).refusal?.reason, 'unreadable-request', 'chunk not followed by CRLF');
-    assert.equal(inspect([`${chunked.slice(0, chunked.indexOf('\r\n\r\n') + 4)}${'1'.repeat(2000)}`]).refusal?.reason, 'unreadable-request', 'chunk line too long');
+    assert.equal(
+      inspect([`${chunked.slice(0, chunked.indexOf('\r\n\r\n') + 4)}5\r\nabcdeXX`]).refusal?.reason,
+      'unreadable-request',
+      'chunk not followed by CRLF',
+    );
+    assert.equal(
+      inspect([`${chunked.slice(0, chunked.indexOf('\r\n\r\n') + 4)}${'1'.repeat(2000)}`]).refusal?.reason,
+      'unreadable-request',
+      'chunk line too long',
+    );
   });
 
   it('refuses ambiguous framing and heads: TE with CL, two CLs, other codings, duplicate Host, absolute-form disagreement, obs-fold', () => {
@@ -160,19 +222,30 @@ describe('stream inspector: HTTP', () => {
       assert.equal(inspect([text]).refusal?.reason, 'unreadable-first-bytes', text);
       assert.equal(inspect([GET('allowed.test') + text]).refusal?.reason, 'unreadable-request', `second: ${text}`);
     }
-    assert.equal(inspect(['GET http://cdn-denied.test/ HTTP/1.1\r\n\r\n']).refusal?.reason, 'hostname-denied', 'absolute-form names the host');
+    assert.equal(
+      inspect(['GET http://cdn-denied.test/ HTTP/1.1\r\n\r\n']).refusal?.reason,
+      'hostname-denied',
+      'absolute-form names the host',
+    );
     assert.match(inspect([`GET / HTTP/1.1\r\nX: ${'a'.repeat(9000)}`]).refusal?.problem ?? '', /exceeds 8192 bytes/);
     assert.match(inspect(['\r\n'.repeat(5000)]).refusal?.problem ?? '', /empty lines/);
   });
 
   it('refuses Upgrade and HTTP/2 in the clear; inspects a CONNECT tunnel from the start', () => {
-    assert.equal(inspect([GET('allowed.test', 'Upgrade: websocket\r\nConnection: Upgrade\r\n')]).refusal?.reason, 'http-upgrade');
+    assert.equal(
+      inspect([GET('allowed.test', 'Upgrade: websocket\r\nConnection: Upgrade\r\n')]).refusal?.reason,
+      'http-upgrade',
+    );
     assert.equal(inspect(['PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n']).refusal?.reason, 'unreadable-first-bytes');
     assert.equal(inspect(['CONNECT cdn-denied.test:443 HTTP/1.1\r\n\r\n']).refusal?.reason, 'hostname-denied');
     const connect = 'CONNECT allowed.test:443 HTTP/1.1\r\nHost: allowed.test:443\r\n\r\n';
     assert.equal(inspect([connect, hello('cdn-denied.test')]).refusal?.reason, 'hostname-denied', 'the tunnelled SNI');
     assert.equal(inspect([connect, GET('cdn-denied.test')]).refusal?.reason, 'hostname-denied', 'the tunnelled Host');
-    assert.equal(inspect([connect, Buffer.from([0, 1, 2])]).refusal?.reason, 'not-tls-or-http', 'opaque bytes inside a tunnel on port 80');
+    assert.equal(
+      inspect([connect, Buffer.from([0, 1, 2])]).refusal?.reason,
+      'not-tls-or-http',
+      'opaque bytes inside a tunnel on port 80',
+    );
   });
 });
 
@@ -186,12 +259,32 @@ describe('stream inspector: other protocols', () => {
 
   it('lets other protocols pass on other ports, judged without a host', () => {
     judged.length = 0;
-    assert.deepEqual(inspect(['HELO app\r\nQUIT\r\n'], { port: 25 }), { forwarded: 'HELO app\r\nQUIT\r\n', holding: false });
-    assert.deepEqual(inspect([Buffer.from([0, 0, 0, 8, 4, 0xd2, 0x16, 0x2f])], { port: 5432 }).holding, false, 'binary is decided on its first byte');
-    assert.deepEqual(inspect(['QUIT'], { port: 25, end: true }).forwarded, 'QUIT', 'a last word without newline, at the end');
+    assert.deepEqual(inspect(['HELO app\r\nQUIT\r\n'], { port: 25 }), {
+      forwarded: 'HELO app\r\nQUIT\r\n',
+      holding: false,
+    });
+    assert.deepEqual(
+      inspect([Buffer.from([0, 0, 0, 8, 4, 0xd2, 0x16, 0x2f])], { port: 5432 }).holding,
+      false,
+      'binary is decided on its first byte',
+    );
+    assert.deepEqual(
+      inspect(['QUIT'], { port: 25, end: true }).forwarded,
+      'QUIT',
+      'a last word without newline, at the end',
+    );
     assert.equal(inspect(['QUIT'], { port: 25 }).holding, true, 'held while it could still become a request line');
-    assert.deepEqual(inspect(['through the relay'], { port: 9000 }), { forwarded: 'through the relay', holding: false }, 'decided once it cannot be a request line');
-    assert.deepEqual(judged, [{ protocol: 'other' }, { protocol: 'other' }, { protocol: 'other' }, { protocol: 'other' }]);
+    assert.deepEqual(
+      inspect(['through the relay'], { port: 9000 }),
+      { forwarded: 'through the relay', holding: false },
+      'decided once it cannot be a request line',
+    );
+    assert.deepEqual(judged, [
+      { protocol: 'other' },
+      { protocol: 'other' },
+      { protocol: 'other' },
+      { protocol: 'other' },
+    ]);
   });
 
   it('reads anything a lenient server could take for a request line as HTTP, strictly', () => {
@@ -212,12 +305,16 @@ describe('stream inspector: other protocols', () => {
 describe('stream inspector on random input', () => {
   it('forwards only a prefix of what it was given, and never throws, over 5k mutated streams', () => {
     const prng = new Prng(12);
-    const seeds = [hello('allowed.test'), Buffer.from(GET('allowed.test') + GET('allowed.test')), Buffer.from('POST / HTTP/1.1\r\nHost: allowed.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n')];
+    const seeds = [
+      hello('allowed.test'),
+      Buffer.from(GET('allowed.test') + GET('allowed.test')),
+      Buffer.from('POST / HTTP/1.1\r\nHost: allowed.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n'),
+    ];
     for (let round = 0; round < 5000; round++) {
       const input = Buffer.from(seeds[round % seeds.length]!);
       for (let flips = prng.int(4); flips > 0; flips--) input[prng.int(input.length)] = prng.int(256);
       const chunks: Buffer[] = [];
-      for (let offset = 0; offset < input.length; ) {
+      for (let offset = 0; offset < input.length;) {
         const size = 1 + prng.int(64);
         chunks.push(input.subarray(offset, offset + size));
         offset += size;
@@ -232,7 +329,13 @@ describe('inspection gate', () => {
   const gate = (options: { peekMs?: number; inspectTimeoutMs?: number; port?: number } = {}) => {
     const source = new PassThrough();
     const refusals: InspectionRefusal[] = [];
-    const inspected = new InspectionGate(source, { port: options.port ?? 443, allowEch: false, judge, inspectTimeoutMs: options.inspectTimeoutMs ?? 5000, onRefusal: (refusal) => refusals.push(refusal) });
+    const inspected = new InspectionGate(source, {
+      port: options.port ?? 443,
+      allowEch: false,
+      judge,
+      inspectTimeoutMs: options.inspectTimeoutMs ?? 5000,
+      onRefusal: (refusal) => refusals.push(refusal),
+    });
     inspected.on('error', () => {});
     return { source, inspected, refusals };
   };
@@ -262,14 +365,21 @@ describe('inspection gate', () => {
     source.write(hello('cdn-denied.test'));
     await closed;
     assert.equal(forwarded.length, 0);
-    assert.deepEqual(refusals.map((refusal) => refusal.reason), ['hostname-denied']);
+    assert.deepEqual(
+      refusals.map((refusal) => refusal.reason),
+      ['hostname-denied'],
+    );
   });
 
   it('gives the first verdict to a caller waiting for it', async () => {
     const { source, inspected } = gate({ port: 80 });
     const decided = inspected.firstDecision(1000);
     source.write(GET('allowed.test'));
-    assert.deepEqual(await decided, { kind: 'decided', sighting: { protocol: 'http', hostname: 'allowed.test' }, verdict: { allowed: true, reason: 'hostname', name: 'allowed.test' } });
+    assert.deepEqual(await decided, {
+      kind: 'decided',
+      sighting: { protocol: 'http', hostname: 'allowed.test' },
+      verdict: { allowed: true, reason: 'hostname', name: 'allowed.test' },
+    });
   });
 
   it('refuses bytes trickled past the inspection timeout', async () => {
@@ -282,7 +392,10 @@ describe('inspection gate', () => {
     }, 10);
     assert.deepEqual(await decision, { kind: 'closed' });
     clearInterval(timer);
-    assert.deepEqual(refusals.map((refusal) => refusal.reason), ['inspection-timeout']);
+    assert.deepEqual(
+      refusals.map((refusal) => refusal.reason),
+      ['inspection-timeout'],
+    );
     assert.ok(sent < data.length, 'refused before the trickle finished');
   });
 });

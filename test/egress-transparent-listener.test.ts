@@ -8,7 +8,7 @@ import { once } from 'node:events';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import tls from 'node:tls';
-import { parseAddress } from '../src/bridge/address.js';
+import { parseAddress } from '../src/net/address.js';
 import type { TcpAddress } from '../src/config/schema.js';
 import { compileAllowlist } from '../src/egress/allowlist.js';
 import { EgressAudit } from '../src/egress/egress-audit.js';
@@ -27,7 +27,9 @@ function outcome(socket: net.Socket): Promise<{ data: Buffer; error?: string }> 
     const chunks: Buffer[] = [];
     socket.on('data', (chunk: Buffer) => chunks.push(chunk));
     socket.once('end', () => resolve({ data: Buffer.concat(chunks) }));
-    socket.once('error', (error: NodeJS.ErrnoException) => resolve({ data: Buffer.concat(chunks), error: error.code ?? error.message }));
+    socket.once('error', (error: NodeJS.ErrnoException) =>
+      resolve({ data: Buffer.concat(chunks), error: error.code ?? error.message }),
+    );
   });
 }
 
@@ -142,17 +144,20 @@ describe('transparent listener', () => {
     const lines = refusalsSince(mark);
     assert.equal(lines.length, 1);
     const { path, name, ip, port, sni, host, outcome: result, reason, rule } = lines[0]!;
-    assert.deepEqual({ path, name, ip, port, sni, host, result, reason, rule }, {
-      path: 'transparent',
-      name: 'denied.test',
-      ip: '127.0.0.1',
-      port: firstBytesPort,
-      sni: 'denied.test',
-      host: null,
-      result: 'refused',
-      reason: 'hostname-denied',
-      rule: null,
-    });
+    assert.deepEqual(
+      { path, name, ip, port, sni, host, result, reason, rule },
+      {
+        path: 'transparent',
+        name: 'denied.test',
+        ip: '127.0.0.1',
+        port: firstBytesPort,
+        sni: 'denied.test',
+        host: null,
+        result: 'refused',
+        reason: 'hostname-denied',
+        rule: null,
+      },
+    );
   });
 
   it('refuses an allowed Host the IP was not resolved for (hostname-mismatch)', async () => {
@@ -171,7 +176,9 @@ describe('transparent listener', () => {
   it('lets a server-first protocol speak after the peek window, on the IP alone', async () => {
     const listener = await start();
     const socket = await dial(listener, { address: '127.0.0.1', port: bannerPort });
-    const greeting = await new Promise<string>((resolve) => socket.once('data', (chunk: Buffer) => resolve(chunk.toString())));
+    const greeting = await new Promise<string>((resolve) =>
+      socket.once('data', (chunk: Buffer) => resolve(chunk.toString())),
+    );
     assert.equal(greeting, '220 banner ready\r\n');
     const rest = readAll(socket);
     socket.end('QUIT\r\n');
@@ -191,7 +198,10 @@ describe('transparent listener', () => {
     const keepAliveEnd = outcome(keepAlive);
     keepAlive.write('GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n\r\nGET / HTTP/1.1\r\nHost: denied.test\r\n\r\n');
     assert.equal((await keepAliveEnd).error, 'ECONNRESET');
-    assert.ok(app.received.slice(received).every((data) => !data.includes('denied.test')), 'the second request never reached the server');
+    assert.ok(
+      app.received.slice(received).every((data) => !data.includes('denied.test')),
+      'the second request never reached the server',
+    );
     assert.deepEqual(
       refusalsSince(mark).map((line) => [line.host, line.reason]),
       [
@@ -224,7 +234,10 @@ describe('transparent listener', () => {
     const ended = outcome(socket);
     socket.write(Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x01])); // a record promising 512 bytes
     assert.equal((await ended).error, 'ECONNRESET');
-    assert.deepEqual(refusalsSince(mark).map((line) => line.reason), ['inspection-timeout']);
+    assert.deepEqual(
+      refusalsSince(mark).map((line) => line.reason),
+      ['inspection-timeout'],
+    );
   });
 
   it('resets the app when the host relay refuses what the enclave allowed', async () => {

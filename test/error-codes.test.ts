@@ -2,8 +2,8 @@ import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { describe, it } from 'node:test';
-import { ERROR_CODES } from '../src/error-codes.js';
-import { errorCode, RuntimeError } from '../src/errors.js';
+import { ERROR_CODES } from '../src/core/error-codes.js';
+import { errorCode, RuntimeError } from '../src/core/errors.js';
 import { REPO_ROOT } from './helpers/paths.js';
 
 const declared = new Set(Object.keys(ERROR_CODES));
@@ -33,14 +33,19 @@ function readmeCodes(): string[] {
 }
 
 describe('error codes', () => {
-  it('every code quoted in src/ is declared in src/error-codes.ts', () => {
-    const undeclared = [...quotedCodes()].filter(([code]) => !declared.has(code)).map(([code, file]) => `${code} (${file})`);
-    assert.deepEqual(undeclared, [], 'add each to src/error-codes.ts and to the README table');
+  it('every code quoted in src/ is declared in src/core/error-codes.ts', () => {
+    const undeclared = [...quotedCodes()]
+      .filter(([code]) => !declared.has(code))
+      .map(([code, file]) => `${code} (${file})`);
+    assert.deepEqual(undeclared, [], 'add each to src/core/error-codes.ts and to the README table');
   });
 
   it('every declared code is still raised somewhere', () => {
     const quoted = quotedCodes();
-    assert.deepEqual([...declared].filter((code) => !quoted.has(code)), []);
+    assert.deepEqual(
+      [...declared].filter((code) => !quoted.has(code)),
+      [],
+    );
   });
 
   it("the README's table lists exactly the declared codes, each once", () => {

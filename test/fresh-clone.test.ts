@@ -1,6 +1,15 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -19,7 +28,8 @@ const OUTSIDE = ['..', 'shared'].join('/');
 
 function unavailable(): string | undefined {
   if (spawnSync('git', ['--version']).status !== 0) return 'git is not installed';
-  if (spawnSync('git', ['-C', REPO_ROOT, 'rev-parse', 'HEAD']).status !== 0) return `${REPO_ROOT} is not a git checkout`;
+  if (spawnSync('git', ['-C', REPO_ROOT, 'rev-parse', 'HEAD']).status !== 0)
+    return `${REPO_ROOT} is not a git checkout`;
   if (!existsSync(join(REPO_ROOT, 'node_modules', 'typescript'))) return 'node_modules is not installed (npm ci first)';
   if (!existsSync(ADDON)) return `the native addon is not built (${ADDON})`;
   return undefined;
@@ -51,9 +61,13 @@ describe('a fresh clone in an empty directory', { skip, timeout: 15 * 60_000 }, 
   });
 
   it(`has no file under src/, test/ or bench/ that reads ${OUTSIDE}`, () => {
-    const tracked = execFileSync('git', ['-C', clone, 'ls-files', 'src', 'test', 'bench'], { encoding: 'utf8' }).split('\n').filter(Boolean);
+    const tracked = execFileSync('git', ['-C', clone, 'ls-files', 'src', 'test', 'bench'], { encoding: 'utf8' })
+      .split('\n')
+      .filter(Boolean);
     assert.ok(tracked.length > 50, 'the clone has its sources');
-    const offenders = tracked.filter((path) => !path.startsWith('test/fixtures/') && readFileSync(join(clone, path), 'latin1').includes(OUTSIDE));
+    const offenders = tracked.filter(
+      (path) => !path.startsWith('test/fixtures/') && readFileSync(join(clone, path), 'latin1').includes(OUTSIDE),
+    );
     assert.deepEqual(offenders, []);
   });
 
@@ -70,7 +84,12 @@ describe('a fresh clone in an empty directory', { skip, timeout: 15 * 60_000 }, 
     assert.ok(files.length >= 3, `expected several fixture tests, found: ${files.join(', ')}`);
     // Without NODE_TEST_CONTEXT (set for children of a test), the inner runner reports TAP on stdout as a user's would.
     const { NODE_TEST_CONTEXT: _inner, ...env } = process.env;
-    const run = spawnSync(process.execPath, ['--test', '--test-reporter=tap', '--test-concurrency=1', ...files], { cwd: clone, env, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
+    const run = spawnSync(process.execPath, ['--test', '--test-reporter=tap', '--test-concurrency=1', ...files], {
+      cwd: clone,
+      env,
+      encoding: 'utf8',
+      maxBuffer: 64 * 1024 * 1024,
+    });
     const summary = run.stdout.split('\n').filter((line) => /^# (tests|pass|fail|skipped)/.test(line));
     assert.equal(run.status, 0, `tests in the clone failed:\n${run.stdout.slice(-6000)}${run.stderr.slice(-2000)}`);
     assert.ok(summary.includes('# fail 0') && summary.includes('# skipped 0'), summary.join('\n'));

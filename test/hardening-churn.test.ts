@@ -34,7 +34,10 @@ const FD_SLACK = 4;
 const RSS_GROWTH_LIMIT = 64 * 1024 * 1024;
 const EVENTUALLY_MS = 20_000;
 
-assert.ok(Number.isSafeInteger(CONNECTIONS) && CONNECTIONS > 0, `CHURN_CONNECTIONS must be a positive integer, got ${process.env.CHURN_CONNECTIONS}`);
+assert.ok(
+  Number.isSafeInteger(CONNECTIONS) && CONNECTIONS > 0,
+  `CHURN_CONNECTIONS must be a positive integer, got ${process.env.CHURN_CONNECTIONS}`,
+);
 
 const dir = mkdtempSync(join(tmpdir(), 'churn-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -121,12 +124,15 @@ async function churn(port: number, count: number): Promise<void> {
 function scrape(port: number): Promise<string> {
   return new Promise((resolve, reject) => {
     http
-      .get({ host: '127.0.0.1', port, path: '/metrics', agent: false, headers: { connection: 'close' } }, (response) => {
-        const chunks: Buffer[] = [];
-        response.on('data', (chunk: Buffer) => chunks.push(chunk));
-        response.once('end', () => resolve(Buffer.concat(chunks).toString()));
-        response.once('error', reject);
-      })
+      .get(
+        { host: '127.0.0.1', port, path: '/metrics', agent: false, headers: { connection: 'close' } },
+        (response) => {
+          const chunks: Buffer[] = [];
+          response.on('data', (chunk: Buffer) => chunks.push(chunk));
+          response.once('end', () => resolve(Buffer.concat(chunks).toString()));
+          response.once('error', reject);
+        },
+      )
       .once('error', reject);
   });
 }
@@ -146,7 +152,9 @@ function shebangFlags(): string[] {
 
 /** Spawns the real CLI and resolves once it logs "runtime ready". */
 async function startRuntime(config: string, stateDir: string): Promise<ChildProcessWithoutNullStreams> {
-  const child = spawn(process.execPath, [...shebangFlags(), CLI, 'dev', '--config', config, '--state-dir', stateDir], { cwd: REPO_ROOT });
+  const child = spawn(process.execPath, [...shebangFlags(), CLI, 'dev', '--config', config, '--state-dir', stateDir], {
+    cwd: REPO_ROOT,
+  });
   child.stdout.resume();
   let pending = '';
   const tail: string[] = [];
@@ -161,7 +169,9 @@ async function startRuntime(config: string, stateDir: string): Promise<ChildProc
         if (line.includes('"msg":"runtime ready"')) resolve();
       }
     });
-    child.once('exit', (code) => reject(new Error(`the runtime exited with ${code} before it was ready:\n${tail.join('\n')}`)));
+    child.once('exit', (code) =>
+      reject(new Error(`the runtime exited with ${code} before it was ready:\n${tail.join('\n')}`)),
+    );
   });
   return child;
 }
@@ -169,7 +179,12 @@ async function startRuntime(config: string, stateDir: string): Promise<ChildProc
 describe('connection churn through the real runtime', () => {
   it(`${CONNECTIONS} short connections leak no fds and grow RSS by less than ${RSS_GROWTH_LIMIT / 1024 / 1024} MiB`, async (t) => {
     const app = await startApp();
-    const [ingressPort, apiPort, healthPort, metricsPort] = [await freePort(), await freePort(), await freePort(), await freePort()];
+    const [ingressPort, apiPort, healthPort, metricsPort] = [
+      await freePort(),
+      await freePort(),
+      await freePort(),
+      await freePort(),
+    ];
     const config = join(dir, 'churn.toml');
     writeFileSync(
       config,
@@ -201,7 +216,9 @@ describe('connection churn through the real runtime', () => {
 
       const fdsAfter = await settledFds(pid);
       const rssAfter = await settledRss(pid);
-      t.diagnostic(`fds ${fdsBefore} -> ${fdsAfter}; RSS ${(rssBefore / 1048576).toFixed(1)} -> ${(rssAfter / 1048576).toFixed(1)} MiB over ${CONNECTIONS} connections after ${WARM_UP} to warm up`);
+      t.diagnostic(
+        `fds ${fdsBefore} -> ${fdsAfter}; RSS ${(rssBefore / 1048576).toFixed(1)} -> ${(rssAfter / 1048576).toFixed(1)} MiB over ${CONNECTIONS} connections after ${WARM_UP} to warm up`,
+      );
       assert.ok(fdsAfter <= fdsBefore + FD_SLACK, `open fds went from ${fdsBefore} to ${fdsAfter}`);
       assert.ok(rssAfter - rssBefore < RSS_GROWTH_LIMIT, `RSS went from ${rssBefore} to ${rssAfter} bytes`);
 

@@ -20,17 +20,17 @@ import { startAttestationApi } from '../src/attestation/attestation-api.js';
 import { NsmError } from '../src/attestation/nsm.js';
 import { NsmHealth } from '../src/attestation/nsm-health.js';
 import { defaultSimulatedPcr, openSimulatedNsm } from '../src/attestation/sim-nsm.js';
-import { verifyAttestation } from '../src/attestation/verifier.js';
-import { parseAddress } from '../src/bridge/address.js';
+import { verifyAttestation } from '../src/verify/verifier.js';
+import { parseAddress } from '../src/net/address.js';
 import { validateConfig } from '../src/config/validate.js';
 import type { TcpAddress } from '../src/config/schema.js';
 import { compileAllowlist } from '../src/egress/allowlist.js';
 import { EgressAudit } from '../src/egress/egress-audit.js';
-import { EgressStatus, encodeEgressReply, parseEgressHeader } from '../src/egress/egress-header.js';
+import { EgressStatus, encodeEgressReply, parseEgressHeader } from '../src/wire/egress-header.js';
 import { NameCache } from '../src/egress/name-cache.js';
 import { TransparentListener } from '../src/egress/transparent-listener.js';
-import { HealthMonitor } from '../src/health.js';
-import { silentLogger } from '../src/log.js';
+import { HealthMonitor } from '../src/metrics/health.js';
+import { silentLogger } from '../src/core/log.js';
 import { startProvisioner } from '../src/provisioner/provisioner-service.js';
 import { Runtime } from '../src/runtime.js';
 import { verifyPeerAttestation } from '../src/tls/attested-client.js';
@@ -170,7 +170,9 @@ wait();
       ].join('\n'),
     );
     const stateDir = join(dir, 'crash-state');
-    const run = runCli(['dev', '--config', config, '--state-dir', stateDir, '--', process.execPath, appFile], { env: { APP_PORT: String(appPort), APP_HOLD: hold } });
+    const run = runCli(['dev', '--config', config, '--state-dir', stateDir, '--', process.execPath, appFile], {
+      env: { APP_PORT: String(appPort), APP_HOLD: hold },
+    });
     try {
       const ingressPort = portOf((await run.waitFor('ingress listening')).listen);
       const apiPort = portOf((await run.waitFor('internal API listening')).listen);
@@ -189,7 +191,11 @@ wait();
       const restart = await run.waitFor('customer command exited; restarting');
       assert.equal(restart.status, 128 + 9);
       // Both sides are gone: the runtime holds no connection for it any more.
-      await healthUntil(apiPort, (h) => h.parts.ingress?.detail === '0 open connections', 'the relayed connection released');
+      await healthUntil(
+        apiPort,
+        (h) => h.parts.ingress?.detail === '0 open connections',
+        'the relayed connection released',
+      );
 
       // While the app is down: a new connection completes TLS, then is closed promptly with one warn line.
       const refused = await connect();
@@ -198,7 +204,11 @@ wait();
       assert.equal(warn.level, 40);
       assert.equal(warn.app, `tcp:127.0.0.1:${appPort}`);
       assert.equal(warn.code, 'ECONNREFUSED');
-      const down = await healthUntil(apiPort, (h) => h.status === 503 && h.parts.app?.ok === false, 'app not ok in /health');
+      const down = await healthUntil(
+        apiPort,
+        (h) => h.status === 503 && h.parts.app?.ok === false,
+        'app not ok in /health',
+      );
       assert.match(down.parts.app!.detail, /ECONNREFUSED/);
       assert.ok(run.logs.some((line) => line.msg === 'app is down' && line.level === 40));
 
@@ -304,7 +314,8 @@ describe('the host relay drops or resets (transparent egress over a unix-socket 
       socket.once('end', () => resolve('end'));
     });
 
-  const failures = (reason: string) => logs.lines.filter((line) => line.msg === 'egress failed' && line.reason === reason);
+  const failures = (reason: string) =>
+    logs.lines.filter((line) => line.msg === 'egress failed' && line.reason === reason);
 
   it('a relay stream reset mid-connection resets the app connection, with one warn line; the next connection works', async () => {
     const relay = await startFakeRelay(relayPath);
@@ -319,7 +330,10 @@ describe('the host relay drops or resets (transparent egress over a unix-socket 
       stream.pause();
       const ended = ending(app);
       app.write(randomBytes(4 * 1024 * 1024));
-      await eventually(() => (stream.readableLength >= stream.readableHighWaterMark ? true : undefined), 'the relay stopped reading');
+      await eventually(
+        () => (stream.readableLength >= stream.readableHighWaterMark ? true : undefined),
+        'the relay stopped reading',
+      );
       const failedBefore = audit.counters.connectionsFailed;
       stream.destroy();
       // Which the app's kernel reports depends on whether it was reading or writing when the RST came.
@@ -348,10 +362,15 @@ describe('the host relay drops or resets (transparent egress over a unix-socket 
     await relay.close();
     // A dropped stream looks like the destination closing its side (FIN); the app may still write...
     assert.equal(await ended, 'end');
-    const failed = new Promise<string>((resolve) => app.once('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? error.message)));
+    const failed = new Promise<string>((resolve) =>
+      app.once('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? error.message)),
+    );
     app.write('into the void');
     // ...and that write finds the relay gone: the app's connection is reset, with a warn line.
-    await eventually(() => (failures('relay-reset').length > resetsBefore ? true : undefined), 'a relay-reset line for the dropped stream');
+    await eventually(
+      () => (failures('relay-reset').length > resetsBefore ? true : undefined),
+      'a relay-reset line for the dropped stream',
+    );
     app.write('once more');
     assert.match(await failed, /^(ECONNRESET|EPIPE)$/);
 
@@ -431,7 +450,10 @@ describe('the NSM fails or stalls', () => {
       assert.equal(refused.status, 503);
       assert.equal(refused.headers.get('retry-after'), '1');
       assert.equal(((await refused.json()) as { code: string }).code, 'ERR_NSM_TIMEOUT');
-      const posted = await fetch(`http://127.0.0.1:${apiPort}/attestation-doc`, { method: 'POST', body: '{"nonce":"abc"}' });
+      const posted = await fetch(`http://127.0.0.1:${apiPort}/attestation-doc`, {
+        method: 'POST',
+        body: '{"nonce":"abc"}',
+      });
       assert.equal(posted.status, 503);
       // /health names the fault, on the internal API and on health_listen.
       for (const port of [apiPort, healthPort]) {
@@ -445,20 +467,30 @@ describe('the NSM fails or stalls', () => {
       assert.equal(failing.length, 1, 'one line for the fault, not one per call');
       assert.equal(failing[0]?.level, 40);
       assert.equal(failing[0]?.code, 'ERR_NSM_TIMEOUT');
-      assert.ok(logs.lines.some((line) => line.level === 40 && line.msg === 'attestation failed' && line.code === 'ERR_NSM_TIMEOUT'));
+      assert.ok(
+        logs.lines.some(
+          (line) => line.level === 40 && line.msg === 'attestation failed' && line.code === 'ERR_NSM_TIMEOUT',
+        ),
+      );
       assert.ok(logs.lines.some((line) => line.level === 40 && /nonce certificate/.test(String(line.msg))));
 
       // The NSM works again: the next call succeeds, health recovers, nonces are attested.
       nsm.failWith = undefined;
       const answered = await attestViaApi(`?nonce=${hex(nonce)}`);
       assert.equal(answered.status, 200);
-      assert.equal(hex(verifyAttestation(new Uint8Array(await answered.arrayBuffer()), { root: simRoot, nonce }).document.nonce!), hex(nonce));
+      assert.equal(
+        hex(verifyAttestation(new Uint8Array(await answered.arrayBuffer()), { root: simRoot, nonce }).document.nonce!),
+        hex(nonce),
+      );
       const healthy = await getHealth(apiPort);
       assert.equal(healthy.status, 200, JSON.stringify(healthy.parts));
       assert.deepEqual(healthy.parts.attestation, { ok: true, detail: 'simulated NSM' });
       assert.ok(logs.lines.some((line) => line.msg === 'NSM attestation works again'));
       const attested = await handshake(`${hex(nonce)}.attest.localhost`);
-      assert.equal(hex(verifyPeerAttestation(attested.leaf, { root: simRoot, expectedNonce: nonce }).document.nonce!), hex(nonce));
+      assert.equal(
+        hex(verifyPeerAttestation(attested.leaf, { root: simRoot, expectedNonce: nonce }).document.nonce!),
+        hex(nonce),
+      );
     } finally {
       await runtime.stop();
     }
@@ -472,8 +504,21 @@ describe('the NSM fails or stalls', () => {
     const health = new HealthMonitor({ app: parseAddress('tcp:127.0.0.1:9'), logger: silentLogger() });
     health.watchAttestation(() => nsm.health());
     health.watch({ ingress: undefined, nsm, tls: true });
-    const api = await startAttestationApi({ listen: { host: '127.0.0.1', port: 0 }, nsm, logger: logs.logger, limits: { attestTimeoutMs: 300 } });
-    const terminator = await TlsTerminator.create({ nsm, stateDir, serverName: 'localhost', sniNonceEncoding: 'hex', nonceCacheSize: 16, issueTimeoutMs: 300, logger: logs.logger });
+    const api = await startAttestationApi({
+      listen: { host: '127.0.0.1', port: 0 },
+      nsm,
+      logger: logs.logger,
+      limits: { attestTimeoutMs: 300 },
+    });
+    const terminator = await TlsTerminator.create({
+      nsm,
+      stateDir,
+      serverName: 'localhost',
+      sniNonceEncoding: 'hex',
+      nonceCacheSize: 16,
+      issueTimeoutMs: 300,
+      logger: logs.logger,
+    });
     const server = await listenTls(terminator, echo);
     let release = () => {};
     try {
@@ -481,20 +526,40 @@ describe('the NSM fails or stalls', () => {
       const refused = await fetch(`http://127.0.0.1:${api.address.port}/attestation-doc`);
       assert.equal(refused.status, 503);
       assert.equal(((await refused.json()) as { code: string }).code, 'ERR_NSM_TIMEOUT');
-      const socket = await connectTls(server, { servername: `${hex(randomBytes(8))}.attest.localhost`, checkName: 'localhost' });
-      assert.equal(hex(documentFromSan(peerLeaf(socket))), hex(terminator.store.base.document), 'the base certificate was served');
+      const socket = await connectTls(server, {
+        servername: `${hex(randomBytes(8))}.attest.localhost`,
+        checkName: 'localhost',
+      });
+      assert.equal(
+        hex(documentFromSan(peerLeaf(socket))),
+        hex(terminator.store.base.document),
+        'the base certificate was served',
+      );
       socket.destroy();
       const stalled = await eventually(() => {
         const part = health.report().parts.attestation;
         return part && !part.ok ? part : undefined;
       }, 'attestation reported stalled');
       assert.match(stalled.detail, /^simulated NSM: an attestation has been pending for \d+ ms$/);
-      assert.ok(logs.lines.some((line) => line.level === 40 && line.msg === 'attestation failed' && line.code === 'ERR_NSM_TIMEOUT'));
-      assert.ok(logs.lines.some((line) => line.level === 40 && line.msg === 'nonce certificate not ready in time; serving the base certificate instead'));
+      assert.ok(
+        logs.lines.some(
+          (line) => line.level === 40 && line.msg === 'attestation failed' && line.code === 'ERR_NSM_TIMEOUT',
+        ),
+      );
+      assert.ok(
+        logs.lines.some(
+          (line) =>
+            line.level === 40 &&
+            line.msg === 'nonce certificate not ready in time; serving the base certificate instead',
+        ),
+      );
 
       controlled.gate = undefined;
       release();
-      await eventually(() => (health.report().parts.attestation?.ok ? true : undefined), 'attestation ok once the calls completed');
+      await eventually(
+        () => (health.report().parts.attestation?.ok ? true : undefined),
+        'attestation ok once the calls completed',
+      );
       assert.equal((await fetch(`http://127.0.0.1:${api.address.port}/attestation-doc`)).status, 200);
     } finally {
       release();
@@ -507,103 +572,124 @@ describe('the NSM fails or stalls', () => {
   });
 });
 
-describe('ACME unavailable, then back (real pebble behind a gate, through Runtime.start)', { skip: commandMissing('pebble') }, () => {
-  const DOMAIN = 'acme.test';
-  let pebble: Pebble;
-  let gate: Awaited<ReturnType<typeof startGate>>;
-  let dns: Awaited<ReturnType<typeof startTinyDns>>;
-  let app: net.Server;
-  let ingressPort = 0;
+describe(
+  'ACME unavailable, then back (real pebble behind a gate, through Runtime.start)',
+  { skip: commandMissing('pebble') },
+  () => {
+    const DOMAIN = 'acme.test';
+    let pebble: Pebble;
+    let gate: Awaited<ReturnType<typeof startGate>>;
+    let dns: Awaited<ReturnType<typeof startTinyDns>>;
+    let app: net.Server;
+    let ingressPort = 0;
 
-  // acme-client retries a request that got no answer 5 times, waiting 5 s more each time (75 s in all),
-  // before the order fails and the runtime's own backoff applies; the test keeps its retries, not its waits.
-  const acmeSettings = (acmeAxios.defaults as unknown as { acmeSettings: { retryDefaultDelay: number } }).acmeSettings;
-  const retryDefaultDelay = acmeSettings.retryDefaultDelay;
+    // acme-client retries a request that got no answer 5 times, waiting 5 s more each time (75 s in all),
+    // before the order fails and the runtime's own backoff applies; the test keeps its retries, not its waits.
+    const acmeSettings = (acmeAxios.defaults as unknown as { acmeSettings: { retryDefaultDelay: number } })
+      .acmeSettings;
+    const retryDefaultDelay = acmeSettings.retryDefaultDelay;
 
-  before(async () => {
-    acmeSettings.retryDefaultDelay = 0;
-    dns = await startTinyDns([DOMAIN]);
-    ingressPort = await freePort();
-    pebble = await startPebble({ tlsPort: ingressPort, dnsPort: dns.port });
-    // pebble names its endpoints after the Host it was asked on, so every ACME request goes through the gate.
-    gate = await startGate(() => Number(new URL(pebble.directoryUrl).port));
-    app = net.createServer((socket) => {
-      socket.on('error', () => {});
-      socket.pipe(socket);
+    before(async () => {
+      acmeSettings.retryDefaultDelay = 0;
+      dns = await startTinyDns([DOMAIN]);
+      ingressPort = await freePort();
+      pebble = await startPebble({ tlsPort: ingressPort, dnsPort: dns.port });
+      // pebble names its endpoints after the Host it was asked on, so every ACME request goes through the gate.
+      gate = await startGate(() => Number(new URL(pebble.directoryUrl).port));
+      app = net.createServer((socket) => {
+        socket.on('error', () => {});
+        socket.pipe(socket);
+      });
+      app.listen(0, '127.0.0.1');
+      await once(app, 'listening');
     });
-    app.listen(0, '127.0.0.1');
-    await once(app, 'listening');
-  });
-  after(async () => {
-    acmeSettings.retryDefaultDelay = retryDefaultDelay;
-    await gate?.close();
-    await pebble?.close();
-    await dns?.close();
-    app?.close();
-  });
+    after(async () => {
+      acmeSettings.retryDefaultDelay = retryDefaultDelay;
+      await gate?.close();
+      await pebble?.close();
+      await dns?.close();
+      app?.close();
+    });
 
-  it('serves the attested base for the ACME domain with retries scheduled and /health acme not ok, then the ACME certificate once the CA answers', async () => {
-    gate.open = false;
-    const stateDir = join(dir, 'acme-state');
-    const logs = captureLogs('info');
-    const config = validateConfig(
-      {
-        runtime: { state_dir: stateDir, health_listen: 'tcp:127.0.0.1:0' },
-        metrics: { enabled: false },
-        ingress: { listen: `tcp:127.0.0.1:${ingressPort}`, app: `tcp:127.0.0.1:${(app.address() as net.AddressInfo).port}` },
-        attestation: { api_listen: 'tcp:127.0.0.1:0' },
-        tls: {
-          alpn: ['http/1.1'],
-          acme: {
-            enabled: true,
-            directory_url: `https://127.0.0.1:${gate.port}/dir`,
-            domains: [DOMAIN],
-            ca_file: pebble.httpsCaFile,
-            retry_min_ms: 100,
-            retry_max_ms: 400,
+    it('serves the attested base for the ACME domain with retries scheduled and /health acme not ok, then the ACME certificate once the CA answers', async () => {
+      gate.open = false;
+      const stateDir = join(dir, 'acme-state');
+      const logs = captureLogs('info');
+      const config = validateConfig(
+        {
+          runtime: { state_dir: stateDir, health_listen: 'tcp:127.0.0.1:0' },
+          metrics: { enabled: false },
+          ingress: {
+            listen: `tcp:127.0.0.1:${ingressPort}`,
+            app: `tcp:127.0.0.1:${(app.address() as net.AddressInfo).port}`,
+          },
+          attestation: { api_listen: 'tcp:127.0.0.1:0' },
+          tls: {
+            alpn: ['http/1.1'],
+            acme: {
+              enabled: true,
+              directory_url: `https://127.0.0.1:${gate.port}/dir`,
+              domains: [DOMAIN],
+              ca_file: pebble.httpsCaFile,
+              retry_min_ms: 100,
+              retry_max_ms: 400,
+            },
           },
         },
-      },
-      'dev',
-    );
-    const runtime = await Runtime.start(config, 'dev', logs.logger);
-    try {
-      const apiPort = portOf(logs.lines.find((line) => line.msg === 'internal API listening')?.listen);
-      const failed = () => logs.lines.filter((line) => line.msg === 'ACME order failed; serving the attested base certificate meanwhile');
-      await eventually(() => (failed().length >= 2 ? true : undefined), 'a failed order and a retry');
-      const [first, second] = failed();
-      assert.equal(first?.level, 40);
-      assert.equal(first?.consecutiveFailures, 1);
-      assert.equal(second?.consecutiveFailures, 2);
-      assert.ok(typeof first?.retryInMs === 'number' && first.retryInMs >= 50 && first.retryInMs <= 100, `retry after ${String(first?.retryInMs)} ms`);
+        'dev',
+      );
+      const runtime = await Runtime.start(config, 'dev', logs.logger);
+      try {
+        const apiPort = portOf(logs.lines.find((line) => line.msg === 'internal API listening')?.listen);
+        const failed = () =>
+          logs.lines.filter(
+            (line) => line.msg === 'ACME order failed; serving the attested base certificate meanwhile',
+          );
+        await eventually(() => (failed().length >= 2 ? true : undefined), 'a failed order and a retry');
+        const [first, second] = failed();
+        assert.equal(first?.level, 40);
+        assert.equal(first?.consecutiveFailures, 1);
+        assert.equal(second?.consecutiveFailures, 2);
+        assert.ok(
+          typeof first?.retryInMs === 'number' && first.retryInMs >= 50 && first.retryInMs <= 100,
+          `retry after ${String(first?.retryInMs)} ms`,
+        );
 
-      const down = await getHealth(apiPort);
-      assert.equal(down.status, 503);
-      assert.equal(down.parts.acme?.ok, false);
-      assert.match(down.parts.acme!.detail, /^failing; last error: /);
-      // The domain is still served, with the attested base certificate, and data reaches the app.
-      const simRoot = readFileSync(join(stateDir, 'sim-nsm-root.pem'), 'utf8');
-      const onBase = await connectTls({ port: ingressPort }, { servername: DOMAIN, checkName: 'localhost' });
-      verifyPeerAttestation(onBase, { root: simRoot });
-      assert.equal(await roundTrip(onBase, 'still served'), 'still served');
-      onBase.destroy();
+        const down = await getHealth(apiPort);
+        assert.equal(down.status, 503);
+        assert.equal(down.parts.acme?.ok, false);
+        assert.match(down.parts.acme!.detail, /^failing; last error: /);
+        // The domain is still served, with the attested base certificate, and data reaches the app.
+        const simRoot = readFileSync(join(stateDir, 'sim-nsm-root.pem'), 'utf8');
+        const onBase = await connectTls({ port: ingressPort }, { servername: DOMAIN, checkName: 'localhost' });
+        verifyPeerAttestation(onBase, { root: simRoot });
+        assert.equal(await roundTrip(onBase, 'still served'), 'still served');
+        onBase.destroy();
 
-      gate.open = true;
-      await eventually(() => logs.lines.find((line) => line.msg === 'ACME certificate now served'), 'an ACME certificate after the CA came back', 2400);
-      const up = await getHealth(apiPort);
-      assert.equal(up.parts.acme?.ok, true, JSON.stringify(up.parts.acme));
-      const root = new X509Certificate(await pebble.issuingRootPem());
-      const onAcme = await connectTls({ port: ingressPort }, { servername: DOMAIN, checkName: DOMAIN });
-      const chain = onAcme.getPeerCertificate(true);
-      assert.equal(peerLeaf(onAcme).subjectAltName, `DNS:${DOMAIN}`);
-      assert.ok(new X509Certificate(chain.issuerCertificate.raw).checkIssued(root), "the served certificate chains to pebble's root");
-      assert.equal(await roundTrip(onAcme, 'now on ACME'), 'now on ACME');
-      onAcme.destroy();
-    } finally {
-      await runtime.stop();
-    }
-  });
-});
+        gate.open = true;
+        await eventually(
+          () => logs.lines.find((line) => line.msg === 'ACME certificate now served'),
+          'an ACME certificate after the CA came back',
+          2400,
+        );
+        const up = await getHealth(apiPort);
+        assert.equal(up.parts.acme?.ok, true, JSON.stringify(up.parts.acme));
+        const root = new X509Certificate(await pebble.issuingRootPem());
+        const onAcme = await connectTls({ port: ingressPort }, { servername: DOMAIN, checkName: DOMAIN });
+        const chain = onAcme.getPeerCertificate(true);
+        assert.equal(peerLeaf(onAcme).subjectAltName, `DNS:${DOMAIN}`);
+        assert.ok(
+          new X509Certificate(chain.issuerCertificate.raw).checkIssued(root),
+          "the served certificate chains to pebble's root",
+        );
+        assert.equal(await roundTrip(onAcme, 'now on ACME'), 'now on ACME');
+        onAcme.destroy();
+      } finally {
+        await runtime.stop();
+      }
+    });
+  },
+);
 
 describe('the provisioner unreachable at renewal (tls.source = "provisioner")', () => {
   it('keeps the current intermediate and serves leaves under it, retries with backoff, and renews once the provisioner is back', async () => {
@@ -631,11 +717,22 @@ describe('the provisioner unreachable at renewal (tls.source = "provisioner")', 
     });
     // Closed before the first renewal timer can fire (it waits at least retryMinMs).
     gate.open = false;
-    const terminator = await TlsTerminator.create({ nsm: sim, stateDir, serverName: 'localhost', sniNonceEncoding: 'hex', nonceCacheSize: 16, logger: silentLogger(), source });
+    const terminator = await TlsTerminator.create({
+      nsm: sim,
+      stateDir,
+      serverName: 'localhost',
+      sniNonceEncoding: 'hex',
+      nonceCacheSize: 16,
+      logger: silentLogger(),
+      source,
+    });
     const server = await listenTls(terminator, echo);
     try {
       const intermediate = source.intermediatePem;
-      const renewFailed = () => logs.lines.filter((line) => line.msg === 'renewing the provisioned intermediate CA failed; the current one stays in use');
+      const renewFailed = () =>
+        logs.lines.filter(
+          (line) => line.msg === 'renewing the provisioned intermediate CA failed; the current one stays in use',
+        );
       await eventually(() => (renewFailed().length >= 2 ? true : undefined), 'two failed renewals');
       const [first, second] = renewFailed();
       assert.equal(first?.level, 40);
@@ -643,7 +740,10 @@ describe('the provisioner unreachable at renewal (tls.source = "provisioner")', 
       assert.deepEqual([first?.retryMs, second?.retryMs], [100, 200], 'the wait doubles');
       assert.equal(source.intermediatePem, intermediate, 'the current intermediate is kept');
       // Leaves (a fresh nonce one included) are still issued under it and chain to the provisioner root.
-      const socket = await connectTls(server, { servername: `${hex(randomBytes(8))}.attest.localhost`, checkName: 'localhost' });
+      const socket = await connectTls(server, {
+        servername: `${hex(randomBytes(8))}.attest.localhost`,
+        checkName: 'localhost',
+      });
       const served = socket.getPeerCertificate(true);
       assert.ok(new X509Certificate(served.raw).checkIssued(new X509Certificate(intermediate)));
       assert.equal(await roundTrip(socket, 'served'), 'served');
@@ -651,7 +751,10 @@ describe('the provisioner unreachable at renewal (tls.source = "provisioner")', 
 
       skewMs = 0;
       gate.open = true;
-      await eventually(() => (source.intermediatePem !== intermediate ? true : undefined), 'a renewed intermediate once the provisioner is back');
+      await eventually(
+        () => (source.intermediatePem !== intermediate ? true : undefined),
+        'a renewed intermediate once the provisioner is back',
+      );
       assert.equal(logs.lines.filter((line) => line.msg === 'provisioned the enclave intermediate CA').length, 2);
       assert.ok(new X509Certificate(source.intermediatePem).checkIssued(new X509Certificate(provisioner.rootPem)));
     } finally {
@@ -668,7 +771,9 @@ describe('the provisioner unreachable at renewal (tls.source = "provisioner")', 
 /** Why mounts cannot be made here (tmpfs in a private mount namespace), or undefined. */
 function mountsUnavailable(): string | undefined {
   if (process.getuid?.() !== 0) return 'needs root (mounts a tmpfs in a private mount namespace)';
-  const probe = spawnSync('unshare', ['-m', 'sh', '-c', 'mount -t tmpfs -o size=64k tmpfs "$1"', 'sh', dir], { stdio: 'ignore' });
+  const probe = spawnSync('unshare', ['-m', 'sh', '-c', 'mount -t tmpfs -o size=64k tmpfs "$1"', 'sh', dir], {
+    stdio: 'ignore',
+  });
   return probe.status === 0 ? undefined : 'cannot mount a tmpfs in a private mount namespace (unshare -m)';
 }
 
@@ -686,7 +791,11 @@ describe('the state dir is read-only or full', { skip: mountsUnavailable() }, ()
     config = join(dir, 'state-dir.toml');
     writeFileSync(
       config,
-      [...loopbackConfigLines({ appPort: (echoApp.address() as net.AddressInfo).port }), '[app]', 'healthcheck_interval_ms = 100'].join('\n'),
+      [
+        ...loopbackConfigLines({ appPort: (echoApp.address() as net.AddressInfo).port }),
+        '[app]',
+        'healthcheck_interval_ms = 100',
+      ].join('\n'),
     );
   });
   after(() => echoApp.close());
@@ -695,11 +804,17 @@ describe('the state dir is read-only or full', { skip: mountsUnavailable() }, ()
    * `dev` in its own mount namespace, with a 64 KiB tmpfs on a fresh mount point after `setup`
    * (shell, `$1` = the mount point); the mount goes away with the process.
    */
-  function devOnTmpfs(name: string, setup: string, stateDir: (mount: string) => string): { run: CliRun; mount: string } {
+  function devOnTmpfs(
+    name: string,
+    setup: string,
+    stateDir: (mount: string) => string,
+  ): { run: CliRun; mount: string } {
     const mount = join(dir, name);
     mkdirSync(mount);
     const script = `mount -t tmpfs -o size=64k tmpfs "$1" && ${setup} && shift && exec "$@"`;
-    const run = runCli(['dev', '--config', config, '--state-dir', stateDir(mount)], { prefix: ['unshare', '-m', 'sh', '-c', script, 'sh', mount] });
+    const run = runCli(['dev', '--config', config, '--state-dir', stateDir(mount)], {
+      prefix: ['unshare', '-m', 'sh', '-c', script, 'sh', mount],
+    });
     return { run, mount };
   }
 
@@ -723,14 +838,26 @@ describe('the state dir is read-only or full', { skip: mountsUnavailable() }, ()
       const { run, mount } = devOnTmpfs(name, 'mount -o remount,ro "$1"', (m) => (sub ? join(m, sub) : m));
       const fatal = await failedStart(run);
       const stateDir = sub ? join(mount, sub) : mount;
-      assert.match(String(fatal.reason), new RegExp(`^the state dir ${escapeRegExp(stateDir)} (cannot be created|is not writable): EROFS: read-only file system$`));
+      assert.match(
+        String(fatal.reason),
+        new RegExp(
+          `^the state dir ${escapeRegExp(stateDir)} (cannot be created|is not writable): EROFS: read-only file system$`,
+        ),
+      );
     }
   });
 
   it('full: start-up stops with one fatal line naming the state dir and ENOSPC, exit 1', async () => {
-    const { run, mount } = devOnTmpfs('full', '{ dd if=/dev/zero of="$1/filler" bs=4096 2>/dev/null; true; }', (m) => join(m, 'state'));
+    const { run, mount } = devOnTmpfs('full', '{ dd if=/dev/zero of="$1/filler" bs=4096 2>/dev/null; true; }', (m) =>
+      join(m, 'state'),
+    );
     const fatal = await failedStart(run);
-    assert.match(String(fatal.reason), new RegExp(`^the state dir ${escapeRegExp(join(mount, 'state'))} (cannot be created|is not writable): ENOSPC: no space left on device$`));
+    assert.match(
+      String(fatal.reason),
+      new RegExp(
+        `^the state dir ${escapeRegExp(join(mount, 'state'))} (cannot be created|is not writable): ENOSPC: no space left on device$`,
+      ),
+    );
   });
 
   it('read-only after start: the runtime keeps serving TLS, nonces, the API and /health', async () => {
@@ -739,22 +866,46 @@ describe('the state dir is read-only or full', { skip: mountsUnavailable() }, ()
       const ingressPort = portOf((await run.waitFor('ingress listening')).listen);
       const apiPort = portOf((await run.waitFor('internal API listening')).listen);
       await run.waitFor('runtime ready');
-      const remount = spawnSync('nsenter', ['-t', String(run.child.pid), '-m', 'sh', '-c', 'mount -o remount,ro "$1" && ! touch "$1/state/probe" 2>/dev/null', 'sh', mount]);
+      const remount = spawnSync('nsenter', [
+        '-t',
+        String(run.child.pid),
+        '-m',
+        'sh',
+        '-c',
+        'mount -o remount,ro "$1" && ! touch "$1/state/probe" 2>/dev/null',
+        'sh',
+        mount,
+      ]);
       assert.equal(remount.status, 0, `the state dir did not become read-only: ${remount.stderr.toString()}`);
 
       const simRoot = await eventually(() => {
-        const out = spawnSync('nsenter', ['-t', String(run.child.pid), '-m', 'cat', join(mount, 'state', 'sim-nsm-root.pem')]);
+        const out = spawnSync('nsenter', [
+          '-t',
+          String(run.child.pid),
+          '-m',
+          'cat',
+          join(mount, 'state', 'sim-nsm-root.pem'),
+        ]);
         return out.status === 0 ? out.stdout.toString('utf8') : undefined;
       }, 'the simulated NSM root read');
       const nonce = randomBytes(16);
-      const socket = await connectTls({ port: ingressPort }, { servername: `${hex(nonce)}.attest.localhost`, checkName: 'localhost' });
-      assert.equal(hex(verifyPeerAttestation(socket, { root: simRoot, expectedNonce: nonce }).document.nonce!), hex(nonce));
+      const socket = await connectTls(
+        { port: ingressPort },
+        { servername: `${hex(nonce)}.attest.localhost`, checkName: 'localhost' },
+      );
+      assert.equal(
+        hex(verifyPeerAttestation(socket, { root: simRoot, expectedNonce: nonce }).document.nonce!),
+        hex(nonce),
+      );
       assert.equal(await roundTrip(socket, 'read-only state'), 'read-only state');
       socket.destroy();
       const document = await fetch(`http://127.0.0.1:${apiPort}/attestation-doc?nonce=00ff`);
       assert.equal(document.status, 200);
       await healthUntil(apiPort, (h) => h.status === 200, 'healthy with a read-only state dir');
-      assert.ok(!run.logs.some((line) => (line.level as number) >= 50), JSON.stringify(run.logs.filter((line) => (line.level as number) >= 50)));
+      assert.ok(
+        !run.logs.some((line) => (line.level as number) >= 50),
+        JSON.stringify(run.logs.filter((line) => (line.level as number) >= 50)),
+      );
     } finally {
       run.child.kill('SIGTERM');
     }

@@ -2,11 +2,11 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { AttestationError } from '../src/attestation/attestation-error.js';
-import { extractAttestationFromCertificate } from '../src/attestation/certificate-binding.js';
-import { decodeAttestation, verifyAttestation } from '../src/attestation/verifier.js';
+import { AttestationError } from '../src/verify/attestation-error.js';
+import { extractAttestationFromCertificate } from '../src/verify/certificate-binding.js';
+import { decodeAttestation, verifyAttestation } from '../src/verify/verifier.js';
 import { parseConfig } from '../src/config/load.js';
-import { ConfigError } from '../src/errors.js';
+import { ConfigError } from '../src/core/errors.js';
 import { parseNonceServerName } from '../src/tls/nonce-label.js';
 import { Prng } from './helpers/prng.js';
 import { NITRO_FIXTURES, REPO_ROOT } from './helpers/paths.js';
@@ -18,11 +18,16 @@ import { NITRO_FIXTURES, REPO_ROOT } from './helpers/paths.js';
  */
 const CASES = 3000;
 
-function expectOnly<E extends Error>(kind: new (...args: never[]) => E, run: () => unknown, describeCase: () => string): void {
+function expectOnly<E extends Error>(
+  kind: new (...args: never[]) => E,
+  run: () => unknown,
+  describeCase: () => string,
+): void {
   try {
     run();
   } catch (error) {
-    if (!(error instanceof kind)) assert.fail(`${describeCase()}: threw ${(error as Error)?.constructor?.name}: ${(error as Error)?.message}`);
+    if (!(error instanceof kind))
+      assert.fail(`${describeCase()}: threw ${(error as Error)?.constructor?.name}: ${(error as Error)?.message}`);
   }
 }
 
@@ -32,7 +37,11 @@ describe('fuzz: parsers of untrusted input', () => {
     const prng = new Prng(0x70_6d_6c);
     for (let i = 0; i < CASES; i++) {
       const input = prng.mutate(example).toString('latin1');
-      expectOnly(ConfigError, () => parseConfig(input, 'dev'), () => `case ${i}`);
+      expectOnly(
+        ConfigError,
+        () => parseConfig(input, 'dev'),
+        () => `case ${i}`,
+      );
     }
   });
 
@@ -40,12 +49,19 @@ describe('fuzz: parsers of untrusted input', () => {
     const prng = new Prng(7);
     for (let i = 0; i < CASES; i++) {
       const input = prng.bytes(prng.int(300)).toString('latin1');
-      expectOnly(ConfigError, () => parseConfig(input, 'run'), () => `case ${i}`);
+      expectOnly(
+        ConfigError,
+        () => parseConfig(input, 'run'),
+        () => `case ${i}`,
+      );
     }
   });
 
   it('COSE_Sign1 / CBOR documents: mutated real documents give an AttestationError', () => {
-    const document = Buffer.from(readFileSync(join(NITRO_FIXTURES, 'evervault-ga-valid-attestation-doc.b64'), 'utf8').trim(), 'base64');
+    const document = Buffer.from(
+      readFileSync(join(NITRO_FIXTURES, 'evervault-ga-valid-attestation-doc.b64'), 'utf8').trim(),
+      'base64',
+    );
     const at = new Date(1695050165 * 1000);
     // The unmutated document verifies, so a mutation that is rejected is rejected for what changed.
     verifyAttestation(document, { at, allowDebug: true });
@@ -56,7 +72,8 @@ describe('fuzz: parsers of untrusted input', () => {
       try {
         verifyAttestation(input, { at, allowDebug: true });
       } catch (error) {
-        if (!(error instanceof AttestationError)) assert.fail(`case ${i}: threw ${(error as Error).constructor.name}: ${(error as Error).message}`);
+        if (!(error instanceof AttestationError))
+          assert.fail(`case ${i}: threw ${(error as Error).constructor.name}: ${(error as Error).message}`);
         rejected++;
       }
     }
@@ -64,9 +81,16 @@ describe('fuzz: parsers of untrusted input', () => {
   });
 
   it('COSE_Sign1 / CBOR documents: truncation at every length and random bytes give an AttestationError', () => {
-    const document = Buffer.from(readFileSync(join(NITRO_FIXTURES, 'evervault-ga-valid-attestation-doc.b64'), 'utf8').trim(), 'base64');
+    const document = Buffer.from(
+      readFileSync(join(NITRO_FIXTURES, 'evervault-ga-valid-attestation-doc.b64'), 'utf8').trim(),
+      'base64',
+    );
     for (let length = 0; length < document.length; length++) {
-      assert.throws(() => decodeAttestation(document.subarray(0, length)), AttestationError, `truncated to ${length} bytes`);
+      assert.throws(
+        () => decodeAttestation(document.subarray(0, length)),
+        AttestationError,
+        `truncated to ${length} bytes`,
+      );
     }
     const prng = new Prng(99);
     for (let i = 0; i < CASES; i++) {
@@ -89,11 +113,17 @@ describe('fuzz: parsers of untrusted input', () => {
   });
 
   it('certificate SAN extraction: mutated certificates give an AttestationError or the document', () => {
-    const pem = readFileSync(join(NITRO_FIXTURES, 'evervault-beta-non-debug-cert-containing-attestation-document-18-1-23.der.crt'));
+    const pem = readFileSync(
+      join(NITRO_FIXTURES, 'evervault-beta-non-debug-cert-containing-attestation-document-18-1-23.der.crt'),
+    );
     const prng = new Prng(0x5a4);
     for (let i = 0; i < 500; i++) {
       const input = prng.mutate(pem);
-      expectOnly(AttestationError, () => extractAttestationFromCertificate(input), () => `case ${i}`);
+      expectOnly(
+        AttestationError,
+        () => extractAttestationFromCertificate(input),
+        () => `case ${i}`,
+      );
     }
   });
 });

@@ -11,14 +11,17 @@ import https from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { verifyAttestation } from '../src/attestation/verifier.js';
+import { verifyAttestation } from '../src/verify/verifier.js';
 import { CA_KEY_FILE } from '../src/tls/certificate-authority.js';
 import { connectTls, documentFromSan, peerLeaf } from './helpers/attested-tls.js';
 import { eventually, portOf, runCli, type CliRun } from './helpers/cli-run.js';
 import { startFakeKmsForStateDir, type FakeKms } from './helpers/fake-kms.js';
 import { freePort } from './helpers/net.js';
 
-const credentials = { accessKeyId: 'AKIAFAKEKMSSCAN00001', secretAccessKey: `scan/${randomBytes(18).toString('base64url')}` };
+const credentials = {
+  accessKeyId: 'AKIAFAKEKMSSCAN00001',
+  secretAccessKey: `scan/${randomBytes(18).toString('base64url')}`,
+};
 const dir = mkdtempSync(join(tmpdir(), 'secrets-scan-'));
 const stateDir = join(dir, 'state');
 let kms: FakeKms;
@@ -51,13 +54,24 @@ process.on('SIGTERM', () => process.exit(0));
 const sha256 = (value: string | Buffer) => createHash('sha256').update(value).digest('hex');
 
 /** A request over the TLS ingress, trusting only the runtime's CA. */
-function viaIngress(port: number, ca: string, method: string, path: string, body?: string): Promise<{ status: number; body: string }> {
+function viaIngress(
+  port: number,
+  ca: string,
+  method: string,
+  path: string,
+  body?: string,
+): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const request = https.request({ host: '127.0.0.1', port, method, path, ca, servername: 'localhost', agent: false }, (response) => {
-      const chunks: Buffer[] = [];
-      response.on('data', (chunk: Buffer) => chunks.push(chunk));
-      response.on('end', () => resolve({ status: response.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }));
-    });
+    const request = https.request(
+      { host: '127.0.0.1', port, method, path, ca, servername: 'localhost', agent: false },
+      (response) => {
+        const chunks: Buffer[] = [];
+        response.on('data', (chunk: Buffer) => chunks.push(chunk));
+        response.on('end', () =>
+          resolve({ status: response.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }),
+        );
+      },
+    );
     request.on('error', reject);
     request.end(body);
   });
@@ -148,20 +162,34 @@ describe('nothing secret reaches the logs (real CLI, log_level = "trace")', () =
       const simRoot = readFileSync(join(stateDir, 'sim-nsm-root.pem'), 'utf8');
 
       // The app's traffic through the TLS ingress: a body in, a body out, and the secret's hash.
-      const posted = await eventually(() => viaIngress(ingressPort, ca, 'POST', '/upload', bodyMarker), 'the app answering through the ingress');
+      const posted = await eventually(
+        () => viaIngress(ingressPort, ca, 'POST', '/upload', bodyMarker),
+        'the app answering through the ingress',
+      );
       assert.equal(posted.body, `${sha256(bodyMarker)} ${responseMarker}`);
-      assert.equal((await viaIngress(ingressPort, ca, 'GET', '/secret')).body, sha256(secret), 'the app did not get the secret');
+      assert.equal(
+        (await viaIngress(ingressPort, ca, 'GET', '/secret')).body,
+        sha256(secret),
+        'the app did not get the secret',
+      );
       const wellKnown = await viaIngress(ingressPort, ca, 'GET', '/.well-known/attestation');
-      documents.push(Buffer.from((JSON.parse(wellKnown.body) as { attestation_doc: string }).attestation_doc, 'base64'));
+      documents.push(
+        Buffer.from((JSON.parse(wellKnown.body) as { attestation_doc: string }).attestation_doc, 'base64'),
+      );
 
       // The attestation API: GET raw and JSON, POST evervault-style.
       const api = `http://127.0.0.1:${apiPort}/attestation-doc`;
-      const raw = await fetch(`${api}?nonce=${randomBytes(8).toString('hex')}&user_data=${randomBytes(32).toString('hex')}`);
+      const raw = await fetch(
+        `${api}?nonce=${randomBytes(8).toString('hex')}&user_data=${randomBytes(32).toString('hex')}`,
+      );
       assert.equal(raw.status, 200);
       documents.push(new Uint8Array(await raw.arrayBuffer()));
       const json = await fetch(`${api}?nonce=00ff`, { headers: { accept: 'application/json' } });
       documents.push(Buffer.from(((await json.json()) as { attestation_doc: string }).attestation_doc, 'base64'));
-      const evervault = await fetch(api, { method: 'POST', body: JSON.stringify({ nonce: 'scan-nonce', challenge: `challenge-${randomBytes(8).toString('hex')}` }) });
+      const evervault = await fetch(api, {
+        method: 'POST',
+        body: JSON.stringify({ nonce: 'scan-nonce', challenge: `challenge-${randomBytes(8).toString('hex')}` }),
+      });
       assert.equal(evervault.status, 200);
       documents.push(new Uint8Array(await evervault.arrayBuffer()));
       assert.equal((await fetch(`${api}?nonce=zz`)).status, 400);
@@ -183,10 +211,19 @@ describe('nothing secret reaches the logs (real CLI, log_level = "trace")', () =
     // The log is not empty of what the scan is about: trace and debug lines, and lines for the very
     // requests whose bytes are searched for.
     const logs = run.logs;
-    assert.ok(logs.some((line) => line.level === 10), 'no trace line');
+    assert.ok(
+      logs.some((line) => line.level === 10),
+      'no trace line',
+    );
     assert.ok(logs.filter((line) => line.level === 20).length >= 5, 'few debug lines');
-    assert.ok(logs.filter((line) => line.msg === 'internal API request' && line.path === '/attestation-doc').length >= 4, 'API requests were not logged');
-    assert.ok(logs.some((line) => line.msg === 'ingress connection closed' && (line.toApp as number) > bodyMarker.length), 'the upload was not logged');
+    assert.ok(
+      logs.filter((line) => line.msg === 'internal API request' && line.path === '/attestation-doc').length >= 4,
+      'API requests were not logged',
+    );
+    assert.ok(
+      logs.some((line) => line.msg === 'ingress connection closed' && (line.toApp as number) > bodyMarker.length),
+      'the upload was not logged',
+    );
     assert.ok(logs.some((line) => line.msg === 'secret loaded' && line.secret === 'APP_SECRET'));
     assert.deepEqual(run.otherLines(), []);
 
@@ -198,7 +235,10 @@ describe('nothing secret reaches the logs (real CLI, log_level = "trace")', () =
     // (The TLS leaf keys and the KMS recipient key live only in the runtime's memory; the PEM check above covers them.)
     const secrets: Array<[string, Buffer[]]> = [];
     secrets.push(['the TLS CA key', [privateScalar(readFileSync(join(stateDir, CA_KEY_FILE), 'utf8'))]]);
-    const chain = JSON.parse(readFileSync(join(stateDir, 'sim-nsm-chain.json'), 'utf8')) as { root: { cert: string; key: string }; intermediates: Array<{ cert: string; key: string }> };
+    const chain = JSON.parse(readFileSync(join(stateDir, 'sim-nsm-chain.json'), 'utf8')) as {
+      root: { cert: string; key: string };
+      intermediates: Array<{ cert: string; key: string }>;
+    };
     for (const ca of [chain.root, ...chain.intermediates]) {
       secrets.push(['a simulated NSM CA key', [privateScalar(ca.key)]]);
       // Every document carries these certificates in its cabundle: they find a logged document
@@ -234,12 +274,18 @@ describe('nothing secret reaches the logs (real CLI, log_level = "trace")', () =
     // The scan finds what it looks for: a document, base64 inside a longer value at an odd offset; a key in hex; the secret.
     const planted = Buffer.from(
       [
-        JSON.stringify({ msg: 'x', doc: Buffer.concat([randomBytes(7), Buffer.from(documents[1]!)]).toString('base64') }),
+        JSON.stringify({
+          msg: 'x',
+          doc: Buffer.concat([randomBytes(7), Buffer.from(documents[1]!)]).toString('base64'),
+        }),
         JSON.stringify({ msg: 'y', key: secrets[0]![1][0]!.toString('hex') }),
         JSON.stringify({ msg: 'z', value: `...${secret}...` }),
       ].join('\n'),
     );
-    assert.deepEqual(leaks(planted).sort(), ['document bytes', 'document bytes (cabundle)', 'the TLS CA key', 'the configured secret (raw)'].sort());
+    assert.deepEqual(
+      leaks(planted).sort(),
+      ['document bytes', 'document bytes (cabundle)', 'the TLS CA key', 'the configured secret (raw)'].sort(),
+    );
 
     assert.deepEqual(leaks(output), [], 'secret material in the runtime output');
     assert.ok(logs.length >= 20 && output.length > 2000, `only ${logs.length} lines, ${output.length} bytes of output`);

@@ -15,10 +15,10 @@ import tls from 'node:tls';
 import { describe, it } from 'node:test';
 import { startAttestationApi } from '../src/attestation/attestation-api.js';
 import { openSimulatedNsm } from '../src/attestation/sim-nsm.js';
-import { verifyAttestation } from '../src/attestation/verifier.js';
-import { parseAddress } from '../src/bridge/address.js';
-import { Ingress, type IngressOptions } from '../src/bridge/ingress.js';
-import { silentLogger, type Logger } from '../src/log.js';
+import { verifyAttestation } from '../src/verify/verifier.js';
+import { parseAddress } from '../src/net/address.js';
+import { Ingress, type IngressOptions } from '../src/ingress/ingress.js';
+import { silentLogger, type Logger } from '../src/core/log.js';
 import { RuntimeMetrics } from '../src/metrics/runtime-metrics.js';
 import { connectTls, duplexPair, openTerminator, type TerminatorFixture } from './helpers/attested-tls.js';
 import { captureLogs } from './helpers/log-capture.js';
@@ -137,11 +137,14 @@ async function tlsRoundTrip(port: number, message: string): Promise<string> {
 
 /** The value of `enclave_tls_handshakes_total{result}` as /metrics would show it. */
 function handshakes(metrics: RuntimeMetrics, result: 'ok' | 'failed'): number {
-  const line = new RegExp(`^enclave_tls_handshakes_total\\{result="${result}"\\} (\\d+)$`, 'm').exec(metrics.registry.render());
+  const line = new RegExp(`^enclave_tls_handshakes_total\\{result="${result}"\\} (\\d+)$`, 'm').exec(
+    metrics.registry.render(),
+  );
   return line ? Number(line[1]) : 0;
 }
 
-const handshakeTimeouts = (lines: Array<Record<string, unknown>>) => lines.filter((line) => line.msg === 'TLS connection error' && line.code === 'ERR_TLS_HANDSHAKE_TIMEOUT');
+const handshakeTimeouts = (lines: Array<Record<string, unknown>>) =>
+  lines.filter((line) => line.msg === 'TLS connection error' && line.code === 'ERR_TLS_HANDSHAKE_TIMEOUT');
 
 /** A TLS ingress (metered like the runtime's) in front of an echo app, with logs captured at debug. */
 async function tlsIngress(handshakeTimeoutMs: number, overrides: Partial<IngressOptions> = {}) {
@@ -149,7 +152,10 @@ async function tlsIngress(handshakeTimeoutMs: number, overrides: Partial<Ingress
   const fixture: TerminatorFixture = await openTerminator({ terminator: { handshakeTimeoutMs }, logger: logs.logger });
   const metrics = new RuntimeMetrics({ version: 'test', mode: 'dev' });
   const app = await startEchoApp();
-  const ingress = await Ingress.start({ ...ingressOptions(app.port, logs.logger, overrides), terminator: metrics.meterTerminator(fixture.terminator) });
+  const ingress = await Ingress.start({
+    ...ingressOptions(app.port, logs.logger, overrides),
+    terminator: metrics.meterTerminator(fixture.terminator),
+  });
   return {
     logs,
     metrics,
@@ -175,7 +181,12 @@ describe('slow clients on the TLS ingress', () => {
     try {
       // Half say nothing at all; half drip a real ClientHello one byte every 50 ms and never finish it.
       for (let i = 0; i < SLOW; i++) {
-        slow.push(await slowloris(setup.port, i % 2 === 0 ? undefined : { bytes: hello.subarray(0, hello.length - 1), everyMs: 50 }));
+        slow.push(
+          await slowloris(
+            setup.port,
+            i % 2 === 0 ? undefined : { bytes: hello.subarray(0, hello.length - 1), everyMs: 50 },
+          ),
+        );
       }
       await eventually(`${SLOW} slowloris connections open on the ingress`, () => setup.ingress.stats.active === SLOW);
 
@@ -198,8 +209,16 @@ describe('slow clients on the TLS ingress', () => {
       assert.deepEqual(cut, Array<boolean>(CAP).fill(true), 'every slowloris connection was cut');
       await eventually('no ingress connection left', () => setup.ingress.stats.active === 0);
       assert.equal(handshakes(setup.metrics, 'failed'), CAP);
-      assert.equal(handshakeTimeouts(setup.logs.lines).length, CAP, 'each cut is logged with ERR_TLS_HANDSHAKE_TIMEOUT');
-      assert.ok(setup.logs.lines.some((line) => line.msg === 'ingress at ingress.max_connections; connection closed' && line.maxConnections === CAP));
+      assert.equal(
+        handshakeTimeouts(setup.logs.lines).length,
+        CAP,
+        'each cut is logged with ERR_TLS_HANDSHAKE_TIMEOUT',
+      );
+      assert.ok(
+        setup.logs.lines.some(
+          (line) => line.msg === 'ingress at ingress.max_connections; connection closed' && line.maxConnections === CAP,
+        ),
+      );
       assert.equal(setup.app.connections(), 1, 'no unfinished handshake ever reached the app');
 
       // The slots are free again.
@@ -238,12 +257,27 @@ describe('slow clients on the internal API', () => {
   /** GET /attestation-doc on a fresh connection that closes after the answer (no pooled keep-alive socket). */
   function getDocument(port: number): Promise<{ status: number; type: string | undefined; body: Buffer }> {
     return new Promise((resolve, reject) => {
-      const request = http.get({ host: '127.0.0.1', port, path: '/attestation-doc?nonce=0badc0de', agent: false, headers: { connection: 'close' } }, (response) => {
-        const chunks: Buffer[] = [];
-        response.on('data', (chunk: Buffer) => chunks.push(chunk));
-        response.once('end', () => resolve({ status: response.statusCode ?? 0, type: response.headers['content-type'], body: Buffer.concat(chunks) }));
-        response.once('error', reject);
-      });
+      const request = http.get(
+        {
+          host: '127.0.0.1',
+          port,
+          path: '/attestation-doc?nonce=0badc0de',
+          agent: false,
+          headers: { connection: 'close' },
+        },
+        (response) => {
+          const chunks: Buffer[] = [];
+          response.on('data', (chunk: Buffer) => chunks.push(chunk));
+          response.once('end', () =>
+            resolve({
+              status: response.statusCode ?? 0,
+              type: response.headers['content-type'],
+              body: Buffer.concat(chunks),
+            }),
+          );
+          response.once('error', reject);
+        },
+      );
       request.once('error', reject);
     });
   }
@@ -264,10 +298,18 @@ describe('slow clients on the internal API', () => {
       const root = await readFile(join(stateDir, 'sim-nsm-root.pem'), 'utf8');
       for (let i = 0; i < 4; i++) slow.push(await slowloris(port));
       for (let i = 0; i < 4; i++) {
-        slow.push(await slowloris(port, { head: Buffer.from('GET /attestation-doc HTTP/1.1\r\nHost: x\r\nX-Slow: '), bytes: Buffer.alloc(4096, 'a'), everyMs: 100 }));
+        slow.push(
+          await slowloris(port, {
+            head: Buffer.from('GET /attestation-doc HTTP/1.1\r\nHost: x\r\nX-Slow: '),
+            bytes: Buffer.alloc(4096, 'a'),
+            everyMs: 100,
+          }),
+        );
       }
       for (let i = 0; i < 2; i++) {
-        const head = Buffer.from('POST /attestation-doc HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 4000\r\n\r\n{');
+        const head = Buffer.from(
+          'POST /attestation-doc HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 4000\r\n\r\n{',
+        );
         slow.push(await slowloris(port, { head, bytes: Buffer.alloc(3998, ' '), everyMs: 100 }));
       }
       const belowCap = slow.length;
@@ -275,7 +317,10 @@ describe('slow clients on the internal API', () => {
       const served = await getDocument(port);
       assert.equal(served.status, 200);
       assert.equal(served.type, 'application/cbor');
-      assert.deepEqual(Buffer.from(verifyAttestation(served.body, { root }).document.nonce ?? []), Buffer.from('0badc0de', 'hex'));
+      assert.deepEqual(
+        Buffer.from(verifyAttestation(served.body, { root }).document.nonce ?? []),
+        Buffer.from('0badc0de', 'hex'),
+      );
       assert.deepEqual(
         slow.filter((s) => s.cut),
         [],
@@ -336,14 +381,21 @@ describe('slow readers on the TLS ingress', () => {
     });
     server.listen(0, '127.0.0.1');
     await once(server, 'listening');
-    return { state, port: (server.address() as net.AddressInfo).port, close: () => new Promise((resolve) => server.close(resolve)) };
+    return {
+      state,
+      port: (server.address() as net.AddressInfo).port,
+      close: () => new Promise((resolve) => server.close(resolve)),
+    };
   }
 
   async function slowReaderSetup(idleTimeoutMs: number) {
     const logs = captureLogs('debug');
     const fixture = await openTerminator();
     const app = await startBulkApp();
-    const ingress = await Ingress.start({ ...ingressOptions(app.port, logs.logger, { idleTimeoutMs }), terminator: fixture.terminator });
+    const ingress = await Ingress.start({
+      ...ingressOptions(app.port, logs.logger, { idleTimeoutMs }),
+      terminator: fixture.terminator,
+    });
     const port = ingress.address.transport === 'tcp' ? ingress.address.port : assert.fail('tcp ingress');
     const client = await connectTls({ port });
     client.on('error', () => {});
@@ -389,8 +441,15 @@ describe('slow readers on the TLS ingress', () => {
 
       assert.equal(read, 3, 'the reader got its byte each second');
       assert.equal(app.state.blocked, true, "the app's write() is still waiting for 'drain'");
-      assert.equal(app.state.accepted, acceptedWhenBlocked, 'nothing more was taken from the app while the reader crawled');
-      assert.ok(app.state.accepted <= 64 * 1024 * 1024, `only the buffers' worth was taken (${app.state.accepted} of ${RESPONSE_BYTES} bytes)`);
+      assert.equal(
+        app.state.accepted,
+        acceptedWhenBlocked,
+        'nothing more was taken from the app while the reader crawled',
+      );
+      assert.ok(
+        app.state.accepted <= 64 * 1024 * 1024,
+        `only the buffers' worth was taken (${app.state.accepted} of ${RESPONSE_BYTES} bytes)`,
+      );
       assert.ok(rssGrowth < 64 * 1024 * 1024, `RSS grew by ${rssGrowth} bytes`);
       assert.equal(ingress.stats.active, 1, 'the connection is still open');
 
@@ -434,8 +493,15 @@ describe('slow readers on the TLS ingress', () => {
         clearInterval(ticker);
         client.pause();
       }
-      assert.equal(ingress.stats.active, 1, `the connection outlived three idle timeouts while reading (${progress.join(', ')} bytes)`);
-      assert.ok(progress[0]! > 0 && progress[1]! > progress[0]! && progress[2]! > progress[1]!, `bytes arrived in every period: ${progress.join(', ')}`);
+      assert.equal(
+        ingress.stats.active,
+        1,
+        `the connection outlived three idle timeouts while reading (${progress.join(', ')} bytes)`,
+      );
+      assert.ok(
+        progress[0]! > 0 && progress[1]! > progress[0]! && progress[2]! > progress[1]!,
+        `bytes arrived in every period: ${progress.join(', ')}`,
+      );
       assert.ok(received < RESPONSE_BYTES, 'the response was still being sent');
       assert.equal(app.state.blocked, true, 'the app is held back by the reader, not the other way round');
 

@@ -3,8 +3,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it } from 'node:test';
 import type { AppProbe } from '../src/app/app-probe.js';
 import type { Nsm } from '../src/attestation/nsm.js';
-import { parseAddress } from '../src/bridge/address.js';
-import { HealthMonitor } from '../src/health.js';
+import { parseAddress } from '../src/net/address.js';
+import { HealthMonitor } from '../src/metrics/health.js';
 import { captureLogs } from './helpers/log-capture.js';
 
 /** A probe whose answer the test sets; `calls` counts probes. */
@@ -25,7 +25,13 @@ function scriptedProbe(): AppProbe & { up: boolean; calls: number } {
 async function watched(startupGraceMs: number) {
   const logs = captureLogs('debug');
   const probe = scriptedProbe();
-  const health = new HealthMonitor({ app: parseAddress('tcp:127.0.0.1:8008'), logger: logs.logger, probe, probeIntervalMs: 3_600_000, startupGraceMs });
+  const health = new HealthMonitor({
+    app: parseAddress('tcp:127.0.0.1:8008'),
+    logger: logs.logger,
+    probe,
+    probeIntervalMs: 3_600_000,
+    startupGraceMs,
+  });
   health.watch({ ingress: undefined, nsm: { kind: 'simulated' } as Nsm, tls: false });
   while (probe.calls === 0) await sleep(1);
   await sleep(1);

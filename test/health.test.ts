@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { createAppProbe } from '../src/app/app-probe.js';
 import { parseConfig } from '../src/config/load.js';
-import { silentLogger } from '../src/log.js';
+import { silentLogger } from '../src/core/log.js';
 import { Runtime } from '../src/runtime.js';
 import { freePort } from './helpers/net.js';
 
@@ -54,7 +54,12 @@ async function until(ports: number[], predicate: (h: Health) => boolean, what: s
 
 describe('/health follows the app', () => {
   it('reports the app down and up again, on the internal API and on health_listen alike', async () => {
-    const [appPort, apiPort, healthPort, ingressPort] = [await freePort(), await freePort(), await freePort(), await freePort()];
+    const [appPort, apiPort, healthPort, ingressPort] = [
+      await freePort(),
+      await freePort(),
+      await freePort(),
+      await freePort(),
+    ];
     const config = parseConfig(
       `[runtime]\nstate_dir = "${join(dir, 'state')}"\nhealth_listen = "tcp:127.0.0.1:${healthPort}"\n` +
         `[ingress]\nlisten = "tcp:127.0.0.1:${ingressPort}"\napp = "tcp:127.0.0.1:${appPort}"\n[tls]\nenabled = false\n` +
@@ -102,10 +107,16 @@ describe('app probes', () => {
     assert.equal((await createAppProbe('', app).probe(500)).up, false);
     const server = await startApp(port, () => 302);
     try {
-      assert.deepEqual(await createAppProbe('', app).probe(500), { up: true, detail: `accepting on tcp:127.0.0.1:${port}` });
+      assert.deepEqual(await createAppProbe('', app).probe(500), {
+        up: true,
+        detail: `accepting on tcp:127.0.0.1:${port}`,
+      });
       assert.equal((await createAppProbe('/healthz', app).probe(500)).up, true);
       assert.equal((await createAppProbe(`http://127.0.0.1:${port}/healthz`, { ...app, port: 1 }).probe(500)).up, true);
-      assert.deepEqual(await createAppProbe('/other', app).probe(500), { up: false, detail: `GET tcp:127.0.0.1:${port}/other: HTTP 404` });
+      assert.deepEqual(await createAppProbe('/other', app).probe(500), {
+        up: false,
+        detail: `GET tcp:127.0.0.1:${port}/other: HTTP 404`,
+      });
       assert.equal((await createAppProbe(`tcp:127.0.0.1:${port}`, { ...app, port: 1 }).probe(500)).up, true);
     } finally {
       await closeApp(server);

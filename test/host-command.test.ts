@@ -9,9 +9,9 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { DnsTcpFrameReader, encodeTcpFrame, parseDnsResponse } from '../src/egress/dns-message.js';
+import { DnsTcpFrameReader, encodeTcpFrame, parseDnsResponse } from '../src/wire/dns-message.js';
 import { buildQuery } from '../src/egress/dns-forwarder.js';
-import { EgressStatus, encodeEgressHeader, parseEgressReply } from '../src/egress/egress-header.js';
+import { EgressStatus, encodeEgressHeader, parseEgressReply } from '../src/wire/egress-header.js';
 import { startAuthoritativeDns, type AuthoritativeDns } from './helpers/egress-internet.js';
 import { exchange, readAll, startReplyServer, tcpConnect } from './helpers/net.js';
 import { CLI, REPO_ROOT } from './helpers/paths.js';
@@ -29,12 +29,21 @@ const portOf = (address: string) => Number(address.slice(address.lastIndexOf(':'
 
 describe('enclave-runtime host', () => {
   it('exits 2 on a bad option or config, and 1 when it cannot start', () => {
-    const run = (args: string[]) => spawnSync(process.execPath, [CLI, 'host', ...args], { cwd: REPO_ROOT, encoding: 'utf8', timeout: 20_000 });
+    const run = (args: string[]) =>
+      spawnSync(process.execPath, [CLI, 'host', ...args], { cwd: REPO_ROOT, encoding: 'utf8', timeout: 20_000 });
     assert.equal(run(['--bogus']).status, 2);
     const badKey = run(['--config', writeConfig('bad.toml', ['[host]', 'allow_privat = true'])]);
     assert.equal(badKey.status, 2);
     assert.match(badKey.stderr, /allow_privat/);
-    const badUpstream = run(['--config', writeConfig('upstream.toml', ['[host]', 'upstream_dns = "resolver.example"', 'egress_listen = "tcp:127.0.0.1:0"', 'dns_listen = "tcp:127.0.0.1:0"'])]);
+    const badUpstream = run([
+      '--config',
+      writeConfig('upstream.toml', [
+        '[host]',
+        'upstream_dns = "resolver.example"',
+        'egress_listen = "tcp:127.0.0.1:0"',
+        'dns_listen = "tcp:127.0.0.1:0"',
+      ]),
+    ]);
     assert.equal(badUpstream.status, 1);
     assert.match(badUpstream.stderr, /ERR_DNS_UPSTREAM/);
   });
@@ -62,7 +71,10 @@ describe('enclave-runtime host', () => {
         `upstream_dns = "127.0.0.1:${upstream.port}"`,
         'allow_private = true',
       ]);
-      child = spawn(process.execPath, [CLI, 'host', '--config', config], { cwd: REPO_ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+      child = spawn(process.execPath, [CLI, 'host', '--config', config], {
+        cwd: REPO_ROOT,
+        stdio: ['ignore', 'ignore', 'pipe'],
+      });
       child.stderr!.setEncoding('utf8');
       ready = await new Promise((resolve, reject) => {
         let buffered = '';
@@ -98,7 +110,10 @@ describe('enclave-runtime host', () => {
       dns.end(encodeTcpFrame(buildQuery({ name: 'allowed.test', type: 1, class: 1 })));
       await once(dns, 'end');
       dns.destroy();
-      assert.deepEqual(parseDnsResponse(frames[0]!).answers.map((a) => a.data), ['127.0.0.1']);
+      assert.deepEqual(
+        parseDnsResponse(frames[0]!).answers.map((a) => a.data),
+        ['127.0.0.1'],
+      );
 
       const stream = await tcpConnect(portOf(ready.egressRelay!));
       const answer = readAll(stream);

@@ -5,9 +5,9 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { parseAddress } from '../src/bridge/address.js';
+import { parseAddress } from '../src/net/address.js';
 import { compileAllowlist } from '../src/egress/allowlist.js';
-import { DnsTcpFrameReader, DnsType, encodeTcpFrame, parseDnsResponse } from '../src/egress/dns-message.js';
+import { DnsTcpFrameReader, DnsType, encodeTcpFrame, parseDnsResponse } from '../src/wire/dns-message.js';
 import { buildQuery } from '../src/egress/dns-forwarder.js';
 import { NameCache } from '../src/egress/name-cache.js';
 import { startDnsRelay, type DnsRelay } from '../src/host/dns-relay.js';
@@ -26,7 +26,11 @@ const query = (name: string, type: number = DnsType.A) => buildQuery({ name, typ
 async function ask(relay: DnsRelay, messages: Buffer[]): Promise<Buffer[]> {
   const address = relay.address;
   assert.equal(address.transport, 'tcp');
-  const socket = net.connect({ port: address.transport === 'tcp' ? address.port : 0, host: '127.0.0.1', allowHalfOpen: true });
+  const socket = net.connect({
+    port: address.transport === 'tcp' ? address.port : 0,
+    host: '127.0.0.1',
+    allowHalfOpen: true,
+  });
   await once(socket, 'connect');
   const reader = new DnsTcpFrameReader();
   const answers: Buffer[] = [];
@@ -43,11 +47,17 @@ describe('upstream resolver setting', () => {
     assert.deepEqual(parseUpstream('10.0.0.2:5353'), { host: '10.0.0.2', port: 5353 });
     assert.deepEqual(parseUpstream('[2001:db8::53]:5300'), { host: '2001:db8::53', port: 5300 });
     assert.deepEqual(parseUpstream('2001:db8::53'), { host: '2001:db8::53', port: 53 });
-    for (const bad of ['resolver.example', '10.0.0.2:0', '10.0.0.2:70000', '[10.0.0.2]:53', '']) assert.throws(() => parseUpstream(bad), UpstreamDnsError, bad);
+    for (const bad of ['resolver.example', '10.0.0.2:0', '10.0.0.2:70000', '[10.0.0.2]:53', ''])
+      assert.throws(() => parseUpstream(bad), UpstreamDnsError, bad);
   });
 
   it('takes the first usable nameserver of resolv.conf for "system"', async () => {
-    assert.equal(firstNameserver('# comment\nsearch example.com\nnameserver fe80::1%eth0\nnameserver 169.254.169.253\nnameserver 10.0.0.2\n'), '169.254.169.253');
+    assert.equal(
+      firstNameserver(
+        '# comment\nsearch example.com\nnameserver fe80::1%eth0\nnameserver 169.254.169.253\nnameserver 10.0.0.2\n',
+      ),
+      '169.254.169.253',
+    );
     assert.equal(firstNameserver('options ndots:2\n'), undefined);
     const dir = mkdtempSync(join(tmpdir(), 'resolv-'));
     try {
@@ -86,12 +96,15 @@ describe('host DNS relay', () => {
     await upstream.close();
   });
 
-  it('answers allowed questions from upstream, with the asker\'s ID, and learns the addresses', async () => {
+  it("answers allowed questions from upstream, with the asker's ID, and learns the addresses", async () => {
     const message = query('allowed.test');
     const [answer] = await ask(relay, [message]);
     const parsed = parseDnsResponse(answer!);
     assert.equal(parsed.header.id, message.readUInt16BE(0));
-    assert.deepEqual(parsed.answers.map((a) => a.data), ['198.51.100.10']);
+    assert.deepEqual(
+      parsed.answers.map((a) => a.data),
+      ['198.51.100.10'],
+    );
     assert.deepEqual(cache.namesFor('198.51.100.10'), ['allowed.test']);
   });
 

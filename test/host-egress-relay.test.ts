@@ -2,13 +2,13 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
-import { parseAddress } from '../src/bridge/address.js';
+import { parseAddress } from '../src/net/address.js';
 import { compileAllowlist } from '../src/egress/allowlist.js';
-import { EgressStatus, encodeEgressHeader, parseEgressReply } from '../src/egress/egress-header.js';
+import { EgressStatus, encodeEgressHeader, parseEgressReply } from '../src/wire/egress-header.js';
 import { NameCache } from '../src/egress/name-cache.js';
 import { classifyAddress, isPublicAddress } from '../src/host/address-class.js';
 import { checkDestination, EgressRelay, type EgressRelayOptions } from '../src/host/egress-relay.js';
-import { silentLogger } from '../src/log.js';
+import { silentLogger } from '../src/core/log.js';
 import { captureLogs } from './helpers/log-capture.js';
 import { randomPayload, readAll, sha256, startReplyServer } from './helpers/net.js';
 
@@ -46,7 +46,18 @@ describe('host address classes', () => {
   });
 
   it('lets public and documentation addresses through', () => {
-    for (const ip of ['8.8.8.8', '1.1.1.1', '172.32.0.1', '100.128.0.1', '203.0.113.7', '198.51.100.1', '192.0.2.1', '2606:4700::1111', '2001:db8::1', '64:ff9b::808:808']) {
+    for (const ip of [
+      '8.8.8.8',
+      '1.1.1.1',
+      '172.32.0.1',
+      '100.128.0.1',
+      '203.0.113.7',
+      '198.51.100.1',
+      '192.0.2.1',
+      '2606:4700::1111',
+      '2001:db8::1',
+      '64:ff9b::808:808',
+    ]) {
       assert.equal(isPublicAddress(ip), true, ip);
     }
     assert.throws(() => classifyAddress('example.com'), TypeError);
@@ -60,22 +71,54 @@ describe('host destination check (defence in depth)', () => {
   cache.add('10.9.9.9', 'allowed.test', 300);
 
   it('allows a name resolved (by the host DNS relay) to that IP, or an allowed address', () => {
-    assert.deepEqual(checkDestination({ name: 'a.cdn.test', ip: '198.51.100.7', port: 443 }, allowlist, cache, false), { status: EgressStatus.OK, reason: 'allowed', rule: '*.cdn.test' });
-    assert.equal(checkDestination({ name: '', ip: '203.0.113.9', port: 22 }, allowlist, cache, false).status, EgressStatus.OK);
-    assert.equal(checkDestination({ name: 'allowed.test', ip: '203.0.113.9', port: 443 }, allowlist, cache, false).status, EgressStatus.OK, 'allowed name on an allowed address');
+    assert.deepEqual(checkDestination({ name: 'a.cdn.test', ip: '198.51.100.7', port: 443 }, allowlist, cache, false), {
+      status: EgressStatus.OK,
+      reason: 'allowed',
+      rule: '*.cdn.test',
+    });
+    assert.equal(
+      checkDestination({ name: '', ip: '203.0.113.9', port: 22 }, allowlist, cache, false).status,
+      EgressStatus.OK,
+    );
+    assert.equal(
+      checkDestination({ name: 'allowed.test', ip: '203.0.113.9', port: 443 }, allowlist, cache, false).status,
+      EgressStatus.OK,
+      'allowed name on an allowed address',
+    );
   });
 
   it('refuses a denied name, a name on an IP it never resolved to, and an IP no rule allows', () => {
-    assert.deepEqual(checkDestination({ name: 'evil.test', ip: '203.0.113.50', port: 443 }, allowlist, cache, false), { status: EgressStatus.DENIED, reason: 'name-no-rule' });
-    assert.deepEqual(checkDestination({ name: 'allowed.test', ip: '198.51.100.99', port: 443 }, allowlist, cache, false), { status: EgressStatus.DENIED, reason: 'ip-not-resolved-for-name' });
-    assert.deepEqual(checkDestination({ name: '', ip: '198.51.100.7', port: 443 }, allowlist, cache, false), { status: EgressStatus.DENIED, reason: 'ip-no-rule' });
-    assert.deepEqual(checkDestination({ name: 'tls.test', ip: '203.0.113.1', port: 80 }, allowlist, cache, false), { status: EgressStatus.DENIED, reason: 'name-port' });
+    assert.deepEqual(checkDestination({ name: 'evil.test', ip: '203.0.113.50', port: 443 }, allowlist, cache, false), {
+      status: EgressStatus.DENIED,
+      reason: 'name-no-rule',
+    });
+    assert.deepEqual(
+      checkDestination({ name: 'allowed.test', ip: '198.51.100.99', port: 443 }, allowlist, cache, false),
+      { status: EgressStatus.DENIED, reason: 'ip-not-resolved-for-name' },
+    );
+    assert.deepEqual(checkDestination({ name: '', ip: '198.51.100.7', port: 443 }, allowlist, cache, false), {
+      status: EgressStatus.DENIED,
+      reason: 'ip-no-rule',
+    });
+    assert.deepEqual(checkDestination({ name: 'tls.test', ip: '203.0.113.1', port: 80 }, allowlist, cache, false), {
+      status: EgressStatus.DENIED,
+      reason: 'name-port',
+    });
   });
 
   it('refuses private destinations unless allow_private, even when the allowlist allows them', () => {
-    assert.deepEqual(checkDestination({ name: 'allowed.test', ip: '10.9.9.9', port: 443 }, allowlist, cache, false), { status: EgressStatus.PRIVATE, reason: 'private' });
-    assert.deepEqual(checkDestination({ name: '', ip: '10.1.2.3', port: 5432 }, allowlist, cache, false), { status: EgressStatus.PRIVATE, reason: 'private' });
-    assert.equal(checkDestination({ name: '', ip: '10.1.2.3', port: 5432 }, allowlist, cache, true).status, EgressStatus.OK);
+    assert.deepEqual(checkDestination({ name: 'allowed.test', ip: '10.9.9.9', port: 443 }, allowlist, cache, false), {
+      status: EgressStatus.PRIVATE,
+      reason: 'private',
+    });
+    assert.deepEqual(checkDestination({ name: '', ip: '10.1.2.3', port: 5432 }, allowlist, cache, false), {
+      status: EgressStatus.PRIVATE,
+      reason: 'private',
+    });
+    assert.equal(
+      checkDestination({ name: '', ip: '10.1.2.3', port: 5432 }, allowlist, cache, true).status,
+      EgressStatus.OK,
+    );
   });
 });
 
@@ -104,7 +147,11 @@ describe('host egress relay', () => {
   const open = async (relay: EgressRelay) => {
     const address = relay.address;
     assert.equal(address.transport, 'tcp');
-    const socket = net.connect({ port: address.transport === 'tcp' ? address.port : 0, host: '127.0.0.1', allowHalfOpen: true });
+    const socket = net.connect({
+      port: address.transport === 'tcp' ? address.port : 0,
+      host: '127.0.0.1',
+      allowHalfOpen: true,
+    });
     await once(socket, 'connect');
     return socket;
   };
@@ -166,7 +213,12 @@ describe('host egress relay', () => {
     for (let i = 0; i < 5; i++) {
       const socket = await open(relay);
       const answer = readAll(socket);
-      socket.end(Buffer.concat([encodeEgressHeader({ name: 'allowed.test', ip: '127.0.0.1', port: app.port }), Buffer.from('ping')]));
+      socket.end(
+        Buffer.concat([
+          encodeEgressHeader({ name: 'allowed.test', ip: '127.0.0.1', port: app.port }),
+          Buffer.from('ping'),
+        ]),
+      );
       const data = await answer;
       assert.deepEqual(parseEgressReply(data), { kind: 'reply', status: EgressStatus.OK, length: 4 });
       assert.equal(data.subarray(4, 68).toString(), sha256(Buffer.from('ping')), `round ${i}`);
@@ -210,7 +262,11 @@ describe('host egress relay', () => {
     first.write(encodeEgressHeader({ name: 'allowed.test', ip: '127.0.0.1', port: app.port }).subarray(0, 3)); // holds its slot
     await new Promise((resolve) => setImmediate(resolve));
     const second = await open(relay);
-    assert.deepEqual(parseEgressReply(await readAll(second)), { kind: 'reply', status: EgressStatus.OVERLOADED, length: 4 });
+    assert.deepEqual(parseEgressReply(await readAll(second)), {
+      kind: 'reply',
+      status: EgressStatus.OVERLOADED,
+      length: 4,
+    });
     second.destroy();
     first.destroy();
   });

@@ -11,11 +11,11 @@ import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { parseAddress } from '../src/bridge/address.js';
+import { parseAddress } from '../src/net/address.js';
 import { validateConfig } from '../src/config/validate.js';
 import { startHostOperability } from '../src/host/host-operability.js';
-import { startHttpEndpoint } from '../src/http-endpoint.js';
-import { silentLogger } from '../src/log.js';
+import { startHttpEndpoint } from '../src/metrics/http-endpoint.js';
+import { silentLogger } from '../src/core/log.js';
 import { runCli, eventually } from './helpers/cli-run.js';
 import { writeDevConfig } from './helpers/dev-config.js';
 import { freePort } from './helpers/net.js';
@@ -53,10 +53,22 @@ describe('host relays for health, metrics and the provisioner', () => {
     // The enclave's endpoints, on unix sockets where vsock:<cid>:7779 and :9090 would be.
     const enclaveHealth = join(dir, 'enclave-health.sock');
     const enclaveMetrics = join(dir, 'enclave-metrics.sock');
-    const health = await startHttpEndpoint('health endpoint', parseAddress(`unix:${enclaveHealth}`), { '/health': () => ({ status: 503, type: 'application/json', body: '{"status":"degraded"}' }) }, silentLogger());
-    const metrics = await startHttpEndpoint('metrics endpoint', parseAddress(`unix:${enclaveMetrics}`), { '/metrics': () => ({ status: 200, type: 'text/plain', body: 'enclave_up 1\n' }) }, silentLogger());
+    const health = await startHttpEndpoint(
+      'health endpoint',
+      parseAddress(`unix:${enclaveHealth}`),
+      { '/health': () => ({ status: 503, type: 'application/json', body: '{"status":"degraded"}' }) },
+      silentLogger(),
+    );
+    const metrics = await startHttpEndpoint(
+      'metrics endpoint',
+      parseAddress(`unix:${enclaveMetrics}`),
+      { '/metrics': () => ({ status: 200, type: 'text/plain', body: 'enclave_up 1\n' }) },
+      silentLogger(),
+    );
     // The provisioner somewhere on the parent's network; the enclave reaches it through vsock:any:8444 (a unix socket here).
-    const provisioner = http.createServer((request, response) => response.end(`provisioner saw ${request.method} ${request.url}`));
+    const provisioner = http.createServer((request, response) =>
+      response.end(`provisioner saw ${request.method} ${request.url}`),
+    );
     provisioner.listen(0, '127.0.0.1');
     await once(provisioner, 'listening');
     const provisionerPort = (provisioner.address() as { port: number }).port;
@@ -80,9 +92,18 @@ describe('host relays for health, metrics and the provisioner', () => {
       const where = started.describe();
       assert.deepEqual(Object.keys(where).sort(), ['healthRelay', 'metricsRelay', 'provisionerRelay']);
       const port = (name: string) => Number(where[name]!.split(':').at(-1));
-      assert.deepEqual(await get({ host: '127.0.0.1', port: port('healthRelay'), path: '/health' }), { status: 503, body: '{"status":"degraded"}' });
-      assert.deepEqual(await get({ host: '127.0.0.1', port: port('metricsRelay'), path: '/metrics' }), { status: 200, body: 'enclave_up 1\n' });
-      assert.deepEqual(await get({ socketPath: provisionerListen, path: '/challenge' }), { status: 200, body: 'provisioner saw GET /challenge' });
+      assert.deepEqual(await get({ host: '127.0.0.1', port: port('healthRelay'), path: '/health' }), {
+        status: 503,
+        body: '{"status":"degraded"}',
+      });
+      assert.deepEqual(await get({ host: '127.0.0.1', port: port('metricsRelay'), path: '/metrics' }), {
+        status: 200,
+        body: 'enclave_up 1\n',
+      });
+      assert.deepEqual(await get({ socketPath: provisionerListen, path: '/challenge' }), {
+        status: 200,
+        body: 'provisioner saw GET /challenge',
+      });
     } finally {
       await started.close(0);
       await health.close();
@@ -93,7 +114,10 @@ describe('host relays for health, metrics and the provisioner', () => {
 
   it('refuses a health relay on vsock (it is for the parent) with a message naming the key', () => {
     assert.throws(() => validateConfig({ host: { health_listen: 'vsock:any:7779' } }, 'host'), /host\.health_listen/);
-    assert.throws(() => validateConfig({ runtime: { log_relay: 'udp:1.2.3.4:5' } }, 'run'), /runtime\.log_relay: .*or "off"/);
+    assert.throws(
+      () => validateConfig({ runtime: { log_relay: 'udp:1.2.3.4:5' } }, 'run'),
+      /runtime\.log_relay: .*or "off"/,
+    );
   });
 });
 
@@ -114,7 +138,10 @@ describe('dev + host on loopback', () => {
         `log_listen = "tcp:127.0.0.1:${logPort}"`,
       ].join('\n'),
     );
-    const host = spawn(process.execPath, [CLI, 'host', '--config', hostConfig], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    const host = spawn(process.execPath, [CLI, 'host', '--config', hostConfig], {
+      cwd: REPO_ROOT,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     const records: Array<Record<string, unknown>> = [];
     let stdout = '';
     host.stdout.setEncoding('utf8');
@@ -129,18 +156,44 @@ describe('dev + host on loopback', () => {
     const devConfig = join(dir, 'dev.toml');
     const { metrics } = await writeDevConfig(devConfig, { runtime: [`log_relay = "tcp:127.0.0.1:${logPort}"`] });
     const app = "console.log('hello from the app'); console.error('the app warns'); setInterval(() => {}, 1000);";
-    const dev = runCli(['dev', '--config', devConfig, '--state-dir', join(dir, 'state'), '--', process.execPath, '-e', app]);
+    const dev = runCli([
+      'dev',
+      '--config',
+      devConfig,
+      '--state-dir',
+      join(dir, 'state'),
+      '--',
+      process.execPath,
+      '-e',
+      app,
+    ]);
     try {
       await dev.waitFor('customer command started');
-      const find = (source: string, stream: string, line: (text: string) => boolean) => records.find((r) => r.source === source && r.stream === stream && typeof r.line === 'string' && line(r.line));
-      const hello = await eventually(() => find('app', 'stdout', (text) => text === 'hello from the app'), "printed the app's stdout line");
+      const find = (source: string, stream: string, line: (text: string) => boolean) =>
+        records.find((r) => r.source === source && r.stream === stream && typeof r.line === 'string' && line(r.line));
+      const hello = await eventually(
+        () => find('app', 'stdout', (text) => text === 'hello from the app'),
+        "printed the app's stdout line",
+      );
       assert.equal(typeof hello.time, 'number');
-      await eventually(() => find('app', 'stderr', (text) => text === 'the app warns'), "printed the app's stderr line");
-      const ready = await eventually(() => find('runtime', 'stderr', (text) => text.includes('"msg":"runtime ready"')), "printed the runtime's ready line");
+      await eventually(
+        () => find('app', 'stderr', (text) => text === 'the app warns'),
+        "printed the app's stderr line",
+      );
+      const ready = await eventually(
+        () => find('runtime', 'stderr', (text) => text.includes('"msg":"runtime ready"')),
+        "printed the runtime's ready line",
+      );
       assert.equal((JSON.parse(ready.line as string) as { msg: string }).msg, 'runtime ready');
       // The terminal still shows the app's output too.
       assert.match(dev.output().toString('utf8'), /hello from the app/);
-      const scraped = await eventually(() => get({ host: '127.0.0.1', port: metrics, path: '/metrics' }).then((answer) => (answer.body.includes('enclave_log_relay_lines_total') ? answer.body : undefined)), 'scraped the relay metrics');
+      const scraped = await eventually(
+        () =>
+          get({ host: '127.0.0.1', port: metrics, path: '/metrics' }).then((answer) =>
+            answer.body.includes('enclave_log_relay_lines_total') ? answer.body : undefined,
+          ),
+        'scraped the relay metrics',
+      );
       assert.match(scraped, /enclave_log_relay_lines_total\{outcome="dropped"\} 0/);
       assert.match(scraped, /enclave_log_relay_connected 1/);
     } finally {
@@ -154,8 +207,14 @@ describe('dev + host on loopback', () => {
 
 describe('operability config cross-checks', () => {
   it('names the keys that contradict each other', () => {
-    assert.throws(() => validateConfig({ kms: { proxy: true, via: 'egress_proxy' } }, 'run'), /kms\.proxy: .*egress\.enabled = true/);
-    assert.throws(() => validateConfig({ kms: { credentials: 'host', access_key_id: 'AKIAFILE000000000000' } }, 'run'), /kms\.credentials: "host" .*leave kms\.access_key_id/);
+    assert.throws(
+      () => validateConfig({ kms: { proxy: true, via: 'egress_proxy' } }, 'run'),
+      /kms\.proxy: .*egress\.enabled = true/,
+    );
+    assert.throws(
+      () => validateConfig({ kms: { credentials: 'host', access_key_id: 'AKIAFILE000000000000' } }, 'run'),
+      /kms\.credentials: "host" .*leave kms\.access_key_id/,
+    );
     assert.equal(validateConfig({ kms: { proxy: true, via: 'direct', credentials: 'host' } }, 'run').kms.proxy, true);
     assert.equal(validateConfig({}, 'run').runtime.logRelay?.transport, 'vsock');
     assert.equal(validateConfig({}, 'dev').runtime.logRelay, undefined);

@@ -61,9 +61,31 @@ export function importCycles(graph: Map<string, string[]>): string[][] {
 
 describe('import cycles', () => {
   it('finds a cycle when there is one, and none in a chain', () => {
-    assert.deepEqual(importCycles(new Map([['a', ['b']], ['b', ['c']], ['c', ['a']], ['d', ['a']]])), [['a', 'b', 'c']]);
-    assert.deepEqual(importCycles(new Map([['a', ['b']], ['b', ['c']], ['c', []]])), []);
-    assert.deepEqual(relativeImports('/r/src/x/a.ts', "import type { T } from '../y/b.js';\nconst m = await import('./c.js');"), ['/r/src/y/b.ts', '/r/src/x/c.ts']);
+    assert.deepEqual(
+      importCycles(
+        new Map([
+          ['a', ['b']],
+          ['b', ['c']],
+          ['c', ['a']],
+          ['d', ['a']],
+        ]),
+      ),
+      [['a', 'b', 'c']],
+    );
+    assert.deepEqual(
+      importCycles(
+        new Map([
+          ['a', ['b']],
+          ['b', ['c']],
+          ['c', []],
+        ]),
+      ),
+      [],
+    );
+    assert.deepEqual(
+      relativeImports('/r/src/x/a.ts', "import type { T } from '../y/b.js';\nconst m = await import('./c.js');"),
+      ['/r/src/y/b.ts', '/r/src/x/c.ts'],
+    );
   });
 
   it('src/ has none (type-only imports count: a cycle of types still ties two modules together)', () => {

@@ -7,10 +7,21 @@ import { PassThrough } from 'node:stream';
 import { setImmediate as tick } from 'node:timers/promises';
 import type tls from 'node:tls';
 import { after, before, describe, it } from 'node:test';
-import type { Ingress } from '../src/bridge/ingress.js';
-import { classifyFirstRequest, readFirstRequest, WELL_KNOWN_HEAD_MAX_BYTES } from '../src/bridge/well-known-attestation.js';
-import { verifyAttestation } from '../src/attestation/verifier.js';
-import { connectTls, documentFromSan, openTerminator, peerLeaf, startTlsIngress, type TerminatorFixture } from './helpers/attested-tls.js';
+import type { Ingress } from '../src/ingress/ingress.js';
+import {
+  classifyFirstRequest,
+  readFirstRequest,
+  WELL_KNOWN_HEAD_MAX_BYTES,
+} from '../src/ingress/well-known-attestation.js';
+import { verifyAttestation } from '../src/verify/verifier.js';
+import {
+  connectTls,
+  documentFromSan,
+  openTerminator,
+  peerLeaf,
+  startTlsIngress,
+  type TerminatorFixture,
+} from './helpers/attested-tls.js';
 import { readAll } from './helpers/net.js';
 
 const hex = (bytes: Uint8Array) => Buffer.from(bytes).toString('hex');
@@ -89,14 +100,24 @@ describe('HTTP-aware ingress: GET /.well-known/attestation over TLS', () => {
     assert.match(answer.head, /\r\ncontent-type: application\/json\r\n/);
     assert.match(answer.head, /\r\nconnection: close(\r\n|$)/);
     const document = Buffer.from((JSON.parse(answer.body) as { attestation_doc: string }).attestation_doc, 'base64');
-    assert.equal(hex(document), hex(documentFromSan(leaf)), 'the document embedded in the certificate of this connection');
-    verifyAttestation(document, { root: fx.simRootPem, userData: leaf.publicKey.export({ type: 'spki', format: 'der' }) });
+    assert.equal(
+      hex(document),
+      hex(documentFromSan(leaf)),
+      'the document embedded in the certificate of this connection',
+    );
+    verifyAttestation(document, {
+      root: fx.simRootPem,
+      userData: leaf.publicKey.export({ type: 'spki', format: 'der' }),
+    });
 
     const nonce = randomBytes(16);
     const nonceName = `${hex(nonce)}.attest.localhost`;
     const nonceSocket = await connectTls({ port: port(aware) }, { servername: nonceName, checkName: nonceName });
     const nonceAnswer = await ask(nonceSocket, WELL_KNOWN.replace(' HTTP/1.1', '?fresh=1 HTTP/1.1'));
-    const nonceDocument = Buffer.from((JSON.parse(nonceAnswer.body) as { attestation_doc: string }).attestation_doc, 'base64');
+    const nonceDocument = Buffer.from(
+      (JSON.parse(nonceAnswer.body) as { attestation_doc: string }).attestation_doc,
+      'base64',
+    );
     const verified = verifyAttestation(nonceDocument, { root: fx.simRootPem, nonce });
     assert.equal(hex(verified.document.nonce!), hex(nonce));
     assert.equal(seen.length, before, 'the app never saw these requests');
@@ -108,12 +129,19 @@ describe('HTTP-aware ingress: GET /.well-known/attestation over TLS', () => {
       const socket = await connectTls({ port: port(aware) }, { servername, checkName: servername });
       const leaf = peerLeaf(socket);
       const nonce = randomBytes(24);
-      const answer = await ask(socket, WELL_KNOWN.replace(' HTTP/1.1', `?nonce=${hex(nonce).toUpperCase()}&_=1 HTTP/1.1`));
+      const answer = await ask(
+        socket,
+        WELL_KNOWN.replace(' HTTP/1.1', `?nonce=${hex(nonce).toUpperCase()}&_=1 HTTP/1.1`),
+      );
       assert.match(answer.head, /^HTTP\/1\.1 200 OK\r\n/);
       assert.match(answer.head, /\r\naccess-control-allow-origin: \*\r\n/);
       const document = Buffer.from((JSON.parse(answer.body) as { attestation_doc: string }).attestation_doc, 'base64');
       assert.notEqual(hex(document), hex(documentFromSan(leaf)), 'made for this request, not the certificate’s');
-      const verified = verifyAttestation(document, { root: fx.simRootPem, nonce, userData: leaf.publicKey.export({ type: 'spki', format: 'der' }) });
+      const verified = verifyAttestation(document, {
+        root: fx.simRootPem,
+        nonce,
+        userData: leaf.publicKey.export({ type: 'spki', format: 'der' }),
+      });
       assert.equal(hex(verified.document.nonce!), hex(nonce), servername);
     }
   });
@@ -128,11 +156,26 @@ describe('HTTP-aware ingress: GET /.well-known/attestation over TLS', () => {
   it('passes every other request to the app unchanged', async () => {
     const cases: Array<[string, string]> = [
       ['GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n', 'GET /'],
-      ['GET /.well-known/attestation2 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n', 'GET /.well-known/attestation2'],
-      ['GET /.well-known/attestation/x HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n', 'GET /.well-known/attestation/x'],
-      ['POST /.well-known/attestation HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello', 'POST /.well-known/attestation hello'],
-      ['GET /.well-known/attestation HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\nconnection: close\r\n\r\nabc', 'GET /.well-known/attestation abc'],
-      [`GET /.well-known/attestation HTTP/1.1\r\nhost: x\r\nx-pad: ${'p'.repeat(WELL_KNOWN_HEAD_MAX_BYTES)}\r\nconnection: close\r\n\r\n`, 'GET /.well-known/attestation'],
+      [
+        'GET /.well-known/attestation2 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n',
+        'GET /.well-known/attestation2',
+      ],
+      [
+        'GET /.well-known/attestation/x HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n',
+        'GET /.well-known/attestation/x',
+      ],
+      [
+        'POST /.well-known/attestation HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello',
+        'POST /.well-known/attestation hello',
+      ],
+      [
+        'GET /.well-known/attestation HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\nconnection: close\r\n\r\nabc',
+        'GET /.well-known/attestation abc',
+      ],
+      [
+        `GET /.well-known/attestation HTTP/1.1\r\nhost: x\r\nx-pad: ${'p'.repeat(WELL_KNOWN_HEAD_MAX_BYTES)}\r\nconnection: close\r\n\r\n`,
+        'GET /.well-known/attestation',
+      ],
     ];
     for (const [request, expected] of cases) {
       const socket = await connectTls({ port: port(aware) }, { servername: 'localhost' });
@@ -178,14 +221,33 @@ describe('first-request peek', () => {
     assert.equal(classifyFirstRequest(Buffer.from('GET /.well-known/attestation')), undefined);
     assert.equal(classifyFirstRequest(Buffer.from('GET /.well-known/attestations')), 'other');
     assert.equal(classifyFirstRequest(Buffer.from('GET /.well-known/attestation HTTP/1.1\r\nhost: x\r\n')), undefined);
-    assert.equal(classifyFirstRequest(Buffer.from('GET /.well-known/attestation HTTP/1.1\r\nhost: x\r\n\r\n')), 'well-known');
+    assert.equal(
+      classifyFirstRequest(Buffer.from('GET /.well-known/attestation HTTP/1.1\r\nhost: x\r\n\r\n')),
+      'well-known',
+    );
     assert.equal(classifyFirstRequest(Buffer.from('GET /.well-known/attestation HTTP/1.0\r\n\r\n')), 'well-known');
     assert.equal(classifyFirstRequest(Buffer.from('GET /.well-known/attestation?n=1 HTTP/1.1\r\n\r\n')), 'well-known');
     assert.equal(classifyFirstRequest(Buffer.from('GET /.well-known/attestation HTTP/2\r\n\r\n')), 'other');
-    assert.equal(classifyFirstRequest(Buffer.from('GET /.well-known/attestation HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n')), 'other');
-    assert.equal(classifyFirstRequest(Buffer.from('GET /.well-known/attestation HTTP/1.1\r\ncontent-length: 0\r\n\r\n')), 'well-known');
-    assert.equal(classifyFirstRequest(Buffer.from('GET /.well-known/attestation HTTP/1.1\r\nbroken header\r\n\r\n')), 'other');
-    assert.equal(classifyFirstRequest(Buffer.concat([Buffer.from('GET /.well-known/attestation HTTP/1.1\r\nx: '), Buffer.alloc(100, 0x61)]), 64), 'other', 'over the head bound');
+    assert.equal(
+      classifyFirstRequest(Buffer.from('GET /.well-known/attestation HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n')),
+      'other',
+    );
+    assert.equal(
+      classifyFirstRequest(Buffer.from('GET /.well-known/attestation HTTP/1.1\r\ncontent-length: 0\r\n\r\n')),
+      'well-known',
+    );
+    assert.equal(
+      classifyFirstRequest(Buffer.from('GET /.well-known/attestation HTTP/1.1\r\nbroken header\r\n\r\n')),
+      'other',
+    );
+    assert.equal(
+      classifyFirstRequest(
+        Buffer.concat([Buffer.from('GET /.well-known/attestation HTTP/1.1\r\nx: '), Buffer.alloc(100, 0x61)]),
+        64,
+      ),
+      'other',
+      'over the head bound',
+    );
   });
 
   it('gives up after its time bound with the bytes put back, and reports a close', async () => {
@@ -193,7 +255,11 @@ describe('first-request peek', () => {
     idle.write('GET /.well-known/att');
     assert.equal(await readFirstRequest(idle, { timeoutMs: 20 }), 'other');
     idle.end('estation HTTP/1.1\r\n\r\n');
-    assert.equal((await drain(idle)).toString(), 'GET /.well-known/attestation HTTP/1.1\r\n\r\n', 'nothing read was lost');
+    assert.equal(
+      (await drain(idle)).toString(),
+      'GET /.well-known/attestation HTTP/1.1\r\n\r\n',
+      'nothing read was lost',
+    );
 
     const other = new PassThrough();
     other.end('GET / HTTP/1.1\r\n\r\n');

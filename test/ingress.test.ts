@@ -5,9 +5,9 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { parseAddress, type Address } from '../src/bridge/address.js';
-import { Ingress, type IngressOptions } from '../src/bridge/ingress.js';
-import { encodeProxyHeader, parseProxyHeader } from '../src/bridge/proxy-protocol.js';
+import { parseAddress, type Address } from '../src/net/address.js';
+import { Ingress, type IngressOptions } from '../src/ingress/ingress.js';
+import { encodeProxyHeader, parseProxyHeader } from '../src/net/proxy-protocol.js';
 import { captureLogs } from './helpers/log-capture.js';
 import { closesWithin, exchange, randomPayload, readAll, sha256, startReplyServer, tcpConnect } from './helpers/net.js';
 
@@ -68,7 +68,10 @@ describe('ingress bridge', () => {
 
   it('forwards to an app on a unix socket', async () => {
     const path = join(dir, 'app.sock');
-    const unixApp = net.createServer({ allowHalfOpen: true }, (socket) => void readAll(socket).then((data) => socket.end(Buffer.concat([Buffer.from('unix:'), data]))));
+    const unixApp = net.createServer(
+      { allowHalfOpen: true },
+      (socket) => void readAll(socket).then((data) => socket.end(Buffer.concat([Buffer.from('unix:'), data]))),
+    );
     unixApp.listen(path);
     await once(unixApp, 'listening');
     const ingress = await Ingress.start(options(parseAddress('tcp:127.0.0.1:0'), parseAddress(`unix:${path}`)));
@@ -83,11 +86,15 @@ describe('ingress bridge', () => {
 
   it('serves 1,000 concurrent connections, each getting its own bytes', async () => {
     const echo = await startReplyServer((request) => request);
-    const ingress = await Ingress.start(options(parseAddress('tcp:127.0.0.1:0'), parseAddress(`tcp:127.0.0.1:${echo.port}`)));
+    const ingress = await Ingress.start(
+      options(parseAddress('tcp:127.0.0.1:0'), parseAddress(`tcp:127.0.0.1:${echo.port}`)),
+    );
     try {
       const clients = await Promise.all(Array.from({ length: 1000 }, () => clientFor(ingress)));
       assert.equal(ingress.stats.accepted >= 1, true);
-      const answers = await Promise.all(clients.map((client, i) => exchange(client, Buffer.from(`connection ${i} `.repeat(50)))));
+      const answers = await Promise.all(
+        clients.map((client, i) => exchange(client, Buffer.from(`connection ${i} `.repeat(50)))),
+      );
       answers.forEach((answer, i) => assert.equal(answer.toString(), `connection ${i} `.repeat(50)));
       assert.equal(ingress.stats.accepted, 1000);
       assert.equal(echo.received.length, 1000);
@@ -103,7 +110,9 @@ describe('ingress bridge', () => {
     const port = (unused.address() as net.AddressInfo).port;
     await new Promise((resolve) => unused.close(resolve));
     const logs = captureLogs();
-    const ingress = await Ingress.start(options(parseAddress('tcp:127.0.0.1:0'), parseAddress(`tcp:127.0.0.1:${port}`), { logger: logs.logger }));
+    const ingress = await Ingress.start(
+      options(parseAddress('tcp:127.0.0.1:0'), parseAddress(`tcp:127.0.0.1:${port}`), { logger: logs.logger }),
+    );
     try {
       const client = await clientFor(ingress);
       client.on('error', () => {});
@@ -120,12 +129,17 @@ describe('ingress bridge', () => {
 
   it('closes connections over max_connections and serves again once under it', async () => {
     const logs = captureLogs();
-    const hold = net.createServer({ allowHalfOpen: true }, (socket) => socket.on('data', () => {}).on('end', () => socket.end('bye')));
+    const hold = net.createServer({ allowHalfOpen: true }, (socket) =>
+      socket.on('data', () => {}).on('end', () => socket.end('bye')),
+    );
     hold.listen(0, '127.0.0.1');
     await once(hold, 'listening');
     const holdPort = (hold.address() as net.AddressInfo).port;
     const ingress = await Ingress.start(
-      options(parseAddress('tcp:127.0.0.1:0'), parseAddress(`tcp:127.0.0.1:${holdPort}`), { maxConnections: 2, logger: logs.logger }),
+      options(parseAddress('tcp:127.0.0.1:0'), parseAddress(`tcp:127.0.0.1:${holdPort}`), {
+        maxConnections: 2,
+        logger: logs.logger,
+      }),
     );
     try {
       const first = await clientFor(ingress);
@@ -135,7 +149,11 @@ describe('ingress bridge', () => {
       third.on('error', () => {});
       assert.equal(await closesWithin(third, 1500), true, 'the connection over the cap stayed open');
       assert.equal(ingress.stats.refusedOverCap, 1);
-      assert.ok(logs.lines.some((line) => line.msg === 'ingress at ingress.max_connections; connection closed' && line.maxConnections === 2));
+      assert.ok(
+        logs.lines.some(
+          (line) => line.msg === 'ingress at ingress.max_connections; connection closed' && line.maxConnections === 2,
+        ),
+      );
       assert.equal((await exchange(first, Buffer.from('x'))).toString(), 'bye');
       while (ingress.stats.active > 1) await new Promise((resolve) => setImmediate(resolve));
       const fourth = await clientFor(ingress);
@@ -156,7 +174,11 @@ describe('ingress bridge', () => {
     quiet.listen(0, '127.0.0.1');
     await once(quiet, 'listening');
     const ingress = await Ingress.start(
-      options(parseAddress('tcp:127.0.0.1:0'), parseAddress(`tcp:127.0.0.1:${(quiet.address() as net.AddressInfo).port}`), { idleTimeoutMs: 200 }),
+      options(
+        parseAddress('tcp:127.0.0.1:0'),
+        parseAddress(`tcp:127.0.0.1:${(quiet.address() as net.AddressInfo).port}`),
+        { idleTimeoutMs: 200 },
+      ),
     );
     try {
       const client = await clientFor(ingress);
@@ -174,7 +196,12 @@ describe('ingress bridge', () => {
     const hold = net.createServer((socket) => socket.on('error', () => {}));
     hold.listen(0, '127.0.0.1');
     await once(hold, 'listening');
-    const ingress = await Ingress.start(options(parseAddress('tcp:127.0.0.1:0'), parseAddress(`tcp:127.0.0.1:${(hold.address() as net.AddressInfo).port}`)));
+    const ingress = await Ingress.start(
+      options(
+        parseAddress('tcp:127.0.0.1:0'),
+        parseAddress(`tcp:127.0.0.1:${(hold.address() as net.AddressInfo).port}`),
+      ),
+    );
     const client = await clientFor(ingress);
     client.on('error', () => {});
     while (ingress.stats.active < 1) await new Promise((resolve) => setImmediate(resolve));
@@ -203,7 +230,10 @@ describe('ingress bridge', () => {
         );
         try {
           const payload = randomPayload(100_000);
-          const answer = await exchange(await clientFor(ingress), Buffer.concat([encodeProxyHeader(version, { source, destination }), payload]));
+          const answer = await exchange(
+            await clientFor(ingress),
+            Buffer.concat([encodeProxyHeader(version, { source, destination }), payload]),
+          );
           const parsed = parseProxyHeader(answer, 'v2');
           assert.equal(parsed.kind, 'header');
           if (parsed.kind !== 'header') return;
@@ -217,7 +247,11 @@ describe('ingress bridge', () => {
     }
 
     it('sends the tcp peer as a v1 header when the parent sent none', async () => {
-      const ingress = await Ingress.start(options(parseAddress('tcp:127.0.0.1:0'), parseAddress(`tcp:127.0.0.1:${raw.port}`), { sendProxyProtocol: 'v1' }));
+      const ingress = await Ingress.start(
+        options(parseAddress('tcp:127.0.0.1:0'), parseAddress(`tcp:127.0.0.1:${raw.port}`), {
+          sendProxyProtocol: 'v1',
+        }),
+      );
       try {
         const answer = (await exchange(await clientFor(ingress), Buffer.from('body'))).toString();
         assert.match(answer, /^PROXY TCP4 127\.0\.0\.1 127\.0\.0\.1 \d+ \d+\r\nbody$/);
@@ -230,13 +264,23 @@ describe('ingress bridge', () => {
       ['garbage', Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n')],
       ['v1 with a bad address', Buffer.from('PROXY TCP4 999.1.1.1 10.0.0.1 1 2\r\n')],
       ['v1 without CRLF', Buffer.from(`PROXY TCP4 1.1.1.1 2.2.2.2 1 2${' '.repeat(120)}`)],
-      ['v2 with a bad version', Buffer.concat([Buffer.from('0d0a0d0a000d0a515549540a', 'hex'), Buffer.from([0x31, 0x11, 0, 12]), Buffer.alloc(12)])],
+      [
+        'v2 with a bad version',
+        Buffer.concat([
+          Buffer.from('0d0a0d0a000d0a515549540a', 'hex'),
+          Buffer.from([0x31, 0x11, 0, 12]),
+          Buffer.alloc(12),
+        ]),
+      ],
     ];
     for (const [name, bytes] of malformed) {
       it(`rejects and logs a malformed header (${name}), and keeps serving`, async () => {
         const logs = captureLogs();
         const ingress = await Ingress.start(
-          options(parseAddress('tcp:127.0.0.1:0'), parseAddress(`tcp:127.0.0.1:${raw.port}`), { proxyProtocol: 'any', logger: logs.logger }),
+          options(parseAddress('tcp:127.0.0.1:0'), parseAddress(`tcp:127.0.0.1:${raw.port}`), {
+            proxyProtocol: 'any',
+            logger: logs.logger,
+          }),
         );
         try {
           const before = raw.received.length;
@@ -245,9 +289,18 @@ describe('ingress bridge', () => {
           bad.write(bytes);
           assert.equal(await closesWithin(bad, 3000), true, 'the malformed connection stayed open');
           assert.equal(raw.received.length, before, 'a malformed connection reached the app');
-          assert.ok(logs.lines.some((line) => line.msg === 'ingress refused a connection: bad PROXY protocol header' && typeof line.reason === 'string'));
+          assert.ok(
+            logs.lines.some(
+              (line) =>
+                line.msg === 'ingress refused a connection: bad PROXY protocol header' &&
+                typeof line.reason === 'string',
+            ),
+          );
           assert.equal(ingress.stats.badProxyHeader, 1);
-          const good = await exchange(await clientFor(ingress), Buffer.concat([encodeProxyHeader(1, { source, destination }), Buffer.from('still here')]));
+          const good = await exchange(
+            await clientFor(ingress),
+            Buffer.concat([encodeProxyHeader(1, { source, destination }), Buffer.from('still here')]),
+          );
           assert.equal(good.toString(), 'still here');
         } finally {
           await ingress.stop(0);
@@ -257,7 +310,10 @@ describe('ingress bridge', () => {
 
     it('closes a connection whose header never arrives', async () => {
       const ingress = await Ingress.start(
-        options(parseAddress('tcp:127.0.0.1:0'), parseAddress(`tcp:127.0.0.1:${raw.port}`), { proxyProtocol: 'v2', proxyHeaderTimeoutMs: 150 }),
+        options(parseAddress('tcp:127.0.0.1:0'), parseAddress(`tcp:127.0.0.1:${raw.port}`), {
+          proxyProtocol: 'v2',
+          proxyHeaderTimeoutMs: 150,
+        }),
       );
       try {
         const silent = await clientFor(ingress);

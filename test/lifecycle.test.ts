@@ -1,14 +1,16 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import type { Address } from '../src/bridge/address.js';
+import type { Address } from '../src/net/address.js';
 import { parseConfig } from '../src/config/load.js';
-import { channels, type StopFailure } from '../src/diagnostics.js';
+import { channels, type StopFailure } from '../src/core/diagnostics.js';
 import { startHost } from '../src/host/host-service.js';
-import { CloserStack, type Part } from '../src/lifecycle.js';
-import { silentLogger } from '../src/log.js';
+import { CloserStack, type Part } from '../src/core/lifecycle.js';
+import { silentLogger } from '../src/core/log.js';
 import { tcpConnect } from './helpers/net.js';
+import { errorCode } from '../src/core/errors.js';
 
-const portOf = (address: Address) => (address.transport === 'tcp' ? address.port : assert.fail(`not tcp: ${JSON.stringify(address)}`));
+const portOf = (address: Address) =>
+  address.transport === 'tcp' ? address.port : assert.fail(`not tcp: ${JSON.stringify(address)}`);
 
 /** True when nothing accepts on the port any more. */
 async function refused(port: number): Promise<boolean> {
@@ -16,7 +18,7 @@ async function refused(port: number): Promise<boolean> {
     (await tcpConnect(port)).destroy();
     return false;
   } catch (error) {
-    return (error as { code?: string }).code === 'ECONNREFUSED';
+    return errorCode(error) === 'ECONNREFUSED';
   }
 }
 
@@ -45,8 +47,14 @@ describe('the closer stack', () => {
       assert.equal(stack.size, 3);
       const failures = await stack.closeAll(250);
       assert.deepEqual(order, ['last:250', 'failing', 'first:250']);
-      assert.deepEqual(failures.map((f) => [f.part, (f.error as Error).message]), [['failing', 'cannot stop']]);
-      assert.deepEqual(published.map((f) => f.part), ['failing']);
+      assert.deepEqual(
+        failures.map((f) => [f.part, (f.error as Error).message]),
+        [['failing', 'cannot stop']],
+      );
+      assert.deepEqual(
+        published.map((f) => f.part),
+        ['failing'],
+      );
       assert.equal(stack.size, 0);
       assert.deepEqual(await stack.closeAll(), []);
       assert.equal(order.length, 3);
@@ -72,7 +80,11 @@ describe('the host service', () => {
       'run',
     );
     const host = await startHost(config, silentLogger());
-    const ports = { ingress: portOf(host.ingress.address), egress: portOf(host.egressRelay.address), dns: portOf(host.dnsRelay.address) };
+    const ports = {
+      ingress: portOf(host.ingress.address),
+      egress: portOf(host.egressRelay.address),
+      dns: portOf(host.dnsRelay.address),
+    };
     for (const port of Object.values(ports)) assert.equal(await refused(port), false);
     // The egress relay is stopped between the ingress and the DNS relay; make its stop fail.
     const realClose = host.egressRelay.close.bind(host.egressRelay);

@@ -10,15 +10,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { after, describe, it } from 'node:test';
-import { parseAddress } from '../src/bridge/address.js';
+import { parseAddress } from '../src/net/address.js';
 import { LogSink } from '../src/host/log-sink.js';
-import { silentLogger } from '../src/log.js';
+import { silentLogger } from '../src/core/log.js';
 import { LineSplitter } from '../src/logs/line-splitter.js';
 import { parseLogRecord, type LogRecord } from '../src/logs/log-record.js';
 import { LogRelay } from '../src/logs/log-relay.js';
 import { MetricsRegistry } from '../src/metrics/registry.js';
 import { registerLogRelayMetrics } from '../src/logs/log-relay.js';
-import { Supervisor } from '../src/supervisor.js';
+import { Supervisor } from '../src/app/supervisor.js';
 import { eventually } from './helpers/cli-run.js';
 import { captureLogs } from './helpers/log-capture.js';
 
@@ -61,7 +61,10 @@ describe('line splitter', () => {
       ['é89', false],
       ['end', false],
     ]);
-    const joined = seen.slice(2, 4).map(([line]) => line).join('');
+    const joined = seen
+      .slice(2, 4)
+      .map(([line]) => line)
+      .join('');
     assert.equal(joined, '1234567é89');
   });
 
@@ -79,9 +82,23 @@ describe('line splitter', () => {
 
 describe('log records', () => {
   it('keeps only the known fields, and refuses what is not a record', () => {
-    const line = JSON.stringify({ source: 'app', stream: 'stdout', line: 'x', time: 1, extra: 'injected', partial: 'yes' });
+    const line = JSON.stringify({
+      source: 'app',
+      stream: 'stdout',
+      line: 'x',
+      time: 1,
+      extra: 'injected',
+      partial: 'yes',
+    });
     assert.deepEqual(parseLogRecord(line), { source: 'app', stream: 'stdout', line: 'x', time: 1 });
-    for (const bad of ['not json', '[]', 'null', '{"source":"kernel","stream":"stdout","line":"x","time":1}', '{"source":"app","stream":"stdout","line":3,"time":1}', '{"source":"app","stream":"stdout","line":"x"}']) {
+    for (const bad of [
+      'not json',
+      '[]',
+      'null',
+      '{"source":"kernel","stream":"stdout","line":"x","time":1}',
+      '{"source":"app","stream":"stdout","line":3,"time":1}',
+      '{"source":"app","stream":"stdout","line":"x"}',
+    ]) {
       assert.equal(parseLogRecord(bad), undefined, bad);
     }
   });
@@ -132,7 +149,13 @@ describe('log relay to the host sink', () => {
   it('with the host absent: 100,000 lines, the queue keeps the newest-first bound and the dropped count is exact', async () => {
     const path = socketPath();
     const listen = parseAddress(`unix:${path}`);
-    const relay = new LogRelay({ address: listen, bufferLines: 1000, maxLineBytes: 1024, minBackoffMs: 10, maxBackoffMs: 20 });
+    const relay = new LogRelay({
+      address: listen,
+      bufferLines: 1000,
+      maxLineBytes: 1024,
+      minBackoffMs: 10,
+      maxBackoffMs: 20,
+    });
     const registry = new MetricsRegistry();
     registerLogRelayMetrics(registry, relay);
     for (let i = 0; i < 100_000; i++) relay.push('app', 'stdout', `line ${i}`);
@@ -182,12 +205,21 @@ describe('log relay to the host sink', () => {
   });
 
   it('reports drops in a periodic warn line', async () => {
-    const relay = new LogRelay({ address: parseAddress(`unix:${socketPath()}`), bufferLines: 16, maxLineBytes: 256, reportIntervalMs: 20, minBackoffMs: 10 });
+    const relay = new LogRelay({
+      address: parseAddress(`unix:${socketPath()}`),
+      bufferLines: 16,
+      maxLineBytes: 256,
+      reportIntervalMs: 20,
+      minBackoffMs: 10,
+    });
     const { logger, lines } = captureLogs('info');
     relay.useLogger(logger);
     try {
       for (let i = 0; i < 20; i++) relay.push('app', 'stdout', 'x');
-      const report = await eventually(() => lines.find((line) => line.msg === 'log relay dropped lines (the host was slow or away)'), 'reported');
+      const report = await eventually(
+        () => lines.find((line) => line.msg === 'log relay dropped lines (the host was slow or away)'),
+        'reported',
+      );
       assert.equal(report.dropped, 4);
       assert.equal(report.droppedTotal, 4);
     } finally {
@@ -199,7 +231,14 @@ describe('log relay to the host sink', () => {
 describe("the command's output through the relay", () => {
   it('sees open stream pipes (a socket pair, as spawn makes them), is never blocked by an absent host, and its lines arrive tagged once the host is up', async () => {
     const listen = parseAddress(`unix:${socketPath()}`);
-    const relay = new LogRelay({ address: listen, bufferLines: 100, maxLineBytes: 64, minBackoffMs: 10, maxBackoffMs: 20, echo: false });
+    const relay = new LogRelay({
+      address: listen,
+      bufferLines: 100,
+      maxLineBytes: 64,
+      minBackoffMs: 10,
+      maxBackoffMs: 20,
+      echo: false,
+    });
     // 8 MiB to stdout with nobody listening: the command would block on a full pipe if the runtime stopped reading.
     // Not node: a node child sets its own stdout non-blocking and would see EAGAIN from fs.writeSync instead of waiting.
     const script = [
@@ -208,7 +247,9 @@ describe("the command's output through the relay", () => {
       'printf "%0100d\\n" 0',
       "head -c 8388608 /dev/zero | tr '\\0' y",
     ].join('\n');
-    const supervisor = new Supervisor('sh', ['-c', script], silentLogger(), { output: (stdout, stderr) => relay.attachChild(stdout, stderr) });
+    const supervisor = new Supervisor('sh', ['-c', script], silentLogger(), {
+      output: (stdout, stderr) => relay.attachChild(stdout, stderr),
+    });
     try {
       assert.equal(await supervisor.exited, 0);
       const { out, records } = recordsOut();
@@ -251,7 +292,11 @@ describe('the host sink when its stdout breaks', () => {
       await once(peer, 'connect');
       const record = JSON.stringify({ source: 'app', stream: 'stdout', line: 'x', time: 1 });
       peer.write(`${record}\n`);
-      await eventually(() => lines.find((line) => line.msg === 'log sink cannot write to stdout; relayed lines are dropped from now on'), 'reported the broken stdout');
+      await eventually(
+        () =>
+          lines.find((line) => line.msg === 'log sink cannot write to stdout; relayed lines are dropped from now on'),
+        'reported the broken stdout',
+      );
       peer.end(`${record}\n${record}\n`);
       await eventually(() => (sink.stats.lost === 2 ? true : undefined), 'counted the lost records');
       assert.equal(sink.stats.written, 1);

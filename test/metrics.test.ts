@@ -8,7 +8,7 @@ import { connect as tlsConnect } from 'node:tls';
 import { after, describe, it } from 'node:test';
 import { parseConfig } from '../src/config/load.js';
 import { EgressAudit, newEgressCounters } from '../src/egress/egress-audit.js';
-import { silentLogger } from '../src/log.js';
+import { silentLogger } from '../src/core/log.js';
 import { registerEgressMetrics } from '../src/metrics/egress-metrics.js';
 import { MAX_SERIES_PER_METRIC, MetricsRegistry } from '../src/metrics/registry.js';
 import { Runtime } from '../src/runtime.js';
@@ -76,7 +76,13 @@ function parsePrometheus(text: string): Map<string, Family> {
     assert.ok(!line.startsWith('#'), `${where}: a comment that is neither HELP nor TYPE`);
     const sample = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)( -?\d+)?$/.exec(line);
     assert.ok(sample, `${where}: not a sample line`);
-    const [, name, , body, rawValue] = sample as unknown as [string, string, string | undefined, string | undefined, string];
+    const [, name, , body, rawValue] = sample as unknown as [
+      string,
+      string,
+      string | undefined,
+      string | undefined,
+      string,
+    ];
     const labels: Record<string, string> = {};
     if (body !== undefined && body !== '') {
       const pair = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"(,|$)/y;
@@ -127,7 +133,9 @@ function parsePrometheus(text: string): Map<string, Family> {
 
 function value(families: Map<string, Family>, name: string, labels: Record<string, string> = {}): number {
   const family = families.get(name.replace(/_(bucket|sum|count)$/, '')) ?? families.get(name);
-  const sample = family?.samples.find((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v));
+  const sample = family?.samples.find(
+    (s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v),
+  );
   assert.ok(sample, `no sample ${name}${JSON.stringify(labels)}`);
   return sample.value;
 }
@@ -135,7 +143,9 @@ function value(families: Map<string, Family>, name: string, labels: Record<strin
 describe('the metrics registry', () => {
   it('writes strict Prometheus text: escapes, histograms, collected values, and a bounded number of series', () => {
     const registry = new MetricsRegistry();
-    const counter = registry.counter('test_events_total', 'events with a "quote" and a \\ backslash\nsecond line', ['kind']);
+    const counter = registry.counter('test_events_total', 'events with a "quote" and a \\ backslash\nsecond line', [
+      'kind',
+    ]);
     counter.inc({ kind: 'a "quoted"\nvalue\\' }, 2);
     const histogram = registry.histogram('test_duration_seconds', 'durations', [0.1, 1]);
     for (const seconds of [0.05, 0.5, 5]) histogram.observe(seconds);
@@ -186,7 +196,13 @@ describe('the metrics registry', () => {
 
 describe('GET /metrics of a running runtime', () => {
   it('serves the named series, counting a TLS handshake, a failed one, ingress connections and attestation calls', async () => {
-    const [apiPort, healthPort, ingressPort, appPort, metricsPort] = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort()]);
+    const [apiPort, healthPort, ingressPort, appPort, metricsPort] = await Promise.all([
+      freePort(),
+      freePort(),
+      freePort(),
+      freePort(),
+      freePort(),
+    ]);
     const config = parseConfig(
       `[runtime]\nstate_dir = "${join(dir, 'state')}"\nhealth_listen = "tcp:127.0.0.1:${healthPort}"\nshutdown_grace_ms = 100\n` +
         `[ingress]\nlisten = "tcp:127.0.0.1:${ingressPort}"\napp = "tcp:127.0.0.1:${appPort}"\n` +
@@ -198,7 +214,12 @@ describe('GET /metrics of a running runtime', () => {
     await once(echo, 'listening');
     try {
       // An echo through the app proves the server side finished its handshake too.
-      const secure = tlsConnect({ host: '127.0.0.1', port: ingressPort, servername: 'localhost', rejectUnauthorized: false });
+      const secure = tlsConnect({
+        host: '127.0.0.1',
+        port: ingressPort,
+        servername: 'localhost',
+        rejectUnauthorized: false,
+      });
       await once(secure, 'secureConnect');
       secure.write('ping');
       const [echoed] = (await once(secure, 'data')) as [Buffer];
@@ -220,7 +241,8 @@ describe('GET /metrics of a running runtime', () => {
       assert.equal(families.get('enclave_ingress_connections_accepted_total')?.type, 'counter');
       assert.ok(value(families, 'enclave_ingress_connections_accepted_total') >= 2);
       assert.equal(families.get('enclave_ingress_connections_active')?.type, 'gauge');
-      for (const reason of ['max_connections', 'bad_proxy_header', 'app_unreachable']) value(families, 'enclave_ingress_connections_refused_total', { reason });
+      for (const reason of ['max_connections', 'bad_proxy_header', 'app_unreachable'])
+        value(families, 'enclave_ingress_connections_refused_total', { reason });
       assert.equal(value(families, 'enclave_tls_handshakes_total', { result: 'ok' }), 1);
       await waitFor(async () => {
         const again = parsePrometheus(await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text());
@@ -237,7 +259,12 @@ describe('GET /metrics of a running runtime', () => {
       assert.equal(value(families, 'enclave_runtime_info', { mode: 'dev' }), 1);
       assert.ok(value(families, 'process_resident_memory_bytes') > 1024 * 1024);
       assert.ok(value(families, 'process_open_fds') > 3);
-      for (const name of ['nodejs_eventloop_lag_p50_seconds', 'nodejs_eventloop_lag_p99_seconds', 'nodejs_eventloop_lag_max_seconds', 'nodejs_eventloop_lag_mean_seconds']) {
+      for (const name of [
+        'nodejs_eventloop_lag_p50_seconds',
+        'nodejs_eventloop_lag_p99_seconds',
+        'nodejs_eventloop_lag_max_seconds',
+        'nodejs_eventloop_lag_mean_seconds',
+      ]) {
         assert.equal(families.get(name)?.type, 'gauge');
         assert.ok(value(families, name) >= 0);
       }
@@ -266,7 +293,10 @@ describe('an endpoint whose port is taken', () => {
       const line = logs.lines.find((entry) => entry.msg === 'metrics endpoint not served');
       assert.equal(line?.listen, `tcp:127.0.0.1:${port}`);
       assert.equal(line?.code, 'EADDRINUSE');
-      assert.ok([200, 503].includes((await fetch(`http://127.0.0.1:${healthPort}/health`)).status), 'the health endpoint still serves');
+      assert.ok(
+        [200, 503].includes((await fetch(`http://127.0.0.1:${healthPort}/health`)).status),
+        'the health endpoint still serves',
+      );
       assert.ok(logs.lines.some((entry) => entry.msg === 'runtime ready'));
     } finally {
       await runtime.stop();

@@ -6,7 +6,7 @@ import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Duplex, Readable, Writable } from 'node:stream';
-import { loadNative, nativeUnavailable } from '../src/bridge/native-binding.js';
+import { loadNative, nativeUnavailable } from '../src/native/native-binding.js';
 
 export const MiB = 1024 * 1024;
 
@@ -77,7 +77,11 @@ export function sha256(data: Uint8Array): string {
  * Writes `chunk` until `total` bytes are queued, waiting for 'drain' whenever write() says so, then end()s.
  * `queued` and `drains` tell a backpressure test how far the writer got.
  */
-export function writeRepeatedly(stream: Writable, chunk: Buffer, total: number): { done: Promise<void>; queued(): number; drains(): number } {
+export function writeRepeatedly(
+  stream: Writable,
+  chunk: Buffer,
+  total: number,
+): { done: Promise<void>; queued(): number; drains(): number } {
   let queued = 0;
   let drains = 0;
   const done = (async () => {
@@ -107,7 +111,12 @@ export async function settles(value: () => number, intervalMs: number, rounds: n
 
 /** Sends `total` random bytes each way at once, then checks both directions arrived whole (counts and SHA-256). */
 export async function exchangeBothWays(a: Duplex, b: Duplex, total: number, chunkSize = MiB): Promise<void> {
-  const [aSent, bSent, bGot, aGot] = await Promise.all([pumpRandom(a, total, chunkSize), pumpRandom(b, total, chunkSize), drain(b), drain(a)]);
+  const [aSent, bSent, bGot, aGot] = await Promise.all([
+    pumpRandom(a, total, chunkSize),
+    pumpRandom(b, total, chunkSize),
+    drain(b),
+    drain(a),
+  ]);
   assert.equal(bGot.bytes, total);
   assert.equal(aGot.bytes, total);
   assert.equal(bGot.sha256, aSent);

@@ -3,9 +3,9 @@ import { once } from 'node:events';
 import { existsSync, lstatSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { after, describe, it } from 'node:test';
-import { NativeError, VMADDR_CID_ANY, VMADDR_PORT_ANY, closeHandle, loadNative } from '../src/bridge/native-binding.js';
-import { NativeServer } from '../src/bridge/native-server.js';
-import { NativeSocket, connectNative } from '../src/bridge/native-socket.js';
+import { NativeError, VMADDR_CID_ANY, VMADDR_PORT_ANY, closeHandle, loadNative } from '../src/native/native-binding.js';
+import { NativeServer } from '../src/net/native-server.js';
+import { NativeSocket, connectNative } from '../src/net/native-socket.js';
 import { NATIVE_SKIP, drain, socketDir, vsockUnavailable, whenClosed } from './native-helpers.js';
 
 function randomPort(): number {
@@ -71,7 +71,9 @@ describe('NativeServer on AF_UNIX', { skip: NATIVE_SKIP, timeout: 30_000 }, () =
   it('refuses a second listen() on the same server', async () => {
     const server = new NativeServer();
     await server.listen({ family: 'unix', path: dir.path('again.sock') });
-    assert.throws(() => server.listen({ family: 'unix', path: dir.path('again2.sock') }), { code: 'ERR_SERVER_ALREADY_LISTEN' });
+    assert.throws(() => server.listen({ family: 'unix', path: dir.path('again2.sock') }), {
+      code: 'ERR_SERVER_ALREADY_LISTEN',
+    });
     await server.close();
     // After close() the server may listen again.
     await server.listen({ family: 'unix', path: dir.path('again2.sock') });
@@ -116,7 +118,7 @@ describe('NativeServer on AF_UNIX', { skip: NATIVE_SKIP, timeout: 30_000 }, () =
     const second = new NativeServer();
     await second.listen({ family: 'unix', path });
     await first.close();
-    assert.ok(existsSync(path), 'the second server\'s socket file must survive the first server\'s close');
+    assert.ok(existsSync(path), "the second server's socket file must survive the first server's close");
     await second.close();
     assert.equal(existsSync(path), false);
   });
@@ -135,7 +137,9 @@ describe('NativeServer on AF_UNIX', { skip: NATIVE_SKIP, timeout: 30_000 }, () =
 
   it('rejects invalid backlogs and addresses synchronously', () => {
     const server = new NativeServer();
-    assert.throws(() => server.listen({ family: 'unix', path: dir.path('x.sock') }, 0), { code: 'ERR_NATIVE_ARGUMENT' });
+    assert.throws(() => server.listen({ family: 'unix', path: dir.path('x.sock') }, 0), {
+      code: 'ERR_NATIVE_ARGUMENT',
+    });
     assert.throws(() => server.listen({ family: 'unix', path: 'bad\0path' }), { code: 'ERR_NATIVE_ADDRESS' });
     assert.throws(() => server.listen({ family: 'tcp' } as never), { code: 'ERR_NATIVE_ADDRESS' });
   });

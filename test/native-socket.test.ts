@@ -5,15 +5,31 @@ import net from 'node:net';
 import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { after, describe, it } from 'node:test';
-import { NativeError, loadNative } from '../src/bridge/native-binding.js';
-import { NativeServer } from '../src/bridge/native-server.js';
-import { NativeSocket, connectNative } from '../src/bridge/native-socket.js';
-import { MiB, NATIVE_SKIP, drain, exchangeBothWays, openFdCount, pumpRandom, settles, sha256, socketDir, whenClosed, writeRepeatedly } from './native-helpers.js';
+import { NativeError, loadNative } from '../src/native/native-binding.js';
+import { NativeServer } from '../src/net/native-server.js';
+import { NativeSocket, connectNative } from '../src/net/native-socket.js';
+import {
+  MiB,
+  NATIVE_SKIP,
+  drain,
+  exchangeBothWays,
+  openFdCount,
+  pumpRandom,
+  settles,
+  sha256,
+  socketDir,
+  whenClosed,
+  writeRepeatedly,
+} from './native-helpers.js';
 
 const skip = NATIVE_SKIP;
 
 /** A NativeServer on a fresh unix path whose connections are handed to `onConnection`. */
-async function unixServer(path: string, onConnection: (socket: NativeSocket) => void, options = {}): Promise<NativeServer> {
+async function unixServer(
+  path: string,
+  onConnection: (socket: NativeSocket) => void,
+  options = {},
+): Promise<NativeServer> {
   const server = new NativeServer(options);
   server.on('connection', onConnection);
   await server.listen({ family: 'unix', path });
@@ -25,7 +41,9 @@ function nextConnection(server: NativeServer): Promise<NativeSocket> {
 }
 
 /** A listening server plus both ends of one connection to it. */
-async function connectedPair(path: string): Promise<{ server: NativeServer; client: NativeSocket; peer: NativeSocket }> {
+async function connectedPair(
+  path: string,
+): Promise<{ server: NativeServer; client: NativeSocket; peer: NativeSocket }> {
   const server = new NativeServer();
   await server.listen({ family: 'unix', path });
   const accepted = nextConnection(server);
@@ -67,7 +85,10 @@ describe('NativeSocket over AF_UNIX', { skip, timeout: 60_000 }, () => {
   it('accepts a node:net client on a NativeServer', async () => {
     const path = dir.path('net-client.sock');
     const server = await unixServer(path, (socket) => {
-      drain(socket).then(({ sha256: digest }) => socket.end(digest), () => socket.destroy());
+      drain(socket).then(
+        ({ sha256: digest }) => socket.end(digest),
+        () => socket.destroy(),
+      );
     });
     const client = net.connect({ path, allowHalfOpen: true });
     const reply = drain(client);
@@ -147,7 +168,10 @@ describe('NativeSocket over AF_UNIX', { skip, timeout: 60_000 }, () => {
     assert.ok(await settles(() => writer.bytesWritten, 20, 200), 'the writer must stall while the reader is paused');
     assert.equal(writing.drains(), 0);
     assert.ok(writer.bytesWritten < 16 * MiB, `kernel buffers only, but ${writer.bytesWritten} bytes were written`);
-    assert.ok(writing.queued() <= 2 * MiB, `the writer must be held at write() === false, but queued ${writing.queued()}`);
+    assert.ok(
+      writing.queued() <= 2 * MiB,
+      `the writer must be held at write() === false, but queued ${writing.queued()}`,
+    );
     assert.ok(writer.writableLength <= writer.writableHighWaterMark + chunk.length);
     assert.ok(reader.readableLength <= reader.readableHighWaterMark + 64 * 1024);
     const growth = process.memoryUsage().rss - rssBefore;
@@ -167,7 +191,9 @@ describe('NativeSocket over AF_UNIX', { skip, timeout: 60_000 }, () => {
   it('a peer closing with unread data resets the connection: ECONNRESET on read', async () => {
     const { server, client, peer } = await connectedPair(dir.path('reset.sock'));
     // The peer never reads, so these bytes are still queued at it when it goes away.
-    await new Promise<void>((resolve, reject) => client.write(Buffer.alloc(16 * 1024), (error) => (error ? reject(error) : resolve())));
+    await new Promise<void>((resolve, reject) =>
+      client.write(Buffer.alloc(16 * 1024), (error) => (error ? reject(error) : resolve())),
+    );
     const failed = once(client, 'error');
     client.resume();
     peer.destroy();
@@ -189,7 +215,9 @@ describe('NativeSocket over AF_UNIX', { skip, timeout: 60_000 }, () => {
     const accepted = once(server, 'connection').then(([socket]) => socket as net.Socket);
     const client = await connectNative({ family: 'unix', path });
     const peer = await accepted;
-    await new Promise<void>((resolve, reject) => client.write(Buffer.alloc(16 * 1024), (error) => (error ? reject(error) : resolve())));
+    await new Promise<void>((resolve, reject) =>
+      client.write(Buffer.alloc(16 * 1024), (error) => (error ? reject(error) : resolve())),
+    );
     const failed = once(client, 'error');
     client.resume();
     peer.destroy();
@@ -206,7 +234,8 @@ describe('NativeSocket over AF_UNIX', { skip, timeout: 60_000 }, () => {
     const writing = (async () => {
       for (let i = 0; i < 1024 && !client.destroyed; i++) {
         // once() rejects on 'error', which is the outcome this test waits for.
-        if (!client.write(Buffer.alloc(64 * 1024))) await Promise.race([once(client, 'drain'), whenClosed(client)]).catch(() => undefined);
+        if (!client.write(Buffer.alloc(64 * 1024)))
+          await Promise.race([once(client, 'drain'), whenClosed(client)]).catch(() => undefined);
       }
     })();
     const [error] = (await failed) as [NativeError];
@@ -254,7 +283,9 @@ describe('NativeSocket over AF_UNIX', { skip, timeout: 60_000 }, () => {
       await serverSideClosed(1 + batch * 100);
     }
     // Failed connects must release their fd too.
-    const refused = await Promise.allSettled(Array.from({ length: 200 }, () => connectNative({ family: 'unix', path: dir.path('nobody.sock') })));
+    const refused = await Promise.allSettled(
+      Array.from({ length: 200 }, () => connectNative({ family: 'unix', path: dir.path('nobody.sock') })),
+    );
     assert.ok(refused.every((result) => result.status === 'rejected'));
     assert.equal(openFdCount(), before);
     await server.close();
@@ -285,9 +316,13 @@ describe('NativeSocket over AF_UNIX', { skip, timeout: 60_000 }, () => {
 
   it('rejects malformed addresses and timeouts before touching the kernel', async () => {
     assert.throws(() => connectNative({ family: 'unix', path: '' }), { code: 'ERR_NATIVE_ADDRESS' });
-    assert.throws(() => connectNative({ family: 'unix', path: `/tmp/${'x'.repeat(120)}` }), { code: 'ERR_NATIVE_ADDRESS' });
+    assert.throws(() => connectNative({ family: 'unix', path: `/tmp/${'x'.repeat(120)}` }), {
+      code: 'ERR_NATIVE_ADDRESS',
+    });
     assert.throws(() => connectNative({ family: 'vsock', cid: -1, port: 1 }), { code: 'ERR_NATIVE_ADDRESS' });
-    assert.throws(() => connectNative({ family: 'unix', path: '/tmp/x.sock' }, { timeoutMs: 0 }), { code: 'ERR_NATIVE_ARGUMENT' });
+    assert.throws(() => connectNative({ family: 'unix', path: '/tmp/x.sock' }, { timeoutMs: 0 }), {
+      code: 'ERR_NATIVE_ARGUMENT',
+    });
   });
 
   it('exposes addresses and counters', async () => {
@@ -312,8 +347,8 @@ describe('NativeSocket over AF_UNIX', { skip, timeout: 60_000 }, () => {
 
 describe('native sockets and process lifetime', { skip, timeout: 60_000 }, () => {
   it('an idle, closed server and socket let the process exit; a listening one keeps it alive unless unref()ed', async () => {
-    const serverModule = new URL('../src/bridge/native-server.js', import.meta.url).href;
-    const socketModule = new URL('../src/bridge/native-socket.js', import.meta.url).href;
+    const serverModule = new URL('../src/net/native-server.js', import.meta.url).href;
+    const socketModule = new URL('../src/net/native-socket.js', import.meta.url).href;
     const dir = socketDir();
     after(() => dir.cleanup());
     const run = (body: string): { status: number | null; stdout: string; stderr: string } => {
@@ -324,7 +359,10 @@ describe('native sockets and process lifetime', { skip, timeout: 60_000 }, () =>
         ${body}
       `;
       // The timeout only bounds a hung child; the assertions are on its output and exit status.
-      const result = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 20_000 });
+      const result = spawnSync(process.execPath, ['--input-type=module', '-e', script], {
+        encoding: 'utf8',
+        timeout: 20_000,
+      });
       return { status: result.status, stdout: result.stdout, stderr: result.stderr };
     };
 
@@ -377,8 +415,8 @@ describe('native sockets and process lifetime', { skip, timeout: 60_000 }, () =>
     const dir = socketDir();
     after(() => dir.cleanup());
     const workerBody = `
-      import { NativeServer } from ${JSON.stringify(new URL('../src/bridge/native-server.js', import.meta.url).href)};
-      import { connectNative } from ${JSON.stringify(new URL('../src/bridge/native-socket.js', import.meta.url).href)};
+      import { NativeServer } from ${JSON.stringify(new URL('../src/net/native-server.js', import.meta.url).href)};
+      import { connectNative } from ${JSON.stringify(new URL('../src/net/native-socket.js', import.meta.url).href)};
       import { parentPort, threadId } from 'node:worker_threads';
       const path = ${JSON.stringify(dir.path('w'))} + threadId + '.sock';
       const server = new NativeServer();
@@ -412,9 +450,16 @@ describe('native sockets and process lifetime', { skip, timeout: 60_000 }, () =>
       }
       console.log(JSON.stringify({ before, after: sockets(), streaming }));
     `;
-    const result = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 60_000 });
+    const result = spawnSync(process.execPath, ['--input-type=module', '-e', script], {
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
     assert.equal(result.status, 0, `the process must survive worker termination: ${result.stderr}`);
-    const { before, after: remaining, streaming } = JSON.parse(result.stdout) as { before: number; after: number; streaming: number };
+    const {
+      before,
+      after: remaining,
+      streaming,
+    } = JSON.parse(result.stdout) as { before: number; after: number; streaming: number };
     assert.equal(remaining, before);
     assert.ok(streaming > 0, 'some workers must have been terminated mid-stream');
   });

@@ -15,11 +15,11 @@ import {
   openDevice,
   setHostname,
   setInterfaceUp,
-} from '../src/bridge/native-binding.js';
+} from '../src/native/native-binding.js';
 import { commandMissing, netnsUnavailable } from './helpers/privilege.js';
 import { NATIVE_SKIP } from './native-helpers.js';
 
-const BINDING_URL = new URL('../src/bridge/native-binding.js', import.meta.url);
+const BINDING_URL = new URL('../src/native/native-binding.js', import.meta.url);
 
 function utsUnavailable(): string | undefined {
   if (process.getuid?.() !== 0) return 'needs root (UTS namespaces)';
@@ -95,8 +95,11 @@ describe('native syscalls', { skip: NATIVE_SKIP, timeout: 60_000 }, () => {
     });
   });
 
-  it('getOriginalDst reports the pre-REDIRECT destination', { skip: netnsUnavailable() ?? commandMissing('iptables') ?? commandMissing('ip') }, () => {
-    const script = `
+  it(
+    'getOriginalDst reports the pre-REDIRECT destination',
+    { skip: netnsUnavailable() ?? commandMissing('iptables') ?? commandMissing('ip') },
+    () => {
+      const script = `
       import net from 'node:net';
       import { execFileSync } from 'node:child_process';
       import { getOriginalDst, setInterfaceUp } from ${JSON.stringify(BINDING_URL.href)};
@@ -110,11 +113,15 @@ describe('native syscalls', { skip: NATIVE_SKIP, timeout: 60_000 }, () => {
       });
       server.listen(4444, '127.0.0.1', () => net.connect(4321, '127.0.0.1').on('error', () => {}));
     `;
-    assert.deepEqual(runChild(script, '-n'), { address: '127.0.0.1', port: 4321 });
-  });
+      assert.deepEqual(runChild(script, '-n'), { address: '127.0.0.1', port: 4321 });
+    },
+  );
 
-  it('setInterfaceUp brings lo up in a fresh network namespace', { skip: netnsUnavailable() ?? commandMissing('ip') }, () => {
-    const script = `
+  it(
+    'setInterfaceUp brings lo up in a fresh network namespace',
+    { skip: netnsUnavailable() ?? commandMissing('ip') },
+    () => {
+      const script = `
       import { execFileSync } from 'node:child_process';
       import { setInterfaceUp } from ${JSON.stringify(BINDING_URL.href)};
       const flags = () => /<([^>]*)>/.exec(execFileSync('ip', ['-o', 'link', 'show', 'lo'], { encoding: 'utf8' }))[1].split(',');
@@ -124,17 +131,21 @@ describe('native syscalls', { skip: NATIVE_SKIP, timeout: 60_000 }, () => {
       setInterfaceUp('lo'); // already up: a no-op
       console.log(JSON.stringify({ before, after }));
     `;
-    const { before, after } = runChild(script, '-n') as { before: string[]; after: string[] };
-    assert.ok(!before.includes('UP'), `lo starts down in a new netns: ${before.join(',')}`);
-    assert.ok(after.includes('UP'), `lo is up afterwards: ${after.join(',')}`);
-  });
+      const { before, after } = runChild(script, '-n') as { before: string[]; after: string[] };
+      assert.ok(!before.includes('UP'), `lo starts down in a new netns: ${before.join(',')}`);
+      assert.ok(after.includes('UP'), `lo is up afterwards: ${after.join(',')}`);
+    },
+  );
 
   it('setInterfaceUp on a missing interface fails with ENODEV', () => {
-    assert.throws(() => setInterfaceUp('nosuchif0'), (error: NativeError) => {
-      assert.equal(error.code, 'ENODEV');
-      assert.equal(error.message, 'ioctl ENODEV nosuchif0');
-      return true;
-    });
+    assert.throws(
+      () => setInterfaceUp('nosuchif0'),
+      (error: NativeError) => {
+        assert.equal(error.code, 'ENODEV');
+        assert.equal(error.message, 'ioctl ENODEV nosuchif0');
+        return true;
+      },
+    );
     assert.throws(() => setInterfaceUp('an-interface-name-too-long'), { code: 'EINVAL' });
   });
 
@@ -168,7 +179,7 @@ describe('native syscalls', { skip: NATIVE_SKIP, timeout: 60_000 }, () => {
         copyFileSync(fileURLToPath(url), to);
         return to;
       };
-      copyOf(new URL('../src/errors.js', import.meta.url));
+      copyOf(new URL('../src/core/errors.js', import.meta.url));
       const copy = pathToFileURL(copyOf(BINDING_URL)).href;
       const script = `
         const { loadNative, nativeUnavailable, openDevice, NATIVE_ADDON_PATH } = await import(${JSON.stringify(copy)});
@@ -179,7 +190,13 @@ describe('native syscalls', { skip: NATIVE_SKIP, timeout: 60_000 }, () => {
         outcome.path = NATIVE_ADDON_PATH;
         console.log(JSON.stringify(outcome));
       `;
-      const outcome = runChild(script) as { code: string; message: string; openCode: string; reason: string; path: string };
+      const outcome = runChild(script) as {
+        code: string;
+        message: string;
+        openCode: string;
+        reason: string;
+        path: string;
+      };
       assert.equal(outcome.code, 'ERR_NATIVE_MISSING');
       assert.equal(outcome.openCode, 'ERR_NATIVE_MISSING');
       assert.equal(outcome.path, join(root, 'build', 'Release', 'enclave_native.node'));

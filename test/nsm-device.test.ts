@@ -13,7 +13,7 @@ import {
   openDeviceNsm,
   type NsmIoctl,
 } from '../src/attestation/nsm-device.js';
-import { nativeUnavailable } from '../src/bridge/native-binding.js';
+import { nativeUnavailable } from '../src/native/native-binding.js';
 
 const hex = (bytes: Uint8Array): string => Buffer.from(bytes).toString('hex');
 const text = (s: string): string => (0x60 + s.length).toString(16) + Buffer.from(s).toString('hex');
@@ -34,13 +34,25 @@ describe('NSM request encoding (serde_cbor layout of aws-nitro-enclaves-nsm-api)
 
   test('Attestation with every field keeps the struct order user_data, nonce, public_key', () => {
     const view = new Uint8Array([0, 7, 8, 0]).subarray(1, 3);
-    const bytes = encodeNsmRequest({ kind: 'attestation', request: { publicKey: Uint8Array.of(3), userData: Uint8Array.of(1), nonce: view } });
-    assert.equal(hex(bytes), `a1${text('Attestation')}a3${text('user_data')}4101${text('nonce')}420708${text('public_key')}4103`);
+    const bytes = encodeNsmRequest({
+      kind: 'attestation',
+      request: { publicKey: Uint8Array.of(3), userData: Uint8Array.of(1), nonce: view },
+    });
+    assert.equal(
+      hex(bytes),
+      `a1${text('Attestation')}a3${text('user_data')}4101${text('nonce')}420708${text('public_key')}4103`,
+    );
   });
 
   test('DescribePCR carries the index as an unsigned integer', () => {
-    assert.equal(hex(encodeNsmRequest({ kind: 'describePcr', index: 3 })), `a1${text('DescribePCR')}a1${text('index')}03`);
-    assert.equal(hex(encodeNsmRequest({ kind: 'describePcr', index: 300 })), `a1${text('DescribePCR')}a1${text('index')}19012c`);
+    assert.equal(
+      hex(encodeNsmRequest({ kind: 'describePcr', index: 3 })),
+      `a1${text('DescribePCR')}a1${text('index')}03`,
+    );
+    assert.equal(
+      hex(encodeNsmRequest({ kind: 'describePcr', index: 300 })),
+      `a1${text('DescribePCR')}a1${text('index')}19012c`,
+    );
   });
 
   test('GetRandom is the bare variant name', () => {
@@ -50,9 +62,23 @@ describe('NSM request encoding (serde_cbor layout of aws-nitro-enclaves-nsm-api)
 
 describe('NSM response decoding', () => {
   test('decodes each response variant', () => {
-    assert.deepEqual(decodeNsmResponse(respond('Attestation', [['document', Buffer.from('doc')]])), { kind: 'attestation', document: new Uint8Array(Buffer.from('doc')) });
-    assert.deepEqual(decodeNsmResponse(respond('DescribePCR', [['lock', true], ['data', new Uint8Array(48)]])), { kind: 'describePcr', locked: true, data: new Uint8Array(48) });
-    assert.deepEqual(decodeNsmResponse(respond('GetRandom', [['random', Uint8Array.of(1, 2, 3)]])), { kind: 'getRandom', random: Uint8Array.of(1, 2, 3) });
+    assert.deepEqual(decodeNsmResponse(respond('Attestation', [['document', Buffer.from('doc')]])), {
+      kind: 'attestation',
+      document: new Uint8Array(Buffer.from('doc')),
+    });
+    assert.deepEqual(
+      decodeNsmResponse(
+        respond('DescribePCR', [
+          ['lock', true],
+          ['data', new Uint8Array(48)],
+        ]),
+      ),
+      { kind: 'describePcr', locked: true, data: new Uint8Array(48) },
+    );
+    assert.deepEqual(decodeNsmResponse(respond('GetRandom', [['random', Uint8Array.of(1, 2, 3)]])), {
+      kind: 'getRandom',
+      random: Uint8Array.of(1, 2, 3),
+    });
     assert.deepEqual(decodeNsmResponse(respond('Error', 'InvalidIndex')), { kind: 'error', code: 'InvalidIndex' });
   });
 
@@ -61,7 +87,17 @@ describe('NSM response decoding', () => {
       Uint8Array.of(0xff, 0x00),
       encoder.encode('GetRandom'),
       encoder.encode(new Map([['Attestation', new Map([['document', 'not bytes']])]])),
-      encoder.encode(new Map([['DescribePCR', new Map<string, unknown>([['lock', 1], ['data', new Uint8Array(48)]])]])),
+      encoder.encode(
+        new Map([
+          [
+            'DescribePCR',
+            new Map<string, unknown>([
+              ['lock', 1],
+              ['data', new Uint8Array(48)],
+            ]),
+          ],
+        ]),
+      ),
       encoder.encode(new Map([['Mystery', new Map()]])),
       encoder.encode(new Map([['Error', 7]])),
     ]) {
@@ -87,7 +123,10 @@ function fakeDevice(): { ioctl: NsmIoctl; requests: unknown[]; maxResponses: num
     if (variant === 'DescribePCR') {
       const index = body.get('index') as number;
       if (index >= 32) return respond('Error', 'InvalidIndex');
-      return respond('DescribePCR', [['lock', index < 16], ['data', new Uint8Array(48).fill(index)]]);
+      return respond('DescribePCR', [
+        ['lock', index < 16],
+        ['data', new Uint8Array(48).fill(index)],
+      ]);
     }
     return respond('Error', 'InvalidOperation');
   };
@@ -100,7 +139,9 @@ describe('DeviceNsm over an injected ioctl', () => {
     const nsm = await openDeviceNsm('/dev/nsm', { ioctl: device.ioctl });
     assert.equal(nsm.kind, 'device');
     const doc = await nsm.attest({ userData: Uint8Array.of(1), publicKey: Uint8Array.of(3) });
-    const fields = (decoder.decode(doc) as Array<Uint8Array | null>).map((field) => (field === null ? null : hex(field)));
+    const fields = (decoder.decode(doc) as Array<Uint8Array | null>).map((field) =>
+      field === null ? null : hex(field),
+    );
     assert.deepEqual(fields, ['01', null, '03']);
     assert.deepEqual(device.maxResponses, [NSM_RESPONSE_MAX_BYTES]);
     await nsm.close();
@@ -117,9 +158,14 @@ describe('DeviceNsm over an injected ioctl', () => {
 
   test('maps NSM errors and bad responses to NsmError codes', async () => {
     const nsm = await openDeviceNsm('/dev/nsm', { ioctl: fakeDevice().ioctl });
-    await assert.rejects(nsm.attest({ nonce: new Uint8Array(5) }), { code: 'ERR_NSM_DEVICE', message: /InternalError/ });
+    await assert.rejects(nsm.attest({ nonce: new Uint8Array(5) }), {
+      code: 'ERR_NSM_DEVICE',
+      message: /InternalError/,
+    });
     await assert.rejects(nsm.attest({ nonce: new Uint8Array(1025) }), { code: 'ERR_NSM_INPUT_TOO_LARGE' });
-    const wrong = await openDeviceNsm('/dev/nsm', { ioctl: () => respond('GetRandom', [['random', Uint8Array.of(1)]]) });
+    const wrong = await openDeviceNsm('/dev/nsm', {
+      ioctl: () => respond('GetRandom', [['random', Uint8Array.of(1)]]),
+    });
     await assert.rejects(wrong.attest({}), { code: 'ERR_NSM_DEVICE', message: /Attestation/ });
     const tooLarge = await openDeviceNsm('/dev/nsm', { ioctl: () => respond('Error', 'InputTooLarge') });
     await assert.rejects(tooLarge.attest({}), { code: 'ERR_NSM_INPUT_TOO_LARGE' });
@@ -147,7 +193,7 @@ describe('DeviceNsm over an injected ioctl', () => {
       maxInFlight = Math.max(maxInFlight, inFlight);
       await new Promise((resolve) => setTimeout(resolve, 2));
       const response = device.ioctl(request, maxResponse);
-      order.push(((device.requests.at(-1) as Map<string, Map<string, number>>).get('DescribePCR')!).get('index')!);
+      order.push((device.requests.at(-1) as Map<string, Map<string, number>>).get('DescribePCR')!.get('index')!);
       inFlight--;
       return response;
     };
@@ -155,7 +201,10 @@ describe('DeviceNsm over an injected ioctl', () => {
     const readings = await Promise.all(Array.from({ length: 20 }, (_, i) => nsm.describePcr(i)));
     assert.equal(maxInFlight, 1);
     assert.deepEqual(order, [...Array(20).keys()]);
-    assert.deepEqual(readings.map((r) => r.data[0]), [...Array(20).keys()]);
+    assert.deepEqual(
+      readings.map((r) => r.data[0]),
+      [...Array(20).keys()],
+    );
   });
 
   test('bounds waiting: timeout and queue limit', async () => {
@@ -200,16 +249,23 @@ describe('opening the device', () => {
     assert.match(error.message, /attestation\.mode = "simulated"/);
   });
 
-  test('the default path is /dev/nsm', { skip: existsSync('/dev/nsm') ? 'this machine has /dev/nsm' : false }, async () => {
-    await assert.rejects(openDeviceNsm(), { code: 'ERR_NSM_UNAVAILABLE', message: /\/dev\/nsm is missing/ });
-  });
+  test(
+    'the default path is /dev/nsm',
+    { skip: existsSync('/dev/nsm') ? 'this machine has /dev/nsm' : false },
+    async () => {
+      await assert.rejects(openDeviceNsm(), { code: 'ERR_NSM_UNAVAILABLE', message: /\/dev\/nsm is missing/ });
+    },
+  );
 
   test('a native addon that cannot load breaks only the device path, with ERR_NSM_UNAVAILABLE', async () => {
     const device = join(scratch, 'nsm-present');
     writeFileSync(device, '');
     const binding = join(scratch, 'broken-binding.mjs');
     writeFileSync(binding, "throw new Error('addon not built');\n");
-    await assert.rejects(openDeviceNsm(device, { bindingUrl: pathToFileURL(binding).href }), { code: 'ERR_NSM_UNAVAILABLE', message: /addon not built/ });
+    await assert.rejects(openDeviceNsm(device, { bindingUrl: pathToFileURL(binding).href }), {
+      code: 'ERR_NSM_UNAVAILABLE',
+      message: /addon not built/,
+    });
   });
 
   test('runs ioctls on a worker thread through the native binding', async () => {
@@ -238,18 +294,24 @@ describe('opening the device', () => {
     const nsm = await openDeviceNsm(device, { bindingUrl: pathToFileURL(binding).href });
     assert.deepEqual(await nsm.getRandom(), Uint8Array.of(9, 8, 7));
     const echoed = await Promise.all([1, 2, 3].map((n) => nsm.attest({ nonce: Uint8Array.of(n) })));
-    echoed.forEach((doc, i) => assert.deepEqual(doc, encodeNsmRequest({ kind: 'attestation', request: { nonce: Uint8Array.of(i + 1) } })));
+    echoed.forEach((doc, i) =>
+      assert.deepEqual(doc, encodeNsmRequest({ kind: 'attestation', request: { nonce: Uint8Array.of(i + 1) } })),
+    );
     await nsm.close();
     assert.equal((globalThis as { fakeNsmClosed?: number }).fakeNsmClosed, 42);
   });
 
-  test('the real addon runs the ioctl on the worker thread (ENOTTY on a non-NSM file)', { skip: nativeUnavailable() ?? false }, async () => {
-    const notNsm = join(scratch, 'not-an-nsm');
-    writeFileSync(notNsm, '');
-    const nsm = await openDeviceNsm(notNsm, { timeoutMs: 5000 });
-    await assert.rejects(nsm.getRandom(), { code: 'ERR_NSM_DEVICE', message: /ENOTTY/ });
-    await assert.rejects(nsm.attest({ nonce: Uint8Array.of(1) }), { code: 'ERR_NSM_DEVICE', message: /ENOTTY/ });
-    await nsm.close();
-    await assert.rejects(nsm.getRandom(), { code: 'ERR_NSM_CLOSED' });
-  });
+  test(
+    'the real addon runs the ioctl on the worker thread (ENOTTY on a non-NSM file)',
+    { skip: nativeUnavailable() ?? false },
+    async () => {
+      const notNsm = join(scratch, 'not-an-nsm');
+      writeFileSync(notNsm, '');
+      const nsm = await openDeviceNsm(notNsm, { timeoutMs: 5000 });
+      await assert.rejects(nsm.getRandom(), { code: 'ERR_NSM_DEVICE', message: /ENOTTY/ });
+      await assert.rejects(nsm.attest({ nonce: Uint8Array.of(1) }), { code: 'ERR_NSM_DEVICE', message: /ENOTTY/ });
+      await nsm.close();
+      await assert.rejects(nsm.getRandom(), { code: 'ERR_NSM_CLOSED' });
+    },
+  );
 });

@@ -6,11 +6,20 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { NITRO_FIXTURES, REPO_ROOT } from './helpers/paths.js';
 
-function run(command: string, args: string[], cwd: string): Promise<{ status: number; stdout: string; stderr: string }> {
+function run(
+  command: string,
+  args: string[],
+  cwd: string,
+): Promise<{ status: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(command, args, { cwd, encoding: 'utf8', timeout: 120_000, maxBuffer: 16 * 1024 * 1024 }, (error, stdout, stderr) => {
-      resolve({ status: error ? (typeof error.code === 'number' ? error.code : 1) : 0, stdout, stderr });
-    });
+    execFile(
+      command,
+      args,
+      { cwd, encoding: 'utf8', timeout: 120_000, maxBuffer: 16 * 1024 * 1024 },
+      (error, stdout, stderr) => {
+        resolve({ status: error ? (typeof error.code === 'number' ? error.code : 1) : 0, stdout, stderr });
+      },
+    );
   });
 }
 
@@ -52,7 +61,11 @@ verifyAttestationDocument(new Uint8Array(), { pcrs: { 0: 42 } });
 
 describe('the npm package', () => {
   it('npm pack gives a tarball whose client, browser and CLI entry points work from another project', async () => {
-    const packed = await run('npm', ['pack', '--ignore-scripts', '--offline', '--json', '--pack-destination', dir], REPO_ROOT);
+    const packed = await run(
+      'npm',
+      ['pack', '--ignore-scripts', '--offline', '--json', '--pack-destination', dir],
+      REPO_ROOT,
+    );
     assert.equal(packed.status, 0, packed.stderr);
     const [{ filename, files }] = JSON.parse(packed.stdout) as [{ filename: string; files: Array<{ path: string }> }];
     const paths = new Set(files.map((f) => f.path));
@@ -60,7 +73,7 @@ describe('the npm package', () => {
       'package.json',
       'bin/enclave-runtime.js',
       'binding.gyp',
-      'src/attestation/roots/aws-nitro-root-g1.pem',
+      'src/verify/roots/aws-nitro-root-g1.pem',
       'dist/src/client/index.js',
       'dist/src/client/index.d.ts',
       'dist/src/browser/index.d.ts',
@@ -86,13 +99,26 @@ describe('the npm package', () => {
     }
 
     writeFileSync(join(project, 'consumer.mjs'), CONSUMER);
-    const used = await run(process.execPath, ['consumer.mjs', join(NITRO_FIXTURES, 'worldcoin-pontifex-real-attestation-doc.b64')], project);
+    const used = await run(
+      process.execPath,
+      ['consumer.mjs', join(NITRO_FIXTURES, 'worldcoin-pontifex-real-attestation-doc.b64')],
+      project,
+    );
     assert.equal(used.status, 0, used.stderr);
     const out = JSON.parse(used.stdout) as Record<string, unknown>;
     assert.equal(out.mainIsClient, true, '"." is the client library');
-    assert.equal(out.client, 'i-01b324f0b8b6c25ea-enc01997668bda38b2a', 'the client verifies with the AWS root shipped in the tarball');
+    assert.equal(
+      out.client,
+      'i-01b324f0b8b6c25ea-enc01997668bda38b2a',
+      'the client verifies with the AWS root shipped in the tarball',
+    );
     assert.equal(out.browser, out.client, 'the browser build verifies the same document');
-    assert.deepEqual(out.functions, ['verifyAttestationDocument', 'verifyAttestedCertificate', 'attestedAgent', 'attestedFetch']);
+    assert.deepEqual(out.functions, [
+      'verifyAttestationDocument',
+      'verifyAttestedCertificate',
+      'attestedAgent',
+      'attestedFetch',
+    ]);
     assert.equal(out.fetchAttestation, 'function');
     assert.equal(out.expiredCode, 'ERR_ATTESTATION_EXPIRED');
     assert.equal(out.isAttestationError, true);
@@ -101,12 +127,31 @@ describe('the npm package', () => {
     writeFileSync(join(project, 'typed.ts'), TYPED_CONSUMER);
     writeFileSync(
       join(project, 'tsconfig.json'),
-      JSON.stringify({ compilerOptions: { target: 'ES2022', module: 'NodeNext', moduleResolution: 'NodeNext', strict: true, noEmit: true, skipLibCheck: true, types: ['node'] }, files: ['typed.ts'] }),
+      JSON.stringify({
+        compilerOptions: {
+          target: 'ES2022',
+          module: 'NodeNext',
+          moduleResolution: 'NodeNext',
+          strict: true,
+          noEmit: true,
+          skipLibCheck: true,
+          types: ['node'],
+        },
+        files: ['typed.ts'],
+      }),
     );
-    const typed = await run(process.execPath, [join(REPO_ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.json'], project);
+    const typed = await run(
+      process.execPath,
+      [join(REPO_ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.json'],
+      project,
+    );
     assert.equal(typed.status, 0, `tsc over the installed .d.ts: ${typed.stdout}${typed.stderr}`);
 
-    const cli = await run(process.execPath, [join(modules, 'enclave-runtime', 'bin', 'enclave-runtime.js'), '--version'], project);
+    const cli = await run(
+      process.execPath,
+      [join(modules, 'enclave-runtime', 'bin', 'enclave-runtime.js'), '--version'],
+      project,
+    );
     assert.equal(cli.status, 0, cli.stderr);
     assert.match(cli.stdout, /\d+\.\d+\.\d+/);
   });

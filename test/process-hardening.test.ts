@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { after, describe, it } from 'node:test';
-import { prepareStateDir } from '../src/state-dir.js';
+import { prepareStateDir } from '../src/config/state-dir.js';
 import { runCli } from './helpers/cli-run.js';
 import { freePort } from './helpers/net.js';
 import { REPO_ROOT } from './helpers/paths.js';
@@ -14,7 +14,7 @@ import { NATIVE_SKIP } from './native-helpers.js';
 const dir = mkdtempSync(join(tmpdir(), 'process-hardening-'));
 chmodSync(dir, 0o755);
 after(() => rmSync(dir, { recursive: true, force: true }));
-const BINDING = pathToFileURL(join(REPO_ROOT, 'dist', 'src', 'bridge', 'native-binding.js')).href;
+const BINDING = pathToFileURL(join(REPO_ROOT, 'dist', 'src', 'native', 'native-binding.js')).href;
 
 describe('the runtime keeps its memory from the app: not dumpable, no core files', { skip: NATIVE_SKIP }, () => {
   it('hardenProcess() sets PR_SET_DUMPABLE 0 and RLIMIT_CORE 0 (soft and hard)', () => {
@@ -23,7 +23,10 @@ describe('the runtime keeps its memory from the app: not dumpable, no core files
       const before = processHardening(); hardenProcess(); console.log(JSON.stringify({ before, after: processHardening() }));`;
     const child = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8' });
     assert.equal(child.status, 0, child.stderr);
-    const { before, after } = JSON.parse(child.stdout) as Record<'before' | 'after', { dumpable: number; coreSoft: number; coreHard: number }>;
+    const { before, after } = JSON.parse(child.stdout) as Record<
+      'before' | 'after',
+      { dumpable: number; coreSoft: number; coreHard: number }
+    >;
     assert.equal(before.dumpable, 1, 'a fresh process is dumpable (so the check below can fail)');
     assert.deepEqual(after, { dumpable: 0, coreSoft: 0, coreHard: 0 });
   });
@@ -66,7 +69,10 @@ describe('the state dir is private (0700), also when it already exists', () => {
     mkdirSync(target, { mode: 0o755 });
     chmodSync(target, 0o755);
     symlinkSync(target, join(dir, 'link'));
-    await assert.rejects(prepareStateDir(join(dir, 'link')), { code: 'ERR_STATE_DIR', message: /not a directory \(a symlink or a file\)/ });
+    await assert.rejects(prepareStateDir(join(dir, 'link')), {
+      code: 'ERR_STATE_DIR',
+      message: /not a directory \(a symlink or a file\)/,
+    });
     assert.equal(statSync(target).mode & 0o7777, 0o755);
     const tmpMode = statSync(tmpdir()).mode;
     await assert.rejects(prepareStateDir(tmpdir()), { code: 'ERR_STATE_DIR', message: /is a shared directory/ });

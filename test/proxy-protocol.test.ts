@@ -8,7 +8,7 @@ import {
   ProxyProtocolError,
   readProxyHeader,
   type ProxyHeader,
-} from '../src/bridge/proxy-protocol.js';
+} from '../src/net/proxy-protocol.js';
 import { Prng } from './helpers/prng.js';
 
 function v2(verCmd: number, fam: number, payload: Buffer): Buffer {
@@ -32,7 +32,8 @@ function parsed(buf: Buffer, accept: 'v1' | 'v2' | 'any' = 'any'): { header: Pro
 function rejects(buf: Buffer, pattern: RegExp, accept: 'v1' | 'v2' | 'any' = 'any'): void {
   assert.throws(
     () => parseProxyHeader(buf, accept),
-    (error: unknown) => error instanceof ProxyProtocolError && error.code === 'ERR_PROXY_PROTOCOL' && pattern.test(error.message),
+    (error: unknown) =>
+      error instanceof ProxyProtocolError && error.code === 'ERR_PROXY_PROTOCOL' && pattern.test(error.message),
   );
 }
 
@@ -59,7 +60,11 @@ describe('PROXY v1', () => {
   });
 
   it('accepts UNKNOWN and ignores the rest of its line', () => {
-    assert.deepEqual(parseProxyHeader(ascii('PROXY UNKNOWN\r\n'), 'v1'), { kind: 'header', header: { version: 1, command: 'PROXY', family: 'unknown' }, length: 15 });
+    assert.deepEqual(parseProxyHeader(ascii('PROXY UNKNOWN\r\n'), 'v1'), {
+      kind: 'header',
+      header: { version: 1, command: 'PROXY', family: 'unknown' },
+      length: 15,
+    });
     const long = `PROXY UNKNOWN ffff:f...f:ffff ${'f'.repeat(60)} 65535 65535\r\n`;
     assert.equal(parsed(ascii(long)).length, long.length);
   });
@@ -96,7 +101,11 @@ describe('PROXY v1', () => {
 describe('PROXY v2', () => {
   it('parses PROXY over TCP4 with TLVs', () => {
     const addresses = Buffer.from([192, 0, 2, 1, 198, 51, 100, 7, 0xdc, 0x04, 0x01, 0xbb]);
-    const tlvs = Buffer.concat([tlv(0x01, ascii('h2')), tlv(0xea, Buffer.from([0x01, 0x76, 0x70, 0x63])), tlv(0x04, Buffer.alloc(0))]);
+    const tlvs = Buffer.concat([
+      tlv(0x01, ascii('h2')),
+      tlv(0xea, Buffer.from([0x01, 0x76, 0x70, 0x63])),
+      tlv(0x04, Buffer.alloc(0)),
+    ]);
     const input = Buffer.concat([v2(0x21, 0x11, Buffer.concat([addresses, tlvs])), ascii('payload')]);
     const { header, length } = parsed(input);
     assert.equal(length, input.length - 7);
@@ -117,7 +126,9 @@ describe('PROXY v2', () => {
   it('parses PROXY over TCP6, including IPv4-mapped addresses', () => {
     const src = Buffer.from('20010db8000000000000000000000001', 'hex');
     const dst = Buffer.from('00000000000000000000ffff0a000001', 'hex');
-    const { header } = parsed(v2(0x21, 0x21, Buffer.concat([src, dst, Buffer.from([0, 80, 0x01, 0xbb]), tlv(0x02, ascii('example.com'))])));
+    const { header } = parsed(
+      v2(0x21, 0x21, Buffer.concat([src, dst, Buffer.from([0, 80, 0x01, 0xbb]), tlv(0x02, ascii('example.com'))])),
+    );
     assert.equal(header.family, 'tcp6');
     assert.deepEqual(header.source, { address: '2001:db8::1', port: 80 });
     assert.deepEqual(header.destination, { address: '::ffff:10.0.0.1', port: 443 });
@@ -133,18 +144,32 @@ describe('PROXY v2', () => {
   });
 
   it('parses LOCAL (health checks) and discards its address block', () => {
-    assert.deepEqual(parseProxyHeader(v2(0x20, 0x00, Buffer.alloc(0)), 'v2'), { kind: 'header', header: { version: 2, command: 'LOCAL', family: 'unknown' }, length: 16 });
-    assert.deepEqual(parsed(v2(0x20, 0x11, Buffer.alloc(12, 7))).header, { version: 2, command: 'LOCAL', family: 'unknown' });
+    assert.deepEqual(parseProxyHeader(v2(0x20, 0x00, Buffer.alloc(0)), 'v2'), {
+      kind: 'header',
+      header: { version: 2, command: 'LOCAL', family: 'unknown' },
+      length: 16,
+    });
+    assert.deepEqual(parsed(v2(0x20, 0x11, Buffer.alloc(12, 7))).header, {
+      version: 2,
+      command: 'LOCAL',
+      family: 'unknown',
+    });
   });
 
   it('parses PROXY with UNSPEC family as "use the real endpoints"', () => {
     const { header } = parsed(v2(0x21, 0x00, tlv(0x05, ascii('id'))));
-    assert.deepEqual(header, { version: 2, command: 'PROXY', family: 'unknown', tlvs: [{ type: 0x05, value: ascii('id') }] });
+    assert.deepEqual(header, {
+      version: 2,
+      command: 'PROXY',
+      family: 'unknown',
+      tlvs: [{ type: 0x05, value: ascii('id') }],
+    });
   });
 
   it('says incomplete for every strict prefix of a valid header', () => {
     const full = v2(0x21, 0x11, Buffer.concat([Buffer.alloc(12, 1), tlv(0x01, ascii('http/1.1'))]));
-    for (let i = 0; i < full.length; i++) assert.deepEqual(parseProxyHeader(full.subarray(0, i), 'v2'), { kind: 'incomplete' }, `prefix ${i}`);
+    for (let i = 0; i < full.length; i++)
+      assert.deepEqual(parseProxyHeader(full.subarray(0, i), 'v2'), { kind: 'incomplete' }, `prefix ${i}`);
   });
 
   it('rejects malformed headers with a message naming the problem', () => {
@@ -165,8 +190,14 @@ describe('PROXY v2', () => {
     rejects(v2(0x21, 0x11, Buffer.alloc(1025)), /payload of 1025 bytes exceeds the limit of 1024/);
     const lengthOnly = Buffer.concat([PROXY_V2_SIGNATURE, Buffer.from([0x21, 0x11, 0xff, 0xff])]);
     rejects(lengthOnly, /payload of 65535 bytes exceeds/);
-    rejects(v2(0x21, 0x11, Buffer.concat([Buffer.alloc(12), Buffer.from([0x01, 0x00])])), /truncated PROXY v2 TLV header/);
-    rejects(v2(0x21, 0x11, Buffer.concat([Buffer.alloc(12), Buffer.from([0x01, 0x00, 0x05, 0x61])])), /TLV type 0x01 declares 5 bytes, only 1 remain/);
+    rejects(
+      v2(0x21, 0x11, Buffer.concat([Buffer.alloc(12), Buffer.from([0x01, 0x00])])),
+      /truncated PROXY v2 TLV header/,
+    );
+    rejects(
+      v2(0x21, 0x11, Buffer.concat([Buffer.alloc(12), Buffer.from([0x01, 0x00, 0x05, 0x61])])),
+      /TLV type 0x01 declares 5 bytes, only 1 remain/,
+    );
     rejects(good, /expected a PROXY protocol v1 header, got a v2 signature/, 'v1');
   });
 });
@@ -188,7 +219,9 @@ describe('encodeProxyHeader', () => {
         assert.equal(header.family, info.source.address.includes(':') ? 'tcp6' : 'tcp4');
         assert.equal(header.source?.port, info.source.port);
         assert.equal(header.destination?.port, info.destination.port);
-        const canonical = (a: string): string => parsed(encodeProxyHeader(1, { source: { address: a, port: 0 }, destination: { address: a, port: 0 } })).header.source!.address;
+        const canonical = (a: string): string =>
+          parsed(encodeProxyHeader(1, { source: { address: a, port: 0 }, destination: { address: a, port: 0 } })).header
+            .source!.address;
         assert.equal(header.source?.address, canonical(info.source.address));
         assert.equal(header.destination?.address, canonical(info.destination.address));
       }
@@ -201,7 +234,10 @@ describe('encodeProxyHeader', () => {
   });
 
   it('encodes the exact v2 bytes for TCP4', () => {
-    const encoded = encodeProxyHeader(2, { source: { address: '1.2.3.4', port: 0x1234 }, destination: { address: '5.6.7.8', port: 443 } });
+    const encoded = encodeProxyHeader(2, {
+      source: { address: '1.2.3.4', port: 0x1234 },
+      destination: { address: '5.6.7.8', port: 443 },
+    });
     assert.equal(encoded.toString('hex'), `${PROXY_V2_SIGNATURE.toString('hex')}2111000c0102030405060708123401bb`);
   });
 
@@ -219,8 +255,14 @@ describe('encodeProxyHeader', () => {
 describe('readProxyHeader', () => {
   it('assembles a header fed byte by byte and returns the following bytes exactly', async () => {
     for (const header of [
-      encodeProxyHeader(1, { source: { address: '192.0.2.1', port: 5 }, destination: { address: '192.0.2.2', port: 6 } }),
-      encodeProxyHeader(2, { source: { address: '2001:db8::1', port: 5 }, destination: { address: '2001:db8::2', port: 6 } }),
+      encodeProxyHeader(1, {
+        source: { address: '192.0.2.1', port: 5 },
+        destination: { address: '192.0.2.2', port: 6 },
+      }),
+      encodeProxyHeader(2, {
+        source: { address: '2001:db8::1', port: 5 },
+        destination: { address: '2001:db8::2', port: 6 },
+      }),
     ]) {
       const stream = new PassThrough();
       const body = Buffer.from(Array.from({ length: 300 }, (_, i) => i & 0xff));
@@ -261,7 +303,11 @@ describe('readProxyHeader', () => {
     const stream = new PassThrough();
     stream.write(ascii('PROXY TCP4'));
     await assert.rejects(readProxyHeader(stream, 'any', { timeoutMs: 30 }), (error: unknown) => {
-      return error instanceof ProxyProtocolError && error.code === 'ERR_PROXY_PROTOCOL_TIMEOUT' && /30 ms/.test(error.message);
+      return (
+        error instanceof ProxyProtocolError &&
+        error.code === 'ERR_PROXY_PROTOCOL_TIMEOUT' &&
+        /30 ms/.test(error.message)
+      );
     });
     assert.equal(stream.listenerCount('data'), 0);
     assert.equal(stream.listenerCount('end'), 0);
@@ -281,7 +327,10 @@ describe('readProxyHeader', () => {
     const failed = new PassThrough();
     const failReading = readProxyHeader(failed, 'any', { timeoutMs: 5000 });
     failed.destroy(new Error('reset by peer'));
-    await assert.rejects(failReading, (e: unknown) => e instanceof ProxyProtocolError && /reset by peer/.test(e.message));
+    await assert.rejects(
+      failReading,
+      (e: unknown) => e instanceof ProxyProtocolError && /reset by peer/.test(e.message),
+    );
 
     const bounded = new PassThrough();
     const boundReading = readProxyHeader(bounded, 'v1', { timeoutMs: 5000, maxBytes: 20 });
@@ -311,14 +360,20 @@ describe('parseProxyHeader fuzz', () => {
       const seed = prng.pick(seeds);
       const mode = prng.int(3);
       const input =
-        mode === 0 ? prng.bytes(prng.int(200)) : mode === 1 ? seed.subarray(0, prng.int(seed.length + 1)) : prng.mutate(seed);
-      if (mode === 0 && prng.int(2) === 0) input.set(prng.pick([PROXY_V2_SIGNATURE, ascii('PROXY ')]).subarray(0, input.length));
+        mode === 0
+          ? prng.bytes(prng.int(200))
+          : mode === 1
+            ? seed.subarray(0, prng.int(seed.length + 1))
+            : prng.mutate(seed);
+      if (mode === 0 && prng.int(2) === 0)
+        input.set(prng.pick([PROXY_V2_SIGNATURE, ascii('PROXY ')]).subarray(0, input.length));
       for (const accept of ['v1', 'v2', 'any'] as const) {
         try {
           const result = parseProxyHeader(input, accept);
           if (result.kind === 'header') assert.ok(result.length > 0 && result.length <= input.length, `case ${i}`);
         } catch (error) {
-          if (!(error instanceof ProxyProtocolError)) throw new Error(`case ${i}: ${input.toString('hex')} threw ${String(error)}`, { cause: error });
+          if (!(error instanceof ProxyProtocolError))
+            throw new Error(`case ${i}: ${input.toString('hex')} threw ${String(error)}`, { cause: error });
         }
       }
     }

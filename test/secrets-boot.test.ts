@@ -27,10 +27,14 @@ after(async () => {
 });
 
 function config(secrets: string, kmsExtra = '') {
-  return parseConfig(`[kms]\nregion = "${kms.region}"\nendpoint = "${kms.url}"\nmax_attempts = 1\n${kmsExtra}\n${secrets}`, 'dev');
+  return parseConfig(
+    `[kms]\nregion = "${kms.region}"\nendpoint = "${kms.url}"\nmax_attempts = 1\n${kmsExtra}\n${secrets}`,
+    'dev',
+  );
 }
 
-const secretBlock = (name: string, plaintext: Uint8Array, extra = '') => `[[secrets]]\nname = "${name}"\nciphertext = "${kms.encrypt(plaintext).toString('base64')}"\n${extra}\n`;
+const secretBlock = (name: string, plaintext: Uint8Array, extra = '') =>
+  `[[secrets]]\nname = "${name}"\nciphertext = "${kms.encrypt(plaintext).toString('base64')}"\n${extra}\n`;
 
 async function loadError(promise: Promise<unknown>): Promise<SecretError> {
   try {
@@ -60,20 +64,44 @@ describe('loadSecrets: [[secrets]] through KMS with this enclave as Recipient', 
       ),
       { nsm, logger: logs.logger, env },
     );
-    assert.deepEqual({ ...values }, { TEXT_SECRET: text, BINARY_SECRET: binary.toString('base64'), RAW_FILE: 'from a raw file', B64_FILE: 'from a base64 file' });
-    assert.deepEqual(kms.calls.slice(before).map((call) => `${call.target} ${call.recipient} ${call.status}`), Array(4).fill('Decrypt true 200'));
-    assert.deepEqual(logs.lines.filter((line) => line.msg === 'secret loaded').map((line) => line.secret), ['TEXT_SECRET', 'BINARY_SECRET', 'RAW_FILE', 'B64_FILE']);
-    for (const value of [text, binary.toString('base64'), binary.toString('hex'), 'from a raw file']) assert.ok(!logs.text().includes(value), 'a secret reached the logs');
+    assert.deepEqual(
+      { ...values },
+      {
+        TEXT_SECRET: text,
+        BINARY_SECRET: binary.toString('base64'),
+        RAW_FILE: 'from a raw file',
+        B64_FILE: 'from a base64 file',
+      },
+    );
+    assert.deepEqual(
+      kms.calls.slice(before).map((call) => `${call.target} ${call.recipient} ${call.status}`),
+      Array(4).fill('Decrypt true 200'),
+    );
+    assert.deepEqual(
+      logs.lines.filter((line) => line.msg === 'secret loaded').map((line) => line.secret),
+      ['TEXT_SECRET', 'BINARY_SECRET', 'RAW_FILE', 'B64_FILE'],
+    );
+    for (const value of [text, binary.toString('base64'), binary.toString('hex'), 'from a raw file'])
+      assert.ok(!logs.text().includes(value), 'a secret reached the logs');
     assert.equal(process.env.TEXT_SECRET, undefined);
   });
 
   it('a document outside the key policy stops the load with ERR_SECRET_LOAD naming the secret and the KMS code', async () => {
     const foreign = await openSimulatedNsm({ stateDir: join(dir, 'state'), pcrs: { 0: Buffer.alloc(48, 0x42) } });
     const logs = captureLogs('trace');
-    const error = await loadError(loadSecrets(config(secretBlock('DB_PASSWORD', Buffer.from('hunter2'))), { nsm: foreign, logger: logs.logger, env }));
+    const error = await loadError(
+      loadSecrets(config(secretBlock('DB_PASSWORD', Buffer.from('hunter2'))), {
+        nsm: foreign,
+        logger: logs.logger,
+        env,
+      }),
+    );
     assert.equal(error.code, 'ERR_SECRET_LOAD');
     assert.equal(error.secret, 'DB_PASSWORD');
-    assert.match(error.message, /^secret DB_PASSWORD could not be loaded: KMS Decrypt refused \(AccessDeniedException\)/);
+    assert.match(
+      error.message,
+      /^secret DB_PASSWORD could not be loaded: KMS Decrypt refused \(AccessDeniedException\)/,
+    );
     const line = logs.lines.find((l) => l.msg === 'secret could not be loaded');
     assert.equal(line?.secret, 'DB_PASSWORD');
     assert.equal(line?.kmsCode, 'AccessDeniedException');
@@ -84,7 +112,10 @@ describe('loadSecrets: [[secrets]] through KMS with this enclave as Recipient', 
   it('an optional secret that fails is left out with a warning; the rest load', async () => {
     const logs = captureLogs('trace');
     const values = await loadSecrets(
-      config(`[[secrets]]\nname = "MISSING"\nfile = "${join(dir, 'no-such-file')}"\nrequired = false\n\n` + secretBlock('PRESENT', Buffer.from('here'))),
+      config(
+        `[[secrets]]\nname = "MISSING"\nfile = "${join(dir, 'no-such-file')}"\nrequired = false\n\n` +
+          secretBlock('PRESENT', Buffer.from('here')),
+      ),
       { nsm, logger: logs.logger, env },
     );
     assert.deepEqual({ ...values }, { PRESENT: 'here' });
@@ -100,14 +131,32 @@ describe('loadSecrets: [[secrets]] through KMS with this enclave as Recipient', 
       assert.equal((error.cause as SecretError).code, 'ERR_SECRET_VALUE');
       assert.match(error.message, /encoding = "base64"/);
     }
-    assert.deepEqual({ ...(await loadSecrets(config(secretBlock('BLOB', Buffer.from('a\0b'), 'encoding = "base64"')), { nsm, logger: logs.logger, env })) }, { BLOB: Buffer.from('a\0b').toString('base64') });
+    assert.deepEqual(
+      {
+        ...(await loadSecrets(config(secretBlock('BLOB', Buffer.from('a\0b'), 'encoding = "base64"')), {
+          nsm,
+          logger: logs.logger,
+          env,
+        })),
+      },
+      { BLOB: Buffer.from('a\0b').toString('base64') },
+    );
   });
 
   it('the wrong key_id and missing credentials are clear errors', async () => {
     const logs = captureLogs();
-    const wrongKey = await loadError(loadSecrets(config(secretBlock('K', Buffer.from('v'), 'key_id = "alias/other"')), { nsm, logger: logs.logger, env }));
+    const wrongKey = await loadError(
+      loadSecrets(config(secretBlock('K', Buffer.from('v'), 'key_id = "alias/other"')), {
+        nsm,
+        logger: logs.logger,
+        env,
+      }),
+    );
     assert.match(wrongKey.message, /IncorrectKeyException/);
-    await assert.rejects(loadSecrets(config(secretBlock('K', Buffer.from('v'))), { nsm, logger: logs.logger, env: {} }), { code: 'ERR_KMS_CONFIG', message: /no AWS credentials/ });
+    await assert.rejects(
+      loadSecrets(config(secretBlock('K', Buffer.from('v'))), { nsm, logger: logs.logger, env: {} }),
+      { code: 'ERR_KMS_CONFIG', message: /no AWS credentials/ },
+    );
   });
 
   it('no [[secrets]] means no KMS call at all', async () => {

@@ -1,5 +1,13 @@
 import assert from 'node:assert/strict';
-import { constants, createCipheriv, createDecipheriv, generateKeyPairSync, privateDecrypt, randomBytes, type KeyObject } from 'node:crypto';
+import {
+  constants,
+  createCipheriv,
+  createDecipheriv,
+  generateKeyPairSync,
+  privateDecrypt,
+  randomBytes,
+  type KeyObject,
+} from 'node:crypto';
 import { inspect } from 'node:util';
 import { before, describe, it } from 'node:test';
 import { MAX_ENVELOPE_BYTES, openEnvelope, parseEnvelope } from '../src/secrets/cms-envelope.js';
@@ -42,7 +50,10 @@ describe('CMS EnvelopedData from openssl cms -encrypt (RSAES-OAEP-SHA256, AES-25
 
   for (const [shape, options] of [
     ['DER, issuer and serial (openssl defaults)', {}],
-    ['BER indefinite lengths, chunked content, subjectKeyIdentifier (the shape KMS sends)', { stream: true, keyid: true }],
+    [
+      'BER indefinite lengths, chunked content, subjectKeyIdentifier (the shape KMS sends)',
+      { stream: true, keyid: true },
+    ],
   ] as const) {
     it(`decrypts ${shape}`, async () => {
       for (const size of [1, 15, 16, 17, 4096]) {
@@ -55,12 +66,18 @@ describe('CMS EnvelopedData from openssl cms -encrypt (RSAES-OAEP-SHA256, AES-25
 
   it('a KMS-sized text secret comes back byte for byte', async () => {
     const secret = Buffer.from('correct horse battery staple ✓ — pässwörd', 'utf8');
-    assert.deepEqual(key.open(await opensslCmsEncrypt(secret, key.publicKeySpki, { stream: true, keyid: true })), secret);
+    assert.deepEqual(
+      key.open(await opensslCmsEncrypt(secret, key.publicKeySpki, { stream: true, keyid: true })),
+      secret,
+    );
   });
 
   it('an envelope for another key fails with ERR_SECRET_DECRYPT', async () => {
     const other = rsaKey();
-    const envelope = await opensslCmsEncrypt(Buffer.from('for someone else'), other.spki, { stream: true, keyid: true });
+    const envelope = await opensslCmsEncrypt(Buffer.from('for someone else'), other.spki, {
+      stream: true,
+      keyid: true,
+    });
     const error = rejects(() => key.open(envelope), 'ERR_SECRET_DECRYPT');
     assert.equal(error.message, DECRYPT_MESSAGE);
   });
@@ -83,7 +100,10 @@ describe('CMS EnvelopedData from openssl cms -encrypt (RSAES-OAEP-SHA256, AES-25
     const envelope = await opensslCmsEncrypt(plaintext, spki);
     const parts = parseEnvelope(envelope);
     // Re-encrypt the padded plaintext with its last byte (the pad length) set to 0, an invalid pad, under the same key and IV.
-    const cek = privateDecrypt({ key: privateKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, parts.encryptedKey);
+    const cek = privateDecrypt(
+      { key: privateKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' },
+      parts.encryptedKey,
+    );
     const decipher = createDecipheriv('aes-256-cbc', cek, parts.iv).setAutoPadding(false);
     const padded = Buffer.concat([decipher.update(parts.encryptedContent), decipher.final()]);
     padded[padded.length - 1] = 0;
@@ -134,7 +154,10 @@ describe('CMS EnvelopedData from openssl cms -encrypt (RSAES-OAEP-SHA256, AES-25
       try {
         key.open(input);
       } catch (error) {
-        assert.ok(error instanceof SecretError && (error.code === 'ERR_SECRET_CMS' || error.code === 'ERR_SECRET_DECRYPT'), `input ${i}: ${error}`);
+        assert.ok(
+          error instanceof SecretError && (error.code === 'ERR_SECRET_CMS' || error.code === 'ERR_SECRET_DECRYPT'),
+          `input ${i}: ${error}`,
+        );
       }
     }
   });

@@ -7,7 +7,10 @@ const problemsOf = (toml: string, mode: 'run' | 'dev' = 'dev') => problemsIn(tom
 const BLOB = Buffer.from('a KMS ciphertext blob stand-in').toString('base64');
 
 function assertProblem(problems: string[], expected: RegExp): void {
-  assert.ok(problems.some((p) => expected.test(p)), `no problem matched ${expected}:\n${problems.join('\n')}`);
+  assert.ok(
+    problems.some((p) => expected.test(p)),
+    `no problem matched ${expected}:\n${problems.join('\n')}`,
+  );
 }
 
 describe('[[secrets]] and [kms] in enclave.toml', () => {
@@ -20,19 +23,35 @@ describe('[[secrets]] and [kms] in enclave.toml', () => {
     assert.equal(config.kms.region, 'eu-central-1');
     assert.equal(config.kms.via, 'direct');
     assert.equal(config.secrets.length, 2);
-    assert.deepEqual({ ...config.secrets[0], ciphertext: Buffer.from(config.secrets[0]!.ciphertext!) }, {
-      name: 'DB_PASSWORD',
-      ciphertext: Buffer.from(BLOB, 'base64'),
-      file: undefined,
-      keyId: 'alias/app',
-      required: true,
-      encoding: 'utf8',
+    assert.deepEqual(
+      { ...config.secrets[0], ciphertext: Buffer.from(config.secrets[0]!.ciphertext!) },
+      {
+        name: 'DB_PASSWORD',
+        ciphertext: Buffer.from(BLOB, 'base64'),
+        file: undefined,
+        keyId: 'alias/app',
+        required: true,
+        encoding: 'utf8',
+      },
+    );
+    assert.deepEqual(config.secrets[1], {
+      name: 'TLS_KEY',
+      ciphertext: undefined,
+      file: '/app/tls.key.enc',
+      keyId: undefined,
+      required: false,
+      encoding: 'base64',
     });
-    assert.deepEqual(config.secrets[1], { name: 'TLS_KEY', ciphertext: undefined, file: '/app/tls.key.enc', keyId: undefined, required: false, encoding: 'base64' });
   });
 
   it('accepts https endpoints and plain http to loopback', () => {
-    for (const endpoint of ['https://kms-fips.us-east-1.amazonaws.com', 'https://vpce-0abc.kms.us-east-1.vpce.amazonaws.com/', 'http://127.0.0.1:4566', 'http://localhost:4000', 'http://[::1]:80']) {
+    for (const endpoint of [
+      'https://kms-fips.us-east-1.amazonaws.com',
+      'https://vpce-0abc.kms.us-east-1.vpce.amazonaws.com/',
+      'http://127.0.0.1:4566',
+      'http://localhost:4000',
+      'http://[::1]:80',
+    ]) {
       assert.equal(parseConfig(`[kms]\nendpoint = "${endpoint}"`, 'dev').kms.endpoint, endpoint);
     }
   });
@@ -48,27 +67,69 @@ describe('[[secrets]] and [kms] in enclave.toml', () => {
 
   describe('every problem names the entry and key as secrets[i].key', () => {
     const cases: Array<[string, string, RegExp]> = [
-      ['missing name', `[[secrets]]\nciphertext = "${BLOB}"`, /^secrets\[0\]\.name: missing; every \[\[secrets\]\] entry needs it/],
-      ['bad name', `[[secrets]]\nname = "1BAD-NAME"\nciphertext = "${BLOB}"`, /^secrets\[0\]\.name: "1BAD-NAME" is not allowed; expected an environment variable name/],
-      ['misspelt key', `[[secrets]]\nname = "A"\nciphertext = "${BLOB}"\nrequird = false`, /^secrets\[0\]\.requird: unknown key; did you mean "secrets\[0\]\.required"\?/],
-      ['not base64', `[[secrets]]\nname = "A"\nciphertext = "not base64!"`, /^secrets\[0\]\.ciphertext: "not base64!" is not allowed; expected standard base64 of 1 to 6144 bytes/],
-      ['too big', `[[secrets]]\nname = "A"\nciphertext = "${Buffer.alloc(7000).toString('base64')}"`, /^secrets\[0\]\.ciphertext: .*expected standard base64 of 1 to 6144 bytes/],
-      ['both sources', `[[secrets]]\nname = "A"\nciphertext = "${BLOB}"\nfile = "/x"`, /^secrets\[0\]: both ciphertext and file are set; give one/],
+      [
+        'missing name',
+        `[[secrets]]\nciphertext = "${BLOB}"`,
+        /^secrets\[0\]\.name: missing; every \[\[secrets\]\] entry needs it/,
+      ],
+      [
+        'bad name',
+        `[[secrets]]\nname = "1BAD-NAME"\nciphertext = "${BLOB}"`,
+        /^secrets\[0\]\.name: "1BAD-NAME" is not allowed; expected an environment variable name/,
+      ],
+      [
+        'misspelt key',
+        `[[secrets]]\nname = "A"\nciphertext = "${BLOB}"\nrequird = false`,
+        /^secrets\[0\]\.requird: unknown key; did you mean "secrets\[0\]\.required"\?/,
+      ],
+      [
+        'not base64',
+        `[[secrets]]\nname = "A"\nciphertext = "not base64!"`,
+        /^secrets\[0\]\.ciphertext: "not base64!" is not allowed; expected standard base64 of 1 to 6144 bytes/,
+      ],
+      [
+        'too big',
+        `[[secrets]]\nname = "A"\nciphertext = "${Buffer.alloc(7000).toString('base64')}"`,
+        /^secrets\[0\]\.ciphertext: .*expected standard base64 of 1 to 6144 bytes/,
+      ],
+      [
+        'both sources',
+        `[[secrets]]\nname = "A"\nciphertext = "${BLOB}"\nfile = "/x"`,
+        /^secrets\[0\]: both ciphertext and file are set; give one/,
+      ],
       ['no source', `[[secrets]]\nname = "A"`, /^secrets\[0\]: neither ciphertext nor file is set; give one/],
-      ['encoding', `[[secrets]]\nname = "A"\nfile = "/x"\nencoding = "hex"`, /^secrets\[0\]\.encoding: "hex" is not allowed; expected one of "utf8", "base64"/],
-      ['key id', `[[secrets]]\nname = "A"\nfile = "/x"\nkey_id = "no spaces please"`, /^secrets\[0\]\.key_id: .*expected a KMS key id/],
+      [
+        'encoding',
+        `[[secrets]]\nname = "A"\nfile = "/x"\nencoding = "hex"`,
+        /^secrets\[0\]\.encoding: "hex" is not allowed; expected one of "utf8", "base64"/,
+      ],
+      [
+        'key id',
+        `[[secrets]]\nname = "A"\nfile = "/x"\nkey_id = "no spaces please"`,
+        /^secrets\[0\]\.key_id: .*expected a KMS key id/,
+      ],
       ['not a list', 'secrets = 5', /^secrets: 5 is not allowed; expected a list of tables, written \[\[secrets\]\]/],
       ['list of strings', 'secrets = ["A"]', /^secrets: an array is not allowed; expected a list of tables/],
       ['region', '[kms]\nregion = "Mars"', /^kms\.region: "Mars" is not allowed; expected an AWS region/],
-      ['plain http off loopback', '[kms]\nendpoint = "http://kms.us-east-1.amazonaws.com"', /^kms\.endpoint: .*expected an https:\/\/ URL \(http:\/\/ only to 127/],
-      ['via', '[kms]\nvia = "carrier pigeon"', /^kms\.via: "carrier pigeon" is not allowed; expected one of "egress_proxy", "direct"/],
+      [
+        'plain http off loopback',
+        '[kms]\nendpoint = "http://kms.us-east-1.amazonaws.com"',
+        /^kms\.endpoint: .*expected an https:\/\/ URL \(http:\/\/ only to 127/,
+      ],
+      [
+        'via',
+        '[kms]\nvia = "carrier pigeon"',
+        /^kms\.via: "carrier pigeon" is not allowed; expected one of "egress_proxy", "direct"/,
+      ],
     ];
     for (const [name, toml, expected] of cases) {
       it(name, () => assertProblem(problemsOf(toml), expected));
     }
 
     it('the second entry is secrets[1], and a repeated name points at the first', () => {
-      const problems = problemsOf(`[[secrets]]\nname = "A"\nfile = "/a"\n\n[[secrets]]\nname = "B"\n\n[[secrets]]\nname = "A"\nfile = "/c"\n`);
+      const problems = problemsOf(
+        `[[secrets]]\nname = "A"\nfile = "/a"\n\n[[secrets]]\nname = "B"\n\n[[secrets]]\nname = "A"\nfile = "/c"\n`,
+      );
       assertProblem(problems, /^secrets\[1\]: neither ciphertext nor file is set/);
       assertProblem(problems, /^secrets\[2\]\.name: "A" is already the name of secrets\[0\]/);
     });

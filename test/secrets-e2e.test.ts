@@ -51,16 +51,28 @@ interface Run {
 function startCli(config: string, reportPath: string): Run {
   const reporter = join(dir, 'report-env.mjs');
   writeFileSync(reporter, REPORTER);
-  const child = spawn(process.execPath, [CLI, 'dev', '--config', config, '--state-dir', stateDir, '--', process.execPath, reporter, reportPath], {
-    cwd: REPO_ROOT,
-    env: { ...process.env, AWS_ACCESS_KEY_ID: credentials.accessKeyId, AWS_SECRET_ACCESS_KEY: credentials.secretAccessKey },
-  });
+  const child = spawn(
+    process.execPath,
+    [CLI, 'dev', '--config', config, '--state-dir', stateDir, '--', process.execPath, reporter, reportPath],
+    {
+      cwd: REPO_ROOT,
+      env: {
+        ...process.env,
+        AWS_ACCESS_KEY_ID: credentials.accessKeyId,
+        AWS_SECRET_ACCESS_KEY: credentials.secretAccessKey,
+      },
+    },
+  );
   let err = '';
   let out = '';
   child.stderr.on('data', (chunk: Buffer) => (err += chunk.toString()));
   child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
   const exited = once(child, 'exit').then(([code]) => code as number | null);
-  const logs = () => err.split('\n').filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as Record<string, unknown>);
+  const logs = () =>
+    err
+      .split('\n')
+      .filter((line) => line.startsWith('{'))
+      .map((line) => JSON.parse(line) as Record<string, unknown>);
   return { child, stderr: () => err, stdout: () => out, logs, exited };
 }
 
@@ -101,7 +113,12 @@ function allFiles(root: string): string[] {
 /** The forms a leaked value could take in a file or a log. */
 function forms(value: string): Buffer[] {
   const bytes = Buffer.from(value, 'utf8');
-  return [bytes, Buffer.from(bytes.toString('base64')), Buffer.from(bytes.toString('hex')), Buffer.from(value, 'utf16le')];
+  return [
+    bytes,
+    Buffer.from(bytes.toString('base64')),
+    Buffer.from(bytes.toString('hex')),
+    Buffer.from(value, 'utf16le'),
+  ];
 }
 
 async function waitFor(condition: () => boolean, run: Run, what: string): Promise<void> {
@@ -143,7 +160,10 @@ describe('secrets at boot, end to end through the real CLI (dev, simulated NSM, 
     const run = startCli(config, reportPath);
     try {
       await waitFor(() => existsSync(reportPath), run, 'the command report');
-      const report = JSON.parse(readFileSync(reportPath, 'utf8')) as Record<string, { sha256: string; length: number } | null>;
+      const report = JSON.parse(readFileSync(reportPath, 'utf8')) as Record<
+        string,
+        { sha256: string; length: number } | null
+      >;
       assert.deepEqual(report.APP_SECRET, { sha256: sha256(appSecret), length: appSecret.length });
       assert.deepEqual(report.FILE_SECRET, { sha256: sha256(fileSecret), length: fileSecret.length });
       assert.equal(report.OPTIONAL_SECRET, null);
@@ -151,10 +171,15 @@ describe('secrets at boot, end to end through the real CLI (dev, simulated NSM, 
       // While the runtime still runs: the command's environment holds the value (so the check below can see one),
       // the runtime's own environment and command line never did.
       const commandPid = run.logs().find((line) => line.msg === 'customer command started')?.pid;
-      assert.ok(readFileSync(`/proc/${commandPid}/environ`).includes(`APP_SECRET=${appSecret}\0`), 'the command environment lacks the secret');
+      assert.ok(
+        readFileSync(`/proc/${commandPid}/environ`).includes(`APP_SECRET=${appSecret}\0`),
+        'the command environment lacks the secret',
+      );
       for (const file of ['environ', 'cmdline']) {
         const proc = readFileSync(`/proc/${run.child.pid}/${file}`);
-        for (const value of [appSecret, fileSecret]) for (const form of forms(value)) assert.equal(proc.indexOf(form), -1, `a secret is in /proc/<runtime>/${file}`);
+        for (const value of [appSecret, fileSecret])
+          for (const form of forms(value))
+            assert.equal(proc.indexOf(form), -1, `a secret is in /proc/<runtime>/${file}`);
       }
       run.child.kill('SIGTERM');
       assert.equal(await run.exited, 0, run.stderr().slice(-3000));
@@ -163,14 +188,25 @@ describe('secrets at boot, end to end through the real CLI (dev, simulated NSM, 
     }
 
     const logs = run.logs();
-    assert.ok(logs.some((line) => line.level === 10), 'the runtime did not log at trace');
-    assert.deepEqual(logs.filter((line) => line.msg === 'secret loaded').map((line) => line.secret), ['APP_SECRET', 'FILE_SECRET']);
-    const optional = logs.find((line) => line.msg === 'optional secret could not be loaded; its variable is left unset');
+    assert.ok(
+      logs.some((line) => line.level === 10),
+      'the runtime did not log at trace',
+    );
+    assert.deepEqual(
+      logs.filter((line) => line.msg === 'secret loaded').map((line) => line.secret),
+      ['APP_SECRET', 'FILE_SECRET'],
+    );
+    const optional = logs.find(
+      (line) => line.msg === 'optional secret could not be loaded; its variable is left unset',
+    );
     assert.equal(optional?.secret, 'OPTIONAL_SECRET');
     const started = logs.findIndex((line) => line.msg === 'customer command started');
     const loaded = logs.findIndex((line) => line.msg === 'secret loaded' && line.secret === 'FILE_SECRET');
     assert.ok(started > loaded && loaded >= 0, 'the command started before every secret was loaded');
-    assert.deepEqual(kms.calls.filter((call) => call.target === 'Decrypt').map((call) => call.recipient), [true, true]);
+    assert.deepEqual(
+      kms.calls.filter((call) => call.target === 'Decrypt').map((call) => call.recipient),
+      [true, true],
+    );
 
     const output = Buffer.from(run.stderr() + run.stdout());
     const files = allFiles(stateDir);
@@ -200,7 +236,9 @@ describe('secrets at boot, end to end through the real CLI (dev, simulated NSM, 
     const run = startCli(config, reportPath);
     const code = await run.exited;
     assert.equal(code, 1, run.stderr().slice(-3000));
-    assert.deepEqual(kms.calls.slice(before), [{ target: 'Decrypt', recipient: true, status: 400, kmsCode: 'AccessDeniedException' }]);
+    assert.deepEqual(kms.calls.slice(before), [
+      { target: 'Decrypt', recipient: true, status: 400, kmsCode: 'AccessDeniedException' },
+    ]);
     const logs = run.logs();
     const refusal = logs.find((line) => line.msg === 'secret could not be loaded');
     assert.equal(refusal?.secret, 'APP_SECRET');
@@ -209,7 +247,10 @@ describe('secrets at boot, end to end through the real CLI (dev, simulated NSM, 
     const fatal = logs.find((line) => line.level === 60);
     assert.equal(fatal?.msg, 'secrets failed to load; the command is not started');
     assert.equal(fatal?.code, 'ERR_SECRET_LOAD');
-    assert.match(String(fatal?.reason), /^secret APP_SECRET could not be loaded: KMS Decrypt refused \(AccessDeniedException\)/);
+    assert.match(
+      String(fatal?.reason),
+      /^secret APP_SECRET could not be loaded: KMS Decrypt refused \(AccessDeniedException\)/,
+    );
     assert.ok(!logs.some((line) => line.msg === 'customer command started'));
     assert.ok(!existsSync(reportPath));
     assert.ok(!run.stderr().includes('never delivered'));

@@ -26,7 +26,11 @@ let kms: FakeKms;
 before(async () => {
   nsm = await openSimulatedNsm({ stateDir: dir });
   key = await RecipientKey.generate();
-  kms = await startFakeKms({ root: () => nsm.rootPem, expectedPcrs: [{ 0: defaultSimulatedPcr(0), 1: defaultSimulatedPcr(1) }], credentials });
+  kms = await startFakeKms({
+    root: () => nsm.rootPem,
+    expectedPcrs: [{ 0: defaultSimulatedPcr(0), 1: defaultSimulatedPcr(1) }],
+    credentials,
+  });
 });
 after(async () => {
   await kms.close();
@@ -50,7 +54,9 @@ async function rejectsWith(promise: Promise<unknown>, code: string, kmsCode?: st
 }
 
 /** A plain HTTP server that answers every request with `reply`. */
-async function fakeAnswer(reply: (response: http.ServerResponse) => void): Promise<{ url: string; close: () => Promise<void> }> {
+async function fakeAnswer(
+  reply: (response: http.ServerResponse) => void,
+): Promise<{ url: string; close: () => Promise<void> }> {
   const server = http.createServer((request, response) => {
     request.resume();
     request.on('end', () => reply(response));
@@ -66,7 +72,10 @@ async function fakeAnswer(reply: (response: http.ServerResponse) => void): Promi
 describe('KMS client against the fake KMS (SigV4, JSON protocol, Recipient)', () => {
   it('Decrypt with a Recipient returns CMS that only the recipient key opens', async () => {
     const secret = Buffer.from('the database password');
-    const answer = await client().decrypt({ ciphertextBlob: kms.encrypt(secret), recipient: { attestationDocument: await key.attest(nsm) } });
+    const answer = await client().decrypt({
+      ciphertextBlob: kms.encrypt(secret),
+      recipient: { attestationDocument: await key.attest(nsm) },
+    });
     assert.equal(answer.plaintext, undefined);
     assert.equal(answer.keyId, kms.keyArn);
     assert.deepEqual(key.open(answer.ciphertextForRecipient!), secret);
@@ -78,7 +87,11 @@ describe('KMS client against the fake KMS (SigV4, JSON protocol, Recipient)', ()
   it('Decrypt without a Recipient returns the plaintext (outside an enclave), and key_id is checked by KMS', async () => {
     const blob = kms.encrypt(Buffer.from('plain'));
     assert.equal((await client().decrypt({ ciphertextBlob: blob, keyId: kms.alias })).plaintext?.toString(), 'plain');
-    await rejectsWith(client().decrypt({ ciphertextBlob: blob, keyId: 'alias/some-other-key' }), 'ERR_KMS_REQUEST', 'IncorrectKeyException');
+    await rejectsWith(
+      client().decrypt({ ciphertextBlob: blob, keyId: 'alias/some-other-key' }),
+      'ERR_KMS_REQUEST',
+      'IncorrectKeyException',
+    );
   });
 
   it('GenerateDataKey and GenerateRandom with a Recipient', async () => {
@@ -96,7 +109,10 @@ describe('KMS client against the fake KMS (SigV4, JSON protocol, Recipient)', ()
     const foreign = await openSimulatedNsm({ stateDir: dir, pcrs: { 0: Buffer.alloc(48, 0xab) } });
     const before = kms.calls.length;
     const error = await rejectsWith(
-      client().decrypt({ ciphertextBlob: kms.encrypt(Buffer.from('x')), recipient: { attestationDocument: await key.attest(foreign) } }),
+      client().decrypt({
+        ciphertextBlob: kms.encrypt(Buffer.from('x')),
+        recipient: { attestationDocument: await key.attest(foreign) },
+      }),
       'ERR_KMS_REQUEST',
       'AccessDeniedException',
     );
@@ -106,8 +122,20 @@ describe('KMS client against the fake KMS (SigV4, JSON protocol, Recipient)', ()
   });
 
   it('wrong credentials are refused by the signature check', async () => {
-    await rejectsWith(client({ credentials: { ...credentials, secretAccessKey: 'not/the/right/secret/key/at/all' } }).generateRandom({ numberOfBytes: 8 }), 'ERR_KMS_REQUEST', 'InvalidSignatureException');
-    await rejectsWith(client({ credentials: { ...credentials, accessKeyId: 'AKIAUNKNOWNKEY000000' } }).generateRandom({ numberOfBytes: 8 }), 'ERR_KMS_REQUEST', 'UnrecognizedClientException');
+    await rejectsWith(
+      client({ credentials: { ...credentials, secretAccessKey: 'not/the/right/secret/key/at/all' } }).generateRandom({
+        numberOfBytes: 8,
+      }),
+      'ERR_KMS_REQUEST',
+      'InvalidSignatureException',
+    );
+    await rejectsWith(
+      client({ credentials: { ...credentials, accessKeyId: 'AKIAUNKNOWNKEY000000' } }).generateRandom({
+        numberOfBytes: 8,
+      }),
+      'ERR_KMS_REQUEST',
+      'UnrecognizedClientException',
+    );
   });
 
   it('retries throttling and 5xx up to max attempts, then reports the last KMS error', async () => {
@@ -117,7 +145,11 @@ describe('KMS client against the fake KMS (SigV4, JSON protocol, Recipient)', ()
     assert.equal(random.plaintext?.length, 16);
     assert.equal(kms.calls.length - before, 3);
     kms.script.push({ status: 400, type: 'ThrottlingException' });
-    await rejectsWith(client({ maxAttempts: 1 }).generateRandom({ numberOfBytes: 16 }), 'ERR_KMS_REQUEST', 'ThrottlingException');
+    await rejectsWith(
+      client({ maxAttempts: 1 }).generateRandom({ numberOfBytes: 16 }),
+      'ERR_KMS_REQUEST',
+      'ThrottlingException',
+    );
   });
 
   it('an unreachable endpoint is ERR_KMS_UNREACHABLE after the attempts', async () => {
@@ -125,7 +157,10 @@ describe('KMS client against the fake KMS (SigV4, JSON protocol, Recipient)', ()
     await once(server, 'listening');
     const { port } = server.address() as net.AddressInfo;
     await new Promise((resolve) => server.close(resolve));
-    const error = await rejectsWith(client({ endpoint: `http://127.0.0.1:${port}`, maxAttempts: 2 }).generateRandom({ numberOfBytes: 8 }), 'ERR_KMS_UNREACHABLE');
+    const error = await rejectsWith(
+      client({ endpoint: `http://127.0.0.1:${port}`, maxAttempts: 2 }).generateRandom({ numberOfBytes: 8 }),
+      'ERR_KMS_UNREACHABLE',
+    );
     assert.match(error.message, /ECONNREFUSED/);
   });
 
@@ -134,7 +169,12 @@ describe('KMS client against the fake KMS (SigV4, JSON protocol, Recipient)', ()
     await once(silent, 'listening');
     try {
       const { port } = silent.address() as net.AddressInfo;
-      const error = await rejectsWith(client({ endpoint: `http://127.0.0.1:${port}`, timeoutMs: 200, maxAttempts: 1 }).generateRandom({ numberOfBytes: 8 }), 'ERR_KMS_UNREACHABLE');
+      const error = await rejectsWith(
+        client({ endpoint: `http://127.0.0.1:${port}`, timeoutMs: 200, maxAttempts: 1 }).generateRandom({
+          numberOfBytes: 8,
+        }),
+        'ERR_KMS_UNREACHABLE',
+      );
       assert.match(error.message, /timed out|Timeout/i);
     } finally {
       silent.close();
@@ -144,7 +184,11 @@ describe('KMS client against the fake KMS (SigV4, JSON protocol, Recipient)', ()
   it('refuses answers KMS would not give: Plaintext despite a Recipient, oversized, not JSON', async () => {
     const document = await key.attest(nsm);
     const cases: Array<[string, (response: http.ServerResponse) => void, RegExp]> = [
-      ['plaintext', (r) => r.writeHead(200).end(JSON.stringify({ Plaintext: 'c2VjcmV0', CiphertextForRecipient: 'AAAA' })), /Plaintext although a Recipient/],
+      [
+        'plaintext',
+        (r) => r.writeHead(200).end(JSON.stringify({ Plaintext: 'c2VjcmV0', CiphertextForRecipient: 'AAAA' })),
+        /Plaintext although a Recipient/,
+      ],
       ['huge', (r) => r.writeHead(200).end(Buffer.alloc(300 * 1024, 0x20)), /larger than/],
       ['html', (r) => r.writeHead(200).end('<html>'), /not a JSON object/],
       ['missing field', (r) => r.writeHead(200).end('{}'), /no valid base64 CiphertextForRecipient/],
@@ -152,7 +196,13 @@ describe('KMS client against the fake KMS (SigV4, JSON protocol, Recipient)', ()
     for (const [name, reply, expected] of cases) {
       const server = await fakeAnswer(reply);
       try {
-        const error = await rejectsWith(client({ endpoint: server.url }).generateRandom({ numberOfBytes: 8, recipient: { attestationDocument: document } }), 'ERR_KMS_RESPONSE');
+        const error = await rejectsWith(
+          client({ endpoint: server.url }).generateRandom({
+            numberOfBytes: 8,
+            recipient: { attestationDocument: document },
+          }),
+          'ERR_KMS_RESPONSE',
+        );
         assert.match(error.message, expected, name);
       } finally {
         await server.close();
@@ -161,9 +211,17 @@ describe('KMS client against the fake KMS (SigV4, JSON protocol, Recipient)', ()
   });
 
   it('an error without a JSON body is still named by status, with the message bounded and on one line', async () => {
-    const server = await fakeAnswer((r) => r.writeHead(503, { 'x-amzn-errortype': 'ServiceUnavailable' }).end(JSON.stringify({ message: `down\n${'x'.repeat(1000)}` })));
+    const server = await fakeAnswer((r) =>
+      r
+        .writeHead(503, { 'x-amzn-errortype': 'ServiceUnavailable' })
+        .end(JSON.stringify({ message: `down\n${'x'.repeat(1000)}` })),
+    );
     try {
-      const error = await rejectsWith(client({ endpoint: server.url, maxAttempts: 1 }).generateRandom({ numberOfBytes: 8 }), 'ERR_KMS_REQUEST', 'ServiceUnavailable');
+      const error = await rejectsWith(
+        client({ endpoint: server.url, maxAttempts: 1 }).generateRandom({ numberOfBytes: 8 }),
+        'ERR_KMS_REQUEST',
+        'ServiceUnavailable',
+      );
       assert.equal(error.status, 503);
       assert.ok(error.message.length <= 300 && !error.message.includes('\n'));
     } finally {
@@ -192,10 +250,11 @@ describe('KMS client against the fake KMS (SigV4, JSON protocol, Recipient)', ()
     const target = new URL(kms.url);
     const proxy = await startConnectProxy();
     // A fresh dispatcher per case: a kept-alive tunnel would carry the next request without a new CONNECT.
-    const viaProxy = () => kmsDispatcher({
-      kms: { via: 'egress_proxy', timeoutMs: 5000 } as never,
-      egress: { proxyListen: { transport: 'tcp', host: '127.0.0.1', port: proxy.port } } as never,
-    });
+    const viaProxy = () =>
+      kmsDispatcher({
+        kms: { via: 'egress_proxy', timeoutMs: 5000 } as never,
+        egress: { proxyListen: { transport: 'tcp', host: '127.0.0.1', port: proxy.port } } as never,
+      });
     const dispatchers = [viaProxy(), viaProxy(), viaProxy()] as const;
     try {
       const random = await client({ dispatcher: dispatchers[0] }).generateRandom({ numberOfBytes: 4 });
@@ -204,11 +263,20 @@ describe('KMS client against the fake KMS (SigV4, JSON protocol, Recipient)', ()
 
       // A refusal carries the proxy's reason; a dropped CONNECT fails after the bounded attempts, no reconnect loop.
       proxy.mode = 'refuse';
-      const refused = await rejectsWith(client({ dispatcher: dispatchers[1], maxAttempts: 1 }).generateRandom({ numberOfBytes: 4 }), 'ERR_KMS_UNREACHABLE');
-      assert.match(refused.message, /could not open a tunnel to 127\.0\.0\.1:\d+: HTTP\/1\.1 403 Forbidden \(egress to that host is not allowed \(deny\)\)/);
+      const refused = await rejectsWith(
+        client({ dispatcher: dispatchers[1], maxAttempts: 1 }).generateRandom({ numberOfBytes: 4 }),
+        'ERR_KMS_UNREACHABLE',
+      );
+      assert.match(
+        refused.message,
+        /could not open a tunnel to 127\.0\.0\.1:\d+: HTTP\/1\.1 403 Forbidden \(egress to that host is not allowed \(deny\)\)/,
+      );
       proxy.mode = 'drop';
       const before = proxy.seen.length;
-      const dropped = await rejectsWith(client({ dispatcher: dispatchers[2], maxAttempts: 2 }).generateRandom({ numberOfBytes: 4 }), 'ERR_KMS_UNREACHABLE');
+      const dropped = await rejectsWith(
+        client({ dispatcher: dispatchers[2], maxAttempts: 2 }).generateRandom({ numberOfBytes: 4 }),
+        'ERR_KMS_UNREACHABLE',
+      );
       assert.match(dropped.message, /closed the connection before answering CONNECT/);
       assert.equal(proxy.seen.length - before, 2);
     } finally {
@@ -222,7 +290,29 @@ describe('KMS client against the fake KMS (SigV4, JSON protocol, Recipient)', ()
     let tlsKey: Buffer;
     let cert: string;
     try {
-      execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', join(pki, 'key.pem'), '-out', join(pki, 'cert.pem'), '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost'], { stdio: 'ignore' });
+      execFileSync(
+        'openssl',
+        [
+          'req',
+          '-x509',
+          '-newkey',
+          'ec',
+          '-pkeyopt',
+          'ec_paramgen_curve:P-256',
+          '-nodes',
+          '-keyout',
+          join(pki, 'key.pem'),
+          '-out',
+          join(pki, 'cert.pem'),
+          '-days',
+          '1',
+          '-subj',
+          '/CN=localhost',
+          '-addext',
+          'subjectAltName=DNS:localhost',
+        ],
+        { stdio: 'ignore' },
+      );
       tlsKey = readFileSync(join(pki, 'key.pem'));
       cert = readFileSync(join(pki, 'cert.pem'), 'utf8');
     } finally {
@@ -230,7 +320,9 @@ describe('KMS client against the fake KMS (SigV4, JSON protocol, Recipient)', ()
     }
     const server = https.createServer({ key: tlsKey, cert }, (request, response) => {
       request.resume();
-      request.on('end', () => response.writeHead(200).end(JSON.stringify({ Plaintext: Buffer.from('tls!').toString('base64') })));
+      request.on('end', () =>
+        response.writeHead(200).end(JSON.stringify({ Plaintext: Buffer.from('tls!').toString('base64') })),
+      );
     });
     server.listen(0, '127.0.0.1');
     await once(server, 'listening');
@@ -239,10 +331,17 @@ describe('KMS client against the fake KMS (SigV4, JSON protocol, Recipient)', ()
     const trusted = tunnelAgent({ host: '127.0.0.1', port: proxy.port }, 5000, { ca: cert });
     const untrusted = tunnelAgent({ host: '127.0.0.1', port: proxy.port }, 5000);
     try {
-      const answer = await client({ endpoint: `https://localhost:${port}`, dispatcher: trusted }).generateRandom({ numberOfBytes: 4 });
+      const answer = await client({ endpoint: `https://localhost:${port}`, dispatcher: trusted }).generateRandom({
+        numberOfBytes: 4,
+      });
       assert.equal(answer.plaintext?.toString(), 'tls!');
       assert.deepEqual(proxy.seen, [`tunnel CONNECT localhost:${port}`]);
-      const error = await rejectsWith(client({ endpoint: `https://localhost:${port}`, dispatcher: untrusted, maxAttempts: 1 }).generateRandom({ numberOfBytes: 4 }), 'ERR_KMS_UNREACHABLE');
+      const error = await rejectsWith(
+        client({ endpoint: `https://localhost:${port}`, dispatcher: untrusted, maxAttempts: 1 }).generateRandom({
+          numberOfBytes: 4,
+        }),
+        'ERR_KMS_UNREACHABLE',
+      );
       assert.match(error.message, /TLS: [A-Z_]*(SELF_SIGNED|CERT)/);
     } finally {
       await trusted.close();
@@ -255,15 +354,31 @@ describe('KMS client against the fake KMS (SigV4, JSON protocol, Recipient)', ()
 });
 
 /** An HTTP proxy that tunnels CONNECT to the named host:port, or refuses, or drops, as `mode` says. */
-async function startConnectProxy(): Promise<{ port: number; seen: string[]; mode: 'tunnel' | 'refuse' | 'drop'; close: () => Promise<void> }> {
-  const state = { port: 0, seen: [] as string[], mode: 'tunnel' as 'tunnel' | 'refuse' | 'drop', close: async () => {} };
+async function startConnectProxy(): Promise<{
+  port: number;
+  seen: string[];
+  mode: 'tunnel' | 'refuse' | 'drop';
+  close: () => Promise<void>;
+}> {
+  const state = {
+    port: 0,
+    seen: [] as string[],
+    mode: 'tunnel' as 'tunnel' | 'refuse' | 'drop',
+    close: async () => {},
+  };
   const proxy = http.createServer((_request, response) => response.writeHead(400).end());
   proxy.on('connect', (request: http.IncomingMessage, socket: net.Socket) => {
     state.seen.push(`${state.mode} ${request.method} ${request.url}`);
     socket.on('error', () => {});
-    if (state.mode === 'refuse') return socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 40\r\n\r\negress to that host is not allowed (deny)');
+    if (state.mode === 'refuse')
+      return socket.end(
+        'HTTP/1.1 403 Forbidden\r\ncontent-length: 40\r\n\r\negress to that host is not allowed (deny)',
+      );
     if (state.mode === 'drop') return socket.destroy();
-    const [host, port] = [request.url!.slice(0, request.url!.lastIndexOf(':')), Number(request.url!.slice(request.url!.lastIndexOf(':') + 1))];
+    const [host, port] = [
+      request.url!.slice(0, request.url!.lastIndexOf(':')),
+      Number(request.url!.slice(request.url!.lastIndexOf(':') + 1)),
+    ];
     const upstream = net.connect({ host, port }, () => {
       socket.write('HTTP/1.1 200 Connection Established\r\n\r\n');
       upstream.pipe(socket).pipe(upstream);
@@ -282,22 +397,58 @@ async function startConnectProxy(): Promise<{ port: number; seen: string[]; mode
 }
 
 describe('KMS settings', () => {
-  const kmsConfig = { region: '', endpoint: '', accessKeyId: '', secretAccessKey: '', sessionToken: '', via: 'direct' as const, timeoutMs: 1000, maxAttempts: 1 };
+  const kmsConfig = {
+    region: '',
+    endpoint: '',
+    accessKeyId: '',
+    secretAccessKey: '',
+    sessionToken: '',
+    via: 'direct' as const,
+    timeoutMs: 1000,
+    maxAttempts: 1,
+  };
 
   it('empty keys fall back to the AWS_* environment; the file wins when set', () => {
-    const env = { AWS_REGION: 'eu-west-1', AWS_ACCESS_KEY_ID: 'AKIAENV0000000000000', AWS_SECRET_ACCESS_KEY: 'env-secret-key-0000000000', AWS_SESSION_TOKEN: 'env-token-000000000000' };
+    const env = {
+      AWS_REGION: 'eu-west-1',
+      AWS_ACCESS_KEY_ID: 'AKIAENV0000000000000',
+      AWS_SECRET_ACCESS_KEY: 'env-secret-key-0000000000',
+      AWS_SESSION_TOKEN: 'env-token-000000000000',
+    };
     const fromEnv = kmsSettings(kmsConfig, env);
     assert.equal(fromEnv.region, 'eu-west-1');
-    assert.deepEqual(fromEnv.credentials, { accessKeyId: env.AWS_ACCESS_KEY_ID, secretAccessKey: env.AWS_SECRET_ACCESS_KEY, sessionToken: env.AWS_SESSION_TOKEN });
-    assert.equal(kmsSettings(kmsConfig, { ...env, AWS_REGION: undefined, AWS_DEFAULT_REGION: 'ap-south-1' }).region, 'ap-south-1');
-    const fromFile = kmsSettings({ ...kmsConfig, region: 'us-west-2', accessKeyId: 'AKIAFILE000000000000', secretAccessKey: 'file-secret-key-000000' }, env);
+    assert.deepEqual(fromEnv.credentials, {
+      accessKeyId: env.AWS_ACCESS_KEY_ID,
+      secretAccessKey: env.AWS_SECRET_ACCESS_KEY,
+      sessionToken: env.AWS_SESSION_TOKEN,
+    });
+    assert.equal(
+      kmsSettings(kmsConfig, { ...env, AWS_REGION: undefined, AWS_DEFAULT_REGION: 'ap-south-1' }).region,
+      'ap-south-1',
+    );
+    const fromFile = kmsSettings(
+      {
+        ...kmsConfig,
+        region: 'us-west-2',
+        accessKeyId: 'AKIAFILE000000000000',
+        secretAccessKey: 'file-secret-key-000000',
+      },
+      env,
+    );
     assert.equal(fromFile.region, 'us-west-2');
-    assert.deepEqual(fromFile.credentials, { accessKeyId: 'AKIAFILE000000000000', secretAccessKey: 'file-secret-key-000000', sessionToken: undefined });
+    assert.deepEqual(fromFile.credentials, {
+      accessKeyId: 'AKIAFILE000000000000',
+      secretAccessKey: 'file-secret-key-000000',
+      sessionToken: undefined,
+    });
   });
 
   it('says what is missing, without quoting secrets', () => {
     assert.throws(() => kmsSettings(kmsConfig, {}), { code: 'ERR_KMS_CONFIG', message: /no KMS region/ });
-    assert.throws(() => kmsSettings(kmsConfig, { AWS_REGION: 'us-east-1' }), { code: 'ERR_KMS_CONFIG', message: /no AWS credentials/ });
+    assert.throws(() => kmsSettings(kmsConfig, { AWS_REGION: 'us-east-1' }), {
+      code: 'ERR_KMS_CONFIG',
+      message: /no AWS credentials/,
+    });
     const error = (() => {
       try {
         kmsSettings({ ...kmsConfig, region: 'us-east-1', secretAccessKey: 'only-the-secret-is-set-here' }, {});

@@ -6,8 +6,8 @@ import { after, describe, test } from 'node:test';
 import { startAttestationApi } from '../src/attestation/attestation-api.js';
 import { SIM_ROOT_FILE } from '../src/attestation/sim-chain.js';
 import { defaultSimulatedPcr, openSimulatedNsm } from '../src/attestation/sim-nsm.js';
-import { verifyAttestation } from '../src/attestation/verifier.js';
-import { silentLogger } from '../src/log.js';
+import { verifyAttestation } from '../src/verify/verifier.js';
+import { silentLogger } from '../src/core/log.js';
 
 const HOUR = 3600_000;
 const scratch = mkdtempSync(join(tmpdir(), 'sim-nsm-verify-test-'));
@@ -25,7 +25,12 @@ describe('simulated documents under the real verifier', () => {
     const userData = new Uint8Array(1024).fill(2);
     const publicKey = new Uint8Array(1024).fill(3);
     const doc = await nsm.attest({ nonce, userData, publicKey });
-    const { document, signingCertificate } = verifyAttestation(doc, { root: rootOf(stateDir), nonce, userData, publicKey });
+    const { document, signingCertificate } = verifyAttestation(doc, {
+      root: rootOf(stateDir),
+      nonce,
+      userData,
+      publicKey,
+    });
     assert.equal(document.moduleId, nsm.moduleId);
     assert.equal(document.digest, 'SHA384');
     assert.equal(document.pcrs.size, 16);
@@ -64,7 +69,9 @@ describe('simulated documents under the real verifier', () => {
     const root = rootOf(stateDir);
     assert.throws(() => verifyAttestation(doc, { root }), { code: 'ERR_ATTESTATION_DEBUG' });
     verifyAttestation(doc, { root, allowDebug: true, expectedPcrs: [{ 0: new Uint8Array(48), 8: pcr8 }] });
-    assert.throws(() => verifyAttestation(doc, { root, allowDebug: true, expectedPcrs: [{ 8: new Uint8Array(48) }] }), { code: 'ERR_ATTESTATION_PCR' });
+    assert.throws(() => verifyAttestation(doc, { root, allowDebug: true, expectedPcrs: [{ 8: new Uint8Array(48) }] }), {
+      code: 'ERR_ATTESTATION_PCR',
+    });
   });
 
   test('rotated signing certificates verify at their own time; the old document expires', async () => {
@@ -78,7 +85,9 @@ describe('simulated documents under the real verifier', () => {
     const late = await nsm.attest({});
     verifyAttestation(late, { root, at: new Date(now) });
     verifyAttestation(early, { root, at: earlyAt });
-    assert.throws(() => verifyAttestation(early, { root, at: new Date(now + HOUR) }), { code: 'ERR_ATTESTATION_EXPIRED' });
+    assert.throws(() => verifyAttestation(early, { root, at: new Date(now + HOUR) }), {
+      code: 'ERR_ATTESTATION_EXPIRED',
+    });
   });
 });
 
@@ -94,12 +103,21 @@ describe('documents fetched over the internal API verify with exactly the reques
       const userData = bytes('user data');
       const publicKey = new Uint8Array(91).fill(0x30);
       const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
-      const got = await fetch(`${base}/attestation-doc?nonce=${hex(nonce)}&user_data=${hex(userData)}&public_key=${hex(publicKey)}`);
+      const got = await fetch(
+        `${base}/attestation-doc?nonce=${hex(nonce)}&user_data=${hex(userData)}&public_key=${hex(publicKey)}`,
+      );
       assert.equal(got.status, 200);
-      const fromGet = verifyAttestation(new Uint8Array(await got.arrayBuffer()), { root, nonce, userData, publicKey }).document;
+      const fromGet = verifyAttestation(new Uint8Array(await got.arrayBuffer()), {
+        root,
+        nonce,
+        userData,
+        publicKey,
+      }).document;
       assert.deepEqual([fromGet.nonce, fromGet.userData, fromGet.publicKey], [nonce, userData, publicKey]);
 
-      const onlyNonce = await fetch(`${base}/attestation-doc?nonce=${hex(nonce)}`, { headers: { accept: 'application/json' } });
+      const onlyNonce = await fetch(`${base}/attestation-doc?nonce=${hex(nonce)}`, {
+        headers: { accept: 'application/json' },
+      });
       const { attestation_doc } = (await onlyNonce.json()) as { attestation_doc: string };
       const sparse = verifyAttestation(Buffer.from(attestation_doc, 'base64'), { root, nonce }).document;
       assert.equal(sparse.userData, null);
@@ -108,7 +126,11 @@ describe('documents fetched over the internal API verify with exactly the reques
       const posted = await fetch(`${base}/attestation-doc`, {
         method: 'POST',
         headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ nonce: 'a nonce', challenge: 'a challenge', publicKey: Buffer.from(publicKey).toString('base64') }),
+        body: JSON.stringify({
+          nonce: 'a nonce',
+          challenge: 'a challenge',
+          publicKey: Buffer.from(publicKey).toString('base64'),
+        }),
       });
       assert.equal(posted.status, 200);
       const fromPost = verifyAttestation(new Uint8Array(await posted.arrayBuffer()), {
@@ -117,8 +139,14 @@ describe('documents fetched over the internal API verify with exactly the reques
         userData: bytes('a challenge'),
         publicKey,
       }).document;
-      assert.deepEqual([fromPost.nonce, fromPost.userData, fromPost.publicKey], [bytes('a nonce'), bytes('a challenge'), publicKey]);
-      assert.throws(() => verifyAttestation(new Uint8Array(0), { root }), (error: { code?: string }) => /^ERR_ATTESTATION_/.test(error.code ?? ''));
+      assert.deepEqual(
+        [fromPost.nonce, fromPost.userData, fromPost.publicKey],
+        [bytes('a nonce'), bytes('a challenge'), publicKey],
+      );
+      assert.throws(
+        () => verifyAttestation(new Uint8Array(0), { root }),
+        (error: { code?: string }) => /^ERR_ATTESTATION_/.test(error.code ?? ''),
+      );
     } finally {
       await api.close();
     }

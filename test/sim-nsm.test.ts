@@ -28,8 +28,19 @@ interface Cose {
 function decodeCose(bytes: Uint8Array): Cose {
   const outer = decoder.decode(bytes) as unknown[];
   assert.ok(Array.isArray(outer) && outer.length === 4, 'COSE_Sign1 is an array of 4');
-  const [protectedHeader, unprotected, payloadBytes, signature] = outer as [Uint8Array, unknown, Uint8Array, Uint8Array];
-  return { protectedHeader, unprotected, payloadBytes, signature, payload: decoder.decode(payloadBytes) as Map<string, unknown> };
+  const [protectedHeader, unprotected, payloadBytes, signature] = outer as [
+    Uint8Array,
+    unknown,
+    Uint8Array,
+    Uint8Array,
+  ];
+  return {
+    protectedHeader,
+    unprotected,
+    payloadBytes,
+    signature,
+    payload: decoder.decode(payloadBytes) as Map<string, unknown>,
+  };
 }
 
 function fixture(name: string): Uint8Array {
@@ -42,10 +53,17 @@ function shape(payload: Map<string, unknown>): Array<[string, string]> {
   return [...payload.entries()].map(([key, value]) => {
     if (value === null) return [key, 'null'];
     if (value instanceof Uint8Array) return [key, 'bytes'];
-    if (Array.isArray(value)) return [key, `array<${[...new Set(value.map((v) => (v instanceof Uint8Array ? 'bytes' : typeof v)))].join('|')}>`];
+    if (Array.isArray(value))
+      return [
+        key,
+        `array<${[...new Set(value.map((v) => (v instanceof Uint8Array ? 'bytes' : typeof v)))].join('|')}>`,
+      ];
     if (value instanceof Map) {
       const keys = [...value.keys()].map((k) => typeof k).join(',');
-      return [key, `map<${[...new Set(keys.split(','))].join('|')},${[...new Set([...value.values()].map((v) => (v instanceof Uint8Array ? `bytes${v.length}` : typeof v)))].join('|')}>`];
+      return [
+        key,
+        `map<${[...new Set(keys.split(','))].join('|')},${[...new Set([...value.values()].map((v) => (v instanceof Uint8Array ? `bytes${v.length}` : typeof v)))].join('|')}>`,
+      ];
     }
     return [key, typeof value];
   });
@@ -103,7 +121,12 @@ describe('simulated NSM document schema', () => {
     const nsm = await openSimulatedNsm({ stateDir: freshStateDir() });
     const cose = decodeCose(await nsm.attest({ userData: Buffer.from('hello') }));
     const leaf = new X509Certificate(cose.payload.get('certificate') as Uint8Array);
-    const toBeSigned = new Encoder({ useRecords: false, tagUint8Array: false }).encode(['Signature1', cose.protectedHeader, new Uint8Array(0), cose.payloadBytes]);
+    const toBeSigned = new Encoder({ useRecords: false, tagUint8Array: false }).encode([
+      'Signature1',
+      cose.protectedHeader,
+      new Uint8Array(0),
+      cose.payloadBytes,
+    ]);
     assert.ok(verify('sha384', toBeSigned, { key: leaf.publicKey, dsaEncoding: 'ieee-p1363' }, cose.signature));
     assert.equal(leaf.publicKey.asymmetricKeyDetails?.namedCurve, 'secp384r1');
   });
@@ -113,14 +136,22 @@ describe('simulated NSM document schema', () => {
     const pcrs = decodeCose(await nsm.attest({})).payload.get('pcrs') as Map<number, Uint8Array>;
     assert.deepEqual([...pcrs.keys()], [...Array(16).keys()]);
     for (const value of pcrs.values()) assert.equal(value.length, 48);
-    for (const index of [0, 1, 2]) assert.ok(pcrs.get(index)!.some((b) => b !== 0), `PCR${index} is not zero`);
+    for (const index of [0, 1, 2])
+      assert.ok(
+        pcrs.get(index)!.some((b) => b !== 0),
+        `PCR${index} is not zero`,
+      );
     const label = createHash('sha384').update('enclave-runtime simulated PCR0').digest();
     assert.deepEqual(Buffer.from(pcrs.get(0)!), label, 'defaults are deterministic');
     assert.deepEqual(Buffer.from(defaultSimulatedPcr(0)), label);
   });
 
   test('uses configured PCRs, and debug mode zeroes PCR0-2 like real hardware', async () => {
-    const configured = { 0: new Uint8Array(48).fill(0xaa), 3: new Uint8Array(48).fill(0xbb), 8: new Uint8Array(48).fill(0xcc) };
+    const configured = {
+      0: new Uint8Array(48).fill(0xaa),
+      3: new Uint8Array(48).fill(0xbb),
+      8: new Uint8Array(48).fill(0xcc),
+    };
     const normal = await openSimulatedNsm({ stateDir: freshStateDir(), pcrs: configured });
     const pcrs = decodeCose(await normal.attest({})).payload.get('pcrs') as Map<number, Uint8Array>;
     assert.deepEqual(Buffer.from(pcrs.get(0)!), Buffer.from(configured[0]));
@@ -130,21 +161,33 @@ describe('simulated NSM document schema', () => {
 
     const debug = await openSimulatedNsm({ stateDir: freshStateDir(), pcrs: configured, debug: true });
     const debugPcrs = decodeCose(await debug.attest({})).payload.get('pcrs') as Map<number, Uint8Array>;
-    for (const index of [0, 1, 2]) assert.ok(debugPcrs.get(index)!.every((b) => b === 0), `PCR${index} is zero`);
+    for (const index of [0, 1, 2])
+      assert.ok(
+        debugPcrs.get(index)!.every((b) => b === 0),
+        `PCR${index} is zero`,
+      );
     assert.deepEqual(Buffer.from(debugPcrs.get(3)!), Buffer.from(configured[3]));
     assert.deepEqual((await debug.describePcr(0)).data, new Uint8Array(48));
   });
 
   test('rejects bad PCR configuration and module ids', async () => {
     const stateDir = freshStateDir();
-    await assert.rejects(openSimulatedNsm({ stateDir, pcrs: { 16: new Uint8Array(48) } }), { code: 'ERR_NSM_INVALID_ARGUMENT' });
-    await assert.rejects(openSimulatedNsm({ stateDir, pcrs: { 0: new Uint8Array(32) } }), { code: 'ERR_NSM_INVALID_ARGUMENT' });
+    await assert.rejects(openSimulatedNsm({ stateDir, pcrs: { 16: new Uint8Array(48) } }), {
+      code: 'ERR_NSM_INVALID_ARGUMENT',
+    });
+    await assert.rejects(openSimulatedNsm({ stateDir, pcrs: { 0: new Uint8Array(32) } }), {
+      code: 'ERR_NSM_INVALID_ARGUMENT',
+    });
     await assert.rejects(openSimulatedNsm({ stateDir, moduleId: 'a,CN=evil' }), { code: 'ERR_NSM_INVALID_ARGUMENT' });
   });
 
   test('module_id and timestamp come from the options and the clock', async () => {
     let now = Date.UTC(2025, 0, 1, 12);
-    const nsm = await openSimulatedNsm({ stateDir: freshStateDir(), moduleId: 'i-0123456789abcdef0-enc0123456789abcdef', now: () => now });
+    const nsm = await openSimulatedNsm({
+      stateDir: freshStateDir(),
+      moduleId: 'i-0123456789abcdef0-enc0123456789abcdef',
+      now: () => now,
+    });
     now += 1234;
     const { payload } = decodeCose(await nsm.attest({}));
     assert.equal(payload.get('module_id'), 'i-0123456789abcdef0-enc0123456789abcdef');
@@ -199,7 +242,10 @@ describe('simulated NSM chain', () => {
       assert.ok(chain[i]!.checkIssued(chain[i - 1]!), `cert ${i} is issued by cert ${i - 1}`);
       assert.ok(chain[i]!.verify(chain[i - 1]!.publicKey), `cert ${i} is signed by cert ${i - 1}`);
     }
-    assert.ok(cabundle.every((ca) => ca.ca), 'the bundle holds CAs only');
+    assert.ok(
+      cabundle.every((ca) => ca.ca),
+      'the bundle holds CAs only',
+    );
     assert.equal(leaf.ca, false);
     assert.match(cabundle[2]!.subject, /zonal/);
     const lifetime = Date.parse(leaf.validTo) - Date.parse(leaf.validFrom);
@@ -235,7 +281,11 @@ describe('simulated NSM chain', () => {
   test('concurrent first opens agree on one root', async () => {
     const stateDir = freshStateDir();
     const nsms = await Promise.all(Array.from({ length: 6 }, () => openSimulatedNsm({ stateDir })));
-    const roots = await Promise.all(nsms.map(async (nsm) => Buffer.from((decodeCose(await nsm.attest({})).payload.get('cabundle') as Uint8Array[])[0]!).toString('hex')));
+    const roots = await Promise.all(
+      nsms.map(async (nsm) =>
+        Buffer.from((decodeCose(await nsm.attest({})).payload.get('cabundle') as Uint8Array[])[0]!).toString('hex'),
+      ),
+    );
     assert.equal(new Set(roots).size, 1);
     const persisted = new X509Certificate(readFileSync(join(stateDir, SIM_ROOT_FILE)));
     assert.equal(persisted.raw.toString('hex'), roots[0]);
@@ -252,7 +302,8 @@ describe('simulated NSM chain', () => {
     let now = Date.now();
     const stateDir = freshStateDir();
     const nsm = await openSimulatedNsm({ stateDir, now: () => now });
-    const leafOf = async (): Promise<X509Certificate> => new X509Certificate(decodeCose(await nsm.attest({})).payload.get('certificate') as Uint8Array);
+    const leafOf = async (): Promise<X509Certificate> =>
+      new X509Certificate(decodeCose(await nsm.attest({})).payload.get('certificate') as Uint8Array);
     const bundleOf = async (): Promise<unknown> => decodeCose(await nsm.attest({})).payload.get('cabundle');
     const first = await leafOf();
     const bundle = await bundleOf();
@@ -277,13 +328,20 @@ describe('simulated NSM chain', () => {
 
   test('honours a custom signing certificate lifetime', async () => {
     let now = Date.now();
-    const nsm = await openSimulatedNsm({ stateDir: freshStateDir(), signingCertLifetimeMs: 30 * 60_000, now: () => now });
-    const serial = async (): Promise<string> => new X509Certificate(decodeCose(await nsm.attest({})).payload.get('certificate') as Uint8Array).serialNumber;
+    const nsm = await openSimulatedNsm({
+      stateDir: freshStateDir(),
+      signingCertLifetimeMs: 30 * 60_000,
+      now: () => now,
+    });
+    const serial = async (): Promise<string> =>
+      new X509Certificate(decodeCose(await nsm.attest({})).payload.get('certificate') as Uint8Array).serialNumber;
     const first = await serial();
     now += 15 * 60_000;
     assert.equal(await serial(), first);
     now += 6 * 60_000;
     assert.notEqual(await serial(), first);
-    await assert.rejects(openSimulatedNsm({ stateDir: freshStateDir(), signingCertLifetimeMs: 10 }), { code: 'ERR_NSM_INVALID_ARGUMENT' });
+    await assert.rejects(openSimulatedNsm({ stateDir: freshStateDir(), signingCertLifetimeMs: 10 }), {
+      code: 'ERR_NSM_INVALID_ARGUMENT',
+    });
   });
 });

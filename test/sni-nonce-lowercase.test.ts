@@ -8,8 +8,8 @@ import type { AddressInfo, LookupFunction } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Agent, fetch } from 'undici';
-import type { Ingress } from '../src/bridge/ingress.js';
-import { verifyAttestation } from '../src/attestation/verifier.js';
+import type { Ingress } from '../src/ingress/ingress.js';
+import { verifyAttestation } from '../src/verify/verifier.js';
 import { attestedFetch } from '../src/client/index.js';
 import { nonceSentInSni } from '../src/tls/attested-client.js';
 import { generateSniNonce, isCaseStableNonce, parseNonceLabel } from '../src/tls/nonce-label.js';
@@ -33,7 +33,10 @@ const CAPITALS_NONCE = new Uint8Array(Buffer.from('Hello0World1Nonce2Caps3X', 'b
 
 // Every *.attest.localhost name goes to the loopback ingress, as curl --resolve does; no resolver is asked.
 const loopback: LookupFunction = (_host, options, callback) => {
-  if ((options as { all?: boolean }).all) (callback as (e: null, a: Array<{ address: string; family: number }>) => void)(null, [{ address: '127.0.0.1', family: 4 }]);
+  if ((options as { all?: boolean }).all)
+    (callback as (e: null, a: Array<{ address: string; family: number }>) => void)(null, [
+      { address: '127.0.0.1', family: 4 },
+    ]);
   else callback(null, '127.0.0.1', 4);
 };
 
@@ -43,7 +46,8 @@ describe('base64 SNI nonces and clients that lowercase the server name', () => {
   let ingress: Ingress;
   let port: number;
   const url = (nonce: Uint8Array) => `https://${label(nonce)}.attest.localhost:${port}/.well-known/attestation`;
-  const documentIn = (body: string) => new Uint8Array(Buffer.from((JSON.parse(body) as { attestation_doc: string }).attestation_doc, 'base64'));
+  const documentIn = (body: string) =>
+    new Uint8Array(Buffer.from((JSON.parse(body) as { attestation_doc: string }).attestation_doc, 'base64'));
 
   before(async () => {
     fx = await openTerminator({ terminator: { sniNonceEncoding: 'base64' } });
@@ -91,10 +95,18 @@ describe('base64 SNI nonces and clients that lowercase the server name', () => {
       const nonce = generateSniNonce('base64', bytes);
       assert.equal(nonce.byteLength, bytes);
       assert.ok(isCaseStableNonce(nonce, 'base64'), `${bytes} bytes: ${label(nonce)}`);
-      assert.equal(hex(parseNonceLabel(`${label(nonce)}.attest.x`, 'base64') ?? null), hex(nonce), `${bytes} bytes decode back`);
+      assert.equal(
+        hex(parseNonceLabel(`${label(nonce)}.attest.x`, 'base64') ?? null),
+        hex(nonce),
+        `${bytes} bytes decode back`,
+      );
     }
     assert.equal(isCaseStableNonce(CAPITALS_NONCE, 'base64'), false);
-    assert.equal(isCaseStableNonce(new Uint8Array(Buffer.from('ab_c', 'base64url')), 'base64'), false, '"_" is not a host name character');
+    assert.equal(
+      isCaseStableNonce(new Uint8Array(Buffer.from('ab_c', 'base64url')), 'base64'),
+      false,
+      '"_" is not a host name character',
+    );
     assert.equal(isCaseStableNonce(CAPITALS_NONCE, 'hex'), true);
   });
 
@@ -105,9 +117,13 @@ describe('base64 SNI nonces and clients that lowercase the server name', () => {
     const verified = verifyAttestation(document, { root: fx.simRootPem });
     assert.equal(hex(verified.document.nonce), hex(lowered), 'the server attested the lowercased label');
     assert.notEqual(hex(verified.document.nonce), hex(CAPITALS_NONCE));
-    assert.throws(() => verifyAttestation(document, { root: fx.simRootPem, nonce: CAPITALS_NONCE }), { code: 'ERR_ATTESTATION_NONCE' });
+    assert.throws(() => verifyAttestation(document, { root: fx.simRootPem, nonce: CAPITALS_NONCE }), {
+      code: 'ERR_ATTESTATION_NONCE',
+    });
     // Our clients refuse to send such a label at all.
-    assert.throws(() => nonceSentInSni(`${label(CAPITALS_NONCE)}.attest.localhost`, CAPITALS_NONCE, 'base64'), { code: 'ERR_TLS_NONCE_LABEL' });
+    assert.throws(() => nonceSentInSni(`${label(CAPITALS_NONCE)}.attest.localhost`, CAPITALS_NONCE, 'base64'), {
+      code: 'ERR_TLS_NONCE_LABEL',
+    });
   });
 
   it('Node https with a URL: our base64 nonce survives lowercasing, and the plain name stays the first SAN', async () => {
@@ -133,19 +149,33 @@ describe('base64 SNI nonces and clients that lowercase the server name', () => {
     }
   });
 
-  it('curl: our base64 nonce survives lowercasing; one with capitals does not', { skip: commandMissing('curl') }, async () => {
-    const ca = join(fx.stateDir, 'ca.pem');
-    writeFileSync(ca, fx.caPem);
-    const curl = async (nonce: Uint8Array) => {
-      const host = `${label(nonce)}.attest.localhost`;
-      const done = await run('curl', ['-sS', '--http1.1', '--max-time', '20', '--cacert', ca, '--resolve', `${host}:${port}:127.0.0.1`, url(nonce)]);
-      assert.equal(done.status, 0, done.stderr);
-      return verifyAttestation(documentIn(done.stdout), { root: fx.simRootPem }).document.nonce;
-    };
-    const nonce = generateSniNonce('base64', 18);
-    assert.equal(hex(await curl(nonce)), hex(nonce));
-    assert.notEqual(hex(await curl(CAPITALS_NONCE)), hex(CAPITALS_NONCE), 'curl lowercased the capitals');
-  });
+  it(
+    'curl: our base64 nonce survives lowercasing; one with capitals does not',
+    { skip: commandMissing('curl') },
+    async () => {
+      const ca = join(fx.stateDir, 'ca.pem');
+      writeFileSync(ca, fx.caPem);
+      const curl = async (nonce: Uint8Array) => {
+        const host = `${label(nonce)}.attest.localhost`;
+        const done = await run('curl', [
+          '-sS',
+          '--http1.1',
+          '--max-time',
+          '20',
+          '--cacert',
+          ca,
+          '--resolve',
+          `${host}:${port}:127.0.0.1`,
+          url(nonce),
+        ]);
+        assert.equal(done.status, 0, done.stderr);
+        return verifyAttestation(documentIn(done.stdout), { root: fx.simRootPem }).document.nonce;
+      };
+      const nonce = generateSniNonce('base64', 18);
+      assert.equal(hex(await curl(nonce)), hex(nonce));
+      assert.notEqual(hex(await curl(CAPITALS_NONCE)), hex(CAPITALS_NONCE), 'curl lowercased the capitals');
+    },
+  );
 
   it('attestedFetch in base64 mode sends a fresh case-stable nonce per connection and requires it', async () => {
     const nonces: string[] = [];
@@ -160,22 +190,62 @@ describe('base64 SNI nonces and clients that lowercase the server name', () => {
     });
     const document = verifyAttestation(documentIn(await response.text()), { root: fx.simRootPem });
     assert.equal(nonces.length, 1);
-    assert.equal(hex(document.document.nonce), nonces[0], 'the well-known answer on that connection carries the same nonce');
+    assert.equal(
+      hex(document.document.nonce),
+      nonces[0],
+      'the well-known answer on that connection carries the same nonce',
+    );
   });
 
   it('attest connect --sni-nonce-encoding base64: a fresh nonce verifies; a --nonce with capitals is refused before connecting', async () => {
     const root = join(fx.stateDir, 'sim-nsm-root.pem');
-    const ok = await run(process.execPath, [CLI, 'attest', 'connect', `127.0.0.1:${port}`, '--servername', 'localhost', '--sni-nonce-encoding', 'base64', '--fresh-nonce', '--root', root, '--json']);
+    const ok = await run(process.execPath, [
+      CLI,
+      'attest',
+      'connect',
+      `127.0.0.1:${port}`,
+      '--servername',
+      'localhost',
+      '--sni-nonce-encoding',
+      'base64',
+      '--fresh-nonce',
+      '--root',
+      root,
+      '--json',
+    ]);
     assert.equal(ok.status, 0, ok.stderr);
-    const out = JSON.parse(ok.stdout) as { connection: { servername: string; nonce: string }; document: { nonce: string } };
+    const out = JSON.parse(ok.stdout) as {
+      connection: { servername: string; nonce: string };
+      document: { nonce: string };
+    };
     assert.match(out.connection.servername, /^[a-z0-9]{24}\.attest\.localhost$/);
     assert.equal(out.document.nonce, out.connection.nonce);
     assert.equal(hex(parseNonceLabel(out.connection.servername, 'base64') ?? null), out.document.nonce);
 
-    const refused = await run(process.execPath, [CLI, 'attest', 'connect', `127.0.0.1:${port}`, '--servername', 'localhost', '--sni-nonce-encoding', 'base64', '--nonce', hex(CAPITALS_NONCE), '--root', root]);
+    const refused = await run(process.execPath, [
+      CLI,
+      'attest',
+      'connect',
+      `127.0.0.1:${port}`,
+      '--servername',
+      'localhost',
+      '--sni-nonce-encoding',
+      'base64',
+      '--nonce',
+      hex(CAPITALS_NONCE),
+      '--root',
+      root,
+    ]);
     assert.equal(refused.status, 2, refused.stderr);
     assert.match(refused.stderr, /--nonce: its base64 label "Hello0World1Nonce2Caps3X" has capitals/);
-    const badEncoding = await run(process.execPath, [CLI, 'attest', 'connect', `127.0.0.1:${port}`, '--sni-nonce-encoding', 'b64']);
+    const badEncoding = await run(process.execPath, [
+      CLI,
+      'attest',
+      'connect',
+      `127.0.0.1:${port}`,
+      '--sni-nonce-encoding',
+      'b64',
+    ]);
     assert.equal(badEncoding.status, 2);
     assert.match(badEncoding.stderr, /--sni-nonce-encoding "b64": expected hex or base64/);
   });

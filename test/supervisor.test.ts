@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { resolveAppUser } from '../src/app/app-user.js';
 import { restartDelayMs, shouldRestart } from '../src/app/restart-policy.js';
-import { ConfigError } from '../src/errors.js';
+import { ConfigError } from '../src/core/errors.js';
 import { CLI, REPO_ROOT } from './helpers/paths.js';
 import { commandMissing } from './helpers/privilege.js';
 import { freePort } from './helpers/net.js';
@@ -18,7 +18,12 @@ after(() => rmSync(dir, { recursive: true, force: true }));
 
 /** A config on free ports: no TLS (nothing to terminate), no metrics, the simulated NSM even under `run`. */
 async function writeConfig(name: string, extra = '', runtimeExtra = ''): Promise<{ path: string; apiPort: number }> {
-  const [apiPort, ingressPort, appPort, healthPort] = [await freePort(), await freePort(), await freePort(), await freePort()];
+  const [apiPort, ingressPort, appPort, healthPort] = [
+    await freePort(),
+    await freePort(),
+    await freePort(),
+    await freePort(),
+  ];
   const path = join(dir, `${name}.toml`);
   writeFileSync(
     path,
@@ -66,7 +71,13 @@ function run(argv: string[], prefix: string[] = [], env: NodeJS.ProcessEnv = {})
         const check = () => out.includes(text) && resolve();
         watchers.push(check);
         check();
-        void exit.then((code) => reject(new Error(`exited with ${code} before printing "${text}"; stdout: ${out}; logs: ${JSON.stringify(logs.slice(-5))}`)));
+        void exit.then((code) =>
+          reject(
+            new Error(
+              `exited with ${code} before printing "${text}"; stdout: ${out}; logs: ${JSON.stringify(logs.slice(-5))}`,
+            ),
+          ),
+        );
       }),
   };
 }
@@ -85,7 +96,10 @@ describe('the restart policy and [app] user, as functions', () => {
     assert.equal(shouldRestart('on-failure', 3, 0, 10), true);
     assert.equal(shouldRestart('always', 0, 9, 10), true);
     assert.equal(shouldRestart('always', 0, 10, 10), false);
-    assert.deepEqual([1, 2, 3, 4].map((n) => restartDelayMs(500, n)), [500, 1000, 2000, 4000]);
+    assert.deepEqual(
+      [1, 2, 3, 4].map((n) => restartDelayMs(500, n)),
+      [500, 1000, 2000, 4000],
+    );
     assert.equal(restartDelayMs(1000, 40), 60_000);
     assert.equal(restartDelayMs(0, 3), 0);
   });
@@ -101,7 +115,10 @@ describe('the restart policy and [app] user, as functions', () => {
     assert.deepEqual(resolveAppUser('1001', files), { uid: 1001, gid: 1002 });
     assert.deepEqual(resolveAppUser('4242', files), { uid: 4242, gid: 4242 });
     assert.deepEqual(resolveAppUser('4242:7', files), { uid: 4242, gid: 7 });
-    assert.throws(() => resolveAppUser('nobody-here', files), (error) => error instanceof ConfigError && /app\.user: no user "nobody-here"/.test(error.message));
+    assert.throws(
+      () => resolveAppUser('nobody-here', files),
+      (error) => error instanceof ConfigError && /app\.user: no user "nobody-here"/.test(error.message),
+    );
     assert.throws(() => resolveAppUser('app:wheel', files), /no group "wheel"/);
   });
 });
@@ -147,8 +164,14 @@ describe('supervising the customer command', () => {
 
   it('restarts on failure up to max_restarts, then exits with the last code', async () => {
     const counter = join(dir, 'restarts.txt');
-    const { path } = await writeConfig('on-failure', `[app]\nrestart = "on-failure"\nmax_restarts = 2\nrestart_backoff_ms = 10\n`);
-    const failing = script('failing', `require('node:fs').appendFileSync(${JSON.stringify(counter)}, 'run\\n'); process.exit(3);`);
+    const { path } = await writeConfig(
+      'on-failure',
+      `[app]\nrestart = "on-failure"\nmax_restarts = 2\nrestart_backoff_ms = 10\n`,
+    );
+    const failing = script(
+      'failing',
+      `require('node:fs').appendFileSync(${JSON.stringify(counter)}, 'run\\n'); process.exit(3);`,
+    );
     const started = run(['dev', '--config', path, '--', process.execPath, failing]);
     assert.equal(await started.exit, 3);
     assert.equal(readFileSync(counter, 'utf8'), 'run\nrun\nrun\n');
@@ -158,20 +181,29 @@ describe('supervising the customer command', () => {
 
   it('"always" restarts a command that succeeded; "on-failure" does not', async () => {
     const always = join(dir, 'always.txt');
-    const { path } = await writeConfig('always', `[app]\nrestart = "always"\nmax_restarts = 1\nrestart_backoff_ms = 0\n`);
+    const { path } = await writeConfig(
+      'always',
+      `[app]\nrestart = "always"\nmax_restarts = 1\nrestart_backoff_ms = 0\n`,
+    );
     const ok = script('ok-always', `require('node:fs').appendFileSync(${JSON.stringify(always)}, 'run\\n');`);
     assert.equal(await run(['dev', '--config', path, '--', process.execPath, ok]).exit, 0);
     assert.equal(readFileSync(always, 'utf8'), 'run\nrun\n');
 
     const once_ = join(dir, 'on-failure-ok.txt');
-    const second = await writeConfig('on-failure-ok', `[app]\nrestart = "on-failure"\nmax_restarts = 5\nrestart_backoff_ms = 0\n`);
+    const second = await writeConfig(
+      'on-failure-ok',
+      `[app]\nrestart = "on-failure"\nmax_restarts = 5\nrestart_backoff_ms = 0\n`,
+    );
     const okOnce = script('ok-once', `require('node:fs').appendFileSync(${JSON.stringify(once_)}, 'run\\n');`);
     assert.equal(await run(['dev', '--config', second.path, '--', process.execPath, okOnce]).exit, 0);
     assert.equal(readFileSync(once_, 'utf8'), 'run\n');
   });
 
   it('SIGTERM during the restart backoff stops for good', async () => {
-    const { path } = await writeConfig('backoff', `[app]\nrestart = "always"\nmax_restarts = 100\nrestart_backoff_ms = 60000\n`);
+    const { path } = await writeConfig(
+      'backoff',
+      `[app]\nrestart = "always"\nmax_restarts = 100\nrestart_backoff_ms = 60000\n`,
+    );
     const quick = script('quick', `console.log('ran'); process.exit(5);`);
     const started = run(['dev', '--config', path, '--', process.execPath, quick]);
     await started.waitForOutput('ran\n');
@@ -194,8 +226,14 @@ describe('supervising the customer command', () => {
 
   it('runs the command with [app] env, cwd and (as root) user', async () => {
     const asRoot = process.getuid?.() === 0;
-    const { path } = await writeConfig('env', `[app]\ncwd = "${dir}"\nenv = { GREETING = "hello from toml" }\n${asRoot ? 'user = "65534:65534"\n' : ''}`);
-    const show = script('env', `console.log(JSON.stringify({ greeting: process.env.GREETING, cwd: process.cwd(), uid: process.getuid(), gid: process.getgid() }));`);
+    const { path } = await writeConfig(
+      'env',
+      `[app]\ncwd = "${dir}"\nenv = { GREETING = "hello from toml" }\n${asRoot ? 'user = "65534:65534"\n' : ''}`,
+    );
+    const show = script(
+      'env',
+      `console.log(JSON.stringify({ greeting: process.env.GREETING, cwd: process.cwd(), uid: process.getuid(), gid: process.getgid() }));`,
+    );
     const started = run(['dev', '--config', path, '--', process.execPath, show]);
     assert.equal(await started.exit, 0, JSON.stringify(started.logs.slice(-3)));
     const seen = JSON.parse(started.stdout()) as { greeting: string; cwd: string; uid: number; gid: number };
@@ -208,7 +246,12 @@ describe('supervising the customer command', () => {
     const { path } = await writeConfig('bad-user', `[app]\nuser = "no-such-user-here"\n`);
     const started = run(['dev', '--config', path, '--', process.execPath, '-e', '0']);
     assert.equal(await started.exit, 2);
-    assert.ok(started.logs.some((line) => line.msg === 'the command cannot be started' && /no user "no-such-user-here"/.test(String(line.reason))));
+    assert.ok(
+      started.logs.some(
+        (line) =>
+          line.msg === 'the command cannot be started' && /no user "no-such-user-here"/.test(String(line.reason)),
+      ),
+    );
   });
 });
 
@@ -217,7 +260,9 @@ const pidNamespaceUnavailable = (): string | undefined => {
   const missing = commandMissing('unshare');
   if (missing) return missing;
   const probe = spawnSync('unshare', ['--pid', '--fork', '--mount-proc', '--uts', 'true'], { stdio: 'ignore' });
-  return probe.status === 0 ? undefined : 'cannot create PID/UTS namespaces (unshare --pid --fork --mount-proc --uts failed)';
+  return probe.status === 0
+    ? undefined
+    : 'cannot create PID/UTS namespaces (unshare --pid --fork --mount-proc --uts failed)';
 };
 
 describe('`run` as PID 1 of a new PID namespace', { skip: pidNamespaceUnavailable() }, () => {
@@ -247,7 +292,11 @@ describe('`run` as PID 1 of a new PID namespace', { skip: pidNamespaceUnavailabl
   it('reaps an orphaned grandchild, sets the hostname, and exits with the command code', async () => {
     const { path } = await writeConfig('pid1', '', 'hostname = "pid1-test"\n');
     // A generous bound for a slow CI machine: a reaped orphan is gone within one SIGCHLD.
-    const started = run(['run', '--config', path, '--', process.execPath, orphanCheck], ['unshare', '--pid', '--fork', '--mount-proc', '--uts'], { REAP_LIMIT_MS: '30000' });
+    const started = run(
+      ['run', '--config', path, '--', process.execPath, orphanCheck],
+      ['unshare', '--pid', '--fork', '--mount-proc', '--uts'],
+      { REAP_LIMIT_MS: '30000' },
+    );
     const code = await started.exit;
     const result = JSON.parse(started.stdout()) as { self: number; ppid: number; orphan: string; hostname: string };
     assert.equal(code, 0, `${started.stdout()} ${JSON.stringify(started.logs.slice(-5))}`);

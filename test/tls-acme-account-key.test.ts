@@ -27,7 +27,10 @@ describe('ACME account key', () => {
     assert.equal(key.asymmetricKeyDetails?.namedCurve, 'prime256v1');
     assert.equal((await stat(join(dir, ACME_ACCOUNT_KEY_FILE))).mode & 0o777, 0o600);
     assert.equal(await loadAcmeAccountKey(dir, logs.logger), first);
-    const body = first.split('\n').filter((line) => line && !line.startsWith('-----')).join('');
+    const body = first
+      .split('\n')
+      .filter((line) => line && !line.startsWith('-----'))
+      .join('');
     assert.ok(!logs.text().includes(body.slice(0, 40)), 'no log line carries the key');
   });
 
@@ -48,6 +51,9 @@ describe('ACME account key', () => {
 
     const bad = await freshDir();
     await writeFile(join(bad, ACME_ACCOUNT_KEY_FILE), 'not a key', { mode: 0o600 });
-    await assert.rejects(loadAcmeAccountKey(bad, logs.logger), (error: { code?: string }) => error.code === 'ERR_TLS_ACME_ACCOUNT');
+    await assert.rejects(
+      loadAcmeAccountKey(bad, logs.logger),
+      (error: { code?: string }) => error.code === 'ERR_TLS_ACME_ACCOUNT',
+    );
   });
 });

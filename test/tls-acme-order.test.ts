@@ -4,7 +4,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { silentLogger } from '../src/log.js';
+import { silentLogger } from '../src/core/log.js';
 import { generateAcmePrivateKeyPem } from '../src/tls/acme-account-key.js';
 import { checkIssued } from '../src/tls/acme-order.js';
 import { openSelfCertificateSource, type SelfCertificateSource } from '../src/tls/certificate-source.js';
@@ -20,7 +20,12 @@ describe('checking what the ACME CA returned', () => {
 
   async function issue(keyPem: string, names: string[]): Promise<string> {
     const spki = new Uint8Array(createPublicKey(keyPem).export({ type: 'spki', format: 'der' }));
-    const leaf = await ca.issue({ serverName: names[0]!, dnsNames: names, publicKeySpki: spki, attestationDocument: new Uint8Array() });
+    const leaf = await ca.issue({
+      serverName: names[0]!,
+      dnsNames: names,
+      publicKeySpki: spki,
+      attestationDocument: new Uint8Array(),
+    });
     return leaf.certPem + leaf.chainPem;
   }
 
@@ -35,10 +40,19 @@ describe('checking what the ACME CA returned', () => {
   it('refuses a certificate for another key, or one that misses a domain', async () => {
     const key = await generateAcmePrivateKeyPem();
     const other = await generateAcmePrivateKeyPem();
-    assert.throws(() => checkIssued('', key, ['a.example']), { code: 'ERR_TLS_ACME_CERTIFICATE', message: /no certificate/ });
+    assert.throws(() => checkIssued('', key, ['a.example']), {
+      code: 'ERR_TLS_ACME_CERTIFICATE',
+      message: /no certificate/,
+    });
     const forOther = await issue(other, ['a.example']);
-    assert.throws(() => checkIssued(forOther, key, ['a.example']), { code: 'ERR_TLS_ACME_CERTIFICATE', message: /another key/ });
+    assert.throws(() => checkIssued(forOther, key, ['a.example']), {
+      code: 'ERR_TLS_ACME_CERTIFICATE',
+      message: /another key/,
+    });
     const partial = await issue(key, ['a.example']);
-    assert.throws(() => checkIssued(partial, key, ['a.example', 'b.example']), { code: 'ERR_TLS_ACME_CERTIFICATE', message: /does not name b\.example/ });
+    assert.throws(() => checkIssued(partial, key, ['a.example', 'b.example']), {
+      code: 'ERR_TLS_ACME_CERTIFICATE',
+      message: /does not name b\.example/,
+    });
   });
 });

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setImmediate as tick } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
-import { silentLogger } from '../src/log.js';
+import { silentLogger } from '../src/core/log.js';
 import { AcmeCertificates } from '../src/tls/acme-certificates.js';
 import type { AcmeIssued } from '../src/tls/acme-order.js';
 import { openSelfCertificateSource, type SelfCertificateSource } from '../src/tls/certificate-source.js';
@@ -84,8 +84,14 @@ async function idle(acme: AcmeCertificates): Promise<void> {
 describe('renewal schedule', () => {
   it('renews at two thirds of the lifetime, moved by at most the jitter either way', () => {
     const notAfter = T0 + 90 * DAY;
-    assert.equal(renewalTime(T0, notAfter, 2 / 3, () => 0.5), T0 + 60 * DAY);
-    assert.equal(renewalTime(T0, notAfter, 2 / 3, () => 0), T0 + 60 * DAY - RENEW_JITTER_FRACTION * 90 * DAY);
+    assert.equal(
+      renewalTime(T0, notAfter, 2 / 3, () => 0.5),
+      T0 + 60 * DAY,
+    );
+    assert.equal(
+      renewalTime(T0, notAfter, 2 / 3, () => 0),
+      T0 + 60 * DAY - RENEW_JITTER_FRACTION * 90 * DAY,
+    );
     const latest = renewalTime(T0, notAfter, 2 / 3, () => 0.999999);
     assert.ok(latest <= T0 + 60 * DAY + RENEW_JITTER_FRACTION * 90 * DAY && latest > T0 + 64 * DAY);
     for (let i = 0; i < 1000; i++) {
@@ -93,17 +99,26 @@ describe('renewal schedule', () => {
       assert.ok(at >= T0 + 55.5 * DAY && at <= T0 + 64.5 * DAY, `renewal at day ${(at - T0) / DAY}`);
     }
     // Clamped inside the lifetime whatever fraction and jitter say.
-    assert.equal(renewalTime(T0, T0 + DAY, 0.99, () => 0.999999), T0 + DAY);
+    assert.equal(
+      renewalTime(T0, T0 + DAY, 0.99, () => 0.999999),
+      T0 + DAY,
+    );
   });
 
   it('backs off exponentially from min to max, half fixed and half random, and resets after a success', () => {
     const upper = new RetryBackoff(1000, 8000, () => 1);
-    assert.deepEqual([1, 2, 3, 4, 5].map(() => upper.next()), [1000, 2000, 4000, 8000, 8000]);
+    assert.deepEqual(
+      [1, 2, 3, 4, 5].map(() => upper.next()),
+      [1000, 2000, 4000, 8000, 8000],
+    );
     assert.equal(upper.failures, 5);
     upper.reset();
     assert.equal(upper.next(), 1000);
     const lower = new RetryBackoff(1000, 8000, () => 0);
-    assert.deepEqual([1, 2, 3, 4].map(() => lower.next()), [500, 1000, 2000, 4000]);
+    assert.deepEqual(
+      [1, 2, 3, 4].map(() => lower.next()),
+      [500, 1000, 2000, 4000],
+    );
     const many = new RetryBackoff(1, 60_000, () => 0.5);
     for (let i = 0; i < 2000; i++) assert.ok(Number.isFinite(many.next()));
     assert.throws(() => new RetryBackoff(0, 10), RangeError);
@@ -146,8 +161,18 @@ describe('ACME certificates: renewal against an injected clock', () => {
       const outcome = script.shift() ?? 'fail';
       if (outcome === 'fail') throw new TlsError('ERR_TLS_ACME', 'scripted CA failure');
       const spki = new Uint8Array(createPublicKey(keyPem).export({ type: 'spki', format: 'der' }));
-      const leaf = await ca.issue({ serverName: 'acme.test', dnsNames: ['acme.test'], publicKeySpki: spki, attestationDocument: new Uint8Array() });
-      return { certPem: leaf.certPem, chainPem: leaf.chainPem, notBefore: new Date(clock.now()), notAfter: new Date(clock.now() + lifetimeMs) };
+      const leaf = await ca.issue({
+        serverName: 'acme.test',
+        dnsNames: ['acme.test'],
+        publicKeySpki: spki,
+        attestationDocument: new Uint8Array(),
+      });
+      return {
+        certPem: leaf.certPem,
+        chainPem: leaf.chainPem,
+        notBefore: new Date(clock.now()),
+        notAfter: new Date(clock.now() + lifetimeMs),
+      };
     };
     return { order, calls };
   }
@@ -211,7 +236,11 @@ describe('ACME certificates: renewal against an injected clock', () => {
     assert.equal(status.consecutiveFailures, 0);
     assert.equal(status.failures, 2);
     assert.equal(status.issued, 2);
-    assert.equal(acme.nextAttemptAt, T0 + 60 * DAY + 135_000 + 60 * DAY, 'the next renewal is 2/3 into the new lifetime');
+    assert.equal(
+      acme.nextAttemptAt,
+      T0 + 60 * DAY + 135_000 + 60 * DAY,
+      'the next renewal is 2/3 into the new lifetime',
+    );
     acme.close();
     assert.equal(clock.pending, 0, 'close cancels the schedule');
   });

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import tls from 'node:tls';
 import { after, before, describe, it } from 'node:test';
-import { verifyAttestation } from '../src/attestation/verifier.js';
+import { verifyAttestation } from '../src/verify/verifier.js';
 import { parseConfig } from '../src/config/load.js';
 import { Runtime } from '../src/runtime.js';
 import { ACME_ACCOUNT_KEY_FILE } from '../src/tls/acme-account-key.js';
@@ -104,11 +104,20 @@ retry_max_ms = 2000
   it('issues a certificate over TLS-ALPN-01 and serves it for the ACME domain, the attested base for other names', async () => {
     const deadline = Date.now() + ISSUE_WAIT_MS;
     while (!logs.lines.some((line) => line.msg === 'ACME certificate now served')) {
-      if (Date.now() > deadline) assert.fail(`no ACME certificate within ${ISSUE_WAIT_MS} ms\nlogs:\n${logs.text()}\npebble:\n${pebble.output()}`);
+      if (Date.now() > deadline)
+        assert.fail(
+          `no ACME certificate within ${ISSUE_WAIT_MS} ms\nlogs:\n${logs.text()}\npebble:\n${pebble.output()}`,
+        );
       await sleep(50);
     }
-    assert.ok(dns.queries.some((q) => q === `${DOMAIN}/1`), 'pebble resolved the domain through the test DNS');
-    assert.ok(logs.lines.some((line) => line.msg === 'answered an ACME TLS-ALPN-01 validation'), 'the ingress answered the validation');
+    assert.ok(
+      dns.queries.some((q) => q === `${DOMAIN}/1`),
+      'pebble resolved the domain through the test DNS',
+    );
+    assert.ok(
+      logs.lines.some((line) => line.msg === 'answered an ACME TLS-ALPN-01 validation'),
+      'the ingress answered the validation',
+    );
 
     // SNI = the ACME domain: a client trusting only pebble's root completes a verified handshake.
     const root = await pebble.issuingRootPem();
@@ -118,8 +127,14 @@ retry_max_ms = 2000
     assert.equal(leaf.subjectAltName, `DNS:${DOMAIN}`, 'the ACME leaf names only the domain (no attested SAN)');
     const rootCert = new X509Certificate(root);
     const intermediate = new X509Certificate(acmeSocket.getPeerCertificate(true).issuerCertificate.raw);
-    assert.ok(leaf.verify(intermediate.publicKey) && leaf.checkIssued(intermediate), 'the leaf is signed by the intermediate sent with it');
-    assert.ok(intermediate.verify(rootCert.publicKey) && intermediate.checkIssued(rootCert), "the intermediate is signed by pebble's root");
+    assert.ok(
+      leaf.verify(intermediate.publicKey) && leaf.checkIssued(intermediate),
+      'the leaf is signed by the intermediate sent with it',
+    );
+    assert.ok(
+      intermediate.verify(rootCert.publicKey) && intermediate.checkIssued(rootCert),
+      "the intermediate is signed by pebble's root",
+    );
     assert.equal(leaf.publicKey.asymmetricKeyType, 'ec', 'the certificate key is the ECDSA key made in the runtime');
 
     // The decrypted stream goes to the app unchanged.
@@ -128,9 +143,16 @@ retry_max_ms = 2000
     assert.equal(bodyOf(response), 'app saw /hello');
 
     // The well-known document on an ACME connection binds the ACME key.
-    const wellKnown = await rawRequest(await connectVerified(ingressPort, DOMAIN, root), '/.well-known/attestation', DOMAIN);
+    const wellKnown = await rawRequest(
+      await connectVerified(ingressPort, DOMAIN, root),
+      '/.well-known/attestation',
+      DOMAIN,
+    );
     assert.match(wellKnown, /^HTTP\/1\.1 200 /);
-    const document = Buffer.from((JSON.parse(bodyOf(wellKnown)) as { attestation_doc: string }).attestation_doc, 'base64');
+    const document = Buffer.from(
+      (JSON.parse(bodyOf(wellKnown)) as { attestation_doc: string }).attestation_doc,
+      'base64',
+    );
     const simRoot = await readFile(join(stateDir, 'sim-nsm-root.pem'), 'utf8');
     verifyAttestation(document, { root: simRoot, userData: leaf.publicKey.export({ type: 'spki', format: 'der' }) });
 
@@ -140,8 +162,14 @@ retry_max_ms = 2000
     const baseLeaf = peerLeaf(baseSocket);
     baseSocket.destroy();
     assert.match(baseLeaf.subjectAltName ?? '', /^DNS:localhost, DNS:[0-9a-f]+\.localhost$/);
-    verifyAttestation(documentFromSan(baseLeaf), { root: simRoot, userData: baseLeaf.publicKey.export({ type: 'spki', format: 'der' }) });
-    await assert.rejects(connectVerified(ingressPort, 'localhost', root), 'the base certificate does not chain to pebble');
+    verifyAttestation(documentFromSan(baseLeaf), {
+      root: simRoot,
+      userData: baseLeaf.publicKey.export({ type: 'spki', format: 'der' }),
+    });
+    await assert.rejects(
+      connectVerified(ingressPort, 'localhost', root),
+      'the base certificate does not chain to pebble',
+    );
 
     // The account key persists in the state dir, private to the runtime's user.
     assert.equal((await stat(join(stateDir, ACME_ACCOUNT_KEY_FILE))).mode & 0o777, 0o600);

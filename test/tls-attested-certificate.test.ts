@@ -8,14 +8,27 @@ import { join } from 'node:path';
 import { once } from 'node:events';
 import { after, before, describe, it } from 'node:test';
 import type tls from 'node:tls';
-import { verifyAttestation } from '../src/attestation/verifier.js';
+import { verifyAttestation } from '../src/verify/verifier.js';
 import { Encoder } from 'cbor-x';
-import { attestedDnsNames, documentSigningCertificateNotAfter, UNSIGNED_DOCUMENT_LIFETIME_MS } from '../src/tls/attested-certificate.js';
+import {
+  attestedDnsNames,
+  documentSigningCertificateNotAfter,
+  UNSIGNED_DOCUMENT_LIFETIME_MS,
+} from '../src/tls/attested-certificate.js';
 import { CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority } from '../src/tls/certificate-authority.js';
 import { generateTlsKeyPair } from '../src/tls/key-pair.js';
-import { silentLogger } from '../src/log.js';
+import { silentLogger } from '../src/core/log.js';
 import { captureLogs } from './helpers/log-capture.js';
-import { connectTls, documentFromSan, peerLeaf, duplexPair, echo, listenTls, openTerminator, type TerminatorFixture } from './helpers/attested-tls.js';
+import {
+  connectTls,
+  documentFromSan,
+  peerLeaf,
+  duplexPair,
+  echo,
+  listenTls,
+  openTerminator,
+  type TerminatorFixture,
+} from './helpers/attested-tls.js';
 
 const spkiOf = (cert: X509Certificate) => new Uint8Array(cert.publicKey.export({ type: 'spki', format: 'der' }));
 const fingerprint = (socket: tls.TLSSocket) => peerLeaf(socket).fingerprint256;
@@ -31,7 +44,9 @@ async function roundTrip(socket: tls.TLSSocket, payload: Buffer): Promise<Buffer
       if (length >= payload.length) resolve();
     });
     socket.once('error', reject);
-    socket.once('close', () => (length >= payload.length ? resolve() : reject(new Error(`closed after ${length} bytes`))));
+    socket.once('close', () =>
+      length >= payload.length ? resolve() : reject(new Error(`closed after ${length} bytes`)),
+    );
   });
   socket.write(payload);
   await done;
@@ -44,7 +59,8 @@ describe('attested certificates over a real TLS handshake (loopback TCP)', () =>
   const logs = captureLogs('debug');
 
   before(async () => {
-    fx = await openTerminator({ logger: logs.logger });
+    // An app that speaks HTTP/2 too: tls.alpn offers h2 first (the default offers http/1.1 only).
+    fx = await openTerminator({ logger: logs.logger, terminator: { alpn: ['h2', 'http/1.1'] } });
     listener = await listenTls(fx.terminator, echo);
   });
   after(async () => {
@@ -54,7 +70,10 @@ describe('attested certificates over a real TLS handshake (loopback TCP)', () =>
 
   it('answers SNI <hexnonce>.attest.localhost with a leaf whose SAN document carries the nonce and binds the leaf key', async () => {
     const nonce = randomBytes(16);
-    const socket = await connectTls(listener, { servername: `${nonce.toString('hex')}.attest.localhost`, ca: fx.caPem });
+    const socket = await connectTls(listener, {
+      servername: `${nonce.toString('hex')}.attest.localhost`,
+      ca: fx.caPem,
+    });
     try {
       const leaf = peerLeaf(socket);
       const document = documentFromSan(leaf);
@@ -65,7 +84,12 @@ describe('attested certificates over a real TLS handshake (loopback TCP)', () =>
       // The SANs SPEC fixes, and nothing else: the server name asked for, and the document under it.
       const asked = `${nonce.toString('hex')}.attest.localhost`;
       assert.equal(leaf.subjectAltName, `DNS:${asked}, DNS:${Buffer.from(document).toString('hex')}.${asked}`);
-      assert.deepEqual(attestedDnsNames(asked, document).map((n) => `DNS:${n}`).join(', '), leaf.subjectAltName);
+      assert.deepEqual(
+        attestedDnsNames(asked, document)
+          .map((n) => `DNS:${n}`)
+          .join(', '),
+        leaf.subjectAltName,
+      );
       // The chain is the state dir's CA, and the leaf is fit for a TLS server.
       assert.equal(socket.authorized, true, String(socket.authorizationError));
       assert.ok(leaf.checkIssued(new X509Certificate(fx.caPem)));
@@ -99,7 +123,10 @@ describe('attested certificates over a real TLS handshake (loopback TCP)', () =>
     try {
       assert.equal(fingerprint(bad), fingerprint(base));
       assert.equal(verifyAttestation(documentFromSan(peerLeaf(bad)), { root: fx.simRootPem }).document.nonce, null);
-      assert.ok(logs.lines.some((l) => l['level'] === 20 && l['sni'] === 'NOTHEX.attest.localhost'), 'a debug line names the label');
+      assert.ok(
+        logs.lines.some((l) => l['level'] === 20 && l['sni'] === 'NOTHEX.attest.localhost'),
+        'a debug line names the label',
+      );
     } finally {
       base.destroy();
       bad.destroy();
@@ -134,7 +161,7 @@ describe('attested certificates over a real TLS handshake (loopback TCP)', () =>
 describe('attested certificates over a generic Duplex (as the vsock/unix transports hand over)', () => {
   let fx: TerminatorFixture;
   before(async () => {
-    fx = await openTerminator();
+    fx = await openTerminator({ terminator: { alpn: ['h2', 'http/1.1'] } });
   });
   after(async () => {
     await fx.close();
@@ -145,7 +172,10 @@ describe('attested certificates over a generic Duplex (as the vsock/unix transpo
     const secure = fx.terminator.wrap(serverEnd);
     echo(secure);
     const nonce = randomBytes(20);
-    const client = await connectTls({ socket: clientEnd }, { servername: `${nonce.toString('hex')}.attest.localhost`, ca: fx.caPem, alpn: ['h2', 'http/1.1'] });
+    const client = await connectTls(
+      { socket: clientEnd },
+      { servername: `${nonce.toString('hex')}.attest.localhost`, ca: fx.caPem, alpn: ['h2', 'http/1.1'] },
+    );
     try {
       assert.equal(client.alpnProtocol, 'h2');
       assert.equal(client.authorized, true);
@@ -226,7 +256,8 @@ describe('the self CA (tls.source = "self")', () => {
   after(async () => {
     for (const dir of dirs) await rm(dir, { recursive: true, force: true });
   });
-  const open = (dir: string, now?: () => number) => CertificateAuthority.open(dir, { logger: silentLogger(), ...(now ? { now } : {}) });
+  const open = (dir: string, now?: () => number) =>
+    CertificateAuthority.open(dir, { logger: silentLogger(), ...(now ? { now } : {}) });
 
   it('is generated once per state dir: ca.pem, and a 0600 key file, reused on the next start', async () => {
     const dir = await freshDir();
@@ -283,10 +314,17 @@ describe('the self CA (tls.source = "self")', () => {
       notAfter: new Date(Date.now() + 400 * 24 * 3600_000),
       signingAlgorithm: alg,
       keys,
-      extensions: [new x509.BasicConstraintsExtension(true, 0, true), new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign, true)],
+      extensions: [
+        new x509.BasicConstraintsExtension(true, 0, true),
+        new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign, true),
+      ],
     });
     const pkcs8 = Buffer.from(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey)).toString('base64');
-    await writeFile(join(dir, CA_KEY_FILE), `-----BEGIN PRIVATE KEY-----\n${pkcs8}\n-----END PRIVATE KEY-----\n${caCert.toString('pem')}\n`, { mode: 0o600 });
+    await writeFile(
+      join(dir, CA_KEY_FILE),
+      `-----BEGIN PRIVATE KEY-----\n${pkcs8}\n-----END PRIVATE KEY-----\n${caCert.toString('pem')}\n`,
+      { mode: 0o600 },
+    );
     const ca = await open(dir);
     const leafKey = await generateTlsKeyPair();
     const leaf = await ca.issue({ dnsNames: ['enclave.example'], publicKeySpki: leafKey.spkiDer });
@@ -295,10 +333,12 @@ describe('the self CA (tls.source = "self")', () => {
     assert.equal(cert.subjectAltName, 'DNS:enclave.example');
     const lifetime = leaf.notAfter.getTime() - leaf.notBefore.getTime();
     assert.ok(lifetime > 24 * 3600_000 && lifetime < 7 * 24 * 3600_000, `lifetime ${lifetime} ms`);
-    assert.deepEqual(Buffer.from(new Uint8Array(cert.publicKey.export({ type: 'spki', format: 'der' }))), Buffer.from(leafKey.spkiDer));
+    assert.deepEqual(
+      Buffer.from(new Uint8Array(cert.publicKey.export({ type: 'spki', format: 'der' }))),
+      Buffer.from(leafKey.spkiDer),
+    );
   });
 });
-
 
 describe('documents of an emulated NSM that signs nothing (QEMU virtio-nsm)', () => {
   // What QEMU's device returns: protected header {1: -1}, zero signature, zero-byte certificate and cabundle.
@@ -314,7 +354,9 @@ describe('documents of an emulated NSM that signs nothing (QEMU virtio-nsm)', ()
     ['user_data', new Uint8Array(91)],
     ['nonce', null],
   ]);
-  const unsigned = new Uint8Array(cbor.encode([cbor.encode(new Map([[1, -1]])), new Map(), cbor.encode(payload), new Uint8Array(64)]));
+  const unsigned = new Uint8Array(
+    cbor.encode([cbor.encode(new Map([[1, -1]])), new Map(), cbor.encode(payload), new Uint8Array(64)]),
+  );
 
   it('still get certificates, renewed UNSIGNED_DOCUMENT_LIFETIME_MS ahead, while the verifier rejects the document', () => {
     const now = Date.UTC(2026, 0, 1);
@@ -323,10 +365,14 @@ describe('documents of an emulated NSM that signs nothing (QEMU virtio-nsm)', ()
   });
 
   it('an unreadable document is still an error (ERR_TLS_ATTESTATION_DOCUMENT)', () => {
-    assert.throws(() => documentSigningCertificateNotAfter(new Uint8Array([0x83, 1, 2, 3])), { code: 'ERR_TLS_ATTESTATION_DOCUMENT' });
+    assert.throws(() => documentSigningCertificateNotAfter(new Uint8Array([0x83, 1, 2, 3])), {
+      code: 'ERR_TLS_ATTESTATION_DOCUMENT',
+    });
     const noCertificate = new Map(payload);
     noCertificate.delete('certificate');
-    const document = new Uint8Array(cbor.encode([cbor.encode(new Map([[1, -1]])), new Map(), cbor.encode(noCertificate), new Uint8Array(64)]));
+    const document = new Uint8Array(
+      cbor.encode([cbor.encode(new Map([[1, -1]])), new Map(), cbor.encode(noCertificate), new Uint8Array(64)]),
+    );
     assert.throws(() => documentSigningCertificateNotAfter(document), { code: 'ERR_TLS_ATTESTATION_DOCUMENT' });
   });
 });

@@ -24,31 +24,55 @@ const fixture = (name: string) => readFile(join(NITRO_FIXTURES, name));
 
 describe('verifyPeerAttestation on the published evervault certificates', () => {
   it('accepts the non-debug certificate (PEM and DER) at the pinned time with the published PCRs', async () => {
-    const pem = new X509Certificate(await fixture('evervault-beta-non-debug-cert-containing-attestation-document-18-1-23.pem'));
-    const der = new Uint8Array(await fixture('evervault-beta-non-debug-cert-containing-attestation-document-18-1-23.der.crt'));
+    const pem = new X509Certificate(
+      await fixture('evervault-beta-non-debug-cert-containing-attestation-document-18-1-23.pem'),
+    );
+    const der = new Uint8Array(
+      await fixture('evervault-beta-non-debug-cert-containing-attestation-document-18-1-23.der.crt'),
+    );
     for (const cert of [pem, der]) {
       const verified = verifyPeerAttestation(cert, { at: EVERVAULT_BETA_TIME, expectedPcrs: [NON_DEBUG_PCRS] });
       assert.equal(verified.document.moduleId, 'i-0ec0e572c8263d8ff-enc0185c4fd382eeb25');
       assert.equal(verified.document.userData?.byteLength, 120);
     }
-    assert.doesNotThrow(() => verifyPeerAttestation(pem, { at: EVERVAULT_BETA_TIME, expectedPcrs: [{ 8: NON_DEBUG_PCRS[8] }] }));
+    assert.doesNotThrow(() =>
+      verifyPeerAttestation(pem, { at: EVERVAULT_BETA_TIME, expectedPcrs: [{ 8: NON_DEBUG_PCRS[8] }] }),
+    );
   });
 
   it('accepts the debug-mode certificate only with allowDebug', async () => {
-    const cert = new X509Certificate(await fixture('evervault-beta-debug-mode-cert-containing-attestation-doc-18-1-23.pem'));
+    const cert = new X509Certificate(
+      await fixture('evervault-beta-debug-mode-cert-containing-attestation-doc-18-1-23.pem'),
+    );
     const zero = new Uint8Array(48);
-    const verified = verifyPeerAttestation(cert, { at: EVERVAULT_BETA_TIME, allowDebug: true, expectedPcrs: [{ 0: zero, 1: zero, 2: zero, 8: zero }] });
+    const verified = verifyPeerAttestation(cert, {
+      at: EVERVAULT_BETA_TIME,
+      allowDebug: true,
+      expectedPcrs: [{ 0: zero, 1: zero, 2: zero, 8: zero }],
+    });
     assert.equal(verified.document.nonce?.byteLength, 256);
     assert.throws(() => verifyPeerAttestation(cert, { at: EVERVAULT_BETA_TIME }), { code: 'ERR_ATTESTATION_DEBUG' });
   });
 
   it('refuses wrong PCRs, a wrong expected nonce, the current time, and a certificate without a document', async () => {
-    const cert = new X509Certificate(await fixture('evervault-beta-non-debug-cert-containing-attestation-document-18-1-23.pem'));
-    assert.throws(() => verifyPeerAttestation(cert, { at: EVERVAULT_BETA_TIME, expectedPcrs: [{ 0: new Uint8Array(48) }] }), { code: 'ERR_ATTESTATION_PCR' });
-    assert.throws(() => verifyPeerAttestation(cert, { at: EVERVAULT_BETA_TIME, expectedNonce: randomBytes(16) }), { code: 'ERR_ATTESTATION_NONCE' });
-    assert.throws(() => verifyPeerAttestation(cert, {}), (err: { code?: string }) => /^ERR_ATTESTATION_(EXPIRED|CHAIN)$/.test(err.code ?? ''));
+    const cert = new X509Certificate(
+      await fixture('evervault-beta-non-debug-cert-containing-attestation-document-18-1-23.pem'),
+    );
+    assert.throws(
+      () => verifyPeerAttestation(cert, { at: EVERVAULT_BETA_TIME, expectedPcrs: [{ 0: new Uint8Array(48) }] }),
+      { code: 'ERR_ATTESTATION_PCR' },
+    );
+    assert.throws(() => verifyPeerAttestation(cert, { at: EVERVAULT_BETA_TIME, expectedNonce: randomBytes(16) }), {
+      code: 'ERR_ATTESTATION_NONCE',
+    });
+    assert.throws(
+      () => verifyPeerAttestation(cert, {}),
+      (err: { code?: string }) => /^ERR_ATTESTATION_(EXPIRED|CHAIN)$/.test(err.code ?? ''),
+    );
     const plain = new Uint8Array(await fixture('evervault-ga-valid-certificate.der'));
-    assert.throws(() => verifyPeerAttestation(plain, { at: new Date(1695050165 * 1000) }), { code: 'ERR_ATTESTATION_FORMAT' });
+    assert.throws(() => verifyPeerAttestation(plain, { at: new Date(1695050165 * 1000) }), {
+      code: 'ERR_ATTESTATION_FORMAT',
+    });
   });
 });
 
@@ -64,7 +88,9 @@ async function startAttestedApp(fx: TerminatorFixture) {
     const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
     open.add(closed);
     void closed.then(() => open.delete(closed));
-    socket.on('secure', () => state.servernames.push(String((socket as tls.TLSSocket & { servername?: string | false }).servername)));
+    socket.on('secure', () =>
+      state.servernames.push(String((socket as tls.TLSSocket & { servername?: string | false }).servername)),
+    );
     let head = '';
     socket.on('data', (chunk: Buffer) => {
       state.decryptedBytes += chunk.length;
@@ -117,9 +143,14 @@ describe('createAttestedAgent against a local TlsTerminator', () => {
   it('refuses an enclave whose PCRs differ, before any request byte is written', async () => {
     const bytesBefore = app.state.decryptedBytes;
     const connectionsBefore = app.state.connections;
-    const agent = createAttestedAgent({ servername: 'localhost', verify: { root: fx.simRootPem, expectedPcrs: [{ 0: new Uint8Array(48).fill(7) }] } });
+    const agent = createAttestedAgent({
+      servername: 'localhost',
+      verify: { root: fx.simRootPem, expectedPcrs: [{ 0: new Uint8Array(48).fill(7) }] },
+    });
     try {
-      await assert.rejects(request(app.url, { dispatcher: agent, method: 'POST', body: 'secret payload' }), { code: 'ERR_ATTESTATION_PCR' });
+      await assert.rejects(request(app.url, { dispatcher: agent, method: 'POST', body: 'secret payload' }), {
+        code: 'ERR_ATTESTATION_PCR',
+      });
     } finally {
       await agent.destroy();
     }
@@ -133,7 +164,9 @@ describe('createAttestedAgent against a local TlsTerminator', () => {
     const bytesBefore = app.state.decryptedBytes;
     const agent = createAttestedAgent({ servername: 'localhost' });
     try {
-      await assert.rejects(request(app.url, { dispatcher: agent }), (err: { code?: string }) => /^ERR_ATTESTATION_(CHAIN|ROOT)$/.test(err.code ?? ''));
+      await assert.rejects(request(app.url, { dispatcher: agent }), (err: { code?: string }) =>
+        /^ERR_ATTESTATION_(CHAIN|ROOT)$/.test(err.code ?? ''),
+      );
     } finally {
       await agent.destroy();
     }
@@ -148,7 +181,10 @@ describe('createAttestedAgent against a local TlsTerminator', () => {
       freshNonce: true,
       verify: { root: fx.simRootPem },
       onAttested: ({ servername, attestation }) => {
-        assert.equal(Buffer.from(attestation.document.nonce!).toString('hex'), Buffer.from(parseNonceLabel(servername)!).toString('hex'));
+        assert.equal(
+          Buffer.from(attestation.document.nonce!).toString('hex'),
+          Buffer.from(parseNonceLabel(servername)!).toString('hex'),
+        );
         nonces.push(Buffer.from(attestation.document.nonce!).toString('hex'));
       },
     });
@@ -169,7 +205,12 @@ describe('createAttestedAgent against a local TlsTerminator', () => {
   });
 
   it('checks the chain and host name too when given the CA, and refuses a wrong CA or name', async () => {
-    const good = createAttestedAgent({ servername: 'localhost', ca: fx.caPem, freshNonce: true, verify: { root: fx.simRootPem } });
+    const good = createAttestedAgent({
+      servername: 'localhost',
+      ca: fx.caPem,
+      freshNonce: true,
+      verify: { root: fx.simRootPem },
+    });
     try {
       const response = await request(app.url, { dispatcher: good });
       assert.equal(await response.body.text(), 'ok');
@@ -195,7 +236,9 @@ describe('createAttestedAgent against a local TlsTerminator', () => {
   it('refuses plain http: origins, which cannot be attested', async () => {
     const agent = createAttestedAgent({ verify: { root: fx.simRootPem } });
     try {
-      await assert.rejects(request(`http://127.0.0.1:${app.listener.port}/`, { dispatcher: agent }), { code: 'ERR_TLS_NOT_TLS' });
+      await assert.rejects(request(`http://127.0.0.1:${app.listener.port}/`, { dispatcher: agent }), {
+        code: 'ERR_TLS_NOT_TLS',
+      });
     } finally {
       await agent.destroy();
     }
@@ -209,7 +252,10 @@ describe('createAttestedAgent against a local TlsTerminator', () => {
       assert.equal(Buffer.from(verified.document.nonce!).toString('hex'), nonce.toString('hex'));
       // Reading the peer certificate must not consume it (Node 20's getPeerX509Certificate does).
       assert.doesNotThrow(() => verifyPeerAttestation(socket, { root: fx.simRootPem, expectedNonce: nonce }));
-      assert.throws(() => verifyPeerAttestation(socket, { root: fx.simRootPem, nonce: randomBytes(16), expectedNonce: nonce }), { code: 'ERR_TLS_NONCE_CONFLICT' });
+      assert.throws(
+        () => verifyPeerAttestation(socket, { root: fx.simRootPem, nonce: randomBytes(16), expectedNonce: nonce }),
+        { code: 'ERR_TLS_NONCE_CONFLICT' },
+      );
     } finally {
       socket.destroy();
     }

@@ -1,12 +1,20 @@
 import assert from 'node:assert/strict';
 import { randomBytes, X509Certificate } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import { verifyAttestation } from '../src/attestation/verifier.js';
+import { verifyAttestation } from '../src/verify/verifier.js';
 import { verifyPeerAttestation } from '../src/tls/attested-client.js';
 import type { AttestedCertificate } from '../src/tls/attested-certificate.js';
 import { CertificateStore } from '../src/tls/certificate-store.js';
 import { captureLogs } from './helpers/log-capture.js';
-import { connectTls, documentFromSan, echo, listenTls, openTerminator, peerLeaf, type TerminatorFixture } from './helpers/attested-tls.js';
+import {
+  connectTls,
+  documentFromSan,
+  echo,
+  listenTls,
+  openTerminator,
+  peerLeaf,
+  type TerminatorFixture,
+} from './helpers/attested-tls.js';
 
 const hex = (bytes: Uint8Array) => Buffer.from(bytes).toString('hex');
 
@@ -14,8 +22,14 @@ const hex = (bytes: Uint8Array) => Buffer.from(bytes).toString('hex');
 function assertAttested(cert: AttestedCertificate, nonce: Uint8Array | null, simRootPem: string): void {
   const leaf = new X509Certificate(cert.certPem);
   const verified = verifyAttestation(cert.document, { root: simRootPem, ...(nonce ? { nonce } : {}) });
-  assert.equal(verified.document.nonce === null ? null : hex(verified.document.nonce), nonce === null ? null : hex(nonce));
-  assert.equal(hex(verified.document.userData!), hex(new Uint8Array(leaf.publicKey.export({ type: 'spki', format: 'der' }))));
+  assert.equal(
+    verified.document.nonce === null ? null : hex(verified.document.nonce),
+    nonce === null ? null : hex(nonce),
+  );
+  assert.equal(
+    hex(verified.document.userData!),
+    hex(new Uint8Array(leaf.publicKey.export({ type: 'spki', format: 'der' }))),
+  );
   assert.equal(hex(documentFromSan(leaf)), hex(cert.document));
 }
 
@@ -34,7 +48,9 @@ describe('certificate store: single flight', () => {
   it('100 concurrent handshakes on one nonce make exactly one NSM call and share one certificate', async () => {
     const nonce = randomBytes(16);
     const before = fx.nsm.nonceCalls;
-    const sockets = await Promise.all(Array.from({ length: 100 }, () => connectTls(listener, { servername: `${hex(nonce)}.attest.localhost` })));
+    const sockets = await Promise.all(
+      Array.from({ length: 100 }, () => connectTls(listener, { servername: `${hex(nonce)}.attest.localhost` })),
+    );
     try {
       assert.equal(fx.nsm.nonceCalls - before, 1);
       const fingerprints = new Set(sockets.map((s) => s.getPeerCertificate().fingerprint256));
@@ -131,7 +147,9 @@ describe('certificate store: bounded LRU', () => {
     // Touch `kept`, then push CAP - 1 newer entries: only `dropped` is then the oldest.
     assert.ok(store.peek(kept));
     for (let batch = 0; batch < (CAP - 1) / 100; batch++) {
-      await Promise.all(Array.from({ length: Math.min(100, CAP - 1 - batch * 100) }, () => store.forNonce(randomBytes(16))));
+      await Promise.all(
+        Array.from({ length: Math.min(100, CAP - 1 - batch * 100) }, () => store.forNonce(randomBytes(16))),
+      );
     }
     assert.ok(store.peek(kept), 'recently used entry kept');
     assert.equal(store.peek(dropped), undefined, 'least recently used entry evicted');
@@ -161,12 +179,17 @@ describe('certificate store: NSM failures', () => {
       assert.equal(socket.getPeerCertificate().fingerprint256, baseFingerprint);
       const verified = verifyPeerAttestation(socket, { root: fx.simRootPem });
       assert.equal(verified.document.nonce, null);
-      assert.throws(() => verifyPeerAttestation(socket, { root: fx.simRootPem, expectedNonce: nonce }), { code: 'ERR_ATTESTATION_NONCE' });
+      assert.throws(() => verifyPeerAttestation(socket, { root: fx.simRootPem, expectedNonce: nonce }), {
+        code: 'ERR_ATTESTATION_NONCE',
+      });
       socket.destroy();
     } finally {
       fx.nsm.failWith = undefined;
     }
-    assert.ok(logs.lines.some((l) => l['level'] === 40 && /nonce certificate/.test(String(l['msg']))), 'a warning is logged');
+    assert.ok(
+      logs.lines.some((l) => l['level'] === 40 && /nonce certificate/.test(String(l['msg']))),
+      'a warning is logged',
+    );
     assert.equal(fx.terminator.store.peek(nonce), undefined);
     // The NSM is back: the same nonce now gets its own certificate.
     const socket = await connectTls(listener, { servername: `${hex(nonce)}.attest.localhost` });
@@ -220,7 +243,10 @@ describe('certificate store: NSM failures', () => {
     assert.equal(store.base, renewed);
     assert.notEqual(hex(renewed.document), hex(old.document));
     assertAttested(renewed, null, fx.simRootPem);
-    assert.notEqual(new X509Certificate(renewed.certPem).publicKey.export({ type: 'spki', format: 'der' }).toString('hex'), new X509Certificate(old.certPem).publicKey.export({ type: 'spki', format: 'der' }).toString('hex'));
+    assert.notEqual(
+      new X509Certificate(renewed.certPem).publicKey.export({ type: 'spki', format: 'der' }).toString('hex'),
+      new X509Certificate(old.certPem).publicKey.export({ type: 'spki', format: 'der' }).toString('hex'),
+    );
     const socket = await connectTls(listener, { servername: 'localhost' });
     try {
       assert.equal(peerLeaf(socket).fingerprint256, new X509Certificate(renewed.certPem).fingerprint256);

@@ -1,6 +1,11 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { formatNonceServerName, parseNonceLabel, parseNonceServerName, SNI_NONCE_MAX_BYTES } from '../src/tls/nonce-label.js';
+import {
+  formatNonceServerName,
+  parseNonceLabel,
+  parseNonceServerName,
+  SNI_NONCE_MAX_BYTES,
+} from '../src/tls/nonce-label.js';
 
 const bytes = (hex: string) => new Uint8Array(Buffer.from(hex, 'hex'));
 
@@ -16,7 +21,18 @@ describe('SNI nonce labels, hex (the default)', () => {
   });
 
   it('treats names without the .attest. shape as base-certificate requests', () => {
-    for (const name of ['localhost', 'example.com', 'attest.example.com', '0a.attest', '0a.attest.', '.attest.example.com', 'a.b.attest.example.com', '', undefined, null]) {
+    for (const name of [
+      'localhost',
+      'example.com',
+      'attest.example.com',
+      '0a.attest',
+      '0a.attest.',
+      '.attest.example.com',
+      'a.b.attest.example.com',
+      '',
+      undefined,
+      null,
+    ]) {
       assert.deepEqual(parseNonceServerName(name), { kind: 'base' }, String(name));
       assert.equal(parseNonceLabel(name), undefined);
     }

@@ -11,17 +11,17 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import tls from 'node:tls';
 import { defaultSimulatedPcr, openSimulatedNsm, type SimulatedNsm } from '../src/attestation/sim-nsm.js';
-import { verifyAttestation } from '../src/attestation/verifier.js';
-import type { Address } from '../src/bridge/address.js';
+import { verifyAttestation } from '../src/verify/verifier.js';
+import type { Address } from '../src/net/address.js';
 import { parseConfig } from '../src/config/load.js';
 import { validateConfig } from '../src/config/validate.js';
-import { ConfigError } from '../src/errors.js';
-import { silentLogger } from '../src/log.js';
+import { ConfigError } from '../src/core/errors.js';
+import { silentLogger } from '../src/core/log.js';
 import { ChallengeBook } from '../src/provisioner/challenge-book.js';
 import { ProvisionerClient } from '../src/provisioner/provisioner-client.js';
 import { ProvisionerRefusal, ProvisioningError } from '../src/provisioner/provisioner-error.js';
 import { startProvisioner, type Provisioner, type ProvisionerOptions } from '../src/provisioner/provisioner-service.js';
-import { provisioningUserData } from '../src/provisioner/protocol.js';
+import { provisioningUserData } from '../src/wire/provisioner-protocol.js';
 import { Runtime } from '../src/runtime.js';
 import { openProvisionedCertificateSource } from '../src/tls/provisioned-certificate-source.js';
 import { TlsTerminator } from '../src/tls/tls-terminator.js';
@@ -41,12 +41,23 @@ const portOf = (address: Address) => (address as Address & { transport: 'tcp' })
 
 /** An extractable P-256 pair, so the test knows the private bytes it must never see on the wire. */
 async function extractableKeys(): Promise<webcrypto.CryptoKeyPair> {
-  return (await webcrypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
+  return (await webcrypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, [
+    'sign',
+    'verify',
+  ])) as webcrypto.CryptoKeyPair;
 }
 
 async function csrFor(keys: webcrypto.CryptoKeyPair): Promise<{ pem: string; der: Buffer; spki: Uint8Array }> {
-  const csr = await x509.Pkcs10CertificateRequestGenerator.create({ name: 'CN=test', keys, signingAlgorithm: { name: 'ECDSA', hash: 'SHA-256' } });
-  return { pem: csr.toString('pem'), der: Buffer.from(csr.rawData), spki: new Uint8Array(await webcrypto.subtle.exportKey('spki', keys.publicKey)) };
+  const csr = await x509.Pkcs10CertificateRequestGenerator.create({
+    name: 'CN=test',
+    keys,
+    signingAlgorithm: { name: 'ECDSA', hash: 'SHA-256' },
+  });
+  return {
+    pem: csr.toString('pem'),
+    der: Buffer.from(csr.rawData),
+    spki: new Uint8Array(await webcrypto.subtle.exportKey('spki', keys.publicKey)),
+  };
 }
 
 /**
@@ -92,7 +103,12 @@ function requestBodies(sent: Buffer[]): Array<Record<string, string>> {
   });
 }
 
-async function post(provisioner: Provisioner, path: string, body: string | Buffer, method = 'POST'): Promise<{ status: number; json: Record<string, string> }> {
+async function post(
+  provisioner: Provisioner,
+  path: string,
+  body: string | Buffer,
+  method = 'POST',
+): Promise<{ status: number; json: Record<string, string> }> {
   const response = await fetch(`http://127.0.0.1:${portOf(provisioner.address)}${path}`, {
     method,
     ...(method === 'POST' ? { body, headers: { 'content-type': 'application/json' } } : {}),
@@ -120,10 +136,18 @@ describe('tls.source = "provisioner", end to end on loopback with the simulated 
   let relay: Awaited<ReturnType<typeof capturingRelay>>;
   const provisionerLogs = captureLogs('debug');
   const open = (options: Partial<ProvisionerOptions> = {}) =>
-    startProvisioner({ listen: LOOPBACK, caDir: join(dir, 'provisioner'), attestationRootPem: nsm.rootPem, allowedPcrs: [ALLOWED], logger: provisionerLogs.logger, ...options });
+    startProvisioner({
+      listen: LOOPBACK,
+      caDir: join(dir, 'provisioner'),
+      attestationRootPem: nsm.rootPem,
+      allowedPcrs: [ALLOWED],
+      logger: provisionerLogs.logger,
+      ...options,
+    });
   const client = () => new ProvisionerClient({ address: provisioner.address, timeoutMs: TIMEOUT_MS });
   /** The provisioner's refusal lines with `code`. */
-  const refusalsLogged = (code: string) => provisionerLogs.lines.filter((l) => l.msg === 'provisioner refused a request' && l.code === code);
+  const refusalsLogged = (code: string) =>
+    provisionerLogs.lines.filter((l) => l.msg === 'provisioner refused a request' && l.code === code);
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'tls-provisioner-'));
@@ -148,7 +172,15 @@ describe('tls.source = "provisioner", end to end on loopback with the simulated 
       logger: enclaveLogs.logger,
       generateKeyPair: async () => (keys = await extractableKeys()),
     });
-    const terminator = await TlsTerminator.create({ nsm, stateDir: join(dir, 'enclave'), serverName: 'localhost', sniNonceEncoding: 'hex', nonceCacheSize: 16, logger: silentLogger(), source });
+    const terminator = await TlsTerminator.create({
+      nsm,
+      stateDir: join(dir, 'enclave'),
+      serverName: 'localhost',
+      sniNonceEncoding: 'hex',
+      nonceCacheSize: 16,
+      logger: silentLogger(),
+      source,
+    });
     const listener = await listenTls(terminator, echo);
     try {
       // The intermediate: the enclave's key, signed by the root, a CA that may sign leaves only.
@@ -156,13 +188,19 @@ describe('tls.source = "provisioner", end to end on loopback with the simulated 
       const intermediate = new X509Certificate(source.intermediatePem);
       assert.equal(source.trustAnchorPem, provisioner.rootPem);
       assert.ok(intermediate.checkIssued(root) && intermediate.verify(root.publicKey));
-      assert.deepEqual(intermediate.publicKey.export({ type: 'spki', format: 'der' }), Buffer.from(await webcrypto.subtle.exportKey('spki', keys!.publicKey)));
+      assert.deepEqual(
+        intermediate.publicKey.export({ type: 'spki', format: 'der' }),
+        Buffer.from(await webcrypto.subtle.exportKey('spki', keys!.publicKey)),
+      );
       const parsed = new x509.X509Certificate(source.intermediatePem);
       const constraints = parsed.getExtension(x509.BasicConstraintsExtension)!;
       assert.equal(constraints.ca, true);
       assert.equal(constraints.pathLength, 0);
       assert.equal(constraints.critical, true);
-      assert.equal(parsed.getExtension(x509.KeyUsagesExtension)!.usages & x509.KeyUsageFlags.keyCertSign, x509.KeyUsageFlags.keyCertSign);
+      assert.equal(
+        parsed.getExtension(x509.KeyUsagesExtension)!.usages & x509.KeyUsageFlags.keyCertSign,
+        x509.KeyUsageFlags.keyCertSign,
+      );
       assert.equal(parsed.getExtension('2.5.29.30')?.critical, true, 'permitted_dns gives a critical nameConstraints');
 
       // The served chain is leaf + intermediate: the root stays with the clients.
@@ -171,7 +209,14 @@ describe('tls.source = "provisioner", end to end on loopback with the simulated 
       // A strict client: Node's default verification against the provisioner root alone.
       const nonce = randomBytes(16);
       const servername = `${nonce.toString('hex')}.attest.localhost`;
-      const socket = tls.connect({ port: listener.port, host: '127.0.0.1', servername, ca: provisioner.rootPem, rejectUnauthorized: true, ALPNProtocols: ['http/1.1'] });
+      const socket = tls.connect({
+        port: listener.port,
+        host: '127.0.0.1',
+        servername,
+        ca: provisioner.rootPem,
+        rejectUnauthorized: true,
+        ALPNProtocols: ['http/1.1'],
+      });
       await once(socket, 'secureConnect');
       try {
         assert.equal(socket.authorized, true);
@@ -190,27 +235,47 @@ describe('tls.source = "provisioner", end to end on loopback with the simulated 
 
       // What crossed the relay: a challenge request, then the CSR, the document and the nonce. No private key.
       const bodies = requestBodies(relay.sent);
-      assert.deepEqual(bodies.map((b) => Object.keys(b).sort()), [[], ['attestation_doc', 'csr', 'nonce']]);
+      assert.deepEqual(
+        bodies.map((b) => Object.keys(b).sort()),
+        [[], ['attestation_doc', 'csr', 'nonce']],
+      );
       const sign = bodies[1]!;
       const wire = Buffer.concat(relay.sent);
       const jwk = await webcrypto.subtle.exportKey('jwk', keys!.privateKey);
       const scalar = Buffer.from(jwk.d!, 'base64url');
       const pkcs8 = Buffer.from(await webcrypto.subtle.exportKey('pkcs8', keys!.privateKey));
-      const decoded = [wire, Buffer.from(sign.attestation_doc!, 'base64'), Buffer.from(sign.csr!.replace(/-----[^-]+-----|\s/g, ''), 'base64'), Buffer.from(sign.nonce!, 'hex')];
+      const decoded = [
+        wire,
+        Buffer.from(sign.attestation_doc!, 'base64'),
+        Buffer.from(sign.csr!.replace(/-----[^-]+-----|\s/g, ''), 'base64'),
+        Buffer.from(sign.nonce!, 'hex'),
+      ];
       for (const bytes of decoded) {
         assert.equal(bytes.indexOf(scalar), -1, 'the private scalar was sent');
         assert.equal(bytes.indexOf(pkcs8), -1, 'the PKCS#8 key was sent');
       }
-      for (const form of [scalar.toString('hex'), scalar.toString('base64'), scalar.toString('base64url'), jwk.d!, 'PRIVATE KEY']) {
+      for (const form of [
+        scalar.toString('hex'),
+        scalar.toString('base64'),
+        scalar.toString('base64url'),
+        jwk.d!,
+        'PRIVATE KEY',
+      ]) {
         assert.equal(wire.toString('latin1').indexOf(form), -1, `the private key was sent as ${form.slice(0, 12)}`);
       }
       const csr = new x509.Pkcs10CertificateRequest(sign.csr!);
-      assert.deepEqual(Buffer.from(csr.publicKey.rawData), intermediate.publicKey.export({ type: 'spki', format: 'der' }));
+      assert.deepEqual(
+        Buffer.from(csr.publicKey.rawData),
+        intermediate.publicKey.export({ type: 'spki', format: 'der' }),
+      );
       // The document binds the CSR key (user_data = the reserved prefix + SHA-256 of its SPKI) and carries the challenge.
       const document = verifyAttestation(Buffer.from(sign.attestation_doc!, 'base64'), { root: nsm.rootPem }).document;
       assert.deepEqual(
         Buffer.from(document.userData!),
-        Buffer.concat([Buffer.from('enclave-runtime/provisioner/v1:'), createHash('sha256').update(Buffer.from(csr.publicKey.rawData)).digest()]),
+        Buffer.concat([
+          Buffer.from('enclave-runtime/provisioner/v1:'),
+          createHash('sha256').update(Buffer.from(csr.publicKey.rawData)).digest(),
+        ]),
       );
       assert.equal(hex(document.nonce!), sign.nonce);
 
@@ -223,7 +288,12 @@ describe('tls.source = "provisioner", end to end on loopback with the simulated 
       const before = source.intermediatePem;
       await source.renew();
       assert.notEqual(source.intermediatePem, before);
-      const issued = await source.issue({ serverName: 'localhost', dnsNames: ['localhost'], publicKeySpki: new Uint8Array(intermediate.publicKey.export({ type: 'spki', format: 'der' })), attestationDocument: new Uint8Array() });
+      const issued = await source.issue({
+        serverName: 'localhost',
+        dnsNames: ['localhost'],
+        publicKeySpki: new Uint8Array(intermediate.publicKey.export({ type: 'spki', format: 'der' })),
+        attestationDocument: new Uint8Array(),
+      });
       assert.ok(new X509Certificate(issued.certPem).checkIssued(new X509Certificate(source.intermediatePem)));
       assert.equal(issued.chainPem, source.intermediatePem);
     } finally {
@@ -238,8 +308,16 @@ describe('tls.source = "provisioner", end to end on loopback with the simulated 
     const enclaveLogs = captureLogs('debug');
     try {
       await assert.rejects(
-        openProvisionedCertificateSource({ nsm: other, address: provisioner.address, timeoutMs: TIMEOUT_MS, logger: enclaveLogs.logger }),
-        refusedWith('ERR_ATTESTATION_PCR', /refused the enclave CA .*PCRs do not match any expected set \(set 1: PCR0 differ\)/),
+        openProvisionedCertificateSource({
+          nsm: other,
+          address: provisioner.address,
+          timeoutMs: TIMEOUT_MS,
+          logger: enclaveLogs.logger,
+        }),
+        refusedWith(
+          'ERR_ATTESTATION_PCR',
+          /refused the enclave CA .*PCRs do not match any expected set \(set 1: PCR0 differ\)/,
+        ),
       );
       const failed = enclaveLogs.lines.find((l) => l.msg === 'provisioning the enclave intermediate CA failed');
       assert.equal(failed?.remoteCode, 'ERR_ATTESTATION_PCR');
@@ -254,7 +332,12 @@ describe('tls.source = "provisioner", end to end on loopback with the simulated 
     const debug = await openSimulatedNsm({ stateDir: join(dir, 'enclave'), debug: true });
     try {
       await assert.rejects(
-        openProvisionedCertificateSource({ nsm: debug, address: provisioner.address, timeoutMs: TIMEOUT_MS, logger: silentLogger() }),
+        openProvisionedCertificateSource({
+          nsm: debug,
+          address: provisioner.address,
+          timeoutMs: TIMEOUT_MS,
+          logger: silentLogger(),
+        }),
         refusedWith('ERR_ATTESTATION_DEBUG', /debug mode/),
       );
     } finally {
@@ -267,7 +350,10 @@ describe('tls.source = "provisioner", end to end on loopback with the simulated 
     const csr = await csrFor(keys);
     const challenge = await client().challenge();
     const document = await nsm.attest({ nonce: challenge.nonce, userData: provisioningUserData(csr.spki) });
-    return { csr, body: { csr: csr.pem, attestation_doc: Buffer.from(document).toString('base64'), nonce: hex(challenge.nonce) } };
+    return {
+      csr,
+      body: { csr: csr.pem, attestation_doc: Buffer.from(document).toString('base64'), nonce: hex(challenge.nonce) },
+    };
   }
 
   it('refuses a replayed challenge, and nonces it never issued', async () => {
@@ -282,7 +368,11 @@ describe('tls.source = "provisioner", end to end on loopback with the simulated 
     const invented = randomBytes(32);
     const inventedDoc = await nsm.attest({ nonce: invented, userData: provisioningUserData(csr.spki) });
     await assert.rejects(
-      client().sign({ csr: csr.pem, attestation_doc: Buffer.from(inventedDoc).toString('base64'), nonce: hex(invented) }),
+      client().sign({
+        csr: csr.pem,
+        attestation_doc: Buffer.from(inventedDoc).toString('base64'),
+        nonce: hex(invented),
+      }),
       refusedWith('ERR_PROVISIONER_CHALLENGE_UNKNOWN', /not an outstanding challenge/),
     );
     // The document must carry the nonce the request names.
@@ -295,7 +385,15 @@ describe('tls.source = "provisioner", end to end on loopback with the simulated 
 
   it('refuses an expired challenge', async () => {
     let clock = Date.now();
-    const timed = await startProvisioner({ listen: LOOPBACK, caDir: join(dir, 'provisioner'), attestationRootPem: nsm.rootPem, allowedPcrs: [ALLOWED], challengeTtlMs: 1000, logger: silentLogger(), now: () => clock });
+    const timed = await startProvisioner({
+      listen: LOOPBACK,
+      caDir: join(dir, 'provisioner'),
+      attestationRootPem: nsm.rootPem,
+      allowedPcrs: [ALLOWED],
+      challengeTtlMs: 1000,
+      logger: silentLogger(),
+      now: () => clock,
+    });
     try {
       const c = new ProvisionerClient({ address: timed.address, timeoutMs: TIMEOUT_MS });
       const csr = await csrFor(await extractableKeys());
@@ -303,7 +401,11 @@ describe('tls.source = "provisioner", end to end on loopback with the simulated 
       const document = await nsm.attest({ nonce: challenge.nonce, userData: provisioningUserData(csr.spki) });
       clock += 1001;
       await assert.rejects(
-        c.sign({ csr: csr.pem, attestation_doc: Buffer.from(document).toString('base64'), nonce: hex(challenge.nonce) }),
+        c.sign({
+          csr: csr.pem,
+          attestation_doc: Buffer.from(document).toString('base64'),
+          nonce: hex(challenge.nonce),
+        }),
         refusedWith('ERR_PROVISIONER_CHALLENGE_EXPIRED', /expired 1 ms ago/),
       );
     } finally {
@@ -311,7 +413,7 @@ describe('tls.source = "provisioner", end to end on loopback with the simulated 
     }
   });
 
-  it('refuses a document that binds another key than the CSR\'s', async () => {
+  it("refuses a document that binds another key than the CSR's", async () => {
     const csr = await csrFor(await extractableKeys());
     const otherKey = await csrFor(await extractableKeys());
     // Another key's binding, the raw SPKI, and the bare SHA-256 (what the app could ask the internal API for).
@@ -320,8 +422,15 @@ describe('tls.source = "provisioner", end to end on loopback with the simulated 
       const challenge = await client().challenge();
       const document = await nsm.attest({ nonce: challenge.nonce, userData });
       await assert.rejects(
-        client().sign({ csr: csr.pem, attestation_doc: Buffer.from(document).toString('base64'), nonce: hex(challenge.nonce) }),
-        refusedWith('ERR_ATTESTATION_USER_DATA', /user_data does not bind the CSR's key: it must be "enclave-runtime\/provisioner\/v1:" followed by SHA-256 of the CSR's DER SubjectPublicKeyInfo/),
+        client().sign({
+          csr: csr.pem,
+          attestation_doc: Buffer.from(document).toString('base64'),
+          nonce: hex(challenge.nonce),
+        }),
+        refusedWith(
+          'ERR_ATTESTATION_USER_DATA',
+          /user_data does not bind the CSR's key: it must be "enclave-runtime\/provisioner\/v1:" followed by SHA-256 of the CSR's DER SubjectPublicKeyInfo/,
+        ),
       );
     }
     assert.equal(refusalsLogged('ERR_ATTESTATION_USER_DATA').length, 3);
@@ -334,7 +443,11 @@ describe('tls.source = "provisioner", end to end on loopback with the simulated 
     const challenge = await client().challenge();
     const document = await nsm.attest({ nonce: challenge.nonce, userData: provisioningUserData(csr.spki) });
     await assert.rejects(
-      client().sign({ csr: tampered.toString('base64'), attestation_doc: Buffer.from(document).toString('base64'), nonce: hex(challenge.nonce) }),
+      client().sign({
+        csr: tampered.toString('base64'),
+        attestation_doc: Buffer.from(document).toString('base64'),
+        nonce: hex(challenge.nonce),
+      }),
       refusedWith('ERR_PROVISIONER_CSR', /self-signature/, 400),
     );
   });
@@ -352,7 +465,14 @@ describe('tls.source = "provisioner", end to end on loopback with the simulated 
     const method = await post(provisioner, '/challenge', '', 'GET');
     assert.deepEqual([method.status, method.json.code], [405, 'ERR_PROVISIONER_METHOD']);
 
-    const small = await startProvisioner({ listen: LOOPBACK, caDir: join(dir, 'provisioner'), attestationRootPem: nsm.rootPem, allowedPcrs: [ALLOWED], maxPendingChallenges: 2, logger: silentLogger() });
+    const small = await startProvisioner({
+      listen: LOOPBACK,
+      caDir: join(dir, 'provisioner'),
+      attestationRootPem: nsm.rootPem,
+      allowedPcrs: [ALLOWED],
+      maxPendingChallenges: 2,
+      logger: silentLogger(),
+    });
     try {
       // Handing out a challenge stores nothing, so more than max_pending_challenges are still answered.
       for (let i = 0; i < 3; i++) assert.equal((await post(small, '/challenge', '{}')).status, 200);
@@ -363,7 +483,13 @@ describe('tls.source = "provisioner", end to end on loopback with the simulated 
   });
 
   it('1,100 challenge requests from one caller do not keep another enclave from being provisioned', async () => {
-    const flood = await startProvisioner({ listen: LOOPBACK, caDir: join(dir, 'provisioner'), attestationRootPem: nsm.rootPem, allowedPcrs: [ALLOWED], logger: silentLogger() });
+    const flood = await startProvisioner({
+      listen: LOOPBACK,
+      caDir: join(dir, 'provisioner'),
+      attestationRootPem: nsm.rootPem,
+      allowedPcrs: [ALLOWED],
+      logger: silentLogger(),
+    });
     try {
       const nonces = new Set<string>();
       // In rounds of 50 at once: the connection limit (256) is a different bound.
@@ -375,7 +501,12 @@ describe('tls.source = "provisioner", end to end on loopback with the simulated 
         }
       }
       assert.equal(nonces.size, 1100, 'every challenge is distinct');
-      const source = await openProvisionedCertificateSource({ nsm, address: flood.address, timeoutMs: TIMEOUT_MS, logger: silentLogger() });
+      const source = await openProvisionedCertificateSource({
+        nsm,
+        address: flood.address,
+        timeoutMs: TIMEOUT_MS,
+        logger: silentLogger(),
+      });
       try {
         assert.ok(new X509Certificate(source.intermediatePem).checkIssued(new X509Certificate(flood.rootPem)));
       } finally {
@@ -406,12 +537,21 @@ describe('tls.source = "provisioner", end to end on loopback with the simulated 
     const leafKeyPem = Buffer.from(await webcrypto.subtle.exportKey('pkcs8', leafKeys.privateKey)).toString('base64');
     /** Serves `leaf` + the intermediate, and connects as a client trusting only the provisioner root. */
     const handshake = async (leaf: x509.X509Certificate, servername?: string): Promise<string> => {
-      const server = tls.createServer({ key: `-----BEGIN PRIVATE KEY-----\n${leafKeyPem}\n-----END PRIVATE KEY-----\n`, cert: leaf.toString('pem') + '\n' + certificate });
+      const server = tls.createServer({
+        key: `-----BEGIN PRIVATE KEY-----\n${leafKeyPem}\n-----END PRIVATE KEY-----\n`,
+        cert: leaf.toString('pem') + '\n' + certificate,
+      });
       server.on('tlsClientError', () => {});
       server.listen(0, '127.0.0.1');
       await once(server, 'listening');
       try {
-        const socket = tls.connect({ port: (server.address() as net.AddressInfo).port, host: '127.0.0.1', ...(servername ? { servername } : {}), ca: provisioner.rootPem, rejectUnauthorized: true });
+        const socket = tls.connect({
+          port: (server.address() as net.AddressInfo).port,
+          host: '127.0.0.1',
+          ...(servername ? { servername } : {}),
+          ca: provisioner.rootPem,
+          rejectUnauthorized: true,
+        });
         const outcome = await new Promise<string>((resolve) => {
           socket.once('secureConnect', () => resolve('ok'));
           socket.once('error', (error) => resolve(error.message));
@@ -443,21 +583,41 @@ describe('tls.source = "provisioner", end to end on loopback with the simulated 
   });
 
   it('reports an unreachable provisioner as such', async () => {
-    const closed = await startProvisioner({ listen: LOOPBACK, caDir: join(dir, 'provisioner'), attestationRootPem: nsm.rootPem, allowedPcrs: [ALLOWED], logger: silentLogger() });
-    await closed.close();
-    await assert.rejects(openProvisionedCertificateSource({ nsm, address: closed.address, timeoutMs: TIMEOUT_MS, logger: silentLogger() }), (error: unknown) => {
-      assert.ok(error instanceof ProvisioningError);
-      assert.equal(error.code, 'ERR_PROVISIONING_UNREACHABLE');
-      assert.match(error.message, /cannot reach the provisioner at tcp:127\.0\.0\.1:\d+: ECONNREFUSED/);
-      return true;
+    const closed = await startProvisioner({
+      listen: LOOPBACK,
+      caDir: join(dir, 'provisioner'),
+      attestationRootPem: nsm.rootPem,
+      allowedPcrs: [ALLOWED],
+      logger: silentLogger(),
     });
+    await closed.close();
+    await assert.rejects(
+      openProvisionedCertificateSource({ nsm, address: closed.address, timeoutMs: TIMEOUT_MS, logger: silentLogger() }),
+      (error: unknown) => {
+        assert.ok(error instanceof ProvisioningError);
+        assert.equal(error.code, 'ERR_PROVISIONING_UNREACHABLE');
+        assert.match(error.message, /cannot reach the provisioner at tcp:127\.0\.0\.1:\d+: ECONNREFUSED/);
+        return true;
+      },
+    );
   });
 
-  it('works over a unix socket too (the addon\'s stream code, as vsock uses)', { skip: NATIVE_SKIP }, async () => {
+  it("works over a unix socket too (the addon's stream code, as vsock uses)", { skip: NATIVE_SKIP }, async () => {
     const path = join(dir, 'provisioner.sock');
-    const overUnix = await startProvisioner({ listen: { transport: 'unix', path }, caDir: join(dir, 'provisioner'), attestationRootPem: nsm.rootPem, allowedPcrs: [ALLOWED], logger: silentLogger() });
+    const overUnix = await startProvisioner({
+      listen: { transport: 'unix', path },
+      caDir: join(dir, 'provisioner'),
+      attestationRootPem: nsm.rootPem,
+      allowedPcrs: [ALLOWED],
+      logger: silentLogger(),
+    });
     try {
-      const source = await openProvisionedCertificateSource({ nsm, address: { transport: 'unix', path }, timeoutMs: TIMEOUT_MS, logger: silentLogger() });
+      const source = await openProvisionedCertificateSource({
+        nsm,
+        address: { transport: 'unix', path },
+        timeoutMs: TIMEOUT_MS,
+        logger: silentLogger(),
+      });
       assert.ok(new X509Certificate(source.intermediatePem).checkIssued(new X509Certificate(overUnix.rootPem)));
       await source.close();
     } finally {
@@ -474,7 +634,10 @@ describe('tls.source = "provisioner", end to end on loopback with the simulated 
           metrics: { enabled: false },
           ingress: { listen: 'tcp:127.0.0.1:0', app: 'tcp:127.0.0.1:9' },
           attestation: { api_listen: 'tcp:127.0.0.1:0', simulated: { pcrs } },
-          tls: { source: 'provisioner', provisioner: { address: `tcp:127.0.0.1:${portOf(provisioner.address)}`, timeout_ms: TIMEOUT_MS } },
+          tls: {
+            source: 'provisioner',
+            provisioner: { address: `tcp:127.0.0.1:${portOf(provisioner.address)}`, timeout_ms: TIMEOUT_MS },
+          },
         },
         'dev',
       );
@@ -484,7 +647,14 @@ describe('tls.source = "provisioner", end to end on loopback with the simulated 
       const runtime = await Runtime.start(configFor(join(dir, 'enclave')), 'dev', silentLogger());
       try {
         const port = portOf(runtime.ingress!.address);
-        const socket = tls.connect({ port, host: '127.0.0.1', servername: 'localhost', ca: provisioner.rootPem, rejectUnauthorized: true, ALPNProtocols: ['http/1.1'] });
+        const socket = tls.connect({
+          port,
+          host: '127.0.0.1',
+          servername: 'localhost',
+          ca: provisioner.rootPem,
+          rejectUnauthorized: true,
+          ALPNProtocols: ['http/1.1'],
+        });
         await once(socket, 'secureConnect');
         assert.equal(socket.authorized, true);
         verifyAttestation(documentFromSan(peerLeaf(socket)), { root: nsm.rootPem, expectedPcrs: [ALLOWED] });
@@ -494,9 +664,12 @@ describe('tls.source = "provisioner", end to end on loopback with the simulated 
       }
     });
 
-    it('fails to start with the provisioner\'s reason when refused', async () => {
+    it("fails to start with the provisioner's reason when refused", async () => {
       const config = configFor(join(dir, 'enclave'), { 1: '11'.repeat(48) });
-      await assert.rejects(Runtime.start(config, 'dev', silentLogger()), refusedWith('ERR_ATTESTATION_PCR', /PCR1 differ/));
+      await assert.rejects(
+        Runtime.start(config, 'dev', silentLogger()),
+        refusedWith('ERR_ATTESTATION_PCR', /PCR1 differ/),
+      );
     });
   });
 });
@@ -516,7 +689,11 @@ describe('provisioner configuration', () => {
     assert.deepEqual(config.provisioner.allowedPcrs[1]![0], Buffer.from(pcr, 'hex'));
     assert.equal(config.provisioner.allowDebug, true);
     assert.equal(config.provisioner.root, 'aws');
-    assert.deepEqual(parseConfig('', 'dev').tls.provisioner.address, { transport: 'tcp', host: '127.0.0.1', port: 8444 });
+    assert.deepEqual(parseConfig('', 'dev').tls.provisioner.address, {
+      transport: 'tcp',
+      host: '127.0.0.1',
+      port: 8444,
+    });
   });
 
   it('names the key and the set at fault', () => {
@@ -527,13 +704,21 @@ describe('provisioner configuration', () => {
       ['[tls]\nsource = "ca"', /tls\.source: "ca" is not allowed; expected one of "self", "provisioner"/],
     ];
     for (const [text, expected] of cases) {
-      assert.throws(() => parseConfig(text, 'run'), (error: unknown) => error instanceof ConfigError && expected.test(error.message));
+      assert.throws(
+        () => parseConfig(text, 'run'),
+        (error: unknown) => error instanceof ConfigError && expected.test(error.message),
+      );
     }
   });
 
   it('refuses to start a provisioner with an empty allowlist', async () => {
     await assert.rejects(
-      startProvisioner({ listen: LOOPBACK, caDir: join(tmpdir(), 'never-created'), allowedPcrs: [], logger: silentLogger() }),
+      startProvisioner({
+        listen: LOOPBACK,
+        caDir: join(tmpdir(), 'never-created'),
+        allowedPcrs: [],
+        logger: silentLogger(),
+      }),
       (error: unknown) => error instanceof ConfigError && /allowed_pcrs is empty/.test(error.message),
     );
   });
@@ -549,7 +734,7 @@ describe('provisioner configuration', () => {
     assert.equal(book.spent, 0);
   });
 
-  it('accepts only nonces it made: a changed byte, another book\'s nonce, or a pushed-out expiry are unknown', () => {
+  it("accepts only nonces it made: a changed byte, another book's nonce, or a pushed-out expiry are unknown", () => {
     const clock = 1_000;
     const book = new ChallengeBook({ ttlMs: 100, maxPending: 4, now: () => clock });
     const other = new ChallengeBook({ ttlMs: 100, maxPending: 4, now: () => clock });
@@ -572,7 +757,11 @@ describe('provisioner configuration', () => {
     const [second, third] = [book.issue(), book.issue()];
     book.take(first.nonce);
     book.take(second.nonce);
-    assert.throws(() => book.take(third.nonce), (error: unknown) => (error as ProvisionerRefusal).status === 503 && (error as ProvisionerRefusal).code === 'ERR_PROVISIONER_BUSY');
+    assert.throws(
+      () => book.take(third.nonce),
+      (error: unknown) =>
+        (error as ProvisionerRefusal).status === 503 && (error as ProvisionerRefusal).code === 'ERR_PROVISIONER_BUSY',
+    );
     clock = 100;
     // The first has expired and is forgotten; the third is still valid.
     book.take(third.nonce);

@@ -3,18 +3,26 @@ import { createPublicKey, randomBytes } from 'node:crypto';
 import tls from 'node:tls';
 import { after, before, describe, it } from 'node:test';
 import { crypto as acmeCrypto, type Authorization } from 'acme-client';
-import { verifyAttestation } from '../src/attestation/verifier.js';
-import { silentLogger } from '../src/log.js';
+import { verifyAttestation } from '../src/verify/verifier.js';
+import { silentLogger } from '../src/core/log.js';
 import { AcmeCertificates } from '../src/tls/acme-certificates.js';
 import type { AcmeIssued } from '../src/tls/acme-order.js';
 import { TlsAlpnChallenges } from '../src/tls/tls-alpn-challenges.js';
 import { captureLogs } from './helpers/log-capture.js';
-import { connectTls, documentFromSan, listenTls, openTerminator, peerLeaf, type TerminatorFixture } from './helpers/attested-tls.js';
+import {
+  connectTls,
+  documentFromSan,
+  listenTls,
+  openTerminator,
+  peerLeaf,
+  type TerminatorFixture,
+} from './helpers/attested-tls.js';
 import { closesWithin } from './helpers/net.js';
 
 const DOMAIN = 'acme.test';
 const hex = (bytes: Uint8Array) => Buffer.from(bytes).toString('hex');
-const spkiOf = (cert: { publicKey: { export(o: { type: 'spki'; format: 'der' }): Buffer } }) => cert.publicKey.export({ type: 'spki', format: 'der' });
+const spkiOf = (cert: { publicKey: { export(o: { type: 'spki'; format: 'der' }): Buffer } }) =>
+  cert.publicKey.export({ type: 'spki', format: 'der' });
 
 /** Handshake with an explicit ALPN list; resolves with the socket, or rejects with the handshake error. */
 function handshake(port: number, servername: string, alpn: string[]): Promise<tls.TLSSocket> {
@@ -38,8 +46,18 @@ describe('SNI routing with ACME domains', () => {
     // A stand-in CA: the runtime's own, signing a leaf for the key the manager generated.
     const order = async (keyPem: string): Promise<AcmeIssued> => {
       const spki = new Uint8Array(createPublicKey(keyPem).export({ type: 'spki', format: 'der' }));
-      const leaf = await fx.terminator.source.issue({ serverName: DOMAIN, dnsNames: [DOMAIN], publicKeySpki: spki, attestationDocument: new Uint8Array() });
-      return { certPem: leaf.certPem, chainPem: leaf.chainPem, notBefore: new Date(Date.now() - 1000), notAfter: leaf.notAfter };
+      const leaf = await fx.terminator.source.issue({
+        serverName: DOMAIN,
+        dnsNames: [DOMAIN],
+        publicKeySpki: spki,
+        attestationDocument: new Uint8Array(),
+      });
+      return {
+        certPem: leaf.certPem,
+        chainPem: leaf.chainPem,
+        notBefore: new Date(Date.now() - 1000),
+        notAfter: leaf.notAfter,
+      };
     };
     const nsmHolder: { nsm?: TerminatorFixture['nsm'] } = {};
     acme = new AcmeCertificates({
@@ -96,12 +114,23 @@ describe('SNI routing with ACME domains', () => {
     assert.equal(hex(await fx.terminator.attestationFor(accepted.at(-1)!)), hex(documentFromSan(baseLeaf)));
 
     const nonce = randomBytes(12);
-    const nonceSocket = await connectTls(listener, { servername: `${hex(nonce)}.attest.localhost`, checkName: `${hex(nonce)}.attest.localhost` });
+    const nonceSocket = await connectTls(listener, {
+      servername: `${hex(nonce)}.attest.localhost`,
+      checkName: `${hex(nonce)}.attest.localhost`,
+    });
     const nonceLeaf = peerLeaf(nonceSocket);
     nonceSocket.destroy();
-    const verified = verifyAttestation(documentFromSan(nonceLeaf), { root: fx.simRootPem, nonce, userData: spkiOf(nonceLeaf) });
+    const verified = verifyAttestation(documentFromSan(nonceLeaf), {
+      root: fx.simRootPem,
+      nonce,
+      userData: spkiOf(nonceLeaf),
+    });
     assert.equal(hex(verified.document.nonce!), hex(nonce));
-    assert.equal(hex(await fx.terminator.attestationFor(accepted.at(-1)!)), hex(documentFromSan(nonceLeaf)), 'the well-known document is that of the nonce certificate served');
+    assert.equal(
+      hex(await fx.terminator.attestationFor(accepted.at(-1)!)),
+      hex(documentFromSan(nonceLeaf)),
+      'the well-known document is that of the nonce certificate served',
+    );
 
     const other = await connectTls(listener, { servername: 'elsewhere.example', checkName: 'localhost' });
     assert.match(peerLeaf(other).subjectAltName ?? '', /^DNS:localhost, /);
@@ -111,16 +140,27 @@ describe('SNI routing with ACME domains', () => {
   it('answers a TLS-ALPN-01 validation with the challenge certificate, then closes without passing the connection on', async () => {
     const keyAuthorization = `${randomBytes(16).toString('base64url')}.${randomBytes(32).toString('base64url')}`;
     const authz = { identifier: { type: 'dns', value: DOMAIN } } as Authorization;
-    const [keyPem, certPem] = await acmeCrypto.createAlpnCertificate(authz, keyAuthorization, await acmeCrypto.createPrivateEcdsaKey());
+    const [keyPem, certPem] = await acmeCrypto.createAlpnCertificate(
+      authz,
+      keyAuthorization,
+      await acmeCrypto.createPrivateEcdsaKey(),
+    );
     acme.challenges.add(DOMAIN, certPem.toString(), keyPem.toString());
     try {
       const validator = await handshake(listener.port, DOMAIN, ['acme-tls/1']);
       assert.equal(validator.alpnProtocol, 'acme-tls/1');
       const shown = validator.getPeerX509Certificate();
-      assert.ok(shown && acmeCrypto.isAlpnCertificateAuthorizationValid(shown.toString(), keyAuthorization), 'the acmeIdentifier extension carries the key authorization digest');
+      assert.ok(
+        shown && acmeCrypto.isAlpnCertificateAuthorizationValid(shown.toString(), keyAuthorization),
+        'the acmeIdentifier extension carries the key authorization digest',
+      );
       assert.equal(await closesWithin(validator, 5000), true, 'the server closes the validation connection');
       validator.destroy();
-      assert.equal(await fx.terminator.established(accepted.at(-1)!), false, 'the ingress would not connect it to the app');
+      assert.equal(
+        await fx.terminator.established(accepted.at(-1)!),
+        false,
+        'the ingress would not connect it to the app',
+      );
       assert.ok(logs.lines.some((line) => line.msg === 'answered an ACME TLS-ALPN-01 validation'));
 
       // While the challenge is pending, ordinary clients of the domain still get the ACME leaf.

@@ -13,7 +13,21 @@
 // a fresh directory under /tmp, removed at the end. Options: VM_TEST_FILES="a.test.js b.test.js" (names within
 // dist/test/vm) runs only those.
 import { execFileSync, spawn } from 'node:child_process';
-import { chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  closeSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -34,11 +48,19 @@ function fail(text) {
 }
 
 if (process.getuid?.() !== 0) fail('needs root (apt-get for QEMU, the kernel and busybox)');
-if (!Number.isFinite(TIMEOUT_S) || TIMEOUT_S <= 0) fail(`VM_TIMEOUT_S must be a positive number of seconds, got ${process.env.VM_TIMEOUT_S}`);
+if (!Number.isFinite(TIMEOUT_S) || TIMEOUT_S <= 0)
+  fail(`VM_TIMEOUT_S must be a positive number of seconds, got ${process.env.VM_TIMEOUT_S}`);
 
 const testDir = join(ROOT, 'dist', 'test', 'vm');
 const wanted = (process.env.VM_TEST_FILES ?? '').split(/\s+/).filter(Boolean);
-const testFiles = wanted.length > 0 ? wanted : existsSync(testDir) ? readdirSync(testDir).filter((name) => name.endsWith('.test.js')).sort() : [];
+const testFiles =
+  wanted.length > 0
+    ? wanted
+    : existsSync(testDir)
+      ? readdirSync(testDir)
+          .filter((name) => name.endsWith('.test.js'))
+          .sort()
+      : [];
 if (testFiles.length === 0) fail(`no test files in ${testDir} (run \`npm run build\` first)`);
 for (const name of testFiles) {
   if (!/^[\w.-]+\.test\.js$/.test(name) || !existsSync(join(testDir, name))) fail(`no test file ${name} in ${testDir}`);
@@ -79,7 +101,9 @@ try {
 async function boot() {
   // The runtime the guest runs as PID 1 is the self-contained bundle, as in a customer image.
   const bundle = join(work, 'bundle');
-  execFileSync(process.execPath, [join(ROOT, 'scripts', 'bundle.mjs'), '--out', bundle], { stdio: ['ignore', 'inherit', 'inherit'] });
+  execFileSync(process.execPath, [join(ROOT, 'scripts', 'bundle.mjs'), '--out', bundle], {
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
 
   const initrd = join(work, 'initrd.cpio');
   buildInitramfs(join(work, 'initramfs'), initrd);
@@ -88,18 +112,44 @@ async function boot() {
   const results = join(work, 'results.log');
   writeFileSync(results, '');
   const args = [
-    '-L', tools.FIRMWARE,
-    '-accel', 'tcg', '-cpu', 'max', '-m', '1024', '-smp', '1',
-    '-display', 'none', '-vga', 'none', '-monitor', 'none', '-no-reboot', '-nic', 'none',
-    '-device', 'virtio-nsm-pci',
-    '-device', 'virtio-rng-pci',
-    '-kernel', tools.KERNEL, '-initrd', initrd,
+    '-L',
+    tools.FIRMWARE,
+    '-accel',
+    'tcg',
+    '-cpu',
+    'max',
+    '-m',
+    '1024',
+    '-smp',
+    '1',
+    '-display',
+    'none',
+    '-vga',
+    'none',
+    '-monitor',
+    'none',
+    '-no-reboot',
+    '-nic',
+    'none',
+    '-device',
+    'virtio-nsm-pci',
+    '-device',
+    'virtio-rng-pci',
+    '-kernel',
+    tools.KERNEL,
+    '-initrd',
+    initrd,
     // no_timer_check: on a loaded host, TCG can be too slow for the kernel's IO-APIC timer check, which then panics.
-    '-append', 'console=ttyS0 panic=-1 quiet loglevel=4 no_timer_check',
-    '-serial', `file:${console}`,
-    '-serial', `file:${results}`,
-    '-virtfs', `local,path=${ROOT},mount_tag=repo,security_model=none,readonly=on`,
-    '-virtfs', `local,path=${bundle},mount_tag=bundle,security_model=none,readonly=on`,
+    '-append',
+    'console=ttyS0 panic=-1 quiet loglevel=4 no_timer_check',
+    '-serial',
+    `file:${console}`,
+    '-serial',
+    `file:${results}`,
+    '-virtfs',
+    `local,path=${ROOT},mount_tag=repo,security_model=none,readonly=on`,
+    '-virtfs',
+    `local,path=${bundle},mount_tag=bundle,security_model=none,readonly=on`,
   ];
   say(`booting (${testFiles.length} test files; watchdog ${TIMEOUT_S} s)`);
   qemu = spawn(tools.QEMU, args, { stdio: ['ignore', 'inherit', 'inherit'] });
@@ -139,13 +189,31 @@ async function boot() {
     if (status !== 0) printConsoleTail(console);
     return status === 0 ? 0 : 1;
   }
-  say(timedOut ? `the guest did not finish within ${TIMEOUT_S} s; QEMU killed` : `QEMU exited (${signal ?? code}) before the guest reported a result`);
+  say(
+    timedOut
+      ? `the guest did not finish within ${TIMEOUT_S} s; QEMU killed`
+      : `QEMU exited (${signal ?? code}) before the guest reported a result`,
+  );
   printConsoleTail(console);
   return 1;
 }
 
 function buildInitramfs(dir, out) {
-  for (const sub of ['bin', 'dev', 'proc', 'sys', 'tmp', 'etc', 'lib', 'lib64', 'usr/bin', 'modules', 'vm', 'opt/bundle', 'run']) {
+  for (const sub of [
+    'bin',
+    'dev',
+    'proc',
+    'sys',
+    'tmp',
+    'etc',
+    'lib',
+    'lib64',
+    'usr/bin',
+    'modules',
+    'vm',
+    'opt/bundle',
+    'run',
+  ]) {
     mkdirSync(join(dir, sub), { recursive: true });
   }
   copyFileSync(tools.BUSYBOX, join(dir, 'bin', 'busybox'));
@@ -161,7 +229,10 @@ function buildInitramfs(dir, out) {
   copyFileSync(join(ROOT, 'test', 'vm', 'enclave-vm.toml'), join(dir, 'vm', 'enclave.toml'));
   writeFileSync(join(dir, 'vm', 'env'), `REPO='${ROOT}'\nTEST_FILES='${testFiles.join(' ')}'\n`);
   writeFileSync(join(dir, 'etc', 'hosts'), '127.0.0.1 localhost internet.test\n');
-  writeFileSync(join(dir, 'etc', 'passwd'), 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n');
+  writeFileSync(
+    join(dir, 'etc', 'passwd'),
+    'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n',
+  );
   writeFileSync(join(dir, 'etc', 'group'), 'root:x:0:\nnogroup:x:65534:\n');
   // An uncompressed cpio: the kernel reads it as is, which under TCG beats decompressing.
   execFileSync('sh', ['-c', `cd "${dir}" && find . | "${tools.BUSYBOX}" cpio -o -H newc > "${out}" 2>/dev/null`]);

@@ -3,9 +3,9 @@
  * (an unmodified app needs no health endpoint), or an HTTP GET of its own health route, which
  * only answers 2xx/3xx when the app says it is well.
  */
-import { formatAddress, parseAddress, type Address } from '../bridge/address.js';
-import { connect } from '../bridge/transport.js';
-import { ConfigError } from '../errors.js';
+import { formatAddress, parseAddress, type Address } from '../net/address.js';
+import { connect } from '../net/transport.js';
+import { ConfigError } from '../core/errors.js';
 
 /** The status line and headers of a health answer fit in this; the body is never read. */
 const MAX_RESPONSE_HEAD_BYTES = 8 * 1024;
@@ -24,7 +24,8 @@ export interface AppProbe {
 /** Builds the probe `[app] healthcheck` asks for; `app` is ingress.app. */
 export function createAppProbe(healthcheck: string, app: Address): AppProbe {
   if (healthcheck === '') return connectProbe(app);
-  if (healthcheck.startsWith('/')) return httpProbe(app, healthcheck, app.transport === 'tcp' ? hostHeader(app.host, app.port) : 'localhost');
+  if (healthcheck.startsWith('/'))
+    return httpProbe(app, healthcheck, app.transport === 'tcp' ? hostHeader(app.host, app.port) : 'localhost');
   if (healthcheck.startsWith('http://')) {
     let url: URL;
     try {
@@ -77,7 +78,11 @@ function httpProbe(address: Address, path: string, host: string): AppProbe {
         return { up: false, detail: `${target}: ${errorCode(error)}` };
       }
       try {
-        const status = await readStatus(socket, `GET ${path} HTTP/1.1\r\nHost: ${host}\r\nUser-Agent: enclave-runtime-health\r\nConnection: close\r\n\r\n`, Math.max(deadline - Date.now(), 1));
+        const status = await readStatus(
+          socket,
+          `GET ${path} HTTP/1.1\r\nHost: ${host}\r\nUser-Agent: enclave-runtime-health\r\nConnection: close\r\n\r\n`,
+          Math.max(deadline - Date.now(), 1),
+        );
         const up = status >= 200 && status < 400;
         return { up, detail: `${target}: HTTP ${status}` };
       } catch (error) {

@@ -1,13 +1,13 @@
 /**
  * How the customer's command is started so that it cannot leave the enclave around the egress
- * allowlist: through the app-sandbox helper (src/bridge/native/app_sandbox.c), which installs a
+ * allowlist: through the app-sandbox helper (src/native/app_sandbox.c), which installs a
  * seccomp filter (no_new_privs; AF_VSOCK sockets, io_uring and non-native syscall ABIs refused)
  * and then execs the command. iptables covers IP only; the parent's relays listen on vsock.
  */
 import { existsSync } from 'node:fs';
-import { APP_SANDBOX_PATH } from '../bridge/native-binding.js';
-import { RuntimeError } from '../errors.js';
-import type { Logger } from '../log.js';
+import { APP_SANDBOX_PATH } from '../native/native-binding.js';
+import { RuntimeError } from '../core/errors.js';
+import type { Logger } from '../core/log.js';
 
 /** What to spawn: the file and its argv (after argv[0]). */
 export interface AppLaunch {
@@ -22,14 +22,26 @@ export interface AppLaunch {
  * `[app] user` before exec, so the helper (and the filter) already run as that user. Throws
  * ERR_APP_SANDBOX when the helper is missing on Linux: the command never starts unfiltered by accident.
  */
-export function appLaunch(command: string, args: readonly string[], allowVsock: boolean, logger: Logger, helper: string = APP_SANDBOX_PATH): AppLaunch {
+export function appLaunch(
+  command: string,
+  args: readonly string[],
+  allowVsock: boolean,
+  logger: Logger,
+  helper: string = APP_SANDBOX_PATH,
+): AppLaunch {
   if (allowVsock) {
-    logger.warn({ command }, 'app.allow_vsock = true: the command may create AF_VSOCK sockets and reach the parent\'s relays directly');
+    logger.warn(
+      { command },
+      "app.allow_vsock = true: the command may create AF_VSOCK sockets and reach the parent's relays directly",
+    );
     return { file: command, args, sandboxed: false };
   }
   if (process.platform !== 'linux') {
     // No Nitro parent and no seccomp there; dev relays are loopback TCP, which the egress rules cover.
-    logger.warn({ platform: process.platform }, 'no seccomp filter on this platform; the command runs without the app sandbox');
+    logger.warn(
+      { platform: process.platform },
+      'no seccomp filter on this platform; the command runs without the app sandbox',
+    );
     return { file: command, args, sandboxed: false };
   }
   if (!existsSync(helper)) {

@@ -4,8 +4,8 @@
  * Supervisor (spawn, signal forwarding, exit code).
  */
 import type { RuntimeConfig } from '../config/schema.js';
-import type { Logger } from '../log.js';
-import { Supervisor, type ChildOutput } from '../supervisor.js';
+import type { Logger } from '../core/log.js';
+import { Supervisor, type ChildOutput } from './supervisor.js';
 import { appEnvironment, appLaunch } from './app-sandbox.js';
 import { resolveAppUser } from './app-user.js';
 import { restartDelayMs, shouldRestart } from './restart-policy.js';
@@ -35,7 +35,14 @@ export class AppSupervisor {
    * `[app] user` names nobody, RuntimeError ERR_APP_SANDBOX when the sandbox helper is missing.
    * `output` takes each run's stdout and stderr (the log relay); without it they are the runtime's.
    */
-  constructor(command: string, args: readonly string[], settings: AppSettings, logger: Logger, extraEnv: Readonly<Record<string, string>> = {}, output?: ChildOutput) {
+  constructor(
+    command: string,
+    args: readonly string[],
+    settings: AppSettings,
+    logger: Logger,
+    extraEnv: Readonly<Record<string, string>> = {},
+    output?: ChildOutput,
+  ) {
     this.#command = command;
     this.#args = args;
     this.#settings = settings;
@@ -82,7 +89,10 @@ export class AppSupervisor {
     const pid = current.pid;
     this.#logger.info({ commandPid: pid, graceMs }, 'waiting for the customer command to exit');
     const timer = setTimeout(() => {
-      this.#logger.warn({ commandPid: pid, graceMs }, 'customer command still running after runtime.shutdown_grace_ms; sending SIGKILL');
+      this.#logger.warn(
+        { commandPid: pid, graceMs },
+        'customer command still running after runtime.shutdown_grace_ms; sending SIGKILL',
+      );
       current.signal('SIGKILL');
     }, graceMs);
     void current.exited.then(() => clearTimeout(timer));
@@ -95,14 +105,25 @@ export class AppSupervisor {
       this.#current = undefined;
       const { restart, maxRestarts, restartBackoffMs } = this.#settings;
       if (this.#stopping || !shouldRestart(restart, status, this.#restarts, maxRestarts)) {
-        if (!this.#stopping && restart !== 'never' && this.#restarts >= maxRestarts && (restart === 'always' || status !== 0)) {
-          this.#logger.error({ status, restarts: this.#restarts }, 'customer command used up app.max_restarts; stopping');
+        if (
+          !this.#stopping &&
+          restart !== 'never' &&
+          this.#restarts >= maxRestarts &&
+          (restart === 'always' || status !== 0)
+        ) {
+          this.#logger.error(
+            { status, restarts: this.#restarts },
+            'customer command used up app.max_restarts; stopping',
+          );
         }
         return status;
       }
       this.#restarts++;
       const delayMs = restartDelayMs(restartBackoffMs, this.#restarts);
-      this.#logger.warn({ status, restart: this.#restarts, maxRestarts, delayMs }, 'customer command exited; restarting');
+      this.#logger.warn(
+        { status, restart: this.#restarts, maxRestarts, delayMs },
+        'customer command exited; restarting',
+      );
       if (!(await this.#wait(delayMs))) return status;
     }
   }

@@ -4,7 +4,7 @@
  * image has no other user database.
  */
 import { readFileSync } from 'node:fs';
-import { ConfigError } from '../errors.js';
+import { ConfigError, errorCode } from '../core/errors.js';
 
 /** An account file larger than this is not one an enclave image ships; refuse to parse it. */
 const MAX_ACCOUNT_FILE_BYTES = 4 * 1024 * 1024;
@@ -51,7 +51,8 @@ export function resolveAppUser(spec: string, files: AccountFiles = {}): AppUser 
 
 function checkedId(text: string, spec: string): number {
   const id = Number(text);
-  if (!/^\d+$/.test(text) || id > 0xfffffffe) throw new ConfigError([`app.user: "${spec}" has an id outside 0..4294967294`]);
+  if (!/^\d+$/.test(text) || id > 0xfffffffe)
+    throw new ConfigError([`app.user: "${spec}" has an id outside 0..4294967294`]);
   return id;
 }
 
@@ -60,10 +61,11 @@ function readAccounts(path: string): string[][] | undefined {
   let text: string;
   try {
     const bytes = readFileSync(path);
-    if (bytes.byteLength > MAX_ACCOUNT_FILE_BYTES) throw new ConfigError([`app.user: ${path} is larger than ${MAX_ACCOUNT_FILE_BYTES} bytes`]);
+    if (bytes.byteLength > MAX_ACCOUNT_FILE_BYTES)
+      throw new ConfigError([`app.user: ${path} is larger than ${MAX_ACCOUNT_FILE_BYTES} bytes`]);
     text = bytes.toString('utf8');
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    if (errorCode(error) === 'ENOENT') return undefined;
     throw error;
   }
   return text

@@ -9,7 +9,12 @@ export type RestartPolicy = 'never' | 'on-failure' | 'always';
 export const MAX_RESTART_BACKOFF_MS = 60_000;
 
 /** Whether a command that ended with `status` (0 = success) is started again. */
-export function shouldRestart(policy: RestartPolicy, status: number, restartsSoFar: number, maxRestarts: number): boolean {
+export function shouldRestart(
+  policy: RestartPolicy,
+  status: number,
+  restartsSoFar: number,
+  maxRestarts: number,
+): boolean {
   if (restartsSoFar >= maxRestarts) return false;
   if (policy === 'always') return true;
   return policy === 'on-failure' && status !== 0;

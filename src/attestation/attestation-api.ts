@@ -1,9 +1,9 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { performance } from 'node:perf_hooks';
-import { ConfigError, RuntimeError } from '../errors.js';
-import { readBody, send, sendJson, withTimeout } from '../http-kit.js';
-import type { Logger } from '../log.js';
+import { ConfigError, RuntimeError } from '../core/errors.js';
+import { readBody, send, sendJson, withTimeout } from '../core/http-kit.js';
+import type { Logger } from '../core/log.js';
 import { NSM_MAX_FIELD_BYTES, NsmError, type AttestationRequest, type Nsm } from './nsm.js';
 import { reservedUserDataReason, reservedUserDataRule } from './reserved-binding.js';
 
@@ -93,11 +93,18 @@ export async function startAttestationApi(options: AttestationApiOptions): Promi
   const bodyLimits = {
     maxBytes: limits.maxBodyBytes,
     tooLarge: (declared?: number) =>
-      new BadRequest(413, declared === undefined ? `the body is more than ${limits.maxBodyBytes} bytes` : `the body is ${declared} bytes; at most ${limits.maxBodyBytes} are allowed`, 'body'),
+      new BadRequest(
+        413,
+        declared === undefined
+          ? `the body is more than ${limits.maxBodyBytes} bytes`
+          : `the body is ${declared} bytes; at most ${limits.maxBodyBytes} are allowed`,
+        'body',
+      ),
     gone: () => new ClientGone(),
   };
   const { nsm, logger } = options;
-  const health: HealthProvider = options.health ?? (() => ({ status: 'ok', parts: { attestation: { ok: true, detail: `${nsm.kind} NSM` } } }));
+  const health: HealthProvider =
+    options.health ?? (() => ({ status: 'ok', parts: { attestation: { ok: true, detail: `${nsm.kind} NSM` } } }));
   let active = 0;
 
   const server = createServer(
@@ -115,15 +122,28 @@ export async function startAttestationApi(options: AttestationApiOptions): Promi
       active++;
       res.once('close', () => {
         active--;
-        const line = { method: req.method, path: path.slice(0, MAX_LOGGED_PATH_CHARS), status: res.headersSent ? res.statusCode : null, ms: Math.round(performance.now() - started) };
+        const line = {
+          method: req.method,
+          path: path.slice(0, MAX_LOGGED_PATH_CHARS),
+          status: res.headersSent ? res.statusCode : null,
+          ms: Math.round(performance.now() - started),
+        };
         logger.debug(res.writableFinished ? line : { ...line, aborted: true }, 'internal API request');
       });
       if (active > limits.maxConcurrentRequests) {
-        sendJson(res, 503, { error: `more than ${limits.maxConcurrentRequests} requests in progress; retry shortly` }, { 'retry-after': '1' });
+        sendJson(
+          res,
+          503,
+          { error: `more than ${limits.maxConcurrentRequests} requests in progress; retry shortly` },
+          { 'retry-after': '1' },
+        );
         return;
       }
       route(req, res, path).catch((error: unknown) => {
-        logger.error({ err: { message: (error as Error).message }, path: path.slice(0, MAX_LOGGED_PATH_CHARS) }, 'internal API request failed');
+        logger.error(
+          { err: { message: (error as Error).message }, path: path.slice(0, MAX_LOGGED_PATH_CHARS) },
+          'internal API request failed',
+        );
         if (!res.headersSent) sendJson(res, 500, { error: 'internal error' });
         else res.destroy();
       });
@@ -133,7 +153,8 @@ export async function startAttestationApi(options: AttestationApiOptions): Promi
 
   async function route(req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
     if (path === ATTESTATION_PATH) {
-      if (req.method !== 'GET' && req.method !== 'POST') return methodNotAllowed(res, req.method, path, ['GET', 'POST']);
+      if (req.method !== 'GET' && req.method !== 'POST')
+        return methodNotAllowed(res, req.method, path, ['GET', 'POST']);
       let request: AttestationRequest;
       try {
         request = req.method === 'GET' ? parseQuery(req.url ?? '') : parseBody(await readBody(req, bodyLimits));
@@ -145,29 +166,45 @@ export async function startAttestationApi(options: AttestationApiOptions): Promi
       const rule = request.userData === undefined ? undefined : reservedUserDataRule(request.userData);
       if (rule !== undefined) {
         // Never the bytes themselves: they may be a key the app wants kept private.
-        logger.warn({ rule, field: 'user_data', method: req.method, bytes: request.userData!.byteLength }, 'internal API refused a reserved user_data');
+        logger.warn(
+          { rule, field: 'user_data', method: req.method, bytes: request.userData!.byteLength },
+          'internal API refused a reserved user_data',
+        );
         return sendBadRequest(res, new BadRequest(400, reservedUserDataReason(rule), 'user_data'));
       }
       return attest(req, res, request);
     }
     if (path === HEALTH_PATH) {
-      if (req.method !== 'GET' && req.method !== 'HEAD') return methodNotAllowed(res, req.method, path, ['GET', 'HEAD']);
+      if (req.method !== 'GET' && req.method !== 'HEAD')
+        return methodNotAllowed(res, req.method, path, ['GET', 'HEAD']);
       return reportHealth(req, res);
     }
-    sendJson(res, 404, { error: `no route ${path.slice(0, MAX_LOGGED_PATH_CHARS)}; the routes are GET/POST ${ATTESTATION_PATH} and GET ${HEALTH_PATH}` });
+    sendJson(res, 404, {
+      error: `no route ${path.slice(0, MAX_LOGGED_PATH_CHARS)}; the routes are GET/POST ${ATTESTATION_PATH} and GET ${HEALTH_PATH}`,
+    });
   }
 
   async function attest(req: IncomingMessage, res: ServerResponse, request: AttestationRequest): Promise<void> {
     let document: Uint8Array;
     try {
-      document = await withTimeout(nsm.attest(request), limits.attestTimeoutMs, () => new NsmError('ERR_NSM_TIMEOUT', 'the NSM did not answer in time'));
+      document = await withTimeout(
+        nsm.attest(request),
+        limits.attestTimeoutMs,
+        () => new NsmError('ERR_NSM_TIMEOUT', 'the NSM did not answer in time'),
+      );
     } catch (error) {
       const code = error instanceof RuntimeError ? error.code : 'ERR_UNKNOWN';
       logger.warn({ code, err: { message: (error as Error).message } }, 'attestation failed');
       // Unreachable after our own checks unless the device is stricter than documented.
-      if (code === 'ERR_NSM_INPUT_TOO_LARGE') return sendJson(res, 400, { error: (error as Error).message, field: 'request' });
+      if (code === 'ERR_NSM_INPUT_TOO_LARGE')
+        return sendJson(res, 400, { error: (error as Error).message, field: 'request' });
       const transient = code === 'ERR_NSM_BUSY' || code === 'ERR_NSM_TIMEOUT' || code === 'ERR_NSM_CLOSED';
-      return sendJson(res, transient ? 503 : 500, { error: 'the NSM could not produce an attestation document', code }, transient ? { 'retry-after': '1' } : {});
+      return sendJson(
+        res,
+        transient ? 503 : 500,
+        { error: 'the NSM could not produce an attestation document', code },
+        transient ? { 'retry-after': '1' } : {},
+      );
     }
     if (wantsJson(req.headers.accept)) {
       sendJson(res, 200, { attestation_doc: Buffer.from(document).toString('base64') });
@@ -179,18 +216,34 @@ export async function startAttestationApi(options: AttestationApiOptions): Promi
   async function reportHealth(req: IncomingMessage, res: ServerResponse): Promise<void> {
     let report: HealthReport;
     try {
-      report = await withTimeout(Promise.resolve().then(health), limits.healthTimeoutMs, () => new Error('health provider timed out'));
+      report = await withTimeout(
+        Promise.resolve().then(health),
+        limits.healthTimeoutMs,
+        () => new Error('health provider timed out'),
+      );
     } catch (error) {
       logger.warn({ err: { message: (error as Error).message } }, 'health provider failed');
       report = { status: 'down', parts: { runtime: { ok: false, detail: 'health could not be determined' } } };
     }
     const body = Buffer.from(JSON.stringify({ status: report.status, parts: report.parts }));
-    send(res, report.status === 'ok' ? 200 : 503, 'application/json; charset=utf-8', req.method === 'HEAD' ? undefined : body, body.byteLength);
+    send(
+      res,
+      report.status === 'ok' ? 200 : 503,
+      'application/json; charset=utf-8',
+      req.method === 'HEAD' ? undefined : body,
+      body.byteLength,
+    );
   }
 
   await new Promise<void>((resolve, reject) => {
     const onError = (error: NodeJS.ErrnoException): void => {
-      reject(new AttestationApiError('ERR_API_LISTEN', `the internal API cannot listen on tcp:${options.listen.host}:${options.listen.port}: ${error.code ?? error.message}`, { cause: error }));
+      reject(
+        new AttestationApiError(
+          'ERR_API_LISTEN',
+          `the internal API cannot listen on tcp:${options.listen.host}:${options.listen.port}: ${error.code ?? error.message}`,
+          { cause: error },
+        ),
+      );
     };
     server.once('error', onError);
     server.listen({ host: options.listen.host, port: options.listen.port }, () => {
@@ -210,9 +263,11 @@ function resolveLimits(given: AttestationApiLimits): Required<AttestationApiLimi
   const limits = { ...DEFAULT_LIMITS, ...given };
   const problems: string[] = [];
   for (const [key, value] of Object.entries(limits)) {
-    if (!Number.isSafeInteger(value) || value <= 0) problems.push(`${key} must be a positive integer, got ${String(value)}`);
+    if (!Number.isSafeInteger(value) || value <= 0)
+      problems.push(`${key} must be a positive integer, got ${String(value)}`);
   }
-  if (limits.headersTimeoutMs > limits.requestTimeoutMs) problems.push('headersTimeoutMs must not exceed requestTimeoutMs');
+  if (limits.headersTimeoutMs > limits.requestTimeoutMs)
+    problems.push('headersTimeoutMs must not exceed requestTimeoutMs');
   if (problems.length > 0) throw new ConfigError(problems, 'internal API limits');
   return limits;
 }
@@ -223,7 +278,11 @@ function parseQuery(url: string): AttestationRequest {
   const seen = new Set<string>();
   for (const [name, value] of new URLSearchParams(query)) {
     if (!Object.hasOwn(GET_FIELDS, name)) {
-      throw new BadRequest(400, `unknown parameter ${JSON.stringify(name.slice(0, 64))}; allowed: nonce, user_data, public_key (hex)`, name.slice(0, 64));
+      throw new BadRequest(
+        400,
+        `unknown parameter ${JSON.stringify(name.slice(0, 64))}; allowed: nonce, user_data, public_key (hex)`,
+        name.slice(0, 64),
+      );
     }
     if (seen.has(name)) throw new BadRequest(400, `${name} is given more than once`, name);
     seen.add(name);
@@ -245,11 +304,20 @@ function parseBody(body: Buffer): AttestationRequest {
     throw new BadRequest(400, 'the body is not valid JSON', 'body');
   }
   if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
-    throw new BadRequest(400, 'the body must be a JSON object like {"nonce": "...", "challenge": "...", "publicKey": "<base64>"}', 'body');
+    throw new BadRequest(
+      400,
+      'the body must be a JSON object like {"nonce": "...", "challenge": "...", "publicKey": "<base64>"}',
+      'body',
+    );
   }
   const fields = parsed as Record<string, unknown>;
   for (const key of Object.keys(fields)) {
-    if (!POST_FIELDS.has(key)) throw new BadRequest(400, `unknown field ${JSON.stringify(key.slice(0, 64))}; allowed: nonce, challenge, publicKey`, key.slice(0, 64));
+    if (!POST_FIELDS.has(key))
+      throw new BadRequest(
+        400,
+        `unknown field ${JSON.stringify(key.slice(0, 64))}; allowed: nonce, challenge, publicKey`,
+        key.slice(0, 64),
+      );
   }
   const request: AttestationRequest = {};
   const nonce = stringField(fields, 'nonce');
@@ -275,7 +343,11 @@ function stringField(fields: Record<string, unknown>, name: string): string | un
 
 function checkSize(bytes: Buffer, field: string): Uint8Array {
   if (bytes.byteLength > NSM_MAX_FIELD_BYTES) {
-    throw new BadRequest(400, `${field} is ${bytes.byteLength} bytes; at most ${NSM_MAX_FIELD_BYTES} are allowed`, field);
+    throw new BadRequest(
+      400,
+      `${field} is ${bytes.byteLength} bytes; at most ${NSM_MAX_FIELD_BYTES} are allowed`,
+      field,
+    );
   }
   return new Uint8Array(bytes);
 }
@@ -308,11 +380,21 @@ function wantsJson(accept: string | undefined): boolean {
 function sendBadRequest(res: ServerResponse, error: BadRequest): void {
   // After 413 the unread rest of the body would be parsed as the next request: close instead.
   const headers: Record<string, string> = error.status === 413 ? { connection: 'close' } : {};
-  sendJson(res, error.status, error.field === undefined ? { error: error.message } : { error: error.message, field: error.field }, headers);
+  sendJson(
+    res,
+    error.status,
+    error.field === undefined ? { error: error.message } : { error: error.message, field: error.field },
+    headers,
+  );
 }
 
 function methodNotAllowed(res: ServerResponse, method: string | undefined, path: string, allowed: string[]): void {
-  sendJson(res, 405, { error: `${String(method).slice(0, 16)} is not allowed on ${path}; use ${allowed.join(' or ')}` }, { allow: allowed.join(', ') });
+  sendJson(
+    res,
+    405,
+    { error: `${String(method).slice(0, 16)} is not allowed on ${path}; use ${allowed.join(' or ')}` },
+    { allow: allowed.join(', ') },
+  );
 }
 
 async function closeServer(server: Server, graceMs: number): Promise<void> {

@@ -1,5 +1,5 @@
-import { AttestationError, type AttestationErrorCode } from './attestation-error.js';
-import { isDebugDocument, type AttestationDocument } from './document.js';
+import { AttestationError, type AttestationErrorCode } from '../verify/attestation-error.js';
+import { isDebugDocument, type AttestationDocument } from '../verify/document.js';
 
 /** Cap on `expectedPcrs` sets, so a policy file cannot turn one check into an unbounded loop. */
 export const MAX_EXPECTED_PCR_SETS = 64;
@@ -34,25 +34,42 @@ export function checkPolicy(document: AttestationDocument, options: AttestationP
 
 function checkPcrs(document: AttestationDocument, sets: ReadonlyArray<Readonly<Record<number, Uint8Array>>>): void {
   // An empty policy list is a caller mistake; failing closed beats accepting every enclave.
-  if (sets.length === 0) throw new AttestationError('ERR_ATTESTATION_PCR', 'expectedPcrs is an empty list: no PCR set can match');
+  if (sets.length === 0)
+    throw new AttestationError('ERR_ATTESTATION_PCR', 'expectedPcrs is an empty list: no PCR set can match');
   if (sets.length > MAX_EXPECTED_PCR_SETS) {
-    throw new AttestationError('ERR_ATTESTATION_PCR', `expectedPcrs has ${sets.length} sets, at most ${MAX_EXPECTED_PCR_SETS} are accepted`);
+    throw new AttestationError(
+      'ERR_ATTESTATION_PCR',
+      `expectedPcrs has ${sets.length} sets, at most ${MAX_EXPECTED_PCR_SETS} are accepted`,
+    );
   }
   const reasons: string[] = [];
   for (const [i, set] of sets.entries()) {
     const entries = Object.entries(set);
-    if (entries.length === 0) throw new AttestationError('ERR_ATTESTATION_PCR', `expectedPcrs[${i}] is empty: it would match any enclave`);
-    const mismatched = entries.filter(([index, expected]) => !bytesEqual(document.pcrs.get(Number(index)) ?? null, expected));
+    if (entries.length === 0)
+      throw new AttestationError('ERR_ATTESTATION_PCR', `expectedPcrs[${i}] is empty: it would match any enclave`);
+    const mismatched = entries.filter(
+      ([index, expected]) => !bytesEqual(document.pcrs.get(Number(index)) ?? null, expected),
+    );
     if (mismatched.length === 0) return;
     reasons.push(`set ${i + 1}: PCR${mismatched.map(([index]) => index).join(', PCR')} differ`);
   }
-  throw new AttestationError('ERR_ATTESTATION_PCR', `PCRs do not match any expected set (${reasons.slice(0, 4).join('; ')}${reasons.length > 4 ? '; …' : ''})`);
+  throw new AttestationError(
+    'ERR_ATTESTATION_PCR',
+    `PCRs do not match any expected set (${reasons.slice(0, 4).join('; ')}${reasons.length > 4 ? '; …' : ''})`,
+  );
 }
 
-function checkField(code: AttestationErrorCode, name: string, actual: Uint8Array | null, expected: Uint8Array | undefined): void {
+function checkField(
+  code: AttestationErrorCode,
+  name: string,
+  actual: Uint8Array | null,
+  expected: Uint8Array | undefined,
+): void {
   if (expected === undefined) return;
-  if (actual === null) throw new AttestationError(code, `the document has no ${name}, expected ${expected.byteLength} bytes`);
-  if (!bytesEqual(actual, expected)) throw new AttestationError(code, `the document's ${name} differs from the expected value`);
+  if (actual === null)
+    throw new AttestationError(code, `the document has no ${name}, expected ${expected.byteLength} bytes`);
+  if (!bytesEqual(actual, expected))
+    throw new AttestationError(code, `the document's ${name} differs from the expected value`);
 }
 
 /**

@@ -2,7 +2,7 @@
 // polyfill loaded first; ESM evaluates imports in order, so this line must stay above it.
 import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
-import { AttestationError } from './attestation-error.js';
+import { AttestationError } from '../verify/attestation-error.js';
 
 /**
  * The rules of a Nitro certificate chain that need no cryptography, shared by the Node verifier
@@ -50,15 +50,23 @@ export function readCertificateFacts(cert: x509.X509Certificate, fingerprint: st
     isCa: basic?.ca === true,
     pathLength: basic?.ca === true ? basic.pathLength : undefined,
     keyUsage: usage?.usages,
-    signatureAlgorithm: algorithm.name === 'ECDSA' && hash !== undefined && ACCEPTED_SIGNATURE_HASHES.has(hash) ? `ECDSA with ${hash}` : null,
-    unprocessedCriticalExtensions: cert.extensions.filter((e) => e.critical && !PROCESSED_CRITICAL_EXTENSIONS.has(e.type)).map((e) => e.type),
+    signatureAlgorithm:
+      algorithm.name === 'ECDSA' && hash !== undefined && ACCEPTED_SIGNATURE_HASHES.has(hash)
+        ? `ECDSA with ${hash}`
+        : null,
+    unprocessedCriticalExtensions: cert.extensions
+      .filter((e) => e.critical && !PROCESSED_CRITICAL_EXTENSIONS.has(e.type))
+      .map((e) => e.type),
   };
 }
 
 /** Refuses a cabundle of a length no real chain has, before anything is parsed. */
 export function checkCabundleLength(cabundleLength: number): void {
   if (cabundleLength === 0 || cabundleLength + 1 > MAX_CHAIN_LENGTH) {
-    throw new AttestationError('ERR_ATTESTATION_CHAIN', `cabundle has ${cabundleLength} certificates, expected 1..${MAX_CHAIN_LENGTH - 1}`);
+    throw new AttestationError(
+      'ERR_ATTESTATION_CHAIN',
+      `cabundle has ${cabundleLength} certificates, expected 1..${MAX_CHAIN_LENGTH - 1}`,
+    );
   }
 }
 
@@ -68,9 +76,13 @@ export function checkCabundleLength(cabundleLength: number): void {
  * signed with ECDSA and SHA-384/256, no unknown critical extension. Signatures and validity are
  * checked afterwards by the caller (links) and checkChainValidity.
  */
-export function checkChainShape(chain: readonly CertificateFacts[], pinned: ReadonlyMap<string, { readonly subject: string }>): void {
+export function checkChainShape(
+  chain: readonly CertificateFacts[],
+  pinned: ReadonlyMap<string, { readonly subject: string }>,
+): void {
   // A repeated certificate (even a self-signed root issuing itself) is never part of a real path.
-  if (new Set(chain.map((cert) => cert.fingerprint)).size !== chain.length) throw chainError('the chain repeats a certificate');
+  if (new Set(chain.map((cert) => cert.fingerprint)).size !== chain.length)
+    throw chainError('the chain repeats a certificate');
   const root = chain[0]!;
   if (!pinned.has(root.fingerprint)) {
     const names = [...pinned.values()].map((c) => c.subject.replace(/\n/g, ', ')).join('; ');
@@ -99,10 +111,13 @@ export function checkChainShape(chain: readonly CertificateFacts[], pinned: Read
       // pathLen counts the CA certificates that may follow this one, the leaf excluded.
       const casBelow = leafIndex - 1 - i;
       if (cert.pathLength !== undefined && casBelow > cert.pathLength) {
-        throw chainError(`${name} allows a path length of ${cert.pathLength}, but ${casBelow} CA certificates follow it`);
+        throw chainError(
+          `${name} allows a path length of ${cert.pathLength}, but ${casBelow} CA certificates follow it`,
+        );
       }
     }
-    if (i > 0 && cert.signatureAlgorithm === null) throw chainError(`${name} is not signed with ECDSA and SHA-384 or SHA-256`);
+    if (i > 0 && cert.signatureAlgorithm === null)
+      throw chainError(`${name} is not signed with ECDSA and SHA-384 or SHA-256`);
   }
 }
 

@@ -1,10 +1,11 @@
 import { stat } from 'node:fs/promises';
 import { Worker } from 'node:worker_threads';
 import { Decoder, Encoder } from 'cbor-x';
-import type * as nativeBinding from '../bridge/native-binding.js';
-import type { Logger } from '../log.js';
-import { silentLogger } from '../log.js';
+import type * as nativeBinding from '../native/native-binding.js';
+import type { Logger } from '../core/log.js';
+import { silentLogger } from '../core/log.js';
 import { assertAttestationRequest, NsmError, type AttestationRequest, type Nsm, type PcrReading } from './nsm.js';
+import { errorCode } from '../core/errors.js';
 
 export const NSM_DEVICE_PATH = '/dev/nsm';
 /** The driver's limits (aws-nitro-enclaves-nsm-api): 4 KiB of request, 12 KiB of response. */
@@ -27,9 +28,7 @@ export type NsmIoctl = (request: Uint8Array, maxResponse: number) => Uint8Array 
 
 /** The NSM operations this runtime uses, before CBOR encoding. */
 export type NsmDeviceRequest =
-  | { kind: 'attestation'; request: AttestationRequest }
-  | { kind: 'describePcr'; index: number }
-  | { kind: 'getRandom' };
+  { kind: 'attestation'; request: AttestationRequest } | { kind: 'describePcr'; index: number } | { kind: 'getRandom' };
 
 /** A decoded device response; `error` carries the NSM ErrorCode name (e.g. "InputTooLarge"). */
 export type NsmDeviceResponse =
@@ -38,7 +37,7 @@ export type NsmDeviceResponse =
   | { kind: 'getRandom'; random: Uint8Array }
   | { kind: 'error'; code: string };
 
-/** What the native addon (src/bridge/native-binding.ts) provides for the device. */
+/** What the native addon (src/native/native-binding.ts) provides for the device. */
 export interface NativeNsmBinding {
   openDevice(path: string): number;
   closeFd(fd: number): void;
@@ -71,7 +70,16 @@ export function encodeNsmRequest(request: NsmDeviceRequest): Uint8Array {
   switch (request.kind) {
     case 'attestation': {
       const { userData, nonce, publicKey } = request.request;
-      value = new Map([['Attestation', new Map([['user_data', bytesOrNull(userData)], ['nonce', bytesOrNull(nonce)], ['public_key', bytesOrNull(publicKey)]])]]);
+      value = new Map([
+        [
+          'Attestation',
+          new Map([
+            ['user_data', bytesOrNull(userData)],
+            ['nonce', bytesOrNull(nonce)],
+            ['public_key', bytesOrNull(publicKey)],
+          ]),
+        ],
+      ]);
       break;
     }
     case 'describePcr':
@@ -127,7 +135,11 @@ export class DeviceNsm implements Nsm {
   #queued = 0;
   #closed = false;
 
-  constructor(ioctl: NsmIoctl, release: () => Promise<void>, options: { timeoutMs: number; maxQueue: number; logger: Logger }) {
+  constructor(
+    ioctl: NsmIoctl,
+    release: () => Promise<void>,
+    options: { timeoutMs: number; maxQueue: number; logger: Logger },
+  ) {
     this.#ioctl = ioctl;
     this.#release = release;
     this.#timeoutMs = options.timeoutMs;
@@ -177,7 +189,10 @@ export class DeviceNsm implements Nsm {
     }
     const encoded = encodeNsmRequest(request);
     if (encoded.byteLength > NSM_REQUEST_MAX_BYTES) {
-      throw new NsmError('ERR_NSM_INPUT_TOO_LARGE', `the request is ${encoded.byteLength} bytes; the NSM accepts at most ${NSM_REQUEST_MAX_BYTES}`);
+      throw new NsmError(
+        'ERR_NSM_INPUT_TOO_LARGE',
+        `the request is ${encoded.byteLength} bytes; the NSM accepts at most ${NSM_REQUEST_MAX_BYTES}`,
+      );
     }
     this.#queued++;
     let abandoned = false;
@@ -201,9 +216,14 @@ export class DeviceNsm implements Nsm {
       const { message, code } = error as NodeJS.ErrnoException;
       this.#logger.warn({ op: request.kind, code, err: { message } }, 'NSM ioctl failed');
       // The driver's EMSGSIZE is the NSM's InputTooLarge, as the AWS driver library maps it.
-      throw new NsmError(code === 'EMSGSIZE' ? 'ERR_NSM_INPUT_TOO_LARGE' : 'ERR_NSM_DEVICE', `the NSM ioctl failed: ${message}`, { cause: error });
+      throw new NsmError(
+        code === 'EMSGSIZE' ? 'ERR_NSM_INPUT_TOO_LARGE' : 'ERR_NSM_DEVICE',
+        `the NSM ioctl failed: ${message}`,
+        { cause: error },
+      );
     }
-    if (raw.byteLength > NSM_RESPONSE_MAX_BYTES) throw malformed(`the response is ${raw.byteLength} bytes, over ${NSM_RESPONSE_MAX_BYTES}`);
+    if (raw.byteLength > NSM_RESPONSE_MAX_BYTES)
+      throw malformed(`the response is ${raw.byteLength} bytes, over ${NSM_RESPONSE_MAX_BYTES}`);
     const response = decodeNsmResponse(raw);
     if (response.kind === 'error') throw deviceError(response.code, request.kind);
     return response;
@@ -211,7 +231,10 @@ export class DeviceNsm implements Nsm {
 }
 
 /** Opens the real NSM; a missing device or addon is NsmUnavailableError (ERR_NSM_UNAVAILABLE). */
-export async function openDeviceNsm(path: string = NSM_DEVICE_PATH, options: DeviceNsmOptions = {}): Promise<DeviceNsm> {
+export async function openDeviceNsm(
+  path: string = NSM_DEVICE_PATH,
+  options: DeviceNsmOptions = {},
+): Promise<DeviceNsm> {
   const settings = {
     timeoutMs: options.timeoutMs ?? DEFAULT_NSM_TIMEOUT_MS,
     maxQueue: options.maxQueue ?? DEFAULT_NSM_MAX_QUEUE,
@@ -222,9 +245,15 @@ export async function openDeviceNsm(path: string = NSM_DEVICE_PATH, options: Dev
   try {
     await stat(path);
   } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    const what = code === 'ENOENT' ? `${path} is missing: this is not a Nitro Enclave.` : `${path} cannot be used (${code ?? 'unknown error'}).`;
-    throw new NsmUnavailableError(`${what} To run outside an enclave use \`enclave-runtime dev\` or set attestation.mode = "simulated".`, { cause: error });
+    const code = errorCode(error);
+    const what =
+      code === 'ENOENT'
+        ? `${path} is missing: this is not a Nitro Enclave.`
+        : `${path} cannot be used (${code ?? 'unknown error'}).`;
+    throw new NsmUnavailableError(
+      `${what} To run outside an enclave use \`enclave-runtime dev\` or set attestation.mode = "simulated".`,
+      { cause: error },
+    );
   }
   // A literal import, so the single-file bundle carries the binding; tests name a fake module instead.
   let binding: NativeNsmBinding;
@@ -233,12 +262,15 @@ export async function openDeviceNsm(path: string = NSM_DEVICE_PATH, options: Dev
     if (options.bindingUrl !== undefined) {
       binding = (await import(options.bindingUrl)) as NativeNsmBinding;
     } else {
-      const native = await import('../bridge/native-binding.js');
+      const native = await import('../native/native-binding.js');
       binding = native;
       addonPath = native.NATIVE_ADDON_PATH;
     }
   } catch (error) {
-    throw new NsmUnavailableError(`${path} exists but the native addon that talks to it could not be loaded: ${(error as Error).message}`, { cause: error });
+    throw new NsmUnavailableError(
+      `${path} exists but the native addon that talks to it could not be loaded: ${(error as Error).message}`,
+      { cause: error },
+    );
   }
   let fd: number;
   try {
@@ -273,7 +305,10 @@ class WorkerIoctl {
   #failure: Error | undefined;
 
   constructor(data: { fd: number; bindingUrl: string | undefined; addonPath: string | undefined }, logger: Logger) {
-    this.#worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { ...data, responseCap: NSM_RESPONSE_MAX_BYTES } });
+    this.#worker = new Worker(WORKER_SOURCE, {
+      eval: true,
+      workerData: { ...data, responseCap: NSM_RESPONSE_MAX_BYTES },
+    });
     // A forgotten close must not keep the process alive.
     this.#worker.unref();
     this.#worker.on('message', (reply: WorkerReply) => {

@@ -1,12 +1,16 @@
-import type { Logger } from '../log.js';
-import { RuntimeError } from '../errors.js';
+import type { Logger } from '../core/log.js';
+import { RuntimeError } from '../core/errors.js';
 import type { AttestationRequest, Nsm, PcrReading } from './nsm.js';
 
 /** A real NSM answers in milliseconds; a call pending this long means the device is stuck. */
 export const DEFAULT_NSM_STALL_MS = 5_000;
 
 // The caller's request was bad, not the NSM: these say nothing about the device's health.
-const REQUEST_ERRORS: ReadonlySet<string> = new Set(['ERR_NSM_INPUT_TOO_LARGE', 'ERR_NSM_INVALID_ARGUMENT', 'ERR_NSM_INVALID_INDEX']);
+const REQUEST_ERRORS: ReadonlySet<string> = new Set([
+  'ERR_NSM_INPUT_TOO_LARGE',
+  'ERR_NSM_INVALID_ARGUMENT',
+  'ERR_NSM_INVALID_INDEX',
+]);
 
 export interface NsmHealthOptions {
   logger: Logger;
@@ -47,7 +51,10 @@ export class NsmHealth implements Nsm {
     try {
       const document = await this.#inner.attest(request);
       if (this.#lastError) {
-        this.#logger.info({ nsm: this.kind, failedSince: new Date(this.#lastError.at).toISOString(), failures: this.#failures }, 'NSM attestation works again');
+        this.#logger.info(
+          { nsm: this.kind, failedSince: new Date(this.#lastError.at).toISOString(), failures: this.#failures },
+          'NSM attestation works again',
+        );
         this.#lastError = undefined;
         this.#failures = 0;
       }
@@ -56,7 +63,11 @@ export class NsmHealth implements Nsm {
       const code = error instanceof RuntimeError ? error.code : 'ERR_UNKNOWN';
       if (!REQUEST_ERRORS.has(code)) {
         this.#failures += 1;
-        if (!this.#lastError) this.#logger.warn({ nsm: this.kind, code, err: { message: (error as Error).message } }, 'NSM attestation failing');
+        if (!this.#lastError)
+          this.#logger.warn(
+            { nsm: this.kind, code, err: { message: (error as Error).message } },
+            'NSM attestation failing',
+          );
         this.#lastError = { code, at: this.#lastError?.at ?? this.#now() };
       }
       throw error;
@@ -81,12 +92,16 @@ export class NsmHealth implements Nsm {
   health(): { ok: boolean; detail: string } {
     const name = `${this.kind} NSM`;
     if (this.#lastError) {
-      return { ok: false, detail: `${name}: attestation failing since ${new Date(this.#lastError.at).toISOString()} (${this.#lastError.code}, ${this.#failures} failed calls)` };
+      return {
+        ok: false,
+        detail: `${name}: attestation failing since ${new Date(this.#lastError.at).toISOString()} (${this.#lastError.code}, ${this.#failures} failed calls)`,
+      };
     }
     let oldest: number | undefined;
     for (const started of this.#pending.values()) oldest = oldest === undefined ? started : Math.min(oldest, started);
     const waited = oldest === undefined ? 0 : this.#now() - oldest;
-    if (waited > this.#stallMs) return { ok: false, detail: `${name}: an attestation has been pending for ${waited} ms` };
+    if (waited > this.#stallMs)
+      return { ok: false, detail: `${name}: an attestation has been pending for ${waited} ms` };
     return { ok: true, detail: name };
   }
 }

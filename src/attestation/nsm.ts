@@ -1,4 +1,4 @@
-import { RuntimeError } from '../errors.js';
+import { RuntimeError } from '../core/errors.js';
 
 /** Real NSM output caps each of these fields at 1024 bytes; we enforce the same everywhere. */
 export const NSM_MAX_FIELD_BYTES = 1024;
@@ -46,7 +46,10 @@ export function assertAttestationRequest(request: AttestationRequest): void {
   for (const [key, name] of ATTESTATION_FIELDS) {
     const value = request[key];
     if (value !== undefined && value.byteLength > NSM_MAX_FIELD_BYTES) {
-      throw new NsmError('ERR_NSM_INPUT_TOO_LARGE', `${name} is ${value.byteLength} bytes; the NSM accepts at most ${NSM_MAX_FIELD_BYTES}`);
+      throw new NsmError(
+        'ERR_NSM_INPUT_TOO_LARGE',
+        `${name} is ${value.byteLength} bytes; the NSM accepts at most ${NSM_MAX_FIELD_BYTES}`,
+      );
     }
   }
 }

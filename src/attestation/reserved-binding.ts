@@ -66,7 +66,8 @@ function startsWithSpki(bytes: Uint8Array): boolean {
   const children = readChildren(bytes, outer, 1);
   if (children === undefined || children.length !== 2) return false;
   const [algorithm, key] = children as [Tlv, Tlv];
-  if (algorithm.tag !== TAG_SEQUENCE || (key.tag !== TAG_BIT_STRING && key.tag !== TAG_BIT_STRING_CONSTRUCTED)) return false;
+  if (algorithm.tag !== TAG_SEQUENCE || (key.tag !== TAG_BIT_STRING && key.tag !== TAG_BIT_STRING_CONSTRUCTED))
+    return false;
   const parts = readChildren(bytes, algorithm, 2);
   if (parts === undefined || parts.length < 1 || parts.length > 2) return false;
   const oid = parts[0]!;
@@ -76,7 +77,7 @@ function startsWithSpki(bytes: Uint8Array): boolean {
 function readChildren(bytes: Uint8Array, parent: Tlv, depth: number): Tlv[] | undefined {
   if (parent.tag & 0x20) {
     const children: Tlv[] = [];
-    for (let at = parent.start; at < parent.contentEnd; ) {
+    for (let at = parent.start; at < parent.contentEnd;) {
       const child = readTlv(bytes, at, parent.contentEnd, depth);
       if (child === undefined) return undefined;
       children.push(child);
@@ -103,7 +104,8 @@ function readTlv(bytes: Uint8Array, offset: number, limit: number, depth: number
     let cursor = at;
     for (;;) {
       if (cursor + 2 > limit) return undefined;
-      if (bytes[cursor] === 0 && bytes[cursor + 1] === 0) return { tag, start: at, contentEnd: cursor, end: cursor + 2 };
+      if (bytes[cursor] === 0 && bytes[cursor + 1] === 0)
+        return { tag, start: at, contentEnd: cursor, end: cursor + 2 };
       const child = readTlv(bytes, cursor, limit, depth + 1);
       if (child === undefined) return undefined;
       cursor = child.end;

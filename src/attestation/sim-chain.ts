@@ -5,9 +5,10 @@ import { KeyObject, createPrivateKey, createPublicKey, randomBytes, webcrypto } 
 import { link, mkdir, open, readFile, rename, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as x509 from '@peculiar/x509';
-import type { Logger } from '../log.js';
-import { silentLogger } from '../log.js';
+import type { Logger } from '../core/log.js';
+import { silentLogger } from '../core/log.js';
 import { NsmError } from './nsm.js';
+import { errorCode } from '../core/errors.js';
 
 /** SPEC: the simulated NSM's root certificate, for verifiers to trust. */
 export const SIM_ROOT_FILE = 'sim-nsm-root.pem';
@@ -148,12 +149,18 @@ export class SimulatedChain {
     const notBefore = now - LEAF_BACKDATE_MS;
     const notAfter = now + this.#lifetimeMs;
     if (!covers(this.#state.root.cert, notBefore, notAfter)) {
-      this.#logger.warn({ stateDir: this.#stateDir }, 'simulated NSM root does not cover the clock; generating a new root');
+      this.#logger.warn(
+        { stateDir: this.#stateDir },
+        'simulated NSM root does not cover the clock; generating a new root',
+      );
       this.#state = await generateState(now, this.#state.instanceId);
       await writeState(this.#stateDir, this.#state, 'replace');
     } else if (!this.#state.intermediates.every((ca) => covers(ca.cert, notBefore, notAfter))) {
       this.#logger.info({ stateDir: this.#stateDir }, 're-issuing simulated NSM intermediates');
-      this.#state = { ...this.#state, intermediates: await issueIntermediates(this.#state.root, now, this.#state.instanceId) };
+      this.#state = {
+        ...this.#state,
+        intermediates: await issueIntermediates(this.#state.root, now, this.#state.instanceId),
+      };
       await writeState(this.#stateDir, this.#state, 'replace');
     }
     const issuer = this.#state.intermediates[this.#state.intermediates.length - 1]!;
@@ -207,7 +214,8 @@ export async function openSimulatedChain(options: SimulatedChainOptions): Promis
     // Two first starts race: whoever links first wins, the other adopts the winner's chain.
     const won = await writeState(options.stateDir, fresh, 'create');
     state = won ? fresh : await readState(options.stateDir);
-    if (state === undefined) throw new NsmError('ERR_NSM_SIM_STATE', `${join(options.stateDir, SIM_CHAIN_FILE)} vanished while opening it`);
+    if (state === undefined)
+      throw new NsmError('ERR_NSM_SIM_STATE', `${join(options.stateDir, SIM_CHAIN_FILE)} vanished while opening it`);
     if (won) logger.info({ stateDir: options.stateDir }, 'generated the simulated NSM certificate chain');
   }
   // Also repairs a deleted or edited root file; racing writers write identical bytes.
@@ -227,7 +235,9 @@ function serialNumber(): string {
 }
 
 function randomHex(digits: number): string {
-  return randomBytes(Math.ceil(digits / 2)).toString('hex').slice(0, digits);
+  return randomBytes(Math.ceil(digits / 2))
+    .toString('hex')
+    .slice(0, digits);
 }
 
 async function importSigningKey(key: KeyObject): Promise<CryptoKey> {
@@ -320,10 +330,11 @@ async function readState(stateDir: string): Promise<ChainState | undefined> {
   let text: string;
   try {
     const info = await stat(path);
-    if (info.size > MAX_STATE_FILE_BYTES) throw corrupt(path, `it is ${info.size} bytes, more than ${MAX_STATE_FILE_BYTES}`);
+    if (info.size > MAX_STATE_FILE_BYTES)
+      throw corrupt(path, `it is ${info.size} bytes, more than ${MAX_STATE_FILE_BYTES}`);
     text = await readFile(path, 'utf8');
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    if (errorCode(error) === 'ENOENT') return undefined;
     throw error;
   }
   try {
@@ -336,13 +347,18 @@ async function readState(stateDir: string): Promise<ChainState | undefined> {
 }
 
 function corrupt(path: string, why: string, cause?: unknown): NsmError {
-  return new NsmError('ERR_NSM_SIM_STATE', `${path} is unusable (${why}); delete it to generate a new simulated chain`, { cause });
+  return new NsmError(
+    'ERR_NSM_SIM_STATE',
+    `${path} is unusable (${why}); delete it to generate a new simulated chain`,
+    { cause },
+  );
 }
 
 async function parseState(text: string): Promise<ChainState> {
   const stored = JSON.parse(text) as Partial<StoredChain>;
   if (stored.version !== STATE_VERSION) throw new Error(`version ${String(stored.version)}, expected ${STATE_VERSION}`);
-  if (typeof stored.instanceId !== 'string' || !/^i-[0-9a-f]{17}$/.test(stored.instanceId)) throw new Error('bad instanceId');
+  if (typeof stored.instanceId !== 'string' || !/^i-[0-9a-f]{17}$/.test(stored.instanceId))
+    throw new Error('bad instanceId');
   if (stored.root === undefined || !Array.isArray(stored.intermediates) || stored.intermediates.length !== 3) {
     throw new Error('expected a root and 3 intermediates');
   }
@@ -359,11 +375,13 @@ async function parseState(text: string): Promise<ChainState> {
 }
 
 function loadCa(stored: StoredCa): CaEntry {
-  if (typeof stored?.cert !== 'string' || typeof stored.key !== 'string') throw new Error('a CA entry lacks cert or key');
+  if (typeof stored?.cert !== 'string' || typeof stored.key !== 'string')
+    throw new Error('a CA entry lacks cert or key');
   const cert = new x509.X509Certificate(stored.cert);
   const key = createPrivateKey(stored.key);
   const derivedSpki = createPublicKey(key).export({ format: 'der', type: 'spki' });
-  if (!derivedSpki.equals(Buffer.from(cert.publicKey.rawData))) throw new Error(`the key of ${cert.subject} does not match its certificate`);
+  if (!derivedSpki.equals(Buffer.from(cert.publicKey.rawData)))
+    throw new Error(`the key of ${cert.subject} does not match its certificate`);
   return caEntry(cert, key, stored.key);
 }
 
@@ -381,7 +399,7 @@ async function writeState(stateDir: string, state: ChainState, how: 'create' | '
       try {
         await link(tmp, path);
       } catch (error) {
-        const code = (error as NodeJS.ErrnoException).code;
+        const code = errorCode(error);
         if (code === 'EEXIST') return false;
         // Filesystems without hard links: fall back to a plain rename, losing only the race guard.
         if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'ENOSYS') throw error;

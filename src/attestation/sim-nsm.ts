@@ -1,7 +1,7 @@
 import { createHash, randomBytes, sign } from 'node:crypto';
 import { Encoder } from 'cbor-x';
-import type { Logger } from '../log.js';
-import { silentLogger } from '../log.js';
+import type { Logger } from '../core/log.js';
+import { silentLogger } from '../core/log.js';
 import { assertAttestationRequest, NsmError, type AttestationRequest, type Nsm, type PcrReading } from './nsm.js';
 import { openSimulatedChain, type SimulatedChain } from './sim-chain.js';
 
@@ -131,7 +131,10 @@ export async function openSimulatedNsm(options: SimulatedNsmOptions): Promise<Si
   const debug = options.debug ?? false;
   const pcrs = resolvePcrs(options.pcrs ?? {}, debug);
   if (options.moduleId !== undefined && !MODULE_ID_PATTERN.test(options.moduleId)) {
-    throw new NsmError('ERR_NSM_INVALID_ARGUMENT', `moduleId must be 1-128 characters of A-Z a-z 0-9 . _ -, got ${JSON.stringify(options.moduleId)}`);
+    throw new NsmError(
+      'ERR_NSM_INVALID_ARGUMENT',
+      `moduleId must be 1-128 characters of A-Z a-z 0-9 . _ -, got ${JSON.stringify(options.moduleId)}`,
+    );
   }
   const now = options.now ?? Date.now;
   const logger = options.logger ?? silentLogger();
@@ -155,7 +158,10 @@ function resolvePcrs(configured: Record<number, Uint8Array>, debug: boolean): Ui
   for (const [key, value] of Object.entries(configured)) {
     const index = Number(key);
     if (!/^(0|[1-9][0-9]?)$/.test(key) || index >= DOCUMENT_PCR_COUNT) {
-      throw new NsmError('ERR_NSM_INVALID_ARGUMENT', `PCR index ${JSON.stringify(key)} is not one of 0..${DOCUMENT_PCR_COUNT - 1}`);
+      throw new NsmError(
+        'ERR_NSM_INVALID_ARGUMENT',
+        `PCR index ${JSON.stringify(key)} is not one of 0..${DOCUMENT_PCR_COUNT - 1}`,
+      );
     }
     if (!(value instanceof Uint8Array) || value.byteLength !== PCR_BYTES) {
       const size = value instanceof Uint8Array ? `${value.byteLength} bytes` : typeof value;

@@ -7,15 +7,24 @@
  * nonce). What it cannot: a page never sees the TLS certificate it was served, so it cannot tie
  * the document's key to its own connection; that link rests on the public CA (see README).
  */
-import { AttestationError } from '../attestation/attestation-error.js';
+import { AttestationError } from '../verify/attestation-error.js';
 import { bytesOption, toHex } from '../client/verify-options.js';
-import { base64ToBytes, verifyAttestationDocument, type BrowserVerifiedAttestation, type BrowserVerifyOptions } from './webcrypto-verifier.js';
+import {
+  base64ToBytes,
+  verifyAttestationDocument,
+  type BrowserVerifiedAttestation,
+  type BrowserVerifyOptions,
+} from './webcrypto-verifier.js';
 import type { webcrypto } from 'node:crypto';
 
-export { AttestationError, isAttestationError, type AttestationErrorCode } from '../attestation/attestation-error.js';
-export type { AttestationDocument } from '../attestation/document.js';
+export { AttestationError, isAttestationError, type AttestationErrorCode } from '../verify/attestation-error.js';
+export type { AttestationDocument } from '../verify/document.js';
 export type { PcrSet } from '../client/verify-options.js';
-export { verifyAttestationDocument, type BrowserVerifiedAttestation, type BrowserVerifyOptions } from './webcrypto-verifier.js';
+export {
+  verifyAttestationDocument,
+  type BrowserVerifiedAttestation,
+  type BrowserVerifyOptions,
+} from './webcrypto-verifier.js';
 
 /** Default size of a fresh nonce. */
 export const FRESH_NONCE_BYTES = 32;
@@ -41,7 +50,10 @@ export interface FetchedAttestation extends BrowserVerifiedAttestation {
  * answer with the nonce required. Rejects with an AttestationError: ERR_ATTESTATION_FETCH when no
  * usable answer came, otherwise the verifier's code.
  */
-export async function fetchAttestation(origin: string, options: FetchAttestationOptions = {}): Promise<FetchedAttestation> {
+export async function fetchAttestation(
+  origin: string,
+  options: FetchAttestationOptions = {},
+): Promise<FetchedAttestation> {
   const nonce = options.nonce === undefined ? freshNonce() : bytesOption(options.nonce, 'nonce');
   if (nonce.byteLength === 0 || nonce.byteLength > 1024) throw new RangeError('nonce must be 1 to 1024 bytes');
   const url = new URL('/.well-known/attestation', origin);
@@ -49,13 +61,23 @@ export async function fetchAttestation(origin: string, options: FetchAttestation
   let text: string;
   try {
     // No cookies (the answer is public and the ingress allows any origin without credentials), no cache.
-    const init = { method: 'GET', credentials: 'omit', cache: 'no-store', redirect: 'error', ...(options.signal ? { signal: options.signal } : {}) };
+    const init = {
+      method: 'GET',
+      credentials: 'omit',
+      cache: 'no-store',
+      redirect: 'error',
+      ...(options.signal ? { signal: options.signal } : {}),
+    };
     // `cache` is a browser RequestInit field that Node's typings lack.
     const response = await fetch(url, init as RequestInit);
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     text = await readBounded(response);
   } catch (error) {
-    throw new AttestationError('ERR_ATTESTATION_FETCH', `GET ${url.origin}${url.pathname} failed: ${(error as Error).message}`, { cause: error });
+    throw new AttestationError(
+      'ERR_ATTESTATION_FETCH',
+      `GET ${url.origin}${url.pathname} failed: ${(error as Error).message}`,
+      { cause: error },
+    );
   }
   let encoded: unknown;
   try {
@@ -63,7 +85,8 @@ export async function fetchAttestation(origin: string, options: FetchAttestation
   } catch (error) {
     throw new AttestationError('ERR_ATTESTATION_FETCH', 'the answer is not JSON', { cause: error });
   }
-  if (typeof encoded !== 'string') throw new AttestationError('ERR_ATTESTATION_FETCH', 'the answer has no attestation_doc string');
+  if (typeof encoded !== 'string')
+    throw new AttestationError('ERR_ATTESTATION_FETCH', 'the answer has no attestation_doc string');
   const raw = base64ToBytes(encoded);
   const verified = await verifyAttestationDocument(raw, { ...options, nonce });
   return { ...verified, nonce, raw };

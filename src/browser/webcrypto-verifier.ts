@@ -6,7 +6,7 @@ import { AsnConvert } from '@peculiar/asn1-schema';
 import { Certificate } from '@peculiar/asn1-x509';
 // Types only (erased from the bundle): the repo compiles without the DOM lib.
 import type { webcrypto } from 'node:crypto';
-import { AttestationError } from '../attestation/attestation-error.js';
+import { AttestationError } from '../verify/attestation-error.js';
 import { bytesEqual, checkPolicy } from '../attestation/attestation-policy.js';
 import {
   certificateLabel,
@@ -17,8 +17,8 @@ import {
   readCertificateFacts,
   type CertificateFacts,
 } from '../attestation/chain-rules.js';
-import { checkEs384SignatureLength, decodeCoseSign1, sigStructure, type CoseSign1 } from '../attestation/cose-sign1.js';
-import { decodeAttestationPayload, type AttestationDocument } from '../attestation/document.js';
+import { checkEs384SignatureLength, decodeCoseSign1, sigStructure, type CoseSign1 } from '../verify/cose-sign1.js';
+import { decodeAttestationPayload, type AttestationDocument } from '../verify/document.js';
 import { policyFromOptions, type ClientPolicyOptions } from '../client/verify-options.js';
 
 /**
@@ -52,7 +52,11 @@ interface WebCertificate extends CertificateFacts {
 function subtle(): webcrypto.SubtleCrypto {
   const value = (globalThis as { crypto?: webcrypto.Crypto }).crypto?.subtle;
   // Browsers only expose crypto.subtle in secure contexts (https, localhost).
-  if (value === undefined) throw new AttestationError('ERR_ATTESTATION_SIGNATURE', 'WebCrypto (crypto.subtle) is not available here; pages need a secure context (https or localhost)');
+  if (value === undefined)
+    throw new AttestationError(
+      'ERR_ATTESTATION_SIGNATURE',
+      'WebCrypto (crypto.subtle) is not available here; pages need a secure context (https or localhost)',
+    );
   return value;
 }
 
@@ -61,7 +65,10 @@ function subtle(): webcrypto.SubtleCrypto {
  * to the pinned root at `options.at`, then the policy (debug, PCR sets, nonce, user_data,
  * public_key). Rejects with an AttestationError (`code` ERR_ATTESTATION_*).
  */
-export async function verifyAttestationDocument(bytes: Uint8Array, options: BrowserVerifyOptions = {}): Promise<BrowserVerifiedAttestation> {
+export async function verifyAttestationDocument(
+  bytes: Uint8Array,
+  options: BrowserVerifyOptions = {},
+): Promise<BrowserVerifiedAttestation> {
   const policy = policyFromOptions(options);
   const at = policy.at ?? new Date();
   const roots = await resolveRoots(options.root);
@@ -73,7 +80,8 @@ export async function verifyAttestationDocument(bytes: Uint8Array, options: Brow
   checkCabundleLength(document.cabundle.length);
   const chain = [...(await Promise.all(document.cabundle.map((der, i) => parse(der, `cabundle[${i}]`)))), leaf];
   checkChainShape(chain, roots);
-  for (let i = 1; i < chain.length; i++) await checkLink(chain[i]!, chain[i - 1]!, certificateLabel(i, chain.length - 1, chain[i]!));
+  for (let i = 1; i < chain.length; i++)
+    await checkLink(chain[i]!, chain[i - 1]!, certificateLabel(i, chain.length - 1, chain[i]!));
   checkChainValidity(chain, at);
   checkPolicy(document, policy);
   return { document, signingCertificate: leaf.der };
@@ -83,19 +91,34 @@ async function verifyEs384(cose: CoseSign1, leaf: WebCertificate): Promise<void>
   let key: webcrypto.CryptoKey;
   try {
     // Importing as P-384 fails for any other key type or curve, which is the check ES384 needs.
-    key = await subtle().importKey('spki', leaf.cert.publicKey.rawData, { name: 'ECDSA', namedCurve: 'P-384' }, false, ['verify']);
+    key = await subtle().importKey('spki', leaf.cert.publicKey.rawData, { name: 'ECDSA', namedCurve: 'P-384' }, false, [
+      'verify',
+    ]);
   } catch (error) {
-    throw new AttestationError('ERR_ATTESTATION_SIGNATURE', 'the signing certificate key is not a P-384 key, as ES384 requires', { cause: error });
+    throw new AttestationError(
+      'ERR_ATTESTATION_SIGNATURE',
+      'the signing certificate key is not a P-384 key, as ES384 requires',
+      { cause: error },
+    );
   }
   checkEs384SignatureLength(cose);
-  let ok = false;
+  let ok: boolean;
   try {
     // WebCrypto takes ECDSA signatures as raw r‖s, which is exactly COSE's form.
-    ok = await subtle().verify({ name: 'ECDSA', hash: 'SHA-384' }, key, cose.signature, sigStructure(cose.protectedHeader, cose.payload));
+    ok = await subtle().verify(
+      { name: 'ECDSA', hash: 'SHA-384' },
+      key,
+      cose.signature,
+      sigStructure(cose.protectedHeader, cose.payload),
+    );
   } catch (error) {
     throw new AttestationError('ERR_ATTESTATION_SIGNATURE', 'signature could not be checked', { cause: error });
   }
-  if (!ok) throw new AttestationError('ERR_ATTESTATION_SIGNATURE', 'ES384 signature does not verify with the signing certificate key');
+  if (!ok)
+    throw new AttestationError(
+      'ERR_ATTESTATION_SIGNATURE',
+      'ES384 signature does not verify with the signing certificate key',
+    );
 }
 
 async function parse(der: Uint8Array, label: string): Promise<WebCertificate> {
@@ -104,23 +127,34 @@ async function parse(der: Uint8Array, label: string): Promise<WebCertificate> {
     const cert = new x509.X509Certificate(der);
     // The ASN.1 parser accepts encodings OpenSSL (the Node verifier) refuses; only DER that
     // re-encodes to itself is taken, and the key must decode, so both refuse the same certificates.
-    if (!bytesEqual(new Uint8Array(AsnConvert.serialize(AsnConvert.parse(der, Certificate))), der)) throw new Error('not DER (it does not re-encode to the same bytes)');
+    if (!bytesEqual(new Uint8Array(AsnConvert.serialize(AsnConvert.parse(der, Certificate))), der))
+      throw new Error('not DER (it does not re-encode to the same bytes)');
     await cert.publicKey.export();
     return { ...readCertificateFacts(cert, fingerprint), der: new Uint8Array(der), cert };
   } catch (error) {
-    throw new AttestationError('ERR_ATTESTATION_CHAIN', `${label} is not a valid X.509 certificate: ${(error as Error).message}`, { cause: error });
+    throw new AttestationError(
+      'ERR_ATTESTATION_CHAIN',
+      `${label} is not a valid X.509 certificate: ${(error as Error).message}`,
+      { cause: error },
+    );
   }
 }
 
 /** Issuer name (byte-exact), key identifiers when both carry them, then the signature under the parent's key. */
 async function checkLink(child: WebCertificate, parent: WebCertificate, name: string): Promise<void> {
-  if (!bytesEqual(new Uint8Array(child.cert.issuerName.toArrayBuffer()), new Uint8Array(parent.cert.subjectName.toArrayBuffer()))) {
+  if (
+    !bytesEqual(
+      new Uint8Array(child.cert.issuerName.toArrayBuffer()),
+      new Uint8Array(parent.cert.subjectName.toArrayBuffer()),
+    )
+  ) {
     throw chainError(`${name} was not issued by ${parent.subject}`);
   }
   const aki = child.cert.getExtension(x509.AuthorityKeyIdentifierExtension)?.keyId;
   const ski = parent.cert.getExtension(x509.SubjectKeyIdentifierExtension)?.keyId;
-  if (aki !== undefined && ski !== undefined && aki.toLowerCase() !== ski.toLowerCase()) throw chainError(`${name} was not issued by ${parent.subject} (key identifiers differ)`);
-  let ok = false;
+  if (aki !== undefined && ski !== undefined && aki.toLowerCase() !== ski.toLowerCase())
+    throw chainError(`${name} was not issued by ${parent.subject} (key identifiers differ)`);
+  let ok: boolean;
   try {
     ok = await child.cert.verify({ publicKey: parent.cert.publicKey, signatureOnly: true });
   } catch (error) {
@@ -133,8 +167,10 @@ let defaultRoots: Promise<Map<string, { subject: string }>> | undefined;
 
 async function resolveRoots(root: string | Uint8Array | undefined): Promise<Map<string, { subject: string }>> {
   if (root === undefined) {
-    const pem = typeof __ENCLAVE_RUNTIME_AWS_NITRO_ROOT_PEM__ === 'string' ? __ENCLAVE_RUNTIME_AWS_NITRO_ROOT_PEM__ : undefined;
-    if (pem === undefined) throw new AttestationError('ERR_ATTESTATION_ROOT', 'this build has no bundled AWS Nitro root; pass options.root');
+    const pem =
+      typeof __ENCLAVE_RUNTIME_AWS_NITRO_ROOT_PEM__ === 'string' ? __ENCLAVE_RUNTIME_AWS_NITRO_ROOT_PEM__ : undefined;
+    if (pem === undefined)
+      throw new AttestationError('ERR_ATTESTATION_ROOT', 'this build has no bundled AWS Nitro root; pass options.root');
     defaultRoots ??= rootsFromPem(pem);
     return defaultRoots;
   }
@@ -144,10 +180,16 @@ async function resolveRoots(root: string | Uint8Array | undefined): Promise<Map<
 }
 
 async function rootsFromPem(pem: string): Promise<Map<string, { subject: string }>> {
-  if (pem.length > MAX_ROOT_PEM_CHARS) throw new AttestationError('ERR_ATTESTATION_ROOT', `the root PEM is larger than ${MAX_ROOT_PEM_CHARS} characters`);
+  if (pem.length > MAX_ROOT_PEM_CHARS)
+    throw new AttestationError('ERR_ATTESTATION_ROOT', `the root PEM is larger than ${MAX_ROOT_PEM_CHARS} characters`);
   const blocks = [...pem.matchAll(/-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]+?)-----END CERTIFICATE-----/g)];
-  if (blocks.length === 0) throw new AttestationError('ERR_ATTESTATION_ROOT', 'the root PEM holds no CERTIFICATE block');
-  if (blocks.length > MAX_TRUSTED_ROOTS) throw new AttestationError('ERR_ATTESTATION_ROOT', `the root PEM holds ${blocks.length} certificates, at most ${MAX_TRUSTED_ROOTS} are accepted`);
+  if (blocks.length === 0)
+    throw new AttestationError('ERR_ATTESTATION_ROOT', 'the root PEM holds no CERTIFICATE block');
+  if (blocks.length > MAX_TRUSTED_ROOTS)
+    throw new AttestationError(
+      'ERR_ATTESTATION_ROOT',
+      `the root PEM holds ${blocks.length} certificates, at most ${MAX_TRUSTED_ROOTS} are accepted`,
+    );
   return rootsFromDer(blocks.map((block) => base64ToBytes(block[1]!.replace(/\s+/g, ''))));
 }
 
@@ -165,7 +207,9 @@ async function rootsFromDer(ders: Uint8Array[]): Promise<Map<string, { subject: 
 
 async function sha256Hex(bytes: Uint8Array): Promise<string> {
   const digest = new Uint8Array(await subtle().digest('SHA-256', bytes));
-  return Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('').toUpperCase();
+  return Array.from(digest, (b) => b.toString(16).padStart(2, '0'))
+    .join('')
+    .toUpperCase();
 }
 
 /** Standard or URL-safe base64, padding optional, without Buffer. */

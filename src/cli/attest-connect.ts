@@ -1,10 +1,15 @@
 import { isIP } from 'node:net';
 import { connect, type TLSSocket } from 'node:tls';
-import { AttestationError } from '../attestation/attestation-error.js';
-import { attestationDocumentToJson, isDebugDocument } from '../attestation/document.js';
-import type { VerifiedAttestation } from '../attestation/verifier.js';
-import { ConfigError, RuntimeError } from '../errors.js';
-import { formatNonceServerName, generateSniNonce, isCaseStableNonce, type SniNonceEncoding } from '../tls/nonce-label.js';
+import { AttestationError } from '../verify/attestation-error.js';
+import { attestationDocumentToJson, isDebugDocument } from '../verify/document.js';
+import type { VerifiedAttestation } from '../verify/verifier.js';
+import { ConfigError, errorCode, RuntimeError } from '../core/errors.js';
+import {
+  formatNonceServerName,
+  generateSniNonce,
+  isCaseStableNonce,
+  type SniNonceEncoding,
+} from '../tls/nonce-label.js';
 import { freshNonceBytes, nonceSentInSni, peerCertificateDer, verifyPeerAttestation } from '../tls/attested-client.js';
 import { processIo, type CommandIo } from './io.js';
 import { parseVerifyOptions } from './attest-verify.js';
@@ -79,15 +84,21 @@ export async function attestConnectCommand(argv: string[], io: CommandIo = proce
   let socket: TLSSocket | undefined;
   try {
     socket = await openTls(target);
-    const verified = verifyPeerAttestation(peerCertificateDer(socket), { ...args.verify, ...(target.nonce ? { nonce: target.nonce } : {}) });
+    const verified = verifyPeerAttestation(peerCertificateDer(socket), {
+      ...args.verify,
+      ...(target.nonce ? { nonce: target.nonce } : {}),
+    });
     return valid(io, args.json, verified, target);
   } catch (error) {
     if (error instanceof AttestationError) {
       io.stderr.write(`invalid: ${error.code}: ${oneLine(error.message)}\n`);
-      if (args.json) io.stdout.write(`${JSON.stringify({ valid: false, error: { code: error.code, message: error.message } }, null, 2)}\n`);
+      if (args.json)
+        io.stdout.write(
+          `${JSON.stringify({ valid: false, error: { code: error.code, message: error.message } }, null, 2)}\n`,
+        );
       return 1;
     }
-    const code = (error as NodeJS.ErrnoException).code;
+    const code = errorCode(error);
     io.stderr.write(`error: ${code ? `${code}: ` : ''}${oneLine((error as Error).message)}\n`);
     return 1;
   } finally {
@@ -95,10 +106,21 @@ export async function attestConnectCommand(argv: string[], io: CommandIo = proce
   }
 }
 
-function connectTarget(positionals: readonly string[], values: Record<string, unknown>, nonceOption: Uint8Array | undefined): ConnectTarget {
+function connectTarget(
+  positionals: readonly string[],
+  values: Record<string, unknown>,
+  nonceOption: Uint8Array | undefined,
+): ConnectTarget {
   const problems: string[] = [];
   if (positionals.length !== 1) {
-    throw new ConfigError([positionals.length === 0 ? 'expected HOST[:PORT]' : `expected one HOST[:PORT], got ${positionals.length}: ${positionals.join(' ')}`], 'attest connect');
+    throw new ConfigError(
+      [
+        positionals.length === 0
+          ? 'expected HOST[:PORT]'
+          : `expected one HOST[:PORT], got ${positionals.length}: ${positionals.join(' ')}`,
+      ],
+      'attest connect',
+    );
   }
   const address = parseHostPort(positionals[0]!);
   if (typeof address === 'string') problems.push(address);
@@ -113,13 +135,19 @@ function connectTarget(positionals: readonly string[], values: Record<string, un
   let timeoutMs = DEFAULT_CONNECT_TIMEOUT_MS;
   if (typeof values['timeout'] === 'string') {
     const n = Number(values['timeout']);
-    if (!Number.isInteger(n) || n < 1 || n > MAX_CONNECT_TIMEOUT_MS) problems.push(`--timeout ${JSON.stringify(values['timeout'])}: expected milliseconds from 1 to ${MAX_CONNECT_TIMEOUT_MS}`);
+    if (!Number.isInteger(n) || n < 1 || n > MAX_CONNECT_TIMEOUT_MS)
+      problems.push(
+        `--timeout ${JSON.stringify(values['timeout'])}: expected milliseconds from 1 to ${MAX_CONNECT_TIMEOUT_MS}`,
+      );
     else timeoutMs = n;
   }
   const encodingOption = values['sni-nonce-encoding'];
   let encoding: SniNonceEncoding = 'hex';
   if (encodingOption === 'base64' || encodingOption === 'hex') encoding = encodingOption;
-  else if (encodingOption !== undefined) problems.push(`--sni-nonce-encoding ${JSON.stringify(String(encodingOption).slice(0, 32))}: expected hex or base64`);
+  else if (encodingOption !== undefined)
+    problems.push(
+      `--sni-nonce-encoding ${JSON.stringify(String(encodingOption).slice(0, 32))}: expected hex or base64`,
+    );
   if (nonceOption !== undefined && nonceOption.byteLength > 0 && !isCaseStableNonce(nonceOption, encoding)) {
     problems.push(
       `--nonce: its base64 label ${JSON.stringify(Buffer.from(nonceOption).toString('base64url').slice(0, 64))} has capitals or "_", which DNS clients may lowercase or refuse, so the server could attest other bytes; choose a nonce whose base64url form is [a-z0-9-] only, or use --sni-nonce-encoding hex`,
@@ -131,7 +159,8 @@ function connectTarget(positionals: readonly string[], values: Record<string, un
   const baseHost = servernameOption ?? (isIP(address.host) ? undefined : address.host);
   let servername = baseHost;
   if (nonce !== undefined) {
-    if (nonce.byteLength === 0) throw new ConfigError(['--nonce: an empty nonce cannot be sent in SNI'], 'attest connect');
+    if (nonce.byteLength === 0)
+      throw new ConfigError(['--nonce: an empty nonce cannot be sent in SNI'], 'attest connect');
     servername = formatNonceServerName(nonce, baseHost ?? address.host, encoding);
     // The document must carry what the server reads from the SNI.
     nonce = nonceSentInSni(servername, nonce, encoding);
@@ -154,10 +183,12 @@ function parseHostPort(text: string): { host: string; port: number } | string {
       portText = text.slice(colon + 1);
     }
   }
-  if (host.length === 0 || host.length > 253 || (isIP(host) === 0 && !/^[A-Za-z0-9.-]+$/.test(host))) return `${JSON.stringify(text.slice(0, 64))}: expected HOST[:PORT]`;
+  if (host.length === 0 || host.length > 253 || (isIP(host) === 0 && !/^[A-Za-z0-9.-]+$/.test(host)))
+    return `${JSON.stringify(text.slice(0, 64))}: expected HOST[:PORT]`;
   if (portText === undefined) return { host, port: DEFAULT_PORT };
   const port = Number(portText);
-  if (!/^\d{1,5}$/.test(portText) || port < 1 || port > 65535) return `${JSON.stringify(text.slice(0, 64))}: the port must be 1 to 65535`;
+  if (!/^\d{1,5}$/.test(portText) || port < 1 || port > 65535)
+    return `${JSON.stringify(text.slice(0, 64))}: the port must be 1 to 65535`;
   return { host, port };
 }
 
@@ -174,7 +205,12 @@ function openTls(target: ConnectTarget): Promise<TLSSocket> {
       checkServerIdentity: () => undefined,
     });
     const timer = setTimeout(() => {
-      socket.destroy(new RuntimeError('ERR_CONNECT_TIMEOUT', `no TLS handshake with ${target.host}:${target.port} within ${target.timeoutMs} ms`));
+      socket.destroy(
+        new RuntimeError(
+          'ERR_CONNECT_TIMEOUT',
+          `no TLS handshake with ${target.host}:${target.port} within ${target.timeoutMs} ms`,
+        ),
+      );
     }, target.timeoutMs);
     socket.once('secureConnect', () => {
       clearTimeout(timer);
@@ -198,10 +234,16 @@ function valid(io: CommandIo, json: boolean, verified: VerifiedAttestation, targ
     nonce: target.nonce ? Buffer.from(target.nonce).toString('hex') : null,
   };
   if (json) {
-    io.stdout.write(`${JSON.stringify({ valid: true, debug: isDebugDocument(document), connection, document: attestationDocumentToJson(document) }, null, 2)}\n`);
+    io.stdout.write(
+      `${JSON.stringify({ valid: true, debug: isDebugDocument(document), connection, document: attestationDocumentToJson(document) }, null, 2)}\n`,
+    );
     return 0;
   }
-  const notes = [isDebugDocument(document) ? 'debug mode' : '', 'binds the certificate key', target.nonce ? 'carries the nonce' : ''].filter((n) => n !== '');
+  const notes = [
+    isDebugDocument(document) ? 'debug mode' : '',
+    'binds the certificate key',
+    target.nonce ? 'carries the nonce' : '',
+  ].filter((n) => n !== '');
   io.stdout.write(
     `valid: ${target.host}:${target.port} is module ${document.moduleId}, ${document.pcrs.size} PCRs, signed ${new Date(document.timestamp).toISOString()} (${notes.join(', ')})\n`,
   );

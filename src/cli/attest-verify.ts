@@ -1,13 +1,24 @@
 import { readFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { AttestationError } from '../attestation/attestation-error.js';
-import { verifyCertificateAttestation } from '../attestation/certificate-binding.js';
-import { decodeAttestationInput, MAX_ENCODED_INPUT_BYTES, type AttestationInput } from '../attestation/document-encoding.js';
-import { attestationDocumentToJson, isDebugDocument, MAX_OPTIONAL_FIELD_BYTES, MAX_PCR_COUNT } from '../attestation/document.js';
-import { readRootFile } from '../attestation/root-store.js';
-import { decodeAttestation, MAX_EXPECTED_PCR_SETS, verifyAttestation, type VerifiedAttestation, type VerifyOptions } from '../attestation/verifier.js';
-import { ConfigError } from '../errors.js';
+import { AttestationError } from '../verify/attestation-error.js';
+import { verifyCertificateAttestation } from '../verify/certificate-binding.js';
+import { decodeAttestationInput, MAX_ENCODED_INPUT_BYTES, type AttestationInput } from '../verify/document-encoding.js';
+import {
+  attestationDocumentToJson,
+  isDebugDocument,
+  MAX_OPTIONAL_FIELD_BYTES,
+  MAX_PCR_COUNT,
+} from '../verify/document.js';
+import { readRootFile } from '../verify/root-store.js';
+import {
+  decodeAttestation,
+  MAX_EXPECTED_PCR_SETS,
+  verifyAttestation,
+  type VerifiedAttestation,
+  type VerifyOptions,
+} from '../verify/verifier.js';
+import { ConfigError } from '../core/errors.js';
 import { processIo, type CommandIo } from './io.js';
 
 /** A pipe that stays silent this long is a forgotten `-`, not a slow producer. */
@@ -75,15 +86,22 @@ export function parseVerifyOptions(
 ): ParsedVerifyArgs {
   let parsed;
   try {
-    parsed = parseArgs({ args: [...argv], options: { ...VERIFY_OPTION_DEFINITIONS, ...extraOptions }, allowPositionals: true, strict: true });
+    parsed = parseArgs({
+      args: [...argv],
+      options: { ...VERIFY_OPTION_DEFINITIONS, ...extraOptions },
+      allowPositionals: true,
+      strict: true,
+    });
   } catch (error) {
     throw new ConfigError([(error as Error).message], command);
   }
   const values = parsed.values as Record<string, OptionValue>;
   const problems: string[] = [];
   const verify: VerifyOptions = {};
-  const str = (name: string): string | undefined => (typeof values[name] === 'string' ? (values[name] as string) : undefined);
-  const list = (name: string): string[] => (Array.isArray(values[name]) ? (values[name] as unknown[]).filter((v): v is string => typeof v === 'string') : []);
+  const str = (name: string): string | undefined =>
+    typeof values[name] === 'string' ? (values[name] as string) : undefined;
+  const list = (name: string): string[] =>
+    Array.isArray(values[name]) ? (values[name] as unknown[]).filter((v): v is string => typeof v === 'string') : [];
 
   const root = str('root');
   if (root !== undefined) {
@@ -98,7 +116,8 @@ export function parseVerifyOptions(
   const at = str('at');
   if (at !== undefined) {
     const time = parseVerificationTime(at);
-    if (time === undefined) problems.push(`--at ${JSON.stringify(at)}: expected ISO-8601 (e.g. 2024-09-07T14:37:39Z) or unix seconds`);
+    if (time === undefined)
+      problems.push(`--at ${JSON.stringify(at)}: expected ISO-8601 (e.g. 2024-09-07T14:37:39Z) or unix seconds`);
     else verify.at = time;
   }
   const sets: Record<number, Uint8Array>[] = [];
@@ -118,14 +137,21 @@ export function parseVerifyOptions(
       problems.push(`--pcr-set ${JSON.stringify(file)}: ${(error as Error).message}`);
     }
   }
-  if (sets.length > MAX_EXPECTED_PCR_SETS) problems.push(`at most ${MAX_EXPECTED_PCR_SETS} PCR sets are accepted, got ${sets.length}`);
+  if (sets.length > MAX_EXPECTED_PCR_SETS)
+    problems.push(`at most ${MAX_EXPECTED_PCR_SETS} PCR sets are accepted, got ${sets.length}`);
   if (sets.length > 0) verify.expectedPcrs = sets;
-  for (const [flag, key] of [['nonce', 'nonce'], ['user-data', 'userData'], ['public-key', 'publicKey']] as const) {
+  for (const [flag, key] of [
+    ['nonce', 'nonce'],
+    ['user-data', 'userData'],
+    ['public-key', 'publicKey'],
+  ] as const) {
     const value = str(flag);
     if (value === undefined) continue;
     const bytes = parseHex(value);
-    if (bytes === undefined) problems.push(`--${flag} ${JSON.stringify(clip(value))}: expected an even number of hex digits`);
-    else if (bytes.byteLength > MAX_OPTIONAL_FIELD_BYTES) problems.push(`--${flag}: ${bytes.byteLength} bytes, at most ${MAX_OPTIONAL_FIELD_BYTES} fit in a document`);
+    if (bytes === undefined)
+      problems.push(`--${flag} ${JSON.stringify(clip(value))}: expected an even number of hex digits`);
+    else if (bytes.byteLength > MAX_OPTIONAL_FIELD_BYTES)
+      problems.push(`--${flag}: ${bytes.byteLength} bytes, at most ${MAX_OPTIONAL_FIELD_BYTES} fit in a document`);
     else verify[key] = bytes;
   }
   if (values['allow-debug'] === true) verify.allowDebug = true;
@@ -143,10 +169,18 @@ export function parseVerificationTime(text: string): Date | undefined {
   // Date.parse rolls 2024-02-30 over into March and accepts 24:00; a verification time must say what it means.
   const [year, month, day] = date!.split('-').map(Number) as [number, number, number];
   const [hour = 0, minute = 0, second = 0] = (time ?? '').split(':').map((part) => Math.floor(Number(part)));
-  if (new Date(Date.UTC(year, month - 1, day)).getUTCDate() !== day || month < 1 || month > 12 || hour > 23 || minute > 59 || second > 59) {
+  if (
+    new Date(Date.UTC(year, month - 1, day)).getUTCDate() !== day ||
+    month < 1 ||
+    month > 12 ||
+    hour > 23 ||
+    minute > 59 ||
+    second > 59
+  ) {
     return undefined;
   }
-  const offset = zone === undefined ? 'Z' : zone.length === 5 ? `${zone.slice(0, 3)}:${zone.slice(3)}` : zone.toUpperCase();
+  const offset =
+    zone === undefined ? 'Z' : zone.length === 5 ? `${zone.slice(0, 3)}:${zone.slice(3)}` : zone.toUpperCase();
   // Date.parse takes at most milliseconds; longer fractions are truncated, not rejected.
   const clock = time === undefined ? '00:00:00' : time.replace(/(\.\d{3})\d+$/, '$1');
   const parsed = new Date(`${date}T${clock}${offset}`);
@@ -177,10 +211,13 @@ function readPcrSetFile(path: string): Record<number, Uint8Array>[] {
   const sets = Array.isArray(json) ? json : [json];
   if (sets.length === 0) throw new Error('the list of PCR sets is empty');
   return sets.map((set, i) => {
-    if (set === null || typeof set !== 'object' || Array.isArray(set)) throw new Error(`set ${i + 1} is not an object of PCR index to hex`);
+    if (set === null || typeof set !== 'object' || Array.isArray(set))
+      throw new Error(`set ${i + 1} is not an object of PCR index to hex`);
     const out: Record<number, Uint8Array> = {};
     for (const [key, hex] of Object.entries(set as Record<string, unknown>)) {
-      const result = parsePcrAssignment(`${/^(?:pcr)?(\d{1,2})$/i.exec(key)?.[1] ?? key}=${typeof hex === 'string' ? hex : ''}`);
+      const result = parsePcrAssignment(
+        `${/^(?:pcr)?(\d{1,2})$/i.exec(key)?.[1] ?? key}=${typeof hex === 'string' ? hex : ''}`,
+      );
       if (typeof result === 'string') throw new Error(`set ${i + 1}, ${JSON.stringify(key)}: ${result}`);
       out[result.index] = result.value;
     }
@@ -212,7 +249,11 @@ export async function attestVerifyCommand(argv: string[], io: CommandIo = proces
     return 0;
   }
   if (args.positionals.length !== 1) {
-    return usageError(io, [args.positionals.length === 0 ? 'expected FILE or - (stdin)' : `expected one FILE, got ${args.positionals.length}: ${args.positionals.join(' ')}`]);
+    return usageError(io, [
+      args.positionals.length === 0
+        ? 'expected FILE or - (stdin)'
+        : `expected one FILE, got ${args.positionals.length}: ${args.positionals.join(' ')}`,
+    ]);
   }
   const source = args.positionals[0]!;
 
@@ -221,13 +262,18 @@ export async function attestVerifyCommand(argv: string[], io: CommandIo = proces
     raw = source === '-' ? await readStdin(io.stdin) : await readInputFile(source);
   } catch (error) {
     if (error instanceof AttestationError) return invalid(io, args.json, error, null);
-    return usageError(io, [`cannot read ${source === '-' ? 'stdin' : JSON.stringify(source)}: ${(error as Error).message}`]);
+    return usageError(io, [
+      `cannot read ${source === '-' ? 'stdin' : JSON.stringify(source)}: ${(error as Error).message}`,
+    ]);
   }
 
   let input: AttestationInput | undefined;
   try {
     input = decodeAttestationInput(raw);
-    const verified = input.kind === 'certificate' ? verifyCertificateAttestation(input.bytes, args.verify) : verifyAttestation(input.bytes, args.verify);
+    const verified =
+      input.kind === 'certificate'
+        ? verifyCertificateAttestation(input.bytes, args.verify)
+        : verifyAttestation(input.bytes, args.verify);
     return valid(io, args.json, verified, input.kind === 'certificate');
   } catch (error) {
     if (error instanceof AttestationError) return invalid(io, args.json, error, input);
@@ -239,20 +285,32 @@ export async function attestVerifyCommand(argv: string[], io: CommandIo = proces
 function valid(io: CommandIo, json: boolean, verified: VerifiedAttestation, fromCertificate: boolean): number {
   const { document } = verified;
   if (json) {
-    io.stdout.write(`${JSON.stringify({ valid: true, debug: isDebugDocument(document), document: attestationDocumentToJson(document) }, null, 2)}\n`);
+    io.stdout.write(
+      `${JSON.stringify({ valid: true, debug: isDebugDocument(document), document: attestationDocumentToJson(document) }, null, 2)}\n`,
+    );
     return 0;
   }
-  const notes = [isDebugDocument(document) ? 'debug mode' : '', fromCertificate ? 'binds the certificate key' : ''].filter((n) => n !== '');
+  const notes = [
+    isDebugDocument(document) ? 'debug mode' : '',
+    fromCertificate ? 'binds the certificate key' : '',
+  ].filter((n) => n !== '');
   io.stdout.write(
     `valid: module ${document.moduleId}, ${document.pcrs.size} PCRs, signed ${new Date(document.timestamp).toISOString()}${notes.length > 0 ? ` (${notes.join(', ')})` : ''}\n`,
   );
   return 0;
 }
 
-function invalid(io: CommandIo, json: boolean, error: AttestationError, input: AttestationInput | null | undefined): number {
+function invalid(
+  io: CommandIo,
+  json: boolean,
+  error: AttestationError,
+  input: AttestationInput | null | undefined,
+): number {
   io.stderr.write(`invalid: ${error.code}: ${oneLine(error.message)}\n`);
   if (json) {
-    io.stdout.write(`${JSON.stringify({ valid: false, error: { code: error.code, message: error.message }, document: bestEffortDocument(input) }, null, 2)}\n`);
+    io.stdout.write(
+      `${JSON.stringify({ valid: false, error: { code: error.code, message: error.message }, document: bestEffortDocument(input) }, null, 2)}\n`,
+    );
   }
   return 1;
 }
@@ -316,7 +374,10 @@ async function readStdin(stdin: NodeJS.ReadableStream): Promise<Uint8Array> {
     };
     const onEnd = (): void => finish(undefined);
     const onError = (error: Error): void => finish(error);
-    const timer = setTimeout(() => finish(new Error(`no end of input within ${STDIN_TIMEOUT_MS / 1000} s`)), STDIN_TIMEOUT_MS);
+    const timer = setTimeout(
+      () => finish(new Error(`no end of input within ${STDIN_TIMEOUT_MS / 1000} s`)),
+      STDIN_TIMEOUT_MS,
+    );
     stdin.on('data', onData);
     stdin.once('end', onEnd);
     stdin.once('error', onError);

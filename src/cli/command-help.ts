@@ -3,7 +3,7 @@
  * command's mode, read from the schema itself, so the help cannot drift from what a start with no
  * config file would really listen on.
  */
-import { formatAddress } from '../bridge/address.js';
+import { formatAddress } from '../net/address.js';
 import { validateConfig } from '../config/validate.js';
 import type { CommandIo } from './io.js';
 

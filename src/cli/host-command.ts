@@ -1,9 +1,9 @@
 import { parseArgs } from 'node:util';
-import { formatAddress } from '../bridge/address.js';
+import { formatAddress } from '../net/address.js';
 import { loadConfig } from '../config/load.js';
-import { ConfigError, RuntimeError } from '../errors.js';
+import { ConfigError, errorCode, RuntimeError } from '../core/errors.js';
 import { startHost } from '../host/host-service.js';
-import { createLogger } from '../log.js';
+import { createLogger } from '../core/log.js';
 import type { CommandIo } from './io.js';
 import { waitForStopSignal } from './stop-signal.js';
 import { printHelp, wantsHelp } from './command-help.js';
@@ -39,7 +39,7 @@ export async function hostCommand(argv: string[], io: CommandIo): Promise<number
   try {
     host = await startHost(config, logger);
   } catch (error) {
-    const code = error instanceof RuntimeError ? error.code : (error as { code?: string }).code;
+    const code = error instanceof RuntimeError ? error.code : errorCode(error);
     logger.fatal({ code, reason: (error as Error).message }, 'host failed to start');
     return 1;
   }
@@ -56,7 +56,7 @@ export async function hostCommand(argv: string[], io: CommandIo): Promise<number
   );
 
   await stop.received;
-await host.close(config.runtime.shutdownGraceMs);
+  await host.close(config.runtime.shutdownGraceMs);
   stop.dispose();
   logger.info('host stopped');
   return 0;

@@ -1,10 +1,10 @@
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
-import { MAX_ROOT_PEM_BYTES, parseRootPem } from '../attestation/root-store.js';
-import { formatAddress } from '../bridge/address.js';
+import { MAX_ROOT_PEM_BYTES, parseRootPem } from '../verify/root-store.js';
+import { formatAddress } from '../net/address.js';
 import { loadConfig } from '../config/load.js';
-import { ConfigError, RuntimeError } from '../errors.js';
-import { createLogger } from '../log.js';
+import { ConfigError, errorCode, RuntimeError } from '../core/errors.js';
+import { createLogger } from '../core/log.js';
 import { startProvisioner } from '../provisioner/provisioner-service.js';
 import type { CommandIo } from './io.js';
 import { waitForStopSignal } from './stop-signal.js';
@@ -31,7 +31,12 @@ export async function provisionerCommand(argv: string[], io: CommandIo): Promise
     config = await loadConfig(parsed.values.config, 'host');
     attestationRootPem = await readAttestationRoot(config.provisioner.root);
     if (config.provisioner.allowedPcrs.length === 0) {
-      throw new ConfigError(['provisioner.allowed_pcrs is empty: no enclave could be provisioned; list the PCR sets of the enclave images to accept'], parsed.values.config ?? 'defaults');
+      throw new ConfigError(
+        [
+          'provisioner.allowed_pcrs is empty: no enclave could be provisioned; list the PCR sets of the enclave images to accept',
+        ],
+        parsed.values.config ?? 'defaults',
+      );
     }
   } catch (error) {
     if (error instanceof ConfigError) {
@@ -59,7 +64,7 @@ export async function provisionerCommand(argv: string[], io: CommandIo): Promise
       logger,
     });
   } catch (error) {
-    const code = error instanceof RuntimeError ? error.code : (error as { code?: string }).code;
+    const code = error instanceof RuntimeError ? error.code : errorCode(error);
     logger.fatal({ code, reason: (error as Error).message }, 'provisioner failed to start');
     return error instanceof ConfigError ? 2 : 1;
   }
@@ -67,7 +72,7 @@ export async function provisionerCommand(argv: string[], io: CommandIo): Promise
 
   const stop = waitForStopSignal(logger);
   await stop.received;
-await provisioner.close();
+  await provisioner.close();
   stop.dispose();
   logger.info('provisioner stopped');
   return 0;
@@ -80,9 +85,14 @@ async function readAttestationRoot(root: string): Promise<string | undefined> {
   try {
     bytes = await readFile(root);
   } catch (error) {
-    throw new ConfigError([`provisioner.root: cannot read ${JSON.stringify(root)}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`]);
+    throw new ConfigError([
+      `provisioner.root: cannot read ${JSON.stringify(root)}: ${errorCode(error) ?? (error as Error).message}`,
+    ]);
   }
-  if (bytes.byteLength > MAX_ROOT_PEM_BYTES) throw new ConfigError([`provisioner.root: ${JSON.stringify(root)} is larger than ${MAX_ROOT_PEM_BYTES} bytes; a root PEM is a few certificates`]);
+  if (bytes.byteLength > MAX_ROOT_PEM_BYTES)
+    throw new ConfigError([
+      `provisioner.root: ${JSON.stringify(root)} is larger than ${MAX_ROOT_PEM_BYTES} bytes; a root PEM is a few certificates`,
+    ]);
   const pem = bytes.toString('utf8');
   try {
     parseRootPem(pem, root);

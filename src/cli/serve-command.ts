@@ -1,12 +1,12 @@
 import { parseArgs } from 'node:util';
 import { loadConfig } from '../config/load.js';
 import type { Mode } from '../config/field.js';
-import { ConfigError, RuntimeError } from '../errors.js';
-import { createLogger } from '../log.js';
+import { ConfigError, errorCode, RuntimeError } from '../core/errors.js';
+import { createLogger } from '../core/log.js';
 import { LogRelay, registerLogRelayMetrics } from '../logs/log-relay.js';
 import { Runtime } from '../runtime.js';
-import { Supervisor } from '../supervisor.js';
-import { hardenProcess } from '../bridge/native-binding.js';
+import { Supervisor } from '../app/supervisor.js';
+import { hardenProcess } from '../native/native-binding.js';
 import { AppSupervisor } from '../app/app-supervisor.js';
 import { startInitDuties, type InitDuties } from '../init/init-duties.js';
 import type { CommandIo } from './io.js';
@@ -47,7 +47,9 @@ export async function serveCommand(mode: Extract<Mode, 'run' | 'dev'>, argv: str
 
   // The relay starts before the first log line, so the parent sees start-up too.
   const { logRelay, logRelayBufferLines, logRelayMaxLineBytes } = config.runtime;
-  const relay = logRelay && new LogRelay({ address: logRelay, bufferLines: logRelayBufferLines, maxLineBytes: logRelayMaxLineBytes });
+  const relay =
+    logRelay &&
+    new LogRelay({ address: logRelay, bufferLines: logRelayBufferLines, maxLineBytes: logRelayMaxLineBytes });
   const logger = createLogger(config.runtime.logLevel, relay ? relay.destination(2) : 2);
   relay?.useLogger(logger);
   // From here on a SIGTERM/SIGINT is a stop, never the default kill: whoever waits for a log line may signal
@@ -61,12 +63,15 @@ export async function serveCommand(mode: Extract<Mode, 'run' | 'dev'>, argv: str
     stopAt = Date.now();
     supervisor?.stop(graceMs);
   });
-  logger.info({ mode, config: parsed.values.config ?? '(defaults)', stateDir: config.runtime.stateDir }, 'config loaded');
+  logger.info(
+    { mode, config: parsed.values.config ?? '(defaults)', stateDir: config.runtime.stateDir },
+    'config loaded',
+  );
   // Before any key or secret is in memory: the app (same enclave, maybe the same uid) must not read them by ptrace or from a core file.
   try {
     hardenProcess();
   } catch (error) {
-    const fields = { code: (error as { code?: string }).code, reason: (error as Error).message };
+    const fields = { code: errorCode(error), reason: (error as Error).message };
     if (mode === 'run') {
       logger.fatal(fields, 'runtime failed to start: cannot make itself non-dumpable');
       return 1;
@@ -80,14 +85,14 @@ export async function serveCommand(mode: Extract<Mode, 'run' | 'dev'>, argv: str
   try {
     init = startInitDuties(config.runtime, logger);
   } catch (error) {
-    logger.fatal({ code: (error as { code?: string }).code, reason: (error as Error).message }, 'runtime failed to start');
+    logger.fatal({ code: errorCode(error), reason: (error as Error).message }, 'runtime failed to start');
     await relay?.close();
     return 1;
   }
   try {
     runtime = await Runtime.start(config, mode, logger);
   } catch (error) {
-    const code = error instanceof RuntimeError || (error as { code?: string }).code ? (error as { code: string }).code : undefined;
+    const code = error instanceof RuntimeError || errorCode(error) ? (error as { code: string }).code : undefined;
     logger.fatal({ code, reason: (error as Error).message }, 'runtime failed to start');
     init.stop();
     await relay?.close();
@@ -99,13 +104,20 @@ export async function serveCommand(mode: Extract<Mode, 'run' | 'dev'>, argv: str
 
   // Secrets are for the command alone: they go into its spawn environment, never into process.env.
   let secretEnv: Record<string, string> = {};
-  if (config.secrets.length > 0 && command === undefined) logger.warn({ secrets: config.secrets.length }, '[[secrets]] are configured but there is no command to pass them to; not loaded');
+  if (config.secrets.length > 0 && command === undefined)
+    logger.warn(
+      { secrets: config.secrets.length },
+      '[[secrets]] are configured but there is no command to pass them to; not loaded',
+    );
   if (config.secrets.length > 0 && command !== undefined) {
     try {
       const { loadSecrets } = await import('../secrets/boot-secrets.js');
       secretEnv = await loadSecrets(config, { nsm: runtime.nsm, logger });
     } catch (error) {
-      logger.fatal({ code: (error as { code?: string }).code, reason: (error as Error).message }, 'secrets failed to load; the command is not started');
+      logger.fatal(
+        { code: errorCode(error), reason: (error as Error).message },
+        'secrets failed to load; the command is not started',
+      );
       await runtime.stop();
       init.stop();
       await relay?.close();
@@ -114,10 +126,16 @@ export async function serveCommand(mode: Extract<Mode, 'run' | 'dev'>, argv: str
   }
   // The command starts only now that every service is up: its first line may already call 127.0.0.1:9999.
   try {
-    const output = relay && ((stdout: NodeJS.ReadableStream | null, stderr: NodeJS.ReadableStream | null) => relay.attachChild(stdout, stderr));
-    supervisor = command === undefined || stopAt !== undefined ? undefined : new AppSupervisor(command, commandArgs, config.app, logger, secretEnv, output);
+    const output =
+      relay &&
+      ((stdout: NodeJS.ReadableStream | null, stderr: NodeJS.ReadableStream | null) =>
+        relay.attachChild(stdout, stderr));
+    supervisor =
+      command === undefined || stopAt !== undefined
+        ? undefined
+        : new AppSupervisor(command, commandArgs, config.app, logger, secretEnv, output);
   } catch (error) {
-    logger.fatal({ code: (error as { code?: string }).code, reason: (error as Error).message }, 'the command cannot be started');
+    logger.fatal({ code: errorCode(error), reason: (error as Error).message }, 'the command cannot be started');
     await runtime.stop();
     init.stop();
     await relay?.close();

@@ -1,4 +1,4 @@
-import type { Logger } from '../log.js';
+import type { Logger } from '../core/log.js';
 
 /** Signals closer together than this are one user action delivered twice. */
 const SAME_SIGNAL_WINDOW_MS = 1000;

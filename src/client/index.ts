@@ -5,15 +5,19 @@
  */
 import type { X509Certificate } from 'node:crypto';
 import { fetch, type Agent, type Dispatcher, type RequestInit, type Response } from 'undici';
-import { verifyCertificateAttestation } from '../attestation/certificate-binding.js';
-import type { RootInput } from '../attestation/root-store.js';
-import { verifyAttestation, type VerifiedAttestation, type VerifyOptions } from '../attestation/verifier.js';
-import { createAttestedAgent, type AttestedAgentOptions as ConnectorAgentOptions, type PeerAttestation } from '../tls/attested-client.js';
+import { verifyCertificateAttestation } from '../verify/certificate-binding.js';
+import type { RootInput } from '../verify/root-store.js';
+import { verifyAttestation, type VerifiedAttestation, type VerifyOptions } from '../verify/verifier.js';
+import {
+  createAttestedAgent,
+  type AttestedAgentOptions as ConnectorAgentOptions,
+  type PeerAttestation,
+} from '../tls/attested-client.js';
 import { policyFromOptions, type ClientPolicyOptions } from './verify-options.js';
 
-export { AttestationError, isAttestationError, type AttestationErrorCode } from '../attestation/attestation-error.js';
-export { attestationDocumentToJson, type AttestationDocument } from '../attestation/document.js';
-export { extractAttestationFromCertificate } from '../attestation/certificate-binding.js';
+export { AttestationError, isAttestationError, type AttestationErrorCode } from '../verify/attestation-error.js';
+export { attestationDocumentToJson, type AttestationDocument } from '../verify/document.js';
+export { extractAttestationFromCertificate } from '../verify/certificate-binding.js';
 export { TlsError } from '../tls/tls-error.js';
 export { generateSniNonce, isCaseStableNonce, type SniNonceEncoding } from '../tls/nonce-label.js';
 export type { PcrSet, ClientPolicyOptions } from './verify-options.js';
@@ -38,7 +42,10 @@ export function verifyAttestationDocument(bytes: Uint8Array, options: ClientVeri
  * binds the certificate's own key. Only meaningful for a certificate whose key the peer proved it
  * holds, i.e. the one of a finished handshake. Throws AttestationError.
  */
-export function verifyAttestedCertificate(certificate: Uint8Array | X509Certificate, options: ClientVerifyOptions = {}): VerifiedAttestation {
+export function verifyAttestedCertificate(
+  certificate: Uint8Array | X509Certificate,
+  options: ClientVerifyOptions = {},
+): VerifiedAttestation {
   return verifyCertificateAttestation(certificate, verifyOptions(options));
 }
 
@@ -58,7 +65,16 @@ export interface AttestedAgentOptions extends ClientVerifyOptions, Omit<Connecto
  * AttestationError; no request byte was sent.
  */
 export function attestedAgent(options: AttestedAgentOptions = {}): Agent {
-  const { root: _root, pcrs: _pcrs, nonce: _nonce, userData: _userData, publicKey: _publicKey, allowDebug: _allowDebug, at: _at, ...connector } = options;
+  const {
+    root: _root,
+    pcrs: _pcrs,
+    nonce: _nonce,
+    userData: _userData,
+    publicKey: _publicKey,
+    allowDebug: _allowDebug,
+    at: _at,
+    ...connector
+  } = options;
   return createAttestedAgent({ ...connector, verify: verifyOptions(options), freshNonce: options.freshNonce ?? true });
 }
 

@@ -1,4 +1,4 @@
-import { AttestationError } from '../attestation/attestation-error.js';
+import { AttestationError } from '../verify/attestation-error.js';
 import { MAX_EXPECTED_PCR_SETS, type AttestationPolicy } from '../attestation/attestation-policy.js';
 
 /** One accepted set of PCR values: index → value as hex text or bytes. */
@@ -35,7 +35,8 @@ export function policyFromOptions(options: ClientPolicyOptions): AttestationPoli
   if (options.publicKey !== undefined) policy.publicKey = bytesOption(options.publicKey, 'publicKey');
   if (options.allowDebug !== undefined) policy.allowDebug = options.allowDebug === true;
   if (options.at !== undefined) {
-    if (!(options.at instanceof Date) || !Number.isFinite(options.at.getTime())) throw new RangeError('options.at must be a valid Date');
+    if (!(options.at instanceof Date) || !Number.isFinite(options.at.getTime()))
+      throw new RangeError('options.at must be a valid Date');
     policy.at = options.at;
   }
   return policy;
@@ -44,16 +45,21 @@ export function policyFromOptions(options: ClientPolicyOptions): AttestationPoli
 function pcrSets(input: PcrSet | readonly PcrSet[]): Array<Record<number, Uint8Array>> {
   const sets = Array.isArray(input) ? (input as readonly PcrSet[]) : [input as PcrSet];
   if (sets.length > MAX_EXPECTED_PCR_SETS) {
-    throw new AttestationError('ERR_ATTESTATION_PCR', `pcrs has ${sets.length} sets, at most ${MAX_EXPECTED_PCR_SETS} are accepted`);
+    throw new AttestationError(
+      'ERR_ATTESTATION_PCR',
+      `pcrs has ${sets.length} sets, at most ${MAX_EXPECTED_PCR_SETS} are accepted`,
+    );
   }
   return sets.map((set, i) => {
     if (set === null || typeof set !== 'object') throw new TypeError(`pcrs[${i}] must be an object of index → value`);
     const out: Record<number, Uint8Array> = {};
     for (const [key, value] of Object.entries(set)) {
       const index = Number(key);
-      if (!/^\d{1,2}$/.test(key) || index > 31) throw new RangeError(`pcrs[${i}]: ${JSON.stringify(key.slice(0, 16))} is not a PCR index 0..31`);
+      if (!/^\d{1,2}$/.test(key) || index > 31)
+        throw new RangeError(`pcrs[${i}]: ${JSON.stringify(key.slice(0, 16))} is not a PCR index 0..31`);
       const bytes = bytesOption(value, `pcrs[${i}][${index}]`);
-      if (![32, 48, 64].includes(bytes.byteLength)) throw new RangeError(`pcrs[${i}][${index}] is ${bytes.byteLength} bytes, a PCR is 32, 48 or 64`);
+      if (![32, 48, 64].includes(bytes.byteLength))
+        throw new RangeError(`pcrs[${i}][${index}] is ${bytes.byteLength} bytes, a PCR is 32, 48 or 64`);
       out[index] = bytes;
     }
     return out;
@@ -65,7 +71,8 @@ export function bytesOption(value: Uint8Array | string, name: string): Uint8Arra
   if (value instanceof Uint8Array) return new Uint8Array(value);
   if (typeof value !== 'string') throw new TypeError(`${name} must be bytes or hex text`);
   const hex = value.startsWith('0x') ? value.slice(2) : value;
-  if (hex.length > MAX_HEX_CHARS || !HEX.test(hex)) throw new RangeError(`${name} is not hex of even length (at most ${MAX_HEX_CHARS / 2} bytes)`);
+  if (hex.length > MAX_HEX_CHARS || !HEX.test(hex))
+    throw new RangeError(`${name} is not hex of even length (at most ${MAX_HEX_CHARS / 2} bytes)`);
   const out = new Uint8Array(hex.length / 2);
   for (let i = 0; i < out.length; i++) out[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
   return out;

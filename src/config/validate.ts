@@ -1,4 +1,4 @@
-import { ConfigError } from '../errors.js';
+import { ConfigError } from '../core/errors.js';
 import { show, type Mode } from './field.js';
 import { nearestKey } from './nearest-key.js';
 import { SCHEMA, type RuntimeConfig, type Table, type TableList } from './schema.js';
@@ -10,13 +10,21 @@ function isTable(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value) && !(value instanceof Date);
 }
 
-function walk(schema: Table, raw: Record<string, unknown>, path: string, mode: Mode, problems: string[]): Record<string, unknown> {
+function walk(
+  schema: Table,
+  raw: Record<string, unknown>,
+  path: string,
+  mode: Mode,
+  problems: string[],
+): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const key of Object.keys(raw)) {
     if (key in schema.entries) continue;
     const here = path ? `${path}.${key}` : key;
     const hint = nearestKey(key, Object.keys(schema.entries));
-    problems.push(`${here}: unknown key${hint ? `; did you mean "${path ? `${path}.` : ''}${hint}"?` : ''} (known in ${path || 'the top level'}: ${Object.keys(schema.entries).join(', ')})`);
+    problems.push(
+      `${here}: unknown key${hint ? `; did you mean "${path ? `${path}.` : ''}${hint}"?` : ''} (known in ${path || 'the top level'}: ${Object.keys(schema.entries).join(', ')})`,
+    );
   }
   for (const [key, spec] of Object.entries(schema.entries)) {
     const here = path ? `${path}.${key}` : key;
@@ -46,7 +54,13 @@ function walk(schema: Table, raw: Record<string, unknown>, path: string, mode: M
 }
 
 /** `[[path]]` entries, each walked as a table under the name `path[i]`. */
-function walkList(spec: TableList, value: unknown, path: string, mode: Mode, problems: string[]): Array<Record<string, unknown>> {
+function walkList(
+  spec: TableList,
+  value: unknown,
+  path: string,
+  mode: Mode,
+  problems: string[],
+): Array<Record<string, unknown>> {
   if (value === undefined) return [];
   if (!Array.isArray(value) || !value.every(isTable)) {
     problems.push(`${path}: ${show(value)} is not allowed; expected a list of tables, written [[${path}]]`);
@@ -58,7 +72,8 @@ function walkList(spec: TableList, value: unknown, path: string, mode: Mode, pro
   }
   const entries = value.map((raw, i) => {
     const here = `${path}[${i}]`;
-    for (const key of spec.required) if (raw[key] === undefined) problems.push(`${here}.${key}: missing; every [[${path}]] entry needs it`);
+    for (const key of spec.required)
+      if (raw[key] === undefined) problems.push(`${here}.${key}: missing; every [[${path}]] entry needs it`);
     return walk(spec.item, raw, here, mode, problems);
   });
   problems.push(...(spec.refine?.(value, path) ?? []));
@@ -72,7 +87,9 @@ export function validateConfig(raw: Record<string, unknown>, mode: Mode, source 
   // egress.allow entries are checked with the other keys, each bad one named, whatever else is wrong.
   const allow = (config.egress as Partial<RuntimeConfig['egress']> | undefined)?.allow;
   // Each entry is shown as other bad values are (truncated), so many huge entries cannot flood stderr.
-  if (Array.isArray(allow)) for (const error of allowlistErrors(allow)) problems.push(`egress.allow: ${error.message.replace(JSON.stringify(error.entry), show(error.entry))}`);
+  if (Array.isArray(allow))
+    for (const error of allowlistErrors(allow))
+      problems.push(`egress.allow: ${error.message.replace(JSON.stringify(error.entry), show(error.entry))}`);
   // Cross-key rules read typed values, so they run only once every key has one.
   if (problems.length === 0) crossCheck(config, mode, problems);
   if (problems.length > 0) throw new ConfigError(problems, source);
@@ -87,16 +104,24 @@ function crossCheck(config: RuntimeConfig, mode: Mode, problems: string[]): void
     problems.push('ingress.listen and ingress.app are the same address; ingress would forward to itself');
   }
   if (mode === 'dev' && listen.transport === 'vsock') {
-    problems.push('ingress.listen: dev mode uses the tcp or unix transport, not vsock (the dev machine is not an enclave)');
+    problems.push(
+      'ingress.listen: dev mode uses the tcp or unix transport, not vsock (the dev machine is not an enclave)',
+    );
   }
   if (mode !== 'host' && config.secrets.length > 0 && config.kms.via === 'egress_proxy' && !config.egress.enabled) {
-    problems.push('kms.via: "egress_proxy" needs egress.enabled = true (with the KMS host in egress.allow) to reach KMS for [[secrets]]; or set kms.via = "direct"');
+    problems.push(
+      'kms.via: "egress_proxy" needs egress.enabled = true (with the KMS host in egress.allow) to reach KMS for [[secrets]]; or set kms.via = "direct"',
+    );
   }
   if (mode !== 'host' && config.kms.proxy && config.kms.via === 'egress_proxy' && !config.egress.enabled) {
-    problems.push('kms.proxy: with kms.via = "egress_proxy" it needs egress.enabled = true (with the KMS host in egress.allow) to reach KMS; or set kms.via = "direct"');
+    problems.push(
+      'kms.proxy: with kms.via = "egress_proxy" it needs egress.enabled = true (with the KMS host in egress.allow) to reach KMS; or set kms.via = "direct"',
+    );
   }
   if (config.kms.credentials === 'host' && (config.kms.accessKeyId !== '' || config.kms.secretAccessKey !== '')) {
-    problems.push('kms.credentials: "host" takes the parent\'s role credentials; leave kms.access_key_id and kms.secret_access_key empty (keys in the file are part of the image)');
+    problems.push(
+      'kms.credentials: "host" takes the parent\'s role credentials; leave kms.access_key_id and kms.secret_access_key empty (keys in the file are part of the image)',
+    );
   }
   checkAcme(config, problems);
 }
@@ -104,14 +129,23 @@ function crossCheck(config: RuntimeConfig, mode: Mode, problems: string[]): void
 /** [tls.acme] and HTTP-aware ingress ride on TLS termination. */
 function checkAcme(config: RuntimeConfig, problems: string[]): void {
   if (config.ingress.httpAware && !config.tls.enabled) {
-    problems.push('ingress.http_aware needs tls.enabled = true: the well-known document describes the TLS certificate of the connection');
+    problems.push(
+      'ingress.http_aware needs tls.enabled = true: the well-known document describes the TLS certificate of the connection',
+    );
   }
   const acme = config.tls.acme;
   if (!acme.enabled) return;
-  if (!config.tls.enabled) problems.push('tls.acme.enabled needs tls.enabled = true: ACME certificates are served by the TLS terminator');
+  if (!config.tls.enabled)
+    problems.push('tls.acme.enabled needs tls.enabled = true: ACME certificates are served by the TLS terminator');
   if (acme.domains.length === 0) problems.push('tls.acme.domains: empty; tls.acme.enabled needs at least one domain');
-  if (acme.retryMinMs > acme.retryMaxMs) problems.push(`tls.acme.retry_min_ms (${acme.retryMinMs}) is larger than tls.acme.retry_max_ms (${acme.retryMaxMs})`);
+  if (acme.retryMinMs > acme.retryMaxMs)
+    problems.push(
+      `tls.acme.retry_min_ms (${acme.retryMinMs}) is larger than tls.acme.retry_max_ms (${acme.retryMaxMs})`,
+    );
   for (const domain of acme.domains) {
-    if (domain.split('.')[1] === 'attest') problems.push(`tls.acme.domains: "${domain}" has the shape <nonce>.attest.<host>, which SNI reserves for nonce requests`);
+    if (domain.split('.')[1] === 'attest')
+      problems.push(
+        `tls.acme.domains: "${domain}" has the shape <nonce>.attest.<host>, which SNI reserves for nonce requests`,
+      );
   }
 }

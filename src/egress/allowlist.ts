@@ -18,19 +18,11 @@
  * A rule with a port does not match a query that gives no port.
  */
 import { BlockList, isIP, SocketAddress } from 'node:net';
-import { RuntimeError } from '../errors.js';
-import { DomainNameError, normaliseDomainName, tryNormaliseDomainName } from './domain-name.js';
+import { RuntimeError } from '../core/errors.js';
+import { DomainNameError, normaliseDomainName, tryNormaliseDomainName } from '../wire/domain-name.js';
 
 export type DecisionReason =
-  | 'allow-all'
-  | 'exact'
-  | 'wildcard'
-  | 'cidr'
-  | 'no-rule'
-  | 'port'
-  | 'invalid-name'
-  | 'invalid-ip'
-  | 'invalid-port';
+  'allow-all' | 'exact' | 'wildcard' | 'cidr' | 'no-rule' | 'port' | 'invalid-name' | 'invalid-ip' | 'invalid-port';
 
 /** Why a destination is allowed or denied; `rule` is the entry as written in the config. */
 export interface Decision {
@@ -91,7 +83,8 @@ export function allowlistErrors(entries: readonly string[]): AllowlistError[] {
 
 /** Compiles what it can; each entry that cannot be compiled is one error, and the next is still read. */
 function buildAllowlist(entries: readonly string[]): { allowlist: Allowlist; errors: AllowlistError[] } {
-  if (entries.length > ALLOWLIST_MAX_ENTRIES) throw new AllowlistError(`(${entries.length} entries)`, `more than ${ALLOWLIST_MAX_ENTRIES} entries`);
+  if (entries.length > ALLOWLIST_MAX_ENTRIES)
+    throw new AllowlistError(`(${entries.length} entries)`, `more than ${ALLOWLIST_MAX_ENTRIES} entries`);
   const errors: AllowlistError[] = [];
   const allowAll: Rule[] = [];
   const exact = new Map<string, Rule[]>();
@@ -114,7 +107,8 @@ function buildAllowlist(entries: readonly string[]): { allowlist: Allowlist; err
       ips.push({ ...rule, ...compileCidr(entry, host, bracketed), reason: 'cidr' });
     } else if (isIP(host) !== 0 || bracketed) {
       const ip = canonicalIp(host);
-      if (!ip || (bracketed && isIP(host) !== 6)) throw new AllowlistError(entry, `${JSON.stringify(host)} is not a valid IP${bracketed ? 'v6' : ''} address`);
+      if (!ip || (bracketed && isIP(host) !== 6))
+        throw new AllowlistError(entry, `${JSON.stringify(host)} is not a valid IP${bracketed ? 'v6' : ''} address`);
       const range = new BlockList();
       range.addAddress(ip.address, ip.family);
       ips.push({ ...rule, family: ip.family, range, reason: 'exact' });
@@ -141,7 +135,8 @@ function buildAllowlist(entries: readonly string[]): { allowlist: Allowlist; err
     if (!canonical) return { allowed: false, reason: 'invalid-ip' };
     const candidates: Array<[Rule[] | undefined, DecisionReason]> = [[allowAll, 'allow-all']];
     for (const rule of ips) {
-      if (rule.family === canonical.family && rule.range.check(canonical.address, canonical.family)) candidates.push([[rule], rule.reason]);
+      if (rule.family === canonical.family && rule.range.check(canonical.address, canonical.family))
+        candidates.push([[rule], rule.reason]);
     }
     return firstMatch(candidates, port);
   };
@@ -183,7 +178,8 @@ function splitPort(entry: string): { host: string; port?: number; bracketed: boo
   }
   if (portText === undefined) return { host, bracketed };
   const port = DIGITS.test(portText) ? Number(portText) : NaN;
-  if (!(port >= 1 && port <= 65535)) throw new AllowlistError(entry, `port ${JSON.stringify(portText)} is not a number in 1..65535`);
+  if (!(port >= 1 && port <= 65535))
+    throw new AllowlistError(entry, `port ${JSON.stringify(portText)} is not a number in 1..65535`);
   return { host, port, bracketed };
 }
 
@@ -191,14 +187,22 @@ function compileCidr(entry: string, host: string, bracketed: boolean): { family:
   const [addressText = '', prefixText = '', extra] = host.split('/');
   const ip = canonicalIp(addressText);
   if (extra !== undefined || !ip || (bracketed && isIP(addressText) !== 6)) {
-    throw new AllowlistError(entry, `${JSON.stringify(host)} is not ADDRESS/PREFIX with a valid IP${bracketed ? 'v6' : ''} address`);
+    throw new AllowlistError(
+      entry,
+      `${JSON.stringify(host)} is not ADDRESS/PREFIX with a valid IP${bracketed ? 'v6' : ''} address`,
+    );
   }
   const declaredMax = isIP(addressText) === 4 ? 32 : 128;
   let prefix = DIGITS.test(prefixText) ? Number(prefixText) : NaN;
-  if (!(prefix <= declaredMax)) throw new AllowlistError(entry, `prefix ${JSON.stringify(prefixText)} is not a number in 0..${declaredMax}`);
+  if (!(prefix <= declaredMax))
+    throw new AllowlistError(entry, `prefix ${JSON.stringify(prefixText)} is not a number in 0..${declaredMax}`);
   if (declaredMax === 128 && ip.family === 'ipv4') {
     // A mapped range is an IPv4 range in disguise; one reaching outside ::ffff:0:0/96 is not.
-    if (prefix < 96) throw new AllowlistError(entry, 'an IPv4-mapped IPv6 range needs a prefix of at least 96; write the IPv4 range instead');
+    if (prefix < 96)
+      throw new AllowlistError(
+        entry,
+        'an IPv4-mapped IPv6 range needs a prefix of at least 96; write the IPv4 range instead',
+      );
     prefix -= 96;
   }
   const range = new BlockList();
@@ -207,11 +211,13 @@ function compileCidr(entry: string, host: string, bracketed: boolean): { family:
 }
 
 function compileName(entry: string, name: string): string {
-  if (name.includes('*')) throw new AllowlistError(entry, "'*' is only allowed as the whole entry or as a leading '*.' label");
+  if (name.includes('*'))
+    throw new AllowlistError(entry, "'*' is only allowed as the whole entry or as a leading '*.' label");
   try {
     return normaliseDomainName(name);
   } catch (error) {
-    if (error instanceof DomainNameError) throw new AllowlistError(entry, `not an IP address, CIDR range or valid domain name (${error.message})`);
+    if (error instanceof DomainNameError)
+      throw new AllowlistError(entry, `not an IP address, CIDR range or valid domain name (${error.message})`);
     throw error;
   }
 }

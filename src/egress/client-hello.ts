@@ -9,7 +9,7 @@
  * The SNI comes back as sent (printable ASCII, not normalised): run it through
  * normaliseDomainName before asking the allowlist.
  */
-import { RuntimeError } from '../errors.js';
+import { RuntimeError } from '../core/errors.js';
 
 /** A connection that starts like TLS but does not carry a well-formed ClientHello. */
 export class ClientHelloError extends RuntimeError {
@@ -58,8 +58,10 @@ function reassemble(data: Buffer): Buffer | undefined {
     if (record === MAX_RECORDS) throw new ClientHelloError(`ClientHello spread over more than ${MAX_RECORDS} records`);
     const type = data[offset]!;
     const length = data.readUInt16BE(offset + 3);
-    if (type !== CONTENT_HANDSHAKE) throw new ClientHelloError(`TLS record of type ${type} arrived before the ClientHello was complete`);
-    if (data[offset + 1] !== 3) throw new ClientHelloError(`TLS record with version ${data[offset + 1]}.${data[offset + 2]}`);
+    if (type !== CONTENT_HANDSHAKE)
+      throw new ClientHelloError(`TLS record of type ${type} arrived before the ClientHello was complete`);
+    if (data[offset + 1] !== 3)
+      throw new ClientHelloError(`TLS record with version ${data[offset + 1]}.${data[offset + 2]}`);
     if (length === 0) throw new ClientHelloError('empty TLS handshake record');
     if (length > 16384) throw new ClientHelloError(`TLS record of ${length} bytes exceeds 16384`);
     const fragment = data.subarray(offset + RECORD_HEADER, Math.min(data.length, offset + RECORD_HEADER + length));
@@ -68,10 +70,12 @@ function reassemble(data: Buffer): Buffer | undefined {
     declared += length;
     if (total < 0 && collected > 0) {
       const head = Buffer.concat(fragments, Math.min(collected, 4));
-      if (head[0] !== HANDSHAKE_CLIENT_HELLO) throw new ClientHelloError(`first TLS handshake message has type ${head[0]}, not ClientHello`);
+      if (head[0] !== HANDSHAKE_CLIENT_HELLO)
+        throw new ClientHelloError(`first TLS handshake message has type ${head[0]}, not ClientHello`);
       if (head.length === 4) {
         total = 4 + head.readUIntBE(1, 3);
-        if (total > CLIENT_HELLO_MAX_LENGTH) throw new ClientHelloError(`ClientHello of ${total} bytes exceeds ${CLIENT_HELLO_MAX_LENGTH}`);
+        if (total > CLIENT_HELLO_MAX_LENGTH)
+          throw new ClientHelloError(`ClientHello of ${total} bytes exceeds ${CLIENT_HELLO_MAX_LENGTH}`);
       }
     }
     if (total >= 0 && declared >= total) {
@@ -124,10 +128,12 @@ function readClientHello(message: Buffer): ClientHelloResult {
   const body = new Cursor(message, 4, message.length);
   body.take(2, 'legacy_version');
   body.take(32, 'random');
-  if (body.vector(1, 'session_id').remaining > 32) throw new ClientHelloError('ClientHello session_id is longer than 32 bytes');
+  if (body.vector(1, 'session_id').remaining > 32)
+    throw new ClientHelloError('ClientHello session_id is longer than 32 bytes');
   const suites = body.vector(2, 'cipher_suites').remaining;
   if (suites === 0 || suites % 2 !== 0) throw new ClientHelloError(`ClientHello cipher_suites has ${suites} bytes`);
-  if (body.vector(1, 'compression_methods').remaining === 0) throw new ClientHelloError('ClientHello has no compression methods');
+  if (body.vector(1, 'compression_methods').remaining === 0)
+    throw new ClientHelloError('ClientHello has no compression methods');
   const result: { kind: 'client-hello'; serverName?: string; alpn?: string[]; ech?: true } = { kind: 'client-hello' };
   if (body.remaining === 0) return result;
   const extensions = body.vector(2, 'extensions');
@@ -152,7 +158,8 @@ function readClientHello(message: Buffer): ClientHelloResult {
 
 function readServerName(extension: Cursor): string | undefined {
   const list = extension.vector(2, 'server_name list');
-  if (extension.remaining !== 0 || list.remaining === 0) throw new ClientHelloError('ClientHello server_name extension is malformed');
+  if (extension.remaining !== 0 || list.remaining === 0)
+    throw new ClientHelloError('ClientHello server_name extension is malformed');
   let hostName: string | undefined;
   while (list.remaining > 0) {
     const nameType = list.u8('server_name type');
@@ -162,8 +169,10 @@ function readServerName(extension: Cursor): string | undefined {
     if (nameType !== 0) throw new ClientHelloError(`ClientHello server_name entry of type ${nameType}, not host_name`);
     if (hostName !== undefined) throw new ClientHelloError('ClientHello carries more than one host_name');
     const bytes = entry.take(entry.remaining, 'host_name');
-    if (bytes.length === 0 || bytes.length > 255) throw new ClientHelloError(`ClientHello host_name of ${bytes.length} bytes`);
-    if (bytes.some((byte) => byte < 0x21 || byte > 0x7e)) throw new ClientHelloError('ClientHello host_name has bytes outside printable ASCII');
+    if (bytes.length === 0 || bytes.length > 255)
+      throw new ClientHelloError(`ClientHello host_name of ${bytes.length} bytes`);
+    if (bytes.some((byte) => byte < 0x21 || byte > 0x7e))
+      throw new ClientHelloError('ClientHello host_name has bytes outside printable ASCII');
     hostName = bytes.toString('latin1');
   }
   return hostName;
@@ -171,7 +180,8 @@ function readServerName(extension: Cursor): string | undefined {
 
 function readAlpn(extension: Cursor): string[] {
   const list = extension.vector(2, 'ALPN list');
-  if (extension.remaining !== 0 || list.remaining === 0) throw new ClientHelloError('ClientHello ALPN extension is malformed');
+  if (extension.remaining !== 0 || list.remaining === 0)
+    throw new ClientHelloError('ClientHello ALPN extension is malformed');
   const protocols: string[] = [];
   while (list.remaining > 0) {
     const protocol = list.vector(1, 'ALPN protocol');

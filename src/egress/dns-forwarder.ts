@@ -8,9 +8,9 @@
  * type); the name cache then maps only the question's CNAME chain's addresses to the question.
  */
 import { randomInt } from 'node:crypto';
-import { formatAddress, type Address } from '../bridge/address.js';
-import { connect } from '../bridge/transport.js';
-import { RuntimeError } from '../errors.js';
+import { formatAddress, type Address } from '../net/address.js';
+import { connect } from '../net/transport.js';
+import { RuntimeError } from '../core/errors.js';
 import {
   DnsRcode,
   DnsTcpFrameReader,
@@ -19,7 +19,7 @@ import {
   encodeTcpFrame,
   parseDnsResponse,
   type DnsQuestion,
-} from './dns-message.js';
+} from '../wire/dns-message.js';
 import type { NameCache } from './name-cache.js';
 import type { RelayWatch } from './relay-watch.js';
 
@@ -79,13 +79,20 @@ export class DnsForwarder {
         echoed!.name.toLowerCase() !== asked ||
         echoed!.type !== question.type
       ) {
-        throw new DnsForwardError('ERR_DNS_UPSTREAM', `the DNS relay's answer does not match the question for ${question.name}`);
+        throw new DnsForwardError(
+          'ERR_DNS_UPSTREAM',
+          `the DNS relay's answer does not match the question for ${question.name}`,
+        );
       }
       if (parsed.header.rcode === DnsRcode.NOERROR) this.#options.cache.learn(question.name, parsed.answers);
       return response;
     } catch (error) {
       if (error instanceof DnsForwardError) throw error;
-      throw new DnsForwardError('ERR_DNS_UPSTREAM', `DNS relay ${formatAddress(this.#options.relay)}: ${(error as Error).message}`, { cause: error });
+      throw new DnsForwardError(
+        'ERR_DNS_UPSTREAM',
+        `DNS relay ${formatAddress(this.#options.relay)}: ${(error as Error).message}`,
+        { cause: error },
+      );
     } finally {
       this.#inFlight--;
     }
@@ -125,7 +132,10 @@ export class DnsForwarder {
         if (error) reject(error);
         else resolve(answer!);
       };
-      const timer = setTimeout(() => done(new Error(`no answer within ${timeoutMs} ms`)), Math.max(1, deadline - Date.now()));
+      const timer = setTimeout(
+        () => done(new Error(`no answer within ${timeoutMs} ms`)),
+        Math.max(1, deadline - Date.now()),
+      );
       stream.on('data', (chunk: Buffer) => {
         try {
           const [answer] = reader.push(chunk);

@@ -1,5 +1,14 @@
 import type { Allowlist, Decision } from './allowlist.js';
-import { buildErrorResponse, buildFormErr, buildNxdomain, buildRefused, DnsFormatError, DnsRcode, parseDnsQuery, type DnsQuery } from './dns-message.js';
+import {
+  buildErrorResponse,
+  buildFormErr,
+  buildNxdomain,
+  buildRefused,
+  DnsFormatError,
+  DnsRcode,
+  parseDnsQuery,
+  type DnsQuery,
+} from '../wire/dns-message.js';
 import { decideDnsName } from './egress-policy.js';
 
 /**
@@ -22,10 +31,16 @@ export function gateDnsQuery(raw: Buffer, allowlist: Allowlist, refusal: 'refuse
     if (!(error instanceof DnsFormatError)) throw error;
     return { kind: 'malformed', reply: buildFormErr(raw), reason: error.message };
   }
-  if (query.header.opcode !== 0) return { kind: 'unsupported', reply: buildErrorResponse(query, DnsRcode.NOTIMP), query };
+  if (query.header.opcode !== 0)
+    return { kind: 'unsupported', reply: buildErrorResponse(query, DnsRcode.NOTIMP), query };
   const decision = decideDnsName(allowlist, query.question.name);
   if (!decision.allowed) {
-    return { kind: 'refused', reply: refusal === 'nxdomain' ? buildNxdomain(query) : buildRefused(query), query, decision };
+    return {
+      kind: 'refused',
+      reply: refusal === 'nxdomain' ? buildNxdomain(query) : buildRefused(query),
+      query,
+      decision,
+    };
   }
   return { kind: 'forward', query, decision };
 }

@@ -8,7 +8,7 @@
 import dgram from 'node:dgram';
 import net from 'node:net';
 import type { TcpAddress } from '../config/schema.js';
-import type { Logger } from '../log.js';
+import type { Logger } from '../core/log.js';
 import type { Allowlist } from './allowlist.js';
 import {
   buildErrorResponse,
@@ -17,10 +17,11 @@ import {
   DnsType,
   encodeTcpFrame,
   parseDnsQuery,
-} from './dns-message.js';
+} from '../wire/dns-message.js';
 import type { DnsForwarder } from './dns-forwarder.js';
 import type { EgressAudit } from './egress-audit.js';
 import { gateDnsQuery } from './dns-gate.js';
+import { errorCode } from '../core/errors.js';
 
 export interface DnsServerOptions {
   listen: TcpAddress;
@@ -47,7 +48,10 @@ const TCP_MAX_PENDING_PER_CONNECTION = 16;
 const TYPE_NAMES = new Map<number, string>(Object.entries(DnsType).map(([name, code]) => [code, name]));
 
 /** Answer one DNS message (wire bytes); undefined means drop it. Shared by UDP and TCP. */
-export async function answerDnsQuery(raw: Buffer, options: Omit<DnsServerOptions, 'listen'>): Promise<Buffer | undefined> {
+export async function answerDnsQuery(
+  raw: Buffer,
+  options: Omit<DnsServerOptions, 'listen'>,
+): Promise<Buffer | undefined> {
   const { audit, allowlist, forwarder, logger } = options;
   audit.counters.dnsQueries++;
   const gate = gateDnsQuery(raw, allowlist, options.refusal);
@@ -68,7 +72,7 @@ export async function answerDnsQuery(raw: Buffer, options: Omit<DnsServerOptions
     audit.allowed('dns', { name: question.name, qtype, rule: decision.rule });
     return answer;
   } catch (error) {
-    audit.failed('dns', { name: question.name, qtype, reason: (error as { code?: string }).code ?? (error as Error).message });
+    audit.failed('dns', { name: question.name, qtype, reason: errorCode(error) ?? (error as Error).message });
     return buildServFail(gate.query);
   }
 }

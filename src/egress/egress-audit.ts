@@ -3,10 +3,10 @@
  * an operator can see what the app tried to reach and why it was stopped. Lines carry names,
  * addresses and rules only, never payload bytes.
  */
-import type { Logger } from '../log.js';
+import type { Logger } from '../core/log.js';
 import { RelayWatch } from './relay-watch.js';
 import type { InspectionRefusal, Sighting } from './stream-inspector.js';
-import { channels } from '../diagnostics.js';
+import { channels } from '../core/diagnostics.js';
 
 export interface EgressCounters {
   dnsQueries: number;
@@ -37,8 +37,16 @@ export interface RefusalFacts {
   rule?: string | undefined;
 }
 
-const REFUSED_COUNTER: Record<EgressPath, keyof EgressCounters> = { dns: 'dnsRefused', transparent: 'connectionsRefused', proxy: 'proxyRefused' };
-const ALLOWED_COUNTER: Record<EgressPath, keyof EgressCounters> = { dns: 'dnsAllowed', transparent: 'connectionsAllowed', proxy: 'proxyAllowed' };
+const REFUSED_COUNTER: Record<EgressPath, keyof EgressCounters> = {
+  dns: 'dnsRefused',
+  transparent: 'connectionsRefused',
+  proxy: 'proxyRefused',
+};
+const ALLOWED_COUNTER: Record<EgressPath, keyof EgressCounters> = {
+  dns: 'dnsAllowed',
+  transparent: 'connectionsAllowed',
+  proxy: 'proxyAllowed',
+};
 
 /** Counters starting at zero. */
 export function newEgressCounters(): EgressCounters {
@@ -112,5 +120,10 @@ export function sightingFacts(sighting: Sighting | undefined): { sni?: string | 
 
 /** A refusal line's facts from an inspection refusal; `fallbackName` when the judge named none. */
 export function refusalFacts(refusal: InspectionRefusal, fallbackName?: string): RefusalFacts {
-  return { name: refusal.verdict?.name || fallbackName, ...sightingFacts(refusal.sighting), reason: refusal.reason, rule: refusal.verdict?.rule };
+  return {
+    name: refusal.verdict?.name || fallbackName,
+    ...sightingFacts(refusal.sighting),
+    reason: refusal.reason,
+    rule: refusal.verdict?.rule,
+  };
 }

@@ -10,7 +10,7 @@
  */
 import { isIP } from 'node:net';
 import type { Allowlist, Decision } from './allowlist.js';
-import { tryNormaliseDomainName } from './domain-name.js';
+import { tryNormaliseDomainName } from '../wire/domain-name.js';
 import { canonicalIp } from './name-cache.js';
 
 export type ConnectionReason =
@@ -90,7 +90,8 @@ export function decideConnection(allowlist: Allowlist, facts: ConnectionFacts): 
 export function decideDnsName(allowlist: Allowlist, name: string): Decision {
   const decision = allowlist.allowsName(name);
   // reason stays 'port': allowed by a rule that restricts the port.
-  if (!decision.allowed && decision.reason === 'port' && decision.rule !== undefined) return { ...decision, allowed: true };
+  if (!decision.allowed && decision.reason === 'port' && decision.rule !== undefined)
+    return { ...decision, allowed: true };
   return decision;
 }
 

@@ -3,10 +3,10 @@
  * listener, the HTTP proxy and (egress.apply_rules) the redirect rules. Data flows one way:
  * listener -> policy -> relay transport.
  */
-import { formatAddress } from '../bridge/address.js';
+import { formatAddress } from '../net/address.js';
 import type { RuntimeConfig } from '../config/schema.js';
-import { CloserStack } from '../lifecycle.js';
-import type { Logger } from '../log.js';
+import { CloserStack } from '../core/lifecycle.js';
+import type { Logger } from '../core/log.js';
 import { compileAllowlist } from './allowlist.js';
 import { DnsForwarder, DNS_FORWARD_TIMEOUT_MS } from './dns-forwarder.js';
 import { startDnsServer, type DnsServer } from './dns-server.js';
@@ -56,7 +56,14 @@ export async function startEgress(config: EgressConfig, logger: Logger): Promise
   };
 
   try {
-    const dns: DnsServer = await startDnsServer({ listen: config.dnsListen, allowlist, forwarder, refusal: config.dnsRefusal, audit, logger: log });
+    const dns: DnsServer = await startDnsServer({
+      listen: config.dnsListen,
+      allowlist,
+      forwarder,
+      refusal: config.dnsRefusal,
+      audit,
+      logger: log,
+    });
     closers.push(() => dns.close());
     const common = {
       allowlist,
@@ -89,7 +96,9 @@ export async function startEgress(config: EgressConfig, logger: Logger): Promise
           transparentPort: transparent.port,
           dnsPort: config.dnsListen.host === '127.0.0.1' ? dns.port : undefined,
           ipv6: transparent.hosts.includes('::1'),
-          exclude: [config.relay, config.dnsRelay].flatMap((address) => (address.transport === 'tcp' ? [{ host: address.host, port: address.port }] : [])),
+          exclude: [config.relay, config.dnsRelay].flatMap((address) =>
+            address.transport === 'tcp' ? [{ host: address.host, port: address.port }] : [],
+          ),
         },
         { logger: log },
       );
@@ -98,7 +107,12 @@ export async function startEgress(config: EgressConfig, logger: Logger): Promise
     }
 
     log.info(
-      { allow: allowlist.entries.length, relay: formatAddress(config.relay), dnsRelay: formatAddress(config.dnsRelay), rules: rules !== undefined },
+      {
+        allow: allowlist.entries.length,
+        relay: formatAddress(config.relay),
+        dnsRelay: formatAddress(config.dnsRelay),
+        rules: rules !== undefined,
+      },
       'egress ready',
     );
     return {

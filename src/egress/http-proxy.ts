@@ -14,18 +14,19 @@ import http from 'node:http';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import httpProxy from 'http-proxy';
-import type { Address } from '../bridge/address.js';
-import { relay } from '../bridge/relay.js';
+import type { Address } from '../net/address.js';
+import { relay } from '../net/relay.js';
 import type { TcpAddress } from '../config/schema.js';
-import type { Logger } from '../log.js';
+import type { Logger } from '../core/log.js';
 import type { Allowlist } from './allowlist.js';
-import { tryNormaliseDomainName } from './domain-name.js';
+import { tryNormaliseDomainName } from '../wire/domain-name.js';
 import { refusalFacts, sightingFacts, type EgressAudit } from './egress-audit.js';
-import { EgressStatus, egressStatusName, type EgressHeader } from './egress-header.js';
+import { EgressStatus, egressStatusName, type EgressHeader } from '../wire/egress-header.js';
 import { decideConnection } from './egress-policy.js';
 import { InspectionGate, INSPECT_TIMEOUT_MS } from './inspection-gate.js';
 import { canonicalIp, type NameCache } from './name-cache.js';
 import { EgressRelayError, openRelayStream, resetAppOnRelayFailure } from './relay-client.js';
+import { errorCode } from '../core/errors.js';
 
 export interface HttpProxyOptions {
   listen: TcpAddress;
@@ -54,9 +55,17 @@ export const PROXY_MAX_HEADER_BYTES = 16 * 1024;
 /** The whole request head must arrive within this. */
 export const PROXY_HEADERS_TIMEOUT_MS = 10_000;
 // Hop-by-hop headers (RFC 9110 7.6.1) and the proxy's own: never passed upstream.
-const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'proxy-authenticate', 'upgrade'];
+const HOP_BY_HOP = [
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'proxy-authorization',
+  'proxy-authenticate',
+  'upgrade',
+];
 
-type Authorized = { ok: true; header: EgressHeader; resolvedNames: string[] } | { ok: false; status: 403 | 502; reason: string };
+type Authorized =
+  { ok: true; header: EgressHeader; resolvedNames: string[] } | { ok: false; status: 403 | 502; reason: string };
 
 export class EgressHttpProxy {
   readonly #options: HttpProxyOptions;
@@ -128,10 +137,18 @@ export class EgressHttpProxy {
     const { header } = authorized;
     for (const name of connectionTokens(req.headers.connection)) delete req.headers[name];
     for (const name of HOP_BY_HOP) delete req.headers[name];
-    const agent = new RelayAgent(() => openRelayStream(this.#options.relay, header, { timeoutMs: this.#options.connectTimeoutMs, watch: this.#options.audit.relays }));
+    const agent = new RelayAgent(() =>
+      openRelayStream(this.#options.relay, header, {
+        timeoutMs: this.#options.connectTimeoutMs,
+        watch: this.#options.audit.relays,
+      }),
+    );
     const hostText = net.isIPv6(target.host) ? `[${target.host}]` : target.host;
-    this.#proxy.web(req, res, { target: { protocol: 'http:', host: hostText, hostname: target.host, port: target.port } as never, agent }, (error: Error) =>
-      this.#relayFailed(res, header, error),
+    this.#proxy.web(
+      req,
+      res,
+      { target: { protocol: 'http:', host: hostText, hostname: target.host, port: target.port } as never, agent },
+      (error: Error) => this.#relayFailed(res, header, error),
     );
   }
 
@@ -145,7 +162,10 @@ export class EgressHttpProxy {
 
     let upstream: Duplex;
     try {
-      upstream = await openRelayStream(options.relay, header, { timeoutMs: options.connectTimeoutMs, watch: options.audit.relays });
+      upstream = await openRelayStream(options.relay, header, {
+        timeoutMs: options.connectTimeoutMs,
+        watch: options.audit.relays,
+      });
     } catch (error) {
       const failure = this.#failure(header, error as Error);
       return rawResponse(socket, failure.status, `${failure.reason}\n`);
@@ -158,25 +178,42 @@ export class EgressHttpProxy {
     socket.write('HTTP/1.1 200 Connection Established\r\n\r\n');
     const facts = { name: header.name, ip: header.ip, port: header.port };
     // The tunnel's bytes are judged like on the transparent path, for as long as it lasts.
-    const gate = new InspectionGate(socket, {
-      port: header.port,
-      allowEch: options.allowEch ?? false,
-      inspectTimeoutMs: options.inspectTimeoutMs ?? INSPECT_TIMEOUT_MS,
-      judge: (sighting) => decideConnection(options.allowlist, { ip: header.ip, port: header.port, resolvedNames: authorized.resolvedNames, hostname: sighting.hostname }),
-      onRefusal: (refusal) => {
-        options.audit.refused('proxy', { ...refusalFacts(refusal), ...facts, name: header.name });
-        upstream.destroy();
-        socket.resetAndDestroy();
+    const gate = new InspectionGate(
+      socket,
+      {
+        port: header.port,
+        allowEch: options.allowEch ?? false,
+        inspectTimeoutMs: options.inspectTimeoutMs ?? INSPECT_TIMEOUT_MS,
+        judge: (sighting) =>
+          decideConnection(options.allowlist, {
+            ip: header.ip,
+            port: header.port,
+            resolvedNames: authorized.resolvedNames,
+            hostname: sighting.hostname,
+          }),
+        onRefusal: (refusal) => {
+          options.audit.refused('proxy', { ...refusalFacts(refusal), ...facts, name: header.name });
+          upstream.destroy();
+          socket.resetAndDestroy();
+        },
       },
-    }, head);
+      head,
+    );
     const first = await gate.firstDecision(options.peekTimeoutMs);
     if (first.kind === 'closed') {
       upstream.destroy();
       return;
     }
     const named = first.kind === 'decided' ? sightingFacts(first.sighting) : {};
-    options.audit.allowed('proxy', { ...facts, ...named, reason: 'connect', rule: first.kind === 'decided' ? first.verdict.rule : undefined });
-    resetAppOnRelayFailure(socket, upstream, () => options.audit.failed('proxy', { ...facts, ...named, reason: 'relay-reset' }));
+    options.audit.allowed('proxy', {
+      ...facts,
+      ...named,
+      reason: 'connect',
+      rule: first.kind === 'decided' ? first.verdict.rule : undefined,
+    });
+    resetAppOnRelayFailure(socket, upstream, () =>
+      options.audit.failed('proxy', { ...facts, ...named, reason: 'relay-reset' }),
+    );
     await relay(gate, upstream, { idleTimeoutMs: options.idleTimeoutMs });
   }
 
@@ -189,10 +226,25 @@ export class EgressHttpProxy {
       const resolvedNames = this.#options.cache.namesFor(literal);
       const decision = decideConnection(allowlist, { ip: literal, port, resolvedNames });
       if (!decision.allowed) {
-        audit.refused('proxy', { name: decision.name, ip: literal, port, host, reason: decision.reason, rule: decision.rule });
+        audit.refused('proxy', {
+          name: decision.name,
+          ip: literal,
+          port,
+          host,
+          reason: decision.reason,
+          rule: decision.rule,
+        });
         return { ok: false, status: 403, reason: `egress to ${host}:${port} is not allowed (${decision.reason})` };
       }
-      if (method !== 'CONNECT') audit.allowed('proxy', { name: decision.name, ip: literal, port, host, reason: decision.reason, rule: decision.rule });
+      if (method !== 'CONNECT')
+        audit.allowed('proxy', {
+          name: decision.name,
+          ip: literal,
+          port,
+          host,
+          reason: decision.reason,
+          rule: decision.rule,
+        });
       return { ok: true, header: { name: decision.name, ip: literal, port }, resolvedNames };
     }
     const name = tryNormaliseDomainName(host);
@@ -209,7 +261,7 @@ export class EgressHttpProxy {
     try {
       addresses = await this.#options.resolve(name);
     } catch (error) {
-      audit.failed('proxy', { name, port, host, reason: (error as { code?: string }).code ?? 'dns-failed' });
+      audit.failed('proxy', { name, port, host, reason: errorCode(error) ?? 'dns-failed' });
       return { ok: false, status: 502, reason: `cannot resolve ${name}` };
     }
     if (addresses.length === 0) {
@@ -217,7 +269,8 @@ export class EgressHttpProxy {
       return { ok: false, status: 502, reason: `${name} has no address` };
     }
     // CONNECT is counted once the tunnel's first bytes are checked too.
-    if (method !== 'CONNECT') audit.allowed('proxy', { name, ip: addresses[0], port, host, reason: decision.reason, rule: decision.rule });
+    if (method !== 'CONNECT')
+      audit.allowed('proxy', { name, ip: addresses[0], port, host, reason: decision.reason, rule: decision.rule });
     return { ok: true, header: { name, ip: addresses[0]!, port }, resolvedNames: [name] };
   }
 
@@ -226,7 +279,8 @@ export class EgressHttpProxy {
     const reason = status !== undefined ? `host-${egressStatusName(status).toLowerCase()}` : 'relay-unreachable';
     this.#options.audit.failed('proxy', { name: header.name, ip: header.ip, port: header.port, reason });
     const where = `${header.name || header.ip}:${header.port}`;
-    if (status === EgressStatus.DENIED || status === EgressStatus.PRIVATE) return { status: 403, reason: `egress to ${where} was refused by the host relay (${reason})` };
+    if (status === EgressStatus.DENIED || status === EgressStatus.PRIVATE)
+      return { status: 403, reason: `egress to ${where} was refused by the host relay (${reason})` };
     return { status: 502, reason: `cannot reach ${where} (${reason})` };
   }
 
@@ -252,7 +306,10 @@ class RelayAgent extends http.Agent {
     this.#open = open;
   }
 
-  override createConnection(_options: http.ClientRequestArgs, callback?: (error: Error | null, stream: Duplex) => void): undefined {
+  override createConnection(
+    _options: http.ClientRequestArgs,
+    callback?: (error: Error | null, stream: Duplex) => void,
+  ): undefined {
     this.#open().then(
       (stream) => {
         callback?.(null, stream);
@@ -300,15 +357,28 @@ function connectionTokens(value: string | string[] | undefined): string[] {
   return text
     .split(',')
     .map((token) => token.trim().toLowerCase())
-    .filter((token) => token !== '' && token !== 'close' && token !== 'keep-alive' && /^[a-z0-9!#$%&'*+.^_`|~-]+$/.test(token) && !['host', 'content-length', 'transfer-encoding'].includes(token));
+    .filter(
+      (token) =>
+        token !== '' &&
+        token !== 'close' &&
+        token !== 'keep-alive' &&
+        /^[a-z0-9!#$%&'*+.^_`|~-]+$/.test(token) &&
+        !['host', 'content-length', 'transfer-encoding'].includes(token),
+    );
 }
 
 function plain(res: http.ServerResponse, status: number, body: string): void {
-  res.writeHead(status, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body), connection: 'close' });
+  res.writeHead(status, {
+    'content-type': 'text/plain; charset=utf-8',
+    'content-length': Buffer.byteLength(body),
+    connection: 'close',
+  });
   res.end(body);
 }
 
 function rawResponse(socket: net.Socket, status: number, body: string): void {
   const text = status === 403 ? 'Forbidden' : status === 400 ? 'Bad Request' : 'Bad Gateway';
-  socket.end(`HTTP/1.1 ${status} ${text}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+  socket.end(
+    `HTTP/1.1 ${status} ${text}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+  );
 }

@@ -11,7 +11,14 @@
  * ClientHello or request head trickled in, or never finished) end in a refusal.
  */
 import { Duplex } from 'node:stream';
-import { INSPECTION_REASONS, StreamInspector, type InspectionRefusal, type InspectorOptions, type Sighting, type Verdict } from './stream-inspector.js';
+import {
+  INSPECTION_REASONS,
+  StreamInspector,
+  type InspectionRefusal,
+  type InspectorOptions,
+  type Sighting,
+  type Verdict,
+} from './stream-inspector.js';
 
 /** Default bound on bytes held undecided (egress.inspect_timeout_ms). */
 export const INSPECT_TIMEOUT_MS = 10_000;
@@ -139,7 +146,14 @@ export class InspectionGate extends Duplex {
       clearTimeout(this.#deadline);
       this.#deadline = undefined;
     } else if (this.#deadline === undefined && !this.#refused) {
-      this.#deadline = setTimeout(() => this.#refuse({ reason: INSPECTION_REASONS.timeout, problem: `bytes undecided after ${this.#options.inspectTimeoutMs} ms` }), this.#options.inspectTimeoutMs);
+      this.#deadline = setTimeout(
+        () =>
+          this.#refuse({
+            reason: INSPECTION_REASONS.timeout,
+            problem: `bytes undecided after ${this.#options.inspectTimeoutMs} ms`,
+          }),
+        this.#options.inspectTimeoutMs,
+      );
     }
   }
 

@@ -21,8 +21,8 @@
  */
 import { execFile } from 'node:child_process';
 import { isIP } from 'node:net';
-import { RuntimeError } from '../errors.js';
-import type { Logger } from '../log.js';
+import { errorCode, RuntimeError } from '../core/errors.js';
+import type { Logger } from '../core/log.js';
 
 export class IptablesError extends RuntimeError {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -79,7 +79,18 @@ export function buildRules(plan: RedirectPlan): RuleSet {
   }
   if (plan.dnsPort !== undefined) {
     for (const protocol of ['udp', 'tcp']) {
-      ipv4.push(['-A', EGRESS_CHAIN, '-p', protocol, '--dport', '53', '-j', 'REDIRECT', '--to-ports', String(plan.dnsPort)]);
+      ipv4.push([
+        '-A',
+        EGRESS_CHAIN,
+        '-p',
+        protocol,
+        '--dport',
+        '53',
+        '-j',
+        'REDIRECT',
+        '--to-ports',
+        String(plan.dnsPort),
+      ]);
     }
   }
   ipv4.push(['-A', EGRESS_CHAIN, '-p', 'tcp', '-j', 'REDIRECT', '--to-ports', port]);
@@ -128,10 +139,16 @@ export async function applyRules(plan: RedirectPlan, options: ApplyOptions): Pro
       }
       ipv6 = true;
     } catch (error) {
-      logger.warn({ err: { message: (error as Error).message } }, 'IPv6 egress redirect not applied: outbound IPv6 TCP stays unrouted');
+      logger.warn(
+        { err: { message: (error as Error).message } },
+        'IPv6 egress redirect not applied: outbound IPv6 TCP stays unrouted',
+      );
     }
   }
-  logger.info({ chain: EGRESS_CHAIN, transparentPort: plan.transparentPort, dnsPort: plan.dnsPort ?? null, ipv6 }, 'egress redirect rules applied');
+  logger.info(
+    { chain: EGRESS_CHAIN, transparentPort: plan.transparentPort, dnsPort: plan.dnsPort ?? null, ipv6 },
+    'egress redirect rules applied',
+  );
   return { ipv6, remove };
 }
 
@@ -180,15 +197,25 @@ function nat(binary: string, args: string[]): Promise<string> {
 /** Run a binary without a shell; its stderr is the error message on failure. */
 export function run(binary: string, args: string[]): Promise<string> {
   return new Promise((resolve, reject) => {
-    execFile(binary, args, { timeout: EXEC_TIMEOUT_MS, maxBuffer: EXEC_MAX_OUTPUT, encoding: 'utf8' }, (error, stdout, stderr) => {
-      if (!error) return resolve(stdout);
-      const code = (error as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT') {
-        reject(new IptablesError(`${binary} not found: install the iptables and iproute2 packages (needed for egress.apply_rules)`, { cause: error }));
-        return;
-      }
-      const detail = (stderr || error.message).trim().split('\n')[0];
-      reject(new IptablesError(`${binary} ${args.join(' ')} failed: ${detail}`, { cause: error }));
-    });
+    execFile(
+      binary,
+      args,
+      { timeout: EXEC_TIMEOUT_MS, maxBuffer: EXEC_MAX_OUTPUT, encoding: 'utf8' },
+      (error, stdout, stderr) => {
+        if (!error) return resolve(stdout);
+        const code = errorCode(error);
+        if (code === 'ENOENT') {
+          reject(
+            new IptablesError(
+              `${binary} not found: install the iptables and iproute2 packages (needed for egress.apply_rules)`,
+              { cause: error },
+            ),
+          );
+          return;
+        }
+        const detail = (stderr || error.message).trim().split('\n')[0];
+        reject(new IptablesError(`${binary} ${args.join(' ')} failed: ${detail}`, { cause: error }));
+      },
+    );
   });
 }

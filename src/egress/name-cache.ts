@@ -10,8 +10,8 @@
  * (least recently used go first) and the names per address are bounded.
  */
 import { isIP, SocketAddress } from 'node:net';
-import { DnsType, type DnsAnswer } from './dns-message.js';
-import { tryNormaliseDomainName } from './domain-name.js';
+import { DnsType, type DnsAnswer } from '../wire/dns-message.js';
+import { tryNormaliseDomainName } from '../wire/domain-name.js';
 
 export interface NameCacheOptions {
   /** Addresses remembered at once (default 10 000). */
@@ -45,8 +45,10 @@ export class NameCache {
   constructor(options: NameCacheOptions = {}) {
     this.#options = { ...NAME_CACHE_DEFAULTS, now: Date.now, ...options };
     const { maxAddresses, maxNamesPerAddress, minTtlMs, maxTtlMs } = this.#options;
-    if (!(Number.isInteger(maxAddresses) && maxAddresses >= 1)) throw new RangeError('maxAddresses must be a positive integer');
-    if (!(Number.isInteger(maxNamesPerAddress) && maxNamesPerAddress >= 1)) throw new RangeError('maxNamesPerAddress must be a positive integer');
+    if (!(Number.isInteger(maxAddresses) && maxAddresses >= 1))
+      throw new RangeError('maxAddresses must be a positive integer');
+    if (!(Number.isInteger(maxNamesPerAddress) && maxNamesPerAddress >= 1))
+      throw new RangeError('maxNamesPerAddress must be a positive integer');
     if (!(minTtlMs >= 0 && maxTtlMs >= minTtlMs)) throw new RangeError('need 0 <= minTtlMs <= maxTtlMs');
   }
 
@@ -65,7 +67,7 @@ export class NameCache {
     if (asked === undefined) return [];
     // Each name of the chain with the smallest TTL on the way to it, in seconds.
     const chain = new Map<string, number>([[asked, Infinity]]);
-    for (let grew = true; grew && chain.size < MAX_CHAIN; ) {
+    for (let grew = true; grew && chain.size < MAX_CHAIN;) {
       grew = false;
       for (const answer of answers) {
         if (answer.type !== DnsType.CNAME || answer.class !== CLASS_IN || answer.data === undefined) continue;
@@ -79,10 +81,16 @@ export class NameCache {
     }
     const learned: string[] = [];
     for (const answer of answers) {
-      if ((answer.type !== DnsType.A && answer.type !== DnsType.AAAA) || answer.class !== CLASS_IN || answer.data === undefined) continue;
+      if (
+        (answer.type !== DnsType.A && answer.type !== DnsType.AAAA) ||
+        answer.class !== CLASS_IN ||
+        answer.data === undefined
+      )
+        continue;
       const owner = tryNormaliseDomainName(answer.name);
       if (owner === undefined || !chain.has(owner)) continue;
-      if (this.add(answer.data, asked, Math.min(chain.get(owner)!, answer.ttl))) learned.push(canonicalIp(answer.data)!);
+      if (this.add(answer.data, asked, Math.min(chain.get(owner)!, answer.ttl)))
+        learned.push(canonicalIp(answer.data)!);
     }
     return learned;
   }
@@ -93,7 +101,10 @@ export class NameCache {
     const normalised = tryNormaliseDomainName(name);
     if (address === undefined || normalised === undefined) return false;
     const { minTtlMs, maxTtlMs, maxAddresses, maxNamesPerAddress, now } = this.#options;
-    const ttlMs = Math.min(maxTtlMs, Math.max(minTtlMs, (Number.isFinite(ttlSeconds) ? Math.max(0, ttlSeconds) : 0) * 1000));
+    const ttlMs = Math.min(
+      maxTtlMs,
+      Math.max(minTtlMs, (Number.isFinite(ttlSeconds) ? Math.max(0, ttlSeconds) : 0) * 1000),
+    );
     const expires = now() + ttlMs;
 
     const names = this.#entries.get(address) ?? new Map<string, number>();
@@ -102,7 +113,8 @@ export class NameCache {
     names.set(normalised, Math.max(expires, names.get(normalised) ?? 0));
     if (names.size > maxNamesPerAddress) {
       let soonest: string | undefined;
-      for (const [candidate, expiry] of names) if (soonest === undefined || expiry < names.get(soonest)!) soonest = candidate;
+      for (const [candidate, expiry] of names)
+        if (soonest === undefined || expiry < names.get(soonest)!) soonest = candidate;
       names.delete(soonest!);
     }
     while (this.#entries.size > maxAddresses) this.#entries.delete(this.#entries.keys().next().value!);

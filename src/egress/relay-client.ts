@@ -4,9 +4,9 @@
  */
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { formatAddress, type Address } from '../bridge/address.js';
-import { connect, type TransportSocket } from '../bridge/transport.js';
-import { RuntimeError } from '../errors.js';
+import { formatAddress, type Address } from '../net/address.js';
+import { connect, type TransportSocket } from '../net/transport.js';
+import { errorCode, RuntimeError } from '../core/errors.js';
 import type { RelayWatch } from './relay-watch.js';
 import {
   EgressStatus,
@@ -16,13 +16,18 @@ import {
   EGRESS_REPLY_LENGTH,
   type EgressHeader,
   type EgressStatusCode,
-} from './egress-header.js';
+} from '../wire/egress-header.js';
 
 /** The relay could not be reached or refused the destination; `status` is the host's reply, if any. */
 export class EgressRelayError extends RuntimeError {
   readonly status: EgressStatusCode | undefined;
 
-  constructor(code: 'ERR_EGRESS_RELAY' | 'ERR_EGRESS_RELAY_REFUSED', message: string, status?: EgressStatusCode, options?: { cause?: unknown }) {
+  constructor(
+    code: 'ERR_EGRESS_RELAY' | 'ERR_EGRESS_RELAY_REFUSED',
+    message: string,
+    status?: EgressStatusCode,
+    options?: { cause?: unknown },
+  ) {
     super(code, message, options);
     this.status = status;
   }
@@ -36,15 +41,24 @@ export interface RelayStreamOptions {
 }
 
 /** Open a relay stream to `header`'s destination; resolves once the host replied OK. */
-export async function openRelayStream(relay: Address, header: EgressHeader, options: RelayStreamOptions): Promise<TransportSocket> {
+export async function openRelayStream(
+  relay: Address,
+  header: EgressHeader,
+  options: RelayStreamOptions,
+): Promise<TransportSocket> {
   let stream: TransportSocket;
   try {
     stream = await connect(relay, { timeoutMs: options.timeoutMs });
     options.watch?.reached(relay);
   } catch (error) {
     options.watch?.failed(relay, error);
-    const code = (error as { code?: string }).code ?? (error as Error).message;
-    throw new EgressRelayError('ERR_EGRESS_RELAY', `egress relay ${formatAddress(relay)} unreachable: ${code}`, undefined, { cause: error });
+    const code = errorCode(error) ?? (error as Error).message;
+    throw new EgressRelayError(
+      'ERR_EGRESS_RELAY',
+      `egress relay ${formatAddress(relay)} unreachable: ${code}`,
+      undefined,
+      { cause: error },
+    );
   }
   stream.on('error', () => {});
   stream.write(encodeEgressHeader(header));
@@ -87,9 +101,18 @@ function readReply(stream: TransportSocket, timeoutMs: number): Promise<EgressSt
         done(new EgressRelayError('ERR_EGRESS_RELAY', (error as Error).message, undefined, { cause: error }));
       }
     };
-    const onEnd = () => done(new EgressRelayError('ERR_EGRESS_RELAY', 'egress relay closed the stream before replying'));
-    const onError = (error: Error) => done(new EgressRelayError('ERR_EGRESS_RELAY', `egress relay stream failed: ${error.message}`, undefined, { cause: error }));
-    const timer = setTimeout(() => done(new EgressRelayError('ERR_EGRESS_RELAY', `egress relay did not reply within ${timeoutMs} ms`)), timeoutMs);
+    const onEnd = () =>
+      done(new EgressRelayError('ERR_EGRESS_RELAY', 'egress relay closed the stream before replying'));
+    const onError = (error: Error) =>
+      done(
+        new EgressRelayError('ERR_EGRESS_RELAY', `egress relay stream failed: ${error.message}`, undefined, {
+          cause: error,
+        }),
+      );
+    const timer = setTimeout(
+      () => done(new EgressRelayError('ERR_EGRESS_RELAY', `egress relay did not reply within ${timeoutMs} ms`)),
+      timeoutMs,
+    );
     stream.on('data', onData);
     stream.once('end', onEnd);
     stream.once('close', onEnd);
@@ -102,7 +125,11 @@ function readReply(stream: TransportSocket, timeoutMs: number): Promise<EgressSt
  * away), so the app sees ECONNRESET as it would from a direct connection, not a clean end it
  * could take for a complete answer. Call before relay(), whose own handler would end `app` with a FIN.
  */
-export function resetAppOnRelayFailure(app: Socket, upstream: Duplex, onFailure: (error: NodeJS.ErrnoException) => void): void {
+export function resetAppOnRelayFailure(
+  app: Socket,
+  upstream: Duplex,
+  onFailure: (error: NodeJS.ErrnoException) => void,
+): void {
   upstream.once('error', (error: NodeJS.ErrnoException) => {
     if (app.destroyed) return;
     onFailure(error);

@@ -5,8 +5,9 @@
  * ERR_DNS_UPSTREAM while /health said egress was fine. Observed, never probed: a probe stream
  * would reach the host as a stream with no header, and vsock is not ours to dial at will.
  */
-import { formatAddress, type Address } from '../bridge/address.js';
-import type { Logger } from '../log.js';
+import { formatAddress, type Address } from '../net/address.js';
+import type { Logger } from '../core/log.js';
+import { errorCode } from '../core/errors.js';
 
 export class RelayWatch {
   readonly #logger: Logger;
@@ -20,10 +21,13 @@ export class RelayWatch {
   /** A connect to `relay` failed; logged once per outage (and again if the errno changes). */
   failed(relay: Address, error: unknown): void {
     const where = formatAddress(relay);
-    const code = (error as { code?: string }).code ?? (error as Error).message;
+    const code = errorCode(error) ?? (error as Error).message;
     if (this.#down.get(where) === code) return;
     this.#down.set(where, code);
-    this.#logger.warn({ relay: where, code }, 'egress relay unreachable: is the host side (enclave-runtime host, or dev\'s in-process relays) running there?');
+    this.#logger.warn(
+      { relay: where, code },
+      "egress relay unreachable: is the host side (enclave-runtime host, or dev's in-process relays) running there?",
+    );
   }
 
   /** A connect to `relay` succeeded. */
@@ -36,6 +40,9 @@ export class RelayWatch {
   /** Not ok while any relay's last connect failed; the detail names each with its errno ("" when ok). */
   health(): { ok: boolean; detail: string } {
     if (this.#down.size === 0) return { ok: true, detail: '' };
-    return { ok: false, detail: [...this.#down].map(([where, code]) => `relay ${where} unreachable (${code})`).join(', ') };
+    return {
+      ok: false,
+      detail: [...this.#down].map(([where, code]) => `relay ${where} unreachable (${code})`).join(', '),
+    };
   }
 }

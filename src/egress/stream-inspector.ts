@@ -142,7 +142,10 @@ export class StreamInspector {
         result = this.#step(final);
       } catch (error) {
         if (!(error instanceof ClientHelloError || error instanceof HttpHostError)) throw error;
-        result = { reason: this.#judged === 0 ? INSPECTION_REASONS.unreadableFirstBytes : INSPECTION_REASONS.unreadableRequest, problem: error.message };
+        result = {
+          reason: this.#judged === 0 ? INSPECTION_REASONS.unreadableFirstBytes : INSPECTION_REASONS.unreadableRequest,
+          problem: error.message,
+        };
       }
       if (result !== undefined && !Buffer.isBuffer(result)) {
         this.#mode = { kind: 'refused' };
@@ -176,7 +179,8 @@ export class StreamInspector {
       case 'chunk-size': {
         const end = held.subarray(0, CHUNK_LINE_MAX).indexOf('\r\n');
         if (end < 0) {
-          if (held.length >= CHUNK_LINE_MAX || held.subarray(0, CHUNK_LINE_MAX).includes(LF)) throw new HttpHostError('chunk size line is malformed or too long');
+          if (held.length >= CHUNK_LINE_MAX || held.subarray(0, CHUNK_LINE_MAX).includes(LF))
+            throw new HttpHostError('chunk size line is malformed or too long');
           return undefined;
         }
         const line = held.toString('latin1', 0, end);
@@ -201,7 +205,8 @@ export class StreamInspector {
         // Trailer fields up to an empty line; bare LF is as ambiguous here as in a head.
         const end = held[0] === CR && held[1] === LF ? 0 : held.subarray(0, TRAILER_MAX).indexOf('\r\n\r\n');
         const scan = held.subarray(0, end < 0 ? TRAILER_MAX : end + 2);
-        for (let i = 0; i < scan.length; i++) if (scan[i] === LF && scan[i - 1] !== CR) throw new HttpHostError('chunked trailer has a bare LF');
+        for (let i = 0; i < scan.length; i++)
+          if (scan[i] === LF && scan[i - 1] !== CR) throw new HttpHostError('chunked trailer has a bare LF');
         if (end < 0) {
           if (held.length >= TRAILER_MAX) throw new HttpHostError(`chunked trailer exceeds ${TRAILER_MAX} bytes`);
           return undefined;
@@ -227,7 +232,8 @@ export class StreamInspector {
       this.#mode = { kind: 'http-head' };
       return Buffer.alloc(0);
     }
-    if (EXPECTS_TLS_OR_HTTP.has(this.#options.port)) return { reason: INSPECTION_REASONS.notTlsOrHttp, sighting: { protocol: 'other' } };
+    if (EXPECTS_TLS_OR_HTTP.has(this.#options.port))
+      return { reason: INSPECTION_REASONS.notTlsOrHttp, sighting: { protocol: 'other' } };
     const refusal = this.#judge({ protocol: 'other' });
     if (refusal) return refusal;
     this.#mode = { kind: 'opaque' };
@@ -241,7 +247,8 @@ export class StreamInspector {
       return undefined;
     }
     if (hello.kind === 'not-tls') throw new ClientHelloError('not a TLS handshake record');
-    const sighting: Sighting = hello.serverName === undefined ? { protocol: 'tls' } : { protocol: 'tls', hostname: hello.serverName };
+    const sighting: Sighting =
+      hello.serverName === undefined ? { protocol: 'tls' } : { protocol: 'tls', hostname: hello.serverName };
     if (hello.ech && !this.#options.allowEch) return { reason: INSPECTION_REASONS.ech, sighting };
     const refusal = this.#judge(sighting);
     if (refusal) return refusal;
@@ -266,16 +273,21 @@ export class StreamInspector {
     // A finished request line that is not HTTP/1.x (HTTP/0.9 "GET http://host/", HTTP/2's preface) is refused at once.
     const lineEnd = held.indexOf(LF, skip);
     if (lineEnd >= 0 && !/^[!-~]+ [!-~]+ HTTP\/1\.[01]\r$/.test(held.toString('latin1', skip, lineEnd + 0))) {
-      throw new HttpHostError(`request line ${JSON.stringify(held.toString('latin1', skip, Math.min(lineEnd, skip + 100)))} is not METHOD TARGET HTTP/1.x`);
+      throw new HttpHostError(
+        `request line ${JSON.stringify(held.toString('latin1', skip, Math.min(lineEnd, skip + 100)))} is not METHOD TARGET HTTP/1.x`,
+      );
     }
     const head = parseHttpHost(held.subarray(skip));
-    if (head.kind === 'not-http') throw new HttpHostError('bytes that are not an HTTP/1.x request where one was expected');
+    if (head.kind === 'not-http')
+      throw new HttpHostError('bytes that are not an HTTP/1.x request where one was expected');
     if (head.kind === 'incomplete') {
       if (final) throw new HttpHostError('the app ended the connection inside a request head');
       return undefined;
     }
-    const sighting: Sighting = head.host === undefined ? { protocol: 'http' } : { protocol: 'http', hostname: head.host };
-    if (head.upgrade !== undefined) return { reason: INSPECTION_REASONS.upgrade, sighting, problem: `Upgrade: ${head.upgrade.slice(0, 40)}` };
+    const sighting: Sighting =
+      head.host === undefined ? { protocol: 'http' } : { protocol: 'http', hostname: head.host };
+    if (head.upgrade !== undefined)
+      return { reason: INSPECTION_REASONS.upgrade, sighting, problem: `Upgrade: ${head.upgrade.slice(0, 40)}` };
     const refusal = this.#judge(sighting);
     if (refusal) return refusal;
     if (head.method === 'CONNECT') this.#mode = { kind: 'start' };
@@ -323,7 +335,13 @@ export function looksLikeHttp(data: Buffer, final: boolean): boolean | undefined
   // method: a letter, then token characters
   if (i === data.length) return more();
   if (!isLetter(data[i]!)) return false;
-  for (i++; i < data.length && i < METHOD_SCAN_MAX && (isLetter(data[i]!) || isDigit(data[i]!) || data[i] === 0x2d || data[i] === 0x5f); i++);
+  for (
+    i++;
+    i < data.length &&
+    i < METHOD_SCAN_MAX &&
+    (isLetter(data[i]!) || isDigit(data[i]!) || data[i] === 0x2d || data[i] === 0x5f);
+    i++
+  );
   if (i === data.length) return more();
   if (!isSpace(data[i]!)) return false;
   for (; i < data.length && i < METHOD_SCAN_MAX * 2 && isSpace(data[i]!); i++);
@@ -333,7 +351,17 @@ export function looksLikeHttp(data: Buffer, final: boolean): boolean | undefined
   if (data[i] === 0x2f || data[i] === 0x2a || data[i] === 0x5b) return true;
   if (!isLetter(data[i]!) && !isDigit(data[i]!)) return false;
   const nameEnd = Math.min(data.length, i + 256);
-  for (i++; i < nameEnd && (isLetter(data[i]!) || isDigit(data[i]!) || data[i] === 0x2b || data[i] === 0x2e || data[i] === 0x2d || data[i] === 0x5f); i++);
+  for (
+    i++;
+    i < nameEnd &&
+    (isLetter(data[i]!) ||
+      isDigit(data[i]!) ||
+      data[i] === 0x2b ||
+      data[i] === 0x2e ||
+      data[i] === 0x2d ||
+      data[i] === 0x5f);
+    i++
+  );
   if (i === data.length) return more();
   if (data[i] !== 0x3a) return false;
   if (++i === data.length) return more();

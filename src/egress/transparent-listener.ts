@@ -10,20 +10,21 @@
  * also binds [::1] on the same port, when the kernel has IPv6.
  */
 import net from 'node:net';
-import type { Address } from '../bridge/address.js';
-import { getOriginalDst } from '../bridge/native-binding.js';
-import { relay } from '../bridge/relay.js';
+import type { Address } from '../net/address.js';
+import { getOriginalDst } from '../native/native-binding.js';
+import { relay } from '../net/relay.js';
 import type { TcpAddress } from '../config/schema.js';
-import type { Logger } from '../log.js';
+import type { Logger } from '../core/log.js';
 import type { Allowlist } from './allowlist.js';
 import type { EgressAudit } from './egress-audit.js';
-import { egressStatusName } from './egress-header.js';
+import { egressStatusName } from '../wire/egress-header.js';
 import { decideConnection } from './egress-policy.js';
 import { InspectionGate, INSPECT_TIMEOUT_MS } from './inspection-gate.js';
 import { refusalFacts, sightingFacts } from './egress-audit.js';
 import type { Sighting } from './stream-inspector.js';
 import type { NameCache } from './name-cache.js';
 import { EgressRelayError, openRelayStream, resetAppOnRelayFailure } from './relay-client.js';
+import { errorCode } from '../core/errors.js';
 
 export interface TransparentListenerOptions {
   listen: TcpAddress;
@@ -63,10 +64,13 @@ export class TransparentListener {
       try {
         await listener.#bind('::1', listener.#port);
       } catch (error) {
-        options.logger.warn({ code: (error as { code?: string }).code }, 'no IPv6 loopback: outbound IPv6 TCP cannot be redirected');
+        options.logger.warn({ code: errorCode(error) }, 'no IPv6 loopback: outbound IPv6 TCP cannot be redirected');
       }
     }
-    options.logger.info({ listen: listener.hosts.map((host) => `${host.includes(':') ? `[${host}]` : host}:${listener.#port}`) }, 'egress transparent listener listening');
+    options.logger.info(
+      { listen: listener.hosts.map((host) => `${host.includes(':') ? `[${host}]` : host}:${listener.#port}`) },
+      'egress transparent listener listening',
+    );
     return listener;
   }
 
@@ -98,7 +102,9 @@ export class TransparentListener {
   }
 
   #bind(host: string, port: number): Promise<net.Server> {
-    const server = net.createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: true }, (socket) => this.#accept(socket));
+    const server = net.createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: true }, (socket) =>
+      this.#accept(socket),
+    );
     return new Promise((resolve, reject) => {
       server.once('error', reject);
       server.listen({ host, port, backlog: 1024, ipv6Only: host.includes(':') }, () => {
@@ -132,14 +138,19 @@ export class TransparentListener {
       destination = (options.originalDestination ?? originalDestination)(socket);
     } catch (error) {
       // Dialled the listener itself, not redirected here: there is no destination to judge.
-      audit.refused('transparent', { reason: 'no-original-destination', ip: socket.localAddress, port: socket.localPort });
-      options.logger.debug({ code: (error as { code?: string }).code }, 'no original destination');
+      audit.refused('transparent', {
+        reason: 'no-original-destination',
+        ip: socket.localAddress,
+        port: socket.localPort,
+      });
+      options.logger.debug({ code: errorCode(error) }, 'no original destination');
       socket.resetAndDestroy();
       return;
     }
     const { address: ip, port } = destination;
     const resolvedNames = options.cache.namesFor(ip);
-    const judge = (sighting: Sighting) => decideConnection(options.allowlist, { ip, port, resolvedNames, hostname: sighting.hostname });
+    const judge = (sighting: Sighting) =>
+      decideConnection(options.allowlist, { ip, port, resolvedNames, hostname: sighting.hostname });
     const gate = new InspectionGate(socket, {
       port,
       allowEch: options.allowEch ?? false,
@@ -157,7 +168,14 @@ export class TransparentListener {
     const decision = first.kind === 'decided' ? first.verdict : judge({ protocol: 'other' });
     const named = first.kind === 'decided' ? sightingFacts(first.sighting) : {};
     if (!decision.allowed) {
-      audit.refused('transparent', { name: decision.name || resolvedNames[0], ip, port, ...named, reason: decision.reason, rule: decision.rule });
+      audit.refused('transparent', {
+        name: decision.name || resolvedNames[0],
+        ip,
+        port,
+        ...named,
+        reason: decision.reason,
+        rule: decision.rule,
+      });
       socket.resetAndDestroy();
       return;
     }
@@ -165,9 +183,16 @@ export class TransparentListener {
 
     let upstream;
     try {
-      upstream = await openRelayStream(options.relay, { name: decision.name ?? '', ip, port }, { timeoutMs: options.connectTimeoutMs, watch: options.audit.relays });
+      upstream = await openRelayStream(
+        options.relay,
+        { name: decision.name ?? '', ip, port },
+        { timeoutMs: options.connectTimeoutMs, watch: options.audit.relays },
+      );
     } catch (error) {
-      const reason = error instanceof EgressRelayError && error.status !== undefined ? `host-${egressStatusName(error.status).toLowerCase()}` : 'relay-unreachable';
+      const reason =
+        error instanceof EgressRelayError && error.status !== undefined
+          ? `host-${egressStatusName(error.status).toLowerCase()}`
+          : 'relay-unreachable';
       audit.failed('transparent', { name: decision.name, ip, port, ...named, reason });
       socket.resetAndDestroy();
       return;
@@ -176,10 +201,22 @@ export class TransparentListener {
       upstream.destroy();
       return;
     }
-    audit.allowed('transparent', { name: decision.name, ip, port, ...named, reason: decision.reason, rule: decision.rule });
-    resetAppOnRelayFailure(socket, upstream, () => audit.failed('transparent', { name: decision.name, ip, port, ...named, reason: 'relay-reset' }));
+    audit.allowed('transparent', {
+      name: decision.name,
+      ip,
+      port,
+      ...named,
+      reason: decision.reason,
+      rule: decision.rule,
+    });
+    resetAppOnRelayFailure(socket, upstream, () =>
+      audit.failed('transparent', { name: decision.name, ip, port, ...named, reason: 'relay-reset' }),
+    );
     const outcome = await relay(gate, upstream, { idleTimeoutMs: options.idleTimeoutMs });
-    options.logger.debug({ ip, port, end: outcome.end, sent: outcome.aToB, received: outcome.bToA }, 'egress connection closed');
+    options.logger.debug(
+      { ip, port, end: outcome.end, sent: outcome.aToB, received: outcome.bToA },
+      'egress connection closed',
+    );
   }
 }
 

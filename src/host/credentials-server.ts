@@ -6,10 +6,11 @@
  * port gets what the instance role grants, which on the parent is no more than IMDS already gives.
  */
 import type { Duplex } from 'node:stream';
-import { formatAddress, type Address } from '../bridge/address.js';
-import { listen, type Listener } from '../bridge/transport.js';
-import type { Logger } from '../log.js';
+import { formatAddress, type Address } from '../net/address.js';
+import { listen, type Listener } from '../net/transport.js';
+import type { Logger } from '../core/log.js';
 import type { ImdsCredentials } from './imds-credentials.js';
+import { errorCode } from '../core/errors.js';
 
 const MAX_CONNECTIONS = 16;
 /** A connection whose answer is not written within this is cut. */
@@ -21,7 +22,11 @@ export interface CredentialsServer {
   close(): Promise<void>;
 }
 
-export async function startCredentialsServer(options: { listen: Address; source: Pick<ImdsCredentials, 'get'>; logger: Logger }): Promise<CredentialsServer> {
+export async function startCredentialsServer(options: {
+  listen: Address;
+  source: Pick<ImdsCredentials, 'get'>;
+  logger: Logger;
+}): Promise<CredentialsServer> {
   const { source, logger } = options;
   const stats = { served: 0, failed: 0 };
   const open = new Set<Duplex>();
@@ -29,13 +34,15 @@ export async function startCredentialsServer(options: { listen: Address; source:
     const timer = setTimeout(() => socket.destroy(), ANSWER_TIMEOUT_MS);
     try {
       const credentials = await source.get();
-      socket.end(`${JSON.stringify({ AccessKeyId: credentials.accessKeyId, SecretAccessKey: credentials.secretAccessKey, Token: credentials.sessionToken, Expiration: credentials.expiration.toISOString() })}\n`);
+      socket.end(
+        `${JSON.stringify({ AccessKeyId: credentials.accessKeyId, SecretAccessKey: credentials.secretAccessKey, Token: credentials.sessionToken, Expiration: credentials.expiration.toISOString() })}\n`,
+      );
       stats.served++;
       logger.debug({ expiration: credentials.expiration.toISOString() }, 'role credentials served to the enclave');
     } catch (error) {
       stats.failed++;
       const reason = (error as Error).message;
-      logger.warn({ code: (error as { code?: string }).code, reason }, 'role credentials could not be served');
+      logger.warn({ code: errorCode(error), reason }, 'role credentials could not be served');
       socket.end(`${JSON.stringify({ error: reason })}\n`);
     } finally {
       clearTimeout(timer);

@@ -5,19 +5,13 @@
  * learned into the host's name cache, which the egress relay then uses to check that a
  * connection's IP really belongs to the name the enclave claims.
  */
-import { formatAddress, type Address } from '../bridge/address.js';
-import { listen, type Listener, type TransportSocket } from '../bridge/transport.js';
+import { formatAddress, type Address } from '../net/address.js';
+import { listen, type Listener, type TransportSocket } from '../net/transport.js';
 import type { Allowlist } from '../egress/allowlist.js';
-import {
-  buildServFail,
-  DnsRcode,
-  DnsTcpFrameReader,
-  encodeTcpFrame,
-  parseDnsResponse,
-} from '../egress/dns-message.js';
+import { buildServFail, DnsRcode, DnsTcpFrameReader, encodeTcpFrame, parseDnsResponse } from '../wire/dns-message.js';
 import { gateDnsQuery } from '../egress/dns-gate.js';
 import type { NameCache } from '../egress/name-cache.js';
-import type { Logger } from '../log.js';
+import type { Logger } from '../core/log.js';
 import { queryUpstream, type Upstream } from './upstream-dns.js';
 
 export interface DnsRelayOptions {
@@ -69,7 +63,12 @@ export async function startDnsRelay(options: DnsRelayOptions): Promise<DnsRelay>
     if (gate.kind === 'refused') {
       stats.refused++;
       options.logger.warn(
-        { event: 'host-dns-refused', name: query.question.name, qtype: query.question.type, reason: gate.decision.reason },
+        {
+          event: 'host-dns-refused',
+          name: query.question.name,
+          qtype: query.question.type,
+          reason: gate.decision.reason,
+        },
         'host DNS relay refused a question',
       );
       return gate.reply;
@@ -147,7 +146,10 @@ export async function startDnsRelay(options: DnsRelayOptions): Promise<DnsRelay>
   };
 
   const listener: Listener = await listen(options.listen, serve, { backlog: 1024 });
-  options.logger.info({ listen: formatAddress(listener.address), upstream: `${options.upstream.host}:${options.upstream.port}` }, 'host DNS relay listening');
+  options.logger.info(
+    { listen: formatAddress(listener.address), upstream: `${options.upstream.host}:${options.upstream.port}` },
+    'host DNS relay listening',
+  );
   return {
     address: listener.address,
     stats,

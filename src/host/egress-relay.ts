@@ -10,9 +10,9 @@
  * Host must be allowed and resolved for the IP, or the stream is cut.
  */
 import type { Duplex } from 'node:stream';
-import { formatAddress, type Address } from '../bridge/address.js';
-import { relay } from '../bridge/relay.js';
-import { connect, listen, type Listener, type TransportSocket } from '../bridge/transport.js';
+import { formatAddress, type Address } from '../net/address.js';
+import { relay } from '../net/relay.js';
+import { connect, listen, type Listener, type TransportSocket } from '../net/transport.js';
 import type { Allowlist } from '../egress/allowlist.js';
 import {
   EgressHeaderError,
@@ -23,13 +23,14 @@ import {
   EGRESS_HEADER_MAX_LENGTH,
   type EgressHeader,
   type EgressStatusCode,
-} from '../egress/egress-header.js';
+} from '../wire/egress-header.js';
 import { sightingFacts } from '../egress/egress-audit.js';
 import { decideConnection } from '../egress/egress-policy.js';
 import { InspectionGate, INSPECT_TIMEOUT_MS } from '../egress/inspection-gate.js';
 import type { NameCache } from '../egress/name-cache.js';
-import type { Logger } from '../log.js';
+import type { Logger } from '../core/log.js';
 import { classifyAddress } from './address-class.js';
+import { errorCode } from '../core/errors.js';
 
 const REFUSAL_LINGER_MS = 2000;
 
@@ -66,21 +67,29 @@ export interface DestinationCheck {
 }
 
 /** The host's decision for a header (pure): OK, DENIED or PRIVATE, with the reason. */
-export function checkDestination(header: EgressHeader, allowlist: Allowlist, cache: NameCache, allowPrivate: boolean): DestinationCheck {
+export function checkDestination(
+  header: EgressHeader,
+  allowlist: Allowlist,
+  cache: NameCache,
+  allowPrivate: boolean,
+): DestinationCheck {
   const { name, ip, port } = header;
   const byIp = allowlist.allowsIp(ip, port);
   let rule = byIp.rule;
   if (name !== '') {
     const byName = allowlist.allowsName(name, port);
     if (!byName.allowed) return { status: EgressStatus.DENIED, reason: `name-${byName.reason}` };
-    if (!byIp.allowed && !cache.namesFor(ip).includes(name)) return { status: EgressStatus.DENIED, reason: 'ip-not-resolved-for-name' };
+    if (!byIp.allowed && !cache.namesFor(ip).includes(name))
+      return { status: EgressStatus.DENIED, reason: 'ip-not-resolved-for-name' };
     rule = byName.rule;
   } else if (!byIp.allowed) {
     return { status: EgressStatus.DENIED, reason: `ip-${byIp.reason}` };
   }
   const kind = classifyAddress(ip);
   if (kind !== 'public' && !allowPrivate) return { status: EgressStatus.PRIVATE, reason: kind };
-  return rule === undefined ? { status: EgressStatus.OK, reason: 'allowed' } : { status: EgressStatus.OK, reason: 'allowed', rule };
+  return rule === undefined
+    ? { status: EgressStatus.OK, reason: 'allowed' }
+    : { status: EgressStatus.OK, reason: 'allowed', rule };
 }
 
 /** enclave -> internet: accepts relay streams, checks each header, connects out, relays. */
@@ -98,7 +107,10 @@ export class EgressRelay {
   static async start(options: EgressRelayOptions): Promise<EgressRelay> {
     const relayServer = new EgressRelay(options);
     relayServer.#listener = await listen(options.listen, (stream) => relayServer.#accept(stream), { backlog: 1024 });
-    options.logger.info({ listen: formatAddress(relayServer.#listener.address), allowPrivate: options.allowPrivate }, 'host egress relay listening');
+    options.logger.info(
+      { listen: formatAddress(relayServer.#listener.address), allowPrivate: options.allowPrivate },
+      'host egress relay listening',
+    );
     return relayServer;
   }
 
@@ -149,17 +161,23 @@ export class EgressRelay {
     const facts = { name: header.name || null, ip: header.ip, port: header.port };
     if (check.status !== EgressStatus.OK) {
       this.stats.refused++;
-      options.logger.warn({ event: 'host-egress-refused', ...facts, status: egressStatusName(check.status), reason: check.reason }, 'host egress relay refused a destination');
+      options.logger.warn(
+        { event: 'host-egress-refused', ...facts, status: egressStatusName(check.status), reason: check.reason },
+        'host egress relay refused a destination',
+      );
       endWithReply(stream, check.status);
       return;
     }
 
     let upstream: TransportSocket;
     try {
-      upstream = await connect({ transport: 'tcp', host: header.ip, port: header.port }, { timeoutMs: options.connectTimeoutMs });
+      upstream = await connect(
+        { transport: 'tcp', host: header.ip, port: header.port },
+        { timeoutMs: options.connectTimeoutMs },
+      );
     } catch (error) {
       this.stats.failed++;
-      const code = (error as { code?: string }).code ?? 'ERROR';
+      const code = errorCode(error) ?? 'ERROR';
       options.logger.warn({ ...facts, code }, 'host egress relay could not connect');
       endWithReply(stream, code === 'ETIMEDOUT' ? EgressStatus.TIMEOUT : EgressStatus.UNREACHABLE);
       return;
@@ -172,26 +190,51 @@ export class EgressRelay {
     stream.write(encodeEgressReply(EgressStatus.OK));
     // The enclave inspects too, but the app may reach this relay directly (AF_VSOCK is not covered
     // by iptables): the header alone names nothing the server will see, so SNI and Host are judged here as well.
-    const gate = new InspectionGate(stream, {
-      port: header.port,
-      allowEch: options.allowEch ?? false,
-      inspectTimeoutMs: options.inspectTimeoutMs ?? INSPECT_TIMEOUT_MS,
-      judge: (sighting) =>
-        sighting.hostname === undefined
-          ? { allowed: true, reason: 'header' }
-          : decideConnection(options.allowlist, { ip: header.ip, port: header.port, resolvedNames: options.cache.namesFor(header.ip), hostname: sighting.hostname }),
-      onRefusal: (refusal) => {
-        this.stats.refused++;
-        options.logger.warn(
-          { event: 'host-egress-refused', ...facts, ...sightingFacts(refusal.sighting), status: egressStatusName(EgressStatus.DENIED), reason: refusal.reason },
-          'host egress relay refused a destination',
-        );
-        upstream.destroy();
-        stream.destroy();
+    const gate = new InspectionGate(
+      stream,
+      {
+        port: header.port,
+        allowEch: options.allowEch ?? false,
+        inspectTimeoutMs: options.inspectTimeoutMs ?? INSPECT_TIMEOUT_MS,
+        judge: (sighting) =>
+          sighting.hostname === undefined
+            ? { allowed: true, reason: 'header' }
+            : decideConnection(options.allowlist, {
+                ip: header.ip,
+                port: header.port,
+                resolvedNames: options.cache.namesFor(header.ip),
+                hostname: sighting.hostname,
+              }),
+        onRefusal: (refusal) => {
+          this.stats.refused++;
+          options.logger.warn(
+            {
+              event: 'host-egress-refused',
+              ...facts,
+              ...sightingFacts(refusal.sighting),
+              status: egressStatusName(EgressStatus.DENIED),
+              reason: refusal.reason,
+            },
+            'host egress relay refused a destination',
+          );
+          upstream.destroy();
+          stream.destroy();
+        },
       },
-    }, rest);
+      rest,
+    );
     const outcome = await relay(gate, upstream, { idleTimeoutMs: options.idleTimeoutMs });
-    options.logger.info({ event: 'host-egress-closed', ...facts, rule: check.rule ?? null, end: outcome.end, sent: outcome.aToB, received: outcome.bToA }, 'egress connection closed');
+    options.logger.info(
+      {
+        event: 'host-egress-closed',
+        ...facts,
+        rule: check.rule ?? null,
+        end: outcome.end,
+        sent: outcome.aToB,
+        received: outcome.bToA,
+      },
+      'egress connection closed',
+    );
   }
 }
 
@@ -208,7 +251,10 @@ function endWithReply(stream: Duplex, status: EgressStatusCode): void {
   stream.end(encodeEgressReply(status));
 }
 
-function readHeader(stream: Duplex, timeoutMs: number): Promise<{ header: EgressHeader; rest: Buffer } | { error: string }> {
+function readHeader(
+  stream: Duplex,
+  timeoutMs: number,
+): Promise<{ header: EgressHeader; rest: Buffer } | { error: string }> {
   return new Promise((resolve) => {
     let data: Buffer = Buffer.alloc(0);
     const done = (result: { header: EgressHeader; rest: Buffer } | { error: string }) => {

@@ -3,13 +3,14 @@
  * the log sink (the enclave's log lines and app output on stdout) and the relays for its health,
  * its metrics and the provisioner, and the role credentials for KMS. Each is off unless configured, except the log sink.
  */
-import { formatAddress } from '../bridge/address.js';
+import { formatAddress } from '../net/address.js';
 import type { RuntimeConfig } from '../config/schema.js';
-import type { Logger } from '../log.js';
+import type { Logger } from '../core/log.js';
 import { startCredentialsServer, type CredentialsServer } from './credentials-server.js';
 import { ImdsCredentials } from './imds-credentials.js';
 import { LogSink } from './log-sink.js';
 import { startParentRelays, type ParentRelay } from './parent-relays.js';
+import { errorCode } from '../core/errors.js';
 
 export interface HostOperability {
   readonly logSink: LogSink | undefined;
@@ -20,7 +21,11 @@ export interface HostOperability {
   close(graceMs: number): Promise<void>;
 }
 
-export async function startHostOperability(host: RuntimeConfig['host'], logger: Logger, out: NodeJS.WritableStream = process.stdout): Promise<HostOperability> {
+export async function startHostOperability(
+  host: RuntimeConfig['host'],
+  logger: Logger,
+  out: NodeJS.WritableStream = process.stdout,
+): Promise<HostOperability> {
   const relays = await startParentRelays(host, logger);
   let credentials: CredentialsServer | undefined;
   if (host.credentials === 'imds') {
@@ -33,8 +38,13 @@ export async function startHostOperability(host: RuntimeConfig['host'], logger: 
     }
     // Fetched once now, so a missing role or an IMDS hop limit shows at start, not at the enclave's first KMS call.
     source.get().then(
-      (fresh) => logger.info({ expiration: fresh.expiration.toISOString() }, 'instance role credentials fetched from IMDS'),
-      (error: unknown) => logger.warn({ code: (error as { code?: string }).code, reason: (error as Error).message }, 'instance role credentials not available yet'),
+      (fresh) =>
+        logger.info({ expiration: fresh.expiration.toISOString() }, 'instance role credentials fetched from IMDS'),
+      (error: unknown) =>
+        logger.warn(
+          { code: errorCode(error), reason: (error as Error).message },
+          'instance role credentials not available yet',
+        ),
     );
   }
   let logSink: LogSink | undefined;
@@ -44,7 +54,10 @@ export async function startHostOperability(host: RuntimeConfig['host'], logger: 
     try {
       logSink = await LogSink.start({ listen: host.logListen, out, logger });
     } catch (error) {
-      logger.error({ listen: formatAddress(host.logListen), code: (error as { code?: string }).code, reason: (error as Error).message }, 'log sink not served');
+      logger.error(
+        { listen: formatAddress(host.logListen), code: errorCode(error), reason: (error as Error).message },
+        'log sink not served',
+      );
     }
   }
   return {
@@ -54,7 +67,9 @@ export async function startHostOperability(host: RuntimeConfig['host'], logger: 
     describe: () => ({
       ...(credentials ? { credentials: formatAddress(credentials.address) } : {}),
       ...(logSink ? { logSink: formatAddress(logSink.address) } : {}),
-      ...Object.fromEntries(relays.map((relay) => [relay.name.replace(' relay', 'Relay'), formatAddress(relay.ingress.address)])),
+      ...Object.fromEntries(
+        relays.map((relay) => [relay.name.replace(' relay', 'Relay'), formatAddress(relay.ingress.address)]),
+      ),
     }),
     close: async (graceMs) => {
       await logSink?.close();

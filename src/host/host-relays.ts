@@ -3,12 +3,12 @@
  * sharing one name cache so the egress relay can check a name's IP against what DNS actually
  * answered. `host` runs them on the parent; `dev` runs them in-process on loopback.
  */
-import type { Address } from '../bridge/address.js';
-import { formatAddress } from '../bridge/address.js';
+import type { Address } from '../net/address.js';
+import { formatAddress } from '../net/address.js';
 import type { RuntimeConfig } from '../config/schema.js';
 import { compileAllowlist } from '../egress/allowlist.js';
 import { NameCache } from '../egress/name-cache.js';
-import type { Logger } from '../log.js';
+import type { Logger } from '../core/log.js';
 import { startDnsRelay, type DnsRelay } from './dns-relay.js';
 import { EgressRelay } from './egress-relay.js';
 import { upstreamFromConfig } from './upstream-dns.js';
@@ -31,11 +31,21 @@ export async function startHostRelays(
   const { host } = config;
   const allowlist = compileAllowlist(config.egress.allow);
   if (allowlist.entries.length === 0) {
-    logger.warn({ egressRelay: formatAddress(listen.egress), dnsRelay: formatAddress(listen.dns) }, 'egress.allow is empty: the relays refuse every destination and every DNS question');
+    logger.warn(
+      { egressRelay: formatAddress(listen.egress), dnsRelay: formatAddress(listen.dns) },
+      'egress.allow is empty: the relays refuse every destination and every DNS question',
+    );
   }
   const upstream = await upstreamFromConfig(host.upstreamDns);
   const cache = new NameCache();
-  const dnsRelay = await startDnsRelay({ listen: listen.dns, upstream, allowlist, cache, refusal: config.egress.dnsRefusal, logger });
+  const dnsRelay = await startDnsRelay({
+    listen: listen.dns,
+    upstream,
+    allowlist,
+    cache,
+    refusal: config.egress.dnsRefusal,
+    logger,
+  });
   let egressRelay: EgressRelay;
   try {
     egressRelay = await EgressRelay.start({

@@ -3,10 +3,10 @@
  * egress relay -> internet and the DNS relay -> upstream resolver. The two relays share one
  * name cache, so the egress relay can check a name's IP against what DNS actually answered.
  */
-import { Ingress } from '../bridge/ingress.js';
+import { Ingress } from '../ingress/ingress.js';
 import type { RuntimeConfig } from '../config/schema.js';
-import { CloserStack } from '../lifecycle.js';
-import type { Logger } from '../log.js';
+import { CloserStack } from '../core/lifecycle.js';
+import type { Logger } from '../core/log.js';
 import type { DnsRelay } from './dns-relay.js';
 import type { EgressRelay } from './egress-relay.js';
 import { startHostRelays } from './host-relays.js';

@@ -6,7 +6,7 @@
  * expire; they are held in private fields and never logged.
  */
 import http from 'node:http';
-import { RuntimeError } from '../errors.js';
+import { errorCode, RuntimeError } from '../core/errors.js';
 
 export interface RoleCredentials {
   accessKeyId: string;
@@ -53,7 +53,8 @@ export class ImdsCredentials {
   /** Valid credentials: the cached ones while they have more than the margin left, else fresh ones (one fetch at a time). */
   get(): Promise<RoleCredentials> {
     const cached = this.#cached;
-    if (cached && cached.expiration.getTime() - this.#now() > CREDENTIALS_REFRESH_MARGIN_MS) return Promise.resolve(cached);
+    if (cached && cached.expiration.getTime() - this.#now() > CREDENTIALS_REFRESH_MARGIN_MS)
+      return Promise.resolve(cached);
     this.#pending ??= this.#fetch().finally(() => {
       this.#pending = undefined;
     });
@@ -63,7 +64,8 @@ export class ImdsCredentials {
   async #fetch(): Promise<RoleCredentials> {
     const roles = await this.#get(CREDENTIALS_PATH);
     const role = roles.split('\n')[0]?.trim() ?? '';
-    if (!/^[\w+=,.@-]{1,128}$/.test(role)) throw new ImdsError('the instance has no IAM role (instance profile) attached');
+    if (!/^[\w+=,.@-]{1,128}$/.test(role))
+      throw new ImdsError('the instance has no IAM role (instance profile) attached');
     const text = await this.#get(`${CREDENTIALS_PATH}${role}`);
     let value: Record<string, unknown>;
     try {
@@ -72,9 +74,20 @@ export class ImdsCredentials {
       throw new ImdsError('the role credentials from IMDS are not JSON');
     }
     const { Code, AccessKeyId, SecretAccessKey, Token, Expiration } = value;
-    if (Code !== undefined && Code !== 'Success') throw new ImdsError(`IMDS could not give the role's credentials (Code ${JSON.stringify(String(Code).slice(0, 40))})`);
+    if (Code !== undefined && Code !== 'Success')
+      throw new ImdsError(
+        `IMDS could not give the role's credentials (Code ${JSON.stringify(String(Code).slice(0, 40))})`,
+      );
     const expiration = new Date(typeof Expiration === 'string' ? Expiration : NaN);
-    if (typeof AccessKeyId !== 'string' || typeof SecretAccessKey !== 'string' || typeof Token !== 'string' || !AccessKeyId || !SecretAccessKey || !Token || Number.isNaN(expiration.getTime())) {
+    if (
+      typeof AccessKeyId !== 'string' ||
+      typeof SecretAccessKey !== 'string' ||
+      typeof Token !== 'string' ||
+      !AccessKeyId ||
+      !SecretAccessKey ||
+      !Token ||
+      Number.isNaN(expiration.getTime())
+    ) {
       throw new ImdsError('the role credentials from IMDS lack AccessKeyId, SecretAccessKey, Token or Expiration');
     }
     if (expiration.getTime() <= this.#now()) throw new ImdsError('IMDS gave credentials that have already expired');
@@ -91,38 +104,70 @@ export class ImdsCredentials {
         this.#token = undefined;
         continue;
       }
-      if (answer.status !== 200) throw new ImdsError(`IMDS answered ${answer.status} to GET ${path.startsWith(CREDENTIALS_PATH) ? CREDENTIALS_PATH : path}`);
+      if (answer.status !== 200)
+        throw new ImdsError(
+          `IMDS answered ${answer.status} to GET ${path.startsWith(CREDENTIALS_PATH) ? CREDENTIALS_PATH : path}`,
+        );
       return answer.body;
     }
   }
 
   async #sessionToken(): Promise<string> {
     if (this.#token && this.#token.until > this.#now()) return this.#token.value;
-    const answer = await this.#request('PUT', '/latest/api/token', { 'x-aws-ec2-metadata-token-ttl-seconds': String(TOKEN_TTL_SECONDS) });
-    if (answer.status !== 200 || !/^[\x21-\x7e]{1,1024}$/.test(answer.body)) throw new ImdsError(`IMDS refused a session token (${answer.status}); is the hop limit too low for this process?`);
+    const answer = await this.#request('PUT', '/latest/api/token', {
+      'x-aws-ec2-metadata-token-ttl-seconds': String(TOKEN_TTL_SECONDS),
+    });
+    if (answer.status !== 200 || !/^[\x21-\x7e]{1,1024}$/.test(answer.body))
+      throw new ImdsError(
+        `IMDS refused a session token (${answer.status}); is the hop limit too low for this process?`,
+      );
     // Renewed a minute early, so a request never carries a token about to lapse.
     this.#token = { value: answer.body, until: this.#now() + (TOKEN_TTL_SECONDS - 60) * 1000 };
     return answer.body;
   }
 
-  #request(method: 'GET' | 'PUT', path: string, headers: Record<string, string>): Promise<{ status: number; body: string }> {
+  #request(
+    method: 'GET' | 'PUT',
+    path: string,
+    headers: Record<string, string>,
+  ): Promise<{ status: number; body: string }> {
     return new Promise((resolve, reject) => {
       const request = http.request(
-        { host: this.#endpoint.hostname, port: this.#endpoint.port || 80, method, path, headers, agent: false, timeout: this.#timeoutMs },
+        {
+          host: this.#endpoint.hostname,
+          port: this.#endpoint.port || 80,
+          method,
+          path,
+          headers,
+          agent: false,
+          timeout: this.#timeoutMs,
+        },
         (response) => {
           const chunks: Buffer[] = [];
           let size = 0;
           response.on('data', (chunk: Buffer) => {
             size += chunk.length;
-            if (size > MAX_ANSWER_BYTES) return request.destroy(new ImdsError(`an IMDS answer is larger than ${MAX_ANSWER_BYTES} bytes`));
+            if (size > MAX_ANSWER_BYTES)
+              return request.destroy(new ImdsError(`an IMDS answer is larger than ${MAX_ANSWER_BYTES} bytes`));
             chunks.push(chunk);
           });
-          response.on('end', () => resolve({ status: response.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }));
+          response.on('end', () =>
+            resolve({ status: response.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }),
+          );
           response.on('error', reject);
         },
       );
       request.on('timeout', () => request.destroy(new ImdsError(`IMDS did not answer within ${this.#timeoutMs} ms`)));
-      request.on('error', (error) => reject(error instanceof ImdsError ? error : new ImdsError(`IMDS at ${this.#endpoint.host} could not be reached: ${(error as { code?: string }).code ?? error.message}`, { cause: error })));
+      request.on('error', (error) =>
+        reject(
+          error instanceof ImdsError
+            ? error
+            : new ImdsError(
+                `IMDS at ${this.#endpoint.host} could not be reached: ${errorCode(error) ?? error.message}`,
+                { cause: error },
+              ),
+        ),
+      );
       request.end();
     });
   }

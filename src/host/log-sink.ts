@@ -5,9 +5,9 @@
  * When `out` falls behind, the connection is paused: the enclave queues, then drops and counts.
  */
 import type { Duplex } from 'node:stream';
-import { formatAddress, type Address } from '../bridge/address.js';
-import { listen, type Listener } from '../bridge/transport.js';
-import type { Logger } from '../log.js';
+import { formatAddress, type Address } from '../net/address.js';
+import { listen, type Listener } from '../net/transport.js';
+import type { Logger } from '../core/log.js';
 import { LineSplitter } from '../logs/line-splitter.js';
 import { encodeLogRecord, parseLogRecord } from '../logs/log-record.js';
 
@@ -51,7 +51,10 @@ export class LogSink {
     sink.out.on('error', (error: NodeJS.ErrnoException) => {
       if (sink.#outBroken) return;
       sink.#outBroken = true;
-      options.logger.error({ code: error.code }, 'log sink cannot write to stdout; relayed lines are dropped from now on');
+      options.logger.error(
+        { code: error.code },
+        'log sink cannot write to stdout; relayed lines are dropped from now on',
+      );
       // No 'drain' will come: connections paused for one read on, so the enclave is not left waiting.
       for (const socket of sink.#connections) socket.resume();
     });

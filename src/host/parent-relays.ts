@@ -6,10 +6,10 @@
  * the ingress bridge without TLS or PROXY headers; what passes is HTTP that each end checks itself
  * (the provisioner verifies the attestation in every request, so the relay needs to trust nothing).
  */
-import { Ingress } from '../bridge/ingress.js';
-import type { Address } from '../bridge/address.js';
+import { Ingress } from '../ingress/ingress.js';
+import type { Address } from '../net/address.js';
 import type { RuntimeConfig } from '../config/schema.js';
-import type { Logger } from '../log.js';
+import type { Logger } from '../core/log.js';
 
 /** Health checkers, scrapers and one enclave's provisioning calls: a few connections each. */
 const MAX_RELAY_CONNECTIONS = 64;

@@ -8,8 +8,8 @@ import { randomInt } from 'node:crypto';
 import dgram from 'node:dgram';
 import { readFile } from 'node:fs/promises';
 import net from 'node:net';
-import { RuntimeError } from '../errors.js';
-import { DnsTcpFrameReader, encodeTcpFrame, parseDnsHeader } from '../egress/dns-message.js';
+import { errorCode, RuntimeError } from '../core/errors.js';
+import { DnsTcpFrameReader, encodeTcpFrame, parseDnsHeader } from '../wire/dns-message.js';
 
 export interface Upstream {
   host: string;
@@ -34,8 +34,16 @@ export function parseUpstream(text: string): Upstream {
   const host = bracketed?.[1] ?? (net.isIPv6(text) ? text : plain?.[1]);
   const portText = bracketed ? bracketed[2] : net.isIPv6(text) ? undefined : plain?.[2];
   const port = portText === undefined ? 53 : Number(portText);
-  if (host === undefined || net.isIP(host) === 0 || host.includes('%') || (bracketed && !net.isIPv6(host)) || !(port >= 1 && port <= 65535)) {
-    throw new UpstreamDnsError(`host.upstream_dns ${JSON.stringify(text.slice(0, 80))} is not "system", IP, IP:PORT or [IPv6]:PORT`);
+  if (
+    host === undefined ||
+    net.isIP(host) === 0 ||
+    host.includes('%') ||
+    (bracketed && !net.isIPv6(host)) ||
+    !(port >= 1 && port <= 65535)
+  ) {
+    throw new UpstreamDnsError(
+      `host.upstream_dns ${JSON.stringify(text.slice(0, 80))} is not "system", IP, IP:PORT or [IPv6]:PORT`,
+    );
   }
   return { host, port };
 }
@@ -58,10 +66,13 @@ export async function upstreamFromConfig(setting: string, resolvConf: string = R
     const data = await readFile(resolvConf);
     text = data.subarray(0, RESOLV_CONF_MAX_BYTES).toString('utf8');
   } catch (error) {
-    throw new UpstreamDnsError(`host.upstream_dns = "system" but ${resolvConf} cannot be read: ${(error as NodeJS.ErrnoException).code}`, { cause: error });
+    throw new UpstreamDnsError(`host.upstream_dns = "system" but ${resolvConf} cannot be read: ${errorCode(error)}`, {
+      cause: error,
+    });
   }
   const nameserver = firstNameserver(text);
-  if (nameserver === undefined) throw new UpstreamDnsError(`host.upstream_dns = "system" but ${resolvConf} names no nameserver`);
+  if (nameserver === undefined)
+    throw new UpstreamDnsError(`host.upstream_dns = "system" but ${resolvConf} names no nameserver`);
   return { host: nameserver, port: 53 };
 }
 
@@ -84,7 +95,10 @@ export async function queryUpstream(upstream: Upstream, message: Buffer, timeout
 
 function overUdp(upstream: Upstream, query: Buffer, wireId: number, timeoutMs: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
-    const socket = dgram.createSocket({ type: net.isIPv6(upstream.host) ? 'udp6' : 'udp4', recvBufferSize: UDP_RECEIVE_MAX });
+    const socket = dgram.createSocket({
+      type: net.isIPv6(upstream.host) ? 'udp6' : 'udp4',
+      recvBufferSize: UDP_RECEIVE_MAX,
+    });
     let settled = false;
     const done = (error: Error | undefined, answer?: Buffer) => {
       if (settled) return;
@@ -94,11 +108,17 @@ function overUdp(upstream: Upstream, query: Buffer, wireId: number, timeoutMs: n
       if (error) reject(error);
       else resolve(answer!);
     };
-    const timer = setTimeout(() => done(new UpstreamDnsError(`no UDP answer from ${upstream.host}:${upstream.port} within ${timeoutMs} ms`)), timeoutMs);
-    socket.on('error', (error) => done(new UpstreamDnsError(`UDP to ${upstream.host}:${upstream.port}: ${error.message}`, { cause: error })));
+    const timer = setTimeout(
+      () => done(new UpstreamDnsError(`no UDP answer from ${upstream.host}:${upstream.port} within ${timeoutMs} ms`)),
+      timeoutMs,
+    );
+    socket.on('error', (error) =>
+      done(new UpstreamDnsError(`UDP to ${upstream.host}:${upstream.port}: ${error.message}`, { cause: error })),
+    );
     socket.on('message', (answer) => {
       // Anything not answering our ID is a stray or a spoof: keep waiting for the real one.
-      if (answer.length >= 12 && answer.readUInt16BE(0) === wireId && (answer[2]! & 0x80) !== 0) done(undefined, answer);
+      if (answer.length >= 12 && answer.readUInt16BE(0) === wireId && (answer[2]! & 0x80) !== 0)
+        done(undefined, answer);
     });
     socket.connect(upstream.port, upstream.host, () => socket.send(query));
   });
@@ -117,18 +137,29 @@ function overTcp(upstream: Upstream, query: Buffer, timeoutMs: number): Promise<
       if (error) reject(error);
       else resolve(answer!);
     };
-    const timer = setTimeout(() => done(new UpstreamDnsError(`no TCP answer from ${upstream.host}:${upstream.port} within ${timeoutMs} ms`)), timeoutMs);
-    socket.on('error', (error) => done(new UpstreamDnsError(`TCP to ${upstream.host}:${upstream.port}: ${error.message}`, { cause: error })));
+    const timer = setTimeout(
+      () => done(new UpstreamDnsError(`no TCP answer from ${upstream.host}:${upstream.port} within ${timeoutMs} ms`)),
+      timeoutMs,
+    );
+    socket.on('error', (error) =>
+      done(new UpstreamDnsError(`TCP to ${upstream.host}:${upstream.port}: ${error.message}`, { cause: error })),
+    );
     socket.on('data', (chunk: Buffer) => {
       try {
         for (const answer of reader.push(chunk)) {
           if (answer.readUInt16BE(0) === query.readUInt16BE(0)) return done(undefined, Buffer.from(answer));
         }
       } catch (error) {
-        done(new UpstreamDnsError(`TCP answer from ${upstream.host}:${upstream.port}: ${(error as Error).message}`, { cause: error }));
+        done(
+          new UpstreamDnsError(`TCP answer from ${upstream.host}:${upstream.port}: ${(error as Error).message}`, {
+            cause: error,
+          }),
+        );
       }
     });
-    socket.once('end', () => done(new UpstreamDnsError(`${upstream.host}:${upstream.port} closed the TCP connection without an answer`)));
+    socket.once('end', () =>
+      done(new UpstreamDnsError(`${upstream.host}:${upstream.port} closed the TCP connection without an answer`)),
+    );
     socket.write(encodeTcpFrame(query));
   });
 }

@@ -4,11 +4,11 @@
  * `[runtime] init = "auto"` does them only when the runtime really is PID 1, never on a dev machine.
  */
 import { hostname } from 'node:os';
-import { setHostname, setInterfaceUp } from '../bridge/native-binding.js';
-import { setChildSubreaper } from '../bridge/native-reaper.js';
+import { setHostname, setInterfaceUp } from '../native/native-binding.js';
+import { setChildSubreaper } from '../native/native-reaper.js';
 import type { RuntimeConfig } from '../config/schema.js';
-import { RuntimeError } from '../errors.js';
-import type { Logger } from '../log.js';
+import { errorCode, RuntimeError } from '../core/errors.js';
+import type { Logger } from '../core/log.js';
 import { ZombieReaper } from './zombie-reaper.js';
 
 export interface InitDuties {
@@ -19,7 +19,11 @@ export interface InitDuties {
 }
 
 /** Does the PID 1 duties when they apply; a failure to bring `lo` up is fatal, a hostname failure is not. */
-export function startInitDuties(settings: Pick<RuntimeConfig['runtime'], 'init' | 'hostname'>, logger: Logger, pid = process.pid): InitDuties {
+export function startInitDuties(
+  settings: Pick<RuntimeConfig['runtime'], 'init' | 'hostname'>,
+  logger: Logger,
+  pid = process.pid,
+): InitDuties {
   const active = settings.init === 'on' || (settings.init === 'auto' && pid === 1);
   if (!active) return { active, reaper: undefined, stop: () => {} };
   try {
@@ -32,7 +36,7 @@ export function startInitDuties(settings: Pick<RuntimeConfig['runtime'], 'init' 
       setHostname(settings.hostname);
     } catch (error) {
       // A local `docker run` without CAP_SYS_ADMIN lands here; the hostname is cosmetic, lo is not.
-      logger.warn({ hostname: settings.hostname, code: (error as { code?: string }).code }, 'cannot set the hostname');
+      logger.warn({ hostname: settings.hostname, code: errorCode(error) }, 'cannot set the hostname');
     }
   }
   if (pid !== 1) setChildSubreaper();

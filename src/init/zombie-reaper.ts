@@ -3,8 +3,8 @@
  * exits, so none stays a zombie holding a pid. The addon does the waiting without touching
  * libuv's own children; this side decides when to sweep.
  */
-import type { Logger } from '../log.js';
-import { reapOrphans } from '../bridge/native-reaper.js';
+import type { Logger } from '../core/log.js';
+import { reapOrphans } from '../native/native-reaper.js';
 
 /** Sweep this often even without SIGCHLD: a sweep can stop at one of libuv's children, which libuv reaps later. */
 const SAFETY_SWEEP_MS = 5_000;
@@ -48,7 +48,8 @@ export class ZombieReaper {
       this.#logger.error({ err: { message: (error as Error).message } }, 'reaping orphans failed');
       return 0;
     }
-    for (const child of round.reaped) this.#logger.debug({ pid: child.pid, code: child.code, signal: child.signal }, 'reaped an orphaned process');
+    for (const child of round.reaped)
+      this.#logger.debug({ pid: child.pid, code: child.code, signal: child.signal }, 'reaped an orphaned process');
     this.#reaped += round.reaped.length;
     if (round.waitingOn !== 0) this.#schedule(RETRY_MS);
     return round.reaped.length;

@@ -27,7 +27,11 @@ export function tunnelAgent(proxy: ProxyAddress, timeoutMs: number, trust?: Pick
 }
 
 /** The connector behind tunnelAgent: CONNECT host:port, a 200 answer, then TLS for https targets. */
-export function tunnelConnector(proxy: ProxyAddress, timeoutMs: number, trust?: Pick<tls.ConnectionOptions, 'ca'>): buildConnector.connector {
+export function tunnelConnector(
+  proxy: ProxyAddress,
+  timeoutMs: number,
+  trust?: Pick<tls.ConnectionOptions, 'ca'>,
+): buildConnector.connector {
   const where = `${proxy.host.includes(':') ? `[${proxy.host}]` : proxy.host}:${proxy.port}`;
   return (options, callback) => {
     const port = Number(options.port) || (options.protocol === 'https:' ? 443 : 80);
@@ -41,7 +45,14 @@ export function tunnelConnector(proxy: ProxyAddress, timeoutMs: number, trust?: 
       settled = true;
       clearTimeout(timer);
       socket.destroy();
-      callback(new KmsError('ERR_KMS_UNREACHABLE', `the egress proxy at ${where} could not open a tunnel to ${authority}: ${reason}`, { cause }), null);
+      callback(
+        new KmsError(
+          'ERR_KMS_UNREACHABLE',
+          `the egress proxy at ${where} could not open a tunnel to ${authority}: ${reason}`,
+          { cause },
+        ),
+        null,
+      );
     };
     const timer = setTimeout(() => fail(`no tunnel within ${timeoutMs} ms`), timeoutMs);
     socket.once('error', (error: NodeJS.ErrnoException) => fail(error.code ?? 'socket error', error));
@@ -70,7 +81,12 @@ export function tunnelConnector(proxy: ProxyAddress, timeoutMs: number, trust?: 
       socket.removeAllListeners('close');
       if (options.protocol !== 'https:') return done(socket);
       const servername = options.servername || (net.isIP(hostname) ? undefined : hostname);
-      const secure = tls.connect({ socket, ...(servername ? { servername } : {}), ALPNProtocols: ['http/1.1'], ...(trust?.ca ? { ca: trust.ca } : {}) });
+      const secure = tls.connect({
+        socket,
+        ...(servername ? { servername } : {}),
+        ALPNProtocols: ['http/1.1'],
+        ...(trust?.ca ? { ca: trust.ca } : {}),
+      });
       secure.once('error', (error: NodeJS.ErrnoException) => fail(`TLS: ${error.code ?? error.message}`, error));
       secure.once('secureConnect', () => {
         secure.removeAllListeners('error');

@@ -3,11 +3,12 @@
  * of `enclave-runtime host` over the bridge and cached until shortly before they expire. They
  * stay in this process's memory: never in process.env, the app's environment or a log line.
  */
-import type { Address } from '../bridge/address.js';
-import { formatAddress } from '../bridge/address.js';
-import { connect } from '../bridge/transport.js';
+import type { Address } from '../net/address.js';
+import { formatAddress } from '../net/address.js';
+import { connect } from '../net/transport.js';
 import type { KmsCredentials } from './kms-client.js';
 import { KmsError } from './kms-error.js';
+import { errorCode } from '../core/errors.js';
 
 const MAX_ANSWER_BYTES = 16 * 1024;
 /** Asked again when less than this is left; the host refreshes from IMDS with a larger margin. */
@@ -15,7 +16,11 @@ const REFRESH_MARGIN_MS = 5 * 60 * 1000;
 
 export type KmsCredentialsProvider = () => Promise<KmsCredentials>;
 
-export function hostCredentialsProvider(address: Address, timeoutMs: number, now: () => number = Date.now): KmsCredentialsProvider {
+export function hostCredentialsProvider(
+  address: Address,
+  timeoutMs: number,
+  now: () => number = Date.now,
+): KmsCredentialsProvider {
   let cached: { credentials: KmsCredentials; expiration: number } | undefined;
   let pending: Promise<KmsCredentials> | undefined;
   const fetch = async (): Promise<KmsCredentials> => {
@@ -26,14 +31,30 @@ export function hostCredentialsProvider(address: Address, timeoutMs: number, now
     } catch {
       throw new KmsError('ERR_KMS_CREDENTIALS', `the credentials answer from ${formatAddress(address)} is not JSON`);
     }
-    if (typeof value.error === 'string') throw new KmsError('ERR_KMS_CREDENTIALS', `the host could not give credentials: ${value.error}`);
+    if (typeof value.error === 'string')
+      throw new KmsError('ERR_KMS_CREDENTIALS', `the host could not give credentials: ${value.error}`);
     const { AccessKeyId, SecretAccessKey, Token, Expiration } = value;
     const expiration = Date.parse(typeof Expiration === 'string' ? Expiration : '');
-    if (typeof AccessKeyId !== 'string' || typeof SecretAccessKey !== 'string' || typeof Token !== 'string' || !AccessKeyId || !SecretAccessKey || Number.isNaN(expiration)) {
-      throw new KmsError('ERR_KMS_CREDENTIALS', `the credentials answer from ${formatAddress(address)} lacks AccessKeyId, SecretAccessKey, Token or Expiration`);
+    if (
+      typeof AccessKeyId !== 'string' ||
+      typeof SecretAccessKey !== 'string' ||
+      typeof Token !== 'string' ||
+      !AccessKeyId ||
+      !SecretAccessKey ||
+      Number.isNaN(expiration)
+    ) {
+      throw new KmsError(
+        'ERR_KMS_CREDENTIALS',
+        `the credentials answer from ${formatAddress(address)} lacks AccessKeyId, SecretAccessKey, Token or Expiration`,
+      );
     }
-    if (expiration <= now()) throw new KmsError('ERR_KMS_CREDENTIALS', 'the host gave credentials that have already expired');
-    const credentials = { accessKeyId: AccessKeyId, secretAccessKey: SecretAccessKey, sessionToken: Token || undefined };
+    if (expiration <= now())
+      throw new KmsError('ERR_KMS_CREDENTIALS', 'the host gave credentials that have already expired');
+    const credentials = {
+      accessKeyId: AccessKeyId,
+      secretAccessKey: SecretAccessKey,
+      sessionToken: Token || undefined,
+    };
     cached = { credentials, expiration };
     return credentials;
   };
@@ -51,15 +72,28 @@ async function ask(address: Address, timeoutMs: number): Promise<string> {
   try {
     socket = await connect(address, { timeoutMs });
   } catch (error) {
-    throw new KmsError('ERR_KMS_CREDENTIALS', `the host's credentials server at ${formatAddress(address)} could not be reached: ${(error as { code?: string }).code ?? 'failed'}`, { cause: error });
+    throw new KmsError(
+      'ERR_KMS_CREDENTIALS',
+      `the host's credentials server at ${formatAddress(address)} could not be reached: ${errorCode(error) ?? 'failed'}`,
+      { cause: error },
+    );
   }
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
-    const timer = setTimeout(() => socket.destroy(new KmsError('ERR_KMS_CREDENTIALS', `no credentials from ${formatAddress(address)} within ${timeoutMs} ms`)), timeoutMs);
+    const timer = setTimeout(
+      () =>
+        socket.destroy(
+          new KmsError('ERR_KMS_CREDENTIALS', `no credentials from ${formatAddress(address)} within ${timeoutMs} ms`),
+        ),
+      timeoutMs,
+    );
     socket.on('data', (chunk: Buffer) => {
       size += chunk.length;
-      if (size > MAX_ANSWER_BYTES) return void socket.destroy(new KmsError('ERR_KMS_CREDENTIALS', `the credentials answer is larger than ${MAX_ANSWER_BYTES} bytes`));
+      if (size > MAX_ANSWER_BYTES)
+        return void socket.destroy(
+          new KmsError('ERR_KMS_CREDENTIALS', `the credentials answer is larger than ${MAX_ANSWER_BYTES} bytes`),
+        );
       chunks.push(chunk);
     });
     socket.once('end', () => {
@@ -69,7 +103,13 @@ async function ask(address: Address, timeoutMs: number): Promise<string> {
     });
     socket.once('error', (error) => {
       clearTimeout(timer);
-      reject(error instanceof KmsError ? error : new KmsError('ERR_KMS_CREDENTIALS', `the credentials connection failed: ${(error as { code?: string }).code ?? 'error'}`, { cause: error }));
+      reject(
+        error instanceof KmsError
+          ? error
+          : new KmsError('ERR_KMS_CREDENTIALS', `the credentials connection failed: ${errorCode(error) ?? 'error'}`, {
+              cause: error,
+            }),
+      );
     });
     socket.end();
   });

@@ -9,9 +9,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Hash } from '@smithy/core/serde';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { request, type Dispatcher } from 'undici';
-import { silentLogger, type Logger } from '../log.js';
+import { silentLogger, type Logger } from '../core/log.js';
 import { KmsError } from './kms-error.js';
-import { backoffDelay } from '../backoff.js';
+import { backoffDelay } from '../core/backoff.js';
 
 /** KMS answers are a few KiB (a 4 KiB plaintext in CMS, base64); anything bigger is not KMS. */
 export const KMS_MAX_RESPONSE_BYTES = 256 * 1024;
@@ -107,7 +107,10 @@ export class KmsClient {
 
   constructor(options: KmsClientOptions) {
     if (!/^[a-z]{2}(-[a-z0-9]+){1,3}-\d{1,2}$/.test(options.region)) {
-      throw new KmsError('ERR_KMS_CONFIG', `the KMS region ${JSON.stringify(options.region.slice(0, 40))} is not an AWS region name like "us-east-1"`);
+      throw new KmsError(
+        'ERR_KMS_CONFIG',
+        `the KMS region ${JSON.stringify(options.region.slice(0, 40))} is not an AWS region name like "us-east-1"`,
+      );
     }
     this.region = options.region;
     this.endpoint = kmsEndpoint(options.endpoint ?? `https://kms.${options.region}.amazonaws.com`);
@@ -120,7 +123,8 @@ export class KmsClient {
       };
     } else {
       const { accessKeyId, secretAccessKey, sessionToken } = given;
-      if (!accessKeyId || !secretAccessKey) throw new KmsError('ERR_KMS_CONFIG', 'KMS credentials need both an access key id and a secret access key');
+      if (!accessKeyId || !secretAccessKey)
+        throw new KmsError('ERR_KMS_CONFIG', 'KMS credentials need both an access key id and a secret access key');
       credentials = { accessKeyId, secretAccessKey, ...(sessionToken ? { sessionToken } : {}) };
     }
     this.#signer = new SignatureV4({
@@ -138,7 +142,9 @@ export class KmsClient {
   /** KMS Decrypt; with a recipient the plaintext comes back only as CMS for that key. */
   async decrypt(input: DecryptRequest): Promise<DecryptResult> {
     if (input.ciphertextBlob.byteLength === 0 || input.ciphertextBlob.byteLength > KMS_MAX_CIPHERTEXT_BYTES) {
-      throw new RangeError(`a KMS ciphertext blob is 1 to ${KMS_MAX_CIPHERTEXT_BYTES} bytes, got ${input.ciphertextBlob.byteLength}`);
+      throw new RangeError(
+        `a KMS ciphertext blob is 1 to ${KMS_MAX_CIPHERTEXT_BYTES} bytes, got ${input.ciphertextBlob.byteLength}`,
+      );
     }
     const answer = await this.#call('Decrypt', {
       CiphertextBlob: base64(input.ciphertextBlob),
@@ -151,7 +157,10 @@ export class KmsClient {
 
   /** KMS GenerateDataKey: a new data key, its KMS-encrypted copy, and (with a recipient) the key as CMS. */
   async generateDataKey(input: GenerateDataKeyRequest): Promise<GenerateDataKeyResult> {
-    const size = input.numberOfBytes === undefined ? { KeySpec: input.keySpec ?? 'AES_256' } : { NumberOfBytes: bounded(input.numberOfBytes, 32, 1, 1024, 'numberOfBytes') };
+    const size =
+      input.numberOfBytes === undefined
+        ? { KeySpec: input.keySpec ?? 'AES_256' }
+        : { NumberOfBytes: bounded(input.numberOfBytes, 32, 1, 1024, 'numberOfBytes') };
     const answer = await this.#call('GenerateDataKey', {
       KeyId: input.keyId,
       ...size,
@@ -167,7 +176,10 @@ export class KmsClient {
 
   /** KMS GenerateRandom: 1 to 1024 random bytes from KMS's HSMs, as CMS for the recipient when given. */
   async generateRandom(input: GenerateRandomRequest): Promise<KmsSecretAnswer> {
-    const answer = await this.#call('GenerateRandom', { NumberOfBytes: bounded(input.numberOfBytes, 32, 1, 1024, 'numberOfBytes'), ...recipient(input.recipient) });
+    const answer = await this.#call('GenerateRandom', {
+      NumberOfBytes: bounded(input.numberOfBytes, 32, 1, 1024, 'numberOfBytes'),
+      ...recipient(input.recipient),
+    });
     return secretAnswer(answer, input.recipient !== undefined);
   }
 
@@ -179,7 +191,10 @@ export class KmsClient {
       } catch (error) {
         if (!(error instanceof KmsError) || !isRetryable(error) || attempt >= this.#maxAttempts) throw error;
         const delayMs = backoffDelay(attempt, BACKOFF_BASE_MS, BACKOFF_CAP_MS);
-        this.#logger.debug({ operation, attempt, code: error.code, kmsCode: error.kmsCode, status: error.status, delayMs }, 'KMS call failed; retrying');
+        this.#logger.debug(
+          { operation, attempt, code: error.code, kmsCode: error.kmsCode, status: error.status, delayMs },
+          'KMS call failed; retrying',
+        );
         await sleep(delayMs);
       }
     }
@@ -195,7 +210,11 @@ export class KmsClient {
       ...(url.port ? { port: Number(url.port) } : {}),
       path: url.pathname,
       query: {},
-      headers: { host: url.host, 'content-type': 'application/x-amz-json-1.1', 'x-amz-target': `TrentService.${operation}` },
+      headers: {
+        host: url.host,
+        'content-type': 'application/x-amz-json-1.1',
+        'x-amz-target': `TrentService.${operation}`,
+      },
       body,
     });
     let response: Dispatcher.ResponseData;
@@ -226,15 +245,26 @@ export class KmsClient {
     } catch {
       json = undefined;
     }
-    const fields = typeof json === 'object' && json !== null && !Array.isArray(json) ? (json as Record<string, unknown>) : undefined;
+    const fields =
+      typeof json === 'object' && json !== null && !Array.isArray(json) ? (json as Record<string, unknown>) : undefined;
     this.#logger.debug({ operation, status }, 'KMS answered');
     if (status >= 200 && status < 300) {
-      if (!fields) throw new KmsError('ERR_KMS_RESPONSE', `KMS ${operation} answered ${status} with a body that is not a JSON object`, { status });
+      if (!fields)
+        throw new KmsError(
+          'ERR_KMS_RESPONSE',
+          `KMS ${operation} answered ${status} with a body that is not a JSON object`,
+          { status },
+        );
       return fields;
     }
     const kmsCode = errorName(fields?.__type ?? firstHeader(response.headers['x-amzn-errortype']));
-    const message = typeof fields?.message === 'string' ? fields.message : typeof fields?.Message === 'string' ? fields.Message : '';
-    throw new KmsError('ERR_KMS_REQUEST', `KMS ${operation} refused (${kmsCode ?? `HTTP ${status}`})${message ? `: ${message}` : ''}`, { kmsCode, status });
+    const message =
+      typeof fields?.message === 'string' ? fields.message : typeof fields?.Message === 'string' ? fields.Message : '';
+    throw new KmsError(
+      'ERR_KMS_REQUEST',
+      `KMS ${operation} refused (${kmsCode ?? `HTTP ${status}`})${message ? `: ${message}` : ''}`,
+      { kmsCode, status },
+    );
   }
 }
 
@@ -246,10 +276,14 @@ export function kmsEndpoint(value: string): URL {
   } catch {
     throw new KmsError('ERR_KMS_CONFIG', `the KMS endpoint ${JSON.stringify(value.slice(0, 80))} is not a URL`);
   }
-  if (url.username || url.password || url.search || url.hash) throw new KmsError('ERR_KMS_CONFIG', 'the KMS endpoint must not carry credentials, a query or a fragment');
+  if (url.username || url.password || url.search || url.hash)
+    throw new KmsError('ERR_KMS_CONFIG', 'the KMS endpoint must not carry credentials, a query or a fragment');
   if (url.protocol === 'https:') return url;
   if (url.protocol === 'http:' && isLoopback(url.hostname)) return url;
-  throw new KmsError('ERR_KMS_CONFIG', `the KMS endpoint must be https:// (plain http:// only to loopback), got ${url.protocol}//${url.host}`);
+  throw new KmsError(
+    'ERR_KMS_CONFIG',
+    `the KMS endpoint must be https:// (plain http:// only to loopback), got ${url.protocol}//${url.host}`,
+  );
 }
 
 function isLoopback(hostname: string): boolean {
@@ -260,13 +294,17 @@ function isRetryable(error: KmsError): boolean {
   // Credentials from the host count as part of the way to KMS: its server may be restarting.
   if (error.code === 'ERR_KMS_UNREACHABLE' || error.code === 'ERR_KMS_CREDENTIALS') return true;
   if (error.code !== 'ERR_KMS_REQUEST') return false;
-  return (error.kmsCode !== undefined && RETRYABLE_KMS_CODES.has(error.kmsCode)) || (error.status !== undefined && error.status >= 500);
+  return (
+    (error.kmsCode !== undefined && RETRYABLE_KMS_CODES.has(error.kmsCode)) ||
+    (error.status !== undefined && error.status >= 500)
+  );
 }
 
 function unreachable(url: URL, error: unknown): KmsError {
   if (error instanceof KmsError) return error;
   const cause = error as { code?: string; name?: string };
-  const why = cause.name === 'TimeoutError' || cause.name === 'AbortError' ? 'timed out' : (cause.code ?? cause.name ?? 'failed');
+  const why =
+    cause.name === 'TimeoutError' || cause.name === 'AbortError' ? 'timed out' : (cause.code ?? cause.name ?? 'failed');
   return new KmsError('ERR_KMS_UNREACHABLE', `KMS at ${url.host} could not be reached: ${why}`, { cause: error });
 }
 
@@ -298,7 +336,8 @@ function firstHeader(value: string | string[] | undefined): string | undefined {
 function secretAnswer(answer: Record<string, unknown>, withRecipient: boolean): KmsSecretAnswer {
   if (withRecipient) {
     // KMS never returns Plaintext with a Recipient; one that does is not the KMS we asked.
-    if (answer.Plaintext !== undefined && answer.Plaintext !== null) throw new KmsError('ERR_KMS_RESPONSE', 'KMS returned Plaintext although a Recipient was given');
+    if (answer.Plaintext !== undefined && answer.Plaintext !== null)
+      throw new KmsError('ERR_KMS_RESPONSE', 'KMS returned Plaintext although a Recipient was given');
     return { ciphertextForRecipient: blob(answer, 'CiphertextForRecipient', MAX_CIPHERTEXT_FOR_RECIPIENT_BYTES) };
   }
   return { plaintext: Buffer.from(blob(answer, 'Plaintext', KMS_MAX_CIPHERTEXT_BYTES)) };
@@ -306,7 +345,13 @@ function secretAnswer(answer: Record<string, unknown>, withRecipient: boolean): 
 
 function blob(answer: Record<string, unknown>, field: string, max: number): Uint8Array {
   const value = answer[field];
-  if (typeof value !== 'string' || value.length === 0 || value.length > Math.ceil(max / 3) * 4 || value.length % 4 !== 0 || !/^[A-Za-z0-9+/]+={0,2}$/.test(value)) {
+  if (
+    typeof value !== 'string' ||
+    value.length === 0 ||
+    value.length > Math.ceil(max / 3) * 4 ||
+    value.length % 4 !== 0 ||
+    !/^[A-Za-z0-9+/]+={0,2}$/.test(value)
+  ) {
     throw new KmsError('ERR_KMS_RESPONSE', `the KMS answer has no valid base64 ${field}`);
   }
   return new Uint8Array(Buffer.from(value, 'base64'));
@@ -319,12 +364,18 @@ function optionalString(answer: Record<string, unknown>, field: string): string 
 
 function recipient(value: KmsRecipient | undefined): Record<string, unknown> {
   if (value === undefined) return {};
-  return { Recipient: { AttestationDocument: base64(value.attestationDocument), KeyEncryptionAlgorithm: RECIPIENT_KEY_ENCRYPTION_ALGORITHM } };
+  return {
+    Recipient: {
+      AttestationDocument: base64(value.attestationDocument),
+      KeyEncryptionAlgorithm: RECIPIENT_KEY_ENCRYPTION_ALGORITHM,
+    },
+  };
 }
 
 function encryptionContext(value: Readonly<Record<string, string>> | undefined): Record<string, unknown> {
   if (value === undefined || Object.keys(value).length === 0) return {};
-  if (Object.keys(value).length > MAX_ENCRYPTION_CONTEXT_PAIRS) throw new RangeError(`an encryption context has at most ${MAX_ENCRYPTION_CONTEXT_PAIRS} pairs`);
+  if (Object.keys(value).length > MAX_ENCRYPTION_CONTEXT_PAIRS)
+    throw new RangeError(`an encryption context has at most ${MAX_ENCRYPTION_CONTEXT_PAIRS} pairs`);
   return { EncryptionContext: { ...value } };
 }
 
@@ -334,6 +385,7 @@ function base64(bytes: Uint8Array): string {
 
 function bounded(value: number | undefined, fallback: number, min: number, max: number, name: string): number {
   if (value === undefined) return fallback;
-  if (!Number.isInteger(value) || value < min || value > max) throw new RangeError(`${name} must be an integer from ${min} to ${max}, got ${value}`);
+  if (!Number.isInteger(value) || value < min || value > max)
+    throw new RangeError(`${name} must be an integer from ${min} to ${max}, got ${value}`);
   return value;
 }

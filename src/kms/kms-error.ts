@@ -1,4 +1,4 @@
-import { RuntimeError } from '../errors.js';
+import { RuntimeError } from '../core/errors.js';
 
 export type KmsErrorCode =
   /** KMS answered with an error; `kmsCode` is its exception name (AccessDeniedException, ...). */
@@ -23,7 +23,11 @@ export class KmsError extends RuntimeError {
   /** The HTTP status, when there was an answer. */
   readonly status: number | undefined;
 
-  constructor(code: KmsErrorCode, message: string, options?: { cause?: unknown; kmsCode?: string | undefined; status?: number | undefined }) {
+  constructor(
+    code: KmsErrorCode,
+    message: string,
+    options?: { cause?: unknown; kmsCode?: string | undefined; status?: number | undefined },
+  ) {
     super(code, clean(message), options?.cause === undefined ? undefined : { cause: options.cause });
     this.kmsCode = options?.kmsCode;
     this.status = options?.status;

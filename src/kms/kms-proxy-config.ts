@@ -1,12 +1,16 @@
 import type { Nsm } from '../attestation/nsm.js';
 import type { RuntimeConfig } from '../config/schema.js';
-import type { Logger } from '../log.js';
+import type { Logger } from '../core/log.js';
 import { KmsClient } from './kms-client.js';
 import { startKmsProxy, type KmsProxy } from './kms-proxy.js';
 import { kmsDispatcher, kmsSettings } from './kms-settings.js';
 
 /** The KMS proxy as [kms] configures it: the same client, credentials and way out as the boot secrets. */
-export async function startKmsProxyFromConfig(config: Pick<RuntimeConfig, 'kms' | 'egress'>, nsm: Nsm, logger: Logger): Promise<KmsProxy> {
+export async function startKmsProxyFromConfig(
+  config: Pick<RuntimeConfig, 'kms' | 'egress'>,
+  nsm: Nsm,
+  logger: Logger,
+): Promise<KmsProxy> {
   const dispatcher = kmsDispatcher(config);
   try {
     const kms = new KmsClient({ ...kmsSettings(config.kms), dispatcher, logger });

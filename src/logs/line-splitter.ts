@@ -10,7 +10,8 @@ export class LineSplitter {
   #size = 0;
 
   constructor(maxBytes: number, onLine: (line: string, partial: boolean) => void) {
-    if (!Number.isInteger(maxBytes) || maxBytes < 4) throw new RangeError(`a line holds at least 4 bytes (one UTF-8 character), got ${maxBytes}`);
+    if (!Number.isInteger(maxBytes) || maxBytes < 4)
+      throw new RangeError(`a line holds at least 4 bytes (one UTF-8 character), got ${maxBytes}`);
     this.#maxBytes = maxBytes;
     this.#onLine = onLine;
   }

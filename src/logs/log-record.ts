@@ -34,7 +34,12 @@ export function parseLogRecord(text: string): LogRecord | undefined {
   }
   if (typeof value !== 'object' || value === null || Array.isArray(value)) return undefined;
   const { source, stream, line, time, partial } = value as Record<string, unknown>;
-  if ((source !== 'runtime' && source !== 'app') || (stream !== 'stdout' && stream !== 'stderr') || typeof line !== 'string') return undefined;
+  if (
+    (source !== 'runtime' && source !== 'app') ||
+    (stream !== 'stdout' && stream !== 'stderr') ||
+    typeof line !== 'string'
+  )
+    return undefined;
   if (typeof time !== 'number' || !Number.isFinite(time)) return undefined;
   return { source, stream, line, time, ...(partial === true ? { partial } : {}) };
 }

@@ -7,12 +7,13 @@
  */
 import { writeSync } from 'node:fs';
 import type { Duplex } from 'node:stream';
-import { formatAddress, type Address } from '../bridge/address.js';
-import { connect } from '../bridge/transport.js';
-import type { Logger } from '../log.js';
+import { formatAddress, type Address } from '../net/address.js';
+import { connect } from '../net/transport.js';
+import type { Logger } from '../core/log.js';
 import type { MetricsRegistry } from '../metrics/registry.js';
 import { LineSplitter } from './line-splitter.js';
 import { encodeLogRecord, type LogSource, type LogStream } from './log-record.js';
+import { errorCode } from '../core/errors.js';
 
 export interface LogRelayOptions {
   address: Address;
@@ -71,13 +72,25 @@ export class LogRelay {
 
   constructor(options: LogRelayOptions) {
     this.address = options.address;
-    this.#options = { connectTimeoutMs: 5_000, minBackoffMs: 100, maxBackoffMs: 5_000, reportIntervalMs: 60_000, echo: true, ...options };
+    this.#options = {
+      connectTimeoutMs: 5_000,
+      minBackoffMs: 100,
+      maxBackoffMs: 5_000,
+      reportIntervalMs: 60_000,
+      echo: true,
+      ...options,
+    };
     this.#reportTimer = setInterval(() => this.#report(), this.#options.reportIntervalMs).unref();
     this.#loop = this.#run();
   }
 
   get stats(): LogRelayStats {
-    return { sent: this.#sent, dropped: this.#dropped, queued: this.#queue.length - this.#head, connected: this.#socket !== undefined };
+    return {
+      sent: this.#sent,
+      dropped: this.#dropped,
+      queued: this.#queue.length - this.#head,
+      connected: this.#socket !== undefined,
+    };
   }
 
   /** Where the drop reports and connection changes are logged (the logger may itself write through this relay). */
@@ -93,7 +106,9 @@ export class LogRelay {
       this.#dropped++;
       return;
     }
-    this.#queue.push(encodeLogRecord({ source, stream, line, time: Date.now(), ...(partial ? { partial: true as const } : {}) }));
+    this.#queue.push(
+      encodeLogRecord({ source, stream, line, time: Date.now(), ...(partial ? { partial: true as const } : {}) }),
+    );
     if (this.#writable) this.#flush();
   }
 
@@ -126,7 +141,10 @@ export class LogRelay {
    * on them), echoed to the runtime's own stdout/stderr while those keep up, and relayed per line.
    */
   attachChild(stdout: NodeJS.ReadableStream | null, stderr: NodeJS.ReadableStream | null): void {
-    for (const [stream, name, echo] of [[stdout, 'stdout', process.stdout], [stderr, 'stderr', process.stderr]] as const) {
+    for (const [stream, name, echo] of [
+      [stdout, 'stdout', process.stdout],
+      [stderr, 'stderr', process.stderr],
+    ] as const) {
       if (!stream) continue;
       const splitter = this.lineSplitter('app', name);
       stream.on('data', (chunk: Buffer) => {
@@ -211,7 +229,11 @@ export class LogRelay {
       try {
         socket = await connect(this.#options.address, { timeoutMs: this.#options.connectTimeoutMs });
       } catch (error) {
-        if (wasConnected) this.#logger?.warn({ relay: formatAddress(this.address), code: (error as { code?: string }).code }, 'log relay lost the host; retrying');
+        if (wasConnected)
+          this.#logger?.warn(
+            { relay: formatAddress(this.address), code: errorCode(error) },
+            'log relay lost the host; retrying',
+          );
         wasConnected = false;
         await this.#sleep(backoffMs);
         backoffMs = Math.min(this.#options.maxBackoffMs, backoffMs * 2);
@@ -297,20 +319,30 @@ export class LogRelay {
   #report(): void {
     const dropped = this.#dropped;
     if (dropped === this.#reported) return;
-    this.#logger?.warn({ relay: formatAddress(this.address), dropped: dropped - this.#reported, droppedTotal: dropped }, 'log relay dropped lines (the host was slow or away)');
+    this.#logger?.warn(
+      { relay: formatAddress(this.address), dropped: dropped - this.#reported, droppedTotal: dropped },
+      'log relay dropped lines (the host was slow or away)',
+    );
     this.#reported = dropped;
   }
 }
 
 /** enclave_log_relay_* series, read at scrape time. */
 export function registerLogRelayMetrics(registry: MetricsRegistry, relay: LogRelay): void {
-  registry.collected('enclave_log_relay_lines_total', 'lines of runtime logs and app output for the log relay, by outcome (sent, dropped)', 'counter', () => {
-    const { sent, dropped } = relay.stats;
-    return [
-      { labels: { outcome: 'sent' }, value: sent },
-      { labels: { outcome: 'dropped' }, value: dropped },
-    ];
-  });
+  registry.collected(
+    'enclave_log_relay_lines_total',
+    'lines of runtime logs and app output for the log relay, by outcome (sent, dropped)',
+    'counter',
+    () => {
+      const { sent, dropped } = relay.stats;
+      return [
+        { labels: { outcome: 'sent' }, value: sent },
+        { labels: { outcome: 'dropped' }, value: dropped },
+      ];
+    },
+  );
   registry.collected('enclave_log_relay_queued_lines', 'lines waiting for the host', 'gauge', () => relay.stats.queued);
-  registry.collected('enclave_log_relay_connected', '1 while the log relay is connected to the host', 'gauge', () => (relay.stats.connected ? 1 : 0));
+  registry.collected('enclave_log_relay_connected', '1 while the log relay is connected to the host', 'gauge', () =>
+    relay.stats.connected ? 1 : 0,
+  );
 }

@@ -3,7 +3,7 @@
  * (EgressCounters); those are read at scrape time. Refusal reasons are open-ended, so they are
  * counted here from the egress code's `egressRefused` diagnostics channel.
  */
-import { channels, type EgressRefusal } from '../diagnostics.js';
+import { channels, type EgressRefusal } from '../core/diagnostics.js';
 import type { EgressCounters } from '../egress/egress-audit.js';
 import type { MetricsRegistry, Sample } from './registry.js';
 
@@ -28,18 +28,26 @@ function countEgressRefusal({ path, reason }: EgressRefusal): void {
 channels.egressRefused.subscribe(countEgressRefusal);
 
 /** Registers enclave_egress_decisions_total (from `counters()`) and enclave_egress_refusals_total (the hook). */
-export function registerEgressMetrics(registry: MetricsRegistry, counters: () => Readonly<EgressCounters> | undefined): void {
-  registry.collected('enclave_egress_decisions_total', 'egress DNS questions, connections and proxy requests by path and outcome', 'counter', () => {
-    const current = counters();
-    if (current === undefined) return undefined;
-    const samples: Sample[] = [];
-    for (const [path, allowed, refused, failed] of PATHS) {
-      samples.push({ labels: { path, outcome: 'allowed' }, value: current[allowed] });
-      samples.push({ labels: { path, outcome: 'refused' }, value: current[refused] });
-      samples.push({ labels: { path, outcome: 'failed' }, value: current[failed] });
-    }
-    return samples;
-  });
+export function registerEgressMetrics(
+  registry: MetricsRegistry,
+  counters: () => Readonly<EgressCounters> | undefined,
+): void {
+  registry.collected(
+    'enclave_egress_decisions_total',
+    'egress DNS questions, connections and proxy requests by path and outcome',
+    'counter',
+    () => {
+      const current = counters();
+      if (current === undefined) return undefined;
+      const samples: Sample[] = [];
+      for (const [path, allowed, refused, failed] of PATHS) {
+        samples.push({ labels: { path, outcome: 'allowed' }, value: current[allowed] });
+        samples.push({ labels: { path, outcome: 'refused' }, value: current[refused] });
+        samples.push({ labels: { path, outcome: 'failed' }, value: current[failed] });
+      }
+      return samples;
+    },
+  );
   registry.collected('enclave_egress_refusals_total', 'egress refusals by path and reason', 'counter', () =>
     [...refusals].map(([key, value]) => {
       const [path, reason] = JSON.parse(key) as [string, string];
@@ -47,4 +55,3 @@ export function registerEgressMetrics(registry: MetricsRegistry, counters: () =>
     }),
   );
 }
-

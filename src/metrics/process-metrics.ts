@@ -17,10 +17,22 @@ export function registerProcessMetrics(registry: MetricsRegistry): () => void {
   lag.enable();
   const startSeconds = Math.round((Date.now() - process.uptime() * 1000) / 1000);
 
-  registry.collected('process_resident_memory_bytes', 'resident set size in bytes', 'gauge', () => process.memoryUsage.rss());
+  registry.collected('process_resident_memory_bytes', 'resident set size in bytes', 'gauge', () =>
+    process.memoryUsage.rss(),
+  );
   registry.collected('process_heap_bytes', 'V8 heap in use, in bytes', 'gauge', () => process.memoryUsage().heapUsed);
-  registry.collected('process_open_fds', 'open file descriptors (left out when /proc is not mounted)', 'gauge', openFds);
-  registry.collected('process_start_time_seconds', 'start time of the process, in unix seconds', 'gauge', () => startSeconds);
+  registry.collected(
+    'process_open_fds',
+    'open file descriptors (left out when /proc is not mounted)',
+    'gauge',
+    openFds,
+  );
+  registry.collected(
+    'process_start_time_seconds',
+    'start time of the process, in unix seconds',
+    'gauge',
+    () => startSeconds,
+  );
   // Percentiles since the previous scrape, then reset, so a stall shows up once and then ages out.
   const snapshot = { at: -1, p50: 0, p99: 0, max: 0, mean: 0 };
   let scrapes = 0;
@@ -37,14 +49,34 @@ export function registerProcessMetrics(registry: MetricsRegistry): () => void {
     }
     return snapshot;
   };
-  registry.collected('nodejs_eventloop_lag_p50_seconds', 'median event loop delay since the previous scrape', 'gauge', () => read().p50);
-  registry.collected('nodejs_eventloop_lag_p99_seconds', '99th percentile event loop delay since the previous scrape', 'gauge', () => read().p99);
-  registry.collected('nodejs_eventloop_lag_max_seconds', 'longest event loop delay since the previous scrape', 'gauge', () => read().max);
-  registry.collected('nodejs_eventloop_lag_mean_seconds', 'mean event loop delay since the previous scrape', 'gauge', () => {
-    const { mean } = read();
-    scrapes++;
-    return mean;
-  });
+  registry.collected(
+    'nodejs_eventloop_lag_p50_seconds',
+    'median event loop delay since the previous scrape',
+    'gauge',
+    () => read().p50,
+  );
+  registry.collected(
+    'nodejs_eventloop_lag_p99_seconds',
+    '99th percentile event loop delay since the previous scrape',
+    'gauge',
+    () => read().p99,
+  );
+  registry.collected(
+    'nodejs_eventloop_lag_max_seconds',
+    'longest event loop delay since the previous scrape',
+    'gauge',
+    () => read().max,
+  );
+  registry.collected(
+    'nodejs_eventloop_lag_mean_seconds',
+    'mean event loop delay since the previous scrape',
+    'gauge',
+    () => {
+      const { mean } = read();
+      scrapes++;
+      return mean;
+    },
+  );
   return () => lag.disable();
 }
 

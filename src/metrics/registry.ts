@@ -30,7 +30,9 @@ const METRIC_NAME = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/;
 const LABEL_NAME = /^[a-zA-Z_][a-zA-Z0-9_]*$/;
 
 /** Buckets (seconds) for durations from a millisecond to ten seconds. */
-export const DURATION_BUCKETS: readonly number[] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+export const DURATION_BUCKETS: readonly number[] = [
+  0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+];
 
 class Series<T> {
   readonly #byKey = new Map<string, { labels: Labels; value: T }>();
@@ -54,7 +56,10 @@ class Series<T> {
         this.onDropped();
         return undefined;
       }
-      entry = { labels: Object.fromEntries(this.labelNames.map((name, i) => [name, values[i] as string])), value: this.initial() };
+      entry = {
+        labels: Object.fromEntries(this.labelNames.map((name, i) => [name, values[i] as string])),
+        value: this.initial(),
+      };
       this.#byKey.set(key, entry);
     }
     return entry.value;
@@ -128,7 +133,9 @@ export class Histogram implements Metric {
   samples(): Sample[] {
     const out: Sample[] = [];
     for (const { labels, value } of this.#series.entries()) {
-      this.buckets.forEach((le, i) => out.push({ suffix: '_bucket', labels: { ...labels, le: formatValue(le) }, value: value.counts[i] as number }));
+      this.buckets.forEach((le, i) =>
+        out.push({ suffix: '_bucket', labels: { ...labels, le: formatValue(le) }, value: value.counts[i] as number }),
+      );
       out.push({ suffix: '_bucket', labels: { ...labels, le: '+Inf' }, value: value.count });
       out.push({ suffix: '_sum', labels, value: value.sum });
       out.push({ suffix: '_count', labels, value: value.count });
@@ -159,7 +166,12 @@ export class MetricsRegistry {
   #dropped = 0;
 
   constructor() {
-    this.collected('enclave_metrics_series_dropped_total', 'label sets not recorded because a metric held too many', 'counter', () => this.#dropped);
+    this.collected(
+      'enclave_metrics_series_dropped_total',
+      'label sets not recorded because a metric held too many',
+      'counter',
+      () => this.#dropped,
+    );
   }
 
   /** A counter the caller increments. */
@@ -168,12 +180,22 @@ export class MetricsRegistry {
   }
 
   /** A histogram the caller observes into. */
-  histogram(name: string, help: string, buckets: readonly number[] = DURATION_BUCKETS, labelNames: readonly string[] = []): Histogram {
+  histogram(
+    name: string,
+    help: string,
+    buckets: readonly number[] = DURATION_BUCKETS,
+    labelNames: readonly string[] = [],
+  ): Histogram {
     return this.#add(new Histogram(name, help, buckets, checkLabels(labelNames), () => this.#dropped++));
   }
 
   /** A gauge or counter read from `collect` at scrape time; undefined leaves it out of that scrape. */
-  collected(name: string, help: string, type: 'counter' | 'gauge', collect: () => number | readonly Sample[] | undefined): void {
+  collected(
+    name: string,
+    help: string,
+    type: 'counter' | 'gauge',
+    collect: () => number | readonly Sample[] | undefined,
+  ): void {
     this.#add(new Collected(name, help, type, collect));
   }
 
@@ -194,7 +216,8 @@ export class MetricsRegistry {
         continue;
       }
       lines.push(`# HELP ${metric.name} ${escapeHelp(metric.help)}`, `# TYPE ${metric.name} ${metric.type}`);
-      for (const sample of samples) lines.push(`${metric.name}${sample.suffix ?? ''}${formatLabels(sample.labels)} ${formatValue(sample.value)}`);
+      for (const sample of samples)
+        lines.push(`${metric.name}${sample.suffix ?? ''}${formatLabels(sample.labels)} ${formatValue(sample.value)}`);
     }
     return `${lines.join('\n')}\n`;
   }
@@ -208,7 +231,8 @@ export class MetricsRegistry {
 }
 
 function checkLabels(names: readonly string[]): readonly string[] {
-  for (const name of names) if (!LABEL_NAME.test(name) || name.startsWith('__')) throw new Error(`bad label name "${name}"`);
+  for (const name of names)
+    if (!LABEL_NAME.test(name) || name.startsWith('__')) throw new Error(`bad label name "${name}"`);
   return names;
 }
 

@@ -5,9 +5,9 @@
 import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
 import type { Nsm } from '../attestation/nsm.js';
-import type { Ingress, StreamTerminator } from '../bridge/ingress.js';
+import type { Ingress, StreamTerminator } from '../ingress/ingress.js';
 import type { EgressCounters } from '../egress/egress-audit.js';
-import type { HealthReport } from '../health.js';
+import type { HealthReport } from './health.js';
 import { registerEgressMetrics } from './egress-metrics.js';
 import { registerProcessMetrics } from './process-metrics.js';
 import { MetricsRegistry, type Counter, type Histogram } from './registry.js';
@@ -32,29 +32,72 @@ export class RuntimeMetrics {
 
   constructor(info: { version: string; mode: string }) {
     const r = this.registry;
-    r.collected('enclave_runtime_info', 'the runtime version and mode (always 1)', 'gauge', () => [{ labels: info, value: 1 }]);
-    r.collected('enclave_ingress_connections_accepted_total', 'ingress connections accepted', 'counter', () => this.#ingress?.stats.accepted ?? 0);
-    r.collected('enclave_ingress_connections_active', 'ingress connections open now', 'gauge', () => this.#ingress?.stats.active ?? 0);
-    r.collected('enclave_ingress_connections_refused_total', 'ingress connections closed without reaching the app, by reason', 'counter', () => {
-      const stats = this.#ingress?.stats;
-      return [
-        { labels: { reason: 'max_connections' }, value: stats?.refusedOverCap ?? 0 },
-        { labels: { reason: 'bad_proxy_header' }, value: stats?.badProxyHeader ?? 0 },
-        { labels: { reason: 'app_unreachable' }, value: stats?.appUnreachable ?? 0 },
-      ];
-    });
-    this.#handshakes = r.counter('enclave_tls_handshakes_total', 'TLS handshakes on ingress by result (ok, failed)', ['result']);
-    this.#handshakeSeconds = r.histogram('enclave_tls_handshake_duration_seconds', 'time from accepting to a finished TLS handshake');
-    this.#attestations = r.counter('enclave_attestation_requests_total', 'NSM attestation calls (API and certificates) by result (ok, error)', ['result']);
-    this.#attestationSeconds = r.histogram('enclave_attestation_duration_seconds', 'time one NSM attestation call takes');
+    r.collected('enclave_runtime_info', 'the runtime version and mode (always 1)', 'gauge', () => [
+      { labels: info, value: 1 },
+    ]);
+    r.collected(
+      'enclave_ingress_connections_accepted_total',
+      'ingress connections accepted',
+      'counter',
+      () => this.#ingress?.stats.accepted ?? 0,
+    );
+    r.collected(
+      'enclave_ingress_connections_active',
+      'ingress connections open now',
+      'gauge',
+      () => this.#ingress?.stats.active ?? 0,
+    );
+    r.collected(
+      'enclave_ingress_connections_refused_total',
+      'ingress connections closed without reaching the app, by reason',
+      'counter',
+      () => {
+        const stats = this.#ingress?.stats;
+        return [
+          { labels: { reason: 'max_connections' }, value: stats?.refusedOverCap ?? 0 },
+          { labels: { reason: 'bad_proxy_header' }, value: stats?.badProxyHeader ?? 0 },
+          { labels: { reason: 'app_unreachable' }, value: stats?.appUnreachable ?? 0 },
+        ];
+      },
+    );
+    this.#handshakes = r.counter('enclave_tls_handshakes_total', 'TLS handshakes on ingress by result (ok, failed)', [
+      'result',
+    ]);
+    this.#handshakeSeconds = r.histogram(
+      'enclave_tls_handshake_duration_seconds',
+      'time from accepting to a finished TLS handshake',
+    );
+    this.#attestations = r.counter(
+      'enclave_attestation_requests_total',
+      'NSM attestation calls (API and certificates) by result (ok, error)',
+      ['result'],
+    );
+    this.#attestationSeconds = r.histogram(
+      'enclave_attestation_duration_seconds',
+      'time one NSM attestation call takes',
+    );
     registerEgressMetrics(r, () => this.#egress);
     r.collected('enclave_health_up', 'each part of /health: 1 ok, 0 not', 'gauge', () => {
       const report = this.#health?.();
-      return report ? Object.entries(report.parts).map(([part, health]) => ({ labels: { part }, value: health.ok ? 1 : 0 })) : undefined;
+      return report
+        ? Object.entries(report.parts).map(([part, health]) => ({ labels: { part }, value: health.ok ? 1 : 0 }))
+        : undefined;
     });
-    r.collected('enclave_app_restarts_total', "restarts of the customer's command", 'counter', () => this.#app?.().restarts ?? 0);
-    r.collected('enclave_app_running', "1 while the customer's command runs", 'gauge', () => (this.#app?.().running ? 1 : 0));
-    r.collected('enclave_init_orphans_reaped_total', 'orphaned processes reaped by the runtime as PID 1', 'counter', () => this.#orphans?.() ?? 0);
+    r.collected(
+      'enclave_app_restarts_total',
+      "restarts of the customer's command",
+      'counter',
+      () => this.#app?.().restarts ?? 0,
+    );
+    r.collected('enclave_app_running', "1 while the customer's command runs", 'gauge', () =>
+      this.#app?.().running ? 1 : 0,
+    );
+    r.collected(
+      'enclave_init_orphans_reaped_total',
+      'orphaned processes reaped by the runtime as PID 1',
+      'counter',
+      () => this.#orphans?.() ?? 0,
+    );
     this.#stopProcess = registerProcessMetrics(r);
   }
 

@@ -1,5 +1,5 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
-import { CHALLENGE_NONCE_BYTES } from './protocol.js';
+import { CHALLENGE_NONCE_BYTES } from '../wire/provisioner-protocol.js';
 import { ProvisionerRefusal } from './provisioner-error.js';
 
 export interface ChallengeBookOptions {
@@ -63,21 +63,40 @@ export class ChallengeBook {
   take(nonce: Uint8Array): void {
     const bytes = Buffer.from(nonce.buffer, nonce.byteOffset, nonce.byteLength);
     const now = this.#now();
-    if (bytes.byteLength !== CHALLENGE_NONCE_BYTES || !timingSafeEqual(this.#mac(bytes), bytes.subarray(SIGNED_BYTES))) {
-      throw new ProvisionerRefusal(403, 'ERR_PROVISIONER_CHALLENGE_UNKNOWN', 'the nonce is not an outstanding challenge of this provisioner (never issued here, or before it restarted); ask for a new one');
+    if (
+      bytes.byteLength !== CHALLENGE_NONCE_BYTES ||
+      !timingSafeEqual(this.#mac(bytes), bytes.subarray(SIGNED_BYTES))
+    ) {
+      throw new ProvisionerRefusal(
+        403,
+        'ERR_PROVISIONER_CHALLENGE_UNKNOWN',
+        'the nonce is not an outstanding challenge of this provisioner (never issued here, or before it restarted); ask for a new one',
+      );
     }
     const expiresAt = Number(bytes.readBigUInt64BE(0));
     if (expiresAt <= now) {
-      throw new ProvisionerRefusal(403, 'ERR_PROVISIONER_CHALLENGE_EXPIRED', `the challenge nonce expired ${now - expiresAt} ms ago (challenges last ${this.#ttlMs} ms); ask for a new one`);
+      throw new ProvisionerRefusal(
+        403,
+        'ERR_PROVISIONER_CHALLENGE_EXPIRED',
+        `the challenge nonce expired ${now - expiresAt} ms ago (challenges last ${this.#ttlMs} ms); ask for a new one`,
+      );
     }
     const key = bytes.toString('hex');
     if (this.#spent.has(key)) {
-      throw new ProvisionerRefusal(403, 'ERR_PROVISIONER_CHALLENGE_USED', 'the challenge nonce was already used: each challenge is accepted once (a replay?); ask for a new one');
+      throw new ProvisionerRefusal(
+        403,
+        'ERR_PROVISIONER_CHALLENGE_USED',
+        'the challenge nonce was already used: each challenge is accepted once (a replay?); ask for a new one',
+      );
     }
     if (this.#spent.size >= this.#maxSpent) this.#prune();
     if (this.#spent.size >= this.#maxSpent) {
       // Forgetting one would let it be replayed: refuse until some expire instead.
-      throw new ProvisionerRefusal(503, 'ERR_PROVISIONER_BUSY', `${this.#maxSpent} challenges were spent within the last ${this.#ttlMs} ms; retry shortly`);
+      throw new ProvisionerRefusal(
+        503,
+        'ERR_PROVISIONER_BUSY',
+        `${this.#maxSpent} challenges were spent within the last ${this.#ttlMs} ms; retry shortly`,
+      );
     }
     this.#spent.set(key, expiresAt);
   }

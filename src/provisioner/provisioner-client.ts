@@ -1,8 +1,16 @@
 import { request as httpRequest } from 'node:http';
-import { formatAddress, type Address } from '../bridge/address.js';
-import { connect, type TransportSocket } from '../bridge/transport.js';
-import { CHALLENGE_NONCE_BYTES, CHALLENGE_PATH, MAX_RESPONSE_BODY_BYTES, SIGN_PATH, type SignAnswer, type SignRequestBody } from './protocol.js';
+import { formatAddress, type Address } from '../net/address.js';
+import { connect, type TransportSocket } from '../net/transport.js';
+import {
+  CHALLENGE_NONCE_BYTES,
+  CHALLENGE_PATH,
+  MAX_RESPONSE_BODY_BYTES,
+  SIGN_PATH,
+  type SignAnswer,
+  type SignRequestBody,
+} from '../wire/provisioner-protocol.js';
 import { ProvisioningError } from './provisioner-error.js';
+import { errorCode } from '../core/errors.js';
 
 export interface ProvisionerClientOptions {
   /** Where the provisioner answers: the parent's relay (vsock:3:PORT) in an enclave, tcp in dev. */
@@ -34,7 +42,10 @@ export class ProvisionerClient {
   /** POST /challenge: a fresh single-use nonce for the attestation document. */
   async challenge(): Promise<ReceivedChallenge> {
     const answer = await this.#post(CHALLENGE_PATH, {}, 'a challenge');
-    const nonce = typeof answer.nonce === 'string' && new RegExp(`^[0-9a-f]{${CHALLENGE_NONCE_BYTES * 2}}$`).test(answer.nonce) ? answer.nonce : undefined;
+    const nonce =
+      typeof answer.nonce === 'string' && new RegExp(`^[0-9a-f]{${CHALLENGE_NONCE_BYTES * 2}}$`).test(answer.nonce)
+        ? answer.nonce
+        : undefined;
     const expires = typeof answer.expires === 'string' ? new Date(answer.expires) : undefined;
     if (nonce === undefined || expires === undefined || !Number.isFinite(expires.getTime())) {
       throw this.#badAnswer('its challenge is not {"nonce": "<64 hex digits>", "expires": "<ISO-8601>"}');
@@ -58,12 +69,26 @@ export class ProvisionerClient {
     try {
       socket = await connect(this.address, { timeoutMs: this.#timeoutMs });
     } catch (error) {
-      throw new ProvisioningError('ERR_PROVISIONING_UNREACHABLE', `cannot reach the provisioner at ${target}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, { cause: error });
+      throw new ProvisioningError(
+        'ERR_PROVISIONING_UNREACHABLE',
+        `cannot reach the provisioner at ${target}: ${errorCode(error) ?? (error as Error).message}`,
+        { cause: error },
+      );
     }
     const remainingMs = Math.max(1, this.#timeoutMs - (Date.now() - started));
-    const { status, text } = await exchange(socket, path, Buffer.from(JSON.stringify(body)), remainingMs, this.address).catch((error: unknown) => {
+    const { status, text } = await exchange(
+      socket,
+      path,
+      Buffer.from(JSON.stringify(body)),
+      remainingMs,
+      this.address,
+    ).catch((error: unknown) => {
       if (error instanceof ProvisioningError) throw error;
-      throw new ProvisioningError('ERR_PROVISIONING_UNREACHABLE', `the provisioner at ${target} did not answer POST ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, { cause: error });
+      throw new ProvisioningError(
+        'ERR_PROVISIONING_UNREACHABLE',
+        `the provisioner at ${target} did not answer POST ${path}: ${errorCode(error) ?? (error as Error).message}`,
+        { cause: error },
+      );
     });
     let parsed: unknown;
     try {
@@ -71,25 +96,41 @@ export class ProvisionerClient {
     } catch {
       parsed = undefined;
     }
-    const fields = typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed) ? (parsed as Record<string, unknown>) : undefined;
+    const fields =
+      typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed)
+        ? (parsed as Record<string, unknown>)
+        : undefined;
     if (status === 200 && fields) return fields;
     if (status !== 200 && fields && typeof fields.code === 'string' && typeof fields.error === 'string') {
       const code = fields.code.slice(0, 64);
-      throw new ProvisioningError('ERR_PROVISIONING_REFUSED', `the provisioner at ${target} refused ${what} (HTTP ${status}, ${code}): ${fields.error.slice(0, 512)}`, {
-        remoteCode: code,
-        status,
-      });
+      throw new ProvisioningError(
+        'ERR_PROVISIONING_REFUSED',
+        `the provisioner at ${target} refused ${what} (HTTP ${status}, ${code}): ${fields.error.slice(0, 512)}`,
+        {
+          remoteCode: code,
+          status,
+        },
+      );
     }
     throw this.#badAnswer(`POST ${path} answered HTTP ${status} without the JSON the protocol defines`);
   }
 
   #badAnswer(detail: string): ProvisioningError {
-    return new ProvisioningError('ERR_PROVISIONING_RESPONSE', `the provisioner at ${formatAddress(this.address)} is not speaking the provisioner protocol: ${detail}`);
+    return new ProvisioningError(
+      'ERR_PROVISIONING_RESPONSE',
+      `the provisioner at ${formatAddress(this.address)} is not speaking the provisioner protocol: ${detail}`,
+    );
   }
 }
 
 /** One POST over an open socket; resolves with the status and the (bounded) body text. */
-function exchange(socket: TransportSocket, path: string, payload: Buffer, timeoutMs: number, address: Address): Promise<{ status: number; text: string }> {
+function exchange(
+  socket: TransportSocket,
+  path: string,
+  payload: Buffer,
+  timeoutMs: number,
+  address: Address,
+): Promise<{ status: number; text: string }> {
   return new Promise((resolve, reject) => {
     const req = httpRequest({
       method: 'POST',
@@ -104,7 +145,10 @@ function exchange(socket: TransportSocket, path: string, payload: Buffer, timeou
         connection: 'close',
       },
     });
-    const timer = setTimeout(() => req.destroy(Object.assign(new Error(`no answer within ${timeoutMs} ms`), { code: 'ETIMEDOUT' })), timeoutMs);
+    const timer = setTimeout(
+      () => req.destroy(Object.assign(new Error(`no answer within ${timeoutMs} ms`), { code: 'ETIMEDOUT' })),
+      timeoutMs,
+    );
     const fail = (error: Error) => {
       clearTimeout(timer);
       socket.destroy();
@@ -118,7 +162,12 @@ function exchange(socket: TransportSocket, path: string, payload: Buffer, timeou
         size += chunk.byteLength;
         if (size > MAX_RESPONSE_BODY_BYTES) {
           res.destroy();
-          fail(new ProvisioningError('ERR_PROVISIONING_RESPONSE', `the provisioner at ${formatAddress(address)} answered with more than ${MAX_RESPONSE_BODY_BYTES} bytes`));
+          fail(
+            new ProvisioningError(
+              'ERR_PROVISIONING_RESPONSE',
+              `the provisioner at ${formatAddress(address)} answered with more than ${MAX_RESPONSE_BODY_BYTES} bytes`,
+            ),
+          );
           return;
         }
         chunks.push(chunk);

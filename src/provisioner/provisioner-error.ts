@@ -1,4 +1,4 @@
-import { RuntimeError } from '../errors.js';
+import { RuntimeError } from '../core/errors.js';
 
 /**
  * A request the provisioner refuses. `status` and `code` go to the client as `{error, code}`;
@@ -14,7 +14,8 @@ export class ProvisionerRefusal extends RuntimeError {
 }
 
 /** Why the enclave has no provisioned CA: refused (with the provisioner's reason), unreachable, or a bad answer. */
-export type ProvisioningErrorCode = 'ERR_PROVISIONING_REFUSED' | 'ERR_PROVISIONING_UNREACHABLE' | 'ERR_PROVISIONING_RESPONSE';
+export type ProvisioningErrorCode =
+  'ERR_PROVISIONING_REFUSED' | 'ERR_PROVISIONING_UNREACHABLE' | 'ERR_PROVISIONING_RESPONSE';
 
 /**
  * The enclave side of a failed provisioning. On a refusal, `remoteCode` and `status` are the
@@ -25,7 +26,11 @@ export class ProvisioningError extends RuntimeError {
   readonly remoteCode: string | undefined;
   readonly status: number | undefined;
 
-  constructor(code: ProvisioningErrorCode, message: string, details: { remoteCode?: string; status?: number; cause?: unknown } = {}) {
+  constructor(
+    code: ProvisioningErrorCode,
+    message: string,
+    details: { remoteCode?: string; status?: number; cause?: unknown } = {},
+  ) {
     super(code, message, details.cause === undefined ? undefined : { cause: details.cause });
     this.remoteCode = details.remoteCode;
     this.status = details.status;

@@ -4,14 +4,14 @@ import * as x509 from '@peculiar/x509';
 import { createHash } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { AttestationError } from '../attestation/attestation-error.js';
-import { resolveTrustedRoots } from '../attestation/root-store.js';
-import { checkPolicy, MAX_EXPECTED_PCR_SETS, verifyAttestation, type AttestationDocument } from '../attestation/verifier.js';
-import { formatAddress, type Address } from '../bridge/address.js';
-import { listen, type Listener } from '../bridge/transport.js';
-import { ConfigError, RuntimeError } from '../errors.js';
-import { readBody as readRequestBody, sendJson as sendJsonAnswer } from '../http-kit.js';
-import type { Logger } from '../log.js';
+import { AttestationError } from '../verify/attestation-error.js';
+import { resolveTrustedRoots } from '../verify/root-store.js';
+import { checkPolicy, MAX_EXPECTED_PCR_SETS, verifyAttestation, type AttestationDocument } from '../verify/verifier.js';
+import { formatAddress, type Address } from '../net/address.js';
+import { listen, type Listener } from '../net/transport.js';
+import { ConfigError, errorCode, RuntimeError } from '../core/errors.js';
+import { readBody as readRequestBody, sendJson as sendJsonAnswer } from '../core/http-kit.js';
+import type { Logger } from '../core/log.js';
 import { CertificateAuthority } from '../tls/certificate-authority.js';
 import { ChallengeBook } from './challenge-book.js';
 import {
@@ -25,7 +25,7 @@ import {
   type ChallengeAnswer,
   type RefusalBody,
   type SignAnswer,
-} from './protocol.js';
+} from '../wire/provisioner-protocol.js';
 import { ProvisionerRefusal } from './provisioner-error.js';
 import { SigningRequest } from './signing-request.js';
 
@@ -40,7 +40,8 @@ const CONNECTION_DEADLINE_MS = 30_000;
 const CLOSE_GRACE_MS = 2_000;
 const MAX_HEADER_BYTES = 16 * 1024;
 const MAX_LOGGED_PATH_CHARS = 128;
-const DNS_NAME = /^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
+const DNS_NAME =
+  /^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
 const SIGN_FIELDS: ReadonlySet<string> = new Set(['csr', 'attestation_doc', 'nonce']);
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
 const NONCE_HEX = new RegExp(`^[0-9a-f]{${CHALLENGE_NONCE_BYTES * 2}}$`);
@@ -104,7 +105,12 @@ export async function startProvisioner(options: ProvisionerOptions): Promise<Pro
   // Resolve the root now, so a missing or tampered root fails at start rather than on the first request.
   resolveTrustedRoots(attestationRoot);
 
-  const root = await CertificateAuthority.open(options.caDir, { logger, now, commonName: PROVISIONER_ROOT_NAME, pathLength: 1 });
+  const root = await CertificateAuthority.open(options.caDir, {
+    logger,
+    now,
+    commonName: PROVISIONER_ROOT_NAME,
+    pathLength: 1,
+  });
   checkRootCanSignIntermediates(root, options.caDir);
   const challenges = new ChallengeBook({
     ttlMs: options.challengeTtlMs ?? DEFAULT_CHALLENGE_TTL_MS,
@@ -116,7 +122,10 @@ export async function startProvisioner(options: ProvisionerOptions): Promise<Pro
     const path = (req.url ?? '/').split('?', 1)[0]!.slice(0, MAX_LOGGED_PATH_CHARS);
     route(req, res, path).catch((error: unknown) => {
       if (error instanceof ProvisionerRefusal) {
-        logger.warn({ path, code: error.code, reason: error.message, peer: peerOf(req) }, 'provisioner refused a request');
+        logger.warn(
+          { path, code: error.code, reason: error.message, peer: peerOf(req) },
+          'provisioner refused a request',
+        );
         sendJson(res, error.status, { error: error.message, code: error.code } satisfies RefusalBody);
         return;
       }
@@ -127,16 +136,27 @@ export async function startProvisioner(options: ProvisionerOptions): Promise<Pro
 
   async function route(req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
     if (path !== CHALLENGE_PATH && path !== SIGN_PATH) {
-      throw new ProvisionerRefusal(404, 'ERR_PROVISIONER_NOT_FOUND', `no route ${path}; the routes are POST ${CHALLENGE_PATH} and POST ${SIGN_PATH}`);
+      throw new ProvisionerRefusal(
+        404,
+        'ERR_PROVISIONER_NOT_FOUND',
+        `no route ${path}; the routes are POST ${CHALLENGE_PATH} and POST ${SIGN_PATH}`,
+      );
     }
     if (req.method !== 'POST') {
       res.setHeader('allow', 'POST');
-      throw new ProvisionerRefusal(405, 'ERR_PROVISIONER_METHOD', `${String(req.method).slice(0, 16)} is not allowed on ${path}; use POST`);
+      throw new ProvisionerRefusal(
+        405,
+        'ERR_PROVISIONER_METHOD',
+        `${String(req.method).slice(0, 16)} is not allowed on ${path}; use POST`,
+      );
     }
     const body = await readBody(req);
     if (path === CHALLENGE_PATH) {
       const challenge = challenges.issue();
-      sendJson(res, 200, { nonce: Buffer.from(challenge.nonce).toString('hex'), expires: new Date(challenge.expiresAt).toISOString() } satisfies ChallengeAnswer);
+      sendJson(res, 200, {
+        nonce: Buffer.from(challenge.nonce).toString('hex'),
+        expires: new Date(challenge.expiresAt).toISOString(),
+      } satisfies ChallengeAnswer);
       return;
     }
     const answer = await sign(parseSignRequest(body));
@@ -147,10 +167,15 @@ export async function startProvisioner(options: ProvisionerOptions): Promise<Pro
     // The document first: its signature and chain at the present time, and that it carries the nonce named.
     let document: AttestationDocument;
     try {
-      ({ document } = verifyAttestation(request.document, { ...(attestationRoot === undefined ? {} : { root: attestationRoot }), at: new Date(now()), allowDebug: true, nonce: request.nonce }));
+      ({ document } = verifyAttestation(request.document, {
+        ...(attestationRoot === undefined ? {} : { root: attestationRoot }),
+        at: new Date(now()),
+        allowDebug: true,
+        nonce: request.nonce,
+      }));
     } catch (error) {
       if (error instanceof AttestationError && error.code === 'ERR_ATTESTATION_NONCE') {
-        throw refused(error, 'the document\'s nonce is not the challenge nonce named in the request');
+        throw refused(error, "the document's nonce is not the challenge nonce named in the request");
       }
       throw refused(error);
     }
@@ -164,7 +189,10 @@ export async function startProvisioner(options: ProvisionerOptions): Promise<Pro
     try {
       checkPolicy(document, { allowDebug: true, userData: provisioningUserData(request.csr.spkiDer) });
     } catch (error) {
-      throw refused(error, `the document's user_data does not bind the CSR's key: it must be "${PROVISIONING_BINDING_PREFIX}" followed by SHA-256 of the CSR's DER SubjectPublicKeyInfo`);
+      throw refused(
+        error,
+        `the document's user_data does not bind the CSR's key: it must be "${PROVISIONING_BINDING_PREFIX}" followed by SHA-256 of the CSR's DER SubjectPublicKeyInfo`,
+      );
     }
     await request.csr.verifySignature();
 
@@ -175,7 +203,10 @@ export async function startProvisioner(options: ProvisionerOptions): Promise<Pro
       validityMs: certLifetimeMs,
       permittedDnsNames: permittedDns,
     });
-    logger.info({ moduleId: document.moduleId, serial: issued.serialNumber, keyId, notAfter: issued.notAfter.toISOString() }, 'signed an enclave intermediate CA');
+    logger.info(
+      { moduleId: document.moduleId, serial: issued.serialNumber, keyId, notAfter: issued.notAfter.toISOString() },
+      'signed an enclave intermediate CA',
+    );
     return { certificate: issued.certPem, chain: root.certificatePem };
   }
 
@@ -186,7 +217,8 @@ export async function startProvisioner(options: ProvisionerOptions): Promise<Pro
     listener = await listen(options.listen, (socket) => {
       if (sockets.size >= maxConnections) {
         socket.destroy();
-        if (refusedConnections++ === 0) logger.warn({ maxConnections }, 'provisioner connection limit reached; closing new connections');
+        if (refusedConnections++ === 0)
+          logger.warn({ maxConnections }, 'provisioner connection limit reached; closing new connections');
         return;
       }
       sockets.add(socket);
@@ -201,10 +233,20 @@ export async function startProvisioner(options: ProvisionerOptions): Promise<Pro
       server.emit('connection', socket);
     });
   } catch (error) {
-    throw new RuntimeError('ERR_PROVISIONER_LISTEN', `the provisioner cannot listen on ${formatAddress(options.listen)}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, { cause: error });
+    throw new RuntimeError(
+      'ERR_PROVISIONER_LISTEN',
+      `the provisioner cannot listen on ${formatAddress(options.listen)}: ${errorCode(error) ?? (error as Error).message}`,
+      { cause: error },
+    );
   }
   logger.info(
-    { listen: formatAddress(listener.address), root: root.certificatePath, attestationRoot: attestationRoot === undefined ? 'aws' : 'custom', allowedPcrSets: allowedPcrs.length, allowDebug },
+    {
+      listen: formatAddress(listener.address),
+      root: root.certificatePath,
+      attestationRoot: attestationRoot === undefined ? 'aws' : 'custom',
+      allowedPcrSets: allowedPcrs.length,
+      allowDebug,
+    },
     'provisioner listening',
   );
 
@@ -225,7 +267,12 @@ export async function startProvisioner(options: ProvisionerOptions): Promise<Pro
 /** A verifier or CSR failure as the refusal the client gets; `message` replaces the verifier's wording where ours is clearer. */
 function refused(error: unknown, message?: string): unknown {
   if (error instanceof AttestationError) {
-    return new ProvisionerRefusal(403, error.code, `the attestation document was refused: ${message ?? error.message}`, { cause: error });
+    return new ProvisionerRefusal(
+      403,
+      error.code,
+      `the attestation document was refused: ${message ?? error.message}`,
+      { cause: error },
+    );
   }
   return error;
 }
@@ -234,22 +281,45 @@ function refused(error: unknown, message?: string): unknown {
 function checkRootCanSignIntermediates(root: CertificateAuthority, caDir: string): void {
   const constraints = new x509.X509Certificate(root.certificatePem).getExtension(x509.BasicConstraintsExtension);
   if (constraints?.pathLength !== undefined && constraints.pathLength < 1) {
-    throw new RuntimeError('ERR_PROVISIONER_ROOT', `the CA in ${caDir} has pathLen ${constraints.pathLength}: it cannot sign intermediates that clients accept; point provisioner.ca_dir at an empty directory`);
+    throw new RuntimeError(
+      'ERR_PROVISIONER_ROOT',
+      `the CA in ${caDir} has pathLen ${constraints.pathLength}: it cannot sign intermediates that clients accept; point provisioner.ca_dir at an empty directory`,
+    );
   }
 }
 
-function checkAllowedPcrs(sets: ReadonlyArray<Readonly<Record<number, Uint8Array>>>): ReadonlyArray<Readonly<Record<number, Uint8Array>>> {
-  if (sets.length === 0) throw new ConfigError(['provisioner.allowed_pcrs is empty: no enclave could be provisioned; list the PCR sets of the enclave images to accept'], 'provisioner');
-  if (sets.length > MAX_EXPECTED_PCR_SETS) throw new ConfigError([`provisioner.allowed_pcrs has ${sets.length} sets; at most ${MAX_EXPECTED_PCR_SETS}`], 'provisioner');
+function checkAllowedPcrs(
+  sets: ReadonlyArray<Readonly<Record<number, Uint8Array>>>,
+): ReadonlyArray<Readonly<Record<number, Uint8Array>>> {
+  if (sets.length === 0)
+    throw new ConfigError(
+      [
+        'provisioner.allowed_pcrs is empty: no enclave could be provisioned; list the PCR sets of the enclave images to accept',
+      ],
+      'provisioner',
+    );
+  if (sets.length > MAX_EXPECTED_PCR_SETS)
+    throw new ConfigError(
+      [`provisioner.allowed_pcrs has ${sets.length} sets; at most ${MAX_EXPECTED_PCR_SETS}`],
+      'provisioner',
+    );
   for (const [i, set] of sets.entries()) {
-    if (Object.keys(set).length === 0) throw new ConfigError([`provisioner.allowed_pcrs set ${i + 1} is empty: it would match any enclave`], 'provisioner');
+    if (Object.keys(set).length === 0)
+      throw new ConfigError(
+        [`provisioner.allowed_pcrs set ${i + 1} is empty: it would match any enclave`],
+        'provisioner',
+      );
   }
   return sets;
 }
 
 function checkPermittedDns(names: readonly string[]): string[] {
   const bad = names.filter((name) => !DNS_NAME.test(name));
-  if (bad.length > 0) throw new ConfigError(bad.map((name) => `provisioner.permitted_dns: ${JSON.stringify(name.slice(0, 64))} is not a DNS name`), 'provisioner');
+  if (bad.length > 0)
+    throw new ConfigError(
+      bad.map((name) => `provisioner.permitted_dns: ${JSON.stringify(name.slice(0, 64))} is not a DNS name`),
+      'provisioner',
+    );
   return names.map((name) => name.toLowerCase());
 }
 
@@ -261,11 +331,14 @@ function parseSignRequest(body: Buffer): ParsedSignRequest {
     throw badRequest('the body is not valid JSON');
   }
   if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
-    throw badRequest('the body must be a JSON object {"csr": "<PEM>", "attestation_doc": "<base64>", "nonce": "<hex>"}');
+    throw badRequest(
+      'the body must be a JSON object {"csr": "<PEM>", "attestation_doc": "<base64>", "nonce": "<hex>"}',
+    );
   }
   const fields = parsed as Record<string, unknown>;
   for (const key of Object.keys(fields)) {
-    if (!SIGN_FIELDS.has(key)) throw badRequest(`unknown field ${JSON.stringify(key.slice(0, 64))}; the fields are csr, attestation_doc, nonce`);
+    if (!SIGN_FIELDS.has(key))
+      throw badRequest(`unknown field ${JSON.stringify(key.slice(0, 64))}; the fields are csr, attestation_doc, nonce`);
   }
   const csr = stringField(fields, 'csr');
   const document = stringField(fields, 'attestation_doc');
@@ -273,8 +346,13 @@ function parseSignRequest(body: Buffer): ParsedSignRequest {
   if (document.length > MAX_DOCUMENT_BASE64_CHARS || !BASE64.test(document) || document.length % 4 !== 0) {
     throw badRequest(`attestation_doc must be standard base64 of at most ${MAX_DOCUMENT_BASE64_CHARS} characters`);
   }
-  if (!NONCE_HEX.test(nonce)) throw badRequest(`nonce must be the ${CHALLENGE_NONCE_BYTES * 2} hex digits POST ${CHALLENGE_PATH} gave`);
-  return { csr: SigningRequest.parse(csr), document: new Uint8Array(Buffer.from(document, 'base64')), nonce: new Uint8Array(Buffer.from(nonce, 'hex')) };
+  if (!NONCE_HEX.test(nonce))
+    throw badRequest(`nonce must be the ${CHALLENGE_NONCE_BYTES * 2} hex digits POST ${CHALLENGE_PATH} gave`);
+  return {
+    csr: SigningRequest.parse(csr),
+    document: new Uint8Array(Buffer.from(document, 'base64')),
+    nonce: new Uint8Array(Buffer.from(nonce, 'hex')),
+  };
 }
 
 function stringField(fields: Record<string, unknown>, name: string): string {
@@ -290,7 +368,8 @@ function badRequest(message: string): ProvisionerRefusal {
 function readBody(req: IncomingMessage): Promise<Buffer> {
   return readRequestBody(req, {
     maxBytes: MAX_REQUEST_BODY_BYTES,
-    tooLarge: () => new ProvisionerRefusal(413, 'ERR_PROVISIONER_TOO_LARGE', `the body is more than ${MAX_REQUEST_BODY_BYTES} bytes`),
+    tooLarge: () =>
+      new ProvisionerRefusal(413, 'ERR_PROVISIONER_TOO_LARGE', `the body is more than ${MAX_REQUEST_BODY_BYTES} bytes`),
     gone: (cause) => (cause instanceof Error ? cause : new Error('the client went away before the end of its request')),
   });
 }

@@ -2,12 +2,13 @@
 import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
 import { createPublicKey, webcrypto } from 'node:crypto';
-import { MAX_CSR_CHARS } from './protocol.js';
+import { MAX_CSR_CHARS } from '../wire/provisioner-protocol.js';
 import { ProvisionerRefusal } from './provisioner-error.js';
 
 x509.cryptoProvider.set(webcrypto);
 
-const PEM = /^\s*-----BEGIN (?:NEW )?CERTIFICATE REQUEST-----([A-Za-z0-9+/=\s]+)-----END (?:NEW )?CERTIFICATE REQUEST-----\s*$/;
+const PEM =
+  /^\s*-----BEGIN (?:NEW )?CERTIFICATE REQUEST-----([A-Za-z0-9+/=\s]+)-----END (?:NEW )?CERTIFICATE REQUEST-----\s*$/;
 const BASE64 = /^[A-Za-z0-9+/]+={0,2}$/;
 // The curves an intermediate CA key may use: what our own CA code signs with.
 const CURVES: ReadonlySet<string> = new Set(['prime256v1', 'secp384r1']);
@@ -31,12 +32,16 @@ export class SigningRequest {
     if (text.length > MAX_CSR_CHARS) throw csrRefusal(`the CSR is more than ${MAX_CSR_CHARS} characters`);
     const pem = PEM.exec(text);
     const base64 = (pem ? pem[1]! : text).replace(/\s+/g, '');
-    if (!BASE64.test(base64)) throw csrRefusal('the CSR is neither PEM ("-----BEGIN CERTIFICATE REQUEST-----") nor base64 DER');
+    if (!BASE64.test(base64))
+      throw csrRefusal('the CSR is neither PEM ("-----BEGIN CERTIFICATE REQUEST-----") nor base64 DER');
     let csr: x509.Pkcs10CertificateRequest;
     try {
       csr = new x509.Pkcs10CertificateRequest(Buffer.from(base64, 'base64'));
     } catch (error) {
-      throw csrRefusal(`the CSR is not a PKCS#10 certification request (${(error as Error).message.slice(0, 120)})`, error);
+      throw csrRefusal(
+        `the CSR is not a PKCS#10 certification request (${(error as Error).message.slice(0, 120)})`,
+        error,
+      );
     }
     const spkiDer = new Uint8Array(csr.publicKey.rawData);
     let details;
@@ -44,10 +49,12 @@ export class SigningRequest {
       const key = createPublicKey({ key: Buffer.from(spkiDer), format: 'der', type: 'spki' });
       details = { type: key.asymmetricKeyType, curve: key.asymmetricKeyDetails?.namedCurve };
     } catch (error) {
-      throw csrRefusal('the CSR\'s public key does not parse', error);
+      throw csrRefusal("the CSR's public key does not parse", error);
     }
     if (details.type !== 'ec' || details.curve === undefined || !CURVES.has(details.curve)) {
-      throw csrRefusal(`the CSR's key is ${details.type}${details.curve ? ` ${details.curve}` : ''}; an intermediate CA key must be ECDSA P-256 or P-384`);
+      throw csrRefusal(
+        `the CSR's key is ${details.type}${details.curve ? ` ${details.curve}` : ''}; an intermediate CA key must be ECDSA P-256 or P-384`,
+      );
     }
     return new SigningRequest(csr, spkiDer);
   }
@@ -60,7 +67,8 @@ export class SigningRequest {
     } catch (error) {
       throw csrRefusal(`the CSR's self-signature cannot be checked (${(error as Error).message.slice(0, 120)})`, error);
     }
-    if (!valid) throw csrRefusal('the CSR\'s self-signature does not verify: the requester has not shown it holds the key');
+    if (!valid)
+      throw csrRefusal("the CSR's self-signature does not verify: the requester has not shown it holds the key");
   }
 }
 

@@ -11,10 +11,11 @@ import type { RuntimeConfig } from '../config/schema.js';
 import { KmsClient } from '../kms/kms-client.js';
 import { KmsError } from '../kms/kms-error.js';
 import { kmsDispatcher, kmsSettings } from '../kms/kms-settings.js';
-import type { Logger } from '../log.js';
+import type { Logger } from '../core/log.js';
 import { RecipientKey } from './recipient-key.js';
 import { MAX_SECRET_CIPHERTEXT_BYTES, type SecretEntry } from './secret-config.js';
 import { SecretError } from './secret-error.js';
+import { errorCode } from '../core/errors.js';
 
 /** A ciphertext file is a KMS blob (at most 6 KiB) or its base64; anything bigger is the wrong file. */
 const MAX_CIPHERTEXT_FILE_BYTES = 16 * 1024;
@@ -34,7 +35,10 @@ export interface LoadSecretsOptions {
  * A required secret that fails throws ERR_SECRET_LOAD naming it (after one error line naming the
  * secret and the KMS error code); an optional one is left out with a warning.
  */
-export async function loadSecrets(config: Pick<RuntimeConfig, 'kms' | 'egress' | 'secrets'>, options: LoadSecretsOptions): Promise<Record<string, string>> {
+export async function loadSecrets(
+  config: Pick<RuntimeConfig, 'kms' | 'egress' | 'secrets'>,
+  options: LoadSecretsOptions,
+): Promise<Record<string, string>> {
   // No prototype: a variable named __proto__ is still a plain entry.
   const values: Record<string, string> = Object.create(null) as Record<string, string>;
   if (config.secrets.length === 0) return values;
@@ -43,20 +47,39 @@ export async function loadSecrets(config: Pick<RuntimeConfig, 'kms' | 'egress' |
   try {
     const kms = new KmsClient({ ...kmsSettings(config.kms, options.env), dispatcher, logger });
     const key = await RecipientKey.generate();
-    logger.info({ secrets: config.secrets.length, endpoint: kms.endpoint.origin, via: options.dispatcher ? 'custom' : config.kms.via }, 'loading secrets from KMS');
+    logger.info(
+      {
+        secrets: config.secrets.length,
+        endpoint: kms.endpoint.origin,
+        via: options.dispatcher ? 'custom' : config.kms.via,
+      },
+      'loading secrets from KMS',
+    );
     for (const entry of config.secrets) {
       try {
-        logger.trace({ secret: entry.name, source: entry.file === undefined ? 'inline' : entry.file, keyId: entry.keyId }, 'decrypting secret');
+        logger.trace(
+          { secret: entry.name, source: entry.file === undefined ? 'inline' : entry.file, keyId: entry.keyId },
+          'decrypting secret',
+        );
         values[entry.name] = await loadOne(entry, kms, key, options.nsm);
         logger.info({ secret: entry.name }, 'secret loaded');
       } catch (error) {
-        const facts = { secret: entry.name, code: (error as { code?: string }).code, kmsCode: error instanceof KmsError ? error.kmsCode : undefined, reason: (error as Error).message };
+        const facts = {
+          secret: entry.name,
+          code: errorCode(error),
+          kmsCode: error instanceof KmsError ? error.kmsCode : undefined,
+          reason: (error as Error).message,
+        };
         if (!entry.required) {
           logger.warn(facts, 'optional secret could not be loaded; its variable is left unset');
           continue;
         }
         logger.error(facts, 'secret could not be loaded');
-        throw new SecretError('ERR_SECRET_LOAD', `secret ${entry.name} could not be loaded: ${(error as Error).message}`, { cause: error, secret: entry.name });
+        throw new SecretError(
+          'ERR_SECRET_LOAD',
+          `secret ${entry.name} could not be loaded: ${(error as Error).message}`,
+          { cause: error, secret: entry.name },
+        );
       }
     }
     return values;
@@ -85,9 +108,18 @@ function toEnvironmentValue(plaintext: Buffer, entry: SecretEntry): string {
   try {
     text = utf8.decode(plaintext);
   } catch {
-    throw new SecretError('ERR_SECRET_VALUE', 'the plaintext is not UTF-8 text; set encoding = "base64" for binary secrets', { secret: entry.name });
+    throw new SecretError(
+      'ERR_SECRET_VALUE',
+      'the plaintext is not UTF-8 text; set encoding = "base64" for binary secrets',
+      { secret: entry.name },
+    );
   }
-  if (text.includes('\0')) throw new SecretError('ERR_SECRET_VALUE', 'the plaintext contains a NUL byte, which no environment variable can carry; set encoding = "base64"', { secret: entry.name });
+  if (text.includes('\0'))
+    throw new SecretError(
+      'ERR_SECRET_VALUE',
+      'the plaintext contains a NUL byte, which no environment variable can carry; set encoding = "base64"',
+      { secret: entry.name },
+    );
   return text;
 }
 
@@ -99,19 +131,31 @@ export async function readCiphertextFile(path: string, name: string): Promise<Ui
     try {
       const buffer = Buffer.alloc(MAX_CIPHERTEXT_FILE_BYTES + 1);
       const { bytesRead } = await handle.read(buffer, 0, buffer.byteLength, 0);
-      if (bytesRead > MAX_CIPHERTEXT_FILE_BYTES) throw new SecretError('ERR_SECRET_FILE', `${path} is larger than ${MAX_CIPHERTEXT_FILE_BYTES} bytes; it is not a KMS ciphertext`, { secret: name });
+      if (bytesRead > MAX_CIPHERTEXT_FILE_BYTES)
+        throw new SecretError(
+          'ERR_SECRET_FILE',
+          `${path} is larger than ${MAX_CIPHERTEXT_FILE_BYTES} bytes; it is not a KMS ciphertext`,
+          { secret: name },
+        );
       bytes = buffer.subarray(0, bytesRead);
     } finally {
       await handle.close();
     }
   } catch (error) {
     if (error instanceof SecretError) throw error;
-    throw new SecretError('ERR_SECRET_FILE', `cannot read ${path}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`, { secret: name });
+    throw new SecretError('ERR_SECRET_FILE', `cannot read ${path}: ${errorCode(error) ?? 'error'}`, { secret: name });
   }
   const text = bytes.toString('latin1').replace(/\s+/g, '');
-  const blob = text.length > 0 && text.length % 4 === 0 && /^[A-Za-z0-9+/]+={0,2}$/.test(text) ? Buffer.from(text, 'base64') : bytes;
+  const blob =
+    text.length > 0 && text.length % 4 === 0 && /^[A-Za-z0-9+/]+={0,2}$/.test(text)
+      ? Buffer.from(text, 'base64')
+      : bytes;
   if (blob.byteLength === 0 || blob.byteLength > MAX_SECRET_CIPHERTEXT_BYTES) {
-    throw new SecretError('ERR_SECRET_FILE', `${path} holds ${blob.byteLength} bytes; a KMS ciphertext is 1 to ${MAX_SECRET_CIPHERTEXT_BYTES}`, { secret: name });
+    throw new SecretError(
+      'ERR_SECRET_FILE',
+      `${path} holds ${blob.byteLength} bytes; a KMS ciphertext is 1 to ${MAX_SECRET_CIPHERTEXT_BYTES}`,
+      { secret: name },
+    );
   }
   return new Uint8Array(blob);
 }

@@ -38,25 +38,31 @@ export interface EnvelopeParts {
 /** Parses and checks a CMS EnvelopedData addressed to one RSAES-OAEP-SHA-256 recipient; throws ERR_SECRET_CMS. */
 export function parseEnvelope(input: Uint8Array): EnvelopeParts {
   if (!(input instanceof Uint8Array) || input.byteLength === 0) throw cmsError('the envelope is empty');
-  if (input.byteLength > MAX_ENVELOPE_BYTES) throw cmsError(`the envelope is ${input.byteLength} bytes; at most ${MAX_ENVELOPE_BYTES} are accepted`);
+  if (input.byteLength > MAX_ENVELOPE_BYTES)
+    throw cmsError(`the envelope is ${input.byteLength} bytes; at most ${MAX_ENVELOPE_BYTES} are accepted`);
   const contentInfo = parse(input, ContentInfo, 'ContentInfo');
-  if (contentInfo.contentType !== id_envelopedData) throw cmsError(`the content type is ${oid(contentInfo.contentType)}, not envelopedData`);
+  if (contentInfo.contentType !== id_envelopedData)
+    throw cmsError(`the content type is ${oid(contentInfo.contentType)}, not envelopedData`);
   const enveloped = parse(new Uint8Array(contentInfo.content), EnvelopedData, 'EnvelopedData');
 
   // KMS addresses its answer to exactly one key; more recipients would mean guessing which is ours.
-  if (enveloped.recipientInfos.length !== 1) throw cmsError(`the envelope has ${enveloped.recipientInfos.length} recipients; exactly 1 is accepted`);
+  if (enveloped.recipientInfos.length !== 1)
+    throw cmsError(`the envelope has ${enveloped.recipientInfos.length} recipients; exactly 1 is accepted`);
   const recipient = enveloped.recipientInfos[0]!.ktri;
   if (recipient === undefined) throw cmsError('the recipient is not a KeyTransRecipientInfo (RSA key transport)');
   checkOaepSha256(recipient.keyEncryptionAlgorithm);
   const encryptedKey = new Uint8Array(recipient.encryptedKey.buffer);
   if (encryptedKey.byteLength < MIN_RSA_BITS / 8 || encryptedKey.byteLength > MAX_RSA_BITS / 8) {
-    throw cmsError(`the encrypted key is ${encryptedKey.byteLength} bytes; an RSA ${MIN_RSA_BITS}-${MAX_RSA_BITS} bit key wraps to ${MIN_RSA_BITS / 8}-${MAX_RSA_BITS / 8}`);
+    throw cmsError(
+      `the encrypted key is ${encryptedKey.byteLength} bytes; an RSA ${MIN_RSA_BITS}-${MAX_RSA_BITS} bit key wraps to ${MIN_RSA_BITS / 8}-${MAX_RSA_BITS / 8}`,
+    );
   }
 
   const info = enveloped.encryptedContentInfo;
   if (info.contentType !== id_data) throw cmsError(`the encrypted content type is ${oid(info.contentType)}, not data`);
   const algorithm = info.contentEncryptionAlgorithm;
-  if (algorithm.algorithm !== ID_AES256_CBC) throw cmsError(`the content cipher is ${oid(algorithm.algorithm)}, not AES-256-CBC`);
+  if (algorithm.algorithm !== ID_AES256_CBC)
+    throw cmsError(`the content cipher is ${oid(algorithm.algorithm)}, not AES-256-CBC`);
   if (!algorithm.parameters) throw cmsError('the AES-256-CBC parameters (the IV) are missing');
   const iv = new Uint8Array(parse(new Uint8Array(algorithm.parameters), OctetString, 'AES-256-CBC IV').buffer);
   if (iv.byteLength !== AES_BLOCK) throw cmsError(`the IV is ${iv.byteLength} bytes, not ${AES_BLOCK}`);
@@ -65,8 +71,10 @@ export function parseEnvelope(input: Uint8Array): EnvelopeParts {
   const chunks = content?.value ? [content.value] : (content?.constructedValue ?? []);
   const size = chunks.reduce((sum, chunk) => sum + chunk.byteLength, 0);
   if (size === 0) throw cmsError('the envelope carries no encrypted content');
-  if (size > MAX_ENCRYPTED_CONTENT_BYTES) throw cmsError(`the encrypted content is ${size} bytes; at most ${MAX_ENCRYPTED_CONTENT_BYTES} are accepted`);
-  if (size % AES_BLOCK !== 0) throw cmsError(`the encrypted content is ${size} bytes, not a multiple of the ${AES_BLOCK}-byte AES block`);
+  if (size > MAX_ENCRYPTED_CONTENT_BYTES)
+    throw cmsError(`the encrypted content is ${size} bytes; at most ${MAX_ENCRYPTED_CONTENT_BYTES} are accepted`);
+  if (size % AES_BLOCK !== 0)
+    throw cmsError(`the encrypted content is ${size} bytes, not a multiple of the ${AES_BLOCK}-byte AES block`);
   const encryptedContent = Buffer.concat(chunks.map((chunk) => new Uint8Array(chunk.buffer)));
   return { encryptedKey, iv, encryptedContent };
 }
@@ -79,7 +87,8 @@ export function parseEnvelope(input: Uint8Array): EnvelopeParts {
 export function openEnvelope(input: Uint8Array, privateKey: KeyObject): Buffer {
   const parts = parseEnvelope(input);
   const bits = privateKey.asymmetricKeyType === 'rsa' ? (privateKey.asymmetricKeyDetails?.modulusLength ?? 0) : 0;
-  if (privateKey.type !== 'private' || bits < MIN_RSA_BITS) throw new RangeError(`the recipient key must be an RSA private key of at least ${MIN_RSA_BITS} bits`);
+  if (privateKey.type !== 'private' || bits < MIN_RSA_BITS)
+    throw new RangeError(`the recipient key must be an RSA private key of at least ${MIN_RSA_BITS} bits`);
 
   // Every failure below sets a flag instead of returning, and a failed unwrap continues with a
   // random key (RFC 3218 §2.3), so each path does one RSA and one AES operation.
@@ -87,7 +96,10 @@ export function openEnvelope(input: Uint8Array, privateKey: KeyObject): Buffer {
   let cek: Buffer | undefined;
   if (ok) {
     try {
-      cek = privateDecrypt({ key: privateKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, parts.encryptedKey);
+      cek = privateDecrypt(
+        { key: privateKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' },
+        parts.encryptedKey,
+      );
     } catch {
       ok = false;
     }
@@ -115,19 +127,23 @@ export function openEnvelope(input: Uint8Array, privateKey: KeyObject): Buffer {
 
 /** RSAES-OAEP with SHA-256 for both the hash and MGF1, and an empty label: what KMS's RSAES_OAEP_SHA_256 means. */
 function checkOaepSha256(algorithm: AlgorithmIdentifier): void {
-  if (algorithm.algorithm !== id_RSAES_OAEP) throw cmsError(`the key transport is ${oid(algorithm.algorithm)}, not RSAES-OAEP`);
+  if (algorithm.algorithm !== id_RSAES_OAEP)
+    throw cmsError(`the key transport is ${oid(algorithm.algorithm)}, not RSAES-OAEP`);
   // Absent parameters mean SHA-1 everywhere (RFC 8017 A.2.1), which KMS never uses.
   if (!algorithm.parameters) throw cmsError('the RSAES-OAEP parameters are absent (SHA-1); SHA-256 is required');
   const params = parse(new Uint8Array(algorithm.parameters), RsaEsOaepParams, 'RSAES-OAEP parameters');
-  if (params.hashAlgorithm.algorithm !== id_sha256) throw cmsError(`the OAEP hash is ${oid(params.hashAlgorithm.algorithm)}, not SHA-256`);
-  if (params.maskGenAlgorithm.algorithm !== id_mgf1 || !params.maskGenAlgorithm.parameters) throw cmsError('the OAEP mask generation is not MGF1');
+  if (params.hashAlgorithm.algorithm !== id_sha256)
+    throw cmsError(`the OAEP hash is ${oid(params.hashAlgorithm.algorithm)}, not SHA-256`);
+  if (params.maskGenAlgorithm.algorithm !== id_mgf1 || !params.maskGenAlgorithm.parameters)
+    throw cmsError('the OAEP mask generation is not MGF1');
   const mgfHash = parse(new Uint8Array(params.maskGenAlgorithm.parameters), AlgorithmIdentifier, 'MGF1 parameters');
   if (mgfHash.algorithm !== id_sha256) throw cmsError(`the MGF1 hash is ${oid(mgfHash.algorithm)}, not SHA-256`);
   // When pSourceAlgorithm is absent the parser leaves its own default (an odd 20-byte label); an explicit one must
   // be the empty label. Anything else the parser's default stands for fails OAEP, i.e. closed.
   const source = params.pSourceAlgorithm;
   if (isDefaultLabel(source)) return;
-  if (source.algorithm !== id_pSpecified || !source.parameters) throw cmsError('the OAEP label source is not pSpecified');
+  if (source.algorithm !== id_pSpecified || !source.parameters)
+    throw cmsError('the OAEP label source is not pSpecified');
   const label = parse(new Uint8Array(source.parameters), OctetString, 'OAEP label');
   if (label.byteLength !== 0) throw cmsError('the OAEP label is not empty');
 }

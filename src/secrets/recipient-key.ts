@@ -25,7 +25,8 @@ export class RecipientKey {
 
   /** Generates a fresh key pair (off the main thread, as node:crypto does for RSA). */
   static async generate(bits = RECIPIENT_KEY_BITS): Promise<RecipientKey> {
-    if (!Number.isInteger(bits) || bits < MIN_RSA_BITS || bits > 4096) throw new RangeError(`recipient keys are RSA ${MIN_RSA_BITS} to 4096 bits`);
+    if (!Number.isInteger(bits) || bits < MIN_RSA_BITS || bits > 4096)
+      throw new RangeError(`recipient keys are RSA ${MIN_RSA_BITS} to 4096 bits`);
     const { privateKey, publicKey } = await generateRsa('rsa', { modulusLength: bits, publicExponent: 0x10001 });
     return new RecipientKey(privateKey, publicKey);
   }

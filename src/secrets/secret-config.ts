@@ -25,19 +25,36 @@ export interface SecretEntry {
 /** The schema of [[secrets]], for src/config/schema.ts (which checks its shape where it uses it). */
 export const SECRETS = {
   kind: 'tableList' as const,
-  doc: 'KMS ciphertexts decrypted at boot (this enclave as the KMS Recipient) into the command\'s environment',
+  doc: "KMS ciphertexts decrypted at boot (this enclave as the KMS Recipient) into the command's environment",
   maxItems: MAX_SECRETS,
   required: ['name'],
   item: {
     kind: 'table' as const,
     doc: 'one secret',
     entries: {
-      name: optional(text('the environment variable the customer command gets', '', ENV_NAME, 'an environment variable name: letters, digits and _, not starting with a digit, at most 128')),
+      name: optional(
+        text(
+          'the environment variable the customer command gets',
+          '',
+          ENV_NAME,
+          'an environment variable name: letters, digits and _, not starting with a digit, at most 128',
+        ),
+      ),
       ciphertext: optional(base64Bytes('the KMS CiphertextBlob, base64', MAX_SECRET_CIPHERTEXT_BYTES)),
       file: optional(text('a file holding the CiphertextBlob, raw bytes or base64', '')),
-      key_id: optional(text('the KMS key the blob must be under: key id, key ARN, alias/name or alias ARN', '', /^[A-Za-z0-9:/_.+=,@-]{1,2048}$/, 'a KMS key id, key ARN, alias name or alias ARN')),
+      key_id: optional(
+        text(
+          'the KMS key the blob must be under: key id, key ARN, alias/name or alias ARN',
+          '',
+          /^[A-Za-z0-9:/_.+=,@-]{1,2048}$/,
+          'a KMS key id, key ARN, alias name or alias ARN',
+        ),
+      ),
       required: bool('a failure stops start-up (false: the variable is left unset, with a warning)', true),
-      encoding: oneOf('how the plaintext becomes the value: "utf8" text, or "base64" of the bytes', 'utf8', ['utf8', 'base64']),
+      encoding: oneOf('how the plaintext becomes the value: "utf8" text, or "base64" of the bytes', 'utf8', [
+        'utf8',
+        'base64',
+      ]),
     },
   },
   refine: checkSecretEntries,
@@ -50,8 +67,10 @@ function checkSecretEntries(entries: ReadonlyArray<Record<string, unknown>>, pat
   for (const [i, entry] of entries.entries()) {
     const here = `${path}[${i}]`;
     const { name, ciphertext, file } = entry;
-    if (ciphertext !== undefined && file !== undefined) problems.push(`${here}: both ciphertext and file are set; give one`);
-    if (ciphertext === undefined && file === undefined) problems.push(`${here}: neither ciphertext nor file is set; give one`);
+    if (ciphertext !== undefined && file !== undefined)
+      problems.push(`${here}: both ciphertext and file are set; give one`);
+    if (ciphertext === undefined && file === undefined)
+      problems.push(`${here}: neither ciphertext nor file is set; give one`);
     if (typeof name === 'string') {
       const first = seen.get(name);
       if (first !== undefined) problems.push(`${here}.name: "${name}" is already the name of ${path}[${first}]`);

@@ -1,4 +1,4 @@
-import { RuntimeError } from '../errors.js';
+import { RuntimeError } from '../core/errors.js';
 
 /** Every way a boot secret can fail; callers and log readers branch on these, never on messages. */
 export type SecretErrorCode =

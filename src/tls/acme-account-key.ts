@@ -2,8 +2,9 @@ import { createPrivateKey, generateKeyPair, randomBytes } from 'node:crypto';
 import { chmod, link, readFile, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import type { Logger } from '../log.js';
+import type { Logger } from '../core/log.js';
 import { TlsError } from './tls-error.js';
+import { errorCode } from '../core/errors.js';
 
 const generateEcKeyPair = promisify(generateKeyPair);
 
@@ -43,7 +44,7 @@ export async function loadAcmeAccountKey(stateDir: string, logger: Logger): Prom
     await writeFile(temp, pem, { mode: 0o600, flag: 'wx' });
     await link(temp, path);
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'EEXIST') {
+    if (errorCode(error) === 'EEXIST') {
       const raced = await readKey(path);
       if (raced !== undefined) return raced;
     }
@@ -59,18 +60,22 @@ async function readKey(path: string): Promise<string | undefined> {
   let text: string;
   try {
     const info = await stat(path);
-    if (info.size > MAX_KEY_FILE_BYTES) throw new TlsError('ERR_TLS_ACME_ACCOUNT', `${path} is ${info.size} bytes; not a private key`);
+    if (info.size > MAX_KEY_FILE_BYTES)
+      throw new TlsError('ERR_TLS_ACME_ACCOUNT', `${path} is ${info.size} bytes; not a private key`);
     text = await readFile(path, 'utf8');
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    if (errorCode(error) === 'ENOENT') return undefined;
     if (error instanceof TlsError) throw error;
     throw new TlsError('ERR_TLS_ACME_ACCOUNT', `cannot read ${path}: ${(error as Error).message}`, { cause: error });
   }
   try {
     const key = createPrivateKey(text);
-    if (key.asymmetricKeyType !== 'ec' && key.asymmetricKeyType !== 'rsa') throw new Error(`unsupported key type ${key.asymmetricKeyType}`);
+    if (key.asymmetricKeyType !== 'ec' && key.asymmetricKeyType !== 'rsa')
+      throw new Error(`unsupported key type ${key.asymmetricKeyType}`);
   } catch (error) {
-    throw new TlsError('ERR_TLS_ACME_ACCOUNT', `${path} is not a usable private key: ${(error as Error).message}`, { cause: error });
+    throw new TlsError('ERR_TLS_ACME_ACCOUNT', `${path} is not a usable private key: ${(error as Error).message}`, {
+      cause: error,
+    });
   }
   return text;
 }

@@ -2,13 +2,14 @@ import { X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { createSecureContext, type SecureContext } from 'node:tls';
 import type { Nsm } from '../attestation/nsm.js';
-import type { Logger } from '../log.js';
+import type { Logger } from '../core/log.js';
 import { documentSigningCertificateNotAfter } from './attested-certificate.js';
 import { generateAcmePrivateKeyPem, loadAcmeAccountKey } from './acme-account-key.js';
 import type { AcmeIssued } from './acme-order.js';
 import { RetryBackoff, renewalTime, systemClock, WakeUp, type Clock } from './renewal-schedule.js';
 import { normalizeDomain, TlsAlpnChallenges } from './tls-alpn-challenges.js';
 import { TlsError } from './tls-error.js';
+import { errorCode } from '../core/errors.js';
 
 /** The `[tls.acme]` keys of enclave.toml. */
 export interface AcmeSettings {
@@ -103,7 +104,8 @@ export class AcmeCertificates {
 
   constructor(options: AcmeCertificatesOptions) {
     if (options.domains.length === 0) throw new TlsError('ERR_TLS_ACME_CONFIG', 'ACME needs at least one domain');
-    if (!(options.renewAtFraction > 0 && options.renewAtFraction < 1)) throw new RangeError('renewAtFraction must be between 0 and 1');
+    if (!(options.renewAtFraction > 0 && options.renewAtFraction < 1))
+      throw new RangeError('renewAtFraction must be between 0 and 1');
     this.#options = options;
     this.domains = options.domains.map(normalizeDomain);
     this.#domainSet = new Set(this.domains);
@@ -118,7 +120,12 @@ export class AcmeCertificates {
    * The production wiring: account key from the state dir, optional CA file, acme-client orderer.
    * Nothing is ordered until start(), which must wait for the ingress to listen (the CA connects to it).
    */
-  static async open(options: { settings: AcmeSettings; stateDir: string; nsm?: Nsm; logger: Logger }): Promise<AcmeCertificates> {
+  static async open(options: {
+    settings: AcmeSettings;
+    stateDir: string;
+    nsm?: Nsm;
+    logger: Logger;
+  }): Promise<AcmeCertificates> {
     const { settings, logger } = options;
     const caPem = settings.caFile ? await readCaFile(settings.caFile) : undefined;
     const accountKeyPem = await loadAcmeAccountKey(options.stateDir, logger);
@@ -166,7 +173,10 @@ export class AcmeCertificates {
     if (this.#clock.now() >= cert.notAfter.getTime()) {
       if (!this.#expiryLogged) {
         this.#expiryLogged = true;
-        this.#options.logger.error({ domains: this.domains, notAfter: cert.notAfter.toISOString() }, 'ACME certificate expired and not renewed; serving the attested base certificate for its domains');
+        this.#options.logger.error(
+          { domains: this.domains, notAfter: cert.notAfter.toISOString() },
+          'ACME certificate expired and not renewed; serving the attested base certificate for its domains',
+        );
       }
       return undefined;
     }
@@ -237,7 +247,11 @@ export class AcmeCertificates {
    */
   health(): { ok: boolean; detail: string; counters: Record<string, number> } {
     const status = this.status();
-    const detail = [status.state, status.notAfter ? `until ${status.notAfter}` : '', status.lastError ? `last error: ${status.lastError}` : '']
+    const detail = [
+      status.state,
+      status.notAfter ? `until ${status.notAfter}` : '',
+      status.lastError ? `last error: ${status.lastError}` : '',
+    ]
       .filter(Boolean)
       .join('; ');
     return {
@@ -276,7 +290,12 @@ export class AcmeCertificates {
       this.#issued += 1;
       this.#lastError = undefined;
       this.#backoff.reset();
-      const renewAt = renewalTime(served.notBefore.getTime(), served.notAfter.getTime(), this.#options.renewAtFraction, this.#random);
+      const renewAt = renewalTime(
+        served.notBefore.getTime(),
+        served.notAfter.getTime(),
+        this.#options.renewAtFraction,
+        this.#random,
+      );
       this.#options.logger.info(
         { domains: this.domains, notAfter: served.notAfter.toISOString(), renewAt: new Date(renewAt).toISOString() },
         renewed ? 'ACME certificate renewed' : 'ACME certificate now served',
@@ -289,13 +308,15 @@ export class AcmeCertificates {
       const delay = this.#backoff.next();
       this.#options.logger.warn(
         {
-          err: { code: (error as { code?: unknown }).code, message: this.#lastError },
+          err: { code: errorCode(error), message: this.#lastError },
           domains: this.domains,
           retryInMs: delay,
           consecutiveFailures: this.#backoff.failures,
           servingUntil: this.#current?.notAfter.toISOString() ?? null,
         },
-        this.#current ? 'ACME renewal failed; still serving the current certificate' : 'ACME order failed; serving the attested base certificate meanwhile',
+        this.#current
+          ? 'ACME renewal failed; still serving the current certificate'
+          : 'ACME order failed; serving the attested base certificate meanwhile',
       );
       this.#wakeUp.set(this.#clock.now() + delay, () => void this.#run());
     }
@@ -322,7 +343,11 @@ async function readCaFile(path: string): Promise<string> {
   try {
     pem = await readFile(path, 'utf8');
   } catch (error) {
-    throw new TlsError('ERR_TLS_ACME_CONFIG', `tls.acme.ca_file: cannot read ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, { cause: error });
+    throw new TlsError(
+      'ERR_TLS_ACME_CONFIG',
+      `tls.acme.ca_file: cannot read ${path}: ${errorCode(error) ?? (error as Error).message}`,
+      { cause: error },
+    );
   }
   if (pem.length > MAX_CA_FILE_BYTES || !pem.includes('-----BEGIN CERTIFICATE-----')) {
     throw new TlsError('ERR_TLS_ACME_CONFIG', `tls.acme.ca_file: ${path} is not a PEM certificate bundle`);

@@ -1,7 +1,7 @@
 import { createPrivateKey, X509Certificate } from 'node:crypto';
 import https from 'node:https';
 import { axios as acmeAxios, Client, crypto as acmeCrypto, type Authorization } from 'acme-client';
-import type { Logger } from '../log.js';
+import type { Logger } from '../core/log.js';
 import { normalizeDomain, type TlsAlpnChallenges } from './tls-alpn-challenges.js';
 import { TlsError } from './tls-error.js';
 
@@ -84,17 +84,25 @@ export class AcmeOrderer {
     // Each step is bounded by acme-client's request timeout and polling limits; the deadline bounds their sum.
     const deadline = Date.now() + ACME_ORDER_TIMEOUT_MS;
     const step: Step = async (what, work) => {
-      if (Date.now() > deadline) throw new TlsError('ERR_TLS_ACME_TIMEOUT', `ACME order not done within ${ACME_ORDER_TIMEOUT_MS} ms (at ${what})`);
+      if (Date.now() > deadline)
+        throw new TlsError(
+          'ERR_TLS_ACME_TIMEOUT',
+          `ACME order not done within ${ACME_ORDER_TIMEOUT_MS} ms (at ${what})`,
+        );
       try {
         return await work();
       } catch (error) {
-        throw error instanceof TlsError ? error : new TlsError('ERR_TLS_ACME', `ACME ${what} failed: ${describe(error)}`, { cause: error });
+        throw error instanceof TlsError
+          ? error
+          : new TlsError('ERR_TLS_ACME', `ACME ${what} failed: ${describe(error)}`, { cause: error });
       }
     };
     const client = this.#client;
     if (!this.#accountReady) {
       const contact = this.#options.email ? [`mailto:${this.#options.email}`] : undefined;
-      await step('account registration', () => client.createAccount({ termsOfServiceAgreed: true, ...(contact ? { contact } : {}) }));
+      await step('account registration', () =>
+        client.createAccount({ termsOfServiceAgreed: true, ...(contact ? { contact } : {}) }),
+      );
       this.#accountReady = true;
     }
     const identifiers = this.domains.map((value) => ({ type: 'dns', value }));
@@ -104,11 +112,16 @@ export class AcmeOrderer {
       if (authz.status === 'valid') continue;
       await this.#validate(authz, step);
     }
-    const [, csr] = await step('CSR', () => acmeCrypto.createCsr({ commonName: this.domains[0]!, altNames: [...this.domains] }, certificateKeyPem));
+    const [, csr] = await step('CSR', () =>
+      acmeCrypto.createCsr({ commonName: this.domains[0]!, altNames: [...this.domains] }, certificateKeyPem),
+    );
     const finalized = await step('finalize', () => client.finalizeOrder(order, csr));
     const pem = await step('certificate download', () => client.getCertificate(finalized));
     const issued = checkIssued(pem, certificateKeyPem, this.domains);
-    this.#options.logger.info({ domains: this.domains, notAfter: issued.notAfter.toISOString() }, 'ACME certificate issued');
+    this.#options.logger.info(
+      { domains: this.domains, notAfter: issued.notAfter.toISOString() },
+      'ACME certificate issued',
+    );
     return issued;
   }
 
@@ -122,11 +135,18 @@ export class AcmeOrderer {
     // acme-client's types list only http-01 and dns-01, though it handles tls-alpn-01 too.
     const challenge = authz.challenges.find((c) => (c.type as string) === 'tls-alpn-01');
     if (!challenge) {
-      throw new TlsError('ERR_TLS_ACME_CHALLENGE', `the CA offers no tls-alpn-01 challenge for ${domain} (offered: ${authz.challenges.map((c) => c.type).join(', ')})`);
+      throw new TlsError(
+        'ERR_TLS_ACME_CHALLENGE',
+        `the CA offers no tls-alpn-01 challenge for ${domain} (offered: ${authz.challenges.map((c) => c.type).join(', ')})`,
+      );
     }
-    const keyAuthorization = await step('key authorization', () => this.#client.getChallengeKeyAuthorization(challenge));
+    const keyAuthorization = await step('key authorization', () =>
+      this.#client.getChallengeKeyAuthorization(challenge),
+    );
     // The challenge certificate gets its own throwaway key: it is self-signed and shown only to the validator.
-    const [keyPem, certPem] = await step('challenge certificate', async () => acmeCrypto.createAlpnCertificate(authz, keyAuthorization, await acmeCrypto.createPrivateEcdsaKey('P-256')));
+    const [keyPem, certPem] = await step('challenge certificate', async () =>
+      acmeCrypto.createAlpnCertificate(authz, keyAuthorization, await acmeCrypto.createPrivateEcdsaKey('P-256')),
+    );
     this.#options.challenges.add(domain, certPem.toString(), keyPem.toString());
     try {
       this.#options.logger.info({ domain }, 'ACME TLS-ALPN-01 challenge ready; asking the CA to validate');
@@ -150,7 +170,11 @@ export function checkIssued(pem: string, certificateKeyPem: string, domains: rea
   try {
     leaf = new X509Certificate(certPem);
   } catch (error) {
-    throw new TlsError('ERR_TLS_ACME_CERTIFICATE', `the CA returned an unreadable certificate: ${(error as Error).message}`, { cause: error });
+    throw new TlsError(
+      'ERR_TLS_ACME_CERTIFICATE',
+      `the CA returned an unreadable certificate: ${(error as Error).message}`,
+      { cause: error },
+    );
   }
   if (!leaf.checkPrivateKey(createPrivateKey(certificateKeyPem))) {
     throw new TlsError('ERR_TLS_ACME_CERTIFICATE', 'the CA returned a certificate for another key');
@@ -162,7 +186,8 @@ export function checkIssued(pem: string, certificateKeyPem: string, domains: rea
   }
   const notBefore = new Date(leaf.validFrom);
   const notAfter = new Date(leaf.validTo);
-  if (!(notAfter.getTime() > notBefore.getTime())) throw new TlsError('ERR_TLS_ACME_CERTIFICATE', 'the CA returned a certificate with no validity period');
+  if (!(notAfter.getTime() > notBefore.getTime()))
+    throw new TlsError('ERR_TLS_ACME_CERTIFICATE', 'the CA returned a certificate with no validity period');
   return { certPem: withNewline(certPem), chainPem: chain.map(withNewline).join(''), notBefore, notAfter };
 }
 

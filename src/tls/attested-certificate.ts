@@ -1,8 +1,8 @@
 import { X509Certificate } from 'node:crypto';
 import { createSecureContext, type SecureContext } from 'node:tls';
 import { Tag } from 'cbor-x';
-import { COSE_SIGN1_TAG, decodeCbor } from '../attestation/cose-sign1.js';
-import { decodeAttestationPayload } from '../attestation/document.js';
+import { COSE_SIGN1_TAG, decodeCbor } from '../verify/cose-sign1.js';
+import { decodeAttestationPayload } from '../verify/document.js';
 import type { Nsm } from '../attestation/nsm.js';
 import type { CertificateSource } from './certificate-source.js';
 import type { TlsKeyPair } from './key-pair.js';
@@ -42,7 +42,10 @@ export interface AttestedCertificateRequest {
  * `<lowercase hex of the COSE_Sign1>.<server name>`, the whole hex as one (over-long) label.
  */
 export function attestedDnsNames(serverName: string, document: Uint8Array): [string, string] {
-  return [serverName, `${Buffer.from(document.buffer, document.byteOffset, document.byteLength).toString('hex')}.${serverName}`];
+  return [
+    serverName,
+    `${Buffer.from(document.buffer, document.byteOffset, document.byteLength).toString('hex')}.${serverName}`,
+  ];
 }
 
 /**
@@ -93,7 +96,11 @@ export function documentSigningCertificateNotAfter(document: Uint8Array, now: nu
   try {
     certificate = decodeAttestationPayload(ownCoseSign1Payload(document)).certificate;
   } catch (err) {
-    throw new TlsError('ERR_TLS_ATTESTATION_DOCUMENT', `the NSM returned an unreadable attestation document: ${(err as Error).message}`, { cause: err });
+    throw new TlsError(
+      'ERR_TLS_ATTESTATION_DOCUMENT',
+      `the NSM returned an unreadable attestation document: ${(err as Error).message}`,
+      { cause: err },
+    );
   }
   let notAfter: Date;
   try {

@@ -2,8 +2,8 @@ import type { X509Certificate } from 'node:crypto';
 import { isIP } from 'node:net';
 import { checkServerIdentity, TLSSocket, type PeerCertificate } from 'node:tls';
 import { Agent, buildConnector } from 'undici';
-import { verifyCertificateAttestation } from '../attestation/certificate-binding.js';
-import type { VerifiedAttestation, VerifyOptions } from '../attestation/verifier.js';
+import { verifyCertificateAttestation } from '../verify/certificate-binding.js';
+import type { VerifiedAttestation, VerifyOptions } from '../verify/verifier.js';
 import { formatNonceServerName, generateSniNonce, parseNonceLabel, type SniNonceEncoding } from './nonce-label.js';
 import { TlsError } from './tls-error.js';
 
@@ -34,7 +34,10 @@ export function freshNonceBytes(encoding: SniNonceEncoding): number {
 export function nonceSentInSni(servername: string, nonce: Uint8Array, encoding: SniNonceEncoding): Uint8Array {
   const sent = parseNonceLabel(servername.toLowerCase(), encoding);
   if (sent === undefined || !Buffer.from(sent).equals(Buffer.from(nonce))) {
-    throw new TlsError('ERR_TLS_NONCE_LABEL', `the ${encoding} nonce label in ${JSON.stringify(servername.slice(0, 96))} names other bytes once lowercased, as DNS clients may send it; use a nonce whose label is lowercase`);
+    throw new TlsError(
+      'ERR_TLS_NONCE_LABEL',
+      `the ${encoding} nonce label in ${JSON.stringify(servername.slice(0, 96))} names other bytes once lowercased, as DNS clients may send it; use a nonce whose label is lowercase`,
+    );
   }
   return sent;
 }
@@ -50,13 +53,23 @@ const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
  * On a TLSSocket this is only meaningful after the handshake: the handshake proved the peer holds
  * the certificate's key, and the document proves that key lives in the attested enclave.
  */
-export function verifyPeerAttestation(peer: TLSSocket | X509Certificate | Uint8Array, options: PeerVerifyOptions = {}): PeerAttestation {
+export function verifyPeerAttestation(
+  peer: TLSSocket | X509Certificate | Uint8Array,
+  options: PeerVerifyOptions = {},
+): PeerAttestation {
   const certificate = peer instanceof TLSSocket ? peerCertificateDer(peer) : peer;
   const { expectedNonce, ...verifyOptions } = options;
-  if (expectedNonce !== undefined && verifyOptions.nonce !== undefined && !Buffer.from(expectedNonce).equals(Buffer.from(verifyOptions.nonce))) {
+  if (
+    expectedNonce !== undefined &&
+    verifyOptions.nonce !== undefined &&
+    !Buffer.from(expectedNonce).equals(Buffer.from(verifyOptions.nonce))
+  ) {
     throw new TlsError('ERR_TLS_NONCE_CONFLICT', 'nonce and expectedNonce differ');
   }
-  return verifyCertificateAttestation(certificate, { ...verifyOptions, ...(expectedNonce ? { nonce: expectedNonce } : {}) });
+  return verifyCertificateAttestation(certificate, {
+    ...verifyOptions,
+    ...(expectedNonce ? { nonce: expectedNonce } : {}),
+  });
 }
 
 export interface AttestedConnectorOptions {
@@ -109,7 +122,8 @@ export interface AttestedAgentOptions extends AttestedConnectorOptions {
 export function createAttestedConnector(options: AttestedConnectorOptions = {}): buildConnector.connector {
   const encoding = options.sniNonceEncoding ?? 'hex';
   const nonceBytes = options.freshNonceBytes ?? freshNonceBytes(encoding);
-  if (!Number.isInteger(nonceBytes) || nonceBytes < 1 || nonceBytes > MAX_FRESH_NONCE_BYTES) throw new RangeError(`freshNonceBytes must be 1 to ${MAX_FRESH_NONCE_BYTES}`);
+  if (!Number.isInteger(nonceBytes) || nonceBytes < 1 || nonceBytes > MAX_FRESH_NONCE_BYTES)
+    throw new RangeError(`freshNonceBytes must be 1 to ${MAX_FRESH_NONCE_BYTES}`);
   const verifyChain = options.verifyChain ?? options.ca !== undefined;
   const inner = buildConnector({
     // Node's own check would refuse a private CA before we could look at the attestation; the
@@ -127,7 +141,10 @@ export function createAttestedConnector(options: AttestedConnectorOptions = {}):
 
   return (connectOptions, callback) => {
     if (connectOptions.protocol !== 'https:') {
-      callback(new TlsError('ERR_TLS_NOT_TLS', `attested connections need https:, not ${connectOptions.protocol}`), null);
+      callback(
+        new TlsError('ERR_TLS_NOT_TLS', `attested connections need https:, not ${connectOptions.protocol}`),
+        null,
+      );
       return;
     }
     const baseHost = options.servername ?? connectOptions.servername ?? stripBrackets(connectOptions.hostname);
@@ -181,7 +198,10 @@ export function peerCertificateDer(socket: TLSSocket): Uint8Array {
 
 function checkChainAndName(socket: TLSSocket, host: string): void {
   if (!socket.authorized) {
-    throw new TlsError('ERR_TLS_UNTRUSTED_CHAIN', `the certificate chain does not verify: ${String(socket.authorizationError)}`);
+    throw new TlsError(
+      'ERR_TLS_UNTRUSTED_CHAIN',
+      `the certificate chain does not verify: ${String(socket.authorizationError)}`,
+    );
   }
   const identityError = checkServerIdentity(host, socket.getPeerCertificate() as PeerCertificate);
   if (identityError) throw new TlsError('ERR_TLS_HOST_MISMATCH', identityError.message, { cause: identityError });

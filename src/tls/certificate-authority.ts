@@ -5,8 +5,9 @@ import * as x509 from '@peculiar/x509';
 import { createPrivateKey, createPublicKey, randomBytes, webcrypto, X509Certificate } from 'node:crypto';
 import { link, mkdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Logger } from '../log.js';
+import type { Logger } from '../core/log.js';
 import { TlsError } from './tls-error.js';
+import { errorCode } from '../core/errors.js';
 
 x509.cryptoProvider.set(webcrypto);
 
@@ -95,7 +96,13 @@ export class CertificateAuthority {
   readonly #authorityKeyId: x509.AuthorityKeyIdentifierExtension;
   readonly #now: () => number;
 
-  private constructor(stored: Omit<StoredCa, 'keyDer'>, certificatePath: string | undefined, signingKey: CryptoKey, authorityKeyId: x509.AuthorityKeyIdentifierExtension, now: () => number) {
+  private constructor(
+    stored: Omit<StoredCa, 'keyDer'>,
+    certificatePath: string | undefined,
+    signingKey: CryptoKey,
+    authorityKeyId: x509.AuthorityKeyIdentifierExtension,
+    now: () => number,
+  ) {
     this.certificatePem = stored.certPem;
     this.certificatePath = certificatePath;
     this.notAfter = stored.cert.notAfter;
@@ -115,7 +122,10 @@ export class CertificateAuthority {
 
     let stored = await readStoredCa(keyPath);
     if (stored && stored.cert.notAfter.getTime() - now() < CA_MIN_REMAINING_MS) {
-      options.logger.warn({ path: certPath, notAfter: stored.cert.notAfter.toISOString() }, 'TLS CA expired or about to; generating a new one (clients must trust the new ca.pem)');
+      options.logger.warn(
+        { path: certPath, notAfter: stored.cert.notAfter.toISOString() },
+        'TLS CA expired or about to; generating a new one (clients must trust the new ca.pem)',
+      );
       const fresh = await generateCaPem(now(), options.commonName, options.pathLength);
       await writeAtomically(keyPath, fresh, 0o600);
       stored = await readStoredCa(keyPath);
@@ -129,7 +139,13 @@ export class CertificateAuthority {
     const current = await readFile(certPath, 'utf8').catch(() => undefined);
     if (current !== stored.certPem) await writeAtomically(certPath, stored.certPem, 0o644);
 
-    const signingKey = await webcrypto.subtle.importKey('pkcs8', stored.keyDer, { name: 'ECDSA', namedCurve: stored.algorithm.namedCurve }, false, ['sign']);
+    const signingKey = await webcrypto.subtle.importKey(
+      'pkcs8',
+      stored.keyDer,
+      { name: 'ECDSA', namedCurve: stored.algorithm.namedCurve },
+      false,
+      ['sign'],
+    );
     const authorityKeyId = await x509.AuthorityKeyIdentifierExtension.create(stored.cert, false);
     return new CertificateAuthority(stored, certPath, signingKey, authorityKeyId, now);
   }
@@ -138,13 +154,27 @@ export class CertificateAuthority {
    * A CA whose key exists only in memory (the enclave's provisioned intermediate): nothing is read
    * or written, and the key may be non-extractable. Leaves chain to `certPem`.
    */
-  static async fromKey(certPem: string, signingKey: CryptoKey, options: { now?: () => number } = {}): Promise<CertificateAuthority> {
+  static async fromKey(
+    certPem: string,
+    signingKey: CryptoKey,
+    options: { now?: () => number } = {},
+  ): Promise<CertificateAuthority> {
     const cert = new x509.X509Certificate(certPem);
     const curve = (signingKey.algorithm as webcrypto.EcKeyAlgorithm).namedCurve;
     const algorithm = curve === 'P-256' ? CURVES.prime256v1 : curve === 'P-384' ? CURVES.secp384r1 : undefined;
-    if (!algorithm) throw new TlsError('ERR_TLS_CA_STATE', `a CA key must be ECDSA P-256 or P-384, not ${curve ?? signingKey.algorithm.name}`);
+    if (!algorithm)
+      throw new TlsError(
+        'ERR_TLS_CA_STATE',
+        `a CA key must be ECDSA P-256 or P-384, not ${curve ?? signingKey.algorithm.name}`,
+      );
     const authorityKeyId = await x509.AuthorityKeyIdentifierExtension.create(cert, false);
-    return new CertificateAuthority({ certPem, cert, algorithm }, undefined, signingKey, authorityKeyId, options.now ?? Date.now);
+    return new CertificateAuthority(
+      { certPem, cert, algorithm },
+      undefined,
+      signingKey,
+      authorityKeyId,
+      options.now ?? Date.now,
+    );
   }
 
   /** Issue an intermediate CA (pathLen 0, keyCertSign): the provisioner signing an attested enclave's key. */
@@ -155,7 +185,9 @@ export class CertificateAuthority {
       new x509.BasicConstraintsExtension(true, 0, true),
       new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
       await x509.SubjectKeyIdentifierExtension.create(request.publicKeySpki),
-      ...(permitted.length > 0 ? [new x509.Extension(NAME_CONSTRAINTS_OID, true, encodeDnsNameConstraints(permitted))] : []),
+      ...(permitted.length > 0
+        ? [new x509.Extension(NAME_CONSTRAINTS_OID, true, encodeDnsNameConstraints(permitted))]
+        : []),
     ]);
     return { certPem: signed.certPem, serialNumber, notBefore: signed.notBefore, notAfter: signed.notAfter };
   }
@@ -217,7 +249,7 @@ async function readStoredCa(keyPath: string): Promise<StoredCa | undefined> {
   try {
     text = await readFile(keyPath, 'utf8');
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    if (errorCode(err) === 'ENOENT') return undefined;
     throw new TlsError('ERR_TLS_CA_STATE', `cannot read ${keyPath}: ${(err as Error).message}`, { cause: err });
   }
   try {
@@ -225,17 +257,25 @@ async function readStoredCa(keyPath: string): Promise<StoredCa | undefined> {
     const certPem = pemBlock(text, 'CERTIFICATE');
     const privateKey = createPrivateKey(keyPem);
     const nodeCert = new X509Certificate(certPem);
-    const spki = (k: Parameters<typeof createPublicKey>[0]) => createPublicKey(k).export({ type: 'spki', format: 'der' });
+    const spki = (k: Parameters<typeof createPublicKey>[0]) =>
+      createPublicKey(k).export({ type: 'spki', format: 'der' });
     if (!spki(privateKey).equals(spki(nodeCert.publicKey.export({ type: 'spki', format: 'pem' })))) {
       throw new Error('the key does not match the certificate');
     }
     const curve = privateKey.asymmetricKeyDetails?.namedCurve;
-    const algorithm = privateKey.asymmetricKeyType === 'ec' && (curve === 'prime256v1' || curve === 'secp384r1') ? CURVES[curve] : undefined;
+    const algorithm =
+      privateKey.asymmetricKeyType === 'ec' && (curve === 'prime256v1' || curve === 'secp384r1')
+        ? CURVES[curve]
+        : undefined;
     if (!algorithm) throw new Error('the key is not ECDSA P-256 or P-384');
     const keyDer = new Uint8Array(privateKey.export({ type: 'pkcs8', format: 'der' }));
     return { certPem, cert: new x509.X509Certificate(certPem), keyDer, algorithm };
   } catch (err) {
-    throw new TlsError('ERR_TLS_CA_STATE', `${keyPath} is not a usable CA (${(err as Error).message}); remove it and ${CA_CERT_FILE} to generate a new CA`, { cause: err });
+    throw new TlsError(
+      'ERR_TLS_CA_STATE',
+      `${keyPath} is not a usable CA (${(err as Error).message}); remove it and ${CA_CERT_FILE} to generate a new CA`,
+      { cause: err },
+    );
   }
 }
 
@@ -246,7 +286,10 @@ function pemBlock(text: string, label: string): string {
 }
 
 async function generateCaPem(now: number, commonName = 'enclave-runtime dev CA', pathLength = 0): Promise<string> {
-  const keys = (await webcrypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
+  const keys = (await webcrypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, [
+    'sign',
+    'verify',
+  ])) as webcrypto.CryptoKeyPair;
   // A random suffix tells apart the CAs of different state dirs in a trust store.
   const name: x509.JsonName = [{ CN: [`${commonName} ${randomBytes(4).toString('hex')}`] }, { O: ['enclave-runtime'] }];
   const cert = await x509.X509CertificateGenerator.createSelfSigned({
@@ -277,7 +320,7 @@ async function createExclusively(keyPath: string, content: string): Promise<Stor
   try {
     await link(tmp, keyPath);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    if (errorCode(err) !== 'EEXIST') throw err;
   } finally {
     await unlink(tmp).catch(() => undefined);
   }
@@ -316,12 +359,21 @@ const NAME_CONSTRAINTS_OID = '2.5.29.30';
 function encodeDnsNameConstraints(names: readonly string[]): Uint8Array {
   const permitted = names.map((name) => der(0x30, der(0x82, Buffer.from(name, 'ascii'))));
   const excluded = [Buffer.alloc(8), Buffer.alloc(32)].map((addressAndMask) => der(0x30, der(0x87, addressAndMask)));
-  return new Uint8Array(der(0x30, Buffer.concat([der(0xa0, Buffer.concat(permitted)), der(0xa1, Buffer.concat(excluded))])));
+  return new Uint8Array(
+    der(0x30, Buffer.concat([der(0xa0, Buffer.concat(permitted)), der(0xa1, Buffer.concat(excluded))])),
+  );
 }
 
 function der(tag: number, content: Buffer): Buffer {
   const n = content.length;
-  const length = n < 0x80 ? Buffer.of(n) : n < 0x100 ? Buffer.of(0x81, n) : n < 0x10000 ? Buffer.of(0x82, n >> 8, n & 0xff) : undefined;
+  const length =
+    n < 0x80
+      ? Buffer.of(n)
+      : n < 0x100
+        ? Buffer.of(0x81, n)
+        : n < 0x10000
+          ? Buffer.of(0x82, n >> 8, n & 0xff)
+          : undefined;
   if (!length) throw new TlsError('ERR_TLS_ISSUE', 'name constraints larger than 64 KiB');
   return Buffer.concat([Buffer.of(tag), length, content]);
 }

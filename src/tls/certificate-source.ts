@@ -1,4 +1,4 @@
-import type { Logger } from '../log.js';
+import type { Logger } from '../core/log.js';
 import { CertificateAuthority } from './certificate-authority.js';
 
 /** Everything a source may need to issue an attested leaf. */
@@ -68,6 +68,9 @@ export async function openSelfCertificateSource(
   stateDir: string,
   options: { logger: Logger; now?: () => number; leafValidityMs?: number },
 ): Promise<SelfCertificateSource> {
-  const authority = await CertificateAuthority.open(stateDir, { logger: options.logger, ...(options.now ? { now: options.now } : {}) });
+  const authority = await CertificateAuthority.open(stateDir, {
+    logger: options.logger,
+    ...(options.now ? { now: options.now } : {}),
+  });
   return new SelfCertificateSource(authority, options.leafValidityMs);
 }

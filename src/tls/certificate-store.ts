@@ -1,11 +1,12 @@
 import type { Nsm } from '../attestation/nsm.js';
-import type { Logger } from '../log.js';
+import type { Logger } from '../core/log.js';
 import { createAttestedCertificate, type AttestedCertificate } from './attested-certificate.js';
 import type { CertificateSource } from './certificate-source.js';
 import { generateTlsKeyPair, type TlsKeyPair } from './key-pair.js';
 import { TlsError } from './tls-error.js';
 import { formatNonceServerName, type SniNonceEncoding } from './nonce-label.js';
-import { timerDelay } from '../backoff.js';
+import { timerDelay } from '../core/backoff.js';
+import { errorCode } from '../core/errors.js';
 
 export const DEFAULT_NONCE_CACHE_SIZE = 1024;
 export const DEFAULT_MAX_PENDING_ISSUES = 256;
@@ -75,7 +76,8 @@ export class CertificateStore {
 
   private constructor(options: CertificateStoreOptions, keyPair: TlsKeyPair, base: AttestedCertificate) {
     const nonceCacheSize = options.nonceCacheSize ?? DEFAULT_NONCE_CACHE_SIZE;
-    if (!Number.isInteger(nonceCacheSize) || nonceCacheSize < 1) throw new RangeError('nonceCacheSize must be a positive integer');
+    if (!Number.isInteger(nonceCacheSize) || nonceCacheSize < 1)
+      throw new RangeError('nonceCacheSize must be a positive integer');
     this.#options = {
       nsm: options.nsm,
       source: options.source,
@@ -94,7 +96,13 @@ export class CertificateStore {
   /** Make the first base certificate (failing if the NSM or the source cannot), then keep it renewed. */
   static async create(options: CertificateStoreOptions): Promise<CertificateStore> {
     const keyPair = await generateTlsKeyPair();
-    const base = await createAttestedCertificate({ nsm: options.nsm, source: options.source, serverName: options.serverName, keyPair, ...(options.now ? { now: options.now } : {}) });
+    const base = await createAttestedCertificate({
+      nsm: options.nsm,
+      source: options.source,
+      serverName: options.serverName,
+      keyPair,
+      ...(options.now ? { now: options.now } : {}),
+    });
     const store = new CertificateStore(options, keyPair, base);
     store.#logBase('base attested certificate ready');
     store.#schedule(store.#renewDelay(base));
@@ -149,21 +157,25 @@ export class CertificateStore {
    */
   forNonce(nonce: Uint8Array): Promise<AttestedCertificate> {
     if (this.#closed) return Promise.reject(new TlsError('ERR_TLS_CLOSED', 'the certificate store is closed'));
-    if (nonce.length === 0) return Promise.reject(new TlsError('ERR_TLS_NONCE', 'an empty nonce asks for the base certificate'));
+    if (nonce.length === 0)
+      return Promise.reject(new TlsError('ERR_TLS_NONCE', 'an empty nonce asks for the base certificate'));
     const hit = this.peek(nonce);
     if (hit) return Promise.resolve(hit);
     const key = cacheKey(nonce);
     let flight = this.#pending.get(key);
     if (!flight) {
       if (this.#pending.size >= this.#options.maxPendingIssues) {
-        return Promise.reject(new TlsError('ERR_TLS_BUSY', `${this.#pending.size} nonce certificates are already being issued`));
+        return Promise.reject(
+          new TlsError('ERR_TLS_BUSY', `${this.#pending.size} nonce certificates are already being issued`),
+        );
       }
       flight = this.#issue(key, nonce);
       this.#pending.set(key, flight);
     }
     return withTimeout(flight, this.#options.issueTimeoutMs).catch((err: unknown) => {
       // A failed issuance was logged by #issue; a slow one (stalled NSM) would otherwise go unnoticed.
-      if (err instanceof TlsError && err.code === 'ERR_TLS_ISSUE_TIMEOUT') this.#warn(err, 'nonce certificate not ready in time; serving the base certificate instead');
+      if (err instanceof TlsError && err.code === 'ERR_TLS_ISSUE_TIMEOUT')
+        this.#warn(err, 'nonce certificate not ready in time; serving the base certificate instead');
       throw err;
     });
   }
@@ -209,7 +221,9 @@ export class CertificateStore {
     } catch (err) {
       this.#failures += 1;
       this.#warn(err, 'could not issue a nonce certificate; serving the base certificate instead');
-      throw err instanceof TlsError ? err : new TlsError('ERR_TLS_ISSUE', `nonce certificate: ${(err as Error).message}`, { cause: err });
+      throw err instanceof TlsError
+        ? err
+        : new TlsError('ERR_TLS_ISSUE', `nonce certificate: ${(err as Error).message}`, { cause: err });
     } finally {
       this.#pending.delete(key);
     }
@@ -236,23 +250,26 @@ export class CertificateStore {
   #schedule(delayMs: number): void {
     if (this.#closed) return;
     if (this.#timer) clearTimeout(this.#timer);
-    this.#timer = setTimeout(() => {
-      this.#timer = undefined;
-      this.renewBase().then(
-        (base) => {
-          this.#retryMs = RETRY_MIN_MS;
-          this.#schedule(this.#renewDelay(base));
-        },
-        (err: unknown) => {
-          this.#options.logger.warn(
-            { err: describeError(err), retryInMs: this.#retryMs, baseExpiresAt: this.#base.expiresAt.toISOString() },
-            'could not renew the base certificate; still serving the current one',
-          );
-          this.#schedule(this.#retryMs);
-          this.#retryMs = Math.min(this.#retryMs * 2, RETRY_MAX_MS);
-        },
-      );
-    }, timerDelay(delayMs, RENEW_MIN_DELAY_MS));
+    this.#timer = setTimeout(
+      () => {
+        this.#timer = undefined;
+        this.renewBase().then(
+          (base) => {
+            this.#retryMs = RETRY_MIN_MS;
+            this.#schedule(this.#renewDelay(base));
+          },
+          (err: unknown) => {
+            this.#options.logger.warn(
+              { err: describeError(err), retryInMs: this.#retryMs, baseExpiresAt: this.#base.expiresAt.toISOString() },
+              'could not renew the base certificate; still serving the current one',
+            );
+            this.#schedule(this.#retryMs);
+            this.#retryMs = Math.min(this.#retryMs * 2, RETRY_MAX_MS);
+          },
+        );
+      },
+      timerDelay(delayMs, RENEW_MIN_DELAY_MS),
+    );
     // Renewal alone must never keep the process alive.
     this.#timer.unref();
   }
@@ -267,7 +284,11 @@ export class CertificateStore {
 
   #logBase(message: string): void {
     this.#options.logger.info(
-      { serverName: this.#options.serverName, expiresAt: this.#base.expiresAt.toISOString(), renewAt: new Date(staleAt(this.#base)).toISOString() },
+      {
+        serverName: this.#options.serverName,
+        expiresAt: this.#base.expiresAt.toISOString(),
+        renewAt: new Date(staleAt(this.#base)).toISOString(),
+      },
       message,
     );
   }
@@ -301,7 +322,10 @@ function cacheKey(nonce: Uint8Array): string {
 
 function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
   return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new TlsError('ERR_TLS_ISSUE_TIMEOUT', `no nonce certificate within ${ms} ms`)), ms);
+    const timer = setTimeout(
+      () => reject(new TlsError('ERR_TLS_ISSUE_TIMEOUT', `no nonce certificate within ${ms} ms`)),
+      ms,
+    );
     timer.unref();
     promise.then(
       (value) => {
@@ -318,7 +342,7 @@ function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
 
 function describeError(err: unknown): { code?: string; message: string } {
   if (err instanceof Error) {
-    const code = (err as { code?: unknown }).code;
+    const code = errorCode(err);
     return typeof code === 'string' ? { code, message: err.message } : { message: err.message };
   }
   return { message: String(err) };

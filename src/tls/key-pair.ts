@@ -42,7 +42,7 @@ export class TlsKeyPair {
   }
 
   [inspect.custom](): string {
-    return `TlsKeyPair(ECDSA P-256, spki …${Buffer.from(this.spkiDer).toString("hex").slice(-16)})`;
+    return `TlsKeyPair(ECDSA P-256, spki …${Buffer.from(this.spkiDer).toString('hex').slice(-16)})`;
   }
 }
 

@@ -27,7 +27,10 @@ const BASE64_LABEL = /^[A-Za-z0-9+/_-]+={0,2}$/;
  * Split `<nonce>.attest.<base-host>` and decode the nonce label. Only the first label is the
  * nonce and only the second must be `attest` (case-insensitive, as DNS is); the rest is the base host.
  */
-export function parseNonceServerName(serverName: string | undefined | null, encoding: SniNonceEncoding = 'hex'): NonceServerName {
+export function parseNonceServerName(
+  serverName: string | undefined | null,
+  encoding: SniNonceEncoding = 'hex',
+): NonceServerName {
   if (!serverName) return { kind: 'base' };
   const first = serverName.indexOf('.');
   if (first <= 0) return { kind: 'base' };
@@ -37,20 +40,28 @@ export function parseNonceServerName(serverName: string | undefined | null, enco
   if (baseHost.length === 0) return { kind: 'base' };
   const label = serverName.slice(0, first);
   const decoded = encoding === 'base64' ? decodeBase64Label(label) : decodeHexLabel(label);
-  return typeof decoded === 'string' ? { kind: 'invalid', reason: decoded, baseHost } : { kind: 'nonce', nonce: decoded, baseHost };
+  return typeof decoded === 'string'
+    ? { kind: 'invalid', reason: decoded, baseHost }
+    : { kind: 'nonce', nonce: decoded, baseHost };
 }
 
 /** The nonce bytes an SNI asks for, or undefined for a base-certificate request or a label that does not decode. */
-export function parseNonceLabel(serverName: string | undefined | null, encoding: SniNonceEncoding = 'hex'): Uint8Array | undefined {
+export function parseNonceLabel(
+  serverName: string | undefined | null,
+  encoding: SniNonceEncoding = 'hex',
+): Uint8Array | undefined {
   const parsed = parseNonceServerName(serverName, encoding);
   return parsed.kind === 'nonce' ? parsed.nonce : undefined;
 }
 
 /** The SNI a client sends to ask for a certificate carrying `nonce`: `<label>.attest.<baseHost>`. */
 export function formatNonceServerName(nonce: Uint8Array, baseHost: string, encoding: SniNonceEncoding = 'hex'): string {
-  if (nonce.length === 0 || nonce.length > SNI_NONCE_MAX_BYTES) throw new RangeError(`a nonce is 1 to ${SNI_NONCE_MAX_BYTES} bytes`);
+  if (nonce.length === 0 || nonce.length > SNI_NONCE_MAX_BYTES)
+    throw new RangeError(`a nonce is 1 to ${SNI_NONCE_MAX_BYTES} bytes`);
   // base64url without padding: the only base64 spelling that is also a valid host name label.
-  const label = Buffer.from(nonce.buffer, nonce.byteOffset, nonce.byteLength).toString(encoding === 'base64' ? 'base64url' : 'hex');
+  const label = Buffer.from(nonce.buffer, nonce.byteOffset, nonce.byteLength).toString(
+    encoding === 'base64' ? 'base64url' : 'hex',
+  );
   return `${label}.attest.${baseHost}`;
 }
 
@@ -77,13 +88,20 @@ const STABLE_DIGITS = 'abcdefghijklmnopqrstuvwxyz0123456789';
  * decoded, so 18 bytes carry 124 random bits; the last digit of a partial group only takes values
  * whose unused low bits are zero, as canonical base64 requires.
  */
-export function generateSniNonce(encoding: SniNonceEncoding, bytes: number, random: (n: number) => Uint8Array = randomBytes): Uint8Array {
-  if (!Number.isInteger(bytes) || bytes < 1 || bytes > SNI_NONCE_MAX_BYTES) throw new RangeError(`a nonce is 1 to ${SNI_NONCE_MAX_BYTES} bytes`);
+export function generateSniNonce(
+  encoding: SniNonceEncoding,
+  bytes: number,
+  random: (n: number) => Uint8Array = randomBytes,
+): Uint8Array {
+  if (!Number.isInteger(bytes) || bytes < 1 || bytes > SNI_NONCE_MAX_BYTES)
+    throw new RangeError(`a nonce is 1 to ${SNI_NONCE_MAX_BYTES} bytes`);
   if (encoding === 'hex') return new Uint8Array(random(bytes));
   const digits = Math.ceil((bytes * 4) / 3);
   // Bits of the last digit beyond the data: 4 when bytes % 3 == 1, 2 when == 2, none otherwise.
   const spareBits = digits * 6 - bytes * 8;
-  const lastDigits = [...STABLE_DIGITS].filter((c) => (BASE64URL_ALPHABET.indexOf(c) & ((1 << spareBits) - 1)) === 0).join('');
+  const lastDigits = [...STABLE_DIGITS]
+    .filter((c) => (BASE64URL_ALPHABET.indexOf(c) & ((1 << spareBits) - 1)) === 0)
+    .join('');
   let label = '';
   while (label.length < digits) {
     for (const byte of random(digits)) {
@@ -95,7 +113,8 @@ export function generateSniNonce(encoding: SniNonceEncoding, bytes: number, rand
   }
   const nonce = new Uint8Array(Buffer.from(label, 'base64url'));
   // Cannot happen by construction; failing here beats sending a label that names other bytes.
-  if (nonce.byteLength !== bytes || Buffer.from(nonce).toString('base64url') !== label) throw new Error('generated a non-canonical base64 nonce label');
+  if (nonce.byteLength !== bytes || Buffer.from(nonce).toString('base64url') !== label)
+    throw new Error('generated a non-canonical base64 nonce label');
   return nonce;
 }
 
@@ -112,7 +131,8 @@ function decodeHexLabel(label: string): Uint8Array | string {
  * silently drop them and two labels would then name one nonce.
  */
 function decodeBase64Label(label: string): Uint8Array | string {
-  if (label.length > Math.ceil(SNI_NONCE_MAX_BYTES / 3) * 4) return `nonce label longer than ${SNI_NONCE_MAX_BYTES} bytes`;
+  if (label.length > Math.ceil(SNI_NONCE_MAX_BYTES / 3) * 4)
+    return `nonce label longer than ${SNI_NONCE_MAX_BYTES} bytes`;
   if (!BASE64_LABEL.test(label)) return 'nonce label is not base64';
   const body = label.replace(/=+$/, '');
   const padding = label.length - body.length;
@@ -121,6 +141,7 @@ function decodeBase64Label(label: string): Uint8Array | string {
   const bytes = Buffer.from(body.replace(/-/g, '+').replace(/_/g, '/'), 'base64');
   if (bytes.length === 0) return 'nonce label is empty';
   if (bytes.length > SNI_NONCE_MAX_BYTES) return `nonce label longer than ${SNI_NONCE_MAX_BYTES} bytes`;
-  if (bytes.toString('base64url') !== body.replace(/\+/g, '-').replace(/\//g, '_')) return 'nonce label has non-canonical base64 bits';
+  if (bytes.toString('base64url') !== body.replace(/\+/g, '-').replace(/\//g, '_'))
+    return 'nonce label has non-canonical base64 bits';
   return new Uint8Array(bytes);
 }

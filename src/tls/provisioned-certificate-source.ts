@@ -3,15 +3,15 @@ import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
 import { webcrypto, X509Certificate } from 'node:crypto';
 import type { Nsm } from '../attestation/nsm.js';
-import { formatAddress, type Address } from '../bridge/address.js';
-import type { Logger } from '../log.js';
+import { formatAddress, type Address } from '../net/address.js';
+import type { Logger } from '../core/log.js';
 import { ProvisionerClient } from '../provisioner/provisioner-client.js';
 import { ProvisioningError } from '../provisioner/provisioner-error.js';
-import { provisioningUserData } from '../provisioner/protocol.js';
+import { provisioningUserData } from '../wire/provisioner-protocol.js';
 import { CertificateAuthority } from './certificate-authority.js';
 import type { CertificateRequest, CertificateSource, IssuedCertificate } from './certificate-source.js';
 import { TlsError } from './tls-error.js';
-import { backoffDelay, timerDelay } from '../backoff.js';
+import { backoffDelay, timerDelay } from '../core/backoff.js';
 
 x509.cryptoProvider.set(webcrypto);
 
@@ -103,7 +103,10 @@ export class ProvisionedCertificateSource implements CertificateSource {
   async issue(request: CertificateRequest): Promise<IssuedCertificate> {
     const current = this.#current;
     if (current.notAfter.getTime() <= this.#now()) {
-      throw new TlsError('ERR_TLS_PROVISIONED_CA_EXPIRED', `the provisioned intermediate CA expired at ${current.notAfter.toISOString()} and could not be renewed`);
+      throw new TlsError(
+        'ERR_TLS_PROVISIONED_CA_EXPIRED',
+        `the provisioned intermediate CA expired at ${current.notAfter.toISOString()} and could not be renewed`,
+      );
     }
     const leaf = await current.authority.issue({
       dnsNames: request.dnsNames,
@@ -145,7 +148,13 @@ export class ProvisionedCertificateSource implements CertificateSource {
       this.#failures += 1;
       const retryMs = backoffDelay(this.#failures, this.#retryMinMs, RETRY_MAX_MS);
       this.#options.logger.warn(
-        { code: (error as ProvisioningError).code, remoteCode: (error as ProvisioningError).remoteCode, reason: (error as Error).message, retryMs, notAfter: this.#current.notAfter.toISOString() },
+        {
+          code: (error as ProvisioningError).code,
+          remoteCode: (error as ProvisioningError).remoteCode,
+          reason: (error as Error).message,
+          retryMs,
+          notAfter: this.#current.notAfter.toISOString(),
+        },
         'renewing the provisioned intermediate CA failed; the current one stays in use',
       );
       this.#scheduleRenewal(retryMs);
@@ -154,7 +163,9 @@ export class ProvisionedCertificateSource implements CertificateSource {
 }
 
 /** Open the `provisioner` source: provisions the first intermediate before returning. */
-export function openProvisionedCertificateSource(options: ProvisionedSourceOptions): Promise<ProvisionedCertificateSource> {
+export function openProvisionedCertificateSource(
+  options: ProvisionedSourceOptions,
+): Promise<ProvisionedCertificateSource> {
   return ProvisionedCertificateSource.open(options);
 }
 
@@ -183,41 +194,71 @@ async function provision(options: ProvisionedSourceOptions): Promise<Provisioned
       nonce: Buffer.from(challenge.nonce).toString('hex'),
     });
     const provisioned = await adopt(answer.certificate, answer.chain, spki, keys.privateKey, options);
-    logger.info({ provisioner: target, notAfter: provisioned.notAfter.toISOString(), subject: new X509Certificate(provisioned.authority.certificatePem).subject.replace(/\n/g, ', ') }, 'provisioned the enclave intermediate CA');
+    logger.info(
+      {
+        provisioner: target,
+        notAfter: provisioned.notAfter.toISOString(),
+        subject: new X509Certificate(provisioned.authority.certificatePem).subject.replace(/\n/g, ', '),
+      },
+      'provisioned the enclave intermediate CA',
+    );
     return provisioned;
   } catch (error) {
     if (error instanceof ProvisioningError) {
-      logger.error({ provisioner: target, code: error.code, remoteCode: error.remoteCode, status: error.status, reason: error.message }, 'provisioning the enclave intermediate CA failed');
+      logger.error(
+        {
+          provisioner: target,
+          code: error.code,
+          remoteCode: error.remoteCode,
+          status: error.status,
+          reason: error.message,
+        },
+        'provisioning the enclave intermediate CA failed',
+      );
     }
     throw error;
   }
 }
 
 /** Checks the provisioner's answer (our key, a CA, signed by the chain it names) and makes it the signing CA. */
-async function adopt(certificatePem: string, chainText: string, spki: Uint8Array, privateKey: webcrypto.CryptoKey, options: ProvisionedSourceOptions): Promise<Provisioned> {
+async function adopt(
+  certificatePem: string,
+  chainText: string,
+  spki: Uint8Array,
+  privateKey: webcrypto.CryptoKey,
+  options: ProvisionedSourceOptions,
+): Promise<Provisioned> {
   const bad = (detail: string, cause?: unknown) =>
-    new ProvisioningError('ERR_PROVISIONING_RESPONSE', `the provisioner at ${formatAddress(options.address)} answered with an unusable certificate: ${detail}`, cause === undefined ? {} : { cause });
+    new ProvisioningError(
+      'ERR_PROVISIONING_RESPONSE',
+      `the provisioner at ${formatAddress(options.address)} answered with an unusable certificate: ${detail}`,
+      cause === undefined ? {} : { cause },
+    );
   let cert: X509Certificate;
   let chain: X509Certificate[];
   try {
     cert = new X509Certificate(certificatePem);
     const blocks = chainText.match(PEM_CERT) ?? [];
-    if (blocks.length === 0 || blocks.length > MAX_CHAIN_CERTS) throw new Error(`the chain holds ${blocks.length} certificates, expected 1 to ${MAX_CHAIN_CERTS}`);
+    if (blocks.length === 0 || blocks.length > MAX_CHAIN_CERTS)
+      throw new Error(`the chain holds ${blocks.length} certificates, expected 1 to ${MAX_CHAIN_CERTS}`);
     chain = blocks.map((pem) => new X509Certificate(pem));
   } catch (error) {
     throw bad((error as Error).message, error);
   }
-  if (!Buffer.from(spki).equals(cert.publicKey.export({ type: 'spki', format: 'der' }))) throw bad('it is not for the key in our CSR');
+  if (!Buffer.from(spki).equals(cert.publicKey.export({ type: 'spki', format: 'der' })))
+    throw bad('it is not for the key in our CSR');
   if (!cert.ca) throw bad('it is not a CA certificate (basicConstraints CA:FALSE)');
   const now = (options.now ?? Date.now)();
   if (new Date(cert.validTo).getTime() <= now) throw bad(`it expired at ${new Date(cert.validTo).toISOString()}`);
   // Each certificate must be signed by the next; the last is the root clients trust.
   for (const [i, subject] of [cert, ...chain.slice(0, -1)].entries()) {
     const issuer = chain[i]!;
-    if (!subject.checkIssued(issuer) || !subject.verify(issuer.publicKey)) throw bad(`certificate ${i} of the chain is not signed by certificate ${i + 1}`);
+    if (!subject.checkIssued(issuer) || !subject.verify(issuer.publicKey))
+      throw bad(`certificate ${i} of the chain is not signed by certificate ${i + 1}`);
   }
   const root = chain[chain.length - 1]!;
-  if (!root.checkIssued(root) || !root.verify(root.publicKey)) throw bad('the chain does not end at a self-signed root');
+  if (!root.checkIssued(root) || !root.verify(root.publicKey))
+    throw bad('the chain does not end at a self-signed root');
   const certPem = cert.toString();
   const authority = await CertificateAuthority.fromKey(certPem, privateKey, options.now ? { now: options.now } : {});
   return {
@@ -231,5 +272,8 @@ async function adopt(certificatePem: string, chainText: string, spki: Uint8Array
 
 /** ECDSA P-256 with a non-extractable private key: usable for signing, impossible to export. */
 async function generateIntermediateKeyPair(): Promise<CryptoKeyPair> {
-  return (await webcrypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, false, ['sign', 'verify'])) as CryptoKeyPair;
+  return (await webcrypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, false, [
+    'sign',
+    'verify',
+  ])) as CryptoKeyPair;
 }

@@ -2,7 +2,7 @@
  * When to renew a certificate and how long to wait after a failed attempt, kept apart from the
  * ACME protocol so the schedule can be tested against an injected clock.
  */
-import { backoffDelay, timerDelay } from '../backoff.js';
+import { backoffDelay, timerDelay } from '../core/backoff.js';
 
 /** Renewal moves by up to this share of the lifetime either way, so a fleet started together does not renew together. */
 export const RENEW_JITTER_FRACTION = 0.05;
@@ -31,7 +31,12 @@ export const systemClock: Clock = {
  * `fraction` of its lifetime, plus or minus RENEW_JITTER_FRACTION of it, clamped inside the lifetime.
  * `random` returns a number in [0, 1).
  */
-export function renewalTime(notBefore: number, notAfter: number, fraction: number, random: () => number = Math.random): number {
+export function renewalTime(
+  notBefore: number,
+  notAfter: number,
+  fraction: number,
+  random: () => number = Math.random,
+): number {
   const lifetime = Math.max(0, notAfter - notBefore);
   const jitter = (random() * 2 - 1) * RENEW_JITTER_FRACTION * lifetime;
   const at = notBefore + fraction * lifetime + jitter;

@@ -18,7 +18,10 @@ export class TlsAlpnChallenges {
   add(domain: string, certPem: string, keyPem: string): void {
     const name = normalizeDomain(domain);
     if (!this.#byDomain.has(name) && this.#byDomain.size >= MAX_PENDING_CHALLENGES) {
-      throw new TlsError('ERR_TLS_ACME_CHALLENGE', `${MAX_PENDING_CHALLENGES} TLS-ALPN-01 challenges are already pending`);
+      throw new TlsError(
+        'ERR_TLS_ACME_CHALLENGE',
+        `${MAX_PENDING_CHALLENGES} TLS-ALPN-01 challenges are already pending`,
+      );
     }
     this.#byDomain.set(name, createSecureContext({ key: keyPem, cert: certPem }));
   }

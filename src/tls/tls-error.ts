@@ -1,4 +1,4 @@
-import { RuntimeError } from '../errors.js';
+import { RuntimeError } from '../core/errors.js';
 
 /**
  * Failures of attested TLS, server side (CA state, certificate issuance) and client side

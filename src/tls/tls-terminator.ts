@@ -1,9 +1,9 @@
 import type { Duplex } from 'node:stream';
 import { TLSSocket, type SecureContext } from 'node:tls';
-import { decodeCoseSign1 } from '../attestation/cose-sign1.js';
-import { decodeAttestationPayload } from '../attestation/document.js';
+import { decodeCoseSign1 } from '../verify/cose-sign1.js';
+import { decodeAttestationPayload } from '../verify/document.js';
 import type { Nsm } from '../attestation/nsm.js';
-import type { Logger } from '../log.js';
+import type { Logger } from '../core/log.js';
 import type { AcmeCertificates, AcmeServedCertificate } from './acme-certificates.js';
 import type { AttestedCertificate } from './attested-certificate.js';
 import type { CertificateSource } from './certificate-source.js';
@@ -12,8 +12,10 @@ import { CertificateStore, type CertificateStoreStats } from './certificate-stor
 import { parseNonceServerName, type SniNonceEncoding } from './nonce-label.js';
 import { ACME_TLS_ALPN_PROTOCOL } from './tls-alpn-challenges.js';
 import { TlsError } from './tls-error.js';
+import { errorCode } from '../core/errors.js';
 
-export const DEFAULT_ALPN: readonly string[] = ['h2', 'http/1.1'];
+// The bytes are relayed to the app, not translated: offer h2 only when the app speaks it (tls.alpn).
+export const DEFAULT_ALPN: readonly string[] = ['http/1.1'];
 export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
 // SNI is at most 255 bytes on the wire, but only a prefix is useful in a log line.
 const LOGGED_SNI_MAX = 96;
@@ -70,7 +72,12 @@ export class TlsTerminator {
   readonly #nsm: Nsm;
   readonly #connections = new WeakMap<Duplex, Connection>();
 
-  private constructor(options: TlsTerminatorOptions, store: CertificateStore, source: CertificateSource, ownsSource: boolean) {
+  private constructor(
+    options: TlsTerminatorOptions,
+    store: CertificateStore,
+    source: CertificateSource,
+    ownsSource: boolean,
+  ) {
     this.store = store;
     this.source = source;
     this.#logger = options.logger;
@@ -84,7 +91,12 @@ export class TlsTerminator {
 
   /** Open the certificate source and make the first base certificate; fails if the NSM cannot attest. */
   static async create(options: TlsTerminatorOptions): Promise<TlsTerminator> {
-    const source = options.source ?? (await openSelfCertificateSource(options.stateDir, { logger: options.logger, ...(options.now ? { now: options.now } : {}) }));
+    const source =
+      options.source ??
+      (await openSelfCertificateSource(options.stateDir, {
+        logger: options.logger,
+        ...(options.now ? { now: options.now } : {}),
+      }));
     const store = await CertificateStore.create({
       nsm: options.nsm,
       source,
@@ -107,7 +119,10 @@ export class TlsTerminator {
   /** Server-side TLS over `transport`. Errors are logged here, so an unhandled handshake failure cannot crash the process. */
   wrap(transport: Duplex): TLSSocket {
     const acme = this.#acme;
-    const connection: Connection = { served: { kind: 'attested', cert: this.store.base }, established: Promise.resolve(false) };
+    const connection: Connection = {
+      served: { kind: 'attested', cert: this.store.base },
+      established: Promise.resolve(false),
+    };
     let validation = false;
     const socket = new TLSSocket(transport, {
       isServer: true,
@@ -134,7 +149,9 @@ export class TlsTerminator {
       rejectUnauthorized: false,
     });
     const timer = setTimeout(() => {
-      socket.destroy(new TlsError('ERR_TLS_HANDSHAKE_TIMEOUT', `TLS handshake not done within ${this.#handshakeTimeoutMs} ms`));
+      socket.destroy(
+        new TlsError('ERR_TLS_HANDSHAKE_TIMEOUT', `TLS handshake not done within ${this.#handshakeTimeoutMs} ms`),
+      );
     }, this.#handshakeTimeoutMs);
     timer.unref();
     let secured = false;
@@ -155,7 +172,10 @@ export class TlsTerminator {
       socket.once('secure', () => {
         if (!validation) return resolve(true);
         // RFC 8737: the validator only looks at the certificate; nothing is exchanged after the handshake.
-        this.#logger.info({ sni: (socket as TLSSocket & { servername?: string | false }).servername || undefined }, 'answered an ACME TLS-ALPN-01 validation');
+        this.#logger.info(
+          { sni: (socket as TLSSocket & { servername?: string | false }).servername || undefined },
+          'answered an ACME TLS-ALPN-01 validation',
+        );
         socket.end();
         resolve(false);
       });
@@ -188,7 +208,8 @@ export class TlsTerminator {
       const cert = served?.kind === 'attested' ? served.cert : this.store.base;
       // The served document's user_data is its certificate's SPKI (createAttestedCertificate).
       const spki = decodeAttestationPayload(decodeCoseSign1(cert.document).payload).userData;
-      if (spki === null) throw new TlsError('ERR_TLS_WELL_KNOWN', 'the served certificate has no key binding to repeat');
+      if (spki === null)
+        throw new TlsError('ERR_TLS_WELL_KNOWN', 'the served certificate has no key binding to repeat');
       return this.#nsm.attest({ userData: spki, nonce });
     }
     if (served?.kind === 'attested') return served.cert.document;
@@ -196,7 +217,10 @@ export class TlsTerminator {
       try {
         return await this.#acme.attestationFor(served.cert);
       } catch (err) {
-        this.#logger.warn({ err: { code: (err as { code?: unknown }).code, message: (err as Error).message } }, 'could not attest the ACME certificate key; answering with the base document');
+        this.#logger.warn(
+          { err: { code: errorCode(err), message: (err as Error).message } },
+          'could not attest the ACME certificate key; answering with the base document',
+        );
       }
     }
     return this.store.base.document;
@@ -212,7 +236,11 @@ export class TlsTerminator {
     if (this.#ownsSource) await this.source.close();
   }
 
-  #selectContext(servername: string, connection: Connection, callback: (err: Error | null, ctx?: SecureContext) => void): void {
+  #selectContext(
+    servername: string,
+    connection: Connection,
+    callback: (err: Error | null, ctx?: SecureContext) => void,
+  ): void {
     const serveAttested = (cert: AttestedCertificate) => {
       connection.served = { kind: 'attested', cert };
       callback(null, cert.secureContext);
@@ -234,7 +262,10 @@ export class TlsTerminator {
       return;
     }
     if (request.kind === 'invalid') {
-      this.#logger.debug({ sni: servername.slice(0, LOGGED_SNI_MAX), reason: request.reason }, 'SNI nonce label does not decode; serving the base certificate');
+      this.#logger.debug(
+        { sni: servername.slice(0, LOGGED_SNI_MAX), reason: request.reason },
+        'SNI nonce label does not decode; serving the base certificate',
+      );
       serveAttested(this.store.base);
       return;
     }

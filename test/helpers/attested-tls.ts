@@ -7,10 +7,10 @@ import { join } from 'node:path';
 import { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import type { AttestationRequest, Nsm, PcrReading } from '../../src/attestation/nsm.js';
-import { parseAddress } from '../../src/bridge/address.js';
-import { Ingress } from '../../src/bridge/ingress.js';
+import { parseAddress } from '../../src/net/address.js';
+import { Ingress } from '../../src/ingress/ingress.js';
 import { openSimulatedNsm, type SimulatedNsmOptions } from '../../src/attestation/sim-nsm.js';
-import { silentLogger, type Logger } from '../../src/log.js';
+import { silentLogger, type Logger } from '../../src/core/log.js';
 import { TlsTerminator, type TlsTerminatorOptions } from '../../src/tls/tls-terminator.js';
 
 /**
@@ -65,7 +65,11 @@ export interface TerminatorFixture {
 
 /** A TlsTerminator for `localhost` over a fresh state dir and the simulated NSM. */
 export async function openTerminator(
-  options: { sim?: Omit<SimulatedNsmOptions, 'stateDir'>; terminator?: Partial<TlsTerminatorOptions>; logger?: Logger } = {},
+  options: {
+    sim?: Omit<SimulatedNsmOptions, 'stateDir'>;
+    terminator?: Partial<TlsTerminatorOptions>;
+    logger?: Logger;
+  } = {},
 ): Promise<TerminatorFixture> {
   const stateDir = await mkdtemp(join(tmpdir(), 'enclave-tls-'));
   const sim = await openSimulatedNsm({ stateDir, ...options.sim });
@@ -94,7 +98,10 @@ export async function openTerminator(
 }
 
 /** A loopback TCP server whose connections go through `terminator.wrap`; `onSecure` gets each TLSSocket. */
-export async function listenTls(terminator: TlsTerminator, onSecure: (socket: tls.TLSSocket) => void): Promise<{ server: net.Server; port: number; close(): Promise<void> }> {
+export async function listenTls(
+  terminator: TlsTerminator,
+  onSecure: (socket: tls.TLSSocket) => void,
+): Promise<{ server: net.Server; port: number; close(): Promise<void> }> {
   const sockets = new Set<net.Socket>();
   const server = net.createServer({ allowHalfOpen: true }, (raw) => {
     sockets.add(raw);
@@ -132,7 +139,8 @@ export async function connectTls(
     // Trust is checked by the assertions (chain and attestation), not by Node's default policy;
     // the name is checked against the base host, never against a nonce SNI.
     rejectUnauthorized: false,
-    checkServerIdentity: (_host, cert) => tls.checkServerIdentity(options.checkName ?? options.servername ?? 'localhost', cert),
+    checkServerIdentity: (_host, cert) =>
+      tls.checkServerIdentity(options.checkName ?? options.servername ?? 'localhost', cert),
     ALPNProtocols: options.alpn ?? ['http/1.1'],
   });
   await new Promise<void>((resolve, reject) => {
@@ -177,13 +185,20 @@ export function peerLeaf(socket: tls.TLSSocket): X509Certificate {
 
 /** The first label of the longest DNS SAN, hex-decoded: the evervault way of finding the document. */
 export function documentFromSan(cert: { subjectAltName: string | undefined }): Uint8Array {
-  const names = (cert.subjectAltName ?? '').split(', ').filter((n) => n.startsWith('DNS:')).map((n) => n.slice(4));
+  const names = (cert.subjectAltName ?? '')
+    .split(', ')
+    .filter((n) => n.startsWith('DNS:'))
+    .map((n) => n.slice(4));
   const longest = names.reduce((a, b) => (b.length > a.length ? b : a), '');
   return new Uint8Array(Buffer.from(longest.slice(0, longest.indexOf('.')), 'hex'));
 }
 
 /** A TCP ingress on a free loopback port, terminating TLS with `terminator` and relaying to the app on `appPort`. */
-export function startTlsIngress(terminator: TlsTerminator, appPort: number, options: { httpAware: boolean; logger?: Logger }): Promise<Ingress> {
+export function startTlsIngress(
+  terminator: TlsTerminator,
+  appPort: number,
+  options: { httpAware: boolean; logger?: Logger },
+): Promise<Ingress> {
   return Ingress.start({
     listen: parseAddress('tcp:127.0.0.1:0'),
     app: parseAddress(`tcp:127.0.0.1:${appPort}`),

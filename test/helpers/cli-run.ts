@@ -20,13 +20,20 @@ export interface CliRun {
  * `prefix` runs the CLI under a wrapper such as `unshare -m sh -c ...`; `command` replaces the whole
  * command line when the runtime is started some other way (a container engine running an image).
  */
-export function runCli(args: string[], options: { env?: NodeJS.ProcessEnv; prefix?: string[]; command?: string[] } = {}): CliRun {
+export function runCli(
+  args: string[],
+  options: { env?: NodeJS.ProcessEnv; prefix?: string[]; command?: string[] } = {},
+): CliRun {
   const argv = options.command ?? [...(options.prefix ?? []), process.execPath, CLI, ...args];
   const child = spawn(argv[0]!, argv.slice(1), { cwd: REPO_ROOT, env: { ...process.env, ...options.env } });
   const logs: Array<Record<string, unknown>> = [];
   const other: string[] = [];
   const raw: Buffer[] = [];
-  const waiters: Array<{ message: string; match: (line: Record<string, unknown>) => boolean; resolve: (line: Record<string, unknown>) => void }> = [];
+  const waiters: Array<{
+    message: string;
+    match: (line: Record<string, unknown>) => boolean;
+    resolve: (line: Record<string, unknown>) => void;
+  }> = [];
   let pending = '';
   child.stdout.on('data', (chunk: Buffer) => raw.push(chunk));
   child.stderr.on('data', (chunk: Buffer) => {
@@ -53,7 +60,13 @@ export function runCli(args: string[], options: { env?: NodeJS.ProcessEnv; prefi
       const seen = logs.find((line) => line.msg === message && match(line));
       if (seen) return resolve(seen);
       waiters.push({ message, match, resolve });
-      void exited.then((code) => reject(new Error(`exited with ${code} before logging "${message}":\n${Buffer.concat(raw).toString('utf8').slice(-4000)}`)));
+      void exited.then((code) =>
+        reject(
+          new Error(
+            `exited with ${code} before logging "${message}":\n${Buffer.concat(raw).toString('utf8').slice(-4000)}`,
+          ),
+        ),
+      );
     });
   return { child, logs, output: () => Buffer.concat(raw), otherLines: () => [...other], waitFor, exited };
 }
@@ -66,7 +79,11 @@ export function portOf(address: unknown): number {
 }
 
 /** Polls `check` until it returns something other than undefined; a stuck state fails after `tries` rounds. */
-export async function eventually<T>(check: () => Promise<T | undefined> | T | undefined, what: string, tries = 400): Promise<T> {
+export async function eventually<T>(
+  check: () => Promise<T | undefined> | T | undefined,
+  what: string,
+  tries = 400,
+): Promise<T> {
   let last: unknown;
   for (let i = 0; i < tries; i++) {
     try {

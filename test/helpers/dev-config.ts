@@ -5,8 +5,17 @@ import { freePort } from './net.js';
  * The start of a `dev` config for tests that spawn the CLI: every listener on a loopback port the
  * kernel picks (or the one given), metrics off, so parallel tests never fight over a port.
  */
-export function loopbackConfigLines(options: { appPort?: number; apiPort?: number; ingress?: boolean; tls?: boolean; runtime?: string[] }): string[] {
-  const ingress = options.ingress === false ? ['enabled = false'] : ['listen = "tcp:127.0.0.1:0"', `app = "tcp:127.0.0.1:${options.appPort ?? 8008}"`];
+export function loopbackConfigLines(options: {
+  appPort?: number;
+  apiPort?: number;
+  ingress?: boolean;
+  tls?: boolean;
+  runtime?: string[];
+}): string[] {
+  const ingress =
+    options.ingress === false
+      ? ['enabled = false']
+      : ['listen = "tcp:127.0.0.1:0"', `app = "tcp:127.0.0.1:${options.appPort ?? 8008}"`];
   return [
     '[runtime]',
     'health_listen = "tcp:127.0.0.1:0"',
@@ -26,7 +35,10 @@ export function loopbackConfigLines(options: { appPort?: number; apiPort?: numbe
  * free loopback ports, so tests can run side by side; `runtime` lines go into [runtime], `tables`
  * (whole tables, headers included) after it. Returns the ports chosen.
  */
-export async function writeDevConfig(path: string, options: { runtime?: string[]; tables?: string[] } = {}): Promise<{ ingress: number; api: number; health: number; metrics: number }> {
+export async function writeDevConfig(
+  path: string,
+  options: { runtime?: string[]; tables?: string[] } = {},
+): Promise<{ ingress: number; api: number; health: number; metrics: number }> {
   const [ingress, api, health, metrics] = [await freePort(), await freePort(), await freePort(), await freePort()];
   const lines = [
     '[runtime]',

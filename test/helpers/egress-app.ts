@@ -17,9 +17,10 @@ import { resolve } from 'node:path';
 import { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
-import { DnsType, parseDnsResponse } from '../../src/egress/dns-message.js';
+import { DnsType, parseDnsResponse } from '../../src/wire/dns-message.js';
 import { buildQuery } from '../../src/egress/dns-forwarder.js';
-import { encodeEgressHeader } from '../../src/egress/egress-header.js';
+import { encodeEgressHeader } from '../../src/wire/egress-header.js';
+import { errorCode } from '../../src/core/errors.js';
 
 export type Probe =
   | { op: 'lookup'; name: string }
@@ -54,7 +55,7 @@ export interface RawStep {
 const PROBE_TIMEOUT_MS = 8000;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-const errorResult = (error: unknown) => ({ code: (error as { code?: string }).code ?? (error as Error).message });
+const errorResult = (error: unknown) => ({ code: errorCode(error) ?? (error as Error).message });
 
 function collect(stream: NodeJS.ReadableStream): Promise<string> {
   return new Promise((done, fail) => {
@@ -186,7 +187,9 @@ function tcp(probe: Extract<Probe, { op: 'tcp' }>): Promise<unknown> {
 /** Send the steps, then read until the peer ends, resets or `waitMs` passes. */
 function raw(probe: Extract<Probe, { op: 'raw' }>): Promise<unknown> {
   return new Promise((done) => {
-    const socket = probe.unix ? net.connect({ path: probe.unix }) : net.connect({ host: probe.host!, port: probe.port! });
+    const socket = probe.unix
+      ? net.connect({ path: probe.unix })
+      : net.connect({ host: probe.host!, port: probe.port! });
     let text = '';
     let finished = false;
     const finish = (result: Record<string, unknown>) => {
@@ -221,7 +224,8 @@ function mutateHello(record: Buffer, how: NonNullable<Extract<Probe, { op: 'tls'
   const handshake = record.subarray(5);
   if (how === 'split') {
     const cut = 40;
-    const frame = (fragment: Buffer) => Buffer.concat([Buffer.from([0x16, 0x03, 0x01, fragment.length >> 8, fragment.length & 0xff]), fragment]);
+    const frame = (fragment: Buffer) =>
+      Buffer.concat([Buffer.from([0x16, 0x03, 0x01, fragment.length >> 8, fragment.length & 0xff]), fragment]);
     return [frame(handshake.subarray(0, cut)), frame(handshake.subarray(cut))];
   }
   // Append an encrypted_client_hello extension (0xfe0d) and fix the three lengths around it.
@@ -240,7 +244,9 @@ function mutateHello(record: Buffer, how: NonNullable<Extract<Probe, { op: 'tls'
 
 /** HTTPS by hand over a socket we control: a late or rewritten ClientHello, or straight to the host relay. */
 async function tlsProbe(probe: Extract<Probe, { op: 'tls' }>): Promise<unknown> {
-  const socket = probe.relay ? net.connect({ path: probe.relay.unix }) : net.connect({ host: probe.host, port: probe.port ?? 443 });
+  const socket = probe.relay
+    ? net.connect({ path: probe.relay.unix })
+    : net.connect({ host: probe.host, port: probe.port ?? 443 });
   socket.on('error', () => {});
   await new Promise<void>((resolve, reject) => {
     socket.once('connect', resolve);
@@ -288,7 +294,11 @@ async function tlsProbe(probe: Extract<Probe, { op: 'tls' }>): Promise<unknown> 
     secure.once('secureConnect', () => {
       secure.write(`GET /late HTTP/1.1\r\nHost: ${probe.servername}\r\nConnection: close\r\n\r\n`);
       collect(secure).then(
-        (text) => done({ status: Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0), body: text.slice(text.indexOf('\r\n\r\n') + 4) }),
+        (text) =>
+          done({
+            status: Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0),
+            body: text.slice(text.indexOf('\r\n\r\n') + 4),
+          }),
         (error) => done(errorResult(error)),
       );
     });

@@ -23,7 +23,13 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import tls, { type TLSSocket } from 'node:tls';
 import { fileURLToPath } from 'node:url';
-import { DnsTcpFrameReader, DnsType, encodeDnsName, encodeTcpFrame, parseDnsQuery } from '../../src/egress/dns-message.js';
+import {
+  DnsTcpFrameReader,
+  DnsType,
+  encodeDnsName,
+  encodeTcpFrame,
+  parseDnsQuery,
+} from '../../src/wire/dns-message.js';
 
 export interface ZoneEntry {
   A?: string[];
@@ -60,7 +66,13 @@ export function answerQuestion(zone: Record<string, ZoneEntry>, message: Buffer,
   }
   const addresses = question.type === DnsType.A ? entry?.A : question.type === DnsType.AAAA ? entry?.AAAA : undefined;
   for (const address of addresses ?? []) {
-    records.push(record(name, question.type, question.type === DnsType.A ? Buffer.from(address.split('.').map(Number)) : ipv6Bytes(address)));
+    records.push(
+      record(
+        name,
+        question.type,
+        question.type === DnsType.A ? Buffer.from(address.split('.').map(Number)) : ipv6Bytes(address),
+      ),
+    );
   }
   const header = Buffer.alloc(12);
   header.writeUInt16BE(query.header.id, 0);
@@ -108,7 +120,11 @@ export interface AuthoritativeDns {
 }
 
 /** The zone's DNS server on `host:port` (port 0: any free one, the same for UDP and TCP). */
-export async function startAuthoritativeDns(zone: Record<string, ZoneEntry>, host: string, port: number): Promise<AuthoritativeDns> {
+export async function startAuthoritativeDns(
+  zone: Record<string, ZoneEntry>,
+  host: string,
+  port: number,
+): Promise<AuthoritativeDns> {
   const queries = { udp: 0, tcp: 0 };
   const tcp = net.createServer((socket) => {
     const reader = new DnsTcpFrameReader();
@@ -146,14 +162,36 @@ export async function startAuthoritativeDns(zone: Record<string, ZoneEntry>, hos
 async function main(spec: InternetSpec): Promise<void> {
   const listening: Array<Promise<unknown>> = [];
   const listen = (server: net.Server, port: number) =>
-    listening.push(new Promise<void>((resolve) => server.listen({ host: '::', port, ipv6Only: false }, () => resolve())));
+    listening.push(
+      new Promise<void>((resolve) => server.listen({ host: '::', port, ipv6Only: false }, () => resolve())),
+    );
 
   await startAuthoritativeDns(spec.zone, spec.dns, 53);
 
   const dir = mkdtempSync(join(tmpdir(), 'egress-internet-'));
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'), '-subj', '/CN=internet.test', '-days', '1'], {
-    stdio: 'ignore',
-  });
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-nodes',
+      '-keyout',
+      join(dir, 'key.pem'),
+      '-out',
+      join(dir, 'cert.pem'),
+      '-subj',
+      '/CN=internet.test',
+      '-days',
+      '1',
+    ],
+    {
+      stdio: 'ignore',
+    },
+  );
   const key = readFileSync(join(dir, 'key.pem'));
   const cert = readFileSync(join(dir, 'cert.pem'));
   rmSync(dir, { recursive: true, force: true });
@@ -164,10 +202,18 @@ async function main(spec: InternetSpec): Promise<void> {
   // name never reached a server, not only that the app got an error.
   const seen = (what: Record<string, string | null>) => process.stdout.write(`SEEN ${JSON.stringify(what)}\n`);
   const context = tls.createSecureContext({ key, cert });
-  const secure = https.createServer({ key, cert, SNICallback: (name, done) => (seen({ sni: name }), done(null, context)) }, (req, res) => {
-    res.setHeader('content-type', 'application/json');
-    res.end(describe(req.socket, { sni: (req.socket as TLSSocket & { servername?: string }).servername || null, path: req.url }));
-  });
+  const secure = https.createServer(
+    { key, cert, SNICallback: (name, done) => (seen({ sni: name }), done(null, context)) },
+    (req, res) => {
+      res.setHeader('content-type', 'application/json');
+      res.end(
+        describe(req.socket, {
+          sni: (req.socket as TLSSocket & { servername?: string }).servername || null,
+          path: req.url,
+        }),
+      );
+    },
+  );
   listen(secure, 443);
   const plainHttp = http.createServer((req, res) => {
     seen({ host: req.headers.host ?? null });

@@ -18,7 +18,10 @@ export interface FakeImds {
   close(): Promise<void>;
 }
 
-export async function startFakeImds(credentials: FakeImds['credentials'], role = 'enclave-parent-role'): Promise<FakeImds> {
+export async function startFakeImds(
+  credentials: FakeImds['credentials'],
+  role = 'enclave-parent-role',
+): Promise<FakeImds> {
   const tokens = new Set<string>();
   const requests: FakeImds['requests'] = [];
   const state = { credentials };
@@ -38,7 +41,8 @@ export async function startFakeImds(credentials: FakeImds['credentials'], role =
     if (request.method !== 'GET') return answer(405, '');
     if (!tokens.has(String(request.headers['x-aws-ec2-metadata-token'] ?? ''))) return answer(401, '');
     if (path === '/latest/meta-data/iam/security-credentials/') return answer(200, role);
-    if (path === `/latest/meta-data/iam/security-credentials/${role}`) return answer(200, JSON.stringify({ Code: 'Success', Type: 'AWS-HMAC', ...state.credentials }));
+    if (path === `/latest/meta-data/iam/security-credentials/${role}`)
+      return answer(200, JSON.stringify({ Code: 'Success', Type: 'AWS-HMAC', ...state.credentials }));
     return answer(404, '');
   });
   server.listen(0, '127.0.0.1');

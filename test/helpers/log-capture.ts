@@ -1,8 +1,12 @@
 import { Writable } from 'node:stream';
-import { createLogger, type Logger } from '../../src/log.js';
+import { createLogger, type Logger } from '../../src/core/log.js';
 
 /** A logger at `level` whose JSON lines are kept for assertions. */
-export function captureLogs(level: 'trace' | 'debug' | 'info' = 'debug'): { logger: Logger; lines: Array<Record<string, unknown>>; text: () => string } {
+export function captureLogs(level: 'trace' | 'debug' | 'info' = 'debug'): {
+  logger: Logger;
+  lines: Array<Record<string, unknown>>;
+  text: () => string;
+} {
   const lines: Array<Record<string, unknown>> = [];
   const raw: string[] = [];
   const sink = new Writable({

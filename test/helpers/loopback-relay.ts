@@ -1,8 +1,8 @@
-import { parseAddress } from '../../src/bridge/address.js';
+import { parseAddress } from '../../src/net/address.js';
 import type { Allowlist } from '../../src/egress/allowlist.js';
 import type { NameCache } from '../../src/egress/name-cache.js';
 import { EgressRelay } from '../../src/host/egress-relay.js';
-import { silentLogger } from '../../src/log.js';
+import { silentLogger } from '../../src/core/log.js';
 
 /** The host's egress relay on a loopback port, letting private (test) destinations through. */
 export function startLoopbackRelay(allowlist: Allowlist, cache: NameCache): Promise<EgressRelay> {

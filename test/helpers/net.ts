@@ -38,7 +38,9 @@ export function closesWithin(socket: Duplex, ms: number): Promise<boolean> {
  * An app that reads its whole request (up to the client's FIN), then answers with `reply(request)`
  * and closes its side: a byte-exact, half-close-dependent exchange.
  */
-export async function startReplyServer(reply: (request: Buffer) => Buffer): Promise<{ server: net.Server; port: number; received: Buffer[] }> {
+export async function startReplyServer(
+  reply: (request: Buffer) => Buffer,
+): Promise<{ server: net.Server; port: number; received: Buffer[] }> {
   const received: Buffer[] = [];
   const server = net.createServer({ allowHalfOpen: true }, (socket) => {
     socket.on('error', () => {});

@@ -8,6 +8,7 @@ import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_pro
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { errorCode } from '../../src/core/errors.js';
 
 /** Run a command to completion and return its stdout; throws with its stderr on failure. */
 export function sh(command: string, args: string[]): string {
@@ -47,10 +48,12 @@ export class NetnsProcess {
     };
     collect(child.stdout, this.stdoutLines);
     collect(child.stderr, this.stderrLines);
-    this.#exited = new Promise((resolve) => child.once('exit', (code) => {
-      for (const wake of this.#waiters) wake();
-      resolve(code);
-    }));
+    this.#exited = new Promise((resolve) =>
+      child.once('exit', (code) => {
+        for (const wake of this.#waiters) wake();
+        resolve(code);
+      }),
+    );
   }
 
   /** stderr lines that are JSON (pino logs), parsed. */
@@ -71,7 +74,11 @@ export class NetnsProcess {
         const line = [...this.stdoutLines, ...this.stderrLines].find(match);
         if (line !== undefined) return finish(undefined, line);
         if (this.child.exitCode !== null || this.child.signalCode !== null) {
-          finish(new Error(`process exited (${this.child.exitCode ?? this.child.signalCode}) before the expected line:\n${this.stderrLines.slice(-20).join('\n')}`));
+          finish(
+            new Error(
+              `process exited (${this.child.exitCode ?? this.child.signalCode}) before the expected line:\n${this.stderrLines.slice(-20).join('\n')}`,
+            ),
+          );
         }
       };
       const finish = (error: Error | undefined, line?: string) => {
@@ -81,7 +88,12 @@ export class NetnsProcess {
         else resolve(line!);
       };
       const timer = setTimeout(
-        () => finish(new Error(`no expected line within ${timeoutMs} ms; last output:\n${[...this.stdoutLines, ...this.stderrLines].slice(-20).join('\n')}`)),
+        () =>
+          finish(
+            new Error(
+              `no expected line within ${timeoutMs} ms; last output:\n${[...this.stdoutLines, ...this.stderrLines].slice(-20).join('\n')}`,
+            ),
+          ),
         timeoutMs,
       );
       this.#waiters.add(check);
@@ -145,10 +157,15 @@ export class NetnsLab {
   /** Run a command inside `ns` to completion without blocking the event loop. */
   run(ns: string, command: string, args: string[], timeoutMs = 20_000): Promise<RunResult> {
     return new Promise((resolve) => {
-      execFile('ip', ['netns', 'exec', ns, command, ...args], { encoding: 'utf8', timeout: timeoutMs, maxBuffer: 16 * 1024 * 1024 }, (error, stdout, stderr) => {
-        const code = error ? (typeof (error as { code?: unknown }).code === 'number' ? ((error as { code: number }).code) : null) : 0;
-        resolve({ code, stdout, stderr });
-      });
+      execFile(
+        'ip',
+        ['netns', 'exec', ns, command, ...args],
+        { encoding: 'utf8', timeout: timeoutMs, maxBuffer: 16 * 1024 * 1024 },
+        (error, stdout, stderr) => {
+          const code = error ? (typeof errorCode(error) === 'number' ? (error as { code: number }).code : null) : 0;
+          resolve({ code, stdout, stderr });
+        },
+      );
     });
   }
 

@@ -1,14 +1,16 @@
 import { once } from 'node:events';
 import dgram from 'node:dgram';
 import type { AddressInfo } from 'node:net';
-import { buildErrorResponse, DnsRcode, DnsType, parseDnsQuery } from '../../src/egress/dns-message.js';
+import { buildErrorResponse, DnsRcode, DnsType, parseDnsQuery } from '../../src/wire/dns-message.js';
 
 /**
  * A UDP DNS server on 127.0.0.1 that answers A questions for the given names with 127.0.0.1, other
  * types for them with an empty NOERROR, and everything else with NXDOMAIN: enough for pebble's
  * validator (-dnsserver) to find the ingress under a test domain.
  */
-export async function startTinyDns(names: readonly string[]): Promise<{ port: number; queries: string[]; close(): Promise<void> }> {
+export async function startTinyDns(
+  names: readonly string[],
+): Promise<{ port: number; queries: string[]; close(): Promise<void> }> {
   const known = new Set(names.map((name) => name.toLowerCase()));
   const queries: string[] = [];
   const socket = dgram.createSocket('udp4');

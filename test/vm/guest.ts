@@ -6,8 +6,8 @@ import { existsSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import { Decoder, Encoder, Tag } from 'cbor-x';
-import { closeFd, nsmRequest, openDevice } from '../../src/bridge/native-binding.js';
-import { decodeAttestationPayload, type AttestationDocument } from '../../src/attestation/document.js';
+import { closeFd, nsmRequest, openDevice } from '../../src/native/native-binding.js';
+import { decodeAttestationPayload, type AttestationDocument } from '../../src/verify/document.js';
 import { NSM_RESPONSE_MAX_BYTES } from '../../src/attestation/nsm-device.js';
 
 /** Why a guest test cannot run here (it is not the guest), or undefined inside it. */
@@ -57,7 +57,17 @@ export function nsmRaw(request: unknown): unknown {
 }
 
 export function extendPcr(index: number, data: Uint8Array): unknown {
-  return nsmRaw(new Map([['ExtendPCR', new Map<string, unknown>([['index', index], ['data', data]])]]));
+  return nsmRaw(
+    new Map([
+      [
+        'ExtendPCR',
+        new Map<string, unknown>([
+          ['index', index],
+          ['data', data],
+        ]),
+      ],
+    ]),
+  );
 }
 
 export function lockPcr(index: number): unknown {
@@ -69,7 +79,11 @@ export function lockPcr(index: number): unknown {
  * schema. QEMU's NSM signs nothing (alg -1, zero signature, zero certificate), so its documents can be checked for
  * their fields, never verified; the tests that use this say so and also assert that the verifier rejects them.
  */
-export function schemaOnlyDecode(document: Uint8Array): { protectedHeader: Uint8Array; signature: Uint8Array; payload: AttestationDocument } {
+export function schemaOnlyDecode(document: Uint8Array): {
+  protectedHeader: Uint8Array;
+  signature: Uint8Array;
+  payload: AttestationDocument;
+} {
   let value: unknown = decoder.decode(document);
   if (value instanceof Tag) value = value.value;
   if (!Array.isArray(value) || value.length !== 4) throw new Error('not a COSE_Sign1 array of 4');
@@ -86,12 +100,22 @@ export function encodeCborValue(value: unknown): Uint8Array {
 }
 
 /** One request on a fresh connection (no keep-alive to go stale between tests); resolves with status and body. */
-export function get(options: http.RequestOptions | https.RequestOptions, secure = false, body?: string): Promise<{ status: number; body: string; headers: http.IncomingHttpHeaders }> {
+export function get(
+  options: http.RequestOptions | https.RequestOptions,
+  secure = false,
+  body?: string,
+): Promise<{ status: number; body: string; headers: http.IncomingHttpHeaders }> {
   return new Promise((resolve, reject) => {
     const request = (secure ? https : http).request({ agent: false, ...options }, (response) => {
       const chunks: Buffer[] = [];
       response.on('data', (chunk: Buffer) => chunks.push(chunk));
-      response.on('end', () => resolve({ status: response.statusCode ?? 0, body: Buffer.concat(chunks).toString('latin1'), headers: response.headers }));
+      response.on('end', () =>
+        resolve({
+          status: response.statusCode ?? 0,
+          body: Buffer.concat(chunks).toString('latin1'),
+          headers: response.headers,
+        }),
+      );
       response.on('error', reject);
     });
     request.on('error', reject);

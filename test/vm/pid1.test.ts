@@ -27,9 +27,12 @@ function processState(pid: number): { state: string; ppid: number } | undefined 
 }
 
 describe('PID 1 duties in a real guest (lo, hostname, reaping)', { skip: GUEST_SKIP, timeout: 120_000 }, () => {
-  it('pid1: the runtime (`run`, from the bundle) is the guest\'s PID 1', () => {
+  it("pid1: the runtime (`run`, from the bundle) is the guest's PID 1", () => {
     const argv = readFileSync('/proc/1/cmdline', 'utf8').split('\0');
-    assert.ok(argv.some((arg) => arg.endsWith('enclave-runtime.mjs')), argv.join(' '));
+    assert.ok(
+      argv.some((arg) => arg.endsWith('enclave-runtime.mjs')),
+      argv.join(' '),
+    );
     assert.ok(argv.includes('run'), argv.join(' '));
   });
 
@@ -55,7 +58,11 @@ describe('PID 1 duties in a real guest (lo, hostname, reaping)', { skip: GUEST_S
     assert.ok(alive.length > 0, 'some sleeper is still running to be checked');
     for (const state of alive) assert.equal(state!.ppid, 1, 'an orphan belongs to PID 1');
     for (const pid of pids) {
-      await eventually(() => (processState(pid) === undefined ? true : undefined), `reaped orphan ${pid} (state ${processState(pid)?.state})`, 1200);
+      await eventually(
+        () => (processState(pid) === undefined ? true : undefined),
+        `reaped orphan ${pid} (state ${processState(pid)?.state})`,
+        1200,
+      );
     }
     // PID 1 reaps as children exit, so a zombie of its may show for a moment, never for good.
     const pid1Zombies = () =>
@@ -65,6 +72,10 @@ describe('PID 1 duties in a real guest (lo, hostname, reaping)', { skip: GUEST_S
           const state = processState(Number(name));
           return state?.state === 'Z' && state.ppid === 1;
         });
-    await eventually(() => (pid1Zombies().length === 0 ? true : undefined), `no zombie children of PID 1 (${pid1Zombies().join(', ')})`, 400);
+    await eventually(
+      () => (pid1Zombies().length === 0 ? true : undefined),
+      `no zombie children of PID 1 (${pid1Zombies().join(', ')})`,
+      400,
+    );
   });
 });

@@ -6,17 +6,28 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { describe, it } from 'node:test';
-import { parseAddress } from '../../src/bridge/address.js';
-import type { NativeError } from '../../src/bridge/native-binding.js';
-import type { NativeSocket } from '../../src/bridge/native-socket.js';
-import { connect, listen, type Listener, type TransportSocket } from '../../src/bridge/transport.js';
-import { MiB, drain, exchangeBothWays, openFdCount, settles, sha256, whenClosed, writeRepeatedly } from '../native-helpers.js';
+import { parseAddress } from '../../src/net/address.js';
+import type { NativeError } from '../../src/native/native-binding.js';
+import type { NativeSocket } from '../../src/net/native-socket.js';
+import { connect, listen, type Listener, type TransportSocket } from '../../src/net/transport.js';
+import {
+  MiB,
+  drain,
+  exchangeBothWays,
+  openFdCount,
+  settles,
+  sha256,
+  whenClosed,
+  writeRepeatedly,
+} from '../native-helpers.js';
 import { GUEST_SKIP, LOCAL_CID } from './guest.js';
 
 let nextPort = 20_000;
 
 /** A listener on vsock:any:PORT (a fresh port each time) whose connections go to `onConnection`. */
-async function vsockListener(onConnection: (socket: TransportSocket) => void): Promise<{ listener: Listener; port: number }> {
+async function vsockListener(
+  onConnection: (socket: TransportSocket) => void,
+): Promise<{ listener: Listener; port: number }> {
   const port = nextPort++;
   return { listener: await listen(parseAddress(`vsock:any:${port}`), onConnection), port };
 }
@@ -99,8 +110,14 @@ describe('the addon over real AF_VSOCK (vsock_loopback, CID 1)', { skip: GUEST_S
     // Nobody reads: wait until the writer makes no more progress.
     assert.ok(await settles(() => writer.bytesWritten, 50, 400), 'the writer must stall while the reader is paused');
     assert.equal(writing.drains(), 0);
-    assert.ok(writer.bytesWritten < 8 * MiB, `only kernel buffers may take bytes, but ${writer.bytesWritten} were written`);
-    assert.ok(writing.queued() <= 2 * MiB, `the writer must be held at write() === false, but queued ${writing.queued()}`);
+    assert.ok(
+      writer.bytesWritten < 8 * MiB,
+      `only kernel buffers may take bytes, but ${writer.bytesWritten} were written`,
+    );
+    assert.ok(
+      writing.queued() <= 2 * MiB,
+      `the writer must be held at write() === false, but queued ${writing.queued()}`,
+    );
 
     const received = await drain(reader);
     await writing.done;

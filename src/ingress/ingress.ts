@@ -1,0 +1,265 @@
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { Logger } from '../core/log.js';
+import { formatAddress, type Address } from '../net/address.js';
+import { encodeProxyHeader, readProxyHeader, type ProxyHeader } from '../net/proxy-protocol.js';
+import { relay } from '../net/relay.js';
+import { connect, listen, type Listener, type TransportSocket } from '../net/transport.js';
+import {
+  answerWellKnown,
+  readFirstRequest,
+  wellKnownErrorResponse,
+  wellKnownResponse,
+} from './well-known-attestation.js';
+import { errorCode } from '../core/errors.js';
+
+/** Turns the raw transport stream into the stream whose bytes go to the app (TLS termination). */
+export interface StreamTerminator {
+  wrap(socket: Duplex): Duplex;
+  /** Resolves true once the wrapped stream may go to the app (handshake done); false to close it unrelayed. */
+  established?(client: Duplex): Promise<boolean>;
+  /** The attestation document GET /.well-known/attestation answers with on this wrapped stream (a fresh one carrying `nonce` when given). */
+  attestationFor?(client: Duplex, nonce?: Uint8Array): Promise<Uint8Array>;
+}
+
+/** The ingress keys of enclave.toml, as the bridge uses them. */
+export interface IngressSettings {
+  listen: Address;
+  app: Address;
+  proxyProtocol: 'off' | 'v1' | 'v2' | 'any';
+  sendProxyProtocol: 'off' | 'v1' | 'v2';
+  maxConnections: number;
+  connectTimeoutMs: number;
+  idleTimeoutMs: number;
+  proxyHeaderTimeoutMs: number;
+  /** Answer GET /.well-known/attestation when it is a connection's first request (needs a terminator with attestationFor). */
+  httpAware?: boolean;
+  /** With httpAware: bytes and time the first request head may take before the connection goes on as it is. */
+  httpHeadMaxBytes?: number;
+  httpHeadTimeoutMs?: number;
+}
+
+export interface IngressOptions extends IngressSettings {
+  logger: Logger;
+  /** What the start-up line calls this listener (default "ingress"; the host's relays reuse the bridge). */
+  name?: string;
+  terminator?: StreamTerminator | undefined;
+}
+
+export interface IngressStats {
+  accepted: number;
+  active: number;
+  refusedOverCap: number;
+  appUnreachable: number;
+  badProxyHeader: number;
+  /** GET /.well-known/attestation requests answered by the ingress itself. */
+  wellKnownAnswered: number;
+}
+
+/** Refusals over the cap are logged at most this often, so a flood cannot flood the log too. */
+const CAP_LOG_INTERVAL_MS = 1000;
+/**
+ * HTTP-aware ingress waits at most this long (and never past idle_timeout_ms) for the first request
+ * to show whether it is GET /.well-known/attestation; then the connection goes to the app as it is.
+ * Waiting costs nothing for HTTP: the app has nothing to say before the request arrives anyway.
+ */
+const FIRST_REQUEST_TIMEOUT_MS = 30_000;
+/** After the well-known answer, how long the client may take to close before it is cut. */
+const WELL_KNOWN_LINGER_MS = 5000;
+
+/** Parent -> enclave -> app: accepts on `listen`, connects to `app`, relays both ways. */
+export class Ingress {
+  readonly stats: IngressStats = {
+    accepted: 0,
+    active: 0,
+    refusedOverCap: 0,
+    appUnreachable: 0,
+    badProxyHeader: 0,
+    wellKnownAnswered: 0,
+  };
+  readonly #options: IngressOptions;
+  readonly #connections = new Set<Duplex>();
+  readonly #drained = new Set<() => void>();
+  #listener: Listener | undefined;
+  #lastCapLog = 0;
+  #capSuppressed = 0;
+
+  private constructor(options: IngressOptions) {
+    this.#options = options;
+  }
+
+  /** Starts listening; resolves once the address is bound. */
+  static async start(options: IngressOptions): Promise<Ingress> {
+    const ingress = new Ingress(options);
+    ingress.#listener = await listen(options.listen, (socket) => ingress.#accept(socket), { backlog: 1024 });
+    options.logger.info(
+      { listen: formatAddress(ingress.#listener.address), app: formatAddress(options.app) },
+      `${options.name ?? 'ingress'} listening`,
+    );
+    return ingress;
+  }
+
+  /** The bound address (with the real port when 0 was asked for). */
+  get address(): Address {
+    if (!this.#listener) throw new Error('ingress is not listening');
+    return this.#listener.address;
+  }
+
+  get listening(): boolean {
+    return this.#listener !== undefined;
+  }
+
+  /** Stops accepting, waits up to `graceMs` for open connections to finish, then cuts the rest. */
+  async stop(graceMs: number): Promise<void> {
+    const listener = this.#listener;
+    this.#listener = undefined;
+    await listener?.close();
+    if (this.#connections.size > 0) {
+      this.#options.logger.info({ open: this.#connections.size, graceMs }, 'ingress draining');
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, graceMs);
+        this.#drained.add(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
+    for (const socket of this.#connections) socket.destroy();
+  }
+
+  #accept(socket: TransportSocket): void {
+    const { logger, maxConnections } = this.#options;
+    if (this.#connections.size >= maxConnections) {
+      this.stats.refusedOverCap++;
+      socket.destroy();
+      this.#logCapRefusal(logger, maxConnections);
+      return;
+    }
+    this.stats.accepted++;
+    this.#connections.add(socket);
+    this.stats.active = this.#connections.size;
+    // Until relay() owns the socket, an early reset must not become an uncaught 'error'.
+    socket.on('error', () => {});
+    socket.once('close', () => {
+      this.#connections.delete(socket);
+      this.stats.active = this.#connections.size;
+      if (this.#connections.size === 0) for (const done of this.#drained) done();
+    });
+    this.#serve(socket).catch((error: Error) => {
+      logger.error({ err: { message: error.message, code: errorCode(error) } }, 'ingress connection failed');
+      socket.destroy();
+    });
+  }
+
+  async #serve(socket: TransportSocket): Promise<void> {
+    const options = this.#options;
+    let header: ProxyHeader | undefined;
+    if (options.proxyProtocol !== 'off') {
+      try {
+        // The default bound is the largest header the parser accepts (a v2 header with a 1 KiB payload).
+        const read = await readProxyHeader(socket, options.proxyProtocol, { timeoutMs: options.proxyHeaderTimeoutMs });
+        header = read.header;
+        if (read.rest.length > 0) socket.unshift(read.rest);
+      } catch (error) {
+        this.stats.badProxyHeader++;
+        options.logger.warn(
+          { reason: (error as Error).message },
+          'ingress refused a connection: bad PROXY protocol header',
+        );
+        socket.destroy();
+        return;
+      }
+    }
+
+    const terminator = options.terminator;
+    const client = terminator ? terminator.wrap(socket) : socket;
+    if (client !== socket) client.on('error', () => {});
+    // The app is connected only once the handshake is done: a failed handshake or an ACME
+    // validation answered by the terminator never reaches it.
+    if (terminator?.established && !(await terminator.established(client))) {
+      client.destroy();
+      socket.destroy();
+      return;
+    }
+    if (options.httpAware && terminator?.attestationFor) {
+      const first = await readFirstRequest(client, {
+        timeoutMs: Math.min(options.httpHeadTimeoutMs ?? FIRST_REQUEST_TIMEOUT_MS, options.idleTimeoutMs),
+        ...(options.httpHeadMaxBytes === undefined ? {} : { maxBytes: options.httpHeadMaxBytes }),
+      });
+      if (typeof first === 'object') {
+        let response: Buffer;
+        if ('error' in first) response = wellKnownErrorResponse(first.error, first.field);
+        else {
+          try {
+            response = wellKnownResponse(await terminator.attestationFor(client, first.nonce));
+          } catch (error) {
+            options.logger.warn(
+              { code: errorCode(error), message: (error as Error).message },
+              'could not attest for GET /.well-known/attestation',
+            );
+            client.destroy();
+            socket.destroy();
+            return;
+          }
+        }
+        this.stats.wellKnownAnswered++;
+        await answerWellKnown(client, response, WELL_KNOWN_LINGER_MS);
+        socket.destroy();
+        return;
+      }
+      if (first === 'closed') {
+        client.destroy();
+        socket.destroy();
+        return;
+      }
+    }
+    let app: TransportSocket;
+    try {
+      app = await connect(options.app, { timeoutMs: options.connectTimeoutMs });
+    } catch (error) {
+      this.stats.appUnreachable++;
+      const code = errorCode(error) ?? (error as Error).message;
+      options.logger.warn({ app: formatAddress(options.app), code }, 'app unreachable; closing the ingress connection');
+      client.destroy();
+      socket.destroy();
+      return;
+    }
+    if (socket.destroyed) {
+      app.destroy();
+      return;
+    }
+    if (options.sendProxyProtocol !== 'off') {
+      app.write(encodeProxyHeader(options.sendProxyProtocol === 'v1' ? 1 : 2, proxyInfo(header, socket)));
+    }
+    const outcome = await relay(client, app, { idleTimeoutMs: options.idleTimeoutMs });
+    socket.destroy();
+    options.logger.debug({ end: outcome.end, toApp: outcome.aToB, fromApp: outcome.bToA }, 'ingress connection closed');
+  }
+
+  #logCapRefusal(logger: Logger, maxConnections: number): void {
+    const now = Date.now();
+    if (now - this.#lastCapLog < CAP_LOG_INTERVAL_MS) {
+      this.#capSuppressed++;
+      return;
+    }
+    logger.warn(
+      { maxConnections, suppressed: this.#capSuppressed },
+      'ingress at ingress.max_connections; connection closed',
+    );
+    this.#lastCapLog = now;
+    this.#capSuppressed = 0;
+  }
+}
+
+/** The addresses to pass on: the parent's PROXY header when it sent one, else the tcp peer, else unknown. */
+function proxyInfo(header: ProxyHeader | undefined, socket: Duplex) {
+  if (header?.source && header.destination) return { source: header.source, destination: header.destination };
+  const tcp = socket as Partial<Socket>;
+  if (tcp.remoteAddress && tcp.remotePort !== undefined && tcp.localAddress && tcp.localPort !== undefined) {
+    return {
+      source: { address: tcp.remoteAddress, port: tcp.remotePort },
+      destination: { address: tcp.localAddress, port: tcp.localPort },
+    };
+  }
+  return null;
+}
