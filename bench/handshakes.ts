@@ -24,7 +24,7 @@ export interface HandshakeRate {
  * not verified on the client here, so the one-core client spends its time on the handshake itself
  * and runs out of breath later than the server would.
  */
-export async function handshakeRate(subject: Subject, durationMs: number): Promise<HandshakeRate> {
+export async function handshakeRate(subject: Subject, durationMs: number, load: HandshakeLoad = {}): Promise<HandshakeRate> {
   let handshakes = 0;
   let resumed = 0;
   let errors = 0;
@@ -35,7 +35,7 @@ export async function handshakeRate(subject: Subject, durationMs: number): Promi
   const worker = async () => {
     while (Date.now() < stopAt && errors < 100) {
       await new Promise<void>((resolve) => {
-        const socket = tls.connect(options);
+        const socket = tls.connect(load.servername ? { ...options, servername: load.servername() } : options);
         const timer = setTimeout(() => socket.destroy(), HANDSHAKE_TIMEOUT_MS);
         socket.once('secureConnect', () => {
           handshakes++;
@@ -53,11 +53,51 @@ export async function handshakeRate(subject: Subject, durationMs: number): Promi
       });
     }
   };
-  await Promise.all(Array.from({ length: HANDSHAKE_CONCURRENCY }, worker));
+  await Promise.all(Array.from({ length: load.concurrency ?? HANDSHAKE_CONCURRENCY }, worker));
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
   await subject.settle?.();
   const cpu = (subject.cpuSeconds?.() ?? Number.NaN) - cpuBefore;
   return { handshakes, seconds, perSecond: handshakes / seconds, serverCpuMs: (cpu * 1000) / handshakes, resumed, errors };
+}
+
+/** Who connects: how many clients at once (default HANDSHAKE_CONCURRENCY) and the SNI each handshake sends. */
+export interface HandshakeLoad {
+  concurrency?: number;
+  servername?: () => string;
+}
+
+/** Client counts for the new-nonce rate: one alone, then several, to see whether issuance scales. */
+export const NONCE_RATE_CLIENTS: readonly number[] = [1, 8];
+
+export interface NonceRateOptions {
+  subject: Subject;
+  rounds: number;
+  durationMs: number;
+  deadline: Deadline;
+  log: (line: string) => void;
+}
+
+/**
+ * New full handshakes that each ask for a certificate on a nonce never seen before, so every one
+ * pays a document and a leaf. Keys: `c<clients>` in handshakes/s, `cpu:c<clients>` in server CPU ms per handshake.
+ */
+export async function measureNonceRates(options: NonceRateOptions): Promise<RoundLog> {
+  const log = new RoundLog();
+  const servername = () => `${randomBytes(16).toString('hex')}.attest.${SERVER_NAME}`;
+  for (const round of roundsWithin(options)) {
+    const line: string[] = [];
+    for (const concurrency of rotated(NONCE_RATE_CLIENTS, round)) {
+      const rate = await handshakeRate(options.subject, round === 0 ? options.durationMs / 2 : options.durationMs, { concurrency, servername });
+      if (rate.errors > 0) options.log(`  ${concurrency} clients: ${rate.errors} failed`);
+      if (round === 0) continue;
+      const ok = rate.handshakes > 0 && rate.resumed === 0;
+      log.add(`c${concurrency}`, ok ? rate.perSecond : Number.NaN);
+      log.add(`cpu:c${concurrency}`, ok ? rate.serverCpuMs : Number.NaN);
+      line.push(`${concurrency} clients ${rate.perSecond.toFixed(0)}/s (${rate.serverCpuMs.toFixed(2)} ms CPU)`);
+    }
+    options.log(round === 0 ? '  warm-up done' : `  round ${round}: ${line.join(', ')}`);
+  }
+  return log;
 }
 
 export interface HandshakeRateOptions {
