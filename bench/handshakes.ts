@@ -24,7 +24,11 @@ export interface HandshakeRate {
  * not verified on the client here, so the one-core client spends its time on the handshake itself
  * and runs out of breath later than the server would.
  */
-export async function handshakeRate(subject: Subject, durationMs: number): Promise<HandshakeRate> {
+export async function handshakeRate(
+  subject: Subject,
+  durationMs: number,
+  load: HandshakeLoad = {},
+): Promise<HandshakeRate> {
   let handshakes = 0;
   let resumed = 0;
   let errors = 0;
@@ -35,7 +39,7 @@ export async function handshakeRate(subject: Subject, durationMs: number): Promi
   const worker = async () => {
     while (Date.now() < stopAt && errors < 100) {
       await new Promise<void>((resolve) => {
-        const socket = tls.connect(options);
+        const socket = tls.connect(load.servername ? { ...options, servername: load.servername() } : options);
         const timer = setTimeout(() => socket.destroy(), HANDSHAKE_TIMEOUT_MS);
         socket.once('secureConnect', () => {
           handshakes++;
@@ -53,7 +57,7 @@ export async function handshakeRate(subject: Subject, durationMs: number): Promi
       });
     }
   };
-  await Promise.all(Array.from({ length: HANDSHAKE_CONCURRENCY }, worker));
+  await Promise.all(Array.from({ length: load.concurrency ?? HANDSHAKE_CONCURRENCY }, worker));
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
   await subject.settle?.();
   const cpu = (subject.cpuSeconds?.() ?? Number.NaN) - cpuBefore;
@@ -67,6 +71,15 @@ export async function handshakeRate(subject: Subject, durationMs: number): Promi
   };
 }
 
+/** Who connects: how many clients at once (default HANDSHAKE_CONCURRENCY) and the SNI each handshake sends. */
+export interface HandshakeLoad {
+  concurrency?: number;
+  servername?: () => string;
+}
+
+/** Client counts for the new-nonce rate: one alone, then several, to see whether issuance scales. */
+export const NONCE_RATE_CLIENTS: readonly number[] = [1, 8];
+
 export interface HandshakeRateOptions {
   subjects: readonly Subject[];
   rounds: number;
@@ -75,24 +88,55 @@ export interface HandshakeRateOptions {
   log: (line: string) => void;
 }
 
-/** Keys: `<subject>` in handshakes/s, `cpu:<subject>` in server CPU ms per handshake. */
-export async function measureHandshakeRates(options: HandshakeRateOptions): Promise<RoundLog> {
+export type NonceRateOptions = Omit<HandshakeRateOptions, 'subjects'> & { subject: Subject };
+
+/** Rounds of handshakeRate over `loads`, taken in turns; keys: `<name>` in handshakes/s, `cpu:<name>` in server CPU ms per handshake. */
+async function measureRates<T>(
+  options: Omit<HandshakeRateOptions, 'subjects'>,
+  loads: readonly T[],
+  name: (load: T) => string,
+  rate: (load: T, durationMs: number) => Promise<HandshakeRate>,
+): Promise<RoundLog> {
   const log = new RoundLog();
   for (const round of roundsWithin(options)) {
     const line: string[] = [];
-    for (const subject of rotated(options.subjects, round)) {
-      const rate = await handshakeRate(subject, round === 0 ? options.durationMs / 2 : options.durationMs);
-      if (rate.resumed > 0 || rate.errors > 0)
-        options.log(`  ${subject.name}: ${rate.resumed} resumed, ${rate.errors} failed`);
+    for (const load of rotated(loads, round)) {
+      const result = await rate(load, round === 0 ? options.durationMs / 2 : options.durationMs);
+      if (result.resumed > 0 || result.errors > 0)
+        options.log(`  ${name(load)}: ${result.resumed} resumed, ${result.errors} failed`);
       if (round === 0) continue;
-      const ok = rate.handshakes > 0 && rate.resumed === 0;
-      log.add(subject.name, ok ? rate.perSecond : Number.NaN);
-      log.add(`cpu:${subject.name}`, ok ? rate.serverCpuMs : Number.NaN);
-      line.push(`${subject.name} ${rate.perSecond.toFixed(0)}/s (${rate.serverCpuMs.toFixed(2)} ms CPU)`);
+      const ok = result.handshakes > 0 && result.resumed === 0;
+      log.add(name(load), ok ? result.perSecond : Number.NaN);
+      log.add(`cpu:${name(load)}`, ok ? result.serverCpuMs : Number.NaN);
+      line.push(`${name(load)} ${result.perSecond.toFixed(0)}/s (${result.serverCpuMs.toFixed(2)} ms CPU)`);
     }
     options.log(round === 0 ? '  warm-up done' : `  round ${round}: ${line.join(', ')}`);
   }
   return log;
+}
+
+/**
+ * New full handshakes that each ask for a certificate on a nonce never seen before, so every one
+ * pays a document and a leaf. Keys: `c<clients>` in handshakes/s, `cpu:c<clients>` in server CPU ms per handshake.
+ */
+export function measureNonceRates(options: NonceRateOptions): Promise<RoundLog> {
+  const servername = () => `${randomBytes(16).toString('hex')}.attest.${SERVER_NAME}`;
+  return measureRates(
+    options,
+    NONCE_RATE_CLIENTS,
+    (clients) => `c${clients}`,
+    (concurrency, durationMs) => handshakeRate(options.subject, durationMs, { concurrency, servername }),
+  );
+}
+
+/** Keys: `<subject>` in handshakes/s, `cpu:<subject>` in server CPU ms per handshake. */
+export function measureHandshakeRates(options: HandshakeRateOptions): Promise<RoundLog> {
+  return measureRates(
+    options,
+    options.subjects,
+    (subject) => subject.name,
+    (subject, durationMs) => handshakeRate(subject, durationMs),
+  );
 }
 
 export type CertificateKind = 'new-nonce' | 'cached-nonce' | 'base';

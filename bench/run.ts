@@ -12,7 +12,13 @@ import { parseArgs } from 'node:util';
 import { startAppServer } from './app-server.js';
 import { Budget } from './budget.js';
 import { issuePeerCertificate } from './certificate.js';
-import { CERTIFICATE_KINDS, measureHandshakeRates, measureNonceHandshakes } from './handshakes.js';
+import {
+  CERTIFICATE_KINDS,
+  measureHandshakeRates,
+  measureNonceHandshakes,
+  measureNonceRates,
+  NONCE_RATE_CLIENTS,
+} from './handshakes.js';
 import { CONCURRENCIES, measureLatency } from './latency.js';
 import { IDLE_CONNECTIONS, measureMemory } from './memory.js';
 import { NginxPeer, PeerMissing, SocatPeer } from './peers.js';
@@ -119,7 +125,8 @@ for (const [name, seen] of Object.entries(tlsSeen))
   say(`${name}: ${seen.protocol} ${seen.cipher}, leaf certificate ${seen.leafBytes} bytes`);
 const loadBefore = loadAverage();
 
-const logs = new Map<Section, RoundLog>();
+// 'nonce-rate' is measured in the nonce section, kept apart because its keys are client counts.
+const logs = new Map<Section | 'nonce-rate', RoundLog>();
 
 if (only.has('passthrough')) {
   say(`\n== passthrough bulk: runtime (TLS off) vs socat vs direct, ${gib} GiB each way`);
@@ -184,6 +191,17 @@ if (only.has('nonce')) {
       ca,
       rounds,
       perRound: 10,
+      deadline: budget.section(45_000),
+      log: say,
+    }),
+  );
+  say('\n== new TLS handshakes per second, each on a new nonce (no resumption)');
+  logs.set(
+    'nonce-rate',
+    await measureNonceRates({
+      subject: terminating,
+      rounds,
+      durationMs: quick ? 1000 : 2000,
       deadline: budget.section(45_000),
       log: say,
     }),
@@ -447,6 +465,25 @@ function buildRows(): Row[] {
         unit: 'ms',
         runtime: nonce.figure(kind),
         target: kind === 'new-nonce' ? { on: 'value', op: '<=', limit: 10 } : undefined,
+      });
+    }
+  }
+  const nonceRate = logs.get('nonce-rate');
+  if (nonceRate) {
+    for (const clients of NONCE_RATE_CLIENTS) {
+      // Issue 17: at least 400 new-nonce handshakes/s on 2 cores.
+      rows.push({
+        section: 'nonce',
+        what: `new-nonce handshakes, ${clients} client${clients === 1 ? '' : 's'}`,
+        unit: '/s',
+        runtime: nonceRate.figure(`c${clients}`),
+        target: { on: 'value', op: '>=', limit: 400 },
+      });
+      rows.push({
+        section: 'nonce',
+        what: `server CPU per new-nonce handshake, ${clients} client${clients === 1 ? '' : 's'}`,
+        unit: 'ms',
+        runtime: nonceRate.figure(`cpu:c${clients}`),
       });
     }
   }

@@ -15,6 +15,9 @@ import {
   documentSigningCertificateNotAfter,
   UNSIGNED_DOCUMENT_LIFETIME_MS,
 } from '../src/tls/attested-certificate.js';
+import { decodeCoseSign1 } from '../src/verify/cose-sign1.js';
+import { decodeAttestationPayload } from '../src/verify/document.js';
+import { openSimulatedNsm } from '../src/attestation/sim-nsm.js';
 import { CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority } from '../src/tls/certificate-authority.js';
 import { generateTlsKeyPair } from '../src/tls/key-pair.js';
 import { silentLogger } from '../src/core/log.js';
@@ -338,6 +341,22 @@ describe('the self CA (tls.source = "self")', () => {
       Buffer.from(leafKey.spkiDer),
     );
   });
+
+  it('issues one leaf after another from the prebuilt parts: each chains to the CA, with its own names and the fixed extensions', async () => {
+    const ca = await open(await freshDir());
+    const caCert = new X509Certificate(ca.certificatePem);
+    const names = ['a.example', 'b.example', 'c.example'];
+    for (const name of names) {
+      const key = await generateTlsKeyPair();
+      const cert = new X509Certificate((await ca.issue({ dnsNames: [name], publicKeySpki: key.spkiDer })).certPem);
+      assert.ok(cert.checkIssued(caCert), `${name} names the CA as issuer`);
+      assert.ok(cert.verify(caCert.publicKey));
+      assert.equal(cert.issuer, caCert.subject);
+      assert.equal(cert.subjectAltName, `DNS:${name}`);
+      assert.equal(cert.ca, false);
+      assert.deepEqual(cert.keyUsage, ['1.3.6.1.5.5.7.3.1']);
+    }
+  });
 });
 
 describe('documents of an emulated NSM that signs nothing (QEMU virtio-nsm)', () => {
@@ -374,5 +393,41 @@ describe('documents of an emulated NSM that signs nothing (QEMU virtio-nsm)', ()
       cbor.encode([cbor.encode(new Map([[1, -1]])), new Map(), cbor.encode(noCertificate), new Uint8Array(64)]),
     );
     assert.throws(() => documentSigningCertificateNotAfter(document), { code: 'ERR_TLS_ATTESTATION_DOCUMENT' });
+  });
+});
+
+describe('the notAfter of the document signing certificate (parsed once per certificate)', () => {
+  const dirs: string[] = [];
+  after(async () => {
+    for (const dir of dirs) await rm(dir, { recursive: true, force: true });
+  });
+  const signingNotAfter = (document: Uint8Array) =>
+    new Date(new X509Certificate(decodeAttestationPayload(decodeCoseSign1(document).payload).certificate).validTo);
+
+  it('follows a change of signing certificate instead of repeating the first one it read', async () => {
+    const lifetimes = [3 * 3600_000, 5 * 3600_000];
+    const documents: Uint8Array[] = [];
+    for (const signingCertLifetimeMs of lifetimes) {
+      const dir = await mkdtemp(join(tmpdir(), 'enclave-notafter-'));
+      dirs.push(dir);
+      const nsm = await openSimulatedNsm({ stateDir: dir, signingCertLifetimeMs });
+      documents.push(await nsm.attest({ nonce: randomBytes(8) }), await nsm.attest({ nonce: randomBytes(8) }));
+    }
+    // Alternating, so each read follows one from the other certificate.
+    for (const document of [documents[0]!, documents[2]!, documents[1]!, documents[3]!, documents[0]!]) {
+      assert.equal(documentSigningCertificateNotAfter(document).getTime(), signingNotAfter(document).getTime());
+    }
+    assert.notEqual(signingNotAfter(documents[0]!).getTime(), signingNotAfter(documents[2]!).getTime());
+  });
+
+  it("hands each caller its own Date, so one caller changing it cannot move another's expiry", async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'enclave-notafter-'));
+    dirs.push(dir);
+    const nsm = await openSimulatedNsm({ stateDir: dir });
+    const document = await nsm.attest({});
+    const first = documentSigningCertificateNotAfter(document);
+    const expected = first.getTime();
+    first.setTime(0);
+    assert.equal(documentSigningCertificateNotAfter(document).getTime(), expected);
   });
 });

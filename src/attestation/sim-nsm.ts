@@ -1,4 +1,4 @@
-import { createHash, randomBytes, sign } from 'node:crypto';
+import { createHash, randomBytes, sign, type KeyObject } from 'node:crypto';
 import { Encoder } from 'cbor-x';
 import type { Logger } from '../core/log.js';
 import { silentLogger } from '../core/log.js';
@@ -96,7 +96,9 @@ export class SimulatedNsm implements Nsm {
       ]),
     );
     const toBeSigned = encode(['Signature1', PROTECTED_HEADER, EMPTY, payload]);
-    const signature = sign('sha384', toBeSigned, { key: identity.privateKey, dsaEncoding: 'ieee-p1363' });
+    // The callback form signs on the libuv pool: a P-384 signature is the costliest step of a
+    // simulated attestation, and done inline it held the event loop for every nonce handshake.
+    const signature = await signOffThread(toBeSigned, identity.privateKey);
     return encode([PROTECTED_HEADER, new Map(), payload, signature]);
   }
 
@@ -171,6 +173,14 @@ function resolvePcrs(configured: Record<number, Uint8Array>, debug: boolean): Ui
   }
   if (debug) for (const index of DEBUG_ZERO_PCRS) pcrs[index] = new Uint8Array(PCR_BYTES);
   return pcrs;
+}
+
+function signOffThread(data: Uint8Array, key: KeyObject): Promise<Uint8Array> {
+  return new Promise((resolve, reject) => {
+    sign('sha384', data, { key, dsaEncoding: 'ieee-p1363' }, (err, signature) =>
+      err ? reject(err) : resolve(new Uint8Array(signature)),
+    );
+  });
 }
 
 function encode(value: unknown): Uint8Array {

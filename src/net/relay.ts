@@ -27,7 +27,15 @@ export function relay(a: Duplex, b: Duplex, options: RelayOptions): Promise<Rela
     let settled = false;
     let open = 2;
 
-    const idle = setTimeout(() => finish('idle'), options.idleTimeoutMs);
+    // Each chunk only stamps the time; the timer, when it fires, re-arms for what is left of the
+    // period. Refreshing a timer per chunk cost a timer-list update on every read of a bulk transfer.
+    let lastActivity = performance.now();
+    const onIdleTimer = () => {
+      const quietMs = performance.now() - lastActivity;
+      if (quietMs >= options.idleTimeoutMs) finish('idle');
+      else idle = setTimeout(onIdleTimer, options.idleTimeoutMs - quietMs);
+    };
+    let idle = setTimeout(onIdleTimer, options.idleTimeoutMs);
     const finish = (end: RelayEnd, error?: Error) => {
       if (settled) return;
       settled = true;
@@ -45,11 +53,11 @@ export function relay(a: Duplex, b: Duplex, options: RelayOptions): Promise<Rela
 
     a.on('data', (chunk: Buffer) => {
       outcome.aToB += chunk.length;
-      idle.refresh();
+      lastActivity = performance.now();
     });
     b.on('data', (chunk: Buffer) => {
       outcome.bToA += chunk.length;
-      idle.refresh();
+      lastActivity = performance.now();
     });
     a.on('error', (error) => finish('error', error));
     b.on('error', (error) => finish('error', error));

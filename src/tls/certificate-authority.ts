@@ -36,6 +36,12 @@ const BACKDATE_MS = 5 * 60 * 1000;
 // X.520 caps a CommonName at 64 characters; longer server names live only in the SAN.
 const CN_MAX = 64;
 const LOSER_WAIT_MS = 5000;
+// The same in every leaf; built once because each construction ASN.1-encodes its value.
+const LEAF_EXTENSIONS: readonly x509.Extension[] = [
+  new x509.BasicConstraintsExtension(false, undefined, true),
+  new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
+  new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]),
+];
 
 /** What to put in a leaf certificate. `dnsNames[0]` is the subject CN. */
 export interface LeafRequest {
@@ -92,7 +98,8 @@ export class CertificateAuthority {
   readonly notAfter: Date;
   readonly #signingKey: CryptoKey;
   readonly #algorithm: CaAlgorithm;
-  readonly #issuer: string;
+  // Parsed once: the generator would otherwise re-parse the issuer string on every leaf.
+  readonly #issuer: x509.Name;
   readonly #authorityKeyId: x509.AuthorityKeyIdentifierExtension;
   readonly #now: () => number;
 
@@ -108,7 +115,7 @@ export class CertificateAuthority {
     this.notAfter = stored.cert.notAfter;
     this.#signingKey = signingKey;
     this.#algorithm = stored.algorithm;
-    this.#issuer = stored.cert.subject;
+    this.#issuer = stored.cert.subjectName;
     this.#authorityKeyId = authorityKeyId;
     this.#now = now;
   }
@@ -202,9 +209,7 @@ export class CertificateAuthority {
       request.publicKeySpki,
       request.validityMs ?? DEFAULT_LEAF_VALIDITY_MS,
       [
-        new x509.BasicConstraintsExtension(false, undefined, true),
-        new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
-        new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]),
+        ...LEAF_EXTENSIONS,
         new x509.SubjectAlternativeNameExtension(request.dnsNames.map((value) => ({ type: 'dns' as const, value }))),
       ],
     );
