@@ -171,3 +171,26 @@ export async function assertNoFdLeak(options: {
   assert.ok(failed.every((result) => result.status === 'rejected'));
   assert.equal(openFdCount(), before);
 }
+
+/**
+ * Half-close with the server first: `peer` sends a request and ends; `client` must read it to its
+ * end with its write side still open, then reply `replyBytes` random bytes that arrive whole.
+ */
+export async function assertReplyAfterPeerEnds(
+  client: Duplex & { readableEnded: boolean },
+  peer: Duplex,
+  replyBytes: number,
+): Promise<void> {
+  const reply = randomBytes(replyBytes);
+  const fromClient = drain(peer);
+  peer.end('request');
+  const request = await drain(client);
+  assert.equal(request.bytes, 'request'.length);
+  assert.equal(client.readableEnded, true);
+  assert.equal(client.writable, true, 'the write side stays open after the peer FIN');
+  client.end(reply);
+  const got = await fromClient;
+  assert.equal(got.bytes, reply.length);
+  assert.equal(got.sha256, sha256(reply));
+  await Promise.all([whenClosed(client), whenClosed(peer)]);
+}
