@@ -19,7 +19,6 @@ import {
 } from '../attestation/chain-rules.js';
 import {
   checkEs384Outcome,
-  checkEs384SignatureLength,
   decodeCoseSign1,
   es384KeyError,
   sigStructure,
@@ -104,7 +103,6 @@ async function verifyEs384(cose: CoseSign1, leaf: WebCertificate): Promise<void>
   } catch (error) {
     throw es384KeyError(error);
   }
-  checkEs384SignatureLength(cose);
   // WebCrypto takes ECDSA signatures as raw r‖s, which is exactly COSE's form.
   const settled = await subtle()
     .verify({ name: 'ECDSA', hash: 'SHA-384' }, key, cose.signature, sigStructure(cose.protectedHeader, cose.payload))
@@ -114,7 +112,7 @@ async function verifyEs384(cose: CoseSign1, leaf: WebCertificate): Promise<void>
         throw error;
       },
     );
-  checkEs384Outcome(settled);
+  checkEs384Outcome(cose, settled);
 }
 
 async function parse(der: Uint8Array, label: string): Promise<WebCertificate> {

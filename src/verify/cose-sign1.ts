@@ -153,11 +153,12 @@ export function es384KeyError(cause?: unknown): AttestationError {
 }
 
 /**
- * Maps a signature check's outcome to the one ES384 result both verifiers give: `check` returns
- * whether the signature verifies, or throws when the crypto layer could not check it at all.
- * An async check is settled first and handed in as `() => result` (or a thunk that rethrows).
+ * The one ES384 result both verifiers give: the signature-length rule first, then `check`, which
+ * returns whether the signature verifies or throws when the crypto layer could not check it at
+ * all. An async check is settled first and handed in as `() => result` (or a thunk that rethrows).
  */
-export function checkEs384Outcome(check: () => boolean): void {
+export function checkEs384Outcome(cose: CoseSign1, check: () => boolean): void {
+  checkEs384SignatureLength(cose);
   let ok: boolean;
   try {
     ok = check();

@@ -1,14 +1,7 @@
 import { verify as cryptoVerify, type KeyObject, type X509Certificate } from 'node:crypto';
 import { checkPolicy, type AttestationPolicy } from '../attestation/attestation-policy.js';
 import { parseCertificate, verifyCertificateChain } from './certificate-chain.js';
-import {
-  checkEs384Outcome,
-  checkEs384SignatureLength,
-  decodeCoseSign1,
-  es384KeyError,
-  sigStructure,
-  type CoseSign1,
-} from './cose-sign1.js';
+import { checkEs384Outcome, decodeCoseSign1, es384KeyError, sigStructure, type CoseSign1 } from './cose-sign1.js';
 import { decodeAttestationPayload, type AttestationDocument } from './document.js';
 import { resolveTrustedRoots, type RootInput } from './root-store.js';
 
@@ -57,8 +50,7 @@ export function verifyCoseSign1Es384(cose: CoseSign1, publicKey: KeyObject): voi
   if (publicKey.asymmetricKeyType !== 'ec' || publicKey.asymmetricKeyDetails?.namedCurve !== 'secp384r1') {
     throw es384KeyError();
   }
-  checkEs384SignatureLength(cose);
-  checkEs384Outcome(() =>
+  checkEs384Outcome(cose, () =>
     cryptoVerify(
       'sha384',
       sigStructure(cose.protectedHeader, cose.payload),
