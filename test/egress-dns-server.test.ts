@@ -3,7 +3,7 @@ import { once } from 'node:events';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { parseAddress, type Address } from '../src/net/address.js';
-import type { TcpAddress } from '../src/config/schema.js';
+import type { TcpAddress } from '../src/net/address.js';
 import { compileAllowlist } from '../src/egress/allowlist.js';
 import { DnsTcpFrameReader, DnsType, encodeTcpFrame, parseDnsResponse } from '../src/wire/dns-message.js';
 import { buildQuery, DnsForwarder } from '../src/egress/dns-forwarder.js';

@@ -8,7 +8,7 @@ import http from 'node:http';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { parseAddress } from '../src/net/address.js';
-import type { TcpAddress } from '../src/config/schema.js';
+import type { TcpAddress } from '../src/net/address.js';
 import { compileAllowlist } from '../src/egress/allowlist.js';
 import { EgressAudit } from '../src/egress/egress-audit.js';
 import { EgressHttpProxy } from '../src/egress/http-proxy.js';

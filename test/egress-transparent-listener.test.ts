@@ -9,7 +9,7 @@ import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import tls from 'node:tls';
 import { parseAddress } from '../src/net/address.js';
-import type { TcpAddress } from '../src/config/schema.js';
+import type { TcpAddress } from '../src/net/address.js';
 import { compileAllowlist } from '../src/egress/allowlist.js';
 import { EgressAudit } from '../src/egress/egress-audit.js';
 import { NameCache } from '../src/egress/name-cache.js';

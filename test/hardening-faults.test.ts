@@ -23,7 +23,7 @@ import { defaultSimulatedPcr, openSimulatedNsm } from '../src/attestation/sim-ns
 import { verifyAttestation } from '../src/verify/verifier.js';
 import { parseAddress } from '../src/net/address.js';
 import { validateConfig } from '../src/config/validate.js';
-import type { TcpAddress } from '../src/config/schema.js';
+import type { TcpAddress } from '../src/net/address.js';
 import { compileAllowlist } from '../src/egress/allowlist.js';
 import { EgressAudit } from '../src/egress/egress-audit.js';
 import { EgressStatus, encodeEgressReply, parseEgressHeader } from '../src/wire/egress-header.js';

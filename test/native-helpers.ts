@@ -122,3 +122,75 @@ export async function exchangeBothWays(a: Duplex, b: Duplex, total: number, chun
   assert.equal(bGot.sha256, aSent);
   assert.equal(aGot.sha256, bSent);
 }
+
+/** Counts the server side's closed connections; hand `track` every accepted socket. */
+export function closeCounter(): {
+  track(socket: Readable | Writable): void;
+  /** Waits (polling every `pollMs`) until `count` server sockets closed, and asserts it. */
+  reached(count: number, pollMs: number): Promise<void>;
+} {
+  let closed = 0;
+  return {
+    track: (socket) => void socket.on('close', () => closed++),
+    reached: async (count, pollMs) => {
+      for (let i = 0; i < 2000 && closed < count; i++) await new Promise((resolve) => setTimeout(resolve, pollMs));
+      assert.equal(closed, count);
+    },
+  };
+}
+
+/**
+ * Opens and closes `batches` × `perBatch` connections, then `failures` connects that must fail,
+ * and asserts the process's open fd count is back where it was after the first connection.
+ * The listener must destroy each accepted socket after `counter.track(socket)`.
+ */
+export async function assertNoFdLeak(options: {
+  connect(): Promise<Readable & Writable>;
+  connectFailing(): Promise<unknown>;
+  counter: ReturnType<typeof closeCounter>;
+  batches: number;
+  perBatch: number;
+  failures: number;
+  pollMs: number;
+}): Promise<void> {
+  const { counter, pollMs } = options;
+  const roundTrip = async (): Promise<void> => {
+    const socket = await options.connect();
+    socket.destroy();
+    await whenClosed(socket);
+  };
+  await roundTrip();
+  await counter.reached(1, pollMs);
+  const before = openFdCount();
+  for (let batch = 1; batch <= options.batches; batch++) {
+    await Promise.all(Array.from({ length: options.perBatch }, roundTrip));
+    await counter.reached(1 + batch * options.perBatch, pollMs);
+  }
+  // Failed connects must release their fd too.
+  const failed = await Promise.allSettled(Array.from({ length: options.failures }, options.connectFailing));
+  assert.ok(failed.every((result) => result.status === 'rejected'));
+  assert.equal(openFdCount(), before);
+}
+
+/**
+ * Half-close with the server first: `peer` sends a request and ends; `client` must read it to its
+ * end with its write side still open, then reply `replyBytes` random bytes that arrive whole.
+ */
+export async function assertReplyAfterPeerEnds(
+  client: Duplex & { readableEnded: boolean },
+  peer: Duplex,
+  replyBytes: number,
+): Promise<void> {
+  const reply = randomBytes(replyBytes);
+  const fromClient = drain(peer);
+  peer.end('request');
+  const request = await drain(client);
+  assert.equal(request.bytes, 'request'.length);
+  assert.equal(client.readableEnded, true);
+  assert.equal(client.writable, true, 'the write side stays open after the peer FIN');
+  client.end(reply);
+  const got = await fromClient;
+  assert.equal(got.bytes, reply.length);
+  assert.equal(got.sha256, sha256(reply));
+  await Promise.all([whenClosed(client), whenClosed(peer)]);
+}

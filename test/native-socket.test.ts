@@ -13,7 +13,9 @@ import {
   NATIVE_SKIP,
   drain,
   exchangeBothWays,
-  openFdCount,
+  assertNoFdLeak,
+  assertReplyAfterPeerEnds,
+  closeCounter,
   pumpRandom,
   settles,
   sha256,
@@ -125,20 +127,8 @@ describe('NativeSocket over AF_UNIX', { skip, timeout: 60_000 }, () => {
   });
 
   it('half-close: the server ends first, the client still replies in full', async () => {
-    const reply = randomBytes(4 * MiB);
     const { server, client, peer } = await connectedPair(dir.path('half-server.sock'));
-    const fromClient = drain(peer);
-    peer.end('request');
-
-    const request = await drain(client);
-    assert.equal(request.bytes, 'request'.length);
-    assert.equal(client.readableEnded, true);
-    assert.equal(client.writable, true, 'the write side stays open after the peer FIN');
-    client.end(reply);
-    const { bytes, sha256: digest } = await fromClient;
-    assert.equal(bytes, reply.length);
-    assert.equal(digest, sha256(reply));
-    await Promise.all([whenClosed(client), whenClosed(peer)]);
+    await assertReplyAfterPeerEnds(client, peer, 4 * MiB);
     await server.close();
   });
 
@@ -260,34 +250,20 @@ describe('NativeSocket over AF_UNIX', { skip, timeout: 60_000 }, () => {
 
   it('opens and closes 2,000 connections without leaking fds', async () => {
     const path = dir.path('many.sock');
-    let serverClosed = 0;
+    const counter = closeCounter();
     const server = await unixServer(path, (socket) => {
-      socket.on('close', () => serverClosed++);
+      counter.track(socket);
       socket.destroy();
     });
-    const serverSideClosed = async (count: number): Promise<void> => {
-      for (let i = 0; i < 2000 && serverClosed < count; i++) await new Promise((resolve) => setTimeout(resolve, 1));
-      assert.equal(serverClosed, count);
-    };
-    const roundTrip = async (): Promise<void> => {
-      const socket = await connectNative({ family: 'unix', path });
-      socket.destroy();
-      await whenClosed(socket);
-    };
-    await roundTrip();
-    await serverSideClosed(1);
-    const before = openFdCount();
-
-    for (let batch = 1; batch <= 20; batch++) {
-      await Promise.all(Array.from({ length: 100 }, roundTrip));
-      await serverSideClosed(1 + batch * 100);
-    }
-    // Failed connects must release their fd too.
-    const refused = await Promise.allSettled(
-      Array.from({ length: 200 }, () => connectNative({ family: 'unix', path: dir.path('nobody.sock') })),
-    );
-    assert.ok(refused.every((result) => result.status === 'rejected'));
-    assert.equal(openFdCount(), before);
+    await assertNoFdLeak({
+      connect: () => connectNative({ family: 'unix', path }),
+      connectFailing: () => connectNative({ family: 'unix', path: dir.path('nobody.sock') }),
+      counter,
+      batches: 20,
+      perBatch: 100,
+      failures: 200,
+      pollMs: 1,
+    });
     await server.close();
   });
 

@@ -199,20 +199,10 @@ describe('base64 SNI nonces and clients that lowercase the server name', () => {
 
   it('attest connect --sni-nonce-encoding base64: a fresh nonce verifies; a --nonce with capitals is refused before connecting', async () => {
     const root = join(fx.stateDir, 'sim-nsm-root.pem');
-    const ok = await run(process.execPath, [
-      CLI,
-      'attest',
-      'connect',
-      `127.0.0.1:${port}`,
-      '--servername',
-      'localhost',
-      '--sni-nonce-encoding',
-      'base64',
-      '--fresh-nonce',
-      '--root',
-      root,
-      '--json',
-    ]);
+    const attestConnect = (...args: string[]) =>
+      run(process.execPath, [CLI, 'attest', 'connect', `127.0.0.1:${port}`, ...args]);
+    const base64Sni = ['--servername', 'localhost', '--sni-nonce-encoding', 'base64'];
+    const ok = await attestConnect(...base64Sni, '--fresh-nonce', '--root', root, '--json');
     assert.equal(ok.status, 0, ok.stderr);
     const out = JSON.parse(ok.stdout) as {
       connection: { servername: string; nonce: string };
@@ -222,30 +212,10 @@ describe('base64 SNI nonces and clients that lowercase the server name', () => {
     assert.equal(out.document.nonce, out.connection.nonce);
     assert.equal(hex(parseNonceLabel(out.connection.servername, 'base64') ?? null), out.document.nonce);
 
-    const refused = await run(process.execPath, [
-      CLI,
-      'attest',
-      'connect',
-      `127.0.0.1:${port}`,
-      '--servername',
-      'localhost',
-      '--sni-nonce-encoding',
-      'base64',
-      '--nonce',
-      hex(CAPITALS_NONCE),
-      '--root',
-      root,
-    ]);
+    const refused = await attestConnect(...base64Sni, '--nonce', hex(CAPITALS_NONCE), '--root', root);
     assert.equal(refused.status, 2, refused.stderr);
     assert.match(refused.stderr, /--nonce: its base64 label "Hello0World1Nonce2Caps3X" has capitals/);
-    const badEncoding = await run(process.execPath, [
-      CLI,
-      'attest',
-      'connect',
-      `127.0.0.1:${port}`,
-      '--sni-nonce-encoding',
-      'b64',
-    ]);
+    const badEncoding = await attestConnect('--sni-nonce-encoding', 'b64');
     assert.equal(badEncoding.status, 2);
     assert.match(badEncoding.stderr, /--sni-nonce-encoding "b64": expected hex or base64/);
   });

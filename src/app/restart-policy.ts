@@ -2,6 +2,7 @@
  * `[app] restart`: whether the customer's command is started again after it exits, and after
  * how long. The runtime stopping (SIGTERM/SIGINT) always wins over the policy.
  */
+import { backoffDelay } from '../core/backoff.js';
 
 export type RestartPolicy = 'never' | 'on-failure' | 'always';
 
@@ -22,7 +23,6 @@ export function shouldRestart(
 
 /** The wait before restart number `attempt` (1-based): the base, doubled each time, capped at 60 s. */
 export function restartDelayMs(baseMs: number, attempt: number): number {
-  if (baseMs <= 0) return 0;
-  const exponent = Math.min(Math.max(attempt - 1, 0), 30);
-  return Math.min(baseMs * 2 ** exponent, MAX_RESTART_BACKOFF_MS);
+  // A restart always follows at least one exit, so attempt 0 waits like attempt 1.
+  return backoffDelay(Math.max(attempt, 1), baseMs, MAX_RESTART_BACKOFF_MS);
 }

@@ -17,7 +17,13 @@ import {
   readCertificateFacts,
   type CertificateFacts,
 } from '../attestation/chain-rules.js';
-import { checkEs384SignatureLength, decodeCoseSign1, sigStructure, type CoseSign1 } from '../verify/cose-sign1.js';
+import {
+  checkEs384Outcome,
+  decodeCoseSign1,
+  es384KeyError,
+  sigStructure,
+  type CoseSign1,
+} from '../verify/cose-sign1.js';
 import { decodeAttestationPayload, type AttestationDocument } from '../verify/document.js';
 import { policyFromOptions, type ClientPolicyOptions } from '../client/verify-options.js';
 
@@ -95,30 +101,18 @@ async function verifyEs384(cose: CoseSign1, leaf: WebCertificate): Promise<void>
       'verify',
     ]);
   } catch (error) {
-    throw new AttestationError(
-      'ERR_ATTESTATION_SIGNATURE',
-      'the signing certificate key is not a P-384 key, as ES384 requires',
-      { cause: error },
-    );
+    throw es384KeyError(error);
   }
-  checkEs384SignatureLength(cose);
-  let ok: boolean;
-  try {
-    // WebCrypto takes ECDSA signatures as raw r‖s, which is exactly COSE's form.
-    ok = await subtle().verify(
-      { name: 'ECDSA', hash: 'SHA-384' },
-      key,
-      cose.signature,
-      sigStructure(cose.protectedHeader, cose.payload),
+  // WebCrypto takes ECDSA signatures as raw r‖s, which is exactly COSE's form.
+  const settled = await subtle()
+    .verify({ name: 'ECDSA', hash: 'SHA-384' }, key, cose.signature, sigStructure(cose.protectedHeader, cose.payload))
+    .then(
+      (ok) => () => ok,
+      (error: unknown) => () => {
+        throw error;
+      },
     );
-  } catch (error) {
-    throw new AttestationError('ERR_ATTESTATION_SIGNATURE', 'signature could not be checked', { cause: error });
-  }
-  if (!ok)
-    throw new AttestationError(
-      'ERR_ATTESTATION_SIGNATURE',
-      'ES384 signature does not verify with the signing certificate key',
-    );
+  checkEs384Outcome(cose, settled);
 }
 
 async function parse(der: Uint8Array, label: string): Promise<WebCertificate> {

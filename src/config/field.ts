@@ -18,6 +18,68 @@ function field<T>(doc: string, defaultValue: T | ((mode: Mode) => T), check: (va
   return { kind: 'field', doc, defaultFor, check };
 }
 
+/** A table of enclave.toml: keys are fields or nested tables. */
+export interface Table<E extends Readonly<Record<string, Entry>> = Readonly<Record<string, Entry>>> {
+  readonly kind: 'table';
+  readonly doc: string;
+  readonly entries: E;
+}
+
+/**
+ * A list of tables (`[[name]]` in TOML): each entry is checked against `item` with its problems
+ * named `name[i].key`; `required` keys must be set; `refine` adds rules across keys and entries,
+ * seeing the entries as written.
+ */
+export interface TableList<I extends Table = Table, R extends string = string> {
+  readonly kind: 'tableList';
+  readonly doc: string;
+  readonly item: I;
+  readonly maxItems: number;
+  readonly required: readonly R[];
+  readonly refine?: (entries: ReadonlyArray<Record<string, unknown>>, path: string) => string[];
+}
+
+/** What a table may hold (Field<T> is covariant in T, so every field is a Field<unknown>). */
+export type Entry = Field | Table | TableList<Table, string>;
+
+export function table<const E extends Readonly<Record<string, Entry>>>(doc: string, entries: E): Table<E> {
+  return { kind: 'table', doc, entries };
+}
+
+export function tableList<I extends Table, const R extends string>(
+  doc: string,
+  item: I,
+  options: {
+    maxItems: number;
+    required: readonly R[];
+    refine?: (entries: ReadonlyArray<Record<string, unknown>>, path: string) => string[];
+  },
+): TableList<I, R> {
+  return { kind: 'tableList', doc, item, ...options };
+}
+
+/** `log_relay_buffer_lines` -> `logRelayBufferLines`, as the validator names keys (validate.ts). */
+export type CamelCase<S extends string> = S extends `${infer Head}_${infer Tail}`
+  ? `${Head}${Capitalize<CamelCase<Tail>>}`
+  : S;
+
+/**
+ * The value the validator produces for a schema entry: a field's value type, a table's keys in
+ * camelCase with their values, a list of tables as an array whose `required` keys are never undefined.
+ */
+export type ConfigValue<S> =
+  S extends Field<infer T>
+    ? T
+    : S extends TableList<Table<infer E>, infer R>
+      ? Array<{
+          [K in keyof E & string as CamelCase<K>]: K extends R
+            ? Exclude<ConfigValue<E[K]>, undefined>
+            : ConfigValue<E[K]>;
+        }>
+      : S extends Table<infer E>
+        ? { [K in keyof E & string as CamelCase<K>]: ConfigValue<E[K]> }
+        : never;
+
 /** Shows a bad value the way it was written, truncated so a huge value cannot flood the message. */
 export function show(value: unknown): string {
   let shown: string;
@@ -76,20 +138,35 @@ export function oneOf<const V extends string>(
   );
 }
 
+/** The address kinds a field accepts; the value type narrows with them (["tcp"] gives a TcpAddress). */
+type AddressOf<T extends Address['transport']> = Extract<Address, { transport: T }>;
+
+export function address(doc: string, defaultValue: string | ((mode: Mode) => string)): Field<Address>;
+export function address<const T extends Address['transport']>(
+  doc: string,
+  defaultValue: string | ((mode: Mode) => string),
+  transports: readonly T[],
+): Field<AddressOf<T>>;
 export function address(
   doc: string,
   defaultValue: string | ((mode: Mode) => string),
   transports: readonly Address['transport'][] = ['tcp', 'unix', 'vsock'],
 ): Field<Address> {
   const initial = typeof defaultValue === 'function' ? defaultValue : () => defaultValue;
+  const accepts = (parsed: Address): boolean => transports.includes(parsed.transport);
   return field(
     doc,
-    (mode) => parseAddress(initial(mode)),
+    (mode) => {
+      const parsed = parseAddress(initial(mode));
+      if (!accepts(parsed))
+        throw new RangeError(`default ${initial(mode)} is not a ${transports.join(' or ')} address`);
+      return parsed;
+    },
     (v) => {
       if (typeof v !== 'string') return bad(v, `an address string (${transports.join(', ')})`);
       try {
         const parsed = parseAddress(v);
-        if (!transports.includes(parsed.transport)) return bad(v, `a ${transports.join(' or ')} address`);
+        if (!accepts(parsed)) return bad(v, `a ${transports.join(' or ')} address`);
         return ok(parsed);
       } catch (error) {
         return { ok: false, problem: (error as Error).message };

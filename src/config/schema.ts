@@ -1,8 +1,5 @@
-import type { Address } from '../net/address.js';
-import type { IngressSettings } from '../ingress/ingress.js';
-import type { AcmeSettings } from '../tls/acme-certificates.js';
 import { LOG_LEVELS } from '../core/log.js';
-import { SECRETS, type SecretEntry } from '../secrets/secret-config.js';
+import { SECRETS } from '../secrets/secret-config.js';
 import {
   address,
   bool,
@@ -17,47 +14,24 @@ import {
   pcrTable,
   stringList,
   stringTable,
+  table,
   text,
-  type Field,
+  type ConfigValue,
   type Mode,
 } from './field.js';
 
-/** A table of enclave.toml: keys are fields or nested tables. */
-export interface Table {
-  readonly kind: 'table';
-  readonly doc: string;
-  readonly entries: Readonly<Record<string, Field | Table | TableList>>;
-}
+export type { Table, TableList } from './field.js';
 
-/**
- * A list of tables (`[[name]]` in TOML): each entry is checked against `item` with its problems
- * named `name[i].key`; `required` keys must be set; `refine` adds rules across keys and entries,
- * seeing the entries as written.
- */
-export interface TableList {
-  readonly kind: 'tableList';
-  readonly doc: string;
-  readonly item: Table;
-  readonly maxItems: number;
-  readonly required: readonly string[];
-  readonly refine?: (entries: ReadonlyArray<Record<string, unknown>>, path: string) => string[];
-}
-
-const table = (doc: string, entries: Record<string, Field | Table | TableList>): Table => ({
-  kind: 'table',
-  doc,
-  entries,
-});
 const byMode =
-  <T>(run: T, dev: T, host: T = run) =>
+  <const T>(run: T, dev: T, host: T = run) =>
   (mode: Mode): T =>
     mode === 'dev' ? dev : mode === 'host' ? host : run;
 
 const SECOND = 1000;
 const HOUR = 3600 * SECOND;
 
-/** The whole of enclave.toml. Keys are snake_case here and camelCase in RuntimeConfig. */
-export const SCHEMA: Table = table('enclave.toml', {
+/** The whole of enclave.toml. Keys are snake_case here and camelCase in RuntimeConfig, which is derived from it. */
+export const SCHEMA = table('enclave.toml', {
   runtime: table('process-wide settings', {
     log_level: oneOf('log verbosity', 'info', LOG_LEVELS),
     state_dir: text('where keys, CA and simulated-NSM chain persist', '.enclave-runtime'),
@@ -389,125 +363,5 @@ export const SCHEMA: Table = table('enclave.toml', {
   secrets: SECRETS,
 });
 
-export interface RuntimeConfig {
-  runtime: {
-    logLevel: (typeof LOG_LEVELS)[number];
-    stateDir: string;
-    shutdownGraceMs: number;
-    init: 'auto' | 'on' | 'off';
-    hostname: string;
-    healthListen: Address;
-    logRelay: Address | undefined;
-    logRelayBufferLines: number;
-    logRelayMaxLineBytes: number;
-  };
-  app: {
-    restart: 'never' | 'on-failure' | 'always';
-    maxRestarts: number;
-    restartBackoffMs: number;
-    user: string;
-    cwd: string;
-    env: Record<string, string>;
-    healthcheck: string;
-    healthcheckIntervalMs: number;
-    healthcheckTimeoutMs: number;
-    allowVsock: boolean;
-    passAwsCredentials: boolean;
-    healthcheckGraceMs: number;
-  };
-  metrics: { enabled: boolean; listen: Address };
-  ingress: IngressSettings & { enabled: boolean };
-  tls: {
-    enabled: boolean;
-    source: 'self' | 'provisioner';
-    serverName: string;
-    sniNonceEncoding: 'hex' | 'base64';
-    nonceCacheSize: number;
-    alpn: string[];
-    handshakeTimeoutMs: number;
-    maxNonceIssues: number;
-    provisioner: { address: Address; timeoutMs: number };
-    acme: AcmeSettings;
-  };
-  attestation: {
-    mode: 'nsm' | 'simulated';
-    device: string;
-    apiListen: TcpAddress;
-    apiMaxBodyBytes: number;
-    apiHeadersTimeoutMs: number;
-    apiRequestTimeoutMs: number;
-    apiMaxConcurrentRequests: number;
-    apiMaxConnections: number;
-    nsmTimeoutMs: number;
-    simulated: { debug: boolean; moduleId: string; pcrs: Record<number, Uint8Array> };
-  };
-  egress: {
-    enabled: boolean;
-    allow: string[];
-    dnsListen: TcpAddress;
-    transparentListen: TcpAddress;
-    proxyListen: TcpAddress;
-    relay: Address;
-    dnsRelay: Address;
-    dnsRefusal: 'refused' | 'nxdomain';
-    applyRules: boolean;
-    peekTimeoutMs: number;
-    inspectTimeoutMs: number;
-    allowEch: boolean;
-    connectTimeoutMs: number;
-    idleTimeoutMs: number;
-    maxConnections: number;
-    maxDnsInFlight: number;
-    proxyMaxHeaderBytes: number;
-    proxyHeadersTimeoutMs: number;
-  };
-  host: {
-    ingressListen: Address;
-    enclaveIngress: Address;
-    egressListen: Address;
-    dnsListen: Address;
-    upstreamDns: string;
-    allowPrivate: boolean;
-    connectTimeoutMs: number;
-    idleTimeoutMs: number;
-    maxConnections: number;
-    logListen: Address | undefined;
-    healthListen: Address | undefined;
-    enclaveHealth: Address;
-    metricsListen: Address | undefined;
-    enclaveMetrics: Address;
-    provisioner: Address | undefined;
-    provisionerListen: Address;
-    credentials: 'off' | 'imds';
-    credentialsListen: Address;
-    imdsEndpoint: string;
-  };
-  provisioner: {
-    listen: Address;
-    caDir: string;
-    root: string;
-    allowedPcrs: Array<Record<number, Uint8Array>>;
-    allowDebug: boolean;
-    challengeTtlMs: number;
-    certLifetimeMs: number;
-    maxPendingChallenges: number;
-    permittedDns: string[];
-  };
-  kms: {
-    region: string;
-    endpoint: string;
-    accessKeyId: string;
-    secretAccessKey: string;
-    sessionToken: string;
-    via: 'egress_proxy' | 'direct';
-    timeoutMs: number;
-    maxAttempts: number;
-    credentials: 'config' | 'host';
-    credentialsAddress: Address;
-    proxy: boolean;
-    proxyListen: TcpAddress;
-  };
-  secrets: SecretEntry[];
-}
-
-export type TcpAddress = Address & { transport: 'tcp' };
+/** The validated config: derived from SCHEMA, so a key added there is in the type too. */
+export type RuntimeConfig = ConfigValue<typeof SCHEMA>;

@@ -7,17 +7,11 @@
  */
 import dgram from 'node:dgram';
 import net from 'node:net';
-import type { TcpAddress } from '../config/schema.js';
+import type { TcpAddress } from '../net/address.js';
 import type { Logger } from '../core/log.js';
 import type { Allowlist } from './allowlist.js';
-import {
-  buildErrorResponse,
-  buildServFail,
-  DnsTcpFrameReader,
-  DnsType,
-  encodeTcpFrame,
-  parseDnsQuery,
-} from '../wire/dns-message.js';
+import { buildErrorResponse, buildServFail, DnsType, parseDnsQuery } from '../wire/dns-message.js';
+import { serveDnsStream } from '../wire/dns-stream-server.js';
 import type { DnsForwarder } from './dns-forwarder.js';
 import type { EgressAudit } from './egress-audit.js';
 import { gateDnsQuery } from './dns-gate.js';
@@ -80,7 +74,15 @@ export async function answerDnsQuery(
 /** Listen on `listen` for UDP and TCP; resolves once both are bound. */
 export async function startDnsServer(options: DnsServerOptions): Promise<DnsServer> {
   const { listen, logger } = options;
-  const tcp = net.createServer({ allowHalfOpen: true }, (socket) => serveTcp(socket, options));
+  const tcp = net.createServer({ allowHalfOpen: true }, (socket) =>
+    serveDnsStream(socket, {
+      answer: (message) => answerDnsQuery(message, options),
+      idleMs: TCP_IDLE_MS,
+      maxPending: TCP_MAX_PENDING_PER_CONNECTION,
+      onMalformed: () => options.audit.counters.dnsMalformed++,
+      onError: (error) => logger.error({ err: { message: error.message } }, 'DNS query failed'),
+    }),
+  );
   tcp.maxConnections = TCP_MAX_CONNECTIONS;
   await new Promise<void>((resolve, reject) => {
     tcp.once('error', reject);
@@ -121,44 +123,6 @@ export async function startDnsServer(options: DnsServerOptions): Promise<DnsServ
       await new Promise<void>((resolve) => tcp.close(() => resolve()));
     },
   };
-}
-
-function serveTcp(socket: net.Socket, options: DnsServerOptions): void {
-  const reader = new DnsTcpFrameReader();
-  let pending = 0;
-  let ended = false;
-  socket.setTimeout(TCP_IDLE_MS, () => socket.destroy());
-  socket.on('error', () => {});
-  socket.on('data', (chunk: Buffer) => {
-    let messages: Buffer[];
-    try {
-      messages = reader.push(chunk);
-    } catch {
-      options.audit.counters.dnsMalformed++;
-      socket.destroy();
-      return;
-    }
-    for (const message of messages) {
-      if (++pending > TCP_MAX_PENDING_PER_CONNECTION) {
-        socket.destroy();
-        return;
-      }
-      void answerDnsQuery(Buffer.from(message), options)
-        .then((answer) => {
-          if (answer && !socket.destroyed) socket.write(encodeTcpFrame(answer));
-        })
-        .catch((error: Error) => options.logger.error({ err: { message: error.message } }, 'DNS query failed'))
-        .finally(() => {
-          pending--;
-          if (ended && pending === 0) socket.end();
-        });
-    }
-  });
-  // A client may send its question and half-close: answer first, then close.
-  socket.on('end', () => {
-    ended = true;
-    if (pending === 0) socket.end();
-  });
 }
 
 /**

@@ -16,7 +16,7 @@ import type { Duplex } from 'node:stream';
 import httpProxy from 'http-proxy';
 import type { Address } from '../net/address.js';
 import { relay } from '../net/relay.js';
-import type { TcpAddress } from '../config/schema.js';
+import type { TcpAddress } from '../net/address.js';
 import type { Logger } from '../core/log.js';
 import type { Allowlist } from './allowlist.js';
 import { tryNormaliseDomainName } from '../wire/domain-name.js';

@@ -9,6 +9,10 @@
  * the IP alone and the server may speak first, but the app's bytes, whenever they come, are still
  * inspected before any is forwarded. And bytes held undecided for `inspectTimeoutMs` (a
  * ClientHello or request head trickled in, or never finished) end in a refusal.
+ *
+ * Not net/stream-peek.ts: a peek reads a head once and hands the stream on, while the gate sits
+ * in the byte path for the whole connection (every later request head or ClientHello is judged
+ * too) and releases only bytes already allowed, so nothing undecided can reach the relay.
  */
 import { Duplex } from 'node:stream';
 import {

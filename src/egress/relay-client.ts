@@ -5,6 +5,7 @@
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { formatAddress, type Address } from '../net/address.js';
+import { peekStream } from '../net/stream-peek.js';
 import { connect, type TransportSocket } from '../net/transport.js';
 import { errorCode, RuntimeError } from '../core/errors.js';
 import type { RelayWatch } from './relay-watch.js';
@@ -76,48 +77,33 @@ export async function openRelayStream(
   return stream;
 }
 
-function readReply(stream: TransportSocket, timeoutMs: number): Promise<EgressStatusCode> {
-  return new Promise((resolve, reject) => {
-    let data: Buffer = Buffer.alloc(0);
-    const done = (error: Error | undefined, status?: EgressStatusCode) => {
-      clearTimeout(timer);
-      stream.off('data', onData);
-      stream.off('end', onEnd);
-      stream.off('close', onEnd);
-      stream.off('error', onError);
-      if (error) reject(error);
-      else resolve(status!);
-    };
-    const onData = (chunk: Buffer) => {
-      data = Buffer.concat([data, chunk]);
-      try {
-        const reply = parseEgressReply(data);
-        if (reply.kind === 'incomplete') return;
-        stream.pause();
-        // The destination may speak first (a banner) right behind the reply.
-        if (data.length > EGRESS_REPLY_LENGTH) stream.unshift(data.subarray(EGRESS_REPLY_LENGTH));
-        done(undefined, reply.status);
-      } catch (error) {
-        done(new EgressRelayError('ERR_EGRESS_RELAY', (error as Error).message, undefined, { cause: error }));
-      }
-    };
-    const onEnd = () =>
-      done(new EgressRelayError('ERR_EGRESS_RELAY', 'egress relay closed the stream before replying'));
-    const onError = (error: Error) =>
-      done(
-        new EgressRelayError('ERR_EGRESS_RELAY', `egress relay stream failed: ${error.message}`, undefined, {
-          cause: error,
-        }),
-      );
-    const timer = setTimeout(
-      () => done(new EgressRelayError('ERR_EGRESS_RELAY', `egress relay did not reply within ${timeoutMs} ms`)),
-      timeoutMs,
-    );
-    stream.on('data', onData);
-    stream.once('end', onEnd);
-    stream.once('close', onEnd);
-    stream.once('error', onError);
-  });
+async function readReply(stream: TransportSocket, timeoutMs: number): Promise<EgressStatusCode> {
+  // The destination may speak first (a banner) right behind the reply: those bytes go back on the stream.
+  const read = await peekStream(
+    stream,
+    (bytes) => {
+      const reply = parseEgressReply(bytes);
+      return reply.kind === 'reply' ? { value: reply.status, length: reply.length } : undefined;
+    },
+    { maxBytes: EGRESS_REPLY_LENGTH, timeoutMs, rest: 'unshift' },
+  );
+  switch (read.kind) {
+    case 'decided':
+      return read.value;
+    case 'invalid': {
+      const message = read.error instanceof Error ? read.error.message : String(read.error);
+      throw new EgressRelayError('ERR_EGRESS_RELAY', message, undefined, { cause: read.error });
+    }
+    case 'bound':
+    case 'ended':
+      throw new EgressRelayError('ERR_EGRESS_RELAY', 'egress relay closed the stream before replying');
+    case 'timeout':
+      throw new EgressRelayError('ERR_EGRESS_RELAY', `egress relay did not reply within ${timeoutMs} ms`);
+    case 'failed':
+      throw new EgressRelayError('ERR_EGRESS_RELAY', `egress relay stream failed: ${read.error.message}`, undefined, {
+        cause: read.error,
+      });
+  }
 }
 
 /**

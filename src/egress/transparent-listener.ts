@@ -13,7 +13,7 @@ import net from 'node:net';
 import type { Address } from '../net/address.js';
 import { getOriginalDst } from '../native/native-binding.js';
 import { relay } from '../net/relay.js';
-import type { TcpAddress } from '../config/schema.js';
+import type { TcpAddress } from '../net/address.js';
 import type { Logger } from '../core/log.js';
 import type { Allowlist } from './allowlist.js';
 import type { EgressAudit } from './egress-audit.js';

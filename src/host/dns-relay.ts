@@ -8,7 +8,8 @@
 import { formatAddress, type Address } from '../net/address.js';
 import { listen, type Listener, type TransportSocket } from '../net/transport.js';
 import type { Allowlist } from '../egress/allowlist.js';
-import { buildServFail, DnsRcode, DnsTcpFrameReader, encodeTcpFrame, parseDnsResponse } from '../wire/dns-message.js';
+import { buildServFail, DnsRcode, parseDnsResponse } from '../wire/dns-message.js';
+import { serveDnsStream } from '../wire/dns-stream-server.js';
 import { gateDnsQuery } from '../egress/dns-gate.js';
 import type { NameCache } from '../egress/name-cache.js';
 import type { Logger } from '../core/log.js';
@@ -102,46 +103,13 @@ export async function startDnsRelay(options: DnsRelayOptions): Promise<DnsRelay>
       return;
     }
     streams.add(stream);
-    const reader = new DnsTcpFrameReader();
-    let pending = 0;
-    let ended = false;
-    const idle = setTimeout(() => stream.destroy(), STREAM_IDLE_MS);
-    stream.on('error', () => {});
-    stream.once('close', () => {
-      clearTimeout(idle);
-      streams.delete(stream);
-    });
-    stream.on('data', (chunk: Buffer) => {
-      idle.refresh();
-      let messages: Buffer[];
-      try {
-        messages = reader.push(chunk);
-      } catch {
-        stats.malformed++;
-        stream.destroy();
-        return;
-      }
-      for (const message of messages) {
-        if (++pending > MAX_PENDING_PER_STREAM) {
-          stream.destroy();
-          return;
-        }
-        void answer(Buffer.from(message))
-          .then((response) => {
-            if (response && !stream.destroyed) stream.write(encodeTcpFrame(response));
-          })
-          .catch((error: Error) => options.logger.error({ err: { message: error.message } }, 'DNS relay failed'))
-          .finally(() => {
-            pending--;
-            idle.refresh();
-            if (ended && pending === 0) stream.end();
-          });
-      }
-    });
-    stream.on('end', () => {
-      // The enclave half-closed after its questions: close our side once they are all answered.
-      ended = true;
-      if (pending === 0) stream.end();
+    stream.once('close', () => streams.delete(stream));
+    serveDnsStream(stream, {
+      answer,
+      idleMs: STREAM_IDLE_MS,
+      maxPending: MAX_PENDING_PER_STREAM,
+      onMalformed: () => stats.malformed++,
+      onError: (error) => options.logger.error({ err: { message: error.message } }, 'DNS relay failed'),
     });
   };
 

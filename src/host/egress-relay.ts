@@ -12,6 +12,7 @@
 import type { Duplex } from 'node:stream';
 import { formatAddress, type Address } from '../net/address.js';
 import { relay } from '../net/relay.js';
+import { peekStream } from '../net/stream-peek.js';
 import { connect, listen, type Listener, type TransportSocket } from '../net/transport.js';
 import type { Allowlist } from '../egress/allowlist.js';
 import {
@@ -251,35 +252,31 @@ function endWithReply(stream: Duplex, status: EgressStatusCode): void {
   stream.end(encodeEgressReply(status));
 }
 
-function readHeader(
+async function readHeader(
   stream: Duplex,
   timeoutMs: number,
 ): Promise<{ header: EgressHeader; rest: Buffer } | { error: string }> {
-  return new Promise((resolve) => {
-    let data: Buffer = Buffer.alloc(0);
-    const done = (result: { header: EgressHeader; rest: Buffer } | { error: string }) => {
-      clearTimeout(timer);
-      stream.off('data', onData);
-      stream.off('end', onEnd);
-      stream.off('close', onEnd);
-      stream.pause();
-      resolve(result);
-    };
-    const onData = (chunk: Buffer) => {
-      data = Buffer.concat([data, chunk]);
-      try {
-        const parsed = parseEgressHeader(data);
-        if (parsed.kind === 'header') return done({ header: parsed.header, rest: data.subarray(parsed.length) });
-        if (data.length >= EGRESS_HEADER_MAX_LENGTH) return done({ error: 'header too long' });
-      } catch (error) {
-        if (!(error instanceof EgressHeaderError)) throw error;
-        done({ error: error.message });
-      }
-    };
-    const onEnd = () => done({ error: 'stream ended before the header' });
-    const timer = setTimeout(() => done({ error: `no header within ${timeoutMs} ms` }), timeoutMs);
-    stream.on('data', onData);
-    stream.once('end', onEnd);
-    stream.once('close', onEnd);
-  });
+  const read = await peekStream(
+    stream,
+    (bytes) => {
+      const parsed = parseEgressHeader(bytes);
+      return parsed.kind === 'header' ? { value: parsed.header, length: parsed.length } : undefined;
+    },
+    { maxBytes: EGRESS_HEADER_MAX_LENGTH, timeoutMs, rest: 'return' },
+  );
+  switch (read.kind) {
+    case 'decided':
+      return { header: read.value, rest: read.rest };
+    case 'invalid':
+      if (!(read.error instanceof EgressHeaderError)) throw read.error;
+      return { error: read.error.message };
+    case 'bound':
+      return { error: 'header too long' };
+    case 'timeout':
+      return { error: `no header within ${timeoutMs} ms` };
+    case 'ended':
+      return { error: 'stream ended before the header' };
+    case 'failed':
+      return { error: `stream failed before the header: ${read.error.message}` };
+  }
 }

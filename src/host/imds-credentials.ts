@@ -7,14 +7,7 @@
  */
 import http from 'node:http';
 import { errorCode, RuntimeError } from '../core/errors.js';
-
-export interface RoleCredentials {
-  accessKeyId: string;
-  secretAccessKey: string;
-  sessionToken: string;
-  /** When AWS stops accepting them. */
-  expiration: Date;
-}
+import { parseAwsCredentials, type AwsRoleCredentials } from '../wire/aws-credentials.js';
 
 export class ImdsError extends RuntimeError {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -40,8 +33,8 @@ export class ImdsCredentials {
   readonly #timeoutMs: number;
   readonly #now: () => number;
   #token: { value: string; until: number } | undefined;
-  #cached: RoleCredentials | undefined;
-  #pending: Promise<RoleCredentials> | undefined;
+  #cached: AwsRoleCredentials | undefined;
+  #pending: Promise<AwsRoleCredentials> | undefined;
 
   constructor(options: ImdsOptions) {
     this.#endpoint = new URL(options.endpoint);
@@ -51,7 +44,7 @@ export class ImdsCredentials {
   }
 
   /** Valid credentials: the cached ones while they have more than the margin left, else fresh ones (one fetch at a time). */
-  get(): Promise<RoleCredentials> {
+  get(): Promise<AwsRoleCredentials> {
     const cached = this.#cached;
     if (cached && cached.expiration.getTime() - this.#now() > CREDENTIALS_REFRESH_MARGIN_MS)
       return Promise.resolve(cached);
@@ -61,7 +54,7 @@ export class ImdsCredentials {
     return this.#pending;
   }
 
-  async #fetch(): Promise<RoleCredentials> {
+  async #fetch(): Promise<AwsRoleCredentials> {
     const roles = await this.#get(CREDENTIALS_PATH);
     const role = roles.split('\n')[0]?.trim() ?? '';
     if (!/^[\w+=,.@-]{1,128}$/.test(role))
@@ -73,25 +66,20 @@ export class ImdsCredentials {
     } catch {
       throw new ImdsError('the role credentials from IMDS are not JSON');
     }
-    const { Code, AccessKeyId, SecretAccessKey, Token, Expiration } = value;
+    const { Code } = value;
     if (Code !== undefined && Code !== 'Success')
       throw new ImdsError(
         `IMDS could not give the role's credentials (Code ${JSON.stringify(String(Code).slice(0, 40))})`,
       );
-    const expiration = new Date(typeof Expiration === 'string' ? Expiration : NaN);
-    if (
-      typeof AccessKeyId !== 'string' ||
-      typeof SecretAccessKey !== 'string' ||
-      typeof Token !== 'string' ||
-      !AccessKeyId ||
-      !SecretAccessKey ||
-      !Token ||
-      Number.isNaN(expiration.getTime())
-    ) {
-      throw new ImdsError('the role credentials from IMDS lack AccessKeyId, SecretAccessKey, Token or Expiration');
+    const parsed = parseAwsCredentials(value, this.#now());
+    if ('problem' in parsed) {
+      throw new ImdsError(
+        parsed.problem === 'expired'
+          ? 'IMDS gave credentials that have already expired'
+          : 'the role credentials from IMDS lack AccessKeyId, SecretAccessKey, Token or Expiration',
+      );
     }
-    if (expiration.getTime() <= this.#now()) throw new ImdsError('IMDS gave credentials that have already expired');
-    this.#cached = { accessKeyId: AccessKeyId, secretAccessKey: SecretAccessKey, sessionToken: Token, expiration };
+    this.#cached = parsed.credentials;
     return this.#cached;
   }
 

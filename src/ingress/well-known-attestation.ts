@@ -6,6 +6,7 @@
  */
 import type { Duplex } from 'node:stream';
 import { NSM_MAX_FIELD_BYTES } from '../attestation/nsm.js';
+import { peekStream } from '../net/stream-peek.js';
 
 export const WELL_KNOWN_ATTESTATION_PATH = '/.well-known/attestation';
 /** A matching request whose head (request line and headers) is longer than this goes to the app. */
@@ -96,47 +97,35 @@ export function classifyFirstRequest(
 
 /**
  * Read the start of `stream` until the first request is known to be GET /.well-known/attestation
- * or not, for at most `timeoutMs` and `maxBytes`. Every byte read is put back before resolving,
- * so the stream is as it was, only paused.
+ * or not, for at most `timeoutMs` and `maxBytes`. Unless it is the well-known request, every byte
+ * read is put back before resolving, so the stream is as it was, only paused.
  */
-export function readFirstRequest(
+export async function readFirstRequest(
   stream: Duplex,
   options: { timeoutMs: number; maxBytes?: number },
 ): Promise<FirstRequest> {
   const maxBytes = options.maxBytes ?? WELL_KNOWN_HEAD_MAX_BYTES;
-  return new Promise((resolve) => {
-    let data: Buffer = Buffer.alloc(0);
-    let settled = false;
-    const finish = (result: 'well-known' | 'other' | 'closed') => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      stream.off('data', onData);
-      stream.off('end', onGone);
-      stream.off('close', onGone);
-      stream.off('error', onGone);
-      stream.pause();
-      // Put back before 'end' can be emitted: the stream ends only once these bytes are read again.
-      if (result === 'other' && data.length > 0) stream.unshift(data);
-      resolve(result === 'well-known' ? wellKnownRequest(data) : result);
-    };
-    const onData = (chunk: Buffer | string) => {
-      const bytes = typeof chunk === 'string' ? Buffer.from(chunk, 'latin1') : chunk;
-      data = data.length === 0 ? bytes : Buffer.concat([data, bytes]);
-      const verdict = classifyFirstRequest(data, maxBytes);
-      if (verdict) finish(verdict);
-    };
-    // A FIN before the decision means the bytes so far were a cut-off well-known request (or none):
-    // nothing the app could answer.
-    const onGone = () => finish('closed');
-    const timer = setTimeout(() => finish('other'), options.timeoutMs);
-    if (stream.destroyed || stream.readableEnded) return finish('closed');
-    stream.on('data', onData);
-    stream.once('end', onGone);
-    stream.once('close', onGone);
-    stream.once('error', onGone);
-    stream.resume();
-  });
+  const read = await peekStream(
+    stream,
+    (bytes) => {
+      const verdict = classifyFirstRequest(bytes, maxBytes);
+      if (verdict === undefined) return undefined;
+      // The app's request goes back whole; a well-known head is ours, answered and not forwarded.
+      return { value: verdict, length: verdict === 'well-known' ? bytes.length : 0 };
+    },
+    { maxBytes, timeoutMs: options.timeoutMs, rest: 'unshift', restoreOnGiveUp: true },
+  );
+  switch (read.kind) {
+    case 'decided':
+      return read.value === 'well-known' ? wellKnownRequest(read.head) : 'other';
+    case 'bound':
+    case 'timeout':
+      return 'other';
+    default:
+      // A FIN or a failure before the decision means the bytes so far were a cut-off well-known
+      // request (or none): nothing the app could answer.
+      return 'closed';
+  }
 }
 
 /** The HTTP/1.1 answer: `{"attestation_doc": "<base64>"}`, then the connection closes. */

@@ -9,6 +9,7 @@ import { connect } from '../net/transport.js';
 import type { KmsCredentials } from './kms-client.js';
 import { KmsError } from './kms-error.js';
 import { errorCode } from '../core/errors.js';
+import { parseAwsCredentials } from '../wire/aws-credentials.js';
 
 const MAX_ANSWER_BYTES = 16 * 1024;
 /** Asked again when less than this is left; the host refreshes from IMDS with a larger margin. */
@@ -33,28 +34,18 @@ export function hostCredentialsProvider(
     }
     if (typeof value.error === 'string')
       throw new KmsError('ERR_KMS_CREDENTIALS', `the host could not give credentials: ${value.error}`);
-    const { AccessKeyId, SecretAccessKey, Token, Expiration } = value;
-    const expiration = Date.parse(typeof Expiration === 'string' ? Expiration : '');
-    if (
-      typeof AccessKeyId !== 'string' ||
-      typeof SecretAccessKey !== 'string' ||
-      typeof Token !== 'string' ||
-      !AccessKeyId ||
-      !SecretAccessKey ||
-      Number.isNaN(expiration)
-    ) {
+    const parsed = parseAwsCredentials(value, now());
+    if ('problem' in parsed) {
       throw new KmsError(
         'ERR_KMS_CREDENTIALS',
-        `the credentials answer from ${formatAddress(address)} lacks AccessKeyId, SecretAccessKey, Token or Expiration`,
+        parsed.problem === 'expired'
+          ? 'the host gave credentials that have already expired'
+          : `the credentials answer from ${formatAddress(address)} lacks AccessKeyId, SecretAccessKey, Token or Expiration`,
       );
     }
-    if (expiration <= now())
-      throw new KmsError('ERR_KMS_CREDENTIALS', 'the host gave credentials that have already expired');
-    const credentials = {
-      accessKeyId: AccessKeyId,
-      secretAccessKey: SecretAccessKey,
-      sessionToken: Token || undefined,
-    };
+    const { accessKeyId, secretAccessKey, sessionToken } = parsed.credentials;
+    const credentials = { accessKeyId, secretAccessKey, sessionToken };
+    const expiration = parsed.credentials.expiration.getTime();
     cached = { credentials, expiration };
     return credentials;
   };

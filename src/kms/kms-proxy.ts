@@ -11,7 +11,7 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Nsm } from '../attestation/nsm.js';
-import type { TcpAddress } from '../config/schema.js';
+import type { TcpAddress } from '../net/address.js';
 import type { Logger } from '../core/log.js';
 import { RecipientKey } from '../secrets/recipient-key.js';
 import { KMS_MAX_CIPHERTEXT_BYTES, type KmsClient, type KmsSecretAnswer } from './kms-client.js';

@@ -9,6 +9,8 @@ export type Address =
   | { readonly transport: 'unix'; readonly path: string }
   | { readonly transport: 'vsock'; readonly cid: number; readonly port: number };
 
+export type TcpAddress = Extract<Address, { transport: 'tcp' }>;
+
 export class AddressError extends RuntimeError {
   constructor(message: string) {
     super('ERR_ADDRESS', message);

@@ -11,6 +11,7 @@
 import { isIP, SocketAddress } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { RuntimeError } from '../core/errors.js';
+import { peekStream } from './stream-peek.js';
 
 export type ProxyProtocolErrorCode = 'ERR_PROXY_PROTOCOL' | 'ERR_PROXY_PROTOCOL_TIMEOUT';
 
@@ -298,60 +299,35 @@ export interface ReadProxyHeaderOptions {
  * `resume()` or `pipe()` the stream: a paused stream stays paused when a 'data' listener is added.
  * On failure the stream is left paused and the caller decides whether to destroy it.
  */
-export function readProxyHeader(
+export async function readProxyHeader(
   stream: Duplex,
   accept: ProxyAccept,
   { timeoutMs, maxBytes = V2_HEADER_LENGTH + PROXY_V2_MAX_PAYLOAD }: ReadProxyHeaderOptions,
 ): Promise<{ header: ProxyHeader; rest: Buffer }> {
-  return new Promise((resolve, reject) => {
-    let buffered = Buffer.alloc(0);
-    const finish = (error: Error | null, value?: { header: ProxyHeader; rest: Buffer }): void => {
-      clearTimeout(timer);
-      stream.off('data', onData);
-      stream.off('end', onEnd);
-      stream.off('close', onEnd);
-      stream.off('error', onError);
-      stream.pause();
-      if (error) reject(error);
-      else resolve(value!);
-    };
-    const onData = (chunk: Buffer | string): void => {
-      buffered = Buffer.concat([buffered, typeof chunk === 'string' ? Buffer.from(chunk, 'latin1') : chunk]);
-      let result: ProxyParseResult;
-      try {
-        result = parseProxyHeader(buffered, accept);
-      } catch (error) {
-        finish(error as Error);
-        return;
-      }
-      if (result.kind === 'header') {
-        finish(null, { header: result.header, rest: buffered.subarray(result.length) });
-      } else if (buffered.length >= maxBytes) {
-        finish(new ProxyProtocolError(`no complete PROXY header within ${maxBytes} bytes`));
-      }
-    };
-    const onEnd = (): void =>
-      finish(new ProxyProtocolError(`connection ended after ${buffered.length} bytes, before a complete PROXY header`));
-    const onError = (error: Error): void =>
-      finish(
-        new ProxyProtocolError(
-          `connection failed while reading the PROXY header: ${error.message}`,
-          'ERR_PROXY_PROTOCOL',
-          { cause: error },
-        ),
+  const read = await peekStream(
+    stream,
+    (bytes) => {
+      const result = parseProxyHeader(bytes, accept);
+      return result.kind === 'header' ? { value: result.header, length: result.length } : undefined;
+    },
+    { maxBytes, timeoutMs, rest: 'return' },
+  );
+  switch (read.kind) {
+    case 'decided':
+      return { header: read.value, rest: read.rest };
+    case 'invalid':
+      throw read.error;
+    case 'bound':
+      throw new ProxyProtocolError(`no complete PROXY header within ${maxBytes} bytes`);
+    case 'timeout':
+      throw new ProxyProtocolError(`no complete PROXY header within ${timeoutMs} ms`, 'ERR_PROXY_PROTOCOL_TIMEOUT');
+    case 'ended':
+      throw new ProxyProtocolError(`connection ended after ${read.bytes.length} bytes, before a complete PROXY header`);
+    case 'failed':
+      throw new ProxyProtocolError(
+        `connection failed while reading the PROXY header: ${read.error.message}`,
+        'ERR_PROXY_PROTOCOL',
+        { cause: read.error },
       );
-    const timer = setTimeout(
-      () =>
-        finish(new ProxyProtocolError(`no complete PROXY header within ${timeoutMs} ms`, 'ERR_PROXY_PROTOCOL_TIMEOUT')),
-      timeoutMs,
-    );
-    if (stream.destroyed || stream.readableEnded) {
-      onEnd();
-      return;
-    }
-    stream.on('data', onData);
-    stream.on('end', onEnd);
-    stream.on('close', onEnd);
-    stream.on('error', onError);
-  });
+  }
 }

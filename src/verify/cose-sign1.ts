@@ -143,6 +143,36 @@ export function checkEs384SignatureLength(cose: CoseSign1): void {
   }
 }
 
+/** The ES384 refusal for a signing key that is not P-384 (either verifier's key check failed). */
+export function es384KeyError(cause?: unknown): AttestationError {
+  return new AttestationError(
+    'ERR_ATTESTATION_SIGNATURE',
+    'the signing certificate key is not a P-384 key, as ES384 requires',
+    cause === undefined ? undefined : { cause },
+  );
+}
+
+/**
+ * The one ES384 result both verifiers give: the signature-length rule first, then `check`, which
+ * returns whether the signature verifies or throws when the crypto layer could not check it at
+ * all. An async check is settled first and handed in as `() => result` (or a thunk that rethrows).
+ */
+export function checkEs384Outcome(cose: CoseSign1, check: () => boolean): void {
+  checkEs384SignatureLength(cose);
+  let ok: boolean;
+  try {
+    ok = check();
+  } catch (error) {
+    throw new AttestationError('ERR_ATTESTATION_SIGNATURE', 'signature could not be checked', { cause: error });
+  }
+  if (!ok) {
+    throw new AttestationError(
+      'ERR_ATTESTATION_SIGNATURE',
+      'ES384 signature does not verify with the signing certificate key',
+    );
+  }
+}
+
 function formatError(reason: string): AttestationError {
   return new AttestationError('ERR_ATTESTATION_FORMAT', `not a COSE_Sign1: ${reason}`);
 }

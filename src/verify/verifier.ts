@@ -1,8 +1,7 @@
 import { verify as cryptoVerify, type KeyObject, type X509Certificate } from 'node:crypto';
-import { AttestationError } from './attestation-error.js';
 import { checkPolicy, type AttestationPolicy } from '../attestation/attestation-policy.js';
 import { parseCertificate, verifyCertificateChain } from './certificate-chain.js';
-import { checkEs384SignatureLength, decodeCoseSign1, sigStructure, type CoseSign1 } from './cose-sign1.js';
+import { checkEs384Outcome, decodeCoseSign1, es384KeyError, sigStructure, type CoseSign1 } from './cose-sign1.js';
 import { decodeAttestationPayload, type AttestationDocument } from './document.js';
 import { resolveTrustedRoots, type RootInput } from './root-store.js';
 
@@ -49,26 +48,14 @@ export function verifyAttestation(input: Uint8Array, options: VerifyOptions = {}
 /** Checks the ES384 signature of `cose` with `publicKey` (a P-384 key); throws ERR_ATTESTATION_SIGNATURE. */
 export function verifyCoseSign1Es384(cose: CoseSign1, publicKey: KeyObject): void {
   if (publicKey.asymmetricKeyType !== 'ec' || publicKey.asymmetricKeyDetails?.namedCurve !== 'secp384r1') {
-    throw new AttestationError(
-      'ERR_ATTESTATION_SIGNATURE',
-      'the signing certificate key is not a P-384 key, as ES384 requires',
-    );
+    throw es384KeyError();
   }
-  checkEs384SignatureLength(cose);
-  let ok: boolean;
-  try {
-    ok = cryptoVerify(
+  checkEs384Outcome(cose, () =>
+    cryptoVerify(
       'sha384',
       sigStructure(cose.protectedHeader, cose.payload),
       { key: publicKey, dsaEncoding: 'ieee-p1363' },
       cose.signature,
-    );
-  } catch (error) {
-    throw new AttestationError('ERR_ATTESTATION_SIGNATURE', 'signature could not be checked', { cause: error });
-  }
-  if (!ok)
-    throw new AttestationError(
-      'ERR_ATTESTATION_SIGNATURE',
-      'ES384 signature does not verify with the signing certificate key',
-    );
+    ),
+  );
 }

@@ -14,7 +14,9 @@ import {
   MiB,
   drain,
   exchangeBothWays,
-  openFdCount,
+  assertNoFdLeak,
+  assertReplyAfterPeerEnds,
+  closeCounter,
   settles,
   sha256,
   whenClosed,
@@ -86,19 +88,8 @@ describe('the addon over real AF_VSOCK (vsock_loopback, CID 1)', { skip: GUEST_S
   });
 
   it('vsock: half-close, the server ends first and the client still replies in full', async () => {
-    const reply = randomBytes(2 * MiB);
     const { listener, client, peer } = await vsockPair();
-    const fromClient = drain(peer);
-    peer.end('request');
-    const request = await drain(client);
-    assert.equal(request.bytes, 'request'.length);
-    assert.equal(client.readableEnded, true);
-    assert.equal(client.writable, true, 'the write side stays open after the peer FIN');
-    client.end(reply);
-    const got = await fromClient;
-    assert.equal(got.bytes, reply.length);
-    assert.equal(got.sha256, sha256(reply));
-    await Promise.all([whenClosed(client), whenClosed(peer)]);
+    await assertReplyAfterPeerEnds(client, peer, 2 * MiB);
     await listener.close();
   });
 
@@ -142,31 +133,21 @@ describe('the addon over real AF_VSOCK (vsock_loopback, CID 1)', { skip: GUEST_S
   });
 
   it('vsock: fd counts return to the baseline after 500 connections and 100 failed connects', async () => {
-    let serverClosed = 0;
+    const counter = closeCounter();
     const { listener, port } = await vsockListener((socket) => {
-      socket.on('close', () => serverClosed++);
+      counter.track(socket);
       socket.destroy();
     });
-    const serverSideClosed = async (count: number): Promise<void> => {
-      for (let i = 0; i < 2000 && serverClosed < count; i++) await new Promise((resolve) => setTimeout(resolve, 5));
-      assert.equal(serverClosed, count);
-    };
-    const roundTrip = async (): Promise<void> => {
-      const socket = await dial(port);
-      socket.destroy();
-      await whenClosed(socket);
-    };
-    await roundTrip();
-    await serverSideClosed(1);
-    const before = openFdCount();
-    for (let batch = 1; batch <= 10; batch++) {
-      await Promise.all(Array.from({ length: 50 }, roundTrip));
-      await serverSideClosed(1 + batch * 50);
-    }
     const unbound = nextPort++;
-    const failed = await Promise.allSettled(Array.from({ length: 100 }, () => dial(unbound)));
-    assert.ok(failed.every((result) => result.status === 'rejected'));
-    assert.equal(openFdCount(), before);
+    await assertNoFdLeak({
+      connect: () => dial(port),
+      connectFailing: () => dial(unbound),
+      counter,
+      batches: 10,
+      perBatch: 50,
+      failures: 100,
+      pollMs: 5,
+    });
     await listener.close();
   });
 });
