@@ -1,11 +1,12 @@
 import { X509Certificate } from 'node:crypto';
-import { createSecureContext, type SecureContext } from 'node:tls';
+import type { SecureContext } from 'node:tls';
 import { Tag } from 'cbor-x';
 import { COSE_SIGN1_TAG, decodeCbor } from '../verify/cose-sign1.js';
 import { decodeAttestationPayload } from '../verify/document.js';
 import type { Nsm } from '../attestation/nsm.js';
 import type { CertificateSource } from './certificate-source.js';
 import type { TlsKeyPair } from './key-pair.js';
+import type { ContextCallback, LeafContexts } from './leaf-contexts.js';
 import { TlsError } from './tls-error.js';
 
 /** A leaf whose attestation document binds its key, ready to hand to a TLS handshake. */
@@ -17,7 +18,13 @@ export interface AttestedCertificate {
   readonly document: Uint8Array;
   readonly certPem: string;
   readonly chainPem: string;
+  /** A context of its own serving this certificate, built on first use. */
   readonly secureContext: SecureContext;
+  /**
+   * Answers an SNICallback with a context serving this certificate: the first time through the key's
+   * shared context (no context built: the common case of a nonce used once), later through its own.
+   */
+  handOver(callback: ContextCallback): void;
   readonly issuedAt: Date;
   /** The leaf's notAfter. */
   readonly certificateNotAfter: Date;
@@ -32,6 +39,8 @@ export interface AttestedCertificateRequest {
   source: CertificateSource;
   serverName: string;
   keyPair: TlsKeyPair;
+  /** The secure contexts of `keyPair`'s leaves. */
+  contexts: LeafContexts;
   nonce?: Uint8Array | undefined;
   /** The clock in ms since the epoch. */
   now?: () => number;
@@ -53,7 +62,7 @@ export function attestedDnsNames(serverName: string, document: Uint8Array): [str
  * (and the nonce, if any), embed it in the SAN, and have the source sign the leaf.
  */
 export async function createAttestedCertificate(request: AttestedCertificateRequest): Promise<AttestedCertificate> {
-  const { nsm, source, serverName, keyPair } = request;
+  const { nsm, source, serverName, keyPair, contexts } = request;
   const nonce = request.nonce && request.nonce.length > 0 ? request.nonce : undefined;
   const issuedAt = new Date((request.now ?? Date.now)());
   const document = await nsm.attest({ userData: keyPair.spkiDer, nonce });
@@ -64,14 +73,24 @@ export async function createAttestedCertificate(request: AttestedCertificateRequ
     publicKeySpki: keyPair.spkiDer,
     attestationDocument: document,
   });
-  const secureContext = createSecureContext({ key: keyPair.privateKeyPem, cert: issued.certPem + issued.chainPem });
+  const certChainPem = issued.certPem + issued.chainPem;
+  let own: SecureContext | undefined;
+  let handedOver = false;
+  const secureContext = () => (own ??= contexts.create(certChainPem));
   return {
     serverName,
     nonce: nonce ? new Uint8Array(nonce) : null,
     document,
     certPem: issued.certPem,
     chainPem: issued.chainPem,
-    secureContext,
+    get secureContext() {
+      return secureContext();
+    },
+    handOver(callback) {
+      if (handedOver || own) return callback(null, secureContext());
+      handedOver = true;
+      contexts.handOver(certChainPem, callback, secureContext);
+    },
     issuedAt,
     certificateNotAfter: issued.notAfter,
     documentNotAfter,

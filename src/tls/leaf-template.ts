@@ -1,5 +1,5 @@
 import { sign, type KeyObject } from 'node:crypto';
-import { derTlv, readDer } from './der.js';
+import { derTlv, readDer, type DerElement } from './der.js';
 import { TlsError } from './tls-error.js';
 
 // Every part of a leaf that does not change between leaves of one CA, DER-encoded once. The variable
@@ -127,14 +127,26 @@ export class LeafTemplate {
 
 /** The DER subject Name of a DER certificate, byte for byte: what leaves it signs carry as issuer. */
 export function certificateSubjectName(certificateDer: Uint8Array): Buffer {
+  const field = tbsField(certificateDer, 4);
+  if (field.tag !== SEQUENCE) throw new TlsError('ERR_TLS_CA_STATE', 'the certificate has no subject Name');
+  return Buffer.from(certificateDer.subarray(field.start, field.end));
+}
+
+/** The DER SubjectPublicKeyInfo of a DER certificate, byte for byte. */
+export function certificatePublicKeyInfo(certificateDer: Uint8Array): Buffer {
+  const field = tbsField(certificateDer, 5);
+  if (field.tag !== SEQUENCE) throw new TlsError('ERR_TLS_CA_STATE', 'the certificate has no SubjectPublicKeyInfo');
+  return Buffer.from(certificateDer.subarray(field.start, field.end));
+}
+
+// TBSCertificate fields after the optional version [0]: serial 0, signature 1, issuer 2, validity 3, subject 4, key 5.
+function tbsField(certificateDer: Uint8Array, index: number): DerElement {
   const certificate = readDer(certificateDer, 0);
   const tbs = readDer(certificateDer, certificate.contentStart, certificate.end);
   let field = readDer(certificateDer, tbs.contentStart, tbs.end);
-  // version [0] is optional; then serial, signature, issuer, validity, subject.
-  const skip = field.tag === 0xa0 ? 5 : 4;
+  const skip = field.tag === 0xa0 ? index + 1 : index;
   for (let i = 0; i < skip; i++) field = readDer(certificateDer, field.end, tbs.end);
-  if (field.tag !== SEQUENCE) throw new TlsError('ERR_TLS_CA_STATE', 'the CA certificate has no subject Name');
-  return Buffer.from(certificateDer.subarray(field.start, field.end));
+  return field;
 }
 
 /** PEM of a DER certificate, 64 base64 characters a line, ending in a newline. */
