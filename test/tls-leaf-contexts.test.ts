@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
+import { X509Certificate } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,12 +12,17 @@ import { contextSharingWorks, LeafContexts } from '../src/tls/leaf-contexts.js';
 import { silentLogger } from '../src/core/log.js';
 import { duplexPair } from './helpers/attested-tls.js';
 
-/** One handshake over an in-memory pipe whose SNICallback hands over `serve`'s choice; resolves the SANs the client saw. */
-async function handshake(
+/**
+ * One handshake over an in-memory pipe whose SNICallback hands over `serve`'s choice; resolves the SANs
+ * the client saw, and how many bytes the server sent until the handshake was done.
+ */
+async function handshakeBytes(
   name: string,
   serve: (callback: (err: Error | null, ctx?: SecureContext) => void) => void,
-): Promise<string | undefined> {
+): Promise<{ san: string | undefined; bytes: number; issuer: string | undefined }> {
   const [serverEnd, clientEnd] = duplexPair();
+  let bytes = 0;
+  clientEnd.on('data', (chunk: Buffer) => (bytes += chunk.length));
   const server = new TLSSocket(serverEnd, {
     isServer: true,
     secureContext: createSecureContext({}),
@@ -26,25 +32,33 @@ async function handshake(
   const client = connect({ socket: clientEnd, servername: name, rejectUnauthorized: false });
   try {
     await once(client, 'secureConnect');
-    return client.getPeerCertificate().subjectaltname;
+    const peer = client.getPeerCertificate(true);
+    return { san: peer.subjectaltname, bytes, issuer: peer.issuerCertificate?.fingerprint256 };
   } finally {
     client.destroy();
     server.destroy();
   }
 }
 
+async function handshake(
+  name: string,
+  serve: (callback: (err: Error | null, ctx?: SecureContext) => void) => void,
+): Promise<string | undefined> {
+  return (await handshakeBytes(name, serve)).san;
+}
+
 describe('leaf contexts', () => {
   let dir: string;
   let ca: CertificateAuthority;
   let keyPair: TlsKeyPair;
-  const leaves = new Map<string, string>();
+  const leaves = new Map<string, { leaf: string; chain: string }>();
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'leaf-contexts-'));
     ca = await CertificateAuthority.open(dir, { logger: silentLogger() });
     keyPair = await generateTlsKeyPair();
     for (let i = 0; i < 6; i++) {
       const issued = await ca.issue({ dnsNames: [`n${i}.example`], publicKeySpki: keyPair.spkiDer });
-      leaves.set(`n${i}.example`, issued.certPem + issued.chainPem);
+      leaves.set(`n${i}.example`, { leaf: issued.certPem, chain: issued.chainPem });
     }
   });
   after(() => rm(dir, { recursive: true, force: true }));
@@ -61,11 +75,11 @@ describe('leaf contexts', () => {
       const contexts = new LeafContexts(keyPair.privateKey, sharing);
       let built = 0;
       const seen = await Promise.all(
-        [...leaves].map(([name, pem]) =>
+        [...leaves].map(([name, { leaf, chain }]) =>
           handshake(name, (callback) =>
-            contexts.handOver(pem, callback, () => {
+            contexts.handOver(leaf, chain, callback, () => {
               built += 1;
-              return contexts.create(pem);
+              return contexts.create(leaf, chain);
             }),
           ),
         ),
@@ -74,7 +88,7 @@ describe('leaf contexts', () => {
         seen,
         [...leaves.keys()].map((name) => `DNS:${name}`),
       );
-      // With sharing, no leaf needed a context of its own.
+      // With sharing, no leaf needed a context of its own: the first set up the shared one.
       assert.equal(built, sharing ? 0 : leaves.size);
     });
   }
@@ -83,21 +97,57 @@ describe('leaf contexts', () => {
     const contexts = new LeafContexts(keyPair.privateKey, true);
     const other = await generateTlsKeyPair();
     const foreign = await ca.issue({ dnsNames: ['foreign.example'], publicKeySpki: other.spkiDer });
-    const foreignPem = foreign.certPem + foreign.chainPem;
     let fallbacks = 0;
-    const seen = await handshake('foreign.example', (callback) =>
-      contexts.handOver(foreignPem, callback, () => {
+    const { leaf, chain } = leaves.get('n0.example')!;
+    const serveN0 = (callback: (err: Error | null, ctx?: SecureContext) => void) =>
+      contexts.handOver(leaf, chain, callback, () => {
         fallbacks += 1;
-        return new LeafContexts(other.privateKey, false).create(foreignPem);
+        return contexts.create(leaf, chain);
+      });
+    assert.equal(await handshake('n0.example', serveN0), 'DNS:n0.example');
+    const seen = await handshake('foreign.example', (callback) =>
+      contexts.handOver(foreign.certPem, foreign.chainPem, callback, () => {
+        fallbacks += 1;
+        return new LeafContexts(other.privateKey, false).create(foreign.certPem, foreign.chainPem);
       }),
     );
     assert.equal(seen, 'DNS:foreign.example');
     assert.equal(fallbacks, 1);
-    const pem = leaves.get('n0.example')!;
-    assert.equal(
-      await handshake('n0.example', (callback) => contexts.handOver(pem, callback, () => contexts.create(pem))),
-      'DNS:n0.example',
-    );
+    assert.equal(await handshake('n0.example', serveN0), 'DNS:n0.example');
     assert.equal(fallbacks, 1);
+  });
+
+  it('swapping leaves does not grow the chain a handshake sends', async () => {
+    const contexts = new LeafContexts(keyPair.privateKey, true);
+    const own = new LeafContexts(keyPair.privateKey, false);
+    const { leaf, chain } = leaves.get('n1.example')!;
+    const reference = await handshakeBytes('n1.example', (callback) => callback(null, own.create(leaf, chain)));
+    for (let i = 0; i < 40; i++)
+      for (const pem of leaves.values()) contexts.handOver(pem.leaf, pem.chain, () => {}, assert.fail);
+    const shared = await handshakeBytes('n1.example', (callback) =>
+      contexts.handOver(leaf, chain, callback, assert.fail),
+    );
+    assert.equal(shared.san, 'DNS:n1.example');
+    // Same leaf, same chain, so the same bytes within the handshake's random-length parts.
+    assert.ok(Math.abs(shared.bytes - reference.bytes) < 64, `${shared.bytes} bytes shared, ${reference.bytes} own`);
+  });
+
+  it('a new chain (a renewed CA) gets a new shared context holding it', async () => {
+    const contexts = new LeafContexts(keyPair.privateKey, true);
+    const { leaf, chain } = leaves.get('n2.example')!;
+    contexts.handOver(leaf, chain, () => {}, assert.fail);
+    const dir2 = await mkdtemp(join(tmpdir(), 'leaf-contexts-'));
+    after(() => rm(dir2, { recursive: true, force: true }));
+    const ca2 = await CertificateAuthority.open(dir2, { logger: silentLogger() });
+    const renewed = await ca2.issue({ dnsNames: ['n2.example'], publicKeySpki: keyPair.spkiDer });
+    const client = await handshakeBytes('n2.example', (callback) =>
+      contexts.handOver(renewed.certPem, renewed.chainPem, callback, assert.fail),
+    );
+    const own = await handshakeBytes('n2.example', (callback) =>
+      callback(null, contexts.create(renewed.certPem, renewed.chainPem)),
+    );
+    assert.equal(client.san, 'DNS:n2.example');
+    assert.equal(client.issuer, new X509Certificate(ca2.certificatePem).fingerprint256);
+    assert.ok(Math.abs(client.bytes - own.bytes) < 64, `${client.bytes} bytes shared, ${own.bytes} own`);
   });
 });

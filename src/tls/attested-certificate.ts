@@ -73,10 +73,9 @@ export async function createAttestedCertificate(request: AttestedCertificateRequ
     publicKeySpki: keyPair.spkiDer,
     attestationDocument: document,
   });
-  const certChainPem = issued.certPem + issued.chainPem;
   let own: SecureContext | undefined;
   let handedOver = false;
-  const secureContext = () => (own ??= contexts.create(certChainPem));
+  const secureContext = () => (own ??= contexts.create(issued.certPem, issued.chainPem));
   return {
     serverName,
     nonce: nonce ? new Uint8Array(nonce) : null,
@@ -89,7 +88,7 @@ export async function createAttestedCertificate(request: AttestedCertificateRequ
     handOver(callback) {
       if (handedOver || own) return callback(null, secureContext());
       handedOver = true;
-      contexts.handOver(certChainPem, callback, secureContext);
+      contexts.handOver(issued.certPem, issued.chainPem, callback, secureContext);
     },
     issuedAt,
     certificateNotAfter: issued.notAfter,

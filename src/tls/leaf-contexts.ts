@@ -33,7 +33,11 @@ const SELF_TEST_TIMEOUT_MS = 5000;
 export class LeafContexts {
   readonly #keyPem: string;
   readonly #spki: Buffer;
-  readonly #shared: { context: SecureContext; native: NativeSecureContext } | undefined;
+  readonly #sharing: boolean;
+  // The shared context and the chain it holds. setCert replaces the leaf but only appends to the chain
+  // (SSL_CTX_add1_chain_cert), so the chain is set once, with the context, and leaves are swapped in alone;
+  // a leaf with another chain (the CA was renewed) gets a new shared context.
+  #shared: { context: SecureContext; native: NativeSecureContext; chainPem: string } | undefined;
 
   /** `sharing`: the result of contextSharingWorks(). */
   constructor(privateKey: KeyObject, sharing: boolean) {
@@ -41,42 +45,52 @@ export class LeafContexts {
     // of the key parse).
     this.#keyPem = privateKey.export({ type: 'sec1', format: 'pem' }).toString();
     this.#spki = createPublicKey(privateKey).export({ type: 'spki', format: 'der' });
-    this.#shared = sharing ? shareable(createSecureContext({ key: this.#keyPem })) : undefined;
+    this.#sharing = sharing;
   }
 
-  /** Whether fresh leaves are served from the shared context. */
+  /** Whether fresh leaves are served from a shared context. */
   get sharing(): boolean {
-    return this.#shared !== undefined;
+    return this.#sharing;
   }
 
-  /** A context of its own serving `certChainPem` (leaf, then chain) with this key. */
-  create(certChainPem: string): SecureContext {
-    return createSecureContext({ key: this.#keyPem, cert: certChainPem });
+  /** A context of its own serving `leafPem` then `chainPem` with this key. */
+  create(leafPem: string, chainPem: string): SecureContext {
+    return createSecureContext({ key: this.#keyPem, cert: leafPem + chainPem });
   }
 
   /**
-   * Calls `callback` at once with a context serving `certChainPem`. Only for a callback that takes the
-   * context's certificate synchronously, as an SNICallback's does: the shared context serves another
-   * certificate after the next call. Falls back to `fallback()` when sharing is off or the swap fails.
+   * Calls `callback` at once with a context serving `leafPem` then `chainPem`. Only for a callback that
+   * takes the context's certificates synchronously, as an SNICallback's does: the shared context serves
+   * another leaf after the next call. Falls back to `fallback()` when sharing is off or the swap fails.
    */
-  handOver(certChainPem: string, callback: ContextCallback, fallback: () => SecureContext): void {
-    const shared = this.#shared;
+  handOver(leafPem: string, chainPem: string, callback: ContextCallback, fallback: () => SecureContext): void {
     // OpenSSL silently drops a context's key when handed a certificate for another one, which would break
     // the shared context for every later leaf: such a certificate gets a context of its own (and fails there).
-    if (shared && this.#fitsKey(certChainPem)) {
-      let swapped = false;
-      try {
-        shared.native.setCert(certChainPem);
-        swapped = true;
-      } catch {
-        // Unparsable: its own context gives the handshake the same error.
-      }
-      if (swapped) {
-        callback(null, shared.context);
+    if (this.#sharing && this.#fitsKey(leafPem)) {
+      const context = this.#swap(leafPem, chainPem);
+      if (context) {
+        callback(null, context);
         return;
       }
     }
     callback(null, fallback());
+  }
+
+  #swap(leafPem: string, chainPem: string): SecureContext | undefined {
+    try {
+      const shared = this.#shared;
+      if (shared?.chainPem === chainPem) {
+        shared.native.setCert(leafPem);
+        return shared.context;
+      }
+      const context = this.create(leafPem, chainPem);
+      const native = nativeOf(context);
+      this.#shared = native ? { context, native, chainPem } : undefined;
+      return context;
+    } catch {
+      // Unparsable: its own context gives the handshake the same error.
+      return undefined;
+    }
   }
 
   #fitsKey(certChainPem: string): boolean {
@@ -90,18 +104,19 @@ export class LeafContexts {
   }
 }
 
-function shareable(context: SecureContext): { context: SecureContext; native: NativeSecureContext } | undefined {
+function nativeOf(context: SecureContext): NativeSecureContext | undefined {
   const native = (context as SecureContext & { context?: Partial<NativeSecureContext> }).context;
-  return typeof native?.setCert === 'function' ? { context, native: native as NativeSecureContext } : undefined;
+  return typeof native?.setCert === 'function' ? (native as NativeSecureContext) : undefined;
 }
 
 let sharingVerdict: Promise<boolean> | undefined;
 
 /**
- * Whether LeafContexts may share one context between fresh leaves on this Node: checked once per process
- * with two leaves of one key and a handshake over an in-memory pipe, where the SNICallback hands over the
- * first leaf and swaps in the second right after, as the next handshake would. Sharing is right only if
- * the client saw the first. Never rejects; any failure means no sharing.
+ * Whether LeafContexts may share one context between fresh leaves on this Node, checked once per process
+ * over an in-memory pipe: the shared context is set up with one leaf and a chain, then the SNICallback
+ * hands over a second leaf and swaps in a third right after, as the next handshake would. Sharing is right
+ * only if the client saw the second leaf followed by the chain exactly once. Never rejects; any failure
+ * means no sharing.
  */
 export function contextSharingWorks(): Promise<boolean> {
   sharingVerdict ??= selfTest().catch(() => false);
@@ -111,66 +126,72 @@ export function contextSharingWorks(): Promise<boolean> {
 async function selfTest(): Promise<boolean> {
   const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
   const template = new LeafTemplate({
-    // Name: CN=self-test; an AKI of 20 zero bytes. Nothing verifies these leaves; they only differ.
+    // Name: CN=self-test; an AKI of 20 zero bytes. Nothing verifies these certificates; they only differ.
     issuerName: Buffer.from('3014311230100603550403130973656c662d74657374', 'hex'),
     authorityKeyIdExtension: Buffer.concat([Buffer.from('301f0603551d23041830168014', 'hex'), Buffer.alloc(20)]),
     hash: 'sha256',
     signingKey: privateKey,
   });
-  const leaf = async (name: string) =>
-    certificatePem(
-      await template.issue({
-        serial: Buffer.of(1),
-        notBefore: new Date(Date.now() - 60_000),
-        notAfter: new Date(Date.now() + 60_000),
-        dnsNames: [name],
-        publicKeySpki: publicKey.export({ type: 'spki', format: 'der' }),
-      }),
-    );
-  const [first, second] = [await leaf('first.self-test'), await leaf('second.self-test')];
+  const certificate = async (name: string) =>
+    template.issue({
+      serial: Buffer.of(1),
+      notBefore: new Date(Date.now() - 60_000),
+      notAfter: new Date(Date.now() + 60_000),
+      dnsNames: [name],
+      publicKeySpki: publicKey.export({ type: 'spki', format: 'der' }),
+    });
+  const [setUp, served, next] = await Promise.all(['a', 'b', 'c'].map((n) => certificate(`${n}.self-test`)));
+  // A chain certificate large enough that a missing or repeated copy cannot hide in the handshake's other bytes.
+  const chain = await certificate(`${'0'.repeat(4000)}.self-test`);
+  const chainPem = certificatePem(chain);
   const contexts = new LeafContexts(privateKey, true);
-  if (!contexts.sharing) return false;
-  const [serverEnd, clientEnd] = pipePair();
+  const own = () => {
+    throw new Error('the self-test must go through the shared context');
+  };
+  contexts.handOver(certificatePem(setUp!), chainPem, () => undefined, own);
+  const [serverEnd, clientEnd, bytesToClient] = pipePair();
   const server = new TLSSocket(serverEnd, {
     isServer: true,
-    secureContext: contexts.create(second),
+    secureContext: contexts.create(certificatePem(next!), chainPem),
     SNICallback: (_name, callback) => {
-      contexts.handOver(first, callback, () => contexts.create(first));
-      contexts.handOver(
-        second,
-        () => undefined,
-        () => contexts.create(second),
-      );
+      contexts.handOver(certificatePem(served!), chainPem, callback, own);
+      contexts.handOver(certificatePem(next!), chainPem, () => undefined, own);
     },
   });
   server.on('error', () => undefined);
-  const client = connect({ socket: clientEnd, servername: 'first.self-test', rejectUnauthorized: false });
+  const client = connect({ socket: clientEnd, servername: 'b.self-test', rejectUnauthorized: false });
   try {
-    return await new Promise<boolean>((resolve) => {
+    const sawServed = await new Promise<boolean>((resolve) => {
       const timer = setTimeout(() => resolve(false), SELF_TEST_TIMEOUT_MS);
       timer.unref();
       client.once('secureConnect', () => {
         clearTimeout(timer);
-        resolve(client.getPeerCertificate().subjectaltname === 'DNS:first.self-test');
+        resolve(client.getPeerCertificate().subjectaltname === 'DNS:b.self-test');
       });
       client.once('error', () => {
         clearTimeout(timer);
         resolve(false);
       });
     });
+    // The server's first flight is the two certificates plus about a kilobyte (hello, signature, finished).
+    const certificates = served!.length + chain.length;
+    const received = bytesToClient();
+    return sawServed && received > certificates && received < certificates + chain.length / 2;
   } finally {
     client.destroy();
     server.destroy();
   }
 }
 
-/** Two Duplex ends back to back: the self-test's handshake never touches a real socket. */
-function pipePair(): [Duplex, Duplex] {
+/** Two Duplex ends back to back (the self-test never touches a real socket), and a count of the bytes sent to the second. */
+function pipePair(): [Duplex, Duplex, () => number] {
   const ends: Duplex[] = [];
+  let toSecond = 0;
   const make = (index: number) =>
     new Duplex({
       read() {},
       write(chunk: Buffer, _encoding, callback) {
+        if (index === 0) toSecond += chunk.length;
         ends[1 - index]!.push(chunk);
         callback();
       },
@@ -185,5 +206,5 @@ function pipePair(): [Duplex, Duplex] {
       },
     });
   ends.push(make(0), make(1));
-  return [ends[0]!, ends[1]!];
+  return [ends[0]!, ends[1]!, () => toSecond];
 }
