@@ -21,8 +21,8 @@ export interface AttestedCertificate {
   /** A context of its own serving this certificate, built on first use. */
   readonly secureContext: SecureContext;
   /**
-   * Answers an SNICallback with a context serving this certificate: the first time through the key's
-   * shared context (no context built: the common case of a nonce used once), later through its own.
+   * Answers an SNICallback with a context serving this certificate: the first few times through the key's
+   * shared context (no context built: the common case of a nonce used once or twice), then through its own.
    */
   handOver(callback: ContextCallback): void;
   readonly issuedAt: Date;
@@ -74,7 +74,7 @@ export async function createAttestedCertificate(request: AttestedCertificateRequ
     attestationDocument: document,
   });
   let own: SecureContext | undefined;
-  let handedOver = false;
+  let handedOver = 0;
   const secureContext = () => (own ??= contexts.create(issued.certPem, issued.chainPem));
   return {
     serverName,
@@ -86,8 +86,8 @@ export async function createAttestedCertificate(request: AttestedCertificateRequ
       return secureContext();
     },
     handOver(callback) {
-      if (handedOver || own) return callback(null, secureContext());
-      handedOver = true;
+      if (own || handedOver >= SHARED_HANDOVERS) return callback(null, secureContext());
+      handedOver += 1;
       contexts.handOver(issued.certPem, issued.chainPem, callback, secureContext);
     },
     issuedAt,
@@ -96,6 +96,10 @@ export async function createAttestedCertificate(request: AttestedCertificateRequ
     expiresAt: new Date(Math.min(issued.notAfter.getTime(), documentNotAfter.getTime())),
   };
 }
+
+// A swap into the shared context costs about a fifth of building a context of its own (a certificate parse
+// against a new SSL_CTX and a key parse), so a leaf served more often than this gets its own.
+const SHARED_HANDOVERS = 4;
 
 let lastSigningCertificate: { der: Buffer; notAfter: number } | undefined;
 
