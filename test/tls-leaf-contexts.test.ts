@@ -1,12 +1,15 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { X509Certificate } from 'node:crypto';
+import { randomBytes, X509Certificate } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { connect, createSecureContext, TLSSocket, type SecureContext } from 'node:tls';
+import { openSimulatedNsm } from '../src/attestation/sim-nsm.js';
 import { CertificateAuthority } from '../src/tls/certificate-authority.js';
+import type { CertificateSource } from '../src/tls/certificate-source.js';
+import { CertificateStore } from '../src/tls/certificate-store.js';
 import { generateTlsKeyPair, type TlsKeyPair } from '../src/tls/key-pair.js';
 import { contextSharingWorks, LeafContexts } from '../src/tls/leaf-contexts.js';
 import { silentLogger } from '../src/core/log.js';
@@ -149,5 +152,31 @@ describe('leaf contexts', () => {
     assert.equal(client.san, 'DNS:n2.example');
     assert.equal(client.issuer, new X509Certificate(ca2.certificatePem).fingerprint256);
     assert.ok(Math.abs(client.bytes - own.bytes) < 64, `${client.bytes} bytes shared, ${own.bytes} own`);
+  });
+
+  it('a source certificate for another key fails its issuance (the base is served), not a handshake', async () => {
+    const other = await generateTlsKeyPair();
+    let foreign = false;
+    const source: CertificateSource = {
+      kind: 'test',
+      trustAnchorPem: ca.certificatePem,
+      async issue(request) {
+        const publicKeySpki = foreign ? other.spkiDer : request.publicKeySpki;
+        const leaf = await ca.issue({ dnsNames: request.dnsNames, publicKeySpki });
+        return { certPem: leaf.certPem, chainPem: leaf.chainPem, notAfter: leaf.notAfter };
+      },
+      async close() {},
+    };
+    const nsm = await openSimulatedNsm({ stateDir: dir });
+    const store = await CertificateStore.create({ nsm, source, serverName: 'localhost', logger: silentLogger() });
+    try {
+      await store.forNonce(randomBytes(16));
+      foreign = true;
+      await assert.rejects(store.forNonce(randomBytes(16)), { code: 'ERR_TLS_ISSUE', message: /not for the leaf key/ });
+      assert.equal(store.stats().failures, 1);
+    } finally {
+      store.close();
+      await nsm.close();
+    }
   });
 });

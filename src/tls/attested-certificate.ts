@@ -73,9 +73,15 @@ export async function createAttestedCertificate(request: AttestedCertificateRequ
     publicKeySpki: keyPair.spkiDer,
     attestationDocument: document,
   });
+  // The context is built when a handshake needs it, so what would make it fail is checked here, where a
+  // failure still means "serve the base certificate" rather than a broken handshake.
+  if (!contexts.fits(issued.certPem))
+    throw new TlsError('ERR_TLS_ISSUE', 'the source returned a certificate that is not for the leaf key');
   let own: SecureContext | undefined;
   let handedOver = 0;
   const secureContext = () => (own ??= contexts.create(issued.certPem, issued.chainPem));
+  // The base certificate serves every handshake without a nonce: its own context is worth building now.
+  if (!nonce) secureContext();
   return {
     serverName,
     nonce: nonce ? new Uint8Array(nonce) : null,
@@ -86,9 +92,14 @@ export async function createAttestedCertificate(request: AttestedCertificateRequ
       return secureContext();
     },
     handOver(callback) {
-      if (own || handedOver >= SHARED_HANDOVERS) return callback(null, secureContext());
-      handedOver += 1;
-      contexts.handOver(issued.certPem, issued.chainPem, callback, secureContext);
+      try {
+        if (own || handedOver >= SHARED_HANDOVERS) return callback(null, secureContext());
+        handedOver += 1;
+        contexts.handOver(issued.certPem, issued.chainPem, callback, secureContext);
+      } catch (err) {
+        // Thrown from an SNICallback it would be uncaught; handed to the callback it ends this handshake only.
+        callback(new TlsError('ERR_TLS_ISSUE', `no secure context: ${(err as Error).message}`, { cause: err }));
+      }
     },
     issuedAt,
     certificateNotAfter: issued.notAfter,

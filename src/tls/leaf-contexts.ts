@@ -66,7 +66,7 @@ export class LeafContexts {
   handOver(leafPem: string, chainPem: string, callback: ContextCallback, fallback: () => SecureContext): void {
     // OpenSSL silently drops a context's key when handed a certificate for another one, which would break
     // the shared context for every later leaf: such a certificate gets a context of its own (and fails there).
-    if (this.#sharing && this.#fitsKey(leafPem)) {
+    if (this.#sharing && this.fits(leafPem)) {
       const context = this.#swap(leafPem, chainPem);
       if (context) {
         callback(null, context);
@@ -93,7 +93,8 @@ export class LeafContexts {
     }
   }
 
-  #fitsKey(certChainPem: string): boolean {
+  /** Whether the first certificate of `certChainPem` is for this key. */
+  fits(certChainPem: string): boolean {
     const leaf = LEAF_PEM.exec(certChainPem);
     if (!leaf) return false;
     try {
