@@ -5,6 +5,7 @@ import { openSimulatedNsm } from '../src/attestation/sim-nsm.js';
 import { createAttestedCertificate } from '../src/tls/attested-certificate.js';
 import { openSelfCertificateSource } from '../src/tls/certificate-source.js';
 import { generateTlsKeyPair } from '../src/tls/key-pair.js';
+import { LeafContexts } from '../src/tls/leaf-contexts.js';
 import { silentLogger } from '../src/core/log.js';
 import type { NginxCertificate } from './peers.js';
 
@@ -29,7 +30,8 @@ export async function issuePeerCertificate(
   const source = await openSelfCertificateSource(stateDir, { logger: silentLogger() });
   try {
     const keyPair = await generateTlsKeyPair();
-    const issued = await createAttestedCertificate({ nsm, source, serverName, keyPair });
+    const contexts = new LeafContexts(keyPair.privateKey, false);
+    const issued = await createAttestedCertificate({ nsm, source, serverName, keyPair, contexts });
     const certPath = join(dir, 'peer-cert.pem');
     const keyPath = join(dir, 'peer-key.pem');
     writeFileSync(certPath, issued.certPem + issued.chainPem);

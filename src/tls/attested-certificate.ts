@@ -1,11 +1,12 @@
 import { X509Certificate } from 'node:crypto';
-import { createSecureContext, type SecureContext } from 'node:tls';
+import type { SecureContext } from 'node:tls';
 import { Tag } from 'cbor-x';
 import { COSE_SIGN1_TAG, decodeCbor } from '../verify/cose-sign1.js';
 import { decodeAttestationPayload } from '../verify/document.js';
 import type { Nsm } from '../attestation/nsm.js';
 import type { CertificateSource } from './certificate-source.js';
 import type { TlsKeyPair } from './key-pair.js';
+import type { ContextCallback, LeafContexts } from './leaf-contexts.js';
 import { TlsError } from './tls-error.js';
 
 /** A leaf whose attestation document binds its key, ready to hand to a TLS handshake. */
@@ -17,7 +18,13 @@ export interface AttestedCertificate {
   readonly document: Uint8Array;
   readonly certPem: string;
   readonly chainPem: string;
+  /** A context of its own serving this certificate, built on first use. */
   readonly secureContext: SecureContext;
+  /**
+   * Answers an SNICallback with a context serving this certificate: the first few times through the key's
+   * shared context (no context built: the common case of a nonce used once or twice), then through its own.
+   */
+  handOver(callback: ContextCallback): void;
   readonly issuedAt: Date;
   /** The leaf's notAfter. */
   readonly certificateNotAfter: Date;
@@ -32,6 +39,8 @@ export interface AttestedCertificateRequest {
   source: CertificateSource;
   serverName: string;
   keyPair: TlsKeyPair;
+  /** The secure contexts of `keyPair`'s leaves. */
+  contexts: LeafContexts;
   nonce?: Uint8Array | undefined;
   /** The clock in ms since the epoch. */
   now?: () => number;
@@ -53,7 +62,7 @@ export function attestedDnsNames(serverName: string, document: Uint8Array): [str
  * (and the nonce, if any), embed it in the SAN, and have the source sign the leaf.
  */
 export async function createAttestedCertificate(request: AttestedCertificateRequest): Promise<AttestedCertificate> {
-  const { nsm, source, serverName, keyPair } = request;
+  const { nsm, source, serverName, keyPair, contexts } = request;
   const nonce = request.nonce && request.nonce.length > 0 ? request.nonce : undefined;
   const issuedAt = new Date((request.now ?? Date.now)());
   const document = await nsm.attest({ userData: keyPair.spkiDer, nonce });
@@ -64,20 +73,44 @@ export async function createAttestedCertificate(request: AttestedCertificateRequ
     publicKeySpki: keyPair.spkiDer,
     attestationDocument: document,
   });
-  const secureContext = createSecureContext({ key: keyPair.privateKeyPem, cert: issued.certPem + issued.chainPem });
+  // The context is built when a handshake needs it, so what would make it fail is checked here, where a
+  // failure still means "serve the base certificate" rather than a broken handshake.
+  if (!contexts.fits(issued.certPem))
+    throw new TlsError('ERR_TLS_ISSUE', 'the source returned a certificate that is not for the leaf key');
+  let own: SecureContext | undefined;
+  let handedOver = 0;
+  const secureContext = () => (own ??= contexts.create(issued.certPem, issued.chainPem));
+  // The base certificate serves every handshake without a nonce: its own context is worth building now.
+  if (!nonce) secureContext();
   return {
     serverName,
     nonce: nonce ? new Uint8Array(nonce) : null,
     document,
     certPem: issued.certPem,
     chainPem: issued.chainPem,
-    secureContext,
+    get secureContext() {
+      return secureContext();
+    },
+    handOver(callback) {
+      try {
+        if (own || handedOver >= SHARED_HANDOVERS) return callback(null, secureContext());
+        handedOver += 1;
+        contexts.handOver(issued.certPem, issued.chainPem, callback, secureContext);
+      } catch (err) {
+        // Thrown from an SNICallback it would be uncaught; handed to the callback it ends this handshake only.
+        callback(new TlsError('ERR_TLS_ISSUE', `no secure context: ${(err as Error).message}`, { cause: err }));
+      }
+    },
     issuedAt,
     certificateNotAfter: issued.notAfter,
     documentNotAfter,
     expiresAt: new Date(Math.min(issued.notAfter.getTime(), documentNotAfter.getTime())),
   };
 }
+
+// A swap into the shared context costs about a fifth of building a context of its own (a certificate parse
+// against a new SSL_CTX and a key parse), so a leaf served more often than this gets its own.
+const SHARED_HANDOVERS = 4;
 
 let lastSigningCertificate: { der: Buffer; notAfter: number } | undefined;
 

@@ -2,11 +2,12 @@
 // polyfill loaded first; ESM evaluates imports in order, so this line must stay above it.
 import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
-import { createPrivateKey, createPublicKey, randomBytes, webcrypto, X509Certificate } from 'node:crypto';
+import { createPrivateKey, createPublicKey, KeyObject, randomBytes, webcrypto, X509Certificate } from 'node:crypto';
 import { link, mkdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../core/log.js';
 import { TlsError } from './tls-error.js';
+import { certificatePem, certificateSubjectName, LeafTemplate } from './leaf-template.js';
 import { errorCode } from '../core/errors.js';
 
 x509.cryptoProvider.set(webcrypto);
@@ -21,8 +22,8 @@ export const CA_KEY_FILE = 'ca-key.pem';
 // P-256 for new CAs: its signature is the cheapest on the per-nonce path. A P-384 CA found in a
 // state dir is used as is, with SHA-384.
 const CURVES = {
-  prime256v1: { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' },
-  secp384r1: { name: 'ECDSA', namedCurve: 'P-384', hash: 'SHA-384' },
+  prime256v1: { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256', nodeHash: 'sha256' },
+  secp384r1: { name: 'ECDSA', namedCurve: 'P-384', hash: 'SHA-384', nodeHash: 'sha384' },
 } as const;
 type CaAlgorithm = (typeof CURVES)[keyof typeof CURVES];
 const DAY_MS = 24 * 3600 * 1000;
@@ -33,15 +34,7 @@ const CA_MIN_REMAINING_MS = 30 * DAY_MS;
 export const DEFAULT_LEAF_VALIDITY_MS = 3 * DAY_MS;
 // Tolerates a client clock a little behind ours.
 const BACKDATE_MS = 5 * 60 * 1000;
-// X.520 caps a CommonName at 64 characters; longer server names live only in the SAN.
-const CN_MAX = 64;
 const LOSER_WAIT_MS = 5000;
-// The same in every leaf; built once because each construction ASN.1-encodes its value.
-const LEAF_EXTENSIONS: readonly x509.Extension[] = [
-  new x509.BasicConstraintsExtension(false, undefined, true),
-  new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
-  new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]),
-];
 
 /** What to put in a leaf certificate. `dnsNames[0]` is the subject CN. */
 export interface LeafRequest {
@@ -101,6 +94,8 @@ export class CertificateAuthority {
   // Parsed once: the generator would otherwise re-parse the issuer string on every leaf.
   readonly #issuer: x509.Name;
   readonly #authorityKeyId: x509.AuthorityKeyIdentifierExtension;
+  // Leaves are on the per-nonce path, so they are spliced from pre-encoded DER, not built by @peculiar/x509.
+  readonly #leaves: LeafTemplate;
   readonly #now: () => number;
 
   private constructor(
@@ -117,6 +112,12 @@ export class CertificateAuthority {
     this.#algorithm = stored.algorithm;
     this.#issuer = stored.cert.subjectName;
     this.#authorityKeyId = authorityKeyId;
+    this.#leaves = new LeafTemplate({
+      issuerName: certificateSubjectName(new Uint8Array(stored.cert.rawData)),
+      authorityKeyIdExtension: new Uint8Array(authorityKeyId.rawData),
+      hash: stored.algorithm.nodeHash,
+      signingKey: KeyObject.from(signingKey),
+    });
     this.#now = now;
   }
 
@@ -199,24 +200,32 @@ export class CertificateAuthority {
     return { certPem: signed.certPem, serialNumber, notBefore: signed.notBefore, notAfter: signed.notAfter };
   }
 
-  /** Issue a TLS server leaf: CN and DNS SANs as given, serverAuth, digitalSignature. */
+  /**
+   * Issue a TLS server leaf: CN (when it fits) and DNS SANs as given, serverAuth, digitalSignature,
+   * backdated a little and never outliving this CA.
+   */
   async issue(request: LeafRequest): Promise<IssuedLeaf> {
-    const first = request.dnsNames[0];
-    if (first === undefined) throw new TlsError('ERR_TLS_ISSUE', 'a leaf needs at least one DNS name');
-    const signed = await this.#sign(
-      randomSerial(),
-      first.length <= CN_MAX ? [{ CN: [first] }] : [],
-      request.publicKeySpki,
-      request.validityMs ?? DEFAULT_LEAF_VALIDITY_MS,
-      [
-        ...LEAF_EXTENSIONS,
-        new x509.SubjectAlternativeNameExtension(request.dnsNames.map((value) => ({ type: 'dns' as const, value }))),
-      ],
-    );
-    return { ...signed, chainPem: this.certificatePem };
+    if (request.dnsNames.length === 0) throw new TlsError('ERR_TLS_ISSUE', 'a leaf needs at least one DNS name');
+    const { notBefore, notAfter } = this.#validity(request.validityMs ?? DEFAULT_LEAF_VALIDITY_MS);
+    const der = await this.#leaves.issue({
+      serial: Buffer.from(randomSerial(), 'hex'),
+      notBefore,
+      notAfter,
+      dnsNames: request.dnsNames,
+      publicKeySpki: request.publicKeySpki,
+    });
+    return { certPem: certificatePem(der), chainPem: this.certificatePem, notBefore, notAfter };
   }
 
-  /** Signs a certificate for `publicKeySpki`, backdated a little and never outliving this CA; the AKI is added. */
+  #validity(validityMs: number): { notBefore: Date; notAfter: Date } {
+    const now = this.#now();
+    return {
+      notBefore: new Date(now - BACKDATE_MS),
+      notAfter: new Date(Math.min(now + validityMs, this.notAfter.getTime())),
+    };
+  }
+
+  /** Signs a certificate for `publicKeySpki` with @peculiar/x509 (intermediates: off the hot path); the AKI is added. */
   async #sign(
     serialNumber: string,
     subject: x509.X509CertificateCreateParams['subject'],
@@ -224,9 +233,7 @@ export class CertificateAuthority {
     validityMs: number,
     extensions: x509.Extension[],
   ): Promise<{ certPem: string; notBefore: Date; notAfter: Date }> {
-    const now = this.#now();
-    const notBefore = new Date(now - BACKDATE_MS);
-    const notAfter = new Date(Math.min(now + validityMs, this.notAfter.getTime()));
+    const { notBefore, notAfter } = this.#validity(validityMs);
     const cert = await x509.X509CertificateGenerator.create({
       serialNumber,
       subject,

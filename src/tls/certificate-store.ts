@@ -3,6 +3,7 @@ import type { Logger } from '../core/log.js';
 import { createAttestedCertificate, type AttestedCertificate } from './attested-certificate.js';
 import type { CertificateSource } from './certificate-source.js';
 import { generateTlsKeyPair, type TlsKeyPair } from './key-pair.js';
+import { contextSharingWorks, LeafContexts } from './leaf-contexts.js';
 import { TlsError } from './tls-error.js';
 import { formatNonceServerName, type SniNonceEncoding } from './nonce-label.js';
 import { timerDelay } from '../core/backoff.js';
@@ -63,6 +64,8 @@ export class CertificateStore {
   readonly #cache = new Map<string, AttestedCertificate>();
   readonly #pending = new Map<string, Promise<AttestedCertificate>>();
   #keyPair: TlsKeyPair;
+  #contexts: LeafContexts;
+  readonly #sharing: boolean;
   #base: AttestedCertificate;
   #renewing: Promise<AttestedCertificate> | undefined;
   #timer: NodeJS.Timeout | undefined;
@@ -74,7 +77,13 @@ export class CertificateStore {
   #lastWarnAt = 0;
   #suppressedWarnings = 0;
 
-  private constructor(options: CertificateStoreOptions, keyPair: TlsKeyPair, base: AttestedCertificate) {
+  private constructor(
+    options: CertificateStoreOptions,
+    keyPair: TlsKeyPair,
+    contexts: LeafContexts,
+    sharing: boolean,
+    base: AttestedCertificate,
+  ) {
     const nonceCacheSize = options.nonceCacheSize ?? DEFAULT_NONCE_CACHE_SIZE;
     if (!Number.isInteger(nonceCacheSize) || nonceCacheSize < 1)
       throw new RangeError('nonceCacheSize must be a positive integer');
@@ -90,20 +99,25 @@ export class CertificateStore {
     };
     this.#now = options.now ?? Date.now;
     this.#keyPair = keyPair;
+    this.#contexts = contexts;
+    this.#sharing = sharing;
     this.#base = base;
   }
 
   /** Make the first base certificate (failing if the NSM or the source cannot), then keep it renewed. */
   static async create(options: CertificateStoreOptions): Promise<CertificateStore> {
     const keyPair = await generateTlsKeyPair();
+    const sharing = await contextSharingWorks();
+    const contexts = new LeafContexts(keyPair.privateKey, sharing);
     const base = await createAttestedCertificate({
       nsm: options.nsm,
       source: options.source,
       serverName: options.serverName,
       keyPair,
+      contexts,
       ...(options.now ? { now: options.now } : {}),
     });
-    const store = new CertificateStore(options, keyPair, base);
+    const store = new CertificateStore(options, keyPair, contexts, sharing, base);
     store.#logBase('base attested certificate ready');
     store.#schedule(store.#renewDelay(base));
     return store;
@@ -205,6 +219,7 @@ export class CertificateStore {
         source: this.#options.source,
         serverName: formatNonceServerName(nonce, this.#options.serverName, this.#options.sniNonceEncoding),
         keyPair: this.#keyPair,
+        contexts: this.#contexts,
         nonce,
         now: this.#now,
       });
@@ -231,15 +246,18 @@ export class CertificateStore {
 
   async #renew(): Promise<AttestedCertificate> {
     const keyPair = await generateTlsKeyPair();
+    const contexts = new LeafContexts(keyPair.privateKey, this.#sharing);
     const base = await createAttestedCertificate({
       nsm: this.#options.nsm,
       source: this.#options.source,
       serverName: this.#options.serverName,
       keyPair,
+      contexts,
       now: this.#now,
     });
     if (!this.#closed) {
       this.#keyPair = keyPair;
+      this.#contexts = contexts;
       this.#base = base;
       this.#baseRenewals += 1;
       this.#logBase('base attested certificate renewed');

@@ -243,7 +243,7 @@ export class TlsTerminator {
   ): void {
     const serveAttested = (cert: AttestedCertificate) => {
       connection.served = { kind: 'attested', cert };
-      callback(null, cert.secureContext);
+      cert.handOver(callback);
     };
     if (this.#acme?.covers(servername)) {
       const acme = this.#acme.current;
