@@ -128,6 +128,7 @@ export interface NativeAddon {
   setHostname(name: string): number;
   hardenProcess(): number;
   processHardening(): { dumpable: number; coreSoft: number; coreHard: number } | number;
+  trimHeap(): number;
 }
 
 function packageRoot(): string {
@@ -335,6 +336,14 @@ export function processHardening(): { dumpable: number; coreSoft: number; coreHa
   const result = loadNative().processHardening();
   if (typeof result === 'number') throw errnoError(result, 'prctl', 'PR_GET_DUMPABLE');
   return result;
+}
+
+/**
+ * glibc's malloc_trim(0): hands every free page of the C heap back to the kernel. True when some
+ * memory went back; false when there was none to give or the C library is not glibc.
+ */
+export function trimHeap(): boolean {
+  return loadNative().trimHeap() === 1;
 }
 
 /**
