@@ -112,7 +112,13 @@ const startRuntime = (tls: boolean, profiled: boolean, idleConnections = false) 
     workers,
     // Opening 10,000 handshakes takes minutes on a loaded machine: the first must not time out idle meanwhile.
     ...(idleConnections
-      ? { maxConnections: 2 * Math.max(...IDLE_TLS_COUNTS), config: { ingress: { idle_timeout_ms: 3_600_000 } } }
+      ? {
+          maxConnections: 2 * Math.max(...IDLE_TLS_COUNTS),
+          config: {
+            ingress: { idle_timeout_ms: 3_600_000, connect_timeout_ms: 60_000 },
+            tls: { handshake_timeout_ms: 60_000 },
+          },
+        }
       : {}),
   });
 
