@@ -158,6 +158,8 @@ for (const [name, seen] of Object.entries(tlsSeen))
   say(`${name}: ${seen.protocol} ${seen.cipher}, leaf certificate ${seen.leafBytes} bytes`);
 const loadBefore = loadAverage();
 
+/** The idle-connection counts measured: IDLE_TLS_COUNTS, or less where open files are limited. */
+let idleCounts: readonly number[] = IDLE_TLS_COUNTS;
 // 'nonce-rate' is measured in the nonce section, kept apart because its keys are client counts.
 const logs = new Map<Section | 'nonce-rate', RoundLog>();
 
@@ -292,7 +294,8 @@ if (only.has('idle')) {
   say(
     `\n== idle TLS connections: RSS of a fresh server idle, with ${IDLE_TLS_COUNTS.join(' then ')} open, then after they close`,
   );
-  const counts = countsWithinFileLimit(IDLE_TLS_COUNTS, say);
+  idleCounts = countsWithinFileLimit(IDLE_TLS_COUNTS, say);
+  const counts = idleCounts;
   const starts: Array<() => Promise<MemorySubject>> = [() => startRuntime(true, false, true)];
   for (const mode of ['stream', 'http'] as const) {
     const name = mode === 'stream' ? 'nginx' : 'nginx-http';
@@ -550,7 +553,7 @@ function buildRows(): Row[] {
           `${peerName}:idle`,
         ),
       );
-      for (const count of IDLE_TLS_COUNTS)
+      for (const count of idleCounts)
         rows.push(
           compare(
             'idle',

@@ -290,7 +290,7 @@ function heapTrimmer(logger: Logger, open: () => number): HeapTrimmer | undefine
     return undefined;
   }
   return new HeapTrimmer({
-    trim: trimHeap,
+    trim: () => trimHeap(true),
     open,
     onTrim: ({ released, open, ms }) => logger.debug({ released, open, ms: Math.round(ms) }, 'C heap trimmed'),
   });

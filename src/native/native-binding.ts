@@ -128,7 +128,7 @@ export interface NativeAddon {
   setHostname(name: string): number;
   hardenProcess(): number;
   processHardening(): { dumpable: number; coreSoft: number; coreHard: number } | number;
-  trimHeap(): number;
+  trimHeap(collect: boolean): number;
 }
 
 function packageRoot(): string {
@@ -339,11 +339,12 @@ export function processHardening(): { dumpable: number; coreSoft: number; coreHa
 }
 
 /**
- * glibc's malloc_trim(0): hands every free page of the C heap back to the kernel. True when some
- * memory went back; false when there was none to give or the C library is not glibc.
+ * Hands free memory back to the kernel: with `collect`, V8's full memory-reducing collection first
+ * (it blocks the event loop for its duration: tens of ms for a heap of 100 MiB), then glibc's
+ * malloc_trim(0). True when glibc gave some back; false when it had none or the C library is not glibc.
  */
-export function trimHeap(): boolean {
-  return loadNative().trimHeap() === 1;
+export function trimHeap(collect = false): boolean {
+  return loadNative().trimHeap(collect) === 1;
 }
 
 /**
