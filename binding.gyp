@@ -18,7 +18,8 @@
             "src/native/net_interface.cc",
             "src/native/hostname.cc",
             "src/native/child_reaper.cc",
-            "src/native/process_hardening.cc"
+            "src/native/process_hardening.cc",
+            "src/native/heap_memory.cc"
           ]
         }, {
           "sources": ["src/native/unsupported.cc"]

@@ -6,7 +6,8 @@ import { once } from 'node:events';
  * does, so a probe that connects and leaves (the runtime's health check) costs nothing:
  *   'U' + u64 length: read that many bytes, then answer one 'K' (the upload is in);
  *   'D' + u64 length: send that many bytes (the download);
- *   'E': echo everything back (request/response latency).
+ *   'E': echo everything back (request/response latency);
+ *   'G' (an HTTP/1.1 GET): answer every request head with a small keep-alive 200 (requests/s through TLS).
  * The protocol lives on the wire only, so the app could run in any process.
  */
 export const MODE_UPLOAD = 0x55;
@@ -14,6 +15,12 @@ export const MODE_DOWNLOAD = 0x44;
 export const MODE_ECHO = 0x45;
 export const ACK = 0x4b;
 export const HEADER_BYTES = 9;
+export const MODE_HTTP = 0x47;
+/** What every HTTP request gets: small, fixed, keep-alive, so the proxies' per-request work is what is measured. */
+export const HTTP_RESPONSE = Buffer.from(
+  'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nok\n',
+);
+const HEAD_END = Buffer.from('\r\n\r\n');
 
 /** Written in slices of this, the same buffer every time: the generator should cost next to nothing. */
 export const CHUNK_BYTES = 1 << 20;
@@ -73,6 +80,11 @@ function serve(socket: net.Socket): void {
   let head: Buffer = Buffer.alloc(0);
   const onHead = (chunk: Buffer) => {
     head = head.length === 0 ? chunk : Buffer.concat([head, chunk]);
+    if (head[0] === MODE_HTTP) {
+      socket.off('data', onHead);
+      serveHttp(socket, head);
+      return;
+    }
     if (head[0] === MODE_ECHO) {
       socket.off('data', onHead);
       if (head.length > 1) socket.write(head.subarray(1));
@@ -105,4 +117,22 @@ function serve(socket: net.Socket): void {
     }
   };
   socket.on('data', onHead);
+}
+
+/**
+ * Bodiless requests (GET), pipelined or not: one response per blank line that ends a head. A head
+ * split across reads is found by keeping the last three bytes of the previous read.
+ */
+function serveHttp(socket: net.Socket, first: Buffer): void {
+  let carry: Buffer = Buffer.alloc(0);
+  const onData = (chunk: Buffer) => {
+    const data = carry.length === 0 ? chunk : Buffer.concat([carry, chunk]);
+    let answers = 0;
+    for (let at = data.indexOf(HEAD_END); at !== -1; at = data.indexOf(HEAD_END, at + HEAD_END.length)) answers++;
+    carry = data.subarray(Math.max(0, data.length - (HEAD_END.length - 1)));
+    if (answers === 1) socket.write(HTTP_RESPONSE);
+    else if (answers > 1) socket.write(Buffer.concat(Array.from({ length: answers }, () => HTTP_RESPONSE)));
+  };
+  socket.on('data', onData);
+  onData(first);
 }

@@ -129,13 +129,17 @@ export function measureNonceRates(options: NonceRateOptions): Promise<RoundLog> 
   );
 }
 
-/** Keys: `<subject>` in handshakes/s, `cpu:<subject>` in server CPU ms per handshake. */
+/** Client counts for the base-certificate rate (issue 17): one alone, then several at once. */
+export const HANDSHAKE_CLIENTS: readonly number[] = [1, 8];
+
+/** Keys: `<subject>:c<clients>` in handshakes/s, `cpu:<subject>:c<clients>` in server CPU ms per handshake. */
 export function measureHandshakeRates(options: HandshakeRateOptions): Promise<RoundLog> {
+  const loads = HANDSHAKE_CLIENTS.flatMap((clients) => options.subjects.map((subject) => ({ subject, clients })));
   return measureRates(
     options,
-    options.subjects,
-    (subject) => subject.name,
-    (subject, durationMs) => handshakeRate(subject, durationMs),
+    loads,
+    ({ subject, clients }) => `${subject.name}:c${clients}`,
+    ({ subject, clients }, durationMs) => handshakeRate(subject, durationMs, { concurrency: clients }),
   );
 }
 

@@ -4,7 +4,7 @@ import { spawnSync, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
 import { once } from 'node:events';
 import { spawnOwned, stopOwned, tail } from './child-processes.js';
-import { childrenGone, rssBytes, treeCpuSeconds } from './proc-stat.js';
+import { childrenGone, treeCpuSeconds, treeRssBytes } from './proc-stat.js';
 import type { Subject } from './subject.js';
 
 /** How users get the peers; printed whenever one is missing. */
@@ -112,37 +112,71 @@ export interface NginxCertificate {
   keyPath: string;
 }
 
-/** nginx's stream module terminating TLS in front of the app: the usual way to add TLS to a TCP service. */
+/** How nginx fronts the app: its stream module (TLS, then bytes, like the runtime) or an HTTP reverse proxy. */
+export type NginxMode = 'stream' | 'http';
+
+export interface NginxOptions {
+  mode?: NginxMode;
+  /** worker_processes: the same number as the runtime's ingress workers. */
+  workers?: number;
+  /** worker_connections per worker (a relayed connection takes two). */
+  workerConnections?: number;
+}
+
+/** nginx terminating TLS in front of the app: the stream module (the usual way to add TLS to a TCP service) or an HTTP proxy. */
 export class NginxPeer implements Subject {
-  readonly name = 'nginx';
+  readonly name: string;
   readonly tls = true;
   readonly port: number;
   readonly #child: ChildProcess;
 
-  private constructor(child: ChildProcess, port: number) {
+  private constructor(child: ChildProcess, port: number, name: string) {
     this.#child = child;
     this.port = port;
+    this.name = name;
   }
 
-  static async start(appPort: number, dir: string, certificate: NginxCertificate): Promise<NginxPeer> {
+  static async start(
+    appPort: number,
+    dir: string,
+    certificate: NginxCertificate,
+    options: NginxOptions = {},
+  ): Promise<NginxPeer> {
     const nginx = findTool('nginx');
     if (!nginx) throw new PeerMissing(`nginx is not installed (${PEER_INSTALL})`);
+    const mode = options.mode ?? 'stream';
+    const name = mode === 'stream' ? 'nginx' : 'nginx-http';
     const port = await freePort();
-    const confPath = join(dir, 'nginx.conf');
-    writeFileSync(confPath, nginxConf({ dir, port, appPort, certificate, loadModule: streamModule(nginx) }));
+    const confPath = join(dir, `${name}.conf`);
+    const errorLog = join(dir, `${name}-error.log`);
+    writeFileSync(
+      confPath,
+      nginxConf({
+        dir,
+        name,
+        port,
+        appPort,
+        certificate,
+        // The http module is built in; only the stream module is a separate package in Debian.
+        loadModule: mode === 'stream' ? streamModule(nginx) : '',
+        mode,
+        workers: options.workers ?? 1,
+        workerConnections: options.workerConnections ?? 4096,
+      }),
+    );
     // -p and -e keep every path nginx touches (pid, logs, temp) inside the bench's temp dir.
-    const child = spawnOwned(nginx, ['-p', dir, '-e', join(dir, 'error.log'), '-c', confPath, '-g', 'daemon off;']);
+    const child = spawnOwned(nginx, ['-p', dir, '-e', errorLog, '-c', confPath, '-g', 'daemon off;']);
     const lastLines = tail(child.stderr);
     child.stdout?.resume();
-    await waitListening(child, port, 'nginx', () => lastLines() || readLog(join(dir, 'error.log')));
-    return new NginxPeer(child, port);
+    await waitListening(child, port, name, () => lastLines() || readLog(errorLog));
+    return new NginxPeer(child, port, name);
   }
 
   get pid(): number {
     return this.#child.pid as number;
   }
 
-  /** Master and worker together (the master is idle once started). */
+  /** Master and workers together (the master is idle once started). */
   cpuSeconds(): number {
     return treeCpuSeconds(this.pid);
   }
@@ -151,8 +185,9 @@ export class NginxPeer implements Subject {
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
 
+  /** Master and workers together: what nginx costs the machine. */
   rssBytes(): number {
-    return rssBytes(this.pid);
+    return treeRssBytes(this.pid);
   }
 
   stop(): Promise<void> {
@@ -177,26 +212,51 @@ function streamModule(nginx: string): string {
 
 function nginxConf(options: {
   dir: string;
+  name: string;
   port: number;
   appPort: number;
   certificate: NginxCertificate;
   loadModule: string;
+  mode: NginxMode;
+  workers: number;
+  workerConnections: number;
 }): string {
-  return `# Written by the bench. One worker: the runtime is one Node thread, and the load generator needs the other core.
-${options.loadModule}
-worker_processes 1;
-pid ${join(options.dir, 'nginx.pid')};
-error_log ${join(options.dir, 'error.log')} warn;
-events { worker_connections 4096; }
-stream {
+  const tls = `ssl_certificate ${options.certificate.certPath};
+    ssl_certificate_key ${options.certificate.keyPath};
+    ssl_protocols TLSv1.3;`;
+  const server =
+    options.mode === 'stream'
+      ? `stream {
   server {
     listen 127.0.0.1:${options.port} ssl;
-    ssl_certificate ${options.certificate.certPath};
-    ssl_certificate_key ${options.certificate.keyPath};
-    ssl_protocols TLSv1.3;
+    ${tls}
     proxy_pass 127.0.0.1:${options.appPort};
   }
-}
+}`
+      : `http {
+  access_log off;
+  # Keep-alive to the app as well, as a production proxy would: no connect per request.
+  upstream app { server 127.0.0.1:${options.appPort}; keepalive 1024; }
+  server {
+    listen 127.0.0.1:${options.port} ssl;
+    ${tls}
+    keepalive_requests 1000000;
+    keepalive_timeout 3600s;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}`;
+  return `# Written by the bench. As many workers as the runtime has ingress workers.
+${options.loadModule}
+worker_processes ${options.workers};
+worker_rlimit_nofile ${options.workerConnections * 2 + 64};
+pid ${join(options.dir, `${options.name}.pid`)};
+error_log ${join(options.dir, `${options.name}-error.log`)} warn;
+events { worker_connections ${options.workerConnections}; }
+${server}
 `;
 }
 

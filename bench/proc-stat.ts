@@ -50,6 +50,18 @@ export function treeCpuSeconds(pid: number): number {
   return total;
 }
 
+/** Resident bytes of a process and all its live descendants (nginx's master and workers). */
+export function treeRssBytes(pid: number): number {
+  let total: number;
+  try {
+    total = rssBytes(pid);
+  } catch {
+    return 0;
+  }
+  for (const child of childPids(pid)) total += treeRssBytes(child);
+  return total;
+}
+
 /** Waits (bounded) until `pid` has no live children: socat's fork for a closed connection was reaped. */
 export async function childrenGone(pid: number, timeoutMs: number): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;

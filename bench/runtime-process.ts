@@ -22,6 +22,14 @@ export interface RuntimeProcessOptions {
   cpuProfileDir?: string | undefined;
   /** Extra `node` flags for the runtime alone (the load generator keeps its own), to try V8 settings. */
   nodeFlags?: readonly string[] | undefined;
+  /** `[ingress] max_connections`; the idle-connection rows need more than the example's 4,096. */
+  maxConnections?: number | undefined;
+  /** `[ingress] workers`; left out when 1, the single-threaded ingress (a runtime without the key rejects it). */
+  workers?: number | undefined;
+  /** Keys set over the example's, table by table (`{ tls: { release_idle_buffers: false } }`), to compare settings. */
+  config?: Record<string, Record<string, unknown>> | undefined;
+  /** Environment for the runtime process alone (e.g. MALLOC_ARENA_MAX to try allocator settings). */
+  env?: NodeJS.ProcessEnv | undefined;
 }
 
 /**
@@ -54,6 +62,7 @@ export class RuntimeProcess implements Subject {
     ];
     const child = spawnOwned(process.execPath, [...nodeArgs, CLI, 'dev', '--config', options.configPath], {
       cwd: REPO_ROOT,
+      ...(options.env ? { env: { ...process.env, ...options.env } } : {}),
     });
     const lastLines = tail(child.stderr);
     child.stdout?.resume();
@@ -139,7 +148,13 @@ function configText(options: RuntimeProcessOptions): string {
   }
   const table = (name: string) => (config[name] ??= {}) as TomlTable;
   Object.assign(table('runtime'), { log_level: 'info', state_dir: options.stateDir, shutdown_grace_ms: 1000 });
-  Object.assign(table('ingress'), { listen: 'tcp:127.0.0.1:0', app: `tcp:127.0.0.1:${options.appPort}` });
+  Object.assign(table('ingress'), {
+    listen: 'tcp:127.0.0.1:0',
+    app: `tcp:127.0.0.1:${options.appPort}`,
+    ...(options.maxConnections === undefined ? {} : { max_connections: options.maxConnections }),
+    ...(options.workers === undefined || options.workers === 1 ? {} : { workers: options.workers }),
+  });
   Object.assign(table('tls'), { enabled: options.tls });
+  for (const [name, keys] of Object.entries(options.config ?? {})) Object.assign(table(name), keys);
   return `# Written by the bench from enclave.toml.example: listeners on port 0, the app on the bench's port.\n${stringify(config)}`;
 }

@@ -18,6 +18,8 @@ import type { AcmeCertificates } from './tls/acme-certificates.js';
 import type { CertificateSource } from './tls/certificate-source.js';
 import type { TlsTerminator } from './tls/tls-terminator.js';
 import { errorCode } from './core/errors.js';
+import { trimHeap } from './native/native-binding.js';
+import { HeapTrimmer } from './native/heap-trimmer.js';
 
 /**
  * The data plane of one enclave: the NSM, the internal API, TLS and ingress, started in
@@ -166,10 +168,13 @@ export class Runtime {
 
       let ingress: Ingress | undefined;
       if (config.ingress.enabled) {
+        const trimmer = heapTrimmer(logger, () => ingress?.stats.active ?? 0);
+        if (trimmer) closers.push(async () => trimmer.close());
         ingress = await Ingress.start({
           ...config.ingress,
           logger,
           terminator: terminator && metrics.meterTerminator(terminator),
+          onConnectionCount: trimmer && ((open) => trimmer.changed(open)),
         });
         const started = ingress;
         closers.push((graceMs) => started.stop(graceMs));
@@ -275,4 +280,18 @@ async function openNsm(config: RuntimeConfig, logger: Logger): Promise<Nsm> {
   }
   const { openDeviceNsm } = await import('./attestation/nsm-device.js');
   return openDeviceNsm(config.attestation.device);
+}
+
+/** A trimmer for the C heap, or undefined where there is nothing to trim with (no addon, not glibc). */
+function heapTrimmer(logger: Logger, open: () => number): HeapTrimmer | undefined {
+  try {
+    trimHeap();
+  } catch {
+    return undefined;
+  }
+  return new HeapTrimmer({
+    trim: () => trimHeap(true),
+    open,
+    onTrim: ({ released, open, ms }) => logger.debug({ released, open, ms: Math.round(ms) }, 'C heap trimmed'),
+  });
 }

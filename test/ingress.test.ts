@@ -84,6 +84,28 @@ describe('ingress bridge', () => {
     }
   });
 
+  it('reports the open-connection count on every open and close (the heap trimmer watches it)', async () => {
+    const echo = await startReplyServer((request) => request);
+    const counts: number[] = [];
+    const ingress = await Ingress.start(
+      options(parseAddress('tcp:127.0.0.1:0'), parseAddress(`tcp:127.0.0.1:${echo.port}`), {
+        onConnectionCount: (open) => counts.push(open),
+      }),
+    );
+    try {
+      const first = await clientFor(ingress);
+      const second = await clientFor(ingress);
+      assert.equal((await exchange(first, Buffer.from('a'))).toString(), 'a');
+      assert.equal((await exchange(second, Buffer.from('b'))).toString(), 'b');
+      // The ingress sees each close a moment after the client has its answer.
+      for (let i = 0; i < 500 && counts.length < 4; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+      assert.deepEqual(counts, [1, 2, 1, 0]);
+    } finally {
+      await ingress.stop(0);
+      echo.server.close();
+    }
+  });
+
   it('serves 1,000 concurrent connections, each getting its own bytes', async () => {
     const echo = await startReplyServer((request) => request);
     const ingress = await Ingress.start(

@@ -44,6 +44,8 @@ export interface IngressOptions extends IngressSettings {
   /** What the start-up line calls this listener (default "ingress"; the host's relays reuse the bridge). */
   name?: string;
   terminator?: StreamTerminator | undefined;
+  /** Told the open-connection count on every open and close (the runtime trims the C heap after many close). */
+  onConnectionCount?: ((open: number) => void) | undefined;
 }
 
 export interface IngressStats {
@@ -138,11 +140,13 @@ export class Ingress {
     this.stats.accepted++;
     this.#connections.add(socket);
     this.stats.active = this.#connections.size;
+    this.#options.onConnectionCount?.(this.#connections.size);
     // Until relay() owns the socket, an early reset must not become an uncaught 'error'.
     socket.on('error', () => {});
     socket.once('close', () => {
       this.#connections.delete(socket);
       this.stats.active = this.#connections.size;
+      this.#options.onConnectionCount?.(this.#connections.size);
       if (this.#connections.size === 0) for (const done of this.#drained) done();
     });
     this.#serve(socket).catch((error: Error) => {

@@ -40,6 +40,7 @@ static Napi::Object InitEnclaveNative(Napi::Env env, Napi::Object exports) {
   InitHostname(env, exports);
   InitChildReaper(env, exports);
   InitProcessHardening(env, exports);
+  InitHeapMemory(env, exports);
   return exports;
 }
 

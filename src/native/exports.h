@@ -11,5 +11,6 @@ void InitNetInterface(Napi::Env env, Napi::Object exports);
 void InitHostname(Napi::Env env, Napi::Object exports);
 void InitChildReaper(Napi::Env env, Napi::Object exports);
 void InitProcessHardening(Napi::Env env, Napi::Object exports);
+void InitHeapMemory(Napi::Env env, Napi::Object exports);
 
 }  // namespace enclave

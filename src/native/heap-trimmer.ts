@@ -1,0 +1,71 @@
+/**
+ * Gives the C heap back to the kernel once many connections have closed. Each TLS connection's
+ * OpenSSL and libuv state lives in glibc's heap; when thousands close, the freed chunks sit between
+ * allocations that are still live, and glibc only ever trims the top of its main heap, so the
+ * process keeps hundreds of MiB it no longer uses. An enclave's memory is fixed: that is memory the
+ * app cannot have.
+ */
+
+/** A drop of this many open connections since the last trim (or the high-water mark since) is worth one. */
+export const TRIM_AFTER_DROP = 256;
+/** Wait this long after the drop is seen: a burst of closes ends in one trim, not many. */
+export const TRIM_DELAY_MS = 1000;
+
+export interface HeapTrimmerOptions {
+  /** Returns true when memory went back to the kernel (malloc_trim). */
+  trim: () => boolean;
+  /** Connections open right now (read when the trim runs). */
+  open: () => number;
+  afterDrop?: number;
+  delayMs?: number;
+  /** Told what each trim did, for a debug line. */
+  onTrim?: (result: { released: boolean; open: number; ms: number }) => void;
+}
+
+/** Watches the open-connection count; after it falls by `afterDrop` from its high-water mark, trims once. */
+export class HeapTrimmer {
+  readonly #options: HeapTrimmerOptions;
+  readonly #afterDrop: number;
+  readonly #delayMs: number;
+  #high = 0;
+  #timer: NodeJS.Timeout | undefined;
+  #trims = 0;
+
+  constructor(options: HeapTrimmerOptions) {
+    this.#options = options;
+    this.#afterDrop = options.afterDrop ?? TRIM_AFTER_DROP;
+    this.#delayMs = options.delayMs ?? TRIM_DELAY_MS;
+  }
+
+  /** How many trims have run. */
+  get trims(): number {
+    return this.#trims;
+  }
+
+  /** Call whenever a connection opens or closes, with the count now open. */
+  changed(open: number): void {
+    if (open > this.#high) this.#high = open;
+    else if (this.#high - open >= this.#afterDrop && this.#timer === undefined) {
+      this.#timer = setTimeout(() => this.#run(), this.#delayMs);
+      // Never the reason the process stays up.
+      this.#timer.unref();
+    }
+  }
+
+  /** Cancels a pending trim. */
+  close(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+
+  #run(): void {
+    this.#timer = undefined;
+    const started = performance.now();
+    const released = this.#options.trim();
+    this.#trims++;
+    const open = this.#options.open();
+    // From here, only a new drop from what is open now earns another trim.
+    this.#high = open;
+    this.#options.onTrim?.({ released, open, ms: performance.now() - started });
+  }
+}

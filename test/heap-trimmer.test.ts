@@ -1,0 +1,75 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { HeapTrimmer } from '../src/native/heap-trimmer.js';
+import { nativeUnavailable, trimHeap } from '../src/native/native-binding.js';
+
+/** A trimmer over a fake count and trim, on mocked timers, recording what each trim saw. */
+function harness(afterDrop = 10, delayMs = 1000) {
+  let open = 0;
+  const trims: number[] = [];
+  const trimmer = new HeapTrimmer({
+    trim: () => {
+      trims.push(open);
+      return true;
+    },
+    open: () => open,
+    afterDrop,
+    delayMs,
+  });
+  const set = (count: number) => {
+    open = count;
+    trimmer.changed(count);
+  };
+  return { trimmer, trims, set };
+}
+
+describe('HeapTrimmer', () => {
+  it('trims once after the count falls by the threshold from its high-water mark, after the delay', (t) => {
+    t.mock.timers.enable({ apis: ['setTimeout'] });
+    const { trimmer, trims, set } = harness();
+    for (let n = 1; n <= 30; n++) set(n);
+    for (let n = 29; n >= 21; n--) set(n);
+    t.mock.timers.tick(5000);
+    assert.deepEqual(trims, [], 'a drop of 9 from 30 is under the threshold');
+    set(20);
+    t.mock.timers.tick(999);
+    assert.deepEqual(trims, [], 'not before the delay');
+    for (let n = 19; n >= 5; n--) set(n);
+    t.mock.timers.tick(1);
+    assert.deepEqual(trims, [5], 'one trim for the whole burst of closes, reading the count when it runs');
+    assert.equal(trimmer.trims, 1);
+  });
+
+  it('needs a new drop from what was open at the last trim before trimming again', (t) => {
+    t.mock.timers.enable({ apis: ['setTimeout'] });
+    const { trims, set } = harness();
+    for (let n = 1; n <= 40; n++) set(n);
+    set(20);
+    t.mock.timers.tick(1000);
+    assert.deepEqual(trims, [20]);
+    set(15);
+    t.mock.timers.tick(5000);
+    assert.deepEqual(trims, [20], 'down 5 from 20: no trim');
+    for (let n = 16; n <= 50; n++) set(n);
+    set(40);
+    t.mock.timers.tick(1000);
+    assert.deepEqual(trims, [20, 40], 'down 10 from the new high-water mark of 50');
+  });
+
+  it('does not trim after close()', (t) => {
+    t.mock.timers.enable({ apis: ['setTimeout'] });
+    const { trimmer, trims, set } = harness();
+    for (let n = 1; n <= 20; n++) set(n);
+    set(0);
+    trimmer.close();
+    t.mock.timers.tick(5000);
+    assert.deepEqual(trims, []);
+  });
+});
+
+describe('trimHeap (addon)', () => {
+  const why = nativeUnavailable();
+  it('is exported by the addon and answers whether memory went back', { skip: why }, () => {
+    assert.equal(typeof trimHeap(), 'boolean');
+  });
+});
