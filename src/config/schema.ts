@@ -106,6 +106,12 @@ export const SCHEMA: Table = table('enclave.toml', {
     proxy_protocol: oneOf('PROXY protocol header expected from the parent', 'off', ['off', 'v1', 'v2', 'any']),
     send_proxy_protocol: oneOf('PROXY protocol header sent to the app', 'off', ['off', 'v1', 'v2']),
     max_connections: int('concurrent connections; more are closed at once', 4096, 1, 1_000_000),
+    workers: int(
+      'threads accepting and terminating TLS on the listener: 0 = one per CPU, 1 = all in the main thread (the default under dev)',
+      byMode(0, 1),
+      0,
+      64,
+    ),
     connect_timeout_ms: int('time to connect to the app', 5 * SECOND, 10, 5 * 60 * SECOND),
     idle_timeout_ms: int(
       'a connection with no bytes either way for this long is closed',
@@ -416,7 +422,7 @@ export interface RuntimeConfig {
     healthcheckGraceMs: number;
   };
   metrics: { enabled: boolean; listen: Address };
-  ingress: IngressSettings & { enabled: boolean };
+  ingress: IngressSettings & { enabled: boolean; workers: number };
   tls: {
     enabled: boolean;
     source: 'self' | 'provisioner';
