@@ -62,6 +62,8 @@ export class CertificateStore {
   readonly #now: () => number;
   readonly #cache = new Map<string, AttestedCertificate>();
   readonly #pending = new Map<string, Promise<AttestedCertificate>>();
+  // Which key each certificate was made with, for threads that rebuild its secure context (ingress workers).
+  readonly #keys = new WeakMap<AttestedCertificate, TlsKeyPair>();
   #keyPair: TlsKeyPair;
   #base: AttestedCertificate;
   #renewing: Promise<AttestedCertificate> | undefined;
@@ -104,6 +106,7 @@ export class CertificateStore {
       ...(options.now ? { now: options.now } : {}),
     });
     const store = new CertificateStore(options, keyPair, base);
+    store.#keys.set(base, keyPair);
     store.#logBase('base attested certificate ready');
     store.#schedule(store.#renewDelay(base));
     return store;
@@ -112,6 +115,11 @@ export class CertificateStore {
   /** The current base certificate; always available, even while a renewal is failing. */
   get base(): AttestedCertificate {
     return this.#base;
+  }
+
+  /** The key pair `cert` (one of this store's) was made with; undefined for any other certificate. */
+  keyPairOf(cert: AttestedCertificate): TlsKeyPair | undefined {
+    return this.#keys.get(cert);
   }
 
   /** Per-nonce certificates in the cache. */
@@ -200,14 +208,16 @@ export class CertificateStore {
     try {
       // The certificate names the nonce host the client asked for, so ordinary clients' hostname
       // checks pass; the document is still the first label of the longest SAN.
+      const keyPair = this.#keyPair;
       const cert = await createAttestedCertificate({
         nsm: this.#options.nsm,
         source: this.#options.source,
         serverName: formatNonceServerName(nonce, this.#options.serverName, this.#options.sniNonceEncoding),
-        keyPair: this.#keyPair,
+        keyPair,
         nonce,
         now: this.#now,
       });
+      this.#keys.set(cert, keyPair);
       this.#issued += 1;
       if (!this.#closed) {
         this.#cache.set(key, cert);
@@ -238,6 +248,7 @@ export class CertificateStore {
       keyPair,
       now: this.#now,
     });
+    this.#keys.set(base, keyPair);
     if (!this.#closed) {
       this.#keyPair = keyPair;
       this.#base = base;
