@@ -113,7 +113,9 @@ export function sharedIngressStats(slots: Float64Array): IngressStats {
 
 /** The ingress figures of one stats buffer, as a plain object. */
 export function readIngressStats(slots: Float64Array): IngressStats {
-  return Object.fromEntries(INGRESS_KEYS.map((key) => [key, slots[STAT_SLOTS.ingress[key]] as number])) as unknown as IngressStats;
+  return Object.fromEntries(
+    INGRESS_KEYS.map((key) => [key, slots[STAT_SLOTS.ingress[key]] as number]),
+  ) as unknown as IngressStats;
 }
 
 export function snapshotCertificate(cert: AttestedCertificate, keyPair: TlsKeyPair): CertificateSnapshot {

@@ -105,6 +105,8 @@ async function stop(graceMs: number): Promise<void> {
   if (stopping) return;
   stopping = true;
   try {
+    // Asked to stop while still starting: the listener must not outlive the stop.
+    await starting.catch(() => undefined);
     await ingress?.stop(graceMs);
   } finally {
     certificates?.close();
@@ -200,7 +202,8 @@ async function start(): Promise<void> {
   send({ type: 'ready', address: ingress.address });
 }
 
-start().catch((error: unknown) => {
+const starting = start();
+starting.catch((error: unknown) => {
   logger.error({ code: errorCode(error), reason: (error as Error).message }, 'ingress worker could not start');
   // An 'error' for the main thread, which logs it and restarts this worker with a backoff.
   throw error;

@@ -62,6 +62,14 @@ export interface IngressStats {
 
 /** The listen(2) queue of the ingress socket, shared by its worker threads when there are several. */
 export const INGRESS_BACKLOG = 1024;
+/** What health and metrics read of the ingress, whether one Ingress or several worker threads. */
+export interface IngressView {
+  readonly listening: boolean;
+  readonly stats: IngressStats;
+  /** With worker threads: how many accept now, of how many. */
+  readonly workers?: { up: number; total: number };
+}
+
 /** Refusals over the cap are logged at most this often, so a flood cannot flood the log too. */
 const CAP_LOG_INTERVAL_MS = 1000;
 /**

@@ -1,7 +1,7 @@
 // Module entry point of enclave_native: AF_VSOCK/AF_UNIX stream sockets plus the few Linux
 // syscalls the runtime needs and Node does not expose.
-#include <linux/vm_sockets.h>
 #include <fcntl.h>
+#include <linux/vm_sockets.h>
 #include <sys/socket.h>
 
 #include <cerrno>

@@ -37,7 +37,8 @@ function nativeServer(): Promise<NativeServerModule> {
 
 /** Binds and listens on `address` in this thread, without accepting anything here. */
 export async function openSharedListener(address: Address, backlog: number): Promise<SharedListener> {
-  const { fd, bound, unixFile } = address.transport === 'tcp' ? await bindTcp(address, backlog) : await bindNative(address, backlog);
+  const { fd, bound, unixFile } =
+    address.transport === 'tcp' ? await bindTcp(address, backlog) : await bindNative(address, backlog);
   let kept: number | undefined = fd;
   return {
     address: bound,

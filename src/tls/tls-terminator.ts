@@ -78,12 +78,7 @@ export class TlsTerminator<S extends CertificateProvider = CertificateStore> {
   readonly #nsm: Nsm;
   readonly #connections = new WeakMap<Duplex, Connection>();
 
-  private constructor(
-    options: TlsTerminatorOptions,
-    store: S,
-    source: CertificateSource,
-    ownsSource: boolean,
-  ) {
+  private constructor(options: TlsTerminatorOptions, store: S, source: CertificateSource, ownsSource: boolean) {
     this.store = store;
     this.source = source;
     this.#logger = options.logger;
