@@ -1,3 +1,4 @@
+import { benchWorkers } from './runtime-process.js';
 import { accessSync, constants, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { spawnSync, type ChildProcess } from 'node:child_process';
@@ -182,9 +183,9 @@ function nginxConf(options: {
   certificate: NginxCertificate;
   loadModule: string;
 }): string {
-  return `# Written by the bench. One worker: the runtime is one Node thread, and the load generator needs the other core.
+  return `# Written by the bench. As many workers as the runtime's ingress threads (BENCH_WORKERS, default 1).
 ${options.loadModule}
-worker_processes 1;
+worker_processes ${benchWorkers()};
 pid ${join(options.dir, 'nginx.pid')};
 error_log ${join(options.dir, 'error.log')} warn;
 events { worker_connections 4096; }

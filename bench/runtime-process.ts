@@ -139,7 +139,21 @@ function configText(options: RuntimeProcessOptions): string {
   }
   const table = (name: string) => (config[name] ??= {}) as TomlTable;
   Object.assign(table('runtime'), { log_level: 'info', state_dir: options.stateDir, shutdown_grace_ms: 1000 });
-  Object.assign(table('ingress'), { listen: 'tcp:127.0.0.1:0', app: `tcp:127.0.0.1:${options.appPort}` });
+  Object.assign(table('ingress'), {
+    listen: 'tcp:127.0.0.1:0',
+    app: `tcp:127.0.0.1:${options.appPort}`,
+    workers: benchWorkers(),
+  });
   Object.assign(table('tls'), { enabled: options.tls });
   return `# Written by the bench from enclave.toml.example: listeners on port 0, the app on the bench's port.\n${stringify(config)}`;
+}
+
+/**
+ * BENCH_WORKERS=N: the runtime's `ingress.workers` and nginx's worker_processes (default 1 each: the
+ * load generator needs a core too). Compare like with like: both sides get the same count.
+ */
+export function benchWorkers(): number {
+  const workers = Number(process.env.BENCH_WORKERS ?? 1);
+  if (!Number.isInteger(workers) || workers < 1 || workers > 64) throw new Error('BENCH_WORKERS must be 1..64');
+  return workers;
 }
