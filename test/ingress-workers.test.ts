@@ -234,6 +234,37 @@ describe('stopping ingress workers', { skip }, () => {
   });
 });
 
+describe('ingress.workers = 2 over a vsock listener', { skip }, () => {
+  // Never connect(): AF_VSOCK connections are not made on test machines; binding, sharing and adopting are.
+  it('binds once, every worker adopts its copy, and stop releases the port', async (t) => {
+    const port = 40_000 + (process.pid % 20_000);
+    const nsm = new ControlledNsm(await openSimulatedNsm({ stateDir: join(dir, 'vsock-nsm') }));
+    const settings = parseConfig('[tls]\nenabled = false\n', 'run').ingress;
+    const start = () =>
+      IngressWorkers.start({
+        ...settings,
+        listen: { transport: 'vsock', cid: 0xffffffff, port },
+        workers: 2,
+        logger: captureLogs('info').logger,
+        nsm,
+      });
+    let workers: IngressWorkers;
+    try {
+      workers = await start();
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'EAFNOSUPPORT') return t.skip('this kernel has no AF_VSOCK');
+      throw error;
+    }
+    assert.deepEqual(workers.workers, { up: 2, total: 2 });
+    assert.deepEqual(workers.address, { transport: 'vsock', cid: 0xffffffff, port });
+    await workers.stop(0);
+    assert.equal(workers.listening, false);
+    // Every copy of the fd is closed: the port can be bound again.
+    const again = await start();
+    await again.stop(0);
+  });
+});
+
 describe('ingressWorkerCount', () => {
   it('keeps 1 in the main thread, honours a count, and names why it cannot', () => {
     const ok = { acme: false, nativeUnavailable: undefined };
