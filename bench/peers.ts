@@ -185,7 +185,7 @@ function nginxConf(options: {
 }): string {
   return `# Written by the bench. As many workers as the runtime's ingress threads (BENCH_WORKERS, default 1).
 ${options.loadModule}
-worker_processes ${benchWorkers()};
+worker_processes ${benchWorkers('BENCH_NGINX_WORKERS')};
 pid ${join(options.dir, 'nginx.pid')};
 error_log ${join(options.dir, 'error.log')} warn;
 events { worker_connections 4096; }

@@ -152,8 +152,9 @@ function configText(options: RuntimeProcessOptions): string {
  * BENCH_WORKERS=N: the runtime's `ingress.workers` and nginx's worker_processes (default 1 each: the
  * load generator needs a core too). Compare like with like: both sides get the same count.
  */
-export function benchWorkers(): number {
-  const workers = Number(process.env.BENCH_WORKERS ?? 1);
-  if (!Number.isInteger(workers) || workers < 1 || workers > 64) throw new Error('BENCH_WORKERS must be 1..64');
+export function benchWorkers(variable: 'BENCH_WORKERS' | 'BENCH_NGINX_WORKERS' = 'BENCH_WORKERS'): number {
+  // BENCH_NGINX_WORKERS, when set, gives nginx a count of its own.
+  const workers = Number(process.env[variable] ?? process.env.BENCH_WORKERS ?? 1);
+  if (!Number.isInteger(workers) || workers < 1 || workers > 64) throw new Error(`${variable} must be 1..64`);
   return workers;
 }
