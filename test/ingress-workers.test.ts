@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
@@ -11,7 +12,7 @@ import { parseConfig } from '../src/config/load.js';
 import { IngressWorkers, ingressWorkerCount } from '../src/ingress/ingress-workers.js';
 import { nativeUnavailable } from '../src/native/native-binding.js';
 import { Runtime } from '../src/runtime.js';
-import { ControlledNsm } from './helpers/attested-tls.js';
+import { ControlledNsm, openTerminator } from './helpers/attested-tls.js';
 import { eventually } from './helpers/cli-run.js';
 import { captureLogs } from './helpers/log-capture.js';
 import { freePort } from './helpers/net.js';
@@ -262,6 +263,55 @@ describe('ingress.workers = 2 over a vsock listener', { skip }, () => {
     // Every copy of the fd is closed: the port can be bound again.
     const again = await start();
     await again.stop(0);
+  });
+});
+
+describe('a renewed base certificate', { skip }, () => {
+  it('reaches every worker', async () => {
+    const fx = await openTerminator();
+    const app = await echoApp();
+    const settings = parseConfig('', 'run').ingress;
+    const workers = await IngressWorkers.start({
+      ...settings,
+      listen: { transport: 'tcp', host: '127.0.0.1', port: 0 },
+      app: { transport: 'tcp', host: '127.0.0.1', port: app.port },
+      workers: 2,
+      logger: captureLogs('info').logger,
+      nsm: fx.nsm,
+      tls: {
+        terminator: fx.terminator,
+        settings: {
+          sniNonceEncoding: 'hex',
+          alpn: ['http/1.1'],
+          handshakeTimeoutMs: 10_000,
+          nonceCacheSize: 16,
+          maxPendingIssues: 16,
+          issueTimeoutMs: 5000,
+        },
+      },
+    });
+    const port = workers.address.transport === 'tcp' ? workers.address.port : 0;
+    const served = async () => {
+      const secure = tls.connect({ host: '127.0.0.1', port, servername: 'localhost', rejectUnauthorized: false });
+      await once(secure, 'secureConnect');
+      const fingerprint = secure.getPeerCertificate().fingerprint256;
+      secure.destroy();
+      return fingerprint;
+    };
+    try {
+      const before = fx.terminator.store.base;
+      assert.equal(await served(), new X509Certificate(before.certPem).fingerprint256);
+      const renewed = new X509Certificate((await fx.terminator.store.renewBase()).certPem).fingerprint256;
+      // Both workers, whichever the kernel picks: every connection of a batch gets the renewed one.
+      await eventually(async () => {
+        const seen = await Promise.all(Array.from({ length: 8 }, served));
+        return seen.every((f) => f === renewed) ? true : undefined;
+      }, 'the renewed base certificate served by the workers');
+    } finally {
+      await workers.stop(0);
+      app.close();
+      await fx.close();
+    }
   });
 });
 
