@@ -78,6 +78,23 @@ await build({
   logLevel: 'warning',
 });
 
+// The ingress worker threads' entry (src/ingress/ingress-workers.ts starts it from beside the bundle).
+await build({
+  entryPoints: [join(ROOT, 'src', 'ingress', 'ingress-worker.ts')],
+  bundle: true,
+  platform: 'node',
+  format: 'esm',
+  target: 'node20.19',
+  outfile: join(out, 'lib', 'ingress-worker.mjs'),
+  external: ['cbor-extract'],
+  define: { __ENCLAVE_RUNTIME_VERSION__: JSON.stringify(version) },
+  banner: {
+    js: "import { createRequire as __enclaveCreateRequire } from 'node:module';\nconst require = __enclaveCreateRequire(import.meta.url);",
+  },
+  legalComments: 'eof',
+  logLevel: 'warning',
+});
+
 copyFileSync(nodeBinary, join(out, 'bin', 'node'));
 copyFileSync(addon, join(out, 'lib', 'enclave_native.node'));
 copyFileSync(rootPem, join(out, 'lib', 'roots', 'aws-nitro-root-g1.pem'));

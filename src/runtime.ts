@@ -4,6 +4,7 @@ import type { Nsm } from './attestation/nsm.js';
 import { NsmHealth } from './attestation/nsm-health.js';
 import { formatAddress, type Address } from './net/address.js';
 import { Ingress } from './ingress/ingress.js';
+import type { IngressWorkers } from './ingress/ingress-workers.js';
 import type { Mode } from './config/field.js';
 import type { RuntimeConfig } from './config/schema.js';
 import { version } from './core/version.js';
@@ -28,7 +29,7 @@ import { HeapTrimmer } from './native/heap-trimmer.js';
 export class Runtime {
   readonly config: RuntimeConfig;
   readonly health: HealthMonitor;
-  readonly ingress: Ingress | undefined;
+  readonly ingress: Ingress | IngressWorkers | undefined;
   readonly nsm: Nsm;
   readonly metrics: RuntimeMetrics;
   readonly #logger: Logger;
@@ -37,7 +38,7 @@ export class Runtime {
   private constructor(parts: {
     config: RuntimeConfig;
     health: HealthMonitor;
-    ingress: Ingress | undefined;
+    ingress: Ingress | IngressWorkers | undefined;
     nsm: Nsm;
     metrics: RuntimeMetrics;
     logger: Logger;
@@ -166,16 +167,25 @@ export class Runtime {
         closers.push(async () => tls.close());
       }
 
-      let ingress: Ingress | undefined;
+      let ingress: Ingress | IngressWorkers | undefined;
       if (config.ingress.enabled) {
         const trimmer = heapTrimmer(logger, () => ingress?.stats.active ?? 0);
         if (trimmer) closers.push(async () => trimmer.close());
-        ingress = await Ingress.start({
-          ...config.ingress,
-          logger,
-          terminator: terminator && metrics.meterTerminator(terminator),
-          onConnectionCount: trimmer && ((open) => trimmer.changed(open)),
-        });
+        const workers = await startIngressWorkers(config, { nsm, terminator, logger });
+        if (workers) {
+          metrics.watchIngressWorkers(workers);
+          // The workers count their connections in shared memory; the trimmer reads the sum once a second.
+          const poll = trimmer && setInterval(() => trimmer.changed(workers.stats.active), 1000).unref();
+          if (poll) closers.push(async () => clearInterval(poll));
+        }
+        ingress =
+          workers ??
+          (await Ingress.start({
+            ...config.ingress,
+            logger,
+            terminator: terminator && metrics.meterTerminator(terminator),
+            onConnectionCount: trimmer && ((open) => trimmer.changed(open)),
+          }));
         const started = ingress;
         closers.push((graceMs) => started.stop(graceMs));
       }
@@ -260,6 +270,41 @@ function healthAnswer(report: HealthReport): RouteAnswer {
     type: 'application/json; charset=utf-8',
     body: JSON.stringify({ status: report.status, parts: report.parts }),
   };
+}
+
+/** With `ingress.workers` other than 1 (and nothing keeping ingress in the main thread): the worker threads. */
+async function startIngressWorkers(
+  config: RuntimeConfig,
+  parts: { nsm: Nsm; terminator: TlsTerminator | undefined; logger: Logger },
+): Promise<IngressWorkers | undefined> {
+  if (config.ingress.workers === 1) return undefined;
+  const { IngressWorkers, ingressWorkerCount } = await import('./ingress/ingress-workers.js');
+  const { nativeUnavailable } = await import('./native/native-binding.js');
+  const { count, reason } = ingressWorkerCount(config.ingress.workers, {
+    acme: config.tls.enabled && config.tls.acme.enabled,
+    nativeUnavailable: nativeUnavailable(),
+  });
+  if (reason) parts.logger.warn({ workers: config.ingress.workers, reason }, 'ingress runs in the main thread only');
+  if (count <= 1) return undefined;
+  const { DEFAULT_ISSUE_TIMEOUT_MS } = await import('./tls/certificate-store.js');
+  const { tls } = config;
+  return IngressWorkers.start({
+    ...config.ingress,
+    workers: count,
+    logger: parts.logger,
+    nsm: parts.nsm,
+    tls: parts.terminator && {
+      terminator: parts.terminator,
+      settings: {
+        sniNonceEncoding: tls.sniNonceEncoding,
+        alpn: tls.alpn,
+        handshakeTimeoutMs: tls.handshakeTimeoutMs,
+        nonceCacheSize: tls.nonceCacheSize,
+        maxPendingIssues: tls.maxNonceIssues,
+        issueTimeoutMs: DEFAULT_ISSUE_TIMEOUT_MS,
+      },
+    },
+  });
 }
 
 async function openNsm(config: RuntimeConfig, logger: Logger): Promise<Nsm> {

@@ -60,13 +60,14 @@ describe('the self-contained bundle', { skip }, () => {
     bundleMiB = sizes(BUNDLE) / 1024 / 1024;
   });
 
-  it('has the launcher, Node, the loader, the addon, the app sandbox helper, the script and the AWS root', () => {
+  it('has the launcher, Node, the loader, the addon, the app sandbox helper, the scripts and the AWS root', () => {
     for (const file of [
       'bin/enclave-runtime',
       'bin/node',
       'lib/ld-linux-x86-64.so.2',
       'lib/libc.so.6',
       'lib/enclave-runtime.mjs',
+      'lib/ingress-worker.mjs',
       'lib/enclave_native.node',
       'lib/app-sandbox',
       'lib/roots/aws-nitro-root-g1.pem',

@@ -80,6 +80,12 @@ export const SCHEMA = table('enclave.toml', {
     proxy_protocol: oneOf('PROXY protocol header expected from the parent', 'off', ['off', 'v1', 'v2', 'any']),
     send_proxy_protocol: oneOf('PROXY protocol header sent to the app', 'off', ['off', 'v1', 'v2']),
     max_connections: int('concurrent connections; more are closed at once', 4096, 1, 1_000_000),
+    workers: int(
+      'threads accepting and terminating TLS on the listener: 0 = one per CPU, 1 = all in the main thread (the default under dev)',
+      byMode(0, 1),
+      0,
+      64,
+    ),
     connect_timeout_ms: int('time to connect to the app', 5 * SECOND, 10, 5 * 60 * SECOND),
     idle_timeout_ms: int(
       'a connection with no bytes either way for this long is closed',

@@ -20,6 +20,7 @@ export const ERROR_CODES = {
   ERR_NATIVE_ARGUMENT: 'a native socket call got an argument of the wrong kind',
   ERR_NATIVE_ADDRESS: 'the addon returned or was given an address it cannot represent',
   ERR_SERVER_ALREADY_LISTEN: 'listen() on a native server that is already listening',
+  ERR_INGRESS_WORKER: 'an ingress worker thread could not be reached or started, or the shared listener is closed',
   ERR_STREAM_DESTROYED: 'a write to a native socket after it was destroyed',
   ERR_PROXY_PROTOCOL: 'a malformed PROXY protocol v1/v2 header on ingress',
   ERR_PROXY_PROTOCOL_TIMEOUT: 'the PROXY protocol header did not arrive in time',

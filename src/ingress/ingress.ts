@@ -46,6 +46,10 @@ export interface IngressOptions extends IngressSettings {
   terminator?: StreamTerminator | undefined;
   /** Told the open-connection count on every open and close (the runtime trims the C heap after many close). */
   onConnectionCount?: ((open: number) => void) | undefined;
+  /** Listens instead of listening on `listen` (an ingress worker adopts its copy of the shared listener). */
+  listener?: ((onConnection: (socket: TransportSocket) => void) => Promise<Listener>) | undefined;
+  /** The counters to update (an ingress worker's live in memory the main thread reads). */
+  stats?: IngressStats | undefined;
 }
 
 export interface IngressStats {
@@ -56,6 +60,16 @@ export interface IngressStats {
   badProxyHeader: number;
   /** GET /.well-known/attestation requests answered by the ingress itself. */
   wellKnownAnswered: number;
+}
+
+/** The listen(2) queue of the ingress socket, shared by its worker threads when there are several. */
+export const INGRESS_BACKLOG = 1024;
+/** What health and metrics read of the ingress, whether one Ingress or several worker threads. */
+export interface IngressView {
+  readonly listening: boolean;
+  readonly stats: IngressStats;
+  /** With worker threads: how many accept now, of how many. */
+  readonly workers?: { up: number; total: number };
 }
 
 /** Refusals over the cap are logged at most this often, so a flood cannot flood the log too. */
@@ -71,14 +85,7 @@ const WELL_KNOWN_LINGER_MS = 5000;
 
 /** Parent -> enclave -> app: accepts on `listen`, connects to `app`, relays both ways. */
 export class Ingress {
-  readonly stats: IngressStats = {
-    accepted: 0,
-    active: 0,
-    refusedOverCap: 0,
-    appUnreachable: 0,
-    badProxyHeader: 0,
-    wellKnownAnswered: 0,
-  };
+  readonly stats: IngressStats;
   readonly #options: IngressOptions;
   readonly #connections = new Set<Duplex>();
   readonly #drained = new Set<() => void>();
@@ -88,12 +95,23 @@ export class Ingress {
 
   private constructor(options: IngressOptions) {
     this.#options = options;
+    this.stats = options.stats ?? {
+      accepted: 0,
+      active: 0,
+      refusedOverCap: 0,
+      appUnreachable: 0,
+      badProxyHeader: 0,
+      wellKnownAnswered: 0,
+    };
   }
 
   /** Starts listening; resolves once the address is bound. */
   static async start(options: IngressOptions): Promise<Ingress> {
     const ingress = new Ingress(options);
-    ingress.#listener = await listen(options.listen, (socket) => ingress.#accept(socket), { backlog: 1024 });
+    const onConnection = (socket: TransportSocket) => ingress.#accept(socket);
+    ingress.#listener = options.listener
+      ? await options.listener(onConnection)
+      : await listen(options.listen, onConnection, { backlog: INGRESS_BACKLOG });
     options.logger.info(
       { listen: formatAddress(ingress.#listener.address), app: formatAddress(options.app) },
       `${options.name ?? 'ingress'} listening`,

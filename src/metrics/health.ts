@@ -1,7 +1,7 @@
 import { createAppProbe, type AppProbe } from '../app/app-probe.js';
 import type { Nsm } from '../attestation/nsm.js';
 import { formatAddress, type Address } from '../net/address.js';
-import type { Ingress } from '../ingress/ingress.js';
+import type { IngressView } from '../ingress/ingress.js';
 import type { Logger } from '../core/log.js';
 
 export interface PartHealth {
@@ -38,7 +38,7 @@ export interface HealthOptions {
  */
 export class HealthMonitor {
   readonly #options: Required<HealthOptions>;
-  #ingress: Ingress | undefined;
+  #ingress: IngressView | undefined;
   #nsm: Nsm | undefined;
   #appUp: boolean | undefined;
   #appDetail = 'not probed yet';
@@ -61,7 +61,7 @@ export class HealthMonitor {
   }
 
   /** Starts probing the app and reporting on the given parts. */
-  watch(parts: { ingress: Ingress | undefined; nsm: Nsm; tls: boolean }): void {
+  watch(parts: { ingress: IngressView | undefined; nsm: Nsm; tls: boolean }): void {
     this.#ingress = parts.ingress;
     this.#nsm = parts.nsm;
     this.#graceEndsAt = Date.now() + this.#options.startupGraceMs;
@@ -121,7 +121,7 @@ export class HealthMonitor {
   report(): HealthReport {
     const parts: Record<string, PartHealth> = {
       ingress: this.#ingress
-        ? { ok: this.#ingress.listening, detail: `${this.#ingress.stats.active} open connections` }
+        ? { ok: this.#ingress.listening, detail: ingressDetail(this.#ingress) }
         : { ok: true, detail: 'disabled' },
       attestation: this.#nsm
         ? (this.#attestation?.() ?? { ok: true, detail: `${this.#nsm.kind} NSM` })
@@ -133,4 +133,9 @@ export class HealthMonitor {
     const status = Object.values(parts).every((part) => part.ok) ? 'ok' : 'degraded';
     return { status, parts };
   }
+}
+
+function ingressDetail(ingress: IngressView): string {
+  const open = `${ingress.stats.active} open connections`;
+  return ingress.workers ? `${open}, ${ingress.workers.up}/${ingress.workers.total} worker threads up` : open;
 }

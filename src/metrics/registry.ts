@@ -130,6 +130,17 @@ export class Histogram implements Metric {
     series.count++;
   }
 
+  /** Adds observations counted elsewhere (another thread): per-bucket counts in `buckets` order, their sum and count. */
+  add(figures: { buckets: readonly number[]; sum: number; count: number }, labels?: Labels): void {
+    const series = this.#series.get(labels);
+    if (!series) return;
+    this.buckets.forEach((_, i) => {
+      series.counts[i]! += figures.buckets[i] ?? 0;
+    });
+    series.sum += figures.sum;
+    series.count += figures.count;
+  }
+
   samples(): Sample[] {
     const out: Sample[] = [];
     for (const { labels, value } of this.#series.entries()) {
@@ -163,6 +174,7 @@ class Collected implements Metric {
 
 export class MetricsRegistry {
   readonly #metrics = new Map<string, Metric>();
+  readonly #beforeRender: Array<() => void> = [];
   #dropped = 0;
 
   constructor() {
@@ -199,6 +211,11 @@ export class MetricsRegistry {
     this.#add(new Collected(name, help, type, collect));
   }
 
+  /** Runs `hook` at the start of every render (folding figures kept elsewhere into counters). */
+  beforeRender(hook: () => void): void {
+    this.#beforeRender.push(hook);
+  }
+
   /** The registered metric of that name, for callers that share one (egress's hook counter). */
   get(name: string): Counter | Histogram | undefined {
     const metric = this.#metrics.get(name);
@@ -207,6 +224,13 @@ export class MetricsRegistry {
 
   /** The whole registry in the Prometheus text format; a collector that throws is left out of this scrape. */
   render(): string {
+    for (const hook of this.#beforeRender) {
+      try {
+        hook();
+      } catch {
+        // A failing hook leaves its figures as they were for this scrape.
+      }
+    }
     const lines: string[] = [];
     for (const metric of this.#metrics.values()) {
       let samples: readonly Sample[];

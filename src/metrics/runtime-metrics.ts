@@ -5,7 +5,8 @@
 import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
 import type { Nsm } from '../attestation/nsm.js';
-import type { Ingress, StreamTerminator } from '../ingress/ingress.js';
+import type { IngressView, StreamTerminator } from '../ingress/ingress.js';
+import type { HandshakeFigures, IngressWorkers } from '../ingress/ingress-workers.js';
 import type { EgressCounters } from '../egress/egress-audit.js';
 import type { HealthReport } from './health.js';
 import { registerEgressMetrics } from './egress-metrics.js';
@@ -24,7 +25,7 @@ export class RuntimeMetrics {
   readonly #attestations: Counter;
   readonly #attestationSeconds: Histogram;
   readonly #stopProcess: () => void;
-  #ingress: Ingress | undefined;
+  #ingress: IngressView | undefined;
   #egress: Readonly<EgressCounters> | undefined;
   #health: (() => HealthReport) | undefined;
   #app: (() => AppFigures) | undefined;
@@ -148,8 +149,28 @@ export class RuntimeMetrics {
   }
 
   /** Reads the ingress counters at scrape time. */
-  watchIngress(ingress: Ingress | undefined): void {
+  watchIngress(ingress: IngressView | undefined): void {
     this.#ingress = ingress;
+  }
+
+  /**
+   * Ingress worker threads: their handshakes are folded into the handshake metrics at each scrape,
+   * and their per-thread series registered.
+   */
+  watchIngressWorkers(workers: IngressWorkers): void {
+    workers.registerMetrics(this.registry);
+    let last: HandshakeFigures = { ok: 0, failed: 0, sum: 0, count: 0, buckets: [] };
+    this.registry.beforeRender(() => {
+      const now = workers.handshakes();
+      this.#handshakes.inc({ result: 'ok' }, Math.max(0, now.ok - last.ok));
+      this.#handshakes.inc({ result: 'failed' }, Math.max(0, now.failed - last.failed));
+      this.#handshakeSeconds.add({
+        buckets: now.buckets.map((n, i) => n - (last.buckets[i] ?? 0)),
+        sum: now.sum - last.sum,
+        count: now.count - last.count,
+      });
+      last = now;
+    });
   }
 
   /** Reads egress's live counters at scrape time. */

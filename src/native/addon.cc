@@ -1,5 +1,6 @@
 // Module entry point of enclave_native: AF_VSOCK/AF_UNIX stream sockets plus the few Linux
 // syscalls the runtime needs and Node does not expose.
+#include <fcntl.h>
 #include <linux/vm_sockets.h>
 #include <sys/socket.h>
 
@@ -24,6 +25,17 @@ Napi::Value CreateSocket(const Napi::CallbackInfo& info) {
   return fd < 0 ? ErrnoValue(env, errno) : Napi::Number::New(env, fd);
 }
 
+// dupFd(fd) -> new fd | -errno: a close-on-exec duplicate of a socket fd. Ingress workers each
+// poll their own duplicate of the one listening socket, so each closes its own without closing
+// the socket under the others.
+Napi::Value DupFd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd;
+  if (!ReadFd(info[0], &fd)) return ErrnoValue(env, EBADF);
+  int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  return copy < 0 ? ErrnoValue(env, errno) : Napi::Number::New(env, copy);
+}
+
 }  // namespace
 }  // namespace enclave
 
@@ -32,6 +44,7 @@ static Napi::Object InitEnclaveNative(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData(new AddonData());
   exports.Set("Handle", SocketHandle::Define(env));
   exports.Set("socket", Napi::Function::New(env, CreateSocket, "socket"));
+  exports.Set("dupFd", Napi::Function::New(env, DupFd, "dupFd"));
   exports.Set("AF_UNIX", Napi::Number::New(env, AF_UNIX));
   exports.Set("AF_VSOCK", Napi::Number::New(env, AF_VSOCK));
   InitNsmDevice(env, exports);

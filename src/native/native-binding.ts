@@ -118,6 +118,7 @@ export interface NativeHandle {
 export interface NativeAddon {
   Handle: new (fd: number, family: number) => NativeHandle;
   socket(family: number): number;
+  dupFd(fd: number): number;
   AF_UNIX: number;
   AF_VSOCK: number;
   openDevice(path: string): number;
@@ -270,6 +271,14 @@ export function handleAddress(result: NativeAddress | number): NativeAddress | u
 
 function checkFd(fd: number): void {
   if (!Number.isInteger(fd) || fd < 0) throw new RuntimeError('ERR_NATIVE_ARGUMENT', `not a file descriptor: ${fd}`);
+}
+
+/** A close-on-exec duplicate of a socket fd (each ingress worker closes its own copy of the listener). */
+export function dupFd(fd: number): number {
+  checkFd(fd);
+  const copy = loadNative().dupFd(fd);
+  if (copy < 0) throw errnoError(copy, 'fcntl', 'F_DUPFD_CLOEXEC');
+  return copy;
 }
 
 /** Opens a device node O_RDWR|O_CLOEXEC (e.g. /dev/nsm); NativeError ENOENT when it does not exist. */

@@ -112,6 +112,32 @@ export class NativeServer extends EventEmitter {
     this.emit('listening');
   }
 
+  /**
+   * Accepts on a listening socket fd this server now owns (a duplicate of another thread's listener:
+   * the kernel hands each connection to one of the fds' pollers). Closing it closes only this fd,
+   * and never removes a unix socket file: the listener's creator does.
+   */
+  adopt(fd: number, family: NativeAddress['family'], backlog: number = DEFAULT_BACKLOG): void {
+    if (this.#state !== 'idle' || this.#closing !== null) {
+      throw new RuntimeError('ERR_SERVER_ALREADY_LISTEN', 'this NativeServer is already listening; close() it first');
+    }
+    const handle = adoptSocketHandle(fd, family);
+    // listen(2) again on a listening socket only re-arms it; the addon starts polling for accepts.
+    const status = handle.listen(Math.min(Math.max(1, backlog), MAX_BACKLOG));
+    if (status < 0) {
+      handle.close();
+      throw errnoError(status, 'listen', `fd ${fd}`);
+    }
+    this.#handle = handle;
+    this.#family = family;
+    this.#address = handleAddress(handle.getsockname()) ?? null;
+    this.#unixFile = null;
+    handle.setCallback((type, a, b) => this.#onNative(type, a, b));
+    if (!this.#referenced) handle.unref();
+    this.#state = 'listening';
+    this.emit('listening');
+  }
+
   /** The bound address (the kernel's choice for VMADDR_PORT_ANY), or null when not listening. */
   address(): NativeAddress | null {
     return this.#state === 'listening' ? this.#address : null;
@@ -206,7 +232,7 @@ export class NativeServer extends EventEmitter {
   }
 }
 
-function fileIdentity(path: string): { path: string; dev: number; ino: number } | null {
+export function fileIdentity(path: string): { path: string; dev: number; ino: number } | null {
   try {
     const stats = statSync(path);
     return { path, dev: stats.dev, ino: stats.ino };
@@ -215,11 +241,11 @@ function fileIdentity(path: string): { path: string; dev: number; ino: number } 
   }
 }
 
-function sameFile(a: { dev: number; ino: number } | null, b: { dev: number; ino: number }): boolean {
+export function sameFile(a: { dev: number; ino: number } | null, b: { dev: number; ino: number }): boolean {
   return a !== null && a.dev === b.dev && a.ino === b.ino;
 }
 
-function removeFile(path: string): void {
+export function removeFile(path: string): void {
   try {
     unlinkSync(path);
   } catch (error) {
@@ -231,7 +257,7 @@ function removeFile(path: string): void {
  * True only for a unix socket file that refuses connections: the leftover of a crashed process.
  * A regular file, a live listener or anything unclear stays untouched (the caller reports EADDRINUSE).
  */
-async function isStaleUnixSocket(path: string): Promise<boolean> {
+export async function isStaleUnixSocket(path: string): Promise<boolean> {
   try {
     if (!lstatSync(path).isSocket()) return false;
   } catch (error) {

@@ -63,6 +63,8 @@ export class CertificateStore {
   readonly #now: () => number;
   readonly #cache = new Map<string, AttestedCertificate>();
   readonly #pending = new Map<string, Promise<AttestedCertificate>>();
+  // Which key each certificate was made with, for threads that rebuild its secure context (ingress workers).
+  readonly #keys = new WeakMap<AttestedCertificate, TlsKeyPair>();
   #keyPair: TlsKeyPair;
   #contexts: LeafContexts;
   readonly #sharing: boolean;
@@ -118,6 +120,7 @@ export class CertificateStore {
       ...(options.now ? { now: options.now } : {}),
     });
     const store = new CertificateStore(options, keyPair, contexts, sharing, base);
+    store.#keys.set(base, keyPair);
     store.#logBase('base attested certificate ready');
     store.#schedule(store.#renewDelay(base));
     return store;
@@ -126,6 +129,11 @@ export class CertificateStore {
   /** The current base certificate; always available, even while a renewal is failing. */
   get base(): AttestedCertificate {
     return this.#base;
+  }
+
+  /** The key pair `cert` (one of this store's) was made with; undefined for any other certificate. */
+  keyPairOf(cert: AttestedCertificate): TlsKeyPair | undefined {
+    return this.#keys.get(cert);
   }
 
   /** Per-nonce certificates in the cache. */
@@ -214,15 +222,17 @@ export class CertificateStore {
     try {
       // The certificate names the nonce host the client asked for, so ordinary clients' hostname
       // checks pass; the document is still the first label of the longest SAN.
+      const keyPair = this.#keyPair;
       const cert = await createAttestedCertificate({
         nsm: this.#options.nsm,
         source: this.#options.source,
         serverName: formatNonceServerName(nonce, this.#options.serverName, this.#options.sniNonceEncoding),
-        keyPair: this.#keyPair,
+        keyPair,
         contexts: this.#contexts,
         nonce,
         now: this.#now,
       });
+      this.#keys.set(cert, keyPair);
       this.#issued += 1;
       if (!this.#closed) {
         this.#cache.set(key, cert);
@@ -255,6 +265,7 @@ export class CertificateStore {
       contexts,
       now: this.#now,
     });
+    this.#keys.set(base, keyPair);
     if (!this.#closed) {
       this.#keyPair = keyPair;
       this.#contexts = contexts;

@@ -43,6 +43,12 @@ export interface TlsTerminatorOptions {
   acme?: AcmeCertificates | undefined;
 }
 
+/**
+ * What the terminator needs of its certificates: a CertificateStore, or an ingress worker thread's
+ * view of the main thread's store (one issuance per nonce however many threads handshake).
+ */
+export type CertificateProvider = Pick<CertificateStore, 'base' | 'peek' | 'forNonce' | 'stats' | 'close'>;
+
 /** Which certificate one connection was given, for GET /.well-known/attestation on it. */
 type Served = { kind: 'attested'; cert: AttestedCertificate } | { kind: 'acme'; cert: AcmeServedCertificate };
 
@@ -60,8 +66,8 @@ interface Connection {
  * a domain with a pending challenge) gets the challenge certificate and is closed after the
  * handshake. The caller pipes the returned TLSSocket to the app; the decrypted bytes are not touched.
  */
-export class TlsTerminator {
-  readonly store: CertificateStore;
+export class TlsTerminator<S extends CertificateProvider = CertificateStore> {
+  readonly store: S;
   readonly source: CertificateSource;
   readonly #logger: Logger;
   readonly #encoding: SniNonceEncoding;
@@ -72,12 +78,7 @@ export class TlsTerminator {
   readonly #nsm: Nsm;
   readonly #connections = new WeakMap<Duplex, Connection>();
 
-  private constructor(
-    options: TlsTerminatorOptions,
-    store: CertificateStore,
-    source: CertificateSource,
-    ownsSource: boolean,
-  ) {
+  private constructor(options: TlsTerminatorOptions, store: S, source: CertificateSource, ownsSource: boolean) {
     this.store = store;
     this.source = source;
     this.#logger = options.logger;
@@ -109,6 +110,24 @@ export class TlsTerminator {
       ...(options.now ? { now: options.now } : {}),
     });
     return new TlsTerminator(options, store, source, options.source === undefined);
+  }
+
+  /**
+   * A terminator serving `store`'s certificates (made elsewhere: an ingress worker's come from the
+   * main thread); `options.source` only answers trustAnchorPem and is not closed here.
+   */
+  static withCertificates<P extends CertificateProvider>(
+    options: Omit<TlsTerminatorOptions, 'stateDir' | 'nonceCacheSize' | 'serverName' | 'source'> & {
+      source: CertificateSource;
+    },
+    store: P,
+  ): TlsTerminator<P> {
+    return new TlsTerminator<P>(
+      { ...options, stateDir: '', nonceCacheSize: 1, serverName: '' },
+      store,
+      options.source,
+      false,
+    );
   }
 
   /** PEM of the CA that signs the leaves, when the source has a private one (dev clients pin it). */
