@@ -17,6 +17,7 @@ import { prepareStateDir } from './config/state-dir.js';
 import type { AcmeCertificates } from './tls/acme-certificates.js';
 import type { CertificateSource } from './tls/certificate-source.js';
 import type { TlsTerminator } from './tls/tls-terminator.js';
+import type { FleetMember } from './fleet/fleet-member.js';
 import { errorCode } from './core/errors.js';
 
 /**
@@ -75,11 +76,33 @@ export class Runtime {
       closers.push(async () => health.stop());
       health.watchAttestation(() => nsm.health());
 
+      let fleet: FleetMember | undefined;
+      if (config.fleet.enabled) {
+        // Before the API (which serves /fleet/state) and TLS (which may take the fleet's ACME certificate).
+        const { FleetState } = await import('./fleet/fleet-state.js');
+        const { FleetMember } = await import('./fleet/fleet-member.js');
+        const member = await FleetMember.start({
+          settings: config.fleet,
+          nsm,
+          state: await FleetState.open(config.runtime.stateDir),
+          stateDir: config.runtime.stateDir,
+          logger: logger.child({ component: 'fleet' }),
+        });
+        closers.push(() => member.close(), 'fleet');
+        health.watchFleet(() => member.health());
+        metrics.watchFleet(() => {
+          const peers = member.peers;
+          return { reachable: peers.filter((peer) => peer.ok).length, known: peers.length };
+        });
+        fleet = member;
+      }
+
       const api = await startAttestationApi({
         listen: { host: config.attestation.apiListen.host, port: config.attestation.apiListen.port },
         nsm,
         logger,
         health: () => health.report(),
+        fleet: fleet?.state,
         limits: {
           maxBodyBytes: config.attestation.apiMaxBodyBytes,
           headersTimeoutMs: config.attestation.apiHeadersTimeoutMs,

@@ -56,10 +56,15 @@ export class FleetChannel {
 
   /** The next frame, which must be of `type` (a REFUSAL is turned into the error it carries). */
   async next(type: FrameType): Promise<Buffer[]> {
+    return (await this.nextOf([type])).fields;
+  }
+
+  /** The next frame, which must be of one of `types`. */
+  async nextOf(types: readonly FrameType[]): Promise<Frame> {
     for (;;) {
       const frame = this.#queue.shift();
       if (frame) {
-        if (frame.type === type) return frame.fields;
+        if (types.includes(frame.type)) return frame;
         if (frame.type === FRAME.REFUSAL) {
           const code = frame.fields[0]!.toString('utf8').slice(0, 64);
           const message = frame.fields[1]!.toString('utf8').slice(0, MAX_REFUSAL_MESSAGE_CHARS);
@@ -68,7 +73,7 @@ export class FleetChannel {
           });
         }
         throw new FleetFrameError(
-          `expected a ${frameName(type)} frame from ${this.#peer}, got ${frameName(frame.type)}`,
+          `expected a ${types.map(frameName).join(' or ')} frame from ${this.#peer}, got ${frameName(frame.type)}`,
         );
       }
       if (this.#failure) throw this.#failure;
@@ -109,6 +114,8 @@ export class FleetChannel {
   /** Stops the deadline without closing (a relay hands the socket on). */
   release(): Buffer {
     clearTimeout(this.#deadline);
+    // Paused first: a flowing stream with no 'data' listener would drop what arrives next.
+    this.socket.pause();
     this.socket.removeAllListeners('data');
     return this.#reader.rest();
   }

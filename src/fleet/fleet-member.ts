@@ -17,7 +17,6 @@ import type { Nsm } from '../attestation/nsm.js';
 import { SIM_ROOT_FILE } from '../attestation/sim-chain.js';
 import { channels } from '../core/diagnostics.js';
 import { errorCode } from '../core/errors.js';
-import type { PartHealth } from '../core/lifecycle.js';
 import type { Logger } from '../core/log.js';
 import { formatAddress, type Address } from '../net/address.js';
 import { connect, listen, type Listener } from '../net/transport.js';
@@ -153,7 +152,7 @@ export class FleetMember {
     return this.#round;
   }
 
-  health(): PartHealth {
+  health(): { ok: boolean; detail: string } {
     const peers = [...this.#peers.values()];
     const reachable = peers.filter((peer) => peer.ok).length;
     const last = peers
