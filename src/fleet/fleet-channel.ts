@@ -52,6 +52,8 @@ export class FleetChannel {
     socket.once('close', () =>
       this.#fail(new FleetError('ERR_FLEET_UNREACHABLE', `${peer} closed the connection mid-exchange`)),
     );
+    // A socket handed on by release() was paused explicitly, and a new 'data' listener does not undo that.
+    socket.resume();
   }
 
   /** The next frame, which must be of `type` (a REFUSAL is turned into the error it carries). */

@@ -86,7 +86,10 @@ export async function startFleetRelay(options: FleetRelayOptions): Promise<Fleet
     channel.send(FRAME.CONNECTED, []);
     const rest = channel.release();
     if (rest.byteLength > 0) upstream.write(rest);
-    await relay(socket, upstream, { idleTimeoutMs: options.idleTimeoutMs });
+    const relayed = relay(socket, upstream, { idleTimeoutMs: options.idleTimeoutMs });
+    // release() paused the enclave's socket so no byte was lost; the relay's listeners are on now.
+    socket.resume();
+    await relayed;
   }
 
   let listener: Listener;
