@@ -14,7 +14,7 @@ import { CloserStack } from './core/lifecycle.js';
 import type { Logger } from './core/log.js';
 import { RuntimeMetrics } from './metrics/runtime-metrics.js';
 import { prepareStateDir } from './config/state-dir.js';
-import type { AcmeCertificates } from './tls/acme-certificates.js';
+import type { AcmeCertificates, AcmeFleetLink } from './tls/acme-certificates.js';
 import type { CertificateSource } from './tls/certificate-source.js';
 import type { TlsTerminator } from './tls/tls-terminator.js';
 import type { FleetMember } from './fleet/fleet-member.js';
@@ -161,11 +161,24 @@ export class Runtime {
         }
         if (config.tls.acme.enabled) {
           const { AcmeCertificates } = await import('./tls/acme-certificates.js');
+          let shared: { accountKeyPem: string; fleet: AcmeFleetLink } | undefined;
+          if (fleet) {
+            const member = fleet;
+            const { acmeFleetLink, fleetAcmeAccountKey } = await import('./fleet/fleet-acme.js');
+            const { loadAcmeAccountKey } = await import('./tls/acme-account-key.js');
+            shared = {
+              accountKeyPem: await fleetAcmeAccountKey(member, () =>
+                loadAcmeAccountKey(config.runtime.stateDir, logger),
+              ),
+              fleet: acmeFleetLink(member),
+            };
+          }
           const opened = await AcmeCertificates.open({
             settings: config.tls.acme,
             stateDir: config.runtime.stateDir,
             nsm,
             logger,
+            ...shared,
           });
           closers.push(async () => opened.close());
           acme = opened;

@@ -143,6 +143,17 @@ export class FleetMember {
     return [...this.#peers.values()].map((peer) => ({ ...peer }));
   }
 
+  /**
+   * Whether this member orders the fleet's ACME certificate now: it has joined a fleet (or may
+   * bootstrap one), and its module_id is the lowest among itself and the peers reachable at the last round.
+   */
+  mayOrderAcme(): boolean {
+    if (!this.#joined && !this.#options.settings.bootstrap) return false;
+    return [...this.#peers.values()].every(
+      (peer) => !peer.ok || peer.moduleId === undefined || peer.moduleId > this.#ownModuleId,
+    );
+  }
+
   /** One exchange with every peer now (a round in flight is shared); resolves with how many answered. */
   syncNow(): Promise<number> {
     if (this.#closed) return Promise.resolve(0);
