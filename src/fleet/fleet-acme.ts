@@ -44,12 +44,13 @@ export function acmeFleetLink(member: FleetMember): AcmeFleetLink {
 
 /**
  * The account key the fleet uses: a peer's when one arrived in the first round, else this
- * member's own (from the state dir), handed to the fleet so later members take it.
+ * member's own (from the state dir), handed to the fleet when this member is the one that orders,
+ * so later members take it. A member still waiting for a fleet keeps its own to itself.
  */
 export async function fleetAcmeAccountKey(member: FleetMember, local: () => Promise<string>): Promise<string> {
   const shared = member.state.acmeAccount;
   if (shared) return shared.keyPem;
   const own = await local();
-  await member.state.putAcmeAccount(own);
+  if (member.mayOrderAcme()) await member.state.putAcmeAccount(own);
   return own;
 }
