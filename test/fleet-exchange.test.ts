@@ -68,6 +68,7 @@ async function member(options: {
     pcrs: fleetPcrsOf(own),
     allowDebug: options.allowDebug ?? false,
     seen: new NonceBook(),
+    outgoing: new Set<string>(),
     timeoutMs: 5_000,
   };
   return { nsm, context };
@@ -251,6 +252,13 @@ describe('fleet exchange', () => {
     const good = encodeFrame(FRAME.HELLO, [Buffer.of(1), Buffer.alloc(32)]);
     good.writeUInt32BE(999, 5);
     assert.throws(() => new FrameReader().push(good), { code: 'ERR_FLEET_FRAME' });
+  });
+
+  test('a member that reaches itself (its parent among the peers) is told so, on both sides', async () => {
+    const a = await member({ moduleId: 'i-a-enc12' });
+    const [r, s] = await exchange(a, a);
+    assert.equal(codeOf(s), 'ERR_FLEET_SELF');
+    assert.equal(remoteCodeOf(r), 'ERR_FLEET_SELF');
   });
 
   test('a responder that never answers times out', async () => {

@@ -82,6 +82,11 @@ export interface ExchangeContext {
   allowDebug: boolean;
   /** Requester nonces seen by the responder, against a replayed HELLO. */
   seen: NonceBook;
+  /**
+   * This member's own requester nonces in flight: a HELLO carrying one is this member talking to
+   * itself (a DNS name listing every parent lists its own), answered ERR_FLEET_SELF.
+   */
+  outgoing?: Set<string>;
   timeoutMs: number;
   /** The verification clock; tests move it. */
   now?: () => number;
@@ -102,8 +107,11 @@ export async function requestExchange(
   peerName: string,
 ): Promise<ExchangeResult> {
   const channel = new FleetChannel(socket, context.timeoutMs, peerName);
+  let outgoingKey: string | undefined;
   try {
     const nonceR = randomBytes(FLEET_NONCE_BYTES);
+    outgoingKey = nonceR.toString('hex');
+    context.outgoing?.add(outgoingKey);
     const hello = channel.send(FRAME.HELLO, [Buffer.of(FLEET_PROTOCOL_VERSION), nonceR]);
     const [docS, nonceS] = (await channel.next(FRAME.CHALLENGE)) as [Buffer, Buffer];
     const challenge = frameBytes(FRAME.CHALLENGE, [docS, nonceS]);
@@ -131,6 +139,8 @@ export async function requestExchange(
   } catch (error) {
     channel.close();
     throw error;
+  } finally {
+    if (outgoingKey !== undefined) context.outgoing?.delete(outgoingKey);
   }
 }
 
@@ -157,6 +167,10 @@ export async function answerExchange(
         'ERR_FLEET_FRAME',
         `the requester's nonce is ${nonceR.byteLength} bytes, not ${FLEET_NONCE_BYTES}`,
       );
+    if (context.outgoing?.has(nonceR.toString('hex'))) {
+      channel.refuse('ERR_FLEET_SELF', 'this is the requesting member itself');
+      throw new FleetError('ERR_FLEET_SELF', 'a HELLO from this member itself');
+    }
     if (!context.seen.add(nonceR))
       throw refusal(
         channel,

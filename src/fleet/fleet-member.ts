@@ -68,6 +68,7 @@ export class FleetMember {
   readonly #context: ExchangeContext;
   readonly #ownModuleId: string;
   readonly #peers = new Map<string, PeerStatus>();
+  readonly #self = new Set<string>();
   #listener: Listener | undefined;
   #timer: NodeJS.Timeout | undefined;
   #round: Promise<number> | undefined;
@@ -94,6 +95,7 @@ export class FleetMember {
       pcrs: fleetPcrsOf(own),
       allowDebug: settings.allowDebug,
       seen: new NonceBook(),
+      outgoing: new Set(),
       timeoutMs: settings.exchangeTimeoutMs,
     };
     const member = new FleetMember(options, context, own.moduleId);
@@ -150,7 +152,8 @@ export class FleetMember {
   mayOrderAcme(): boolean {
     if (!this.#joined && !this.#options.settings.bootstrap) return false;
     return [...this.#peers.values()].every(
-      (peer) => !peer.ok || peer.moduleId === undefined || peer.moduleId > this.#ownModuleId,
+      // Equal ids (simulated NSMs left at one module_id) let both order rather than neither.
+      (peer) => !peer.ok || peer.moduleId === undefined || peer.moduleId >= this.#ownModuleId,
     );
   }
 
@@ -197,6 +200,8 @@ export class FleetMember {
         );
       return 0;
     }
+    // Addresses found to be this member itself are not tried again.
+    targets = targets.filter((address) => !this.#self.has(address));
     const seen = new Set(targets);
     for (const address of this.#peers.keys()) if (!seen.has(address)) this.#peers.delete(address);
     const results = await Promise.all(targets.map((address) => this.#syncWith(address)));
@@ -209,11 +214,6 @@ export class FleetMember {
     try {
       const socket = await this.#dial(address);
       const result = await requestExchange(socket, this.#context, () => this.state.encode(), address);
-      if (result.peerModuleId === this.#ownModuleId) {
-        // A DNS name that resolves to every parent includes this one; exchanging with oneself is harmless but idle.
-        this.#peers.delete(address);
-        return false;
-      }
       const outcome = await this.state.merge(result.peerState);
       this.#joined = true;
       this.#peers.set(address, {
@@ -227,6 +227,12 @@ export class FleetMember {
       logMerge(logger, outcome, address);
       return true;
     } catch (error) {
+      if (error instanceof FleetError && error.remoteCode === 'ERR_FLEET_SELF') {
+        // A DNS name that resolves to every parent includes this one: not a peer.
+        this.#peers.delete(address);
+        this.#self.add(address);
+        return false;
+      }
       const code = errorCode(error) ?? 'ERR_UNKNOWN';
       const refused = error instanceof FleetError && isRefusal(error);
       const reason = (error as Error).message;
@@ -261,13 +267,13 @@ export class FleetMember {
     socket.on('error', () => {});
     answerExchange(socket, this.#context, () => this.state.encode(), 'a requesting peer')
       .then(async (result) => {
-        if (result.peerModuleId === this.#ownModuleId) return;
         const outcome = await this.state.merge(result.peerState);
         this.#joined = true;
         channels.fleetSync.publish({ role: 'responder', outcome: 'ok' });
         logMerge(logger, outcome, result.peerModuleId);
       })
       .catch((error: unknown) => {
+        if (errorCode(error) === 'ERR_FLEET_SELF') return;
         const code = errorCode(error) ?? 'ERR_UNKNOWN';
         const refused = error instanceof FleetError && isRefusal(error);
         const remote = error instanceof FleetError ? error.remoteCode : undefined;

@@ -23,6 +23,8 @@ import { errorCode } from '../core/errors.js';
 export const FLEET_STATE_FILE = 'fleet-state.json';
 const WRITER = /^[0-9a-f]{16,64}$/;
 const MAX_PEM_CHARS = 64 * 1024;
+/** updatedAt becomes a response header on GET /fleet/state: only this shape passes. */
+const ISO_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,3})?Z$/;
 
 interface Versioned {
   version: number;
@@ -221,11 +223,17 @@ export function parseSnapshot(bytes: Buffer, what: string): FleetSnapshot {
   const snapshot: FleetSnapshot = {};
   if (parsed.app !== undefined) {
     const app = parsed.app;
-    if (!isObject(app) || !versioned(app) || typeof app.data !== 'string' || typeof app.updatedAt !== 'string')
+    if (
+      !isObject(app) ||
+      !versioned(app) ||
+      typeof app.data !== 'string' ||
+      typeof app.updatedAt !== 'string' ||
+      !ISO_TIME.test(app.updatedAt)
+    )
       throw bad('app is not {version, writer, data, updatedAt}');
     if (app.data.length > Math.ceil(MAX_APP_STATE_BYTES / 3) * 4 || !/^[A-Za-z0-9+/]*={0,2}$/.test(app.data))
       throw bad('app.data is not base64 of at most 1 MiB');
-    snapshot.app = { version: app.version, writer: app.writer, data: app.data, updatedAt: app.updatedAt.slice(0, 64) };
+    snapshot.app = { version: app.version, writer: app.writer, data: app.data, updatedAt: app.updatedAt };
   }
   if (parsed.acmeAccount !== undefined) {
     const account = parsed.acmeAccount;
