@@ -43,7 +43,7 @@ interface Instance {
   runtime?: NetnsProcess;
 }
 
-describe('a fleet of three enclaves behind three parents', { skip, timeout: 180_000 }, () => {
+describe('a fleet of three enclaves behind three parents', { skip, timeout: 300_000 }, () => {
   const lab = new NetnsLab();
   const scratch = skip ? '' : mkdtempSync(`/tmp/erf-`);
   const instances: Instance[] = [];
