@@ -48,9 +48,17 @@ function socketPair(tamper?: Tamper): [Duplex, Duplex] {
   return [requester, responder];
 }
 
+function pcrTable(options: { pcr0?: number; pcr8?: number }): Record<number, Uint8Array> {
+  const pcrs: Record<number, Uint8Array> = {};
+  if (options.pcr0 !== undefined) pcrs[0] = Buffer.alloc(48, options.pcr0);
+  if (options.pcr8 !== undefined) pcrs[8] = Buffer.alloc(48, options.pcr8);
+  return pcrs;
+}
+
 async function member(options: {
   moduleId: string;
   pcr0?: number;
+  pcr8?: number;
   debug?: boolean;
   allowDebug?: boolean;
   dir?: string;
@@ -59,7 +67,7 @@ async function member(options: {
     stateDir: options.dir ?? stateDir,
     moduleId: options.moduleId,
     debug: options.debug ?? false,
-    ...(options.pcr0 === undefined ? {} : { pcrs: { 0: Buffer.alloc(48, options.pcr0) } }),
+    pcrs: pcrTable(options),
   });
   const own = decodeAttestation(await nsm.attest({}));
   const context: ExchangeContext = {
@@ -130,6 +138,15 @@ describe('fleet exchange', () => {
     const [r, s] = await exchange(a, other);
     assert.equal(codeOf(r), 'ERR_FLEET_PCR');
     assert.match((r as PromiseRejectedResult).reason.message, /PCR0 differ/);
+    assert.equal(remoteCodeOf(s), 'ERR_FLEET_PCR');
+  });
+
+  test('a signed build (PCR8 set) and an unsigned one (PCR8 zero) of the same image are refused', async () => {
+    const unsigned = await member({ moduleId: 'i-u-enc13' });
+    const signed = await member({ moduleId: 'i-s-enc13', pcr8: 0x88 });
+    const [r, s] = await exchange(unsigned, signed);
+    assert.equal(codeOf(r), 'ERR_FLEET_PCR');
+    assert.match((r as PromiseRejectedResult).reason.message, /PCR8 differ/);
     assert.equal(remoteCodeOf(s), 'ERR_FLEET_PCR');
   });
 

@@ -60,15 +60,17 @@ export function fleetUserData(role: FleetRole, spkiDer: Uint8Array): Uint8Array 
   );
 }
 
-/** The PCRs two members must share: PCR0-2 always, PCR8 (the signing certificate) when set. */
+/** The PCRs two members must share: PCR0-2, and PCR8 (the signing certificate; zero when the image is unsigned). */
 export type FleetPcrs = Readonly<Record<number, Uint8Array>>;
 
-/** The PCRs of this enclave that peers must match, read from one of its own documents. */
+/**
+ * The PCRs of this enclave that peers must match, read from one of its own documents. PCR8 is
+ * compared even when zero: an unsigned member must not accept a signed one (or the reverse), as
+ * the same image bytes signed by someone else measure equal in PCR0-2.
+ */
 export function fleetPcrsOf(document: AttestationDocument): FleetPcrs {
   const pcrs: Record<number, Uint8Array> = {};
-  for (const index of [0, 1, 2]) pcrs[index] = document.pcrs.get(index) ?? new Uint8Array(48);
-  const pcr8 = document.pcrs.get(8);
-  if (pcr8 && pcr8.some((byte) => byte !== 0)) pcrs[8] = pcr8;
+  for (const index of [0, 1, 2, 8]) pcrs[index] = document.pcrs.get(index) ?? new Uint8Array(48);
   return pcrs;
 }
 
