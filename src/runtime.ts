@@ -15,9 +15,10 @@ import { CloserStack } from './core/lifecycle.js';
 import type { Logger } from './core/log.js';
 import { RuntimeMetrics } from './metrics/runtime-metrics.js';
 import { prepareStateDir } from './config/state-dir.js';
-import type { AcmeCertificates } from './tls/acme-certificates.js';
+import type { AcmeCertificates, AcmeFleetLink } from './tls/acme-certificates.js';
 import type { CertificateSource } from './tls/certificate-source.js';
 import type { TlsTerminator } from './tls/tls-terminator.js';
+import type { FleetMember } from './fleet/fleet-member.js';
 import { errorCode } from './core/errors.js';
 import { trimHeap } from './native/native-binding.js';
 import { HeapTrimmer } from './native/heap-trimmer.js';
@@ -78,11 +79,33 @@ export class Runtime {
       closers.push(async () => health.stop());
       health.watchAttestation(() => nsm.health());
 
+      let fleet: FleetMember | undefined;
+      if (config.fleet.enabled) {
+        // Before the API (which serves /fleet/state) and TLS (which may take the fleet's ACME certificate).
+        const { FleetState } = await import('./fleet/fleet-state.js');
+        const { FleetMember } = await import('./fleet/fleet-member.js');
+        const member = await FleetMember.start({
+          settings: config.fleet,
+          nsm,
+          state: await FleetState.open(config.runtime.stateDir),
+          stateDir: config.runtime.stateDir,
+          logger: logger.child({ component: 'fleet' }),
+        });
+        closers.push(() => member.close(), 'fleet');
+        health.watchFleet(() => member.health());
+        metrics.watchFleet(() => {
+          const peers = member.peers;
+          return { reachable: peers.filter((peer) => peer.ok).length, known: peers.length };
+        });
+        fleet = member;
+      }
+
       const api = await startAttestationApi({
         listen: { host: config.attestation.apiListen.host, port: config.attestation.apiListen.port },
         nsm,
         logger,
         health: () => health.report(),
+        fleet: fleet?.state,
         limits: {
           maxBodyBytes: config.attestation.apiMaxBodyBytes,
           headersTimeoutMs: config.attestation.apiHeadersTimeoutMs,
@@ -141,11 +164,24 @@ export class Runtime {
         }
         if (config.tls.acme.enabled) {
           const { AcmeCertificates } = await import('./tls/acme-certificates.js');
+          let shared: { accountKeyPem: string; fleet: AcmeFleetLink } | undefined;
+          if (fleet) {
+            const member = fleet;
+            const { acmeFleetLink, fleetAcmeAccountKey } = await import('./fleet/fleet-acme.js');
+            const { loadAcmeAccountKey } = await import('./tls/acme-account-key.js');
+            shared = {
+              accountKeyPem: await fleetAcmeAccountKey(member, () =>
+                loadAcmeAccountKey(config.runtime.stateDir, logger),
+              ),
+              fleet: acmeFleetLink(member),
+            };
+          }
           const opened = await AcmeCertificates.open({
             settings: config.tls.acme,
             stateDir: config.runtime.stateDir,
             nsm,
             logger,
+            ...shared,
           });
           closers.push(async () => opened.close());
           acme = opened;

@@ -37,12 +37,20 @@ export interface AttestationApiLimits {
   closeGraceMs?: number;
 }
 
+/** The app's fleet blob as the API serves it (src/fleet/fleet-state.ts holds it). */
+export interface FleetBlobStore {
+  readonly app: { version: number; writer: string; data: string; updatedAt: string } | undefined;
+  putApp(data: Uint8Array): Promise<{ version: number; writer: string }>;
+}
+
 export interface AttestationApiOptions {
   listen: { host: string; port: number };
   nsm: Nsm;
   logger: Logger;
   health?: HealthProvider;
   limits?: AttestationApiLimits;
+  /** Serves GET/PUT /fleet/state when the fleet is on. */
+  fleet?: FleetBlobStore | undefined;
 }
 
 export interface AttestationApi {
@@ -68,6 +76,9 @@ const MAX_HEADER_BYTES = 16 * 1024;
 const MAX_LOGGED_PATH_CHARS = 128;
 const ATTESTATION_PATH = '/attestation-doc';
 const HEALTH_PATH = '/health';
+const FLEET_STATE_PATH = '/fleet/state';
+/** SPEC: the app's fleet blob is at most 1 MiB (wire/fleet-message.ts MAX_APP_STATE_BYTES). */
+const MAX_FLEET_BLOB_BYTES = 1024 * 1024;
 const GET_FIELDS = { nonce: 'nonce', user_data: 'userData', public_key: 'publicKey' } as const;
 const POST_FIELDS = new Set(['nonce', 'challenge', 'publicKey']);
 const HEX = /^(?:[0-9a-fA-F]{2})*$/;
@@ -179,9 +190,69 @@ export async function startAttestationApi(options: AttestationApiOptions): Promi
         return methodNotAllowed(res, req.method, path, ['GET', 'HEAD']);
       return reportHealth(req, res);
     }
+    if (path === FLEET_STATE_PATH) {
+      if (req.method !== 'GET' && req.method !== 'PUT') return methodNotAllowed(res, req.method, path, ['GET', 'PUT']);
+      return fleetState(req, res);
+    }
     sendJson(res, 404, {
-      error: `no route ${path.slice(0, MAX_LOGGED_PATH_CHARS)}; the routes are GET/POST ${ATTESTATION_PATH} and GET ${HEALTH_PATH}`,
+      error: `no route ${path.slice(0, MAX_LOGGED_PATH_CHARS)}; the routes are GET/POST ${ATTESTATION_PATH}, GET ${HEALTH_PATH} and GET/PUT ${FLEET_STATE_PATH}`,
     });
+  }
+
+  /**
+   * GET: the blob (application/octet-stream) with x-fleet-version, x-fleet-writer and
+   * x-fleet-updated-at; 404 before any write. PUT: a new version (the highest known + 1), answered
+   * {version, writer}; with x-fleet-if-version, only when that is still the current version (409 otherwise).
+   */
+  async function fleetState(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const fleet = options.fleet;
+    if (!fleet) return sendJson(res, 404, { error: 'the fleet is off ([fleet] enabled = false)' });
+    if (req.method === 'GET') {
+      const app = fleet.app;
+      if (!app) return sendJson(res, 404, { error: 'no fleet state has been written yet', version: 0 });
+      return send(res, 200, 'application/octet-stream', Buffer.from(app.data, 'base64'), undefined, {
+        'x-fleet-version': String(app.version),
+        'x-fleet-writer': app.writer,
+        'x-fleet-updated-at': app.updatedAt,
+      });
+    }
+    let body: Buffer;
+    try {
+      body = await readBody(req, {
+        maxBytes: MAX_FLEET_BLOB_BYTES,
+        tooLarge: (declared) =>
+          new BadRequest(
+            413,
+            declared === undefined
+              ? `the fleet state is more than ${MAX_FLEET_BLOB_BYTES} bytes`
+              : `the fleet state is ${declared} bytes; at most ${MAX_FLEET_BLOB_BYTES} are allowed`,
+            'body',
+          ),
+        gone: () => new ClientGone(),
+      });
+    } catch (error) {
+      if (error instanceof BadRequest) return sendBadRequest(res, error);
+      if (error instanceof ClientGone) return;
+      throw error;
+    }
+    const expected = req.headers['x-fleet-if-version'];
+    if (typeof expected === 'string') {
+      const current = fleet.app?.version ?? 0;
+      if (!/^\d{1,15}$/.test(expected))
+        return sendBadRequest(
+          res,
+          new BadRequest(400, 'x-fleet-if-version must be a version number', 'x-fleet-if-version'),
+        );
+      if (Number(expected) !== current)
+        return sendJson(res, 409, {
+          error: `the fleet state is at version ${current}, not ${expected}`,
+          version: current,
+        });
+    }
+    const written = await fleet.putApp(new Uint8Array(body));
+    // Sizes and versions only: the blob is the app's secret.
+    logger.info({ version: written.version, bytes: body.byteLength }, 'fleet state written by the app');
+    sendJson(res, 200, { version: written.version, writer: written.writer });
   }
 
   async function attest(req: IncomingMessage, res: ServerResponse, request: AttestationRequest): Promise<void> {

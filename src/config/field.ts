@@ -353,3 +353,22 @@ export function optionalAddress(
     },
   );
 }
+
+/** Fleet peers: HOST or HOST:PORT each, HOST a DNS name, an IPv4 address or a bracketed IPv6 one. */
+export function peerList(doc: string, maxItems: number): Field<string[]> {
+  const peer = /^(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)(?::(\d{1,5}))?$/;
+  return field(
+    doc,
+    () => [],
+    (v) => {
+      if (!Array.isArray(v) || v.length > maxItems) return bad(v, `a list of at most ${maxItems} peers`);
+      for (const item of v) {
+        const match = typeof item === 'string' ? peer.exec(item) : null;
+        const port = match?.[1] === undefined ? 1 : Number(match[1]);
+        if (!match || port < 1 || port > 65535)
+          return bad(item, 'HOST or HOST:PORT (a DNS name, an IPv4 address or [IPv6]; port 1-65535)');
+      }
+      return ok([...v] as string[]);
+    },
+  );
+}

@@ -12,6 +12,7 @@ import {
   secretText,
   pcrSetList,
   pcrTable,
+  peerList,
   stringList,
   stringTable,
   table,
@@ -264,6 +265,46 @@ export const SCHEMA = table('enclave.toml', {
       5 * 60 * SECOND,
     ),
   }),
+  fleet: table(
+    'enclaves of one image on many parents sharing the ACME certificate and an app blob (README "Running a fleet")',
+    {
+      enabled: bool('take part in a fleet: serve peers on `listen`, sync with `peers` every sync_interval_ms', false),
+      listen: address(
+        "where peers' exchanges arrive (the parent's host.fleet_listen relays to it)",
+        byMode('vsock:any:7790', 'tcp:127.0.0.1:7790'),
+      ),
+      peers: peerList(
+        'the other parents, HOST or HOST:PORT: addresses, or one DNS name resolving to every parent (headless service, target group)',
+        64,
+      ),
+      peer_port: int("the parents' fleet port (host.fleet_listen) for peers named without a port", 7790, 1, 65535),
+      relay: optionalAddress(
+        'the parent\'s fleet relay (host.fleet_relay_listen), which resolves and dials the peers; "off" = dial peers directly over TCP (dev, tests)',
+        byMode('vsock:3:7791', 'off'),
+      ),
+      bootstrap: bool(
+        'may start a new fleet when no peer answers (and then order the ACME certificate); false: wait for a peer',
+        false,
+      ),
+      sync_interval_ms: int(
+        'time between sync rounds with every peer: the bound on how long a change takes to reach all members',
+        5 * SECOND,
+        100,
+        60 * 60 * SECOND,
+      ),
+      exchange_timeout_ms: int(
+        'time one exchange with one peer may take, connect included',
+        10 * SECOND,
+        100,
+        5 * 60 * SECOND,
+      ),
+      allow_debug: bool('accept debug-mode peers (PCR0-2 all zero); every member must allow it', false),
+      attestation_root: optionalText(
+        'PEM file of the root peers\' documents must chain to ("" = the AWS Nitro root; the state dir\'s simulated root with attestation.mode = "simulated")',
+      ),
+      max_connections: int('peer exchanges served at once; more are closed', 32, 1, 4096),
+    },
+  ),
   metrics: table('Prometheus metrics', {
     enabled: bool('serve GET /metrics', true),
     listen: address('where GET /metrics is served', byMode('vsock:any:9090', 'tcp:127.0.0.1:9090')),
@@ -299,6 +340,16 @@ export const SCHEMA = table('enclave.toml', {
       'imds',
     ]),
     credentials_listen: address('where the enclave asks for credentials (kms.credentials = "host")', 'vsock:any:8003'),
+    fleet_listen: optionalAddress(
+      'where peer parents connect for fleet exchanges, relayed to enclave_fleet ("off" = no relay; open it to the other parents only)',
+      'off',
+      ['tcp', 'unix'],
+    ),
+    enclave_fleet: address("the enclave's fleet.listen, as the parent reaches it", 'vsock:16:7790'),
+    fleet_relay_listen: optionalAddress(
+      'where the enclave\'s fleet.relay connects to reach peers; dials only fleet.peers ("off" = no relay)',
+      'off',
+    ),
     imds_endpoint: text(
       'the instance metadata service (IMDSv2)',
       'http://169.254.169.254',

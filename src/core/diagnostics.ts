@@ -46,7 +46,16 @@ export interface StopFailure {
   error: unknown;
 }
 
+/** One fleet exchange: which side this member played, and how it ended (`code` on failure). */
+export interface FleetSync {
+  role: 'requester' | 'responder';
+  outcome: 'ok' | 'refused' | 'failed';
+  /** The ERR_FLEET_* code of a refusal or failure (a refusal by the peer: the peer's code). */
+  code?: string | undefined;
+}
+
 export const channels = {
   egressRefused: channel<EgressRefusal>('enclave-runtime:egress:refused'),
   stopFailed: channel<StopFailure>('enclave-runtime:lifecycle:stop-failed'),
+  fleetSync: channel<FleetSync>('enclave-runtime:fleet:sync'),
 } as const;

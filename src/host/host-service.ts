@@ -26,7 +26,10 @@ export interface HostService {
 }
 
 /** Start the host side; on a failure, stop what had started and rethrow. */
-export async function startHost(config: Pick<RuntimeConfig, 'host' | 'egress'>, logger: Logger): Promise<HostService> {
+export async function startHost(
+  config: Pick<RuntimeConfig, 'host' | 'egress'> & Partial<Pick<RuntimeConfig, 'fleet'>>,
+  logger: Logger,
+): Promise<HostService> {
   const { host } = config;
   const started = new CloserStack(logger, 'host');
   try {
@@ -46,6 +49,11 @@ export async function startHost(config: Pick<RuntimeConfig, 'host' | 'egress'>, 
     started.push((graceMs) => ingress.stop(graceMs), 'ingress');
     const operability = await startHostOperability(config.host, logger);
     started.push((graceMs) => operability.close(graceMs), 'operability relays');
+    if (config.fleet && (host.fleetListen || host.fleetRelayListen)) {
+      const { startHostFleetRelays } = await import('./fleet-relay.js');
+      const fleetRelays = await startHostFleetRelays({ host, fleet: config.fleet }, logger);
+      for (const part of fleetRelays) started.push(() => part.close(), part.name);
+    }
     return {
       ingress,
       egressRelay,

@@ -48,6 +48,7 @@ export class HealthMonitor {
   #probing = false;
   #egress: (() => PartHealth) | undefined;
   #acme: (() => PartHealth) | undefined;
+  #fleet: (() => PartHealth) | undefined;
   #attestation: (() => PartHealth) | undefined;
 
   constructor(options: HealthOptions) {
@@ -83,6 +84,11 @@ export class HealthMonitor {
   /** Adds an `acme` part (only when [tls.acme] is on) reported by `provider`. */
   watchAcme(provider: () => PartHealth): void {
     this.#acme = provider;
+  }
+
+  /** Adds a `fleet` part (only when [fleet] is on): peers reachable, last sync, joined or not. */
+  watchFleet(provider: () => PartHealth): void {
+    this.#fleet = provider;
   }
 
   stop(): void {
@@ -129,6 +135,7 @@ export class HealthMonitor {
       egress: this.#egress ? this.#egress() : { ok: true, detail: 'disabled' },
       app: { ok: this.#appUp === true, detail: this.#appDetail },
       ...(this.#acme ? { acme: this.#acme() } : {}),
+      ...(this.#fleet ? { fleet: this.#fleet() } : {}),
     };
     const status = Object.values(parts).every((part) => part.ok) ? 'ok' : 'degraded';
     return { status, parts };

@@ -10,6 +10,7 @@ import type { HandshakeFigures, IngressWorkers } from '../ingress/ingress-worker
 import type { EgressCounters } from '../egress/egress-audit.js';
 import type { HealthReport } from './health.js';
 import { registerEgressMetrics } from './egress-metrics.js';
+import { registerFleetMetrics } from './fleet-metrics.js';
 import { registerProcessMetrics } from './process-metrics.js';
 import { MetricsRegistry, type Counter, type Histogram } from './registry.js';
 
@@ -27,6 +28,7 @@ export class RuntimeMetrics {
   readonly #stopProcess: () => void;
   #ingress: IngressView | undefined;
   #egress: Readonly<EgressCounters> | undefined;
+  #fleet: (() => { reachable: number; known: number }) | undefined;
   #health: (() => HealthReport) | undefined;
   #app: (() => AppFigures) | undefined;
   #orphans: (() => number) | undefined;
@@ -78,6 +80,7 @@ export class RuntimeMetrics {
       'time one NSM attestation call takes',
     );
     registerEgressMetrics(r, () => this.#egress);
+    registerFleetMetrics(r, () => this.#fleet?.());
     r.collected('enclave_health_up', 'each part of /health: 1 ok, 0 not', 'gauge', () => {
       const report = this.#health?.();
       return report
@@ -174,6 +177,11 @@ export class RuntimeMetrics {
   }
 
   /** Reads egress's live counters at scrape time. */
+  /** Reads the fleet's peer counts at scrape time (exchanges are counted from the diagnostics channel). */
+  watchFleet(peers: () => { reachable: number; known: number }): void {
+    this.#fleet = peers;
+  }
+
   watchEgress(counters: Readonly<EgressCounters>): void {
     this.#egress = counters;
   }

@@ -51,6 +51,22 @@ export interface AcmeStatus {
   lastError?: string;
 }
 
+/**
+ * A fleet's share in the ACME certificate (src/fleet/fleet-acme.ts makes one): members take a valid
+ * certificate a peer ordered instead of ordering their own, and only the member `mayOrder` names
+ * orders (first issue and renewals), so the CA sees one order per renewal for the whole fleet.
+ */
+export interface AcmeFleetLink {
+  /** The fleet's newest certificate with its key, if any. */
+  shared(): (AcmeIssued & { keyPem: string }) | undefined;
+  /** Whether this member is the one to order now. */
+  mayOrder(): boolean;
+  /** Hands an issued certificate and its key to the fleet. */
+  publish(issued: AcmeIssued, keyPem: string): Promise<void>;
+  /** Calls `listener` when a peer's newer certificate arrives. */
+  onShared(listener: () => void): void;
+}
+
 export interface AcmeCertificatesOptions {
   domains: readonly string[];
   /** Orders one certificate for the given key (PKCS#8 PEM); AcmeOrderer.order in production, a fake in tests. */
@@ -64,6 +80,8 @@ export interface AcmeCertificatesOptions {
   nsm?: Nsm | undefined;
   /** Called once a close is asked for (the orderer's cleanup). */
   onClose?: () => void;
+  /** Share certificates with a fleet instead of each member ordering its own. */
+  fleet?: AcmeFleetLink | undefined;
   clock?: Clock;
   /** [0, 1); jitter of renewal times and retry delays. */
   random?: () => number;
@@ -114,6 +132,7 @@ export class AcmeCertificates {
     this.#random = options.random ?? Math.random;
     this.#backoff = new RetryBackoff(options.retryMinMs, options.retryMaxMs, this.#random);
     this.#wakeUp = new WakeUp(this.#clock);
+    options.fleet?.onShared(() => void this.#adoptShared());
   }
 
   /**
@@ -125,10 +144,13 @@ export class AcmeCertificates {
     stateDir: string;
     nsm?: Nsm;
     logger: Logger;
+    /** The fleet's account key, used instead of the state dir's. */
+    accountKeyPem?: string | undefined;
+    fleet?: AcmeFleetLink | undefined;
   }): Promise<AcmeCertificates> {
     const { settings, logger } = options;
     const caPem = settings.caFile ? await readCaFile(settings.caFile) : undefined;
-    const accountKeyPem = await loadAcmeAccountKey(options.stateDir, logger);
+    const accountKeyPem = options.accountKeyPem ?? (await loadAcmeAccountKey(options.stateDir, logger));
     const { AcmeOrderer } = await import('./acme-order.js');
     const challenges = new TlsAlpnChallenges();
     const orderer = new AcmeOrderer({
@@ -150,6 +172,7 @@ export class AcmeCertificates {
       logger,
       nsm: options.nsm,
       onClose: () => orderer.close(),
+      fleet: options.fleet,
     });
   }
 
@@ -277,8 +300,65 @@ export class AcmeCertificates {
     return this.#attempt;
   }
 
+  /**
+   * Serves the fleet's certificate when it is newer than ours and still valid; schedules its
+   * renewal as if it were our own. Returns whether it did.
+   */
+  #adoptShared(): boolean {
+    const fleet = this.#options.fleet;
+    const shared = fleet?.shared();
+    if (!shared || this.#closed) return false;
+    const now = this.#clock.now();
+    if (now >= shared.notAfter.getTime()) return false;
+    if (this.#current && shared.notAfter.getTime() <= this.#current.notAfter.getTime()) return false;
+    let served: AcmeServedCertificate;
+    try {
+      const leaf = new X509Certificate(shared.certPem);
+      const uncovered = this.domains.filter((domain) => leaf.checkHost(domain) === undefined);
+      if (uncovered.length > 0) throw new Error(`it does not name ${uncovered.join(', ')}`);
+      served = toServed(shared, shared.keyPem);
+    } catch (error) {
+      this.#options.logger.warn(
+        { domains: this.domains, reason: (error as Error).message },
+        "ACME: the fleet's certificate is not usable here; ignoring it",
+      );
+      return false;
+    }
+    this.#current = served;
+    this.#expiryLogged = false;
+    this.#lastError = undefined;
+    this.#backoff.reset();
+    const renewAt = renewalTime(
+      served.notBefore.getTime(),
+      served.notAfter.getTime(),
+      this.#options.renewAtFraction,
+      this.#random,
+    );
+    this.#options.logger.info(
+      { domains: this.domains, notAfter: served.notAfter.toISOString(), renewAt: new Date(renewAt).toISOString() },
+      'ACME certificate taken from the fleet',
+    );
+    this.#wakeUp.set(renewAt, () => void this.#run());
+    return true;
+  }
+
   async #orderOnce(): Promise<void> {
     this.#wakeUp.cancel();
+    const fleet = this.#options.fleet;
+    if (fleet) {
+      // A peer's certificate newer than ours (and not yet due for renewal) is taken instead of ordering.
+      if (this.#adoptShared() && this.#clock.now() < (this.#wakeUp.at ?? 0)) return;
+      if (!fleet.mayOrder()) {
+        // Another member orders; its certificate arrives by onShared. Look again later in case it never does.
+        const delay = this.#options.retryMinMs;
+        this.#options.logger.info(
+          { domains: this.domains, recheckInMs: delay },
+          'ACME: another fleet member orders; waiting for its certificate',
+        );
+        this.#wakeUp.set(this.#clock.now() + delay, () => void this.#run());
+        return;
+      }
+    }
     try {
       const keyPem = await generateAcmePrivateKeyPem();
       const issued = await this.#options.order(keyPem);
@@ -301,6 +381,14 @@ export class AcmeCertificates {
         renewed ? 'ACME certificate renewed' : 'ACME certificate now served',
       );
       this.#wakeUp.set(renewAt, () => void this.#run());
+      await fleet
+        ?.publish(issued, keyPem)
+        .catch((error: unknown) =>
+          this.#options.logger.warn(
+            { code: errorCode(error), reason: (error as Error).message },
+            'ACME: could not hand the certificate to the fleet',
+          ),
+        );
     } catch (error) {
       if (this.#closed) return;
       this.#failures += 1;
