@@ -15,6 +15,7 @@ import { DURATION_BUCKETS } from '../metrics/registry.js';
 import { adoptListener } from '../net/shared-listener.js';
 import type { CertificateSource } from '../tls/certificate-source.js';
 import { TlsError } from '../tls/tls-error.js';
+import { contextSharingWorks } from '../tls/leaf-contexts.js';
 import { TlsTerminator } from '../tls/tls-terminator.js';
 import { Ingress, type StreamTerminator } from './ingress.js';
 import {
@@ -166,6 +167,7 @@ async function start(): Promise<void> {
     certificates = new WorkerCertificates(tls.base, {
       nonceCacheSize: tls.nonceCacheSize,
       maxPendingIssues: tls.maxPendingIssues,
+      sharing: await contextSharingWorks(),
       ask: (nonce) =>
         request<CertificateSnapshot>(
           (id) => ({ type: 'nonce', id, nonce }),

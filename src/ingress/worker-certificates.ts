@@ -5,8 +5,9 @@
  * certificates already received (each with this thread's own secure context) and one request in
  * flight per nonce.
  */
-import { createSecureContext } from 'node:tls';
-import type { AttestedCertificate } from '../tls/attested-certificate.js';
+import { createPrivateKey } from 'node:crypto';
+import { servingContexts, type AttestedCertificate } from '../tls/attested-certificate.js';
+import { LeafContexts } from '../tls/leaf-contexts.js';
 import type { CertificateStoreStats } from '../tls/certificate-store.js';
 import type { CertificateProvider } from '../tls/tls-terminator.js';
 import { TlsError } from '../tls/tls-error.js';
@@ -17,21 +18,26 @@ export interface WorkerCertificatesOptions {
   maxPendingIssues: number;
   /** Asks the main thread for the certificate of `nonce`; rejects on failure or timeout. */
   ask: (nonce: Uint8Array) => Promise<CertificateSnapshot>;
+  /** contextSharingWorks() in this thread: whether fresh leaves may share one context. */
+  sharing: boolean;
 }
 
-/** Rebuilds a certificate sent by the main thread, with a secure context of this thread. */
-export function restoreCertificate(snapshot: CertificateSnapshot): AttestedCertificate {
-  // Each received certificate gets a context of this thread (no shared-context swap here: that needs the
-  // key's LeafContexts, which stay in the main thread).
-  const secureContext = createSecureContext({ key: snapshot.keyPem, cert: snapshot.certPem + snapshot.chainPem });
+/**
+ * Rebuilds a certificate sent by the main thread, served through this thread's contexts of its key: a fresh
+ * nonce leaf is swapped into the shared context as in the main thread, so no context is built per nonce here.
+ */
+export function restoreCertificate(snapshot: CertificateSnapshot, contexts: LeafContexts): AttestedCertificate {
+  const serving = servingContexts(snapshot.certPem, snapshot.chainPem, contexts, snapshot.nonce === null);
   return {
     serverName: snapshot.serverName,
     nonce: snapshot.nonce,
     document: snapshot.document,
     certPem: snapshot.certPem,
     chainPem: snapshot.chainPem,
-    secureContext,
-    handOver: (callback) => callback(null, secureContext),
+    get secureContext() {
+      return serving.secureContext();
+    },
+    handOver: serving.handOver,
     issuedAt: new Date(snapshot.issuedAt),
     certificateNotAfter: new Date(snapshot.certificateNotAfter),
     documentNotAfter: new Date(snapshot.documentNotAfter),
@@ -44,6 +50,8 @@ export class WorkerCertificates implements CertificateProvider {
   readonly #cache = new Map<string, AttestedCertificate>();
   readonly #pending = new Map<string, Promise<AttestedCertificate>>();
   #base: AttestedCertificate;
+  // The contexts of the current key's leaves; a renewed base certificate brings a new key.
+  #contexts: { keyPem: string; contexts: LeafContexts } | undefined;
   #received = 0;
   #failures = 0;
   #baseRenewals = 0;
@@ -53,7 +61,7 @@ export class WorkerCertificates implements CertificateProvider {
     if (!Number.isInteger(options.nonceCacheSize) || options.nonceCacheSize < 1)
       throw new RangeError('nonceCacheSize must be a positive integer');
     this.#options = options;
-    this.#base = restoreCertificate(base);
+    this.#base = restoreCertificate(base, this.#contextsOf(base));
   }
 
   get base(): AttestedCertificate {
@@ -62,7 +70,7 @@ export class WorkerCertificates implements CertificateProvider {
 
   /** The main thread renewed its base certificate. */
   replaceBase(snapshot: CertificateSnapshot): void {
-    this.#base = restoreCertificate(snapshot);
+    this.#base = restoreCertificate(snapshot, this.#contextsOf(snapshot));
     this.#baseRenewals += 1;
   }
 
@@ -113,9 +121,18 @@ export class WorkerCertificates implements CertificateProvider {
     this.#cache.clear();
   }
 
+  #contextsOf(snapshot: CertificateSnapshot): LeafContexts {
+    if (this.#contexts?.keyPem !== snapshot.keyPem) {
+      const contexts = new LeafContexts(createPrivateKey(snapshot.keyPem), this.#options.sharing);
+      this.#contexts = { keyPem: snapshot.keyPem, contexts };
+    }
+    return this.#contexts.contexts;
+  }
+
   async #fetch(key: string, nonce: Uint8Array): Promise<AttestedCertificate> {
     try {
-      const cert = restoreCertificate(await this.#options.ask(nonce));
+      const snapshot = await this.#options.ask(nonce);
+      const cert = restoreCertificate(snapshot, this.#contextsOf(snapshot));
       this.#received += 1;
       if (!this.#closed) {
         this.#cache.set(key, cert);

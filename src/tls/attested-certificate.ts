@@ -77,11 +77,7 @@ export async function createAttestedCertificate(request: AttestedCertificateRequ
   // failure still means "serve the base certificate" rather than a broken handshake.
   if (!contexts.fits(issued.certPem))
     throw new TlsError('ERR_TLS_ISSUE', 'the source returned a certificate that is not for the leaf key');
-  let own: SecureContext | undefined;
-  let handedOver = 0;
-  const secureContext = () => (own ??= contexts.create(issued.certPem, issued.chainPem));
-  // The base certificate serves every handshake without a nonce: its own context is worth building now.
-  if (!nonce) secureContext();
+  const serving = servingContexts(issued.certPem, issued.chainPem, contexts, !nonce);
   return {
     serverName,
     nonce: nonce ? new Uint8Array(nonce) : null,
@@ -89,22 +85,43 @@ export async function createAttestedCertificate(request: AttestedCertificateRequ
     certPem: issued.certPem,
     chainPem: issued.chainPem,
     get secureContext() {
-      return secureContext();
+      return serving.secureContext();
     },
+    handOver: serving.handOver,
+    issuedAt,
+    certificateNotAfter: issued.notAfter,
+    documentNotAfter,
+    expiresAt: new Date(Math.min(issued.notAfter.getTime(), documentNotAfter.getTime())),
+  };
+}
+
+/**
+ * How one leaf is served: a context of its own, built on first use (at once when `eager`: a base certificate
+ * serves every handshake without a nonce), and the first few handshakes of a fresh leaf handed over through
+ * the key's shared context instead. The main thread's store and the ingress workers both serve through this.
+ */
+export function servingContexts(
+  certPem: string,
+  chainPem: string,
+  contexts: LeafContexts,
+  eager: boolean,
+): { secureContext: () => SecureContext; handOver: (callback: ContextCallback) => void } {
+  let own: SecureContext | undefined;
+  let handedOver = 0;
+  const secureContext = () => (own ??= contexts.create(certPem, chainPem));
+  if (eager) secureContext();
+  return {
+    secureContext,
     handOver(callback) {
       try {
         if (own || handedOver >= SHARED_HANDOVERS) return callback(null, secureContext());
         handedOver += 1;
-        contexts.handOver(issued.certPem, issued.chainPem, callback, secureContext);
+        contexts.handOver(certPem, chainPem, callback, secureContext);
       } catch (err) {
         // Thrown from an SNICallback it would be uncaught; handed to the callback it ends this handshake only.
         callback(new TlsError('ERR_TLS_ISSUE', `no secure context: ${(err as Error).message}`, { cause: err }));
       }
     },
-    issuedAt,
-    certificateNotAfter: issued.notAfter,
-    documentNotAfter,
-    expiresAt: new Date(Math.min(issued.notAfter.getTime(), documentNotAfter.getTime())),
   };
 }
 
