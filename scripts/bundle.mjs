@@ -54,45 +54,37 @@ rmSync(out, { recursive: true, force: true });
 mkdirSync(join(out, 'bin'), { recursive: true });
 mkdirSync(join(out, 'lib', 'roots'), { recursive: true });
 
-// One ESM file. CommonJS dependencies call require() for Node built-ins, which an ESM bundle
-// lacks: the banner gives them one. cbor-extract is cbor-x's optional native accelerator; left
-// out, cbor-x falls back to its JavaScript decoder.
+// One ESM file for the runtime and one for the ingress worker threads' entry (src/ingress/ingress-workers.ts
+// starts it from beside the bundle). CommonJS dependencies call require() for Node built-ins, which an ESM
+// bundle lacks: the banner gives them one. cbor-extract is cbor-x's optional native accelerator; left out,
+// cbor-x falls back to its JavaScript decoder.
+const bundled = {
+  bundle: true,
+  platform: 'node',
+  format: 'esm',
+  target: 'node20.19',
+  external: ['cbor-extract'],
+  define: { __ENCLAVE_RUNTIME_VERSION__: JSON.stringify(version) },
+  banner: {
+    js: "import { createRequire as __enclaveCreateRequire } from 'node:module';\nconst require = __enclaveCreateRequire(import.meta.url);",
+  },
+  legalComments: 'eof',
+  logLevel: 'warning',
+};
 await build({
+  ...bundled,
   stdin: {
     contents: "import { main } from './src/cli.ts';\nprocess.exit(await main(process.argv.slice(2)));\n",
     resolveDir: ROOT,
     sourcefile: 'enclave-runtime-entry.ts',
     loader: 'ts',
   },
-  bundle: true,
-  platform: 'node',
-  format: 'esm',
-  target: 'node20.19',
   outfile: join(out, 'lib', 'enclave-runtime.mjs'),
-  external: ['cbor-extract'],
-  define: { __ENCLAVE_RUNTIME_VERSION__: JSON.stringify(version) },
-  banner: {
-    js: "import { createRequire as __enclaveCreateRequire } from 'node:module';\nconst require = __enclaveCreateRequire(import.meta.url);",
-  },
-  legalComments: 'eof',
-  logLevel: 'warning',
 });
-
-// The ingress worker threads' entry (src/ingress/ingress-workers.ts starts it from beside the bundle).
 await build({
+  ...bundled,
   entryPoints: [join(ROOT, 'src', 'ingress', 'ingress-worker.ts')],
-  bundle: true,
-  platform: 'node',
-  format: 'esm',
-  target: 'node20.19',
   outfile: join(out, 'lib', 'ingress-worker.mjs'),
-  external: ['cbor-extract'],
-  define: { __ENCLAVE_RUNTIME_VERSION__: JSON.stringify(version) },
-  banner: {
-    js: "import { createRequire as __enclaveCreateRequire } from 'node:module';\nconst require = __enclaveCreateRequire(import.meta.url);",
-  },
-  legalComments: 'eof',
-  logLevel: 'warning',
 });
 
 copyFileSync(nodeBinary, join(out, 'bin', 'node'));

@@ -8,6 +8,7 @@
 import { createPrivateKey } from 'node:crypto';
 import { servingContexts, type AttestedCertificate } from '../tls/attested-certificate.js';
 import { LeafContexts } from '../tls/leaf-contexts.js';
+import { NonceFlights } from '../tls/nonce-flights.js';
 import type { CertificateStoreStats } from '../tls/certificate-store.js';
 import type { CertificateProvider } from '../tls/tls-terminator.js';
 import { TlsError } from '../tls/tls-error.js';
@@ -47,8 +48,7 @@ export function restoreCertificate(snapshot: CertificateSnapshot, contexts: Leaf
 
 export class WorkerCertificates implements CertificateProvider {
   readonly #options: WorkerCertificatesOptions;
-  readonly #cache = new Map<string, AttestedCertificate>();
-  readonly #pending = new Map<string, Promise<AttestedCertificate>>();
+  readonly #flights: NonceFlights;
   #base: AttestedCertificate;
   // The contexts of the current key's leaves; a renewed base certificate brings a new key.
   #contexts: { keyPem: string; contexts: LeafContexts } | undefined;
@@ -58,8 +58,7 @@ export class WorkerCertificates implements CertificateProvider {
   #closed = false;
 
   constructor(base: CertificateSnapshot, options: WorkerCertificatesOptions) {
-    if (!Number.isInteger(options.nonceCacheSize) || options.nonceCacheSize < 1)
-      throw new RangeError('nonceCacheSize must be a positive integer');
+    this.#flights = new NonceFlights(options.nonceCacheSize, options.maxPendingIssues);
     this.#options = options;
     this.#base = restoreCertificate(base, this.#contextsOf(base));
   }
@@ -75,40 +74,24 @@ export class WorkerCertificates implements CertificateProvider {
   }
 
   peek(nonce: Uint8Array): AttestedCertificate | undefined {
-    const key = cacheKey(nonce);
-    const hit = this.#cache.get(key);
-    if (!hit) return undefined;
-    this.#cache.delete(key);
-    // The main thread re-issues a stale one; asking it again gets the fresh one.
-    if (Date.now() >= staleAt(hit)) return undefined;
-    this.#cache.set(key, hit);
-    return hit;
+    return this.#flights.peek(nonce);
   }
 
   forNonce(nonce: Uint8Array): Promise<AttestedCertificate> {
     if (this.#closed) return Promise.reject(new TlsError('ERR_TLS_CLOSED', 'the certificate store is closed'));
     if (nonce.length === 0)
       return Promise.reject(new TlsError('ERR_TLS_NONCE', 'an empty nonce asks for the base certificate'));
-    const hit = this.peek(nonce);
-    if (hit) return Promise.resolve(hit);
-    const key = cacheKey(nonce);
-    let flight = this.#pending.get(key);
-    if (!flight) {
-      if (this.#pending.size >= this.#options.maxPendingIssues) {
-        return Promise.reject(
-          new TlsError('ERR_TLS_BUSY', `${this.#pending.size} nonce certificates are already being issued`),
-        );
-      }
-      flight = this.#fetch(key, nonce);
-      this.#pending.set(key, flight);
-    }
-    return flight;
+    return this.#flights.get(
+      nonce,
+      () => this.#fetch(nonce),
+      () => !this.#closed,
+    );
   }
 
   stats(): CertificateStoreStats {
     return {
-      cached: this.#cache.size,
-      pending: this.#pending.size,
+      cached: this.#flights.cached,
+      pending: this.#flights.pending,
       issued: this.#received,
       failures: this.#failures,
       baseRenewals: this.#baseRenewals,
@@ -118,7 +101,7 @@ export class WorkerCertificates implements CertificateProvider {
 
   close(): void {
     this.#closed = true;
-    this.#cache.clear();
+    this.#flights.clear();
   }
 
   #contextsOf(snapshot: CertificateSnapshot): LeafContexts {
@@ -129,35 +112,16 @@ export class WorkerCertificates implements CertificateProvider {
     return this.#contexts.contexts;
   }
 
-  async #fetch(key: string, nonce: Uint8Array): Promise<AttestedCertificate> {
+  async #fetch(nonce: Uint8Array): Promise<AttestedCertificate> {
     try {
       const snapshot = await this.#options.ask(nonce);
       const cert = restoreCertificate(snapshot, this.#contextsOf(snapshot));
       this.#received += 1;
-      if (!this.#closed) {
-        this.#cache.set(key, cert);
-        for (const oldest of this.#cache.keys()) {
-          if (this.#cache.size <= this.#options.nonceCacheSize) break;
-          this.#cache.delete(oldest);
-        }
-      }
       return cert;
     } catch (err) {
       // The main thread's store logged why (rate-limited); the handshake gets the base certificate.
       this.#failures += 1;
       throw err;
-    } finally {
-      this.#pending.delete(key);
     }
   }
-}
-
-/** As CertificateStore decides: two thirds of the useful life gone. */
-function staleAt(cert: AttestedCertificate): number {
-  const start = cert.issuedAt.getTime();
-  return start + ((cert.expiresAt.getTime() - start) * 2) / 3;
-}
-
-function cacheKey(nonce: Uint8Array): string {
-  return Buffer.from(nonce.buffer, nonce.byteOffset, nonce.byteLength).toString('hex');
 }

@@ -4,6 +4,7 @@ import { createAttestedCertificate, type AttestedCertificate } from './attested-
 import type { CertificateSource } from './certificate-source.js';
 import { generateTlsKeyPair, type TlsKeyPair } from './key-pair.js';
 import { contextSharingWorks, LeafContexts } from './leaf-contexts.js';
+import { NonceFlights, staleAt } from './nonce-flights.js';
 import { TlsError } from './tls-error.js';
 import { formatNonceServerName, type SniNonceEncoding } from './nonce-label.js';
 import { timerDelay } from '../core/backoff.js';
@@ -61,8 +62,7 @@ export interface CertificateStoreStats {
 export class CertificateStore {
   readonly #options: Required<Omit<CertificateStoreOptions, 'now'>>;
   readonly #now: () => number;
-  readonly #cache = new Map<string, AttestedCertificate>();
-  readonly #pending = new Map<string, Promise<AttestedCertificate>>();
+  readonly #flights: NonceFlights;
   // Which key each certificate was made with, for threads that rebuild its secure context (ingress workers).
   readonly #keys = new WeakMap<AttestedCertificate, TlsKeyPair>();
   #keyPair: TlsKeyPair;
@@ -87,8 +87,6 @@ export class CertificateStore {
     base: AttestedCertificate,
   ) {
     const nonceCacheSize = options.nonceCacheSize ?? DEFAULT_NONCE_CACHE_SIZE;
-    if (!Number.isInteger(nonceCacheSize) || nonceCacheSize < 1)
-      throw new RangeError('nonceCacheSize must be a positive integer');
     this.#options = {
       nsm: options.nsm,
       source: options.source,
@@ -100,6 +98,7 @@ export class CertificateStore {
       issueTimeoutMs: options.issueTimeoutMs ?? DEFAULT_ISSUE_TIMEOUT_MS,
     };
     this.#now = options.now ?? Date.now;
+    this.#flights = new NonceFlights(nonceCacheSize, this.#options.maxPendingIssues, this.#now);
     this.#keyPair = keyPair;
     this.#contexts = contexts;
     this.#sharing = sharing;
@@ -138,18 +137,18 @@ export class CertificateStore {
 
   /** Per-nonce certificates in the cache. */
   get size(): number {
-    return this.#cache.size;
+    return this.#flights.cached;
   }
 
   /** Distinct nonces being issued right now. */
   get pending(): number {
-    return this.#pending.size;
+    return this.#flights.pending;
   }
 
   stats(): CertificateStoreStats {
     return {
-      cached: this.#cache.size,
-      pending: this.#pending.size,
+      cached: this.#flights.cached,
+      pending: this.#flights.pending,
       issued: this.#issued,
       failures: this.#failures,
       baseRenewals: this.#baseRenewals,
@@ -159,17 +158,7 @@ export class CertificateStore {
 
   /** The cached, fresh certificate for `nonce`, if any, without issuing. */
   peek(nonce: Uint8Array): AttestedCertificate | undefined {
-    const key = cacheKey(nonce);
-    const hit = this.#cache.get(key);
-    if (!hit) return undefined;
-    if (this.#isStale(hit)) {
-      this.#cache.delete(key);
-      return undefined;
-    }
-    // Re-inserting moves the entry to the young end of the Map's insertion order: that is the LRU.
-    this.#cache.delete(key);
-    this.#cache.set(key, hit);
-    return hit;
+    return this.#flights.peek(nonce);
   }
 
   /**
@@ -181,19 +170,11 @@ export class CertificateStore {
     if (this.#closed) return Promise.reject(new TlsError('ERR_TLS_CLOSED', 'the certificate store is closed'));
     if (nonce.length === 0)
       return Promise.reject(new TlsError('ERR_TLS_NONCE', 'an empty nonce asks for the base certificate'));
-    const hit = this.peek(nonce);
-    if (hit) return Promise.resolve(hit);
-    const key = cacheKey(nonce);
-    let flight = this.#pending.get(key);
-    if (!flight) {
-      if (this.#pending.size >= this.#options.maxPendingIssues) {
-        return Promise.reject(
-          new TlsError('ERR_TLS_BUSY', `${this.#pending.size} nonce certificates are already being issued`),
-        );
-      }
-      flight = this.#issue(key, nonce);
-      this.#pending.set(key, flight);
-    }
+    const flight = this.#flights.get(
+      nonce,
+      () => this.#issue(nonce),
+      () => !this.#closed,
+    );
     return withTimeout(flight, this.#options.issueTimeoutMs).catch((err: unknown) => {
       // A failed issuance was logged by #issue; a slow one (stalled NSM) would otherwise go unnoticed.
       if (err instanceof TlsError && err.code === 'ERR_TLS_ISSUE_TIMEOUT')
@@ -215,10 +196,10 @@ export class CertificateStore {
     this.#closed = true;
     if (this.#timer) clearTimeout(this.#timer);
     this.#timer = undefined;
-    this.#cache.clear();
+    this.#flights.clear();
   }
 
-  async #issue(key: string, nonce: Uint8Array): Promise<AttestedCertificate> {
+  async #issue(nonce: Uint8Array): Promise<AttestedCertificate> {
     try {
       // The certificate names the nonce host the client asked for, so ordinary clients' hostname
       // checks pass; the document is still the first label of the longest SAN.
@@ -234,14 +215,6 @@ export class CertificateStore {
       });
       this.#keys.set(cert, keyPair);
       this.#issued += 1;
-      if (!this.#closed) {
-        this.#cache.set(key, cert);
-        // Evict from the old end until back at the cap; one pass at most, as we add one at a time.
-        for (const oldest of this.#cache.keys()) {
-          if (this.#cache.size <= this.#options.nonceCacheSize) break;
-          this.#cache.delete(oldest);
-        }
-      }
       return cert;
     } catch (err) {
       this.#failures += 1;
@@ -249,8 +222,6 @@ export class CertificateStore {
       throw err instanceof TlsError
         ? err
         : new TlsError('ERR_TLS_ISSUE', `nonce certificate: ${(err as Error).message}`, { cause: err });
-    } finally {
-      this.#pending.delete(key);
     }
   }
 
@@ -307,10 +278,6 @@ export class CertificateStore {
     return staleAt(cert) - this.#now();
   }
 
-  #isStale(cert: AttestedCertificate): boolean {
-    return this.#now() >= staleAt(cert);
-  }
-
   #logBase(message: string): void {
     this.#options.logger.info(
       {
@@ -340,14 +307,6 @@ export class CertificateStore {
  * gone: for a real NSM document valid about 3 h, that leaves about an hour of margin for clients
  * with skewed clocks and for renewal retries.
  */
-function staleAt(cert: AttestedCertificate): number {
-  const start = cert.issuedAt.getTime();
-  return start + ((cert.expiresAt.getTime() - start) * 2) / 3;
-}
-
-function cacheKey(nonce: Uint8Array): string {
-  return Buffer.from(nonce.buffer, nonce.byteOffset, nonce.byteLength).toString('hex');
-}
 
 function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
   return new Promise<T>((resolve, reject) => {
