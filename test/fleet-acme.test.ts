@@ -1,7 +1,8 @@
 /**
  * Three runtimes in one fleet (loopback, direct TCP between members) with ACME against pebble: the
  * certificate is ordered once for the whole fleet (pebble's log counts issued certificates) and
- * every member serves that same certificate for the domain.
+ * every member serves that same certificate for the domain. Pebble validates on a member that does
+ * not order, as a load balancer would send it: only the challenge shared through the fleet answers it.
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
@@ -51,8 +52,8 @@ describe('a fleet sharing one ACME certificate from pebble', { skip: commandMiss
       fleetPorts.push(await freePort());
     }
     dns = await startTinyDns([DOMAIN]);
-    // Member "a" has the lowest module id, so it is the one that orders: pebble validates on its port.
-    pebble = await startPebble({ tlsPort: ingressPorts[0]!, dnsPort: dns.port });
+    // Member "a" has the lowest module id, so it is the one that orders; pebble validates on member "b".
+    pebble = await startPebble({ tlsPort: ingressPorts[1]!, dnsPort: dns.port });
     app = http.createServer((_request, response) => response.end('app'));
     app.listen(0, '127.0.0.1');
     await once(app, 'listening');
@@ -127,6 +128,14 @@ sync_interval_ms = 200
     const issued = pebble.output().match(/Issued certificate serial/g) ?? [];
     assert.equal(issued.length, 1, `pebble issued ${issued.length} certificates:\n${pebble.output()}`);
     assert.ok(logs[0]!.lines.some((line) => line.msg === 'ACME certificate now served'));
+    // Earlier attempts may have run before "b" was up (and failed validation); the last one issued.
+    const handed = logs[0]!.lines.filter((line) => line.msg === 'ACME TLS-ALPN-01 challenge handed to the fleet').pop();
+    assert.ok(handed, 'the orderer shared its challenge');
+    assert.ok((handed.peersReached as number) >= 1, 'a peer had the challenge before the CA was asked');
+    assert.ok(
+      logs[1]!.lines.some((line) => line.msg === "ACME: answering the fleet's pending TLS-ALPN-01 challenges"),
+      'the validated member answered with the shared challenge',
+    );
     for (const log of logs.slice(1)) {
       assert.ok(log.lines.some((line) => line.msg === 'ACME certificate taken from the fleet'));
       assert.equal(log.lines.filter((line) => line.msg === 'ACME certificate now served').length, 0);

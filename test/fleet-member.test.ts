@@ -146,7 +146,12 @@ describe('fleet state merge', () => {
     // A later write anywhere is a higher version and wins everywhere.
     await left.putApp(Buffer.from('after the split'));
     assert.equal(left.app!.version, 2);
-    assert.deepEqual(await right.merge(left.encode()), { app: true, acmeAccount: false, acmeCertificate: false });
+    assert.deepEqual(await right.merge(left.encode()), {
+      app: true,
+      acmeAccount: false,
+      acmeCertificate: false,
+      acmeChallenges: false,
+    });
     assert.equal(Buffer.from(right.app!.data, 'base64').toString(), 'after the split');
   });
 

@@ -5,6 +5,10 @@
  * the last round, provided it has joined a fleet or may bootstrap one; the others take the result.
  * During a split each half has its own lowest member, so each may order once; when the halves meet,
  * the later notAfter wins everywhere (FleetState's rule) and the other certificate is dropped.
+ *
+ * The orderer's pending TLS-ALPN-01 answers travel the same way, pushed to every reachable peer at
+ * once (not at the next interval) before the CA is told to validate: behind a load balancer, the
+ * CA's validation connections land on any member, not on the orderer.
  */
 import type { AcmeFleetLink } from '../tls/acme-certificates.js';
 import type { AcmeIssued } from '../tls/acme-order.js';
@@ -37,6 +41,21 @@ export function acmeFleetLink(member: FleetMember): AcmeFleetLink {
     onShared(listener) {
       state.onChange((outcome) => {
         if (outcome.acmeCertificate) listener();
+      });
+    },
+    async share(challenge) {
+      await state.putAcmeChallenge(challenge);
+      const peersReached = await member.syncNow({ fresh: true });
+      return { peersReached, peers: member.peers.length };
+    },
+    async withdraw(domain) {
+      // Peers drop it at their next sync, or at its expiry if they miss that.
+      await state.removeAcmeChallenge(domain);
+    },
+    sharedChallenges: () => state.acmeChallenges(),
+    onChallenges(listener) {
+      state.onChange((outcome) => {
+        if (outcome.acmeChallenges) listener();
       });
     },
   };

@@ -146,12 +146,16 @@ export async function requestExchange(
   }
 }
 
-/** The responder's side: checks the requester, takes its state, answers with `ownState`. */
+/**
+ * The responder's side: checks the requester, takes its state, answers with `ownState`. `take`, if
+ * given, gets the requester's state before the answer is sent (a failure there fails the exchange).
+ */
 export async function answerExchange(
   socket: Duplex,
   context: ExchangeContext,
   ownState: () => Buffer,
   peerName: string,
+  take?: (peerState: Buffer) => Promise<void>,
 ): Promise<ExchangeResult> {
   const channel = new FleetChannel(socket, context.timeoutMs, peerName);
   try {
@@ -192,6 +196,7 @@ export async function answerExchange(
     const { document: peer, key: peerKey } = checkPeer(channel, context, docR, nonceS, 'requester');
     const keys = deriveKeys(own.privateKey, peerKey, hello, challenge, docR);
     const peerState = open(channel, keys.toResponder, keys.salt, ivR, sealedR, 'requester');
+    await take?.(peerState);
 
     const aad = createHash('sha256').update(keys.salt).update(proof).digest();
     const sealed = seal(keys.toRequester, aad, ownState());

@@ -72,6 +72,7 @@ export class FleetMember {
   #listener: Listener | undefined;
   #timer: NodeJS.Timeout | undefined;
   #round: Promise<number> | undefined;
+  #nextRound: Promise<number> | undefined;
   #open = 0;
   #closed = false;
   #joined = false;
@@ -157,9 +158,22 @@ export class FleetMember {
     );
   }
 
-  /** One exchange with every peer now (a round in flight is shared); resolves with how many answered. */
-  syncNow(): Promise<number> {
+  /**
+   * One exchange with every peer now (a round in flight is shared); resolves with how many answered.
+   * `fresh`: the round must start after this call, so every peer gets the state as it is now (a round
+   * in flight may have sent an older one); such callers share the one round queued behind it.
+   */
+  syncNow(options: { fresh?: boolean } = {}): Promise<number> {
     if (this.#closed) return Promise.resolve(0);
+    if (options.fresh && this.#round) {
+      this.#nextRound ??= this.#round
+        .catch(() => 0)
+        .then(() => {
+          this.#nextRound = undefined;
+          return this.syncNow();
+        });
+      return this.#nextRound;
+    }
     this.#round ??= this.#syncRound().finally(() => {
       this.#round = undefined;
     });
@@ -265,12 +279,17 @@ export class FleetMember {
     this.#open += 1;
     socket.once('close', () => (this.#open -= 1));
     socket.on('error', () => {});
-    answerExchange(socket, this.#context, () => this.state.encode(), 'a requesting peer')
-      .then(async (result) => {
-        const outcome = await this.state.merge(result.peerState);
+    let outcome: MergeOutcome | undefined;
+    // Merged before this side answers, so a requester whose exchange completed knows this member
+    // holds its state (an orderer relies on it before telling the CA a challenge is ready).
+    const take = async (peerState: Buffer) => {
+      outcome = await this.state.merge(peerState);
+    };
+    answerExchange(socket, this.#context, () => this.state.encode(), 'a requesting peer', take)
+      .then((result) => {
         this.#joined = true;
         channels.fleetSync.publish({ role: 'responder', outcome: 'ok' });
-        logMerge(logger, outcome, result.peerModuleId);
+        if (outcome) logMerge(logger, outcome, result.peerModuleId);
       })
       .catch((error: unknown) => {
         if (errorCode(error) === 'ERR_FLEET_SELF') return;

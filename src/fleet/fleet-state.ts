@@ -10,12 +10,24 @@
  *   makes version 1; after a split, the higher writer id's account is kept by all.
  * - `acmeCertificate`: the served ACME certificate with its key: the later notAfter wins (the newest
  *   renewal), writer id on a tie.
+ * - `acmeChallenges`: the TLS-ALPN-01 answers the orderer has pending (at most MAX_SHARED_CHALLENGES,
+ *   each expiring within MAX_SHARED_CHALLENGE_LIFETIME_MS), so whichever member the CA's validation
+ *   reaches can answer. (version, writer) as the whole list; the version is at least the wall clock
+ *   in ms, so a restarted orderer's list is newer than the one it left behind.
  *
- * Persisted in the state dir (0600) so a runtime restart in the same enclave keeps it.
+ * Persisted in the state dir (0600) so a runtime restart in the same enclave keeps it, except the
+ * challenges: they are minutes-long and belong to an order the restart abandoned.
  */
 import { randomBytes } from 'node:crypto';
 import { readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import {
+  MAX_CHALLENGE_PEM_CHARS,
+  MAX_SHARED_CHALLENGE_LIFETIME_MS,
+  MAX_SHARED_CHALLENGES,
+  normalizeDomain,
+  type SharedChallenge,
+} from '../tls/tls-alpn-challenges.js';
 import { MAX_APP_STATE_BYTES, MAX_SEALED_STATE_BYTES } from '../wire/fleet-message.js';
 import { FleetError } from './fleet-error.js';
 import { errorCode } from '../core/errors.js';
@@ -50,10 +62,15 @@ export interface AcmeCertificateEntry {
   notAfter: string;
 }
 
+export interface AcmeChallengesEntry extends Versioned {
+  challenges: SharedChallenge[];
+}
+
 export interface FleetSnapshot {
   app?: AppEntry;
   acmeAccount?: AcmeAccountEntry;
   acmeCertificate?: AcmeCertificateEntry;
+  acmeChallenges?: AcmeChallengesEntry;
 }
 
 /** Which entries a merge replaced. */
@@ -61,7 +78,11 @@ export interface MergeOutcome {
   app: boolean;
   acmeAccount: boolean;
   acmeCertificate: boolean;
+  acmeChallenges: boolean;
 }
+
+const NOTHING: MergeOutcome = { app: false, acmeAccount: false, acmeCertificate: false, acmeChallenges: false };
+const DOMAIN_CHARS = 253;
 
 export class FleetState {
   /** This member's writer id: random per start, so two members never share one. */
@@ -105,6 +126,44 @@ export class FleetState {
     return this.#snapshot.acmeCertificate;
   }
 
+  /** The pending TLS-ALPN-01 answers, expired ones left out. */
+  acmeChallenges(now = Date.now()): SharedChallenge[] {
+    return (this.#snapshot.acmeChallenges?.challenges ?? []).filter((challenge) => challenge.expiresAt > now);
+  }
+
+  /** Adds (or replaces) the pending answer for `challenge.domain`; expired ones are dropped. */
+  async putAcmeChallenge(challenge: SharedChallenge, now = Date.now()): Promise<void> {
+    if (challenge.expiresAt > now + MAX_SHARED_CHALLENGE_LIFETIME_MS)
+      throw new FleetError(
+        'ERR_FLEET_STATE',
+        `a shared challenge lives at most ${MAX_SHARED_CHALLENGE_LIFETIME_MS} ms`,
+      );
+    const domain = normalizeDomain(challenge.domain);
+    const others = this.acmeChallenges(now).filter((entry) => entry.domain !== domain);
+    if (others.length >= MAX_SHARED_CHALLENGES)
+      throw new FleetError('ERR_FLEET_STATE', `${MAX_SHARED_CHALLENGES} shared challenges are already pending`);
+    await this.#putChallenges([...others, { ...challenge, domain }], now);
+  }
+
+  /** Drops the pending answer for `domain` (and expired ones). */
+  async removeAcmeChallenge(domain: string, now = Date.now()): Promise<void> {
+    const name = normalizeDomain(domain);
+    const current = this.#snapshot.acmeChallenges?.challenges ?? [];
+    const kept = this.acmeChallenges(now).filter((entry) => entry.domain !== name);
+    if (kept.length === current.length) return;
+    await this.#putChallenges(kept, now);
+  }
+
+  async #putChallenges(challenges: SharedChallenge[], now: number): Promise<void> {
+    const entry: AcmeChallengesEntry = {
+      version: Math.max((this.#snapshot.acmeChallenges?.version ?? 0) + 1, now),
+      writer: this.writer,
+      challenges,
+    };
+    this.#snapshot = { ...this.#snapshot, acmeChallenges: entry };
+    await this.#changed({ ...NOTHING, acmeChallenges: true });
+  }
+
   /** The whole state as it travels to peers. */
   encode(): Buffer {
     this.#encoded ??= Buffer.from(JSON.stringify(this.#snapshot), 'utf8');
@@ -131,7 +190,7 @@ export class FleetState {
       updatedAt: now.toISOString(),
     };
     this.#snapshot = { ...this.#snapshot, app: entry };
-    await this.#changed({ app: true, acmeAccount: false, acmeCertificate: false });
+    await this.#changed({ ...NOTHING, app: true });
     return entry;
   }
 
@@ -142,20 +201,20 @@ export class FleetState {
       keyPem,
     };
     this.#snapshot = { ...this.#snapshot, acmeAccount: entry };
-    await this.#changed({ app: false, acmeAccount: true, acmeCertificate: false });
+    await this.#changed({ ...NOTHING, acmeAccount: true });
     return entry;
   }
 
   async putAcmeCertificate(entry: Omit<AcmeCertificateEntry, 'writer'>): Promise<void> {
     this.#snapshot = { ...this.#snapshot, acmeCertificate: { ...entry, writer: this.writer } };
-    await this.#changed({ app: false, acmeAccount: false, acmeCertificate: true });
+    await this.#changed({ ...NOTHING, acmeCertificate: true });
   }
 
   /** Takes what is newer in a peer's state (bytes as `encode` wrote them); throws ERR_FLEET_STATE when malformed. */
   async merge(bytes: Buffer): Promise<MergeOutcome> {
     const incoming = parseSnapshot(bytes, 'the peer state');
     const next: FleetSnapshot = { ...this.#snapshot };
-    const outcome: MergeOutcome = { app: false, acmeAccount: false, acmeCertificate: false };
+    const outcome: MergeOutcome = { ...NOTHING };
     if (incoming.app && newer(incoming.app, next.app)) {
       next.app = incoming.app;
       outcome.app = true;
@@ -168,7 +227,11 @@ export class FleetState {
       next.acmeCertificate = incoming.acmeCertificate;
       outcome.acmeCertificate = true;
     }
-    if (outcome.app || outcome.acmeAccount || outcome.acmeCertificate) {
+    if (incoming.acmeChallenges && newer(incoming.acmeChallenges, next.acmeChallenges)) {
+      next.acmeChallenges = incoming.acmeChallenges;
+      outcome.acmeChallenges = true;
+    }
+    if (outcome.app || outcome.acmeAccount || outcome.acmeCertificate || outcome.acmeChallenges) {
       this.#snapshot = next;
       await this.#changed(outcome);
     }
@@ -180,7 +243,8 @@ export class FleetState {
     for (const listener of this.#listeners) listener(outcome);
     if (this.#path === undefined) return;
     const path = this.#path;
-    const bytes = this.encode();
+    const { acmeChallenges: _notKept, ...kept } = this.#snapshot;
+    const bytes = Buffer.from(JSON.stringify(kept), 'utf8');
     // Writes are chained so an older snapshot never lands after a newer one.
     this.#saving = this.#saving.then(async () => {
       const temp = `${path}.${randomBytes(6).toString('hex')}.tmp`;
@@ -262,6 +326,37 @@ export function parseSnapshot(bytes: Buffer, what: string): FleetSnapshot {
       notBefore: String(cert.notBefore),
       notAfter: String(cert.notAfter),
     };
+  }
+  if (parsed.acmeChallenges !== undefined) {
+    const entry = parsed.acmeChallenges;
+    if (!isObject(entry) || !versioned(entry) || !Array.isArray(entry.challenges))
+      throw bad('acmeChallenges is not {version, writer, challenges}');
+    if (entry.challenges.length > MAX_SHARED_CHALLENGES)
+      throw bad(`acmeChallenges has ${entry.challenges.length} challenges; at most ${MAX_SHARED_CHALLENGES}`);
+    const challenges: SharedChallenge[] = [];
+    for (const item of entry.challenges as unknown[]) {
+      if (
+        !isObject(item) ||
+        typeof item.domain !== 'string' ||
+        item.domain.length === 0 ||
+        item.domain.length > DOMAIN_CHARS ||
+        typeof item.certPem !== 'string' ||
+        item.certPem.length > MAX_CHALLENGE_PEM_CHARS ||
+        !item.certPem.includes('-----BEGIN ') ||
+        typeof item.keyPem !== 'string' ||
+        item.keyPem.length > MAX_CHALLENGE_PEM_CHARS ||
+        !item.keyPem.includes('-----BEGIN ') ||
+        !Number.isSafeInteger(item.expiresAt)
+      )
+        throw bad('an acmeChallenges entry is not {domain, certPem, keyPem, expiresAt} within bounds');
+      challenges.push({
+        domain: item.domain,
+        certPem: item.certPem,
+        keyPem: item.keyPem,
+        expiresAt: item.expiresAt as number,
+      });
+    }
+    snapshot.acmeChallenges = { version: entry.version, writer: entry.writer, challenges };
   }
   return snapshot;
 }

@@ -7,7 +7,12 @@ import { documentSigningCertificateNotAfter } from './attested-certificate.js';
 import { generateAcmePrivateKeyPem, loadAcmeAccountKey } from './acme-account-key.js';
 import type { AcmeIssued } from './acme-order.js';
 import { RetryBackoff, renewalTime, systemClock, WakeUp, type Clock } from './renewal-schedule.js';
-import { normalizeDomain, TlsAlpnChallenges } from './tls-alpn-challenges.js';
+import {
+  normalizeDomain,
+  TlsAlpnChallenges,
+  type ChallengeSharing,
+  type SharedChallenge,
+} from './tls-alpn-challenges.js';
 import { TlsError } from './tls-error.js';
 import { errorCode } from '../core/errors.js';
 
@@ -56,7 +61,7 @@ export interface AcmeStatus {
  * certificate a peer ordered instead of ordering their own, and only the member `mayOrder` names
  * orders (first issue and renewals), so the CA sees one order per renewal for the whole fleet.
  */
-export interface AcmeFleetLink {
+export interface AcmeFleetLink extends ChallengeSharing {
   /** The fleet's newest certificate with its key, if any. */
   shared(): (AcmeIssued & { keyPem: string }) | undefined;
   /** Whether this member is the one to order now. */
@@ -65,6 +70,10 @@ export interface AcmeFleetLink {
   publish(issued: AcmeIssued, keyPem: string): Promise<void>;
   /** Calls `listener` when a peer's newer certificate arrives. */
   onShared(listener: () => void): void;
+  /** The TLS-ALPN-01 answers the fleet's orderer has pending now (its own included). */
+  sharedChallenges(): SharedChallenge[];
+  /** Calls `listener` when those change. */
+  onChallenges(listener: () => void): void;
 }
 
 export interface AcmeCertificatesOptions {
@@ -133,6 +142,8 @@ export class AcmeCertificates {
     this.#backoff = new RetryBackoff(options.retryMinMs, options.retryMaxMs, this.#random);
     this.#wakeUp = new WakeUp(this.#clock);
     options.fleet?.onShared(() => void this.#adoptShared());
+    options.fleet?.onChallenges(() => this.#installSharedChallenges());
+    if (options.fleet) this.#installSharedChallenges();
   }
 
   /**
@@ -160,6 +171,7 @@ export class AcmeCertificates {
       domains: settings.domains,
       caPem,
       challenges,
+      sharing: options.fleet,
       logger,
     });
     return new AcmeCertificates({
@@ -298,6 +310,23 @@ export class AcmeCertificates {
       this.#attempt = undefined;
     });
     return this.#attempt;
+  }
+
+  /**
+   * Answers the validations the fleet's orderer has pending (the CA may reach this member instead
+   * of the orderer), for this member's own domains only; what left the fleet state stops being answered.
+   */
+  #installSharedChallenges(): void {
+    const fleet = this.#options.fleet;
+    if (!fleet || this.#closed) return;
+    const { installed, rejected } = this.challenges.replaceShared(fleet.sharedChallenges(), this.#domainSet);
+    for (const { domain, reason } of rejected)
+      this.#options.logger.warn(
+        { domain: domain.slice(0, 253), reason },
+        "ACME: not answering a fleet peer's challenge",
+      );
+    if (installed.length > 0)
+      this.#options.logger.info({ domains: installed }, "ACME: answering the fleet's pending TLS-ALPN-01 challenges");
   }
 
   /**

@@ -2,7 +2,12 @@ import { createPrivateKey, X509Certificate } from 'node:crypto';
 import https from 'node:https';
 import { axios as acmeAxios, Client, crypto as acmeCrypto, type Authorization } from 'acme-client';
 import type { Logger } from '../core/log.js';
-import { normalizeDomain, type TlsAlpnChallenges } from './tls-alpn-challenges.js';
+import {
+  MAX_SHARED_CHALLENGE_LIFETIME_MS,
+  normalizeDomain,
+  type ChallengeSharing,
+  type TlsAlpnChallenges,
+} from './tls-alpn-challenges.js';
 import { TlsError } from './tls-error.js';
 
 /** One ACME request (connect, send, answer) is given up after this long. */
@@ -36,6 +41,8 @@ export interface AcmeOrdererOptions {
   caPem?: string | undefined;
   /** Where pending TLS-ALPN-01 answers are published for the TLS terminator. */
   challenges: TlsAlpnChallenges;
+  /** A fleet's members, which must answer too: the CA's validation may reach any of them. */
+  sharing?: ChallengeSharing | undefined;
   logger: Logger;
   /** Overrides for tests; production keeps the defaults. */
   requestTimeoutMs?: number;
@@ -147,13 +154,38 @@ export class AcmeOrderer {
     const [keyPem, certPem] = await step('challenge certificate', async () =>
       acmeCrypto.createAlpnCertificate(authz, keyAuthorization, await acmeCrypto.createPrivateEcdsaKey('P-256')),
     );
-    this.#options.challenges.add(domain, certPem.toString(), keyPem.toString());
+    const { challenges, sharing, logger } = this.#options;
+    challenges.add(domain, certPem.toString(), keyPem.toString());
+    let shared = false;
     try {
-      this.#options.logger.info({ domain }, 'ACME TLS-ALPN-01 challenge ready; asking the CA to validate');
+      if (sharing) {
+        // Behind a load balancer the CA's validation lands on any member: every reachable peer gets
+        // the answer before the CA is told to look. Unreached peers fail that vantage point only.
+        shared = true;
+        const { peersReached, peers } = await step('challenge sharing', () =>
+          sharing.share({
+            domain,
+            certPem: certPem.toString(),
+            keyPem: keyPem.toString(),
+            expiresAt: Date.now() + MAX_SHARED_CHALLENGE_LIFETIME_MS,
+          }),
+        );
+        logger[peersReached < peers ? 'warn' : 'info'](
+          { domain, peersReached, peers },
+          'ACME TLS-ALPN-01 challenge handed to the fleet',
+        );
+      }
+      logger.info({ domain }, 'ACME TLS-ALPN-01 challenge ready; asking the CA to validate');
       await step('challenge completion', () => this.#client.completeChallenge(challenge));
       await step('validation', () => this.#client.waitForValidStatus(authz));
     } finally {
-      this.#options.challenges.remove(domain);
+      challenges.remove(domain);
+      if (shared)
+        await sharing
+          ?.withdraw(domain)
+          .catch((error: unknown) =>
+            logger.warn({ domain, reason: (error as Error).message }, 'ACME: could not withdraw the shared challenge'),
+          );
     }
   }
 }
