@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { createPublicKey } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
@@ -13,7 +13,7 @@ import { openSimulatedNsm } from '../src/attestation/sim-nsm.js';
 import { silentLogger } from '../src/core/log.js';
 import { acmeFleetLink } from '../src/fleet/fleet-acme.js';
 import { FleetMember, type FleetSettings } from '../src/fleet/fleet-member.js';
-import { FleetState } from '../src/fleet/fleet-state.js';
+import { FLEET_STATE_FILE, FleetState } from '../src/fleet/fleet-state.js';
 import { AcmeCertificates } from '../src/tls/acme-certificates.js';
 import type { AcmeIssued } from '../src/tls/acme-order.js';
 import { openSelfCertificateSource } from '../src/tls/certificate-source.js';
@@ -164,5 +164,17 @@ describe('fleet state merge', () => {
     const reopened = await FleetState.open(dir);
     assert.equal(Buffer.from(reopened.app!.data, 'base64').toString(), 'kept');
     assert.equal(reopened.app!.version, 1);
+  });
+
+  test('after a failed write, the next change writes the file again', async () => {
+    const dir = mkdtempSync(join(scratch, 'retry-'));
+    const state = await FleetState.open(dir);
+    // A directory where the file goes makes the rename fail.
+    mkdirSync(join(dir, FLEET_STATE_FILE));
+    await assert.rejects(state.putApp(Buffer.from('lost')), { code: 'ERR_FLEET_STATE' });
+    rmSync(join(dir, FLEET_STATE_FILE), { recursive: true });
+    await state.putApp(Buffer.from('kept'));
+    const written = JSON.parse(readFileSync(join(dir, FLEET_STATE_FILE), 'utf8')) as { app: { data: string } };
+    assert.equal(Buffer.from(written.app.data, 'base64').toString(), 'kept');
   });
 });
