@@ -273,9 +273,23 @@ describe('fleet exchange', () => {
 
   test('a member that reaches itself (its parent among the peers) is told so, on both sides', async () => {
     const a = await member({ moduleId: 'i-a-enc12' });
+    a.context.selfSeen = new Set();
     const [r, s] = await exchange(a, a);
     assert.equal(codeOf(s), 'ERR_FLEET_SELF');
-    assert.equal(remoteCodeOf(r), 'ERR_FLEET_SELF');
+    // Decided from its own responder's record, not from the refusal on the wire.
+    assert.equal(codeOf(r), 'ERR_FLEET_SELF');
+    assert.equal(a.context.selfSeen.size, 0);
+  });
+
+  test('a forged ERR_FLEET_SELF refusal is only a refused exchange', async () => {
+    const a = await member({ moduleId: 'i-a-enc13' });
+    a.context.selfSeen = new Set();
+    const [r, s] = socketPair();
+    s.on('data', () =>
+      s.end(encodeFrame(FRAME.REFUSAL, [Buffer.from('ERR_FLEET_SELF'), Buffer.from('trust me, I am you')])),
+    );
+    const result = await Promise.allSettled([requestExchange(r, a.context, () => Buffer.alloc(0), 'forger')]);
+    assert.equal(remoteCodeOf(result[0]), 'ERR_FLEET_SELF');
   });
 
   test('a responder that never answers times out', async () => {

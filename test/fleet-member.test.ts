@@ -8,6 +8,7 @@ import { createPublicKey } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createServer, type Socket } from 'node:net';
 import { after, describe, test } from 'node:test';
 import { openSimulatedNsm } from '../src/attestation/sim-nsm.js';
 import { silentLogger } from '../src/core/log.js';
@@ -18,6 +19,7 @@ import { AcmeCertificates } from '../src/tls/acme-certificates.js';
 import type { AcmeIssued } from '../src/tls/acme-order.js';
 import { openSelfCertificateSource } from '../src/tls/certificate-source.js';
 import { TlsAlpnChallenges } from '../src/tls/tls-alpn-challenges.js';
+import { encodeFrame, FRAME } from '../src/wire/fleet-message.js';
 import { eventually } from './helpers/cli-run.js';
 import { freePort } from './helpers/net.js';
 
@@ -134,6 +136,45 @@ describe('fleet members sharing ACME', () => {
 });
 
 describe('fleet state merge', () => {
+  test('a forged ERR_FLEET_SELF refusal does not cut the peer off; only what the own responder saw does', async () => {
+    const stateDir = join(scratch, 'self');
+    let forgedConnections = 0;
+    const forgedSockets: Socket[] = [];
+    // A "peer" (or anyone on the path) answering every HELLO with an unauthenticated SELF refusal.
+    const forger = createServer((socket: Socket) => {
+      forgedConnections += 1;
+      forgedSockets.push(socket);
+      socket.on('error', () => {});
+      socket.end(encodeFrame(FRAME.REFUSAL, [Buffer.from('ERR_FLEET_SELF'), Buffer.from('you are me')]));
+    });
+    await new Promise<void>((resolve) => forger.listen(0, '127.0.0.1', resolve));
+    stopAll.push(() => {
+      for (const socket of forgedSockets) socket.destroy();
+      forger.close();
+    });
+    const forgerPort = (forger.address() as { port: number }).port;
+    const ownPort = await freePort();
+    const member = await FleetMember.start({
+      settings: { ...settings(ownPort, [forgerPort, ownPort], true), syncIntervalMs: 3_600_000 },
+      nsm: await openSimulatedNsm({ stateDir, moduleId: 'i-self-enc0' }),
+      state: await FleetState.open(),
+      stateDir,
+      logger: silentLogger(),
+    });
+    stopAll.push(() => member.close());
+    await member.syncNow();
+    await member.syncNow();
+    assert.equal(forgedConnections, 3, 'the forger is tried every round');
+    const forged = member.peers.find((peer) => peer.address === `127.0.0.1:${forgerPort}`);
+    assert.equal(forged?.ok, false);
+    assert.match(forged?.lastError ?? '', /ERR_FLEET_REFUSED/);
+    // Its own address was seen by its own responder: dropped from the peers.
+    assert.equal(
+      member.peers.some((peer) => peer.address === `127.0.0.1:${ownPort}`),
+      false,
+    );
+  });
+
   test('two members that wrote apart (a split) converge on one value, the same on both', async () => {
     const left = await FleetState.open(undefined, '1111111111111111');
     const right = await FleetState.open(undefined, 'ffffffffffffffff');

@@ -89,6 +89,11 @@ export interface ExchangeContext {
    * itself (a DNS name listing every parent lists its own), answered ERR_FLEET_SELF.
    */
   outgoing?: Set<string>;
+  /**
+   * Own requester nonces this member's responder received: the only evidence of "self" that is
+   * trusted. A peer's REFUSAL saying ERR_FLEET_SELF is unauthenticated, so it never counts.
+   */
+  selfSeen?: Set<string>;
   timeoutMs: number;
   /** The verification clock; tests move it. */
   now?: () => number;
@@ -140,6 +145,9 @@ export async function requestExchange(
     return { peerState, peerModuleId: peer.moduleId };
   } catch (error) {
     channel.close();
+    // Decided here, from what this member's own responder saw, never from the peer's word.
+    if (outgoingKey !== undefined && context.selfSeen?.delete(outgoingKey))
+      throw new FleetError('ERR_FLEET_SELF', `${peerName} is this member itself`, { cause: error });
     throw error;
   } finally {
     if (outgoingKey !== undefined) context.outgoing?.delete(outgoingKey);
@@ -170,6 +178,7 @@ export async function answerExchange(
         `the requester's nonce is ${nonceR.byteLength} bytes, not ${FLEET_NONCE_BYTES}`,
       );
     if (context.outgoing?.has(nonceR.toString('hex'))) {
+      context.selfSeen?.add(nonceR.toString('hex'));
       channel.refuse('ERR_FLEET_SELF', 'this is the requesting member itself');
       throw new FleetError('ERR_FLEET_SELF', 'a HELLO from this member itself');
     }

@@ -62,13 +62,17 @@ export interface FleetMemberOptions {
   logger: Logger;
 }
 
+/** How long an address found to be this member is skipped before it is tried again. */
+const SELF_RECHECK_MS = 10 * 60_000;
+
 export class FleetMember {
   readonly state: FleetState;
   readonly #options: FleetMemberOptions;
   readonly #context: ExchangeContext;
   readonly #ownModuleId: string;
   readonly #peers = new Map<string, PeerStatus>();
-  readonly #self = new Set<string>();
+  /** Addresses found (locally) to be this member, until when they are skipped. */
+  readonly #self = new Map<string, number>();
   #listener: Listener | undefined;
   #timer: NodeJS.Timeout | undefined;
   #round: Promise<number> | undefined;
@@ -96,6 +100,7 @@ export class FleetMember {
       allowDebug: settings.allowDebug,
       seen: new NonceBook(),
       outgoing: new Set(),
+      selfSeen: new Set(),
       timeoutMs: settings.exchangeTimeoutMs,
     };
     const member = new FleetMember(options, context, own.moduleId);
@@ -200,7 +205,10 @@ export class FleetMember {
         );
       return 0;
     }
-    // Addresses found to be this member itself are not tried again.
+    // Addresses found to be this member itself are skipped for a while, then checked again (an
+    // address can be reassigned to another parent).
+    const now = Date.now();
+    for (const [address, until] of this.#self) if (until <= now) this.#self.delete(address);
     targets = targets.filter((address) => !this.#self.has(address));
     const seen = new Set(targets);
     for (const address of this.#peers.keys()) if (!seen.has(address)) this.#peers.delete(address);
@@ -227,10 +235,10 @@ export class FleetMember {
       logMerge(logger, outcome, address);
       return true;
     } catch (error) {
-      if (error instanceof FleetError && error.remoteCode === 'ERR_FLEET_SELF') {
-        // A DNS name that resolves to every parent includes this one: not a peer.
+      if (errorCode(error) === 'ERR_FLEET_SELF') {
+        // A DNS name that resolves to every parent includes this one: not a peer (seen by our own responder).
         this.#peers.delete(address);
-        this.#self.add(address);
+        this.#self.set(address, Date.now() + SELF_RECHECK_MS);
         return false;
       }
       const code = errorCode(error) ?? 'ERR_UNKNOWN';
