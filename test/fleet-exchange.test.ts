@@ -3,11 +3,13 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Duplex } from 'node:stream';
+import { createConnection, createServer, type Socket } from 'node:net';
 import { after, describe, test } from 'node:test';
 import { SIM_ROOT_FILE } from '../src/attestation/sim-chain.js';
 import { openSimulatedNsm } from '../src/attestation/sim-nsm.js';
 import { decodeAttestation } from '../src/verify/verifier.js';
 import { answerExchange, fleetPcrsOf, requestExchange, type ExchangeContext } from '../src/fleet/fleet-exchange.js';
+import { FleetChannel } from '../src/fleet/fleet-channel.js';
 import { FleetError } from '../src/fleet/fleet-error.js';
 import { NonceBook } from '../src/fleet/nonce-book.js';
 import { encodeFrame, FRAME, FrameReader, MAX_SEALED_STATE_BYTES } from '../src/wire/fleet-message.js';
@@ -263,6 +265,29 @@ describe('fleet exchange', () => {
     );
     await new Promise((resolve) => setImmediate(resolve));
     assert.deepEqual(frameTypes(replies), [FRAME.REFUSAL]);
+  });
+
+  test('a flood of unrequested frames stays in the sender, and ends the exchange as a protocol error', async () => {
+    const server = createServer();
+    const accepted = new Promise<Socket>((resolve) => server.once('connection', resolve));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const client = createConnection((server.address() as { port: number }).port, '127.0.0.1');
+    client.on('error', () => {});
+    const channel = new FleetChannel(await accepted, 5_000, 'flooder');
+    try {
+      client.write(encodeFrame(FRAME.HELLO, [Buffer.of(1), Buffer.alloc(32)]));
+      await channel.next(FRAME.HELLO);
+      // 20 MiB of empty CONNECTED frames (13 00000000) while the responder would be attesting.
+      const burst = Buffer.concat(Array.from({ length: 64 * 1024 }, () => encodeFrame(FRAME.CONNECTED, [])));
+      for (let i = 0; i < 64; i++) client.write(burst);
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      assert.ok(channel.buffered <= 256 * 1024, `the channel holds ${channel.buffered} bytes`);
+      await assert.rejects(channel.next(FRAME.PROOF), { code: 'ERR_FLEET_FRAME' });
+    } finally {
+      channel.close();
+      client.destroy();
+      server.close();
+    }
   });
 
   test('a malformed frame (a field longer than its frame) is refused', () => {
