@@ -8,7 +8,14 @@ import { after, describe, test } from 'node:test';
 import { SIM_ROOT_FILE } from '../src/attestation/sim-chain.js';
 import { openSimulatedNsm } from '../src/attestation/sim-nsm.js';
 import { decodeAttestation } from '../src/verify/verifier.js';
-import { answerExchange, fleetPcrsOf, requestExchange, type ExchangeContext } from '../src/fleet/fleet-exchange.js';
+import {
+  answerExchange,
+  fleetPcrsOf,
+  HelloBucket,
+  MAX_FLEET_NSM_CALLS,
+  requestExchange,
+  type ExchangeContext,
+} from '../src/fleet/fleet-exchange.js';
 import { FleetChannel } from '../src/fleet/fleet-channel.js';
 import { FleetError } from '../src/fleet/fleet-error.js';
 import { NonceBook } from '../src/fleet/nonce-book.js';
@@ -288,6 +295,44 @@ describe('fleet exchange', () => {
       client.destroy();
       server.close();
     }
+  });
+
+  test('HELLOs beyond the fleet NSM cap are refused ERR_FLEET_BUSY without an NSM call', async () => {
+    const b = await member({ moduleId: 'i-b-enc14' });
+    let attests = 0;
+    // An NSM that never answers: every accepted HELLO holds one call.
+    const nsm = Object.assign(Object.create(b.nsm) as typeof b.nsm, {
+      attest: () => (attests++, new Promise<Uint8Array>(() => {})),
+    });
+    const context: ExchangeContext = { ...b.context, nsm };
+    const replies: Buffer[][] = [];
+    const answers: Promise<unknown>[] = [];
+    for (let i = 0; i <= MAX_FLEET_NSM_CALLS; i++) {
+      const [r, s] = socketPair();
+      const got: Buffer[] = [];
+      replies.push(got);
+      r.on('data', (chunk: Buffer) => got.push(chunk));
+      answers.push(answerExchange(s, context, () => Buffer.alloc(0), 'flooder').catch((error: FleetError) => error));
+      r.write(encodeFrame(FRAME.HELLO, [Buffer.of(1), Buffer.alloc(32, i)]));
+    }
+    const refused = (await answers[MAX_FLEET_NSM_CALLS]) as FleetError;
+    assert.equal(refused.code, 'ERR_FLEET_BUSY');
+    assert.equal(attests, MAX_FLEET_NSM_CALLS);
+    await new Promise((resolve) => setImmediate(resolve));
+    const last = new FrameReader().push(Buffer.concat(replies[MAX_FLEET_NSM_CALLS]!));
+    assert.equal(last[0]?.type, FRAME.REFUSAL);
+    assert.equal(last[0]?.fields[0]?.toString(), 'ERR_FLEET_BUSY');
+  });
+
+  test('HELLOs are rate-limited by a bounded token bucket', () => {
+    let now = 0;
+    const bucket = new HelloBucket(3, 2, () => now);
+    assert.deepEqual([bucket.take(), bucket.take(), bucket.take(), bucket.take()], [true, true, true, false]);
+    now += 500;
+    assert.deepEqual([bucket.take(), bucket.take()], [true, false]);
+    now += 3_600_000;
+    // An idle hour refills to the burst, not beyond.
+    assert.deepEqual([bucket.take(), bucket.take(), bucket.take(), bucket.take()], [true, true, true, false]);
   });
 
   test('a malformed frame (a field longer than its frame) is refused', () => {

@@ -22,11 +22,11 @@ import {
   type KeyObject,
 } from 'node:crypto';
 import type { Duplex } from 'node:stream';
-import type { Nsm } from '../attestation/nsm.js';
+import type { AttestationRequest, Nsm } from '../attestation/nsm.js';
 import { bytesEqual } from '../attestation/attestation-policy.js';
 import { AttestationError } from '../verify/attestation-error.js';
 import { isDebugDocument } from '../verify/document.js';
-import { verifyAttestation, type AttestationDocument } from '../verify/verifier.js';
+import { decodeAttestation, verifyAttestation, type AttestationDocument } from '../verify/verifier.js';
 import type { RootInput } from '../verify/root-store.js';
 import {
   FLEET_IV_BYTES,
@@ -44,6 +44,44 @@ import { NonceBook } from './nonce-book.js';
 export const FLEET_BINDING_PREFIX = 'enclave-runtime/fleet/v1:';
 
 export type FleetRole = 'requester' | 'responder';
+
+/**
+ * Fleet NSM calls (both roles) one member runs at once. The NSM queue is shared with the app's
+ * /attestation-doc and the TLS certificates (DEFAULT_NSM_MAX_QUEUE = 256 waiting calls), and a HELLO
+ * costs an attestation before its sender proved anything; a small fixed share keeps whoever reaches
+ * fleet.listen from filling that queue (and /health from counting ERR_NSM_BUSY), while a round with
+ * a few peers still runs its exchanges side by side.
+ */
+export const MAX_FLEET_NSM_CALLS = 4;
+/** HELLOs answered in a burst, then per second: a fleet of tens of members syncing each interval fits well under it. */
+export const HELLO_BURST = 16;
+export const HELLOS_PER_SECOND = 8;
+
+/** A token bucket: bounded (never holds more than `burst`), refilled by elapsed time. */
+export class HelloBucket {
+  #tokens: number;
+  #at: number;
+  readonly #burst: number;
+  readonly #perSecond: number;
+  readonly #now: () => number;
+
+  constructor(burst = HELLO_BURST, perSecond = HELLOS_PER_SECOND, now: () => number = Date.now) {
+    this.#burst = burst;
+    this.#perSecond = perSecond;
+    this.#now = now;
+    this.#tokens = burst;
+    this.#at = now();
+  }
+
+  take(): boolean {
+    const now = this.#now();
+    this.#tokens = Math.min(this.#burst, this.#tokens + (Math.max(0, now - this.#at) * this.#perSecond) / 1000);
+    this.#at = now;
+    if (this.#tokens < 1) return false;
+    this.#tokens -= 1;
+    return true;
+  }
+}
 
 /**
  * A fleet document's user_data: the prefix, the role, then SHA-256 of the exchange key's DER SPKI.
@@ -95,6 +133,10 @@ export interface ExchangeContext {
    */
   selfSeen?: Set<string>;
   timeoutMs: number;
+  /** Fleet NSM calls in flight (created on first use; shared by every exchange on this context). */
+  nsmCalls?: { inFlight: number };
+  /** HELLOs this responder still answers (created on first use). */
+  hellos?: HelloBucket;
   /** The verification clock; tests move it. */
   now?: () => number;
 }
@@ -131,9 +173,11 @@ export async function requestExchange(
     const { document: peer, key: peerKey } = checkPeer(channel, context, docS, nonceR, 'responder');
 
     const own = ecdhKeyPair();
-    const docR = Buffer.from(
-      await context.nsm.attest({ nonce: nonceS, publicKey: own.spki, userData: fleetUserData('requester', own.spki) }),
-    );
+    const docR = await attestLimited(channel, context, {
+      nonce: nonceS,
+      publicKey: own.spki,
+      userData: fleetUserData('requester', own.spki),
+    });
     const keys = deriveKeys(own.privateKey, peerKey, hello, challenge, docR);
     const sealedR = seal(keys.toResponder, keys.salt, ownState());
     const proof = channel.send(FRAME.PROOF, [docR, sealedR.iv, sealedR.ciphertext]);
@@ -189,11 +233,22 @@ export async function answerExchange(
         'the requester nonce was already used in an earlier exchange (a replayed HELLO); each exchange needs a fresh one',
       );
 
+    // Before any key generation or NSM call: the requester has proved nothing yet.
+    if (!(context.hellos ??= new HelloBucket()).take())
+      throw refusal(channel, 'ERR_FLEET_BUSY', `more than ${HELLOS_PER_SECOND} HELLOs per second; try again later`);
+    if ((context.nsmCalls ??= { inFlight: 0 }).inFlight >= MAX_FLEET_NSM_CALLS)
+      throw refusal(
+        channel,
+        'ERR_FLEET_BUSY',
+        `${MAX_FLEET_NSM_CALLS} fleet attestations are in flight; try again later`,
+      );
     const own = ecdhKeyPair();
     const nonceS = randomBytes(FLEET_NONCE_BYTES);
-    const docS = Buffer.from(
-      await context.nsm.attest({ nonce: nonceR, publicKey: own.spki, userData: fleetUserData('responder', own.spki) }),
-    );
+    const docS = await attestLimited(channel, context, {
+      nonce: nonceR,
+      publicKey: own.spki,
+      userData: fleetUserData('responder', own.spki),
+    });
     const challenge = channel.send(FRAME.CHALLENGE, [docS, nonceS]);
 
     const [docR, ivR, sealedR] = (await channel.next(FRAME.PROOF)) as [Buffer, Buffer, Buffer];
@@ -213,7 +268,34 @@ export async function answerExchange(
   }
 }
 
-/** Verifies the peer's document as `role` must have made it; refuses (both sides) on any failure. */
+/** One fleet NSM call, within MAX_FLEET_NSM_CALLS, and not for a peer that already hung up. */
+async function attestLimited(
+  channel: FleetChannel,
+  context: ExchangeContext,
+  request: AttestationRequest,
+): Promise<Buffer> {
+  if (channel.socket.destroyed)
+    throw new FleetError('ERR_FLEET_UNREACHABLE', 'the peer closed the connection before the attestation');
+  const calls = (context.nsmCalls ??= { inFlight: 0 });
+  if (calls.inFlight >= MAX_FLEET_NSM_CALLS)
+    throw refusal(
+      channel,
+      'ERR_FLEET_BUSY',
+      `${MAX_FLEET_NSM_CALLS} fleet attestations are in flight; try again later`,
+    );
+  calls.inFlight += 1;
+  try {
+    return Buffer.from(await context.nsm.attest(request));
+  } finally {
+    calls.inFlight -= 1;
+  }
+}
+
+/**
+ * Verifies the peer's document as `role` must have made it; refuses (both sides) on any failure.
+ * The cheap checks (nonce, PCRs, debug flag, binding) run on the decoded document first, so a
+ * stranger's document costs no chain verification.
+ */
 function checkPeer(
   channel: FleetChannel,
   context: ExchangeContext,
@@ -221,20 +303,19 @@ function checkPeer(
   nonce: Buffer,
   role: FleetRole,
 ): { document: AttestationDocument; key: KeyObject } {
-  let document: AttestationDocument;
-  try {
-    ({ document } = verifyAttestation(raw, {
-      ...(context.root === undefined ? {} : { root: context.root }),
-      at: new Date((context.now ?? Date.now)()),
-      allowDebug: true,
-    }));
-  } catch (error) {
+  const notVerified = (error: unknown) => {
     const code = error instanceof AttestationError ? error.code : 'ERR_UNKNOWN';
-    throw refusal(
+    return refusal(
       channel,
       'ERR_FLEET_ATTESTATION',
       `the ${role}'s attestation document does not verify (${code}): ${(error as Error).message}`,
     );
+  };
+  let document: AttestationDocument;
+  try {
+    document = decodeAttestation(raw);
+  } catch (error) {
+    throw notVerified(error);
   }
   if (document.nonce === null || !bytesEqual(document.nonce, nonce))
     throw refusal(
@@ -277,6 +358,15 @@ function checkPeer(
       'ERR_FLEET_BINDING',
       `the ${role}'s document does not bind a fleet exchange key: public_key must be a P-384 SPKI and user_data "${FLEET_BINDING_PREFIX}${role}:" + SHA-256 of it`,
     );
+  try {
+    ({ document } = verifyAttestation(raw, {
+      ...(context.root === undefined ? {} : { root: context.root }),
+      at: new Date((context.now ?? Date.now)()),
+      allowDebug: true,
+    }));
+  } catch (error) {
+    throw notVerified(error);
+  }
   return { document, key };
 }
 
@@ -354,7 +444,8 @@ function refusal(
     | 'ERR_FLEET_NONCE'
     | 'ERR_FLEET_BINDING'
     | 'ERR_FLEET_DECRYPT'
-    | 'ERR_FLEET_FRAME',
+    | 'ERR_FLEET_FRAME'
+    | 'ERR_FLEET_BUSY',
   message: string,
 ): FleetError {
   channel.refuse(code, message);

@@ -270,8 +270,8 @@ export class FleetMember {
       socket.destroy();
       return;
     }
+    // Counted until the exchange settles, not until the socket closes: a queued NSM call outlives its socket.
     this.#open += 1;
-    socket.once('close', () => (this.#open -= 1));
     socket.on('error', () => {});
     answerExchange(socket, this.#context, () => this.state.encode(), 'a requesting peer')
       .then(async (result) => {
@@ -294,7 +294,8 @@ export class FleetMember {
           { code, ...(remote ? { remoteCode: remote } : {}), reason: (error as Error).message },
           refused ? 'fleet: refused a requesting peer' : 'fleet: an exchange with a requesting peer failed',
         );
-      });
+      })
+      .finally(() => (this.#open -= 1));
   }
 
   /** The peers to try this round, as `host:port`. */
