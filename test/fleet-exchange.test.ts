@@ -200,6 +200,26 @@ describe('fleet exchange', () => {
     assert.equal(s4.status, 'fulfilled');
   });
 
+  test('with debug allowed, a debug enclave without the fleet.debug_psk cannot exchange (any image has zero PCRs)', async () => {
+    const psk = Buffer.from('a'.repeat(40));
+    const a = await member({ moduleId: 'i-d-enc15', debug: true, allowDebug: true });
+    const b = await member({ moduleId: 'i-d2-enc15', debug: true, allowDebug: true });
+    a.context.debugPsk = psk;
+    b.context.debugPsk = psk;
+    const [r, s] = await exchange(a, b);
+    assert.equal(r.status, 'fulfilled');
+    assert.equal(s.status, 'fulfilled');
+    // Another debug image: equal (zero) PCRs, but another key.
+    const stranger = await member({ moduleId: 'i-x-enc15', pcr0: 7, debug: true, allowDebug: true });
+    stranger.context.debugPsk = Buffer.from('b'.repeat(40));
+    const [r2, s2] = await exchange(stranger, b);
+    assert.equal(codeOf(s2), 'ERR_FLEET_DECRYPT');
+    assert.equal(r2.status, 'rejected');
+    const [r3, s3] = await exchange(a, stranger);
+    assert.equal(codeOf(s3), 'ERR_FLEET_DECRYPT');
+    assert.equal(remoteCodeOf(r3), 'ERR_FLEET_DECRYPT');
+  });
+
   test('a replayed CHALLENGE (an old document) is refused as a stale nonce', async () => {
     const a = await member({ moduleId: 'i-a-enc6' });
     const b = await member({ moduleId: 'i-b-enc6' });

@@ -120,6 +120,12 @@ export interface ExchangeContext {
   pcrs: FleetPcrs;
   /** Accept a debug-mode peer (both sides must allow it for an exchange to succeed). */
   allowDebug: boolean;
+  /**
+   * fleet.debug_psk, mixed into the key derivation when debug is allowed. Debug documents carry
+   * all-zero PCRs, so PCR equality no longer names the image; only holders of this secret derive
+   * the keys, so a debug enclave of any other image cannot read or write the state.
+   */
+  debugPsk?: Uint8Array | undefined;
   /** Requester nonces seen by the responder, against a replayed HELLO. */
   seen: NonceBook;
   /**
@@ -178,7 +184,7 @@ export async function requestExchange(
       publicKey: own.spki,
       userData: fleetUserData('requester', own.spki),
     });
-    const keys = deriveKeys(own.privateKey, peerKey, hello, challenge, docR);
+    const keys = deriveKeys(own.privateKey, peerKey, hello, challenge, docR, debugPskOf(context));
     const sealedR = seal(keys.toResponder, keys.salt, ownState());
     const proof = channel.send(FRAME.PROOF, [docR, sealedR.iv, sealedR.ciphertext]);
 
@@ -254,7 +260,7 @@ export async function answerExchange(
     const [docR, ivR, sealedR] = (await channel.next(FRAME.PROOF)) as [Buffer, Buffer, Buffer];
     const proof = frameBytes(FRAME.PROOF, [docR, ivR, sealedR]);
     const { document: peer, key: peerKey } = checkPeer(channel, context, docR, nonceS, 'requester');
-    const keys = deriveKeys(own.privateKey, peerKey, hello, challenge, docR);
+    const keys = deriveKeys(own.privateKey, peerKey, hello, challenge, docR, debugPskOf(context));
     const peerState = open(channel, keys.toResponder, keys.salt, ivR, sealedR, 'requester');
 
     const aad = createHash('sha256').update(keys.salt).update(proof).digest();
@@ -382,8 +388,21 @@ interface ExchangeKeys {
   toRequester: Buffer;
 }
 
-function deriveKeys(own: KeyObject, peer: KeyObject, hello: Buffer, challenge: Buffer, docR: Buffer): ExchangeKeys {
-  const secret = diffieHellman({ privateKey: own, publicKey: peer });
+/** The pre-shared key both sides mix in when debug is allowed (a config check requires it then). */
+function debugPskOf(context: ExchangeContext): Uint8Array {
+  return context.allowDebug && context.debugPsk ? context.debugPsk : new Uint8Array(0);
+}
+
+function deriveKeys(
+  own: KeyObject,
+  peer: KeyObject,
+  hello: Buffer,
+  challenge: Buffer,
+  docR: Buffer,
+  psk: Uint8Array,
+): ExchangeKeys {
+  const ecdh = diffieHellman({ privateKey: own, publicKey: peer });
+  const secret = psk.byteLength === 0 ? ecdh : Buffer.concat([ecdh, createHash('sha256').update(psk).digest()]);
   const salt = createHash('sha256').update(hello).update(challenge).update(docR).digest();
   const derive = (info: string) =>
     Buffer.from(hkdfSync('sha256', secret, salt, `enclave-runtime/fleet/v1 ${info}`, 32));

@@ -41,6 +41,8 @@ export interface FleetSettings {
   syncIntervalMs: number;
   exchangeTimeoutMs: number;
   allowDebug: boolean;
+  /** Required (at least 32 bytes) with allowDebug: see ExchangeContext.debugPsk. */
+  debugPsk?: string;
   /** "" = the NSM's own root (AWS for the device, the state dir's simulated root otherwise), or a PEM file. */
   attestationRoot: string;
   maxConnections: number;
@@ -98,6 +100,7 @@ export class FleetMember {
       root,
       pcrs: fleetPcrsOf(own),
       allowDebug: settings.allowDebug,
+      debugPsk: settings.debugPsk ? Buffer.from(settings.debugPsk, 'utf8') : undefined,
       seen: new NonceBook(),
       outgoing: new Set(),
       selfSeen: new Set(),
