@@ -175,6 +175,42 @@ describe('fleet state merge', () => {
     );
   });
 
+  test('a responder exchange counts against max_connections until it settles, not until its socket closes', async () => {
+    const stateDir = join(scratch, 'open');
+    const real = await openSimulatedNsm({ stateDir, moduleId: 'i-open-enc0' });
+    let hang = false;
+    let attests = 0;
+    // After start, the NSM stops answering: each accepted HELLO holds one queued call.
+    const nsm = Object.assign(Object.create(real) as typeof real, {
+      attest: (request: Parameters<typeof real.attest>[0]) =>
+        hang ? (attests++, new Promise<Uint8Array>(() => {})) : real.attest(request),
+    });
+    const port = await freePort();
+    const member = await FleetMember.start({
+      settings: { ...settings(port, [], true), maxConnections: 1, syncIntervalMs: 3_600_000, exchangeTimeoutMs: 300 },
+      nsm,
+      state: await FleetState.open(),
+      stateDir,
+      logger: silentLogger(),
+    });
+    stopAll.push(() => member.close());
+    hang = true;
+    const hello = (i: number) => encodeFrame(FRAME.HELLO, [Buffer.of(1), Buffer.alloc(32, i)]);
+    const { createConnection } = await import('node:net');
+    const first = createConnection(port, '127.0.0.1');
+    first.on('error', () => {});
+    first.write(hello(1));
+    await eventually(() => attests === 1 || undefined, 'the first HELLO reaches the NSM');
+    // The exchange deadline closes the socket while the NSM call stays queued.
+    await new Promise((resolve) => first.once('close', resolve));
+    await new Promise((resolve) => setImmediate(resolve));
+    const second = createConnection(port, '127.0.0.1');
+    second.on('error', () => {});
+    second.write(hello(2));
+    await new Promise((resolve) => second.once('close', resolve));
+    assert.equal(attests, 1, 'the second HELLO was not attested while the first call is still queued');
+  });
+
   test('two members that wrote apart (a split) converge on one value, the same on both', async () => {
     const left = await FleetState.open(undefined, '1111111111111111');
     const right = await FleetState.open(undefined, 'ffffffffffffffff');
