@@ -34,6 +34,7 @@ import {
   FLEET_PROTOCOL_VERSION,
   FLEET_TAG_BYTES,
   FRAME,
+  MAX_LISTED_PEERS,
   MAX_SEALED_STATE_BYTES,
 } from '../wire/fleet-message.js';
 import { FleetChannel } from './fleet-channel.js';
@@ -53,9 +54,12 @@ export type FleetRole = 'requester' | 'responder';
  * a few peers still runs its exchanges side by side.
  */
 export const MAX_FLEET_NSM_CALLS = 4;
-/** HELLOs answered in a burst, then per second: a fleet of tens of members syncing each interval fits well under it. */
-export const HELLO_BURST = 16;
-export const HELLOS_PER_SECOND = 8;
+/**
+ * HELLOs answered in a burst, then per second: a round of the largest fleet (MAX_LISTED_PEERS
+ * members) arrives as one burst, and at the default 5 s interval is under 13 per second.
+ */
+export const HELLO_BURST = MAX_LISTED_PEERS;
+export const HELLOS_PER_SECOND = 16;
 
 /** A token bucket: bounded (never holds more than `burst`), refilled by elapsed time. */
 export class HelloBucket {
