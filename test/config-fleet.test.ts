@@ -30,6 +30,22 @@ describe('[fleet] config', () => {
     assert.deepEqual(host.host.enclaveFleet, { transport: 'vsock', cid: 16, port: 7790 });
   });
 
+  test('allow_debug needs a debug_psk of at least 32 characters, never quoted back', () => {
+    const missing = problems('[fleet]\nenabled = true\nallow_debug = true\n');
+    assert.ok(
+      missing.some((problem) => problem.startsWith('fleet.debug_psk')),
+      missing.join('\n'),
+    );
+    const short = problems('[fleet]\nenabled = true\nallow_debug = true\ndebug_psk = "tooshort-secret"\n');
+    assert.ok(
+      short.some((problem) => /debug_psk/.test(problem)),
+      short.join('\n'),
+    );
+    assert.ok(short.every((problem) => !problem.includes('tooshort-secret')));
+    const config = parseConfig(`[fleet]\nenabled = true\nallow_debug = true\ndebug_psk = "${'k'.repeat(32)}"\n`, 'dev');
+    assert.equal(config.fleet.debugPsk, 'k'.repeat(32));
+  });
+
   test('peers, bootstrap and the host relay keys are read', () => {
     const config = parseConfig(
       [

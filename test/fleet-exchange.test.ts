@@ -3,11 +3,20 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Duplex } from 'node:stream';
+import { createConnection, createServer, type Socket } from 'node:net';
 import { after, describe, test } from 'node:test';
 import { SIM_ROOT_FILE } from '../src/attestation/sim-chain.js';
 import { openSimulatedNsm } from '../src/attestation/sim-nsm.js';
 import { decodeAttestation } from '../src/verify/verifier.js';
-import { answerExchange, fleetPcrsOf, requestExchange, type ExchangeContext } from '../src/fleet/fleet-exchange.js';
+import {
+  answerExchange,
+  fleetPcrsOf,
+  HelloBucket,
+  MAX_FLEET_NSM_CALLS,
+  requestExchange,
+  type ExchangeContext,
+} from '../src/fleet/fleet-exchange.js';
+import { FleetChannel } from '../src/fleet/fleet-channel.js';
 import { FleetError } from '../src/fleet/fleet-error.js';
 import { NonceBook } from '../src/fleet/nonce-book.js';
 import { encodeFrame, FRAME, FrameReader, MAX_SEALED_STATE_BYTES } from '../src/wire/fleet-message.js';
@@ -191,6 +200,26 @@ describe('fleet exchange', () => {
     assert.equal(s4.status, 'fulfilled');
   });
 
+  test('with debug allowed, a debug enclave without the fleet.debug_psk cannot exchange (any image has zero PCRs)', async () => {
+    const psk = Buffer.from('a'.repeat(40));
+    const a = await member({ moduleId: 'i-d-enc15', debug: true, allowDebug: true });
+    const b = await member({ moduleId: 'i-d2-enc15', debug: true, allowDebug: true });
+    a.context.debugPsk = psk;
+    b.context.debugPsk = psk;
+    const [r, s] = await exchange(a, b);
+    assert.equal(r.status, 'fulfilled');
+    assert.equal(s.status, 'fulfilled');
+    // Another debug image: equal (zero) PCRs, but another key.
+    const stranger = await member({ moduleId: 'i-x-enc15', pcr0: 7, debug: true, allowDebug: true });
+    stranger.context.debugPsk = Buffer.from('b'.repeat(40));
+    const [r2, s2] = await exchange(stranger, b);
+    assert.equal(codeOf(s2), 'ERR_FLEET_DECRYPT');
+    assert.equal(r2.status, 'rejected');
+    const [r3, s3] = await exchange(a, stranger);
+    assert.equal(codeOf(s3), 'ERR_FLEET_DECRYPT');
+    assert.equal(remoteCodeOf(r3), 'ERR_FLEET_DECRYPT');
+  });
+
   test('a replayed CHALLENGE (an old document) is refused as a stale nonce', async () => {
     const a = await member({ moduleId: 'i-a-enc6' });
     const b = await member({ moduleId: 'i-b-enc6' });
@@ -265,6 +294,67 @@ describe('fleet exchange', () => {
     assert.deepEqual(frameTypes(replies), [FRAME.REFUSAL]);
   });
 
+  test('a flood of unrequested frames stays in the sender, and ends the exchange as a protocol error', async () => {
+    const server = createServer();
+    const accepted = new Promise<Socket>((resolve) => server.once('connection', resolve));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const client = createConnection((server.address() as { port: number }).port, '127.0.0.1');
+    client.on('error', () => {});
+    const channel = new FleetChannel(await accepted, 5_000, 'flooder');
+    try {
+      client.write(encodeFrame(FRAME.HELLO, [Buffer.of(1), Buffer.alloc(32)]));
+      await channel.next(FRAME.HELLO);
+      // 20 MiB of empty CONNECTED frames (13 00000000) while the responder would be attesting.
+      const burst = Buffer.concat(Array.from({ length: 64 * 1024 }, () => encodeFrame(FRAME.CONNECTED, [])));
+      for (let i = 0; i < 64; i++) client.write(burst);
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      assert.ok(channel.buffered <= 256 * 1024, `the channel holds ${channel.buffered} bytes`);
+      await assert.rejects(channel.next(FRAME.PROOF), { code: 'ERR_FLEET_FRAME' });
+    } finally {
+      channel.close();
+      client.destroy();
+      server.close();
+    }
+  });
+
+  test('HELLOs beyond the fleet NSM cap are refused ERR_FLEET_BUSY without an NSM call', async () => {
+    const b = await member({ moduleId: 'i-b-enc14' });
+    let attests = 0;
+    // An NSM that never answers: every accepted HELLO holds one call.
+    const nsm = Object.assign(Object.create(b.nsm) as typeof b.nsm, {
+      attest: () => (attests++, new Promise<Uint8Array>(() => {})),
+    });
+    const context: ExchangeContext = { ...b.context, nsm };
+    const replies: Buffer[][] = [];
+    const answers: Promise<unknown>[] = [];
+    for (let i = 0; i <= MAX_FLEET_NSM_CALLS; i++) {
+      const [r, s] = socketPair();
+      const got: Buffer[] = [];
+      replies.push(got);
+      r.on('data', (chunk: Buffer) => got.push(chunk));
+      answers.push(answerExchange(s, context, () => Buffer.alloc(0), 'flooder').catch((error: FleetError) => error));
+      r.write(encodeFrame(FRAME.HELLO, [Buffer.of(1), Buffer.alloc(32, i)]));
+    }
+    const refused = (await answers[MAX_FLEET_NSM_CALLS]) as FleetError;
+    assert.equal(refused.code, 'ERR_FLEET_BUSY');
+    assert.equal(attests, MAX_FLEET_NSM_CALLS);
+    await new Promise((resolve) => setImmediate(resolve));
+    const last = new FrameReader().push(Buffer.concat(replies[MAX_FLEET_NSM_CALLS]!));
+    assert.equal(last[0]?.type, FRAME.REFUSAL);
+    assert.equal(last[0]?.fields[0]?.toString(), 'ERR_FLEET_BUSY');
+  });
+
+  test('HELLOs are rate-limited by a bounded token bucket', () => {
+    let now = 0;
+    const bucket = new HelloBucket(3, 2, () => now);
+    assert.deepEqual([bucket.take(), bucket.take(), bucket.take(), bucket.take()], [true, true, true, false]);
+    now += 500;
+    assert.deepEqual([bucket.take(), bucket.take()], [true, false]);
+    now += 3_600_000;
+    // An idle hour refills to the burst, not beyond.
+    assert.deepEqual([bucket.take(), bucket.take(), bucket.take(), bucket.take()], [true, true, true, false]);
+  });
+
   test('a malformed frame (a field longer than its frame) is refused', () => {
     const good = encodeFrame(FRAME.HELLO, [Buffer.of(1), Buffer.alloc(32)]);
     good.writeUInt32BE(999, 5);
@@ -273,9 +363,23 @@ describe('fleet exchange', () => {
 
   test('a member that reaches itself (its parent among the peers) is told so, on both sides', async () => {
     const a = await member({ moduleId: 'i-a-enc12' });
+    a.context.selfSeen = new Set();
     const [r, s] = await exchange(a, a);
     assert.equal(codeOf(s), 'ERR_FLEET_SELF');
-    assert.equal(remoteCodeOf(r), 'ERR_FLEET_SELF');
+    // Decided from its own responder's record, not from the refusal on the wire.
+    assert.equal(codeOf(r), 'ERR_FLEET_SELF');
+    assert.equal(a.context.selfSeen.size, 0);
+  });
+
+  test('a forged ERR_FLEET_SELF refusal is only a refused exchange', async () => {
+    const a = await member({ moduleId: 'i-a-enc13' });
+    a.context.selfSeen = new Set();
+    const [r, s] = socketPair();
+    s.on('data', () =>
+      s.end(encodeFrame(FRAME.REFUSAL, [Buffer.from('ERR_FLEET_SELF'), Buffer.from('trust me, I am you')])),
+    );
+    const result = await Promise.allSettled([requestExchange(r, a.context, () => Buffer.alloc(0), 'forger')]);
+    assert.equal(remoteCodeOf(result[0]), 'ERR_FLEET_SELF');
   });
 
   test('a responder that never answers times out', async () => {

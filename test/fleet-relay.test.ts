@@ -5,6 +5,8 @@
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { after, describe, test } from 'node:test';
+import { parseConfig } from '../src/config/load.js';
+import { ConfigError } from '../src/core/errors.js';
 import { silentLogger } from '../src/core/log.js';
 import { startFleetRelay, type FleetRelay } from '../src/host/fleet-relay.js';
 import { encodeFrame, FRAME, FrameReader, type Frame } from '../src/wire/fleet-message.js';
@@ -51,6 +53,7 @@ describe('fleet relay (parent, outbound)', () => {
       peerPort: 7790,
       connectTimeoutMs: 2_000,
       idleTimeoutMs: 5_000,
+      allowPrivate: true,
       logger: silentLogger(),
     });
     closers.push(() => relay.close());
@@ -80,5 +83,46 @@ describe('fleet relay (parent, outbound)', () => {
     connected.socket.end('hello');
     assert.equal(await reply, 'peer got: hello');
     connected.socket.destroy();
+  });
+
+  test('resolved peers on loopback, link-local or other non-peer addresses are never listed nor dialled', async () => {
+    const peer = await startReplyServer(() => Buffer.from('must not be reached'));
+    closers.push(() => void peer.server.close());
+    let reached = 0;
+    peer.server.on('connection', () => (reached += 1));
+    const relay = await startFleetRelay({
+      listen: { transport: 'tcp', host: '127.0.0.1', port: 0 },
+      peers: ['peers.example'],
+      peerPort: peer.port,
+      connectTimeoutMs: 2_000,
+      idleTimeoutMs: 5_000,
+      logger: silentLogger(),
+      // DNS for fleet.peers points at this parent's own loopback, the metadata service and others.
+      resolve: async (_peers, port) =>
+        ['127.0.0.1', '169.254.169.254', '0.0.0.0', '[::1]', '[fe80::1]', '10.0.1.5', '203.0.113.9'].map(
+          (ip) => `${ip}:${port}`,
+        ),
+    });
+    closers.push(() => relay.close());
+    const listed = await ask(relay, FRAME.PEERS_ASK, []);
+    assert.deepEqual(listed.answer.fields.map(String), [`10.0.1.5:${peer.port}`, `203.0.113.9:${peer.port}`]);
+    listed.socket.destroy();
+    const refused = await ask(relay, FRAME.CONNECT, [Buffer.from(`127.0.0.1:${peer.port}`)]);
+    assert.equal(refused.answer.type, FRAME.REFUSAL);
+    assert.equal(String(refused.answer.fields[0]), 'ERR_FLEET_RELAY');
+    refused.socket.destroy();
+    assert.equal(reached, 0);
+  });
+
+  test('host.fleet_relay_listen on a non-loopback tcp address is a config error naming it', () => {
+    assert.throws(
+      () => parseConfig('[host]\nfleet_relay_listen = "tcp:0.0.0.0:7791"\n', 'host'),
+      (error: unknown) =>
+        error instanceof ConfigError && error.problems.some((problem) => problem.startsWith('host.fleet_relay_listen')),
+    );
+    assert.equal(
+      parseConfig('[host]\nfleet_relay_listen = "tcp:127.0.0.1:7791"\n', 'host').host.fleetRelayListen?.transport,
+      'tcp',
+    );
   });
 });

@@ -298,7 +298,15 @@ export const SCHEMA = table('enclave.toml', {
         100,
         5 * 60 * SECOND,
       ),
-      allow_debug: bool('accept debug-mode peers (PCR0-2 all zero); every member must allow it', false),
+      allow_debug: bool(
+        'accept debug-mode peers (PCR0-2 all zero, so the image is NOT checked; needs fleet.debug_psk); every member must allow it',
+        false,
+      ),
+      debug_psk: secretText(
+        'SECRET required with allow_debug: a pre-shared key of at least 32 characters every member holds, mixed into the exchange keys; debug documents do not name the image, so this secret is all that keeps a debug enclave of another image out',
+        /^\S{32,4096}$/,
+        'at least 32 non-space characters',
+      ),
       attestation_root: optionalText(
         'PEM file of the root peers\' documents must chain to ("" = the AWS Nitro root; the state dir\'s simulated root with attestation.mode = "simulated")',
       ),

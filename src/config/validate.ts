@@ -99,6 +99,15 @@ export function validateConfig(raw: Record<string, unknown>, mode: Mode, source 
 /** Rules that span keys; each message names the keys involved. */
 function crossCheck(config: RuntimeConfig, mode: Mode, problems: string[]): void {
   if (mode === 'dev') config.attestation.mode = 'simulated';
+  const fleetRelay = config.host.fleetRelayListen;
+  if (fleetRelay?.transport === 'tcp' && !/^(127\.\d+\.\d+\.\d+|::1|localhost)$/.test(fleetRelay.host))
+    problems.push(
+      `host.fleet_relay_listen: tcp on ${fleetRelay.host} would let anyone who reaches it make this parent dial the fleet's peers; listen on vsock or unix (or tcp on 127.0.0.1 in dev)`,
+    );
+  if (config.fleet.enabled && config.fleet.allowDebug && config.fleet.debugPsk === '')
+    problems.push(
+      'fleet.debug_psk: required with fleet.allow_debug = true (at least 32 characters, the same on every member): debug documents have all-zero PCRs, so without it a debug enclave of any image could join',
+    );
   const { listen, app } = config.ingress;
   if (config.ingress.enabled && JSON.stringify(listen) === JSON.stringify(app)) {
     problems.push('ingress.listen and ingress.app are the same address; ingress would forward to itself');

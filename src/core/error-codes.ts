@@ -104,6 +104,8 @@ export const ERROR_CODES = {
   ERR_FLEET_RELAY: "the parent's fleet relay refused a destination that is not a configured peer",
   ERR_FLEET_STATE: 'a fleet state (file, peer state or app blob) is malformed or over its bound',
   ERR_FLEET_LISTEN: 'the fleet listener cannot listen on fleet.listen',
+  ERR_FLEET_BUSY:
+    'a fleet member refused a HELLO: too many fleet NSM calls in flight or too many HELLOs per second; the peer retries next interval',
   ERR_FLEET_SELF: 'a fleet exchange reached this member itself (its parent is among the peers); skipped, not an error',
   // Egress
   ERR_ALLOWLIST: 'an egress allowlist entry is malformed',

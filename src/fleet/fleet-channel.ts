@@ -1,30 +1,31 @@
 import type { Duplex } from 'node:stream';
-import {
-  FleetFrameError,
-  FrameReader,
-  FRAME,
-  frameName,
-  encodeFrame,
-  type Frame,
-  type FrameType,
-} from '../wire/fleet-message.js';
+import { FleetFrameError, FrameReader, FRAME, encodeFrame, type Frame, type FrameType } from '../wire/fleet-message.js';
 import { FleetError, type FleetErrorCode } from './fleet-error.js';
 
 const MAX_REFUSAL_MESSAGE_CHARS = 512;
 
 /**
- * One fleet connection as frames: `next` waits for the next frame of an expected type, with the
- * whole exchange under one deadline, so a peer that trickles bytes cannot hold it longer. A REFUSAL
- * from the peer becomes ERR_FLEET_REFUSED carrying the peer's code; any other surprise is ERR_FLEET_FRAME.
+ * One fleet connection as frames, in lock-step: `next` parses only the one frame the current step
+ * expects, and the socket stays paused between steps, so a peer that streams frames nobody asked
+ * for fills its own send buffer, not this enclave's heap; an unexpected frame is refused from its
+ * header. The whole exchange runs under one deadline, so a peer that trickles bytes cannot hold it
+ * longer. A REFUSAL from the peer becomes ERR_FLEET_REFUSED carrying the peer's code; any other
+ * surprise is ERR_FLEET_FRAME.
  */
 export class FleetChannel {
   readonly socket: Duplex;
   readonly #reader = new FrameReader();
-  readonly #queue: Frame[] = [];
   #waiter: { resolve: () => void } | undefined;
   #failure: Error | undefined;
   readonly #deadline: NodeJS.Timeout;
   readonly #peer: string;
+  readonly #onData = (chunk: Buffer): void => {
+    if (this.#failure) return;
+    this.#reader.append(chunk);
+    // Nothing is read ahead of the step that wants it.
+    this.socket.pause();
+    this.#wake();
+  };
 
   constructor(socket: Duplex, timeoutMs: number, peer: string) {
     this.socket = socket;
@@ -36,24 +37,20 @@ export class FleetChannel {
         ),
       timeoutMs,
     );
-    socket.on('data', (chunk: Buffer) => {
-      if (this.#failure) return;
-      try {
-        this.#queue.push(...this.#reader.push(chunk));
-      } catch (error) {
-        this.#fail(error as Error);
-        return;
-      }
-      this.#wake();
-    });
+    socket.on('data', this.#onData);
     socket.once('error', (error) =>
       this.#fail(new FleetError('ERR_FLEET_UNREACHABLE', `the connection to ${peer} failed: ${error.message}`)),
     );
     socket.once('close', () =>
       this.#fail(new FleetError('ERR_FLEET_UNREACHABLE', `${peer} closed the connection mid-exchange`)),
     );
-    // A socket handed on by release() was paused explicitly, and a new 'data' listener does not undo that.
-    socket.resume();
+    // Paused until a step asks for a frame (a socket handed on by release() is paused already).
+    socket.pause();
+  }
+
+  /** Bytes received and not yet taken as a frame (bounded by one frame and one chunk). */
+  get buffered(): number {
+    return this.#reader.buffered;
   }
 
   /** The next frame, which must be of `type` (a REFUSAL is turned into the error it carries). */
@@ -64,22 +61,31 @@ export class FleetChannel {
   /** The next frame, which must be of one of `types`. */
   async nextOf(types: readonly FrameType[]): Promise<Frame> {
     for (;;) {
-      const frame = this.#queue.shift();
+      let frame: Frame | undefined;
+      if (!this.#failure) {
+        try {
+          frame = this.#reader.take(types);
+        } catch (error) {
+          const failure =
+            error instanceof FleetFrameError
+              ? new FleetFrameError(`${(error as Error).message} from ${this.#peer}`)
+              : error;
+          this.#fail(failure as Error);
+          throw failure;
+        }
+      }
       if (frame) {
         if (types.includes(frame.type)) return frame;
-        if (frame.type === FRAME.REFUSAL) {
-          const code = frame.fields[0]!.toString('utf8').slice(0, 64);
-          const message = frame.fields[1]!.toString('utf8').slice(0, MAX_REFUSAL_MESSAGE_CHARS);
-          throw new FleetError('ERR_FLEET_REFUSED', `${this.#peer} refused the exchange (${code}): ${message}`, {
-            remoteCode: code,
-          });
-        }
-        throw new FleetFrameError(
-          `expected a ${types.map(frameName).join(' or ')} frame from ${this.#peer}, got ${frameName(frame.type)}`,
-        );
+        const code = frame.fields[0]!.toString('utf8').slice(0, 64);
+        const message = frame.fields[1]!.toString('utf8').slice(0, MAX_REFUSAL_MESSAGE_CHARS);
+        throw new FleetError('ERR_FLEET_REFUSED', `${this.#peer} refused the exchange (${code}): ${message}`, {
+          remoteCode: code,
+        });
       }
       if (this.#failure) throw this.#failure;
-      await new Promise<void>((resolve) => (this.#waiter = { resolve }));
+      const waiting = new Promise<void>((resolve) => (this.#waiter = { resolve }));
+      this.socket.resume();
+      await waiting;
     }
   }
 
@@ -109,6 +115,8 @@ export class FleetChannel {
   /** Stops the deadline; ends the socket once written. */
   close(): void {
     clearTimeout(this.#deadline);
+    this.#failure ??= new FleetError('ERR_FLEET_UNREACHABLE', `the exchange with ${this.#peer} is closed`);
+    this.socket.off('data', this.#onData);
     this.socket.end();
     setTimeout(() => this.socket.destroy(), 1_000).unref();
   }
@@ -118,7 +126,7 @@ export class FleetChannel {
     clearTimeout(this.#deadline);
     // Paused first: a flowing stream with no 'data' listener would drop what arrives next.
     this.socket.pause();
-    this.socket.removeAllListeners('data');
+    this.socket.off('data', this.#onData);
     return this.#reader.rest();
   }
 

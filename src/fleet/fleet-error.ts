@@ -15,7 +15,8 @@ export type FleetErrorCode =
   | 'ERR_FLEET_RELAY'
   | 'ERR_FLEET_STATE'
   | 'ERR_FLEET_LISTEN'
-  | 'ERR_FLEET_SELF';
+  | 'ERR_FLEET_SELF'
+  | 'ERR_FLEET_BUSY';
 
 /**
  * A fleet failure. On ERR_FLEET_REFUSED (the peer refused us), `remoteCode` is the peer's own code,

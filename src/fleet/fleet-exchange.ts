@@ -22,11 +22,11 @@ import {
   type KeyObject,
 } from 'node:crypto';
 import type { Duplex } from 'node:stream';
-import type { Nsm } from '../attestation/nsm.js';
+import type { AttestationRequest, Nsm } from '../attestation/nsm.js';
 import { bytesEqual } from '../attestation/attestation-policy.js';
 import { AttestationError } from '../verify/attestation-error.js';
 import { isDebugDocument } from '../verify/document.js';
-import { verifyAttestation, type AttestationDocument } from '../verify/verifier.js';
+import { decodeAttestation, verifyAttestation, type AttestationDocument } from '../verify/verifier.js';
 import type { RootInput } from '../verify/root-store.js';
 import {
   FLEET_IV_BYTES,
@@ -34,6 +34,7 @@ import {
   FLEET_PROTOCOL_VERSION,
   FLEET_TAG_BYTES,
   FRAME,
+  MAX_LISTED_PEERS,
   MAX_SEALED_STATE_BYTES,
 } from '../wire/fleet-message.js';
 import { FleetChannel } from './fleet-channel.js';
@@ -44,6 +45,47 @@ import { NonceBook } from './nonce-book.js';
 export const FLEET_BINDING_PREFIX = 'enclave-runtime/fleet/v1:';
 
 export type FleetRole = 'requester' | 'responder';
+
+/**
+ * Fleet NSM calls (both roles) one member runs at once. The NSM queue is shared with the app's
+ * /attestation-doc and the TLS certificates (DEFAULT_NSM_MAX_QUEUE = 256 waiting calls), and a HELLO
+ * costs an attestation before its sender proved anything; a small fixed share keeps whoever reaches
+ * fleet.listen from filling that queue (and /health from counting ERR_NSM_BUSY), while a round with
+ * a few peers still runs its exchanges side by side.
+ */
+export const MAX_FLEET_NSM_CALLS = 4;
+/**
+ * HELLOs answered in a burst, then per second: a round of the largest fleet (MAX_LISTED_PEERS
+ * members) arrives as one burst, and at the default 5 s interval is under 13 per second.
+ */
+export const HELLO_BURST = MAX_LISTED_PEERS;
+export const HELLOS_PER_SECOND = 16;
+
+/** A token bucket: bounded (never holds more than `burst`), refilled by elapsed time. */
+export class HelloBucket {
+  #tokens: number;
+  #at: number;
+  readonly #burst: number;
+  readonly #perSecond: number;
+  readonly #now: () => number;
+
+  constructor(burst = HELLO_BURST, perSecond = HELLOS_PER_SECOND, now: () => number = Date.now) {
+    this.#burst = burst;
+    this.#perSecond = perSecond;
+    this.#now = now;
+    this.#tokens = burst;
+    this.#at = now();
+  }
+
+  take(): boolean {
+    const now = this.#now();
+    this.#tokens = Math.min(this.#burst, this.#tokens + (Math.max(0, now - this.#at) * this.#perSecond) / 1000);
+    this.#at = now;
+    if (this.#tokens < 1) return false;
+    this.#tokens -= 1;
+    return true;
+  }
+}
 
 /**
  * A fleet document's user_data: the prefix, the role, then SHA-256 of the exchange key's DER SPKI.
@@ -82,6 +124,12 @@ export interface ExchangeContext {
   pcrs: FleetPcrs;
   /** Accept a debug-mode peer (both sides must allow it for an exchange to succeed). */
   allowDebug: boolean;
+  /**
+   * fleet.debug_psk, mixed into the key derivation when debug is allowed. Debug documents carry
+   * all-zero PCRs, so PCR equality no longer names the image; only holders of this secret derive
+   * the keys, so a debug enclave of any other image cannot read or write the state.
+   */
+  debugPsk?: Uint8Array | undefined;
   /** Requester nonces seen by the responder, against a replayed HELLO. */
   seen: NonceBook;
   /**
@@ -89,7 +137,16 @@ export interface ExchangeContext {
    * itself (a DNS name listing every parent lists its own), answered ERR_FLEET_SELF.
    */
   outgoing?: Set<string>;
+  /**
+   * Own requester nonces this member's responder received: the only evidence of "self" that is
+   * trusted. A peer's REFUSAL saying ERR_FLEET_SELF is unauthenticated, so it never counts.
+   */
+  selfSeen?: Set<string>;
   timeoutMs: number;
+  /** Fleet NSM calls in flight (created on first use; shared by every exchange on this context). */
+  nsmCalls?: { inFlight: number };
+  /** HELLOs this responder still answers (created on first use). */
+  hellos?: HelloBucket;
   /** The verification clock; tests move it. */
   now?: () => number;
 }
@@ -126,10 +183,12 @@ export async function requestExchange(
     const { document: peer, key: peerKey } = checkPeer(channel, context, docS, nonceR, 'responder');
 
     const own = ecdhKeyPair();
-    const docR = Buffer.from(
-      await context.nsm.attest({ nonce: nonceS, publicKey: own.spki, userData: fleetUserData('requester', own.spki) }),
-    );
-    const keys = deriveKeys(own.privateKey, peerKey, hello, challenge, docR);
+    const docR = await attestLimited(channel, context, {
+      nonce: nonceS,
+      publicKey: own.spki,
+      userData: fleetUserData('requester', own.spki),
+    });
+    const keys = deriveKeys(own.privateKey, peerKey, hello, challenge, docR, debugPskOf(context));
     const sealedR = seal(keys.toResponder, keys.salt, ownState());
     const proof = channel.send(FRAME.PROOF, [docR, sealedR.iv, sealedR.ciphertext]);
 
@@ -140,6 +199,9 @@ export async function requestExchange(
     return { peerState, peerModuleId: peer.moduleId };
   } catch (error) {
     channel.close();
+    // Decided here, from what this member's own responder saw, never from the peer's word.
+    if (outgoingKey !== undefined && context.selfSeen?.delete(outgoingKey))
+      throw new FleetError('ERR_FLEET_SELF', `${peerName} is this member itself`, { cause: error });
     throw error;
   } finally {
     if (outgoingKey !== undefined) context.outgoing?.delete(outgoingKey);
@@ -174,6 +236,7 @@ export async function answerExchange(
         `the requester's nonce is ${nonceR.byteLength} bytes, not ${FLEET_NONCE_BYTES}`,
       );
     if (context.outgoing?.has(nonceR.toString('hex'))) {
+      context.selfSeen?.add(nonceR.toString('hex'));
       channel.refuse('ERR_FLEET_SELF', 'this is the requesting member itself');
       throw new FleetError('ERR_FLEET_SELF', 'a HELLO from this member itself');
     }
@@ -184,17 +247,28 @@ export async function answerExchange(
         'the requester nonce was already used in an earlier exchange (a replayed HELLO); each exchange needs a fresh one',
       );
 
+    // Before any key generation or NSM call: the requester has proved nothing yet.
+    if (!(context.hellos ??= new HelloBucket()).take())
+      throw refusal(channel, 'ERR_FLEET_BUSY', `more than ${HELLOS_PER_SECOND} HELLOs per second; try again later`);
+    if ((context.nsmCalls ??= { inFlight: 0 }).inFlight >= MAX_FLEET_NSM_CALLS)
+      throw refusal(
+        channel,
+        'ERR_FLEET_BUSY',
+        `${MAX_FLEET_NSM_CALLS} fleet attestations are in flight; try again later`,
+      );
     const own = ecdhKeyPair();
     const nonceS = randomBytes(FLEET_NONCE_BYTES);
-    const docS = Buffer.from(
-      await context.nsm.attest({ nonce: nonceR, publicKey: own.spki, userData: fleetUserData('responder', own.spki) }),
-    );
+    const docS = await attestLimited(channel, context, {
+      nonce: nonceR,
+      publicKey: own.spki,
+      userData: fleetUserData('responder', own.spki),
+    });
     const challenge = channel.send(FRAME.CHALLENGE, [docS, nonceS]);
 
     const [docR, ivR, sealedR] = (await channel.next(FRAME.PROOF)) as [Buffer, Buffer, Buffer];
     const proof = frameBytes(FRAME.PROOF, [docR, ivR, sealedR]);
     const { document: peer, key: peerKey } = checkPeer(channel, context, docR, nonceS, 'requester');
-    const keys = deriveKeys(own.privateKey, peerKey, hello, challenge, docR);
+    const keys = deriveKeys(own.privateKey, peerKey, hello, challenge, docR, debugPskOf(context));
     const peerState = open(channel, keys.toResponder, keys.salt, ivR, sealedR, 'requester');
     await take?.(peerState);
 
@@ -209,7 +283,34 @@ export async function answerExchange(
   }
 }
 
-/** Verifies the peer's document as `role` must have made it; refuses (both sides) on any failure. */
+/** One fleet NSM call, within MAX_FLEET_NSM_CALLS, and not for a peer that already hung up. */
+async function attestLimited(
+  channel: FleetChannel,
+  context: ExchangeContext,
+  request: AttestationRequest,
+): Promise<Buffer> {
+  if (channel.socket.destroyed)
+    throw new FleetError('ERR_FLEET_UNREACHABLE', 'the peer closed the connection before the attestation');
+  const calls = (context.nsmCalls ??= { inFlight: 0 });
+  if (calls.inFlight >= MAX_FLEET_NSM_CALLS)
+    throw refusal(
+      channel,
+      'ERR_FLEET_BUSY',
+      `${MAX_FLEET_NSM_CALLS} fleet attestations are in flight; try again later`,
+    );
+  calls.inFlight += 1;
+  try {
+    return Buffer.from(await context.nsm.attest(request));
+  } finally {
+    calls.inFlight -= 1;
+  }
+}
+
+/**
+ * Verifies the peer's document as `role` must have made it; refuses (both sides) on any failure.
+ * The cheap checks (nonce, PCRs, debug flag, binding) run on the decoded document first, so a
+ * stranger's document costs no chain verification.
+ */
 function checkPeer(
   channel: FleetChannel,
   context: ExchangeContext,
@@ -217,20 +318,19 @@ function checkPeer(
   nonce: Buffer,
   role: FleetRole,
 ): { document: AttestationDocument; key: KeyObject } {
-  let document: AttestationDocument;
-  try {
-    ({ document } = verifyAttestation(raw, {
-      ...(context.root === undefined ? {} : { root: context.root }),
-      at: new Date((context.now ?? Date.now)()),
-      allowDebug: true,
-    }));
-  } catch (error) {
+  const notVerified = (error: unknown) => {
     const code = error instanceof AttestationError ? error.code : 'ERR_UNKNOWN';
-    throw refusal(
+    return refusal(
       channel,
       'ERR_FLEET_ATTESTATION',
       `the ${role}'s attestation document does not verify (${code}): ${(error as Error).message}`,
     );
+  };
+  let document: AttestationDocument;
+  try {
+    document = decodeAttestation(raw);
+  } catch (error) {
+    throw notVerified(error);
   }
   if (document.nonce === null || !bytesEqual(document.nonce, nonce))
     throw refusal(
@@ -273,6 +373,15 @@ function checkPeer(
       'ERR_FLEET_BINDING',
       `the ${role}'s document does not bind a fleet exchange key: public_key must be a P-384 SPKI and user_data "${FLEET_BINDING_PREFIX}${role}:" + SHA-256 of it`,
     );
+  try {
+    ({ document } = verifyAttestation(raw, {
+      ...(context.root === undefined ? {} : { root: context.root }),
+      at: new Date((context.now ?? Date.now)()),
+      allowDebug: true,
+    }));
+  } catch (error) {
+    throw notVerified(error);
+  }
   return { document, key };
 }
 
@@ -288,8 +397,21 @@ interface ExchangeKeys {
   toRequester: Buffer;
 }
 
-function deriveKeys(own: KeyObject, peer: KeyObject, hello: Buffer, challenge: Buffer, docR: Buffer): ExchangeKeys {
-  const secret = diffieHellman({ privateKey: own, publicKey: peer });
+/** The pre-shared key both sides mix in when debug is allowed (a config check requires it then). */
+function debugPskOf(context: ExchangeContext): Uint8Array {
+  return context.allowDebug && context.debugPsk ? context.debugPsk : new Uint8Array(0);
+}
+
+function deriveKeys(
+  own: KeyObject,
+  peer: KeyObject,
+  hello: Buffer,
+  challenge: Buffer,
+  docR: Buffer,
+  psk: Uint8Array,
+): ExchangeKeys {
+  const ecdh = diffieHellman({ privateKey: own, publicKey: peer });
+  const secret = psk.byteLength === 0 ? ecdh : Buffer.concat([ecdh, createHash('sha256').update(psk).digest()]);
   const salt = createHash('sha256').update(hello).update(challenge).update(docR).digest();
   const derive = (info: string) =>
     Buffer.from(hkdfSync('sha256', secret, salt, `enclave-runtime/fleet/v1 ${info}`, 32));
@@ -350,7 +472,8 @@ function refusal(
     | 'ERR_FLEET_NONCE'
     | 'ERR_FLEET_BINDING'
     | 'ERR_FLEET_DECRYPT'
-    | 'ERR_FLEET_FRAME',
+    | 'ERR_FLEET_FRAME'
+    | 'ERR_FLEET_BUSY',
   message: string,
 ): FleetError {
   channel.refuse(code, message);

@@ -41,6 +41,8 @@ export interface FleetSettings {
   syncIntervalMs: number;
   exchangeTimeoutMs: number;
   allowDebug: boolean;
+  /** Required (at least 32 bytes) with allowDebug: see ExchangeContext.debugPsk. */
+  debugPsk?: string;
   /** "" = the NSM's own root (AWS for the device, the state dir's simulated root otherwise), or a PEM file. */
   attestationRoot: string;
   maxConnections: number;
@@ -62,13 +64,17 @@ export interface FleetMemberOptions {
   logger: Logger;
 }
 
+/** How long an address found to be this member is skipped before it is tried again. */
+const SELF_RECHECK_MS = 10 * 60_000;
+
 export class FleetMember {
   readonly state: FleetState;
   readonly #options: FleetMemberOptions;
   readonly #context: ExchangeContext;
   readonly #ownModuleId: string;
   readonly #peers = new Map<string, PeerStatus>();
-  readonly #self = new Set<string>();
+  /** Addresses found (locally) to be this member, until when they are skipped. */
+  readonly #self = new Map<string, number>();
   #listener: Listener | undefined;
   #timer: NodeJS.Timeout | undefined;
   #round: Promise<number> | undefined;
@@ -95,8 +101,10 @@ export class FleetMember {
       root,
       pcrs: fleetPcrsOf(own),
       allowDebug: settings.allowDebug,
+      debugPsk: settings.debugPsk ? Buffer.from(settings.debugPsk, 'utf8') : undefined,
       seen: new NonceBook(),
       outgoing: new Set(),
+      selfSeen: new Set(),
       timeoutMs: settings.exchangeTimeoutMs,
     };
     const member = new FleetMember(options, context, own.moduleId);
@@ -214,7 +222,10 @@ export class FleetMember {
         );
       return 0;
     }
-    // Addresses found to be this member itself are not tried again.
+    // Addresses found to be this member itself are skipped for a while, then checked again (an
+    // address can be reassigned to another parent).
+    const now = Date.now();
+    for (const [address, until] of this.#self) if (until <= now) this.#self.delete(address);
     targets = targets.filter((address) => !this.#self.has(address));
     const seen = new Set(targets);
     for (const address of this.#peers.keys()) if (!seen.has(address)) this.#peers.delete(address);
@@ -241,10 +252,10 @@ export class FleetMember {
       logMerge(logger, outcome, address);
       return true;
     } catch (error) {
-      if (error instanceof FleetError && error.remoteCode === 'ERR_FLEET_SELF') {
-        // A DNS name that resolves to every parent includes this one: not a peer.
+      if (errorCode(error) === 'ERR_FLEET_SELF') {
+        // A DNS name that resolves to every parent includes this one: not a peer (seen by our own responder).
         this.#peers.delete(address);
-        this.#self.add(address);
+        this.#self.set(address, Date.now() + SELF_RECHECK_MS);
         return false;
       }
       const code = errorCode(error) ?? 'ERR_UNKNOWN';
@@ -276,8 +287,8 @@ export class FleetMember {
       socket.destroy();
       return;
     }
+    // Counted until the exchange settles, not until the socket closes: a queued NSM call outlives its socket.
     this.#open += 1;
-    socket.once('close', () => (this.#open -= 1));
     socket.on('error', () => {});
     let outcome: MergeOutcome | undefined;
     // Merged before this side answers, so a requester whose exchange completed knows this member
@@ -305,7 +316,8 @@ export class FleetMember {
           { code, ...(remote ? { remoteCode: remote } : {}), reason: (error as Error).message },
           refused ? 'fleet: refused a requesting peer' : 'fleet: an exchange with a requesting peer failed',
         );
-      });
+      })
+      .finally(() => (this.#open -= 1));
   }
 
   /** The peers to try this round, as `host:port`. */

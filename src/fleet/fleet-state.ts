@@ -245,17 +245,23 @@ export class FleetState {
     const path = this.#path;
     const { acmeChallenges: _notKept, ...kept } = this.#snapshot;
     const bytes = Buffer.from(JSON.stringify(kept), 'utf8');
-    // Writes are chained so an older snapshot never lands after a newer one.
-    this.#saving = this.#saving.then(async () => {
-      const temp = `${path}.${randomBytes(6).toString('hex')}.tmp`;
-      try {
-        await writeFile(temp, bytes, { mode: 0o600 });
-        await rename(temp, path);
-      } catch (error) {
-        throw new FleetError('ERR_FLEET_STATE', `cannot write ${path}: ${(error as Error).message}`, { cause: error });
-      }
-    });
-    await this.#saving;
+    // Writes are chained so an older snapshot never lands after a newer one; a failed write does
+    // not poison the chain (its caller already got the error), so the next change retries the file.
+    const write = this.#saving
+      .catch(() => {})
+      .then(async () => {
+        const temp = `${path}.${randomBytes(6).toString('hex')}.tmp`;
+        try {
+          await writeFile(temp, bytes, { mode: 0o600 });
+          await rename(temp, path);
+        } catch (error) {
+          throw new FleetError('ERR_FLEET_STATE', `cannot write ${path}: ${(error as Error).message}`, {
+            cause: error,
+          });
+        }
+      });
+    this.#saving = write;
+    await write;
   }
 }
 

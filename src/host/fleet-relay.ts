@@ -18,6 +18,25 @@ import { formatAddress, type Address } from '../net/address.js';
 import { relay } from '../net/relay.js';
 import { listen, type Listener } from '../net/transport.js';
 import { FRAME, PEER_ADDRESS } from '../wire/fleet-message.js';
+import { classifyAddress, type AddressClass } from './address-class.js';
+
+/**
+ * Where a peer parent may be: public or VPC-private addresses (parents of one fleet usually talk
+ * over 10.x or fd00::/8). Loopback, link-local (169.254.169.254 is the instance metadata service),
+ * unspecified, multicast and reserved addresses are never another parent, so a DNS answer naming
+ * them is dropped unless host.allow_private (dev and tests on one machine).
+ */
+const PEER_CLASSES: ReadonlySet<AddressClass> = new Set(['public', 'private', 'unique-local', 'cgnat']);
+
+/** Whether a resolved `ip:port` may be listed and dialled. */
+export function isPeerAddressAllowed(peer: string, allowPrivate: boolean): boolean {
+  if (allowPrivate) return true;
+  try {
+    return PEER_CLASSES.has(classifyAddress(splitPeer(peer, 0).host));
+  } catch {
+    return false;
+  }
+}
 
 /** Time for the enclave's first frame and for dialling the peer. */
 const ROUTE_TIMEOUT_MS = 10_000;
@@ -30,6 +49,8 @@ export interface FleetRelayOptions {
   connectTimeoutMs: number;
   idleTimeoutMs: number;
   logger: Logger;
+  /** host.allow_private: also list and dial loopback and link-local peers (dev, tests). */
+  allowPrivate?: boolean;
   /** Resolves the peers; tests replace it. */
   resolve?: (peers: readonly string[], port: number) => Promise<string[]>;
 }
@@ -49,7 +70,9 @@ export async function startFleetRelay(options: FleetRelayOptions): Promise<Fleet
   async function handle(socket: Duplex): Promise<void> {
     const channel = new FleetChannel(socket, ROUTE_TIMEOUT_MS, 'the enclave');
     const frame = await channel.nextOf([FRAME.PEERS_ASK, FRAME.CONNECT]);
-    const allowed = await resolve(options.peers, options.peerPort);
+    const allowed = (await resolve(options.peers, options.peerPort)).filter((peer) =>
+      isPeerAddressAllowed(peer, options.allowPrivate === true),
+    );
     if (frame.type === FRAME.PEERS_ASK) {
       stats.listed += 1;
       channel.send(
@@ -177,6 +200,7 @@ export async function startHostFleetRelays(
         peerPort: fleet.peerPort,
         connectTimeoutMs: host.connectTimeoutMs,
         idleTimeoutMs: host.idleTimeoutMs,
+        allowPrivate: host.allowPrivate,
         logger: logger.child({ relay: 'fleet outbound' }),
       });
       started.push({ name: 'fleet outbound relay', close: () => outbound.close() });

@@ -128,34 +128,63 @@ export function decodeFields(type: FrameType, body: Buffer): Buffer[] {
 }
 
 /**
- * Splits a byte stream into frames, holding at most one frame's bound. `push` returns the frames
- * completed by `chunk`; bytes after the last complete frame stay buffered (see `rest`).
+ * Splits a byte stream into frames, one at a time, holding at most one frame's bound (plus what
+ * arrived with it). Chunks are kept in a list and joined once per frame, so a body trickled in
+ * small pieces costs linear, not quadratic, copying.
  */
 export class FrameReader {
-  #buffer: Buffer = Buffer.alloc(0);
+  #chunks: Buffer[] = [];
+  #size = 0;
 
+  /** Bytes held, not yet returned as frames. */
+  get buffered(): number {
+    return this.#size;
+  }
+
+  append(chunk: Buffer): void {
+    if (chunk.byteLength === 0) return;
+    this.#chunks.push(chunk);
+    this.#size += chunk.byteLength;
+  }
+
+  /**
+   * The next complete frame, or undefined while it is incomplete. With `expected`, a frame of any
+   * other type (a REFUSAL excepted) is refused from its header, before its body is buffered.
+   */
+  take(expected?: readonly FrameType[]): Frame | undefined {
+    if (this.#size < MAX_HEADER_BYTES) return undefined;
+    if (this.#chunks[0]!.byteLength < MAX_HEADER_BYTES) this.#chunks = [Buffer.concat(this.#chunks)];
+    const head = this.#chunks[0]!;
+    const type = head.readUInt8(0);
+    const size = head.readUInt32BE(1);
+    if (!FRAME_NAMES.has(type)) throw new FleetFrameError(`unknown fleet frame type ${type}`);
+    const bound = MAX_BODY_BYTES[type as FrameType];
+    if (size > bound)
+      throw new FleetFrameError(`a ${frameName(type)} frame of ${size} bytes is over its bound of ${bound} bytes`);
+    if (expected !== undefined && type !== FRAME.REFUSAL && !expected.includes(type as FrameType))
+      throw new FleetFrameError(`expected a ${expected.map(frameName).join(' or ')} frame, got ${frameName(type)}`);
+    if (this.#size < MAX_HEADER_BYTES + size) return undefined;
+    const all = this.#chunks.length === 1 ? head : Buffer.concat(this.#chunks, this.#size);
+    const body = Buffer.from(all.subarray(MAX_HEADER_BYTES, MAX_HEADER_BYTES + size));
+    const rest = all.subarray(MAX_HEADER_BYTES + size);
+    this.#chunks = rest.byteLength === 0 ? [] : [rest];
+    this.#size = rest.byteLength;
+    return { type: type as FrameType, fields: decodeFields(type as FrameType, body) };
+  }
+
+  /** Every frame completed by `chunk`; bytes after the last complete frame stay buffered (see `rest`). */
   push(chunk: Buffer): Frame[] {
-    this.#buffer = this.#buffer.byteLength === 0 ? chunk : Buffer.concat([this.#buffer, chunk]);
+    this.append(chunk);
     const frames: Frame[] = [];
-    for (;;) {
-      if (this.#buffer.byteLength < MAX_HEADER_BYTES) return frames;
-      const type = this.#buffer.readUInt8(0);
-      const size = this.#buffer.readUInt32BE(1);
-      if (!FRAME_NAMES.has(type)) throw new FleetFrameError(`unknown fleet frame type ${type}`);
-      const bound = MAX_BODY_BYTES[type as FrameType];
-      if (size > bound)
-        throw new FleetFrameError(`a ${frameName(type)} frame of ${size} bytes is over its bound of ${bound} bytes`);
-      if (this.#buffer.byteLength < MAX_HEADER_BYTES + size) return frames;
-      const body = this.#buffer.subarray(MAX_HEADER_BYTES, MAX_HEADER_BYTES + size);
-      this.#buffer = this.#buffer.subarray(MAX_HEADER_BYTES + size);
-      frames.push({ type: type as FrameType, fields: decodeFields(type as FrameType, Buffer.from(body)) });
-    }
+    for (let frame = this.take(); frame; frame = this.take()) frames.push(frame);
+    return frames;
   }
 
   /** Bytes received after the frames returned so far (a relay's first piped bytes). */
   rest(): Buffer {
-    const rest = this.#buffer;
-    this.#buffer = Buffer.alloc(0);
+    const rest = Buffer.concat(this.#chunks, this.#size);
+    this.#chunks = [];
+    this.#size = 0;
     return rest;
   }
 }
