@@ -18,6 +18,19 @@ export type FleetErrorCode =
   | 'ERR_FLEET_SELF'
   | 'ERR_FLEET_BUSY';
 
+/** The codes one side of an exchange sends the other in a REFUSAL: what it found wrong in what it received. */
+export type FleetRefusalCode = Extract<
+  FleetErrorCode,
+  | 'ERR_FLEET_ATTESTATION'
+  | 'ERR_FLEET_PCR'
+  | 'ERR_FLEET_DEBUG'
+  | 'ERR_FLEET_NONCE'
+  | 'ERR_FLEET_BINDING'
+  | 'ERR_FLEET_DECRYPT'
+  | 'ERR_FLEET_FRAME'
+  | 'ERR_FLEET_BUSY'
+>;
+
 /**
  * A fleet failure. On ERR_FLEET_REFUSED (the peer refused us), `remoteCode` is the peer's own code,
  * so "the peer has other PCRs" reads the same on both sides.

@@ -38,7 +38,7 @@ import {
   MAX_SEALED_STATE_BYTES,
 } from '../wire/fleet-message.js';
 import { FleetChannel } from './fleet-channel.js';
-import { FleetError } from './fleet-error.js';
+import { FleetError, type FleetRefusalCode } from './fleet-error.js';
 import { NonceBook } from './nonce-book.js';
 
 /** What a fleet document's user_data starts with (SPEC "Reserved bindings"); the internal API refuses it to the app. */
@@ -463,19 +463,7 @@ function frameBytes(type: (typeof FRAME)[keyof typeof FRAME], fields: readonly B
 }
 
 /** Sends the refusal to the peer and returns the error to throw here. */
-function refusal(
-  channel: FleetChannel,
-  code:
-    | 'ERR_FLEET_ATTESTATION'
-    | 'ERR_FLEET_PCR'
-    | 'ERR_FLEET_DEBUG'
-    | 'ERR_FLEET_NONCE'
-    | 'ERR_FLEET_BINDING'
-    | 'ERR_FLEET_DECRYPT'
-    | 'ERR_FLEET_FRAME'
-    | 'ERR_FLEET_BUSY',
-  message: string,
-): FleetError {
+function refusal(channel: FleetChannel, code: FleetRefusalCode, message: string): FleetError {
   channel.refuse(code, message);
   return new FleetError(code, message);
 }

@@ -353,6 +353,12 @@ export class AcmeCertificates {
       );
       return false;
     }
+    this.#serve(served, 'ACME certificate taken from the fleet');
+    return true;
+  }
+
+  /** Serves `served` from now on and plans its renewal. */
+  #serve(served: AcmeServedCertificate, message: string): void {
     this.#current = served;
     this.#expiryLogged = false;
     this.#lastError = undefined;
@@ -365,10 +371,9 @@ export class AcmeCertificates {
     );
     this.#options.logger.info(
       { domains: this.domains, notAfter: served.notAfter.toISOString(), renewAt: new Date(renewAt).toISOString() },
-      'ACME certificate taken from the fleet',
+      message,
     );
     this.#wakeUp.set(renewAt, () => void this.#run());
-    return true;
   }
 
   async #orderOnce(): Promise<void> {
@@ -394,22 +399,8 @@ export class AcmeCertificates {
       if (this.#closed) return;
       const served = toServed(issued, keyPem);
       const renewed = this.#current !== undefined;
-      this.#current = served;
-      this.#expiryLogged = false;
       this.#issued += 1;
-      this.#lastError = undefined;
-      this.#backoff.reset();
-      const renewAt = renewalTime(
-        served.notBefore.getTime(),
-        served.notAfter.getTime(),
-        this.#options.renewAtFraction,
-        this.#random,
-      );
-      this.#options.logger.info(
-        { domains: this.domains, notAfter: served.notAfter.toISOString(), renewAt: new Date(renewAt).toISOString() },
-        renewed ? 'ACME certificate renewed' : 'ACME certificate now served',
-      );
-      this.#wakeUp.set(renewAt, () => void this.#run());
+      this.#serve(served, renewed ? 'ACME certificate renewed' : 'ACME certificate now served');
       await fleet
         ?.publish(issued, keyPem)
         .catch((error: unknown) =>
