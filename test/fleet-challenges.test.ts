@@ -20,6 +20,7 @@ import {
   TlsAlpnChallenges,
   type SharedChallenge,
 } from '../src/tls/tls-alpn-challenges.js';
+import { loopbackFleetSettings } from './helpers/fleet-settings.js';
 import { freePort } from './helpers/net.js';
 
 const scratch = mkdtempSync(join(tmpdir(), 'fleet-challenges-test-'));
@@ -139,21 +140,9 @@ describe('challenges in the fleet state', () => {
   });
 });
 
+// Far beyond the test: only the orderer's push can carry the challenge.
 function settings(port: number, peers: number[], bootstrap: boolean): FleetSettings {
-  return {
-    enabled: true,
-    listen: { transport: 'tcp', host: '127.0.0.1', port },
-    peers: peers.map((peer) => `127.0.0.1:${peer}`),
-    peerPort: 7790,
-    relay: undefined,
-    bootstrap,
-    // Far beyond the test: only the orderer's push can carry the challenge.
-    syncIntervalMs: 3600_000,
-    exchangeTimeoutMs: 5_000,
-    allowDebug: false,
-    attestationRoot: '',
-    maxConnections: 8,
-  };
+  return loopbackFleetSettings(port, peers, bootstrap, 3600_000);
 }
 
 describe("the orderer's push", () => {

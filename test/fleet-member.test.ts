@@ -21,6 +21,7 @@ import { openSelfCertificateSource } from '../src/tls/certificate-source.js';
 import { TlsAlpnChallenges } from '../src/tls/tls-alpn-challenges.js';
 import { encodeFrame, FRAME } from '../src/wire/fleet-message.js';
 import { eventually } from './helpers/cli-run.js';
+import { loopbackFleetSettings } from './helpers/fleet-settings.js';
 import { freePort } from './helpers/net.js';
 
 const scratch = mkdtempSync(join(tmpdir(), 'fleet-member-test-'));
@@ -33,19 +34,7 @@ after(async () => {
 const DAY = 24 * 3600_000;
 
 function settings(port: number, peers: number[], bootstrap: boolean): FleetSettings {
-  return {
-    enabled: true,
-    listen: { transport: 'tcp', host: '127.0.0.1', port },
-    peers: peers.map((peer) => `127.0.0.1:${peer}`),
-    peerPort: 7790,
-    relay: undefined,
-    bootstrap,
-    syncIntervalMs: 100,
-    exchangeTimeoutMs: 5_000,
-    allowDebug: false,
-    attestationRoot: '',
-    maxConnections: 8,
-  };
+  return loopbackFleetSettings(port, peers, bootstrap, 100);
 }
 
 describe('fleet members sharing ACME', () => {

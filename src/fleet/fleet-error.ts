@@ -1,7 +1,7 @@
 import { RuntimeError } from '../core/errors.js';
 
-/** Why a fleet exchange or a fleet part failed; each side of a refused exchange logs the same code. */
-export type FleetErrorCode =
+/** The codes one side of an exchange sends the other in a REFUSAL: what it found wrong in what it received. */
+export type FleetRefusalCode =
   | 'ERR_FLEET_ATTESTATION'
   | 'ERR_FLEET_PCR'
   | 'ERR_FLEET_DEBUG'
@@ -9,27 +9,18 @@ export type FleetErrorCode =
   | 'ERR_FLEET_BINDING'
   | 'ERR_FLEET_DECRYPT'
   | 'ERR_FLEET_FRAME'
+  | 'ERR_FLEET_BUSY';
+
+/** Why a fleet exchange or a fleet part failed; each side of a refused exchange logs the same code. */
+export type FleetErrorCode =
+  | FleetRefusalCode
   | 'ERR_FLEET_TIMEOUT'
   | 'ERR_FLEET_REFUSED'
   | 'ERR_FLEET_UNREACHABLE'
   | 'ERR_FLEET_RELAY'
   | 'ERR_FLEET_STATE'
   | 'ERR_FLEET_LISTEN'
-  | 'ERR_FLEET_SELF'
-  | 'ERR_FLEET_BUSY';
-
-/** The codes one side of an exchange sends the other in a REFUSAL: what it found wrong in what it received. */
-export type FleetRefusalCode = Extract<
-  FleetErrorCode,
-  | 'ERR_FLEET_ATTESTATION'
-  | 'ERR_FLEET_PCR'
-  | 'ERR_FLEET_DEBUG'
-  | 'ERR_FLEET_NONCE'
-  | 'ERR_FLEET_BINDING'
-  | 'ERR_FLEET_DECRYPT'
-  | 'ERR_FLEET_FRAME'
-  | 'ERR_FLEET_BUSY'
->;
+  | 'ERR_FLEET_SELF';
 
 /**
  * A fleet failure. On ERR_FLEET_REFUSED (the peer refused us), `remoteCode` is the peer's own code,

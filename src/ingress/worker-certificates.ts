@@ -11,7 +11,6 @@ import { LeafContexts } from '../tls/leaf-contexts.js';
 import { NonceFlights } from '../tls/nonce-flights.js';
 import type { CertificateStoreStats } from '../tls/certificate-store.js';
 import type { CertificateProvider } from '../tls/tls-terminator.js';
-import { TlsError } from '../tls/tls-error.js';
 import type { CertificateSnapshot } from './ingress-worker-protocol.js';
 
 export interface WorkerCertificatesOptions {
@@ -78,9 +77,6 @@ export class WorkerCertificates implements CertificateProvider {
   }
 
   forNonce(nonce: Uint8Array): Promise<AttestedCertificate> {
-    if (this.#closed) return Promise.reject(new TlsError('ERR_TLS_CLOSED', 'the certificate store is closed'));
-    if (nonce.length === 0)
-      return Promise.reject(new TlsError('ERR_TLS_NONCE', 'an empty nonce asks for the base certificate'));
     return this.#flights.get(
       nonce,
       () => this.#fetch(nonce),

@@ -167,9 +167,6 @@ export class CertificateStore {
    * timeout, when too many nonces are pending, or after close; the caller then serves the base.
    */
   forNonce(nonce: Uint8Array): Promise<AttestedCertificate> {
-    if (this.#closed) return Promise.reject(new TlsError('ERR_TLS_CLOSED', 'the certificate store is closed'));
-    if (nonce.length === 0)
-      return Promise.reject(new TlsError('ERR_TLS_NONCE', 'an empty nonce asks for the base certificate'));
     const flight = this.#flights.get(
       nonce,
       () => this.#issue(nonce),

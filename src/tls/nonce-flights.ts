@@ -42,10 +42,13 @@ export class NonceFlights {
 
   /**
    * The cached certificate, the fetch already in flight for `nonce`, or `fetch()` started now. Rejects
-   * with ERR_TLS_BUSY when as many fetches as allowed are in flight. A fetched certificate is cached
-   * unless `keep()` says otherwise (the store is closed by then).
+   * with ERR_TLS_CLOSED once `open()` is false, ERR_TLS_NONCE for an empty nonce and ERR_TLS_BUSY when
+   * as many fetches as allowed are in flight. A fetched certificate is cached only while `open()`.
    */
-  get(nonce: Uint8Array, fetch: () => Promise<AttestedCertificate>, keep: () => boolean): Promise<AttestedCertificate> {
+  get(nonce: Uint8Array, fetch: () => Promise<AttestedCertificate>, open: () => boolean): Promise<AttestedCertificate> {
+    if (!open()) return Promise.reject(new TlsError('ERR_TLS_CLOSED', 'the certificate store is closed'));
+    if (nonce.length === 0)
+      return Promise.reject(new TlsError('ERR_TLS_NONCE', 'an empty nonce asks for the base certificate'));
     const hit = this.peek(nonce);
     if (hit) return Promise.resolve(hit);
     const key = nonceKey(nonce);
@@ -58,7 +61,7 @@ export class NonceFlights {
       }
       flight = fetch()
         .then((cert) => {
-          if (keep()) this.#remember(key, cert);
+          if (open()) this.#remember(key, cert);
           return cert;
         })
         .finally(() => this.#pending.delete(key));
