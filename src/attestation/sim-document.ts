@@ -89,7 +89,7 @@ export class DocumentTemplate {
     at += userDataKey.copy(out, at);
     at = writeOptional(out, at, fields.userData);
     at += nonceKey.copy(out, at);
-    at = writeOptional(out, at, fields.nonce);
+    writeOptional(out, at, fields.nonce);
     return out;
   }
 }
