@@ -27,7 +27,8 @@ export interface WorkerCertificatesOptions {
  * nonce leaf is swapped into the shared context as in the main thread, so no context is built per nonce here.
  */
 export function restoreCertificate(snapshot: CertificateSnapshot, contexts: LeafContexts): AttestedCertificate {
-  const serving = servingContexts(snapshot.certPem, snapshot.chainPem, contexts, snapshot.nonce === null);
+  // The main thread sends only certificates createAttestedCertificate checked against the key sent with them.
+  const serving = servingContexts(snapshot.certPem, snapshot.chainPem, contexts, snapshot.nonce === null, true);
   return {
     serverName: snapshot.serverName,
     nonce: snapshot.nonce,

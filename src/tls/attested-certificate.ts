@@ -75,9 +75,9 @@ export async function createAttestedCertificate(request: AttestedCertificateRequ
   });
   // The context is built when a handshake needs it, so what would make it fail is checked here, where a
   // failure still means "serve the base certificate" rather than a broken handshake.
-  if (!contexts.fits(issued.certPem))
+  if (!contexts.fits(issued.certPem, issued.certDer))
     throw new TlsError('ERR_TLS_ISSUE', 'the source returned a certificate that is not for the leaf key');
-  const serving = servingContexts(issued.certPem, issued.chainPem, contexts, !nonce);
+  const serving = servingContexts(issued.certPem, issued.chainPem, contexts, !nonce, true);
   return {
     serverName,
     nonce: nonce ? new Uint8Array(nonce) : null,
@@ -99,12 +99,14 @@ export async function createAttestedCertificate(request: AttestedCertificateRequ
  * How one leaf is served: a context of its own, built on first use (at once when `eager`: a base certificate
  * serves every handshake without a nonce), and the first few handshakes of a fresh leaf handed over through
  * the key's shared context instead. The main thread's store and the ingress workers both serve through this.
+ * `checked`: `contexts.fits(certPem)` already said yes (createAttestedCertificate checks every leaf it makes).
  */
 export function servingContexts(
   certPem: string,
   chainPem: string,
   contexts: LeafContexts,
   eager: boolean,
+  checked: boolean,
 ): { secureContext: () => SecureContext; handOver: (callback: ContextCallback) => void } {
   let own: SecureContext | undefined;
   let handedOver = 0;
@@ -116,7 +118,7 @@ export function servingContexts(
       try {
         if (own || handedOver >= SHARED_HANDOVERS) return callback(null, secureContext());
         handedOver += 1;
-        contexts.handOver(certPem, chainPem, callback, secureContext);
+        contexts.handOver(certPem, chainPem, callback, secureContext, checked);
       } catch (err) {
         // Thrown from an SNICallback it would be uncaught; handed to the callback it ends this handshake only.
         callback(new TlsError('ERR_TLS_ISSUE', `no secure context: ${(err as Error).message}`, { cause: err }));

@@ -47,6 +47,7 @@ export interface LeafRequest {
 /** A leaf issued by the CA: PEM of the leaf and of the chain above it (the CA). */
 export interface IssuedLeaf {
   certPem: string;
+  certDer: Uint8Array;
   chainPem: string;
   notBefore: Date;
   notAfter: Date;
@@ -214,7 +215,7 @@ export class CertificateAuthority {
       dnsNames: request.dnsNames,
       publicKeySpki: request.publicKeySpki,
     });
-    return { certPem: certificatePem(der), chainPem: this.certificatePem, notBefore, notAfter };
+    return { certPem: certificatePem(der), certDer: der, chainPem: this.certificatePem, notBefore, notAfter };
   }
 
   #validity(validityMs: number): { notBefore: Date; notAfter: Date } {

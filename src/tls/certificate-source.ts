@@ -19,6 +19,8 @@ export interface CertificateRequest {
 /** A signed leaf: PEM of the leaf alone and of the chain to send after it. */
 export interface IssuedCertificate {
   certPem: string;
+  /** The leaf's DER when the source has it at hand, so the per-nonce path need not decode `certPem` back. */
+  certDer?: Uint8Array;
   chainPem: string;
   notAfter: Date;
 }
@@ -57,7 +59,7 @@ export class SelfCertificateSource implements CertificateSource {
       publicKeySpki: request.publicKeySpki,
       ...(this.#validityMs === undefined ? {} : { validityMs: this.#validityMs }),
     });
-    return { certPem: leaf.certPem, chainPem: leaf.chainPem, notAfter: leaf.notAfter };
+    return { certPem: leaf.certPem, certDer: leaf.certDer, chainPem: leaf.chainPem, notAfter: leaf.notAfter };
   }
 
   async close(): Promise<void> {}

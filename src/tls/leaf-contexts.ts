@@ -62,11 +62,18 @@ export class LeafContexts {
    * Calls `callback` at once with a context serving `leafPem` then `chainPem`. Only for a callback that
    * takes the context's certificates synchronously, as an SNICallback's does: the shared context serves
    * another leaf after the next call. Falls back to `fallback()` when sharing is off or the swap fails.
+   * `checked`: the caller already had `fits(leafPem)` say yes, so the leaf is not parsed again here.
    */
-  handOver(leafPem: string, chainPem: string, callback: ContextCallback, fallback: () => SecureContext): void {
+  handOver(
+    leafPem: string,
+    chainPem: string,
+    callback: ContextCallback,
+    fallback: () => SecureContext,
+    checked = false,
+  ): void {
     // OpenSSL silently drops a context's key when handed a certificate for another one, which would break
     // the shared context for every later leaf: such a certificate gets a context of its own (and fails there).
-    if (this.#sharing && this.fits(leafPem)) {
+    if (this.#sharing && (checked || this.fits(leafPem))) {
       const context = this.#swap(leafPem, chainPem);
       if (context) {
         callback(null, context);
@@ -93,12 +100,16 @@ export class LeafContexts {
     }
   }
 
-  /** Whether the first certificate of `certChainPem` is for this key. */
-  fits(certChainPem: string): boolean {
-    const leaf = LEAF_PEM.exec(certChainPem);
-    if (!leaf) return false;
+  /** Whether the first certificate of `certChainPem` (whose DER is `leafDer`, when known) is for this key. */
+  fits(certChainPem: string, leafDer?: Uint8Array): boolean {
+    let der = leafDer;
+    if (der === undefined) {
+      const leaf = LEAF_PEM.exec(certChainPem);
+      if (!leaf) return false;
+      der = Buffer.from(leaf[1]!, 'base64');
+    }
     try {
-      return certificatePublicKeyInfo(Buffer.from(leaf[1]!, 'base64')).equals(this.#spki);
+      return certificatePublicKeyInfo(der).equals(this.#spki);
     } catch {
       return false;
     }
