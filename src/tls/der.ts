@@ -7,16 +7,51 @@ const MAX_CONTENT_BYTES = 0xffffff;
 export function derTlv(tag: number, ...content: Uint8Array[]): Buffer {
   let n = 0;
   for (const part of content) n += part.byteLength;
-  if (n > MAX_CONTENT_BYTES) throw new TlsError('ERR_TLS_ISSUE', `a DER value of ${n} bytes is too large to encode`);
-  const header =
-    n < 0x80
-      ? Buffer.of(tag, n)
-      : n < 0x100
-        ? Buffer.of(tag, 0x81, n)
-        : n < 0x10000
-          ? Buffer.of(tag, 0x82, n >> 8, n & 0xff)
-          : Buffer.of(tag, 0x83, n >> 16, (n >> 8) & 0xff, n & 0xff);
+  const header = tlvHeader(tag, n);
   return Buffer.concat([header, ...content], header.length + n);
+}
+
+/**
+ * A DER value not yet joined into one buffer: its parts, in order, and their total size. Nesting one in a
+ * derNested() adds a header in front instead of copying it, so a leaf whose SAN carries a 9 KB document is
+ * copied once, by derJoin(), rather than once per enclosing level (seven of them).
+ */
+export interface DerParts {
+  readonly bytes: number;
+  readonly parts: readonly Uint8Array[];
+}
+
+/** derTlv() without the copy: `content` parts (bytes or DerParts) stay where they are until derJoin(). */
+export function derNested(tag: number, ...content: ReadonlyArray<Uint8Array | DerParts>): DerParts {
+  let n = 0;
+  const parts: Uint8Array[] = [];
+  for (const part of content) {
+    if (part instanceof Uint8Array) {
+      n += part.byteLength;
+      parts.push(part);
+    } else {
+      n += part.bytes;
+      for (const inner of part.parts) parts.push(inner);
+    }
+  }
+  const head = tlvHeader(tag, n);
+  return { bytes: head.length + n, parts: [head, ...parts] };
+}
+
+/** The bytes of `value`, in one new buffer. */
+export function derJoin(value: DerParts): Buffer {
+  return Buffer.concat(value.parts as Uint8Array[], value.bytes);
+}
+
+function tlvHeader(tag: number, n: number): Buffer {
+  if (n > MAX_CONTENT_BYTES) throw new TlsError('ERR_TLS_ISSUE', `a DER value of ${n} bytes is too large to encode`);
+  return n < 0x80
+    ? Buffer.of(tag, n)
+    : n < 0x100
+      ? Buffer.of(tag, 0x81, n)
+      : n < 0x10000
+        ? Buffer.of(tag, 0x82, n >> 8, n & 0xff)
+        : Buffer.of(tag, 0x83, n >> 16, (n >> 8) & 0xff, n & 0xff);
 }
 
 /** A TLV read from DER: its tag, where its content starts and ends, and where the whole element ends. */

@@ -1,5 +1,5 @@
 import { sign, type KeyObject } from 'node:crypto';
-import { derTlv, readDer, type DerElement } from './der.js';
+import { derJoin, derNested, derTlv, readDer, type DerElement, type DerParts } from './der.js';
 import { TlsError } from './tls-error.js';
 
 // Every part of a leaf that does not change between leaves of one CA, DER-encoded once. The variable
@@ -88,6 +88,10 @@ export class LeafTemplate {
 
   /** The DER TBSCertificate of a leaf with these fields. */
   tbsCertificate(fields: LeafFields): Buffer {
+    return derJoin(this.#tbsParts(fields));
+  }
+
+  #tbsParts(fields: LeafFields): DerParts {
     const first = fields.dnsNames[0];
     if (first === undefined) throw new TlsError('ERR_TLS_ISSUE', 'a leaf needs at least one DNS name');
     const spki = fields.publicKeySpki;
@@ -98,10 +102,14 @@ export class LeafTemplate {
       throw new TlsError('ERR_TLS_ISSUE', 'a serial number must be 1-20 bytes and positive');
     const names = fields.dnsNames.map((name) => {
       if (!IA5.test(name)) throw new TlsError('ERR_TLS_ISSUE', 'a DNS name must be ASCII');
-      return derTlv(DNS_NAME, Buffer.from(name, 'latin1'));
+      return derNested(DNS_NAME, Buffer.from(name, 'latin1'));
     });
-    const subjectAltName = derTlv(SEQUENCE, OID_SUBJECT_ALT_NAME, derTlv(OCTET_STRING, derTlv(SEQUENCE, ...names)));
-    return derTlv(
+    const subjectAltName = derNested(
+      SEQUENCE,
+      OID_SUBJECT_ALT_NAME,
+      derNested(OCTET_STRING, derNested(SEQUENCE, ...names)),
+    );
+    return derNested(
       SEQUENCE,
       VERSION_V3,
       derTlv(INTEGER, serial),
@@ -109,7 +117,7 @@ export class LeafTemplate {
       derTlv(SEQUENCE, encodeTime(fields.notBefore), encodeTime(fields.notAfter)),
       first.length <= CN_MAX ? commonNameOnly(first) : Buffer.of(SEQUENCE, 0),
       spki,
-      derTlv(EXTENSIONS, derTlv(SEQUENCE, FIXED_LEAF_EXTENSIONS, subjectAltName, this.#authorityKeyIdExtension)),
+      derNested(EXTENSIONS, derNested(SEQUENCE, FIXED_LEAF_EXTENSIONS, subjectAltName, this.#authorityKeyIdExtension)),
     );
   }
 
@@ -119,7 +127,8 @@ export class LeafTemplate {
    * P-384 signatures (~1 ms each) on the same four threads. A P-384 CA's signatures go to the pool.
    */
   async issue(fields: LeafFields): Promise<Buffer> {
-    const tbs = this.tbsCertificate(fields);
+    const tbsParts = this.#tbsParts(fields);
+    const tbs = derJoin(tbsParts);
     const options = { key: this.#signingKey, dsaEncoding: 'der' } as const;
     const failed = (err: Error) => new TlsError('ERR_TLS_ISSUE', `signing a leaf: ${err.message}`, { cause: err });
     let signature: Buffer;
@@ -134,7 +143,10 @@ export class LeafTemplate {
         sign(this.#hash, tbs, options, (err, value) => (err ? reject(failed(err)) : resolve(value)));
       });
     }
-    return derTlv(SEQUENCE, tbs, this.#signatureAlgorithm, derTlv(BIT_STRING, Buffer.of(0), signature));
+    // The certificate reuses the TBS's parts rather than copying the joined TBS a second time.
+    return derJoin(
+      derNested(SEQUENCE, tbsParts, this.#signatureAlgorithm, derTlv(BIT_STRING, Buffer.of(0), signature)),
+    );
   }
 }
 
