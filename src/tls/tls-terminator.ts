@@ -95,7 +95,9 @@ export class TlsTerminator<S extends CertificateProvider = CertificateStore> {
     // thread (withCertificates) never needs and would otherwise load and compile at start.
     const source =
       options.source ??
-      (await (await import('./certificate-source.js')).openSelfCertificateSource(options.stateDir, {
+      (await (
+        await import('./certificate-source.js')
+      ).openSelfCertificateSource(options.stateDir, {
         logger: options.logger,
         ...(options.now ? { now: options.now } : {}),
       }));
