@@ -15,7 +15,7 @@ function relayBetweenPairs() {
   return { client, app, a, b, outcome, settled: () => settled };
 }
 
-describe('relay idle timeout (activity stamped per chunk, checked by the timer)', () => {
+describe('relay idle timeout (bytes counted per chunk, checked by the timer)', () => {
   it('stays open while bytes keep moving past several idle periods, then closes both sides once they stop', async () => {
     const { client, app, a, b, outcome, settled } = relayBetweenPairs();
     const received: Buffer[] = [];
