@@ -7,7 +7,6 @@ import type { Logger } from '../core/log.js';
 import type { AcmeCertificates, AcmeServedCertificate } from './acme-certificates.js';
 import type { AttestedCertificate } from './attested-certificate.js';
 import type { CertificateSource } from './certificate-source.js';
-import { openSelfCertificateSource } from './certificate-source.js';
 import { CertificateStore, type CertificateStoreStats } from './certificate-store.js';
 import { parseNonceServerName, type SniNonceEncoding } from './nonce-label.js';
 import { ACME_TLS_ALPN_PROTOCOL } from './tls-alpn-challenges.js';
@@ -92,9 +91,13 @@ export class TlsTerminator<S extends CertificateProvider = CertificateStore> {
 
   /** Open the certificate source and make the first base certificate; fails if the NSM cannot attest. */
   static async create(options: TlsTerminatorOptions): Promise<TlsTerminator> {
+    // Imported here, not at the top: the CA pulls in @peculiar/x509, which an ingress worker
+    // thread (withCertificates) never needs and would otherwise load and compile at start.
     const source =
       options.source ??
-      (await openSelfCertificateSource(options.stateDir, {
+      (await (
+        await import('./certificate-source.js')
+      ).openSelfCertificateSource(options.stateDir, {
         logger: options.logger,
         ...(options.now ? { now: options.now } : {}),
       }));
@@ -174,11 +177,25 @@ export class TlsTerminator<S extends CertificateProvider = CertificateStore> {
     }, this.#handshakeTimeoutMs);
     timer.unref();
     let secured = false;
+    let settle!: (established: boolean) => void;
+    connection.established = new Promise<boolean>((resolve) => (settle = resolve));
+    // One listener per event: these run for every connection, on the handshake's critical path.
     socket.once('secure', () => {
       secured = true;
       clearTimeout(timer);
+      if (!validation) return settle(true);
+      // RFC 8737: the validator only looks at the certificate; nothing is exchanged after the handshake.
+      this.#logger.info(
+        { sni: (socket as TLSSocket & { servername?: string | false }).servername || undefined },
+        'answered an ACME TLS-ALPN-01 validation',
+      );
+      socket.end();
+      settle(false);
     });
-    socket.once('close', () => clearTimeout(timer));
+    socket.once('close', () => {
+      clearTimeout(timer);
+      settle(false);
+    });
     // A peer that half-closes before finishing the handshake never will; over a half-open
     // transport (byte-exact ingress) nothing else would close this side before the timeout.
     socket.once('end', () => {
@@ -186,19 +203,6 @@ export class TlsTerminator<S extends CertificateProvider = CertificateStore> {
     });
     socket.on('error', (err: NodeJS.ErrnoException) => {
       this.#logger.debug({ code: err.code, message: err.message }, 'TLS connection error');
-    });
-    connection.established = new Promise<boolean>((resolve) => {
-      socket.once('secure', () => {
-        if (!validation) return resolve(true);
-        // RFC 8737: the validator only looks at the certificate; nothing is exchanged after the handshake.
-        this.#logger.info(
-          { sni: (socket as TLSSocket & { servername?: string | false }).servername || undefined },
-          'answered an ACME TLS-ALPN-01 validation',
-        );
-        socket.end();
-        resolve(false);
-      });
-      socket.once('close', () => resolve(false));
     });
     this.#connections.set(socket, connection);
     return socket;
