@@ -30,6 +30,8 @@ export interface RuntimeProcessOptions {
   config?: Record<string, Record<string, unknown>> | undefined;
   /** Environment for the runtime process alone (e.g. MALLOC_ARENA_MAX to try allocator settings). */
   env?: NodeJS.ProcessEnv | undefined;
+  /** The key in the figures, when one run measures two configurations (default runtime / runtime-tls). */
+  name?: string | undefined;
 }
 
 /**
@@ -43,11 +45,11 @@ export class RuntimeProcess implements Subject {
   readonly port: number;
   readonly #child: ChildProcess;
 
-  private constructor(child: ChildProcess, port: number, tls: boolean) {
+  private constructor(child: ChildProcess, port: number, tls: boolean, name?: string) {
     this.#child = child;
     this.port = port;
     this.tls = tls;
-    this.name = tls ? 'runtime-tls' : 'runtime';
+    this.name = name ?? (tls ? 'runtime-tls' : 'runtime');
   }
 
   get pid(): number {
@@ -92,7 +94,7 @@ export class RuntimeProcess implements Subject {
       };
       child.stderr?.on('data', onData);
     });
-    return new RuntimeProcess(child, port, options.tls);
+    return new RuntimeProcess(child, port, options.tls, options.name);
   }
 
   cpuSeconds(): number {

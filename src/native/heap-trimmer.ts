@@ -6,6 +6,9 @@
  * app cannot have.
  */
 
+import type { Logger } from '../core/log.js';
+import { trimHeap } from './native-binding.js';
+
 /** A drop of this many open connections since the last trim (or the high-water mark since) is worth one. */
 export const TRIM_AFTER_DROP = 256;
 /** Wait this long after the drop is seen: a burst of closes ends in one trim, not many. */
@@ -68,4 +71,23 @@ export class HeapTrimmer {
     this.#high = open;
     this.#options.onTrim?.({ released, open, ms: performance.now() - started });
   }
+}
+
+/**
+ * A trimmer for the C heap, or undefined where there is nothing to trim with (no addon, not glibc).
+ * Each thread that holds connections needs its own: the collection it runs first is of the calling
+ * thread's isolate (an ingress worker's closed sockets are freed only by the worker's), while
+ * malloc_trim returns every arena's free pages, whichever thread freed them.
+ */
+export function startHeapTrimmer(logger: Logger, open: () => number): HeapTrimmer | undefined {
+  try {
+    trimHeap();
+  } catch {
+    return undefined;
+  }
+  return new HeapTrimmer({
+    trim: () => trimHeap(true),
+    open,
+    onTrim: ({ released, open, ms }) => logger.debug({ released, open, ms: Math.round(ms) }, 'C heap trimmed'),
+  });
 }
