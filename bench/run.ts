@@ -9,7 +9,7 @@ import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { startAppServer } from './app-server.js';
+import { startAppServer, startAppServerThread } from './app-server.js';
 import { Budget } from './budget.js';
 import { issuePeerCertificate } from './certificate.js';
 import {
@@ -110,6 +110,8 @@ process.once('exit', () => {
 });
 
 const app = await startAppServer();
+/** Where the servers started from here forward to: the in-process app, or the idle section's app thread. */
+let appPort = app.port;
 let configs = 0;
 const startRuntime = (
   tls: boolean,
@@ -120,7 +122,7 @@ const startRuntime = (
   RuntimeProcess.start({
     configPath: join(work, `enclave-${++configs}.toml`),
     stateDir,
-    appPort: app.port,
+    appPort,
     tls,
     cpuProfileDir: profiled && profileDir ? join(profileDir, tls ? 'runtime-tls' : 'runtime') : undefined,
     nodeFlags: runtimeFlags,
@@ -162,7 +164,7 @@ async function startPeer<T>(name: string, start: () => Promise<T>): Promise<T | 
 const socat = await startPeer('socat', () => SocatPeer.start(app.port));
 const peerCertificate = await issuePeerCertificate(stateDir, SERVER_NAME, work);
 const startNginx = (mode: NginxMode) =>
-  NginxPeer.start(app.port, work, peerCertificate, { mode, workers, workerConnections: NGINX_WORKER_CONNECTIONS });
+  NginxPeer.start(appPort, work, peerCertificate, { mode, workers, workerConnections: NGINX_WORKER_CONNECTIONS });
 const nginx = await startPeer('nginx', () => startNginx('stream'));
 const nginxHttp = only.has('keepalive') ? await startPeer('nginx-http', () => startNginx('http')) : undefined;
 const present = <T>(items: (T | undefined)[]) => items.filter((item): item is T => item !== undefined);
@@ -325,7 +327,16 @@ if (only.has('idle')) {
       return peer;
     });
   }
-  if (counts.length > 0) logs.set('idle', await measureIdleTls({ starts, app, counts, log: say }));
+  if (counts.length > 0) {
+    const idleApp = await startAppServerThread();
+    appPort = idleApp.port;
+    try {
+      logs.set('idle', await measureIdleTls({ starts, app: idleApp, counts, log: say }));
+    } finally {
+      appPort = app.port;
+      await idleApp.close();
+    }
+  }
 }
 await app.close();
 
@@ -559,13 +570,15 @@ function buildRows(): Row[] {
   }
   const idle = logs.get('idle');
   if (idle) {
-    // The runtime as shipped (app_connect eager) and with first-byte, each against both nginx modes.
+    // The runtime as shipped (app_connect eager) against both nginx modes, and with first-byte.
     for (const [runtimeName, runtimeLabel] of [
       ['runtime-tls', ''],
       ['runtime-tls-first-byte', ', app_connect first-byte'],
     ] as const) {
       if (idle.get(`${runtimeName}:idle`).length === 0) continue;
-      for (const peerName of ['nginx', 'nginx-http'] as const) {
+      // First-byte is compared with nginx's http proxy alone: both leave the app unconnected while idle.
+      const peers = runtimeName === 'runtime-tls' ? (['nginx', 'nginx-http'] as const) : (['nginx-http'] as const);
+      for (const peerName of peers) {
         const peerLabel = `${peerName === 'nginx' ? 'nginx stream' : 'nginx http'}${runtimeLabel}`;
         rows.push(
           compare(

@@ -1,4 +1,4 @@
-import { readFileSync, writeFileSync } from 'node:fs';
+import { createWriteStream, readFileSync, writeFileSync } from 'node:fs';
 import { parse, stringify } from 'smol-toml';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -67,6 +67,9 @@ export class RuntimeProcess implements Subject {
       ...(options.env ? { env: { ...process.env, ...options.env } } : {}),
     });
     const lastLines = tail(child.stderr);
+    // For a reader chasing what the runtime did during a run (its warnings: an app connect that failed, a refusal).
+    const logTo = process.env.BENCH_RUNTIME_LOG;
+    if (logTo) child.stderr?.pipe(createWriteStream(`${logTo}.${child.pid}`));
     child.stdout?.resume();
     const port = await new Promise<number>((resolve, reject) => {
       const timer = setTimeout(() => fail(new Error(`not ready within ${START_TIMEOUT_MS} ms`)), START_TIMEOUT_MS);
