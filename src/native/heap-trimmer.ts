@@ -11,6 +11,8 @@ import { trimHeap } from './native-binding.js';
 
 /** A drop of this many open connections since the last trim (or the high-water mark since) is worth one. */
 export const TRIM_AFTER_DROP = 256;
+/** With afterRise: a rise of this many connections since the last trim earns one (their handshakes' garbage). */
+export const TRIM_AFTER_RISE = 256;
 /** Wait this long after the drop is seen: a burst of closes ends in one trim, not many. */
 export const TRIM_DELAY_MS = 1000;
 
@@ -20,6 +22,12 @@ export interface HeapTrimmerOptions {
   /** Connections open right now (read when the trim runs). */
   open: () => number;
   afterDrop?: number;
+  /**
+   * Also trim after the count rises by this much from the last trim (or the low-water mark since):
+   * each handshake leaves garbage behind, and with the runtime's large initial old generation a
+   * thread's heap would keep it until it fills. Off when undefined.
+   */
+  afterRise?: number | undefined;
   delayMs?: number;
   /** Told what each trim did, for a debug line. */
   onTrim?: (result: { released: boolean; open: number; ms: number }) => void;
@@ -31,6 +39,7 @@ export class HeapTrimmer {
   readonly #afterDrop: number;
   readonly #delayMs: number;
   #high = 0;
+  #low = 0;
   #timer: NodeJS.Timeout | undefined;
   #trims = 0;
 
@@ -48,7 +57,10 @@ export class HeapTrimmer {
   /** Call whenever a connection opens or closes, with the count now open. */
   changed(open: number): void {
     if (open > this.#high) this.#high = open;
-    else if (this.#high - open >= this.#afterDrop && this.#timer === undefined) {
+    if (open < this.#low) this.#low = open;
+    const { afterRise } = this.#options;
+    const due = this.#high - open >= this.#afterDrop || (afterRise !== undefined && open - this.#low >= afterRise);
+    if (due && this.#timer === undefined) {
       this.#timer = setTimeout(() => this.#run(), this.#delayMs);
       // Never the reason the process stays up.
       this.#timer.unref();
@@ -67,8 +79,9 @@ export class HeapTrimmer {
     const released = this.#options.trim();
     this.#trims++;
     const open = this.#options.open();
-    // From here, only a new drop from what is open now earns another trim.
+    // From here, only a new drop (or rise) from what is open now earns another trim.
     this.#high = open;
+    this.#low = open;
     this.#options.onTrim?.({ released, open, ms: performance.now() - started });
   }
 }
@@ -88,6 +101,7 @@ export function startHeapTrimmer(logger: Logger, open: () => number): HeapTrimme
   return new HeapTrimmer({
     trim: () => trimHeap(true),
     open,
+    afterRise: TRIM_AFTER_RISE,
     onTrim: ({ released, open, ms }) => logger.debug({ released, open, ms: Math.round(ms) }, 'C heap trimmed'),
   });
 }
