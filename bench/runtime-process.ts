@@ -67,7 +67,8 @@ export class RuntimeProcess implements Subject {
       ...(options.env ? { env: { ...process.env, ...options.env } } : {}),
     });
     const lastLines = tail(child.stderr);
-    // For a reader chasing what the runtime did during a run (its warnings: an app connect that failed, a refusal).
+    // For a reader chasing what the runtime did during a run (its warnings: an app connect that failed, a refusal;
+    // with BENCH_RUNTIME_LOG_LEVEL=debug, each trim of its heaps).
     const logTo = process.env.BENCH_RUNTIME_LOG;
     if (logTo) child.stderr?.pipe(createWriteStream(`${logTo}.${child.pid}`));
     child.stdout?.resume();
@@ -152,7 +153,11 @@ function configText(options: RuntimeProcessOptions): string {
       moveListeners(table as TomlTable);
   }
   const table = (name: string) => (config[name] ??= {}) as TomlTable;
-  Object.assign(table('runtime'), { log_level: 'info', state_dir: options.stateDir, shutdown_grace_ms: 1000 });
+  Object.assign(table('runtime'), {
+    log_level: process.env.BENCH_RUNTIME_LOG_LEVEL ?? 'info',
+    state_dir: options.stateDir,
+    shutdown_grace_ms: 1000,
+  });
   Object.assign(table('ingress'), {
     listen: 'tcp:127.0.0.1:0',
     app: `tcp:127.0.0.1:${options.appPort}`,

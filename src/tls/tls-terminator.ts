@@ -7,7 +7,6 @@ import type { Logger } from '../core/log.js';
 import type { AcmeCertificates, AcmeServedCertificate } from './acme-certificates.js';
 import type { AttestedCertificate } from './attested-certificate.js';
 import type { CertificateSource } from './certificate-source.js';
-import { openSelfCertificateSource } from './certificate-source.js';
 import { CertificateStore, type CertificateStoreStats } from './certificate-store.js';
 import { parseNonceServerName, type SniNonceEncoding } from './nonce-label.js';
 import { ACME_TLS_ALPN_PROTOCOL } from './tls-alpn-challenges.js';
@@ -92,9 +91,12 @@ export class TlsTerminator<S extends CertificateProvider = CertificateStore> {
 
   /** Open the certificate source and make the first base certificate; fails if the NSM cannot attest. */
   static async create(options: TlsTerminatorOptions): Promise<TlsTerminator> {
+    // Imported here: the CA and its X.509 library (the largest modules) stay out of ingress workers, which only serve.
     const source =
       options.source ??
-      (await openSelfCertificateSource(options.stateDir, {
+      (await (
+        await import('./certificate-source.js')
+      ).openSelfCertificateSource(options.stateDir, {
         logger: options.logger,
         ...(options.now ? { now: options.now } : {}),
       }));
