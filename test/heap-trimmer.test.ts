@@ -57,7 +57,7 @@ describe('HeapTrimmer', () => {
     assert.deepEqual(trims, [20, 40], 'down 10 from the new high-water mark of 50');
   });
 
-  it('with afterRise, trims once after the count rises by it from the last trim, and never without', (t) => {
+  it('with afterRise, trims once the count has risen by it and then held still for the delay, never without', (t) => {
     t.mock.timers.enable({ apis: ['setTimeout'] });
     const off = harness();
     for (let n = 1; n <= 100; n++) off.set(n);
@@ -67,9 +67,13 @@ describe('HeapTrimmer', () => {
     for (let n = 1; n <= 19; n++) set(n);
     t.mock.timers.tick(5000);
     assert.deepEqual(trims, [], 'up 19 is under the threshold');
-    for (let n = 20; n <= 30; n++) set(n);
-    t.mock.timers.tick(1000);
-    assert.deepEqual(trims, [30], 'one trim for the burst of opens');
+    for (let n = 20; n <= 30; n++) {
+      set(n);
+      t.mock.timers.tick(999);
+    }
+    assert.deepEqual(trims, [], 'not while connections keep opening');
+    t.mock.timers.tick(1);
+    assert.deepEqual(trims, [30], 'one trim once the opens pause');
     for (let n = 31; n <= 49; n++) set(n);
     t.mock.timers.tick(5000);
     assert.deepEqual(trims, [30], 'up 19 from the last trim: no trim');

@@ -11,7 +11,7 @@ import { trimHeap } from './native-binding.js';
 
 /** A drop of this many open connections since the last trim (or the high-water mark since) is worth one. */
 export const TRIM_AFTER_DROP = 256;
-/** With afterRise: a rise of this many connections since the last trim earns one (their handshakes' garbage). */
+/** With afterRise: a rise of this many connections since the last trim earns one once opens pause (their handshakes' garbage). */
 export const TRIM_AFTER_RISE = 256;
 /** Wait this long after the drop is seen: a burst of closes ends in one trim, not many. */
 export const TRIM_DELAY_MS = 1000;
@@ -23,9 +23,11 @@ export interface HeapTrimmerOptions {
   open: () => number;
   afterDrop?: number;
   /**
-   * Also trim after the count rises by this much from the last trim (or the low-water mark since):
-   * each handshake leaves garbage behind, and with the runtime's large initial old generation a
-   * thread's heap would keep it until it fills. Off when undefined.
+   * Also trim once the count has risen by this much from the last trim (or the low-water mark
+   * since) and then not changed for the delay: each handshake leaves garbage behind, which a
+   * thread's heap (large initial old generation) would keep until it fills. Waiting for a quiet
+   * moment keeps the collection's pause (seconds, with thousands of connections open on a loaded
+   * machine) out of a burst of opens. Off when undefined.
    */
   afterRise?: number | undefined;
   delayMs?: number;
@@ -33,7 +35,7 @@ export interface HeapTrimmerOptions {
   onTrim?: (result: { released: boolean; open: number; ms: number }) => void;
 }
 
-/** Watches the open-connection count; after it falls by `afterDrop` from its high-water mark, trims once. */
+/** Watches the open-connection count; after it falls by `afterDrop` from its high-water mark (or rises by `afterRise` and holds), trims once. */
 export class HeapTrimmer {
   readonly #options: HeapTrimmerOptions;
   readonly #afterDrop: number;
@@ -41,6 +43,8 @@ export class HeapTrimmer {
   #high = 0;
   #low = 0;
   #timer: NodeJS.Timeout | undefined;
+  /** The rise's trim, pushed back by every change until the count holds still for the delay. */
+  #quiet: NodeJS.Timeout | undefined;
   #trims = 0;
 
   constructor(options: HeapTrimmerOptions) {
@@ -58,23 +62,34 @@ export class HeapTrimmer {
   changed(open: number): void {
     if (open > this.#high) this.#high = open;
     if (open < this.#low) this.#low = open;
-    const { afterRise } = this.#options;
-    const due = this.#high - open >= this.#afterDrop || (afterRise !== undefined && open - this.#low >= afterRise);
-    if (due && this.#timer === undefined) {
+    if (this.#timer !== undefined) return;
+    if (this.#high - open >= this.#afterDrop) {
+      clearTimeout(this.#quiet);
+      this.#quiet = undefined;
       this.#timer = setTimeout(() => this.#run(), this.#delayMs);
       // Never the reason the process stays up.
       this.#timer.unref();
+      return;
+    }
+    const { afterRise } = this.#options;
+    if (afterRise !== undefined && open - this.#low >= afterRise) {
+      clearTimeout(this.#quiet);
+      this.#quiet = setTimeout(() => this.#run(), this.#delayMs);
+      this.#quiet.unref();
     }
   }
 
   /** Cancels a pending trim. */
   close(): void {
     clearTimeout(this.#timer);
+    clearTimeout(this.#quiet);
     this.#timer = undefined;
+    this.#quiet = undefined;
   }
 
   #run(): void {
     this.#timer = undefined;
+    this.#quiet = undefined;
     const started = performance.now();
     const released = this.#options.trim();
     this.#trims++;
