@@ -204,15 +204,11 @@ export class Runtime {
 
       let ingress: Ingress | IngressWorkers | undefined;
       if (config.ingress.enabled) {
-        const trimmer = startHeapTrimmer(logger, () => ingress?.stats.active ?? 0);
-        if (trimmer) closers.push(async () => trimmer.close());
         const workers = await startIngressWorkers(config, { nsm, terminator, logger });
-        if (workers) {
-          metrics.watchIngressWorkers(workers);
-          // The workers count their connections in shared memory; the trimmer reads the sum once a second.
-          const poll = trimmer && setInterval(() => trimmer.changed(workers.stats.active), 1000).unref();
-          if (poll) closers.push(async () => clearInterval(poll));
-        }
+        if (workers) metrics.watchIngressWorkers(workers);
+        // Ingress workers trim for themselves (their isolates hold the connections); the main thread only without them.
+        const trimmer = workers ? undefined : startHeapTrimmer(logger, () => ingress?.stats.active ?? 0);
+        if (trimmer) closers.push(async () => trimmer.close());
         ingress =
           workers ??
           (await Ingress.start({
