@@ -1,5 +1,6 @@
 import net from 'node:net';
 import { once } from 'node:events';
+import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 
 /**
  * The customer app every subject forwards to. One byte after connect picks what the connection
@@ -54,11 +55,15 @@ export interface AppServer {
   close(): Promise<void>;
 }
 
-export async function startAppServer(): Promise<AppServer> {
+export async function startAppServer(onOpen?: (open: number) => void): Promise<AppServer> {
   const sockets = new Set<net.Socket>();
   const server = net.createServer({ noDelay: true }, (socket) => {
     sockets.add(socket);
-    socket.once('close', () => sockets.delete(socket));
+    onOpen?.(sockets.size);
+    socket.once('close', () => {
+      sockets.delete(socket);
+      onOpen?.(sockets.size);
+    });
     socket.on('error', () => socket.destroy());
     serve(socket);
   });
@@ -135,4 +140,31 @@ function serveHttp(socket: net.Socket, first: Buffer): void {
   };
   socket.on('data', onData);
   onData(first);
+}
+
+/**
+ * The same app in a thread of its own: while the bench opens thousands of TLS connections, its
+ * event loop is busy with their client side, and an app on that loop accepts too slowly (the
+ * runtime's app connects time out at the full accept queue: 9,500 idle connections lost a quarter).
+ * The open count is read from shared memory, so `open` stays synchronous.
+ */
+export async function startAppServerThread(): Promise<AppServer> {
+  const open = new Int32Array(new SharedArrayBuffer(4));
+  const worker = new Worker(new URL(import.meta.url), { workerData: { open } });
+  const [port] = (await once(worker, 'message')) as [number];
+  return {
+    port,
+    get open() {
+      return Atomics.load(open, 0);
+    },
+    close: async () => {
+      await worker.terminate();
+    },
+  };
+}
+
+if (!isMainThread && parentPort && (workerData as { open?: Int32Array } | undefined)?.open) {
+  const open = (workerData as { open: Int32Array }).open;
+  const app = await startAppServer((count) => Atomics.store(open, 0, count));
+  parentPort.postMessage(app.port);
 }

@@ -9,7 +9,7 @@ import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { startAppServer } from './app-server.js';
+import { startAppServer, startAppServerThread } from './app-server.js';
 import { Budget } from './budget.js';
 import { issuePeerCertificate } from './certificate.js';
 import {
@@ -61,6 +61,8 @@ const { values: args } = parseArgs({
     only: { type: 'string' },
     'runtime-flags': { type: 'string' },
     workers: { type: 'string' },
+    'idle-subjects': { type: 'string' },
+    'runtime-env': { type: 'string' },
   },
   strict: true,
 });
@@ -74,16 +76,24 @@ const workers = Number(args.workers ?? availableParallelism());
 // The runtime is measured as it ships: bin/enclave-runtime.js and the bundle launcher pass this flag.
 const SHIPPED_RUNTIME_FLAGS = '--initial-old-space-size=64';
 const runtimeFlags = (args['runtime-flags'] ?? SHIPPED_RUNTIME_FLAGS).split(' ').filter((flag) => flag !== '');
+/** The servers the idle section starts: the runtime as shipped (app_connect eager), with first-byte, and nginx twice. */
+const IDLE_SUBJECTS = ['runtime', 'runtime-first-byte', 'nginx', 'nginx-http'] as const;
+const idleSubjects = new Set((args['idle-subjects'] ?? IDLE_SUBJECTS.join(',')).split(','));
+// NAME=VALUE pairs for the runtime process alone, to try allocator settings (MALLOC_ARENA_MAX=2).
+const runtimeEnvPairs = (args['runtime-env'] ?? '').split(',').filter((pair) => pair !== '');
+const runtimeEnv = Object.fromEntries(runtimeEnvPairs.map((pair) => [pair.split('=')[0], pair.split('=')[1]]));
 if (
   !(gib > 0) ||
   !Number.isInteger(rounds) ||
   rounds < 1 ||
   !Number.isInteger(workers) ||
   workers < 1 ||
-  [...only].some((s) => !SECTIONS.includes(s))
+  [...only].some((s) => !SECTIONS.includes(s)) ||
+  [...idleSubjects].some((s) => !(IDLE_SUBJECTS as readonly string[]).includes(s)) ||
+  runtimeEnvPairs.some((pair) => !/^[A-Z_][A-Z0-9_]*=[^=]*$/.test(pair))
 ) {
   process.stderr.write(
-    `usage: npm run bench -- [--quick] [--profile] [--gib N] [--rounds N] [--workers N] [--only ${SECTIONS.join(',')}|all] [--runtime-flags '--v8-flag ...']\n`,
+    `usage: npm run bench -- [--quick] [--profile] [--gib N] [--rounds N] [--workers N] [--only ${SECTIONS.join(',')}|all] [--runtime-flags '--v8-flag ...'] [--runtime-env NAME=VALUE,...] [--idle-subjects ${IDLE_SUBJECTS.join(',')}]\n`,
   );
   process.exit(2);
 }
@@ -100,22 +110,31 @@ process.once('exit', () => {
 });
 
 const app = await startAppServer();
+/** Where the servers started from here forward to: the in-process app, or the idle section's app thread. */
+let appPort = app.port;
 let configs = 0;
-const startRuntime = (tls: boolean, profiled: boolean, idleConnections = false) =>
+const startRuntime = (
+  tls: boolean,
+  profiled: boolean,
+  idleConnections = false,
+  appConnect: 'eager' | 'first-byte' = 'eager',
+) =>
   RuntimeProcess.start({
     configPath: join(work, `enclave-${++configs}.toml`),
     stateDir,
-    appPort: app.port,
+    appPort,
     tls,
     cpuProfileDir: profiled && profileDir ? join(profileDir, tls ? 'runtime-tls' : 'runtime') : undefined,
     nodeFlags: runtimeFlags,
     workers,
+    ...(runtimeEnvPairs.length > 0 ? { env: runtimeEnv } : {}),
+    ...(appConnect === 'first-byte' ? { name: `${tls ? 'runtime-tls' : 'runtime'}-first-byte` } : {}),
     // Opening 10,000 handshakes takes minutes on a loaded machine: the first must not time out idle meanwhile.
     ...(idleConnections
       ? {
           maxConnections: 2 * Math.max(...IDLE_TLS_COUNTS),
           config: {
-            ingress: { idle_timeout_ms: 3_600_000, connect_timeout_ms: 60_000 },
+            ingress: { idle_timeout_ms: 3_600_000, connect_timeout_ms: 60_000, app_connect: appConnect },
             tls: { handshake_timeout_ms: 60_000 },
           },
         }
@@ -145,7 +164,7 @@ async function startPeer<T>(name: string, start: () => Promise<T>): Promise<T | 
 const socat = await startPeer('socat', () => SocatPeer.start(app.port));
 const peerCertificate = await issuePeerCertificate(stateDir, SERVER_NAME, work);
 const startNginx = (mode: NginxMode) =>
-  NginxPeer.start(app.port, work, peerCertificate, { mode, workers, workerConnections: NGINX_WORKER_CONNECTIONS });
+  NginxPeer.start(appPort, work, peerCertificate, { mode, workers, workerConnections: NGINX_WORKER_CONNECTIONS });
 const nginx = await startPeer('nginx', () => startNginx('stream'));
 const nginxHttp = only.has('keepalive') ? await startPeer('nginx-http', () => startNginx('http')) : undefined;
 const present = <T>(items: (T | undefined)[]) => items.filter((item): item is T => item !== undefined);
@@ -292,21 +311,32 @@ if (only.has('memory')) {
 }
 if (only.has('idle')) {
   say(
-    `\n== idle TLS connections: RSS of a fresh server idle, with ${IDLE_TLS_COUNTS.join(' then ')} open, then after they close`,
+    `\n== idle TLS connections: RSS of a fresh server idle, then with ${IDLE_TLS_COUNTS.join(', then ')} open, each time after they close`,
   );
   idleCounts = countsWithinFileLimit(IDLE_TLS_COUNTS, say);
   const counts = idleCounts;
-  const starts: Array<() => Promise<MemorySubject>> = [() => startRuntime(true, false, true)];
+  const starts: Array<() => Promise<MemorySubject>> = [];
+  if (idleSubjects.has('runtime')) starts.push(() => startRuntime(true, false, true));
+  if (idleSubjects.has('runtime-first-byte')) starts.push(() => startRuntime(true, false, true, 'first-byte'));
   for (const mode of ['stream', 'http'] as const) {
     const name = mode === 'stream' ? 'nginx' : 'nginx-http';
-    if (missing.has('nginx')) continue;
+    if (missing.has('nginx') || !idleSubjects.has(name)) continue;
     starts.push(async () => {
       const peer = await startPeer(name, () => startNginx(mode));
       if (!peer) throw new Error(`${name} did not start`);
       return peer;
     });
   }
-  if (counts.length > 0) logs.set('idle', await measureIdleTls({ starts, app, counts, log: say }));
+  if (counts.length > 0) {
+    const idleApp = await startAppServerThread();
+    appPort = idleApp.port;
+    try {
+      logs.set('idle', await measureIdleTls({ starts, app: idleApp, counts, log: say }));
+    } finally {
+      appPort = app.port;
+      await idleApp.close();
+    }
+  }
 }
 await app.close();
 
@@ -540,52 +570,63 @@ function buildRows(): Row[] {
   }
   const idle = logs.get('idle');
   if (idle) {
-    for (const peerName of ['nginx', 'nginx-http'] as const) {
-      const peerLabel = peerName === 'nginx' ? 'nginx stream' : 'nginx http';
-      rows.push(
-        compare(
-          'idle',
-          idle,
-          `RSS idle, fresh (vs ${peerLabel})`,
-          'MiB',
-          'runtime-tls:idle',
-          peerName,
-          `${peerName}:idle`,
-        ),
-      );
-      for (const count of idleCounts)
+    // The runtime as shipped (app_connect eager) against both nginx modes, and with first-byte.
+    for (const [runtimeName, runtimeLabel] of [
+      ['runtime-tls', ''],
+      ['runtime-tls-first-byte', ', app_connect first-byte'],
+    ] as const) {
+      if (idle.get(`${runtimeName}:idle`).length === 0) continue;
+      // First-byte is compared with nginx's http proxy alone: both leave the app unconnected while idle.
+      const peers = runtimeName === 'runtime-tls' ? (['nginx', 'nginx-http'] as const) : (['nginx-http'] as const);
+      for (const peerName of peers) {
+        const peerLabel = `${peerName === 'nginx' ? 'nginx stream' : 'nginx http'}${runtimeLabel}`;
         rows.push(
           compare(
             'idle',
             idle,
-            `memory per idle TLS connection, ${count} open (vs ${peerLabel})`,
-            'KiB',
-            `runtime-tls:per:${count}`,
+            `RSS idle, fresh (vs ${peerLabel})`,
+            'MiB',
+            `${runtimeName}:idle`,
             peerName,
-            `${peerName}:per:${count}`,
-            { on: 'value', op: '<=', limit: 24 },
+            `${peerName}:idle`,
           ),
         );
-      rows.push(
-        compare(
-          'idle',
-          idle,
-          `RSS after they all closed (vs ${peerLabel})`,
-          'MiB',
-          'runtime-tls:after',
-          peerName,
-          `${peerName}:after`,
-        ),
-      );
+        for (const count of idleCounts) {
+          rows.push(
+            compare(
+              'idle',
+              idle,
+              `memory per idle TLS connection, ${count} open (vs ${peerLabel})`,
+              'KiB',
+              `${runtimeName}:per:${count}`,
+              peerName,
+              `${peerName}:per:${count}`,
+              { on: 'value', op: '<=', limit: 24 },
+            ),
+          );
+          rows.push(
+            compare(
+              'idle',
+              idle,
+              `RSS after ${count} closed (vs ${peerLabel})`,
+              'MiB',
+              `${runtimeName}:after:${count}`,
+              peerName,
+              `${peerName}:after:${count}`,
+            ),
+          );
+        }
+      }
+      // Issue 17: back within 25 % of idle.
+      for (const count of idleCounts)
+        rows.push({
+          section: 'idle',
+          what: `RSS after ${count} closed ÷ RSS idle${runtimeLabel}`,
+          unit: 'x',
+          runtime: idle.figure(`${runtimeName}:after-ratio:${count}`),
+          target: { on: 'value', op: '<=', limit: 1.25 },
+        });
     }
-    // Issue 17: back within 25 % of idle.
-    rows.push({
-      section: 'idle',
-      what: 'RSS after they all closed ÷ RSS idle',
-      unit: 'x',
-      runtime: idle.figure('runtime-tls:after-ratio'),
-      target: { on: 'value', op: '<=', limit: 1.25 },
-    });
   }
   const lat = logs.get('latency');
   if (lat) {

@@ -1,4 +1,4 @@
-import { readFileSync, writeFileSync } from 'node:fs';
+import { createWriteStream, readFileSync, writeFileSync } from 'node:fs';
 import { parse, stringify } from 'smol-toml';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -30,6 +30,8 @@ export interface RuntimeProcessOptions {
   config?: Record<string, Record<string, unknown>> | undefined;
   /** Environment for the runtime process alone (e.g. MALLOC_ARENA_MAX to try allocator settings). */
   env?: NodeJS.ProcessEnv | undefined;
+  /** The key in the figures, when one run measures two configurations (default runtime / runtime-tls). */
+  name?: string | undefined;
 }
 
 /**
@@ -43,11 +45,11 @@ export class RuntimeProcess implements Subject {
   readonly port: number;
   readonly #child: ChildProcess;
 
-  private constructor(child: ChildProcess, port: number, tls: boolean) {
+  private constructor(child: ChildProcess, port: number, tls: boolean, name?: string) {
     this.#child = child;
     this.port = port;
     this.tls = tls;
-    this.name = tls ? 'runtime-tls' : 'runtime';
+    this.name = name ?? (tls ? 'runtime-tls' : 'runtime');
   }
 
   get pid(): number {
@@ -65,6 +67,10 @@ export class RuntimeProcess implements Subject {
       ...(options.env ? { env: { ...process.env, ...options.env } } : {}),
     });
     const lastLines = tail(child.stderr);
+    // For a reader chasing what the runtime did during a run (its warnings: an app connect that failed, a refusal;
+    // with BENCH_RUNTIME_LOG_LEVEL=debug, each trim of its heaps).
+    const logTo = process.env.BENCH_RUNTIME_LOG;
+    if (logTo) child.stderr?.pipe(createWriteStream(`${logTo}.${child.pid}`));
     child.stdout?.resume();
     const port = await new Promise<number>((resolve, reject) => {
       const timer = setTimeout(() => fail(new Error(`not ready within ${START_TIMEOUT_MS} ms`)), START_TIMEOUT_MS);
@@ -92,7 +98,7 @@ export class RuntimeProcess implements Subject {
       };
       child.stderr?.on('data', onData);
     });
-    return new RuntimeProcess(child, port, options.tls);
+    return new RuntimeProcess(child, port, options.tls, options.name);
   }
 
   cpuSeconds(): number {
@@ -147,7 +153,11 @@ function configText(options: RuntimeProcessOptions): string {
       moveListeners(table as TomlTable);
   }
   const table = (name: string) => (config[name] ??= {}) as TomlTable;
-  Object.assign(table('runtime'), { log_level: 'info', state_dir: options.stateDir, shutdown_grace_ms: 1000 });
+  Object.assign(table('runtime'), {
+    log_level: process.env.BENCH_RUNTIME_LOG_LEVEL ?? 'info',
+    state_dir: options.stateDir,
+    shutdown_grace_ms: 1000,
+  });
   Object.assign(table('ingress'), {
     listen: 'tcp:127.0.0.1:0',
     app: `tcp:127.0.0.1:${options.appPort}`,

@@ -20,8 +20,7 @@ import type { CertificateSource } from './tls/certificate-source.js';
 import type { TlsTerminator } from './tls/tls-terminator.js';
 import type { FleetMember } from './fleet/fleet-member.js';
 import { errorCode } from './core/errors.js';
-import { trimHeap } from './native/native-binding.js';
-import { HeapTrimmer } from './native/heap-trimmer.js';
+import { startHeapTrimmer } from './native/heap-trimmer.js';
 
 /**
  * The data plane of one enclave: the NSM, the internal API, TLS and ingress, started in
@@ -205,15 +204,11 @@ export class Runtime {
 
       let ingress: Ingress | IngressWorkers | undefined;
       if (config.ingress.enabled) {
-        const trimmer = heapTrimmer(logger, () => ingress?.stats.active ?? 0);
-        if (trimmer) closers.push(async () => trimmer.close());
         const workers = await startIngressWorkers(config, { nsm, terminator, logger });
-        if (workers) {
-          metrics.watchIngressWorkers(workers);
-          // The workers count their connections in shared memory; the trimmer reads the sum once a second.
-          const poll = trimmer && setInterval(() => trimmer.changed(workers.stats.active), 1000).unref();
-          if (poll) closers.push(async () => clearInterval(poll));
-        }
+        if (workers) metrics.watchIngressWorkers(workers);
+        // Ingress workers trim for themselves (their isolates hold the connections); the main thread only without them.
+        const trimmer = workers ? undefined : startHeapTrimmer(logger, () => ingress?.stats.active ?? 0);
+        if (trimmer) closers.push(async () => trimmer.close());
         ingress =
           workers ??
           (await Ingress.start({
@@ -361,18 +356,4 @@ async function openNsm(config: RuntimeConfig, logger: Logger): Promise<Nsm> {
   }
   const { openDeviceNsm } = await import('./attestation/nsm-device.js');
   return openDeviceNsm(config.attestation.device);
-}
-
-/** A trimmer for the C heap, or undefined where there is nothing to trim with (no addon, not glibc). */
-function heapTrimmer(logger: Logger, open: () => number): HeapTrimmer | undefined {
-  try {
-    trimHeap();
-  } catch {
-    return undefined;
-  }
-  return new HeapTrimmer({
-    trim: () => trimHeap(true),
-    open,
-    onTrim: ({ released, open, ms }) => logger.debug({ released, open, ms: Math.round(ms) }, 'C heap trimmed'),
-  });
 }

@@ -98,6 +98,11 @@ describe('enclave.toml', () => {
         /^ingress\.proxy_protocol: "v3" is not allowed; expected one of "off", "v1", "v2", "any"/,
       ],
       [
+        'app_connect',
+        '[ingress]\napp_connect = "lazy"',
+        /^ingress\.app_connect: "lazy" is not allowed; expected one of "eager", "first-byte"/,
+      ],
+      [
         'bad address transport',
         '[ingress]\napp = "udp:1.2.3.4:5"',
         /^ingress\.app: "udp:1\.2\.3\.4:5" has an unknown transport "udp"; expected vsock:CID:PORT/,

@@ -4,7 +4,7 @@ import { HeapTrimmer } from '../src/native/heap-trimmer.js';
 import { nativeUnavailable, trimHeap } from '../src/native/native-binding.js';
 
 /** A trimmer over a fake count and trim, on mocked timers, recording what each trim saw. */
-function harness(afterDrop = 10, delayMs = 1000) {
+function harness(afterDrop = 10, delayMs = 1000, afterRise?: number) {
   let open = 0;
   const trims: number[] = [];
   const trimmer = new HeapTrimmer({
@@ -14,6 +14,7 @@ function harness(afterDrop = 10, delayMs = 1000) {
     },
     open: () => open,
     afterDrop,
+    afterRise,
     delayMs,
   });
   const set = (count: number) => {
@@ -54,6 +55,31 @@ describe('HeapTrimmer', () => {
     set(40);
     t.mock.timers.tick(1000);
     assert.deepEqual(trims, [20, 40], 'down 10 from the new high-water mark of 50');
+  });
+
+  it('with afterRise, trims once the count has risen by it and then held still for the delay, never without', (t) => {
+    t.mock.timers.enable({ apis: ['setTimeout'] });
+    const off = harness();
+    for (let n = 1; n <= 100; n++) off.set(n);
+    t.mock.timers.tick(5000);
+    assert.deepEqual(off.trims, [], 'rises alone trim nothing by default');
+    const { trims, set } = harness(10, 1000, 20);
+    for (let n = 1; n <= 19; n++) set(n);
+    t.mock.timers.tick(5000);
+    assert.deepEqual(trims, [], 'up 19 is under the threshold');
+    for (let n = 20; n <= 30; n++) {
+      set(n);
+      t.mock.timers.tick(999);
+    }
+    assert.deepEqual(trims, [], 'not while connections keep opening');
+    t.mock.timers.tick(1);
+    assert.deepEqual(trims, [30], 'one trim once the opens pause');
+    for (let n = 31; n <= 49; n++) set(n);
+    t.mock.timers.tick(5000);
+    assert.deepEqual(trims, [30], 'up 19 from the last trim: no trim');
+    set(50);
+    t.mock.timers.tick(1000);
+    assert.deepEqual(trims, [30, 50]);
   });
 
   it('does not trim after close()', (t) => {

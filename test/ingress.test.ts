@@ -233,6 +233,127 @@ describe('ingress bridge', () => {
     hold.close();
   });
 
+  describe('app_connect', () => {
+    /** An app that counts its connections, greets each at once (server-first) and echoes what it gets. */
+    async function greetingApp() {
+      const accepted: net.Socket[] = [];
+      const server = net.createServer({ allowHalfOpen: true }, (socket) => {
+        accepted.push(socket);
+        socket.on('error', () => {});
+        socket.write('220 ready\r\n');
+        socket.pipe(socket);
+      });
+      server.listen(0, '127.0.0.1');
+      await once(server, 'listening');
+      const address = parseAddress(`tcp:127.0.0.1:${(server.address() as net.AddressInfo).port}`);
+      return { accepted, address, close: () => server.close() };
+    }
+    /** Reads from `socket` until `length` bytes arrived. */
+    function readBytes(socket: net.Socket, length: number): Promise<Buffer> {
+      return new Promise((resolve, reject) => {
+        const chunks: Buffer[] = [];
+        let got = 0;
+        const onData = (chunk: Buffer) => {
+          chunks.push(chunk);
+          got += chunk.length;
+          if (got >= length) {
+            socket.off('data', onData);
+            resolve(Buffer.concat(chunks));
+          }
+        };
+        socket.on('data', onData);
+        socket.once('error', reject);
+        socket.once('close', () => reject(new Error(`closed after ${got} of ${length} bytes`)));
+      });
+    }
+    const settled = async (ingress: Ingress, active: number) => {
+      while (ingress.stats.active !== active) await new Promise((resolve) => setImmediate(resolve));
+    };
+
+    it('eager (the default) connects the app before the client speaks: a server-first app greets it', async () => {
+      const app = await greetingApp();
+      const ingress = await Ingress.start(options(parseAddress('tcp:127.0.0.1:0'), app.address));
+      try {
+        const client = await clientFor(ingress);
+        assert.equal((await readBytes(client, 11)).toString(), '220 ready\r\n');
+        client.write('HELO x\r\n');
+        assert.equal((await readBytes(client, 8)).toString(), 'HELO x\r\n');
+        client.destroy();
+      } finally {
+        await ingress.stop(0);
+        app.close();
+      }
+    });
+
+    it('first-byte connects the app only when the client sends, with the bytes intact', async () => {
+      const app = await greetingApp();
+      const ingress = await Ingress.start(
+        options(parseAddress('tcp:127.0.0.1:0'), app.address, { appConnect: 'first-byte' }),
+      );
+      try {
+        const silent = await clientFor(ingress);
+        silent.on('error', () => {});
+        await settled(ingress, 1);
+        // A second client that speaks goes all the way to the app and back while the first holds nothing there.
+        const speaker = await clientFor(ingress);
+        speaker.write('x');
+        assert.equal((await readBytes(speaker, 12)).toString(), '220 ready\r\nx');
+        assert.equal(app.accepted.length, 1, 'the silent client reached the app');
+        assert.equal(ingress.stats.active, 2);
+        const payload = randomPayload(256 * 1024);
+        silent.write(payload);
+        const echoed = await readBytes(silent, 11 + payload.length);
+        assert.equal(echoed.subarray(0, 11).toString(), '220 ready\r\n');
+        assert.equal(sha256(echoed.subarray(11)), sha256(payload), 'the bytes reached the app altered');
+        assert.equal(app.accepted.length, 2);
+        silent.destroy();
+        speaker.destroy();
+      } finally {
+        await ingress.stop(0);
+        app.close();
+      }
+    });
+
+    it('first-byte: a client that closes without sending never reaches the app', async () => {
+      const app = await greetingApp();
+      const ingress = await Ingress.start(
+        options(parseAddress('tcp:127.0.0.1:0'), app.address, { appConnect: 'first-byte' }),
+      );
+      try {
+        for (const close of ['end', 'destroy'] as const) {
+          const client = await clientFor(ingress);
+          client.on('error', () => {});
+          await settled(ingress, 1);
+          if (close === 'end') client.end();
+          else client.destroy();
+          await settled(ingress, 0);
+        }
+        assert.equal(app.accepted.length, 0);
+        assert.equal(ingress.stats.appUnreachable, 0);
+      } finally {
+        await ingress.stop(0);
+        app.close();
+      }
+    });
+
+    it('first-byte: a silent client is closed after idle_timeout_ms, never reaching the app', async () => {
+      const app = await greetingApp();
+      const ingress = await Ingress.start(
+        options(parseAddress('tcp:127.0.0.1:0'), app.address, { appConnect: 'first-byte', idleTimeoutMs: 200 }),
+      );
+      try {
+        const client = await clientFor(ingress);
+        client.on('error', () => {});
+        assert.equal(await closesWithin(client, 5000), true, 'the silent client was not closed');
+        await settled(ingress, 0);
+        assert.equal(app.accepted.length, 0);
+      } finally {
+        await ingress.stop(0);
+        app.close();
+      }
+    });
+  });
+
   describe('PROXY protocol', () => {
     let raw: Awaited<ReturnType<typeof startReplyServer>>;
     before(async () => {

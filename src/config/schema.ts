@@ -87,6 +87,11 @@ export const SCHEMA = table('enclave.toml', {
       0,
       64,
     ),
+    app_connect: oneOf(
+      'when the app is connected: "eager" = once the connection is accepted (TLS: handshake done), for protocols where the server speaks first (SMTP, MySQL); "first-byte" = when the client sends its first byte, so an idle connection holds no app socket and one that closes silent never reaches the app',
+      'eager',
+      ['eager', 'first-byte'],
+    ),
     connect_timeout_ms: int('time to connect to the app', 5 * SECOND, 10, 5 * 60 * SECOND),
     idle_timeout_ms: int(
       'a connection with no bytes either way for this long is closed',

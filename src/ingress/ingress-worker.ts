@@ -13,6 +13,7 @@ import { errorCode, RuntimeError } from '../core/errors.js';
 import { createLogger } from '../core/log.js';
 import { DURATION_BUCKETS } from '../metrics/registry.js';
 import { adoptListener } from '../net/shared-listener.js';
+import { startHeapTrimmer } from '../native/heap-trimmer.js';
 import type { CertificateSource } from '../tls/certificate-source.js';
 import { TlsError } from '../tls/tls-error.js';
 import { contextSharingWorks } from '../tls/leaf-contexts.js';
@@ -79,6 +80,8 @@ const slots = new Float64Array(init.stats);
 let certificates: WorkerCertificates | undefined;
 let stopping = false;
 let ingress: Ingress | undefined;
+// This worker's closed sockets are freed only by a collection of its own isolate: the main thread's trimmer cannot.
+const trimmer = startHeapTrimmer(logger, () => ingress?.stats.active ?? 0);
 
 port.on('message', (message: ToWorker) => {
   switch (message.type) {
@@ -110,6 +113,7 @@ async function stop(graceMs: number): Promise<void> {
     await starting.catch(() => undefined);
     await ingress?.stop(graceMs);
   } finally {
+    trimmer?.close();
     certificates?.close();
     send({ type: 'stopped' });
     port.close();
@@ -200,6 +204,7 @@ async function start(): Promise<void> {
     terminator,
     stats: sharedIngressStats(slots),
     listener: (onConnection) => adoptListener(init.settings.listen, init.fd, onConnection, init.backlog),
+    onConnectionCount: trimmer && ((open) => trimmer.changed(open)),
   });
   send({ type: 'ready', address: ingress.address });
 }

@@ -4,6 +4,7 @@ import type { Logger } from '../core/log.js';
 import { formatAddress, type Address } from '../net/address.js';
 import { encodeProxyHeader, readProxyHeader, type ProxyHeader } from '../net/proxy-protocol.js';
 import { relay } from '../net/relay.js';
+import { peekStream } from '../net/stream-peek.js';
 import { connect, listen, type Listener, type TransportSocket } from '../net/transport.js';
 import {
   answerWellKnown,
@@ -29,6 +30,12 @@ export interface IngressSettings {
   proxyProtocol: 'off' | 'v1' | 'v2' | 'any';
   sendProxyProtocol: 'off' | 'v1' | 'v2';
   maxConnections: number;
+  /**
+   * 'eager' connects the app as soon as the connection is accepted (after the handshake), as
+   * server-first protocols need; 'first-byte' waits for the client's first byte (at most
+   * idleTimeoutMs), so an idle connection holds no app socket. Default 'eager'.
+   */
+  appConnect?: 'eager' | 'first-byte';
   connectTimeoutMs: number;
   idleTimeoutMs: number;
   proxyHeaderTimeoutMs: number;
@@ -235,6 +242,11 @@ export class Ingress {
         return;
       }
     }
+    if (options.appConnect === 'first-byte' && !(await firstByte(client, options.idleTimeoutMs))) {
+      client.destroy();
+      socket.destroy();
+      return;
+    }
     let app: TransportSocket;
     try {
       app = await connect(options.app, { timeoutMs: options.connectTimeoutMs });
@@ -271,6 +283,19 @@ export class Ingress {
     this.#lastCapLog = now;
     this.#capSuppressed = 0;
   }
+}
+
+/**
+ * Resolves true once the client has sent a byte (put back for the relay), false when it closed,
+ * failed or stayed silent for `timeoutMs` first: such a connection never reaches the app.
+ */
+async function firstByte(client: Duplex, timeoutMs: number): Promise<boolean> {
+  const read = await peekStream(client, () => ({ value: true, length: 0 }), {
+    maxBytes: 1,
+    timeoutMs,
+    rest: 'unshift',
+  });
+  return read.kind === 'decided';
 }
 
 /** The addresses to pass on: the parent's PROXY header when it sent one, else the tcp peer, else unknown. */

@@ -6,8 +6,13 @@
  * app cannot have.
  */
 
+import type { Logger } from '../core/log.js';
+import { trimHeap } from './native-binding.js';
+
 /** A drop of this many open connections since the last trim (or the high-water mark since) is worth one. */
 export const TRIM_AFTER_DROP = 256;
+/** With afterRise: a rise of this many connections since the last trim earns one once opens pause (their handshakes' garbage). */
+export const TRIM_AFTER_RISE = 256;
 /** Wait this long after the drop is seen: a burst of closes ends in one trim, not many. */
 export const TRIM_DELAY_MS = 1000;
 
@@ -17,18 +22,29 @@ export interface HeapTrimmerOptions {
   /** Connections open right now (read when the trim runs). */
   open: () => number;
   afterDrop?: number;
+  /**
+   * Also trim once the count has risen by this much from the last trim (or the low-water mark
+   * since) and then not changed for the delay: each handshake leaves garbage behind, which a
+   * thread's heap (large initial old generation) would keep until it fills. Waiting for a quiet
+   * moment keeps the collection's pause (seconds, with thousands of connections open on a loaded
+   * machine) out of a burst of opens. Off when undefined.
+   */
+  afterRise?: number | undefined;
   delayMs?: number;
   /** Told what each trim did, for a debug line. */
   onTrim?: (result: { released: boolean; open: number; ms: number }) => void;
 }
 
-/** Watches the open-connection count; after it falls by `afterDrop` from its high-water mark, trims once. */
+/** Watches the open-connection count; after it falls by `afterDrop` from its high-water mark (or rises by `afterRise` and holds), trims once. */
 export class HeapTrimmer {
   readonly #options: HeapTrimmerOptions;
   readonly #afterDrop: number;
   readonly #delayMs: number;
   #high = 0;
+  #low = 0;
   #timer: NodeJS.Timeout | undefined;
+  /** The rise's trim, pushed back by every change until the count holds still for the delay. */
+  #quiet: NodeJS.Timeout | undefined;
   #trims = 0;
 
   constructor(options: HeapTrimmerOptions) {
@@ -45,27 +61,62 @@ export class HeapTrimmer {
   /** Call whenever a connection opens or closes, with the count now open. */
   changed(open: number): void {
     if (open > this.#high) this.#high = open;
-    else if (this.#high - open >= this.#afterDrop && this.#timer === undefined) {
+    if (open < this.#low) this.#low = open;
+    if (this.#timer !== undefined) return;
+    if (this.#high - open >= this.#afterDrop) {
+      clearTimeout(this.#quiet);
+      this.#quiet = undefined;
       this.#timer = setTimeout(() => this.#run(), this.#delayMs);
       // Never the reason the process stays up.
       this.#timer.unref();
+      return;
+    }
+    const { afterRise } = this.#options;
+    if (afterRise !== undefined && open - this.#low >= afterRise) {
+      clearTimeout(this.#quiet);
+      this.#quiet = setTimeout(() => this.#run(), this.#delayMs);
+      this.#quiet.unref();
     }
   }
 
   /** Cancels a pending trim. */
   close(): void {
     clearTimeout(this.#timer);
+    clearTimeout(this.#quiet);
     this.#timer = undefined;
+    this.#quiet = undefined;
   }
 
   #run(): void {
     this.#timer = undefined;
+    this.#quiet = undefined;
     const started = performance.now();
     const released = this.#options.trim();
     this.#trims++;
     const open = this.#options.open();
-    // From here, only a new drop from what is open now earns another trim.
+    // From here, only a new drop (or rise) from what is open now earns another trim.
     this.#high = open;
+    this.#low = open;
     this.#options.onTrim?.({ released, open, ms: performance.now() - started });
   }
+}
+
+/**
+ * A trimmer for the C heap, or undefined where there is nothing to trim with (no addon, not glibc).
+ * Each thread that holds connections needs its own: the collection it runs first is of the calling
+ * thread's isolate (an ingress worker's closed sockets are freed only by the worker's), while
+ * malloc_trim returns every arena's free pages, whichever thread freed them.
+ */
+export function startHeapTrimmer(logger: Logger, open: () => number): HeapTrimmer | undefined {
+  try {
+    trimHeap();
+  } catch {
+    return undefined;
+  }
+  return new HeapTrimmer({
+    trim: () => trimHeap(true),
+    open,
+    afterRise: TRIM_AFTER_RISE,
+    onTrim: ({ released, open, ms }) => logger.debug({ released, open, ms: Math.round(ms) }, 'C heap trimmed'),
+  });
 }
