@@ -113,7 +113,7 @@ export class ProvisionedCertificateSource implements CertificateSource {
       publicKeySpki: request.publicKeySpki,
       ...(this.#options.leafValidityMs === undefined ? {} : { validityMs: this.#options.leafValidityMs }),
     });
-    return { certPem: leaf.certPem, chainPem: current.servedChainPem, notAfter: leaf.notAfter };
+    return { certPem: leaf.certPem, certDer: leaf.certDer, chainPem: current.servedChainPem, notAfter: leaf.notAfter };
   }
 
   /** Provision a new intermediate now (new key, new challenge, new document) and use it from then on. */
