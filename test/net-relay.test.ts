@@ -136,4 +136,14 @@ describe('relay data path', () => {
     const result = await relayed;
     assert.equal(result.end, 'closed');
   });
+
+  it('ends at once, destroying the other side, when one side was destroyed before the relay began', async () => {
+    const [, a] = duplexPair();
+    const [b] = duplexPair();
+    a.destroy();
+    await new Promise((resolve) => setImmediate(resolve));
+    const result = await relay(a, b, { idleTimeoutMs: 60_000 });
+    assert.equal(result.end, 'closed');
+    assert.ok(b.destroyed, 'the other side is destroyed');
+  });
 });

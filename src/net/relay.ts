@@ -62,6 +62,8 @@ export function relay(a: Duplex, b: Duplex, options: RelayOptions): Promise<Rela
     const onAbort = () => finish('aborted');
     options.signal?.addEventListener('abort', onAbort, { once: true });
     if (options.signal?.aborted) return finish('aborted');
+    // A side destroyed before the relay began has emitted (or is about to emit) its 'close' unheard.
+    if (a.destroyed || b.destroyed) return finish('closed');
 
     a.on('error', (error) => finish('error', error));
     b.on('error', (error) => finish('error', error));
