@@ -3,25 +3,32 @@ import { describe, it } from 'node:test';
 import { HeapTrimmer } from '../src/native/heap-trimmer.js';
 import { nativeUnavailable, trimHeap } from '../src/native/native-binding.js';
 
-/** A trimmer over a fake count and trim, on mocked timers, recording what each trim saw. */
-function harness(afterDrop = 10, delayMs = 1000, afterRise?: number) {
+/**
+ * A trimmer over a fake count and trim, on mocked timers, recording what each trim saw. Its clock is
+ * `clock.ms`, which tests move with the mocked timers (`advance`); a trim moves it by `trimMs`.
+ */
+function harness(afterDrop = 10, delayMs = 1000, afterRise?: number, minIntervalMs = 0, trimMs = 0) {
   let open = 0;
+  const clock = { ms: 0 };
   const trims: number[] = [];
   const trimmer = new HeapTrimmer({
     trim: () => {
       trims.push(open);
+      clock.ms += trimMs;
       return true;
     },
     open: () => open,
     afterDrop,
     afterRise,
     delayMs,
+    minIntervalMs,
+    now: () => clock.ms,
   });
   const set = (count: number) => {
     open = count;
     trimmer.changed(count);
   };
-  return { trimmer, trims, set };
+  return { trimmer, trims, set, clock };
 }
 
 describe('HeapTrimmer', () => {
@@ -80,6 +87,32 @@ describe('HeapTrimmer', () => {
     set(50);
     t.mock.timers.tick(1000);
     assert.deepEqual(trims, [30, 50]);
+  });
+
+  it('spaces trims by the minimum interval, and by 100 times what the last one took, postponing rather than dropping', (t) => {
+    t.mock.timers.enable({ apis: ['setTimeout'] });
+    const { trims, set, clock } = harness(10, 1000, undefined, 10_000, 200);
+    const advance = (ms: number) => {
+      for (let step = 0; step < ms; step += 500) {
+        clock.ms += 500;
+        t.mock.timers.tick(500);
+      }
+    };
+    // The attack: bursts of opens and closes, each earning a trim a second later.
+    for (let n = 1; n <= 20; n++) set(n);
+    set(0);
+    advance(1000);
+    assert.deepEqual(trims, [0], 'the first trim is not held back');
+    for (let burst = 0; burst < 5; burst++) {
+      for (let n = 1; n <= 20; n++) set(n);
+      set(0);
+      advance(1000);
+    }
+    assert.deepEqual(trims, [0], 'no second trim within 100 × 200 ms of the first');
+    advance(14_000);
+    assert.deepEqual(trims, [0], 'still inside the 20 s spacing');
+    advance(1500);
+    assert.deepEqual(trims, [0, 0], 'the postponed trim runs once the spacing (1.2 s + 20 s) is over');
   });
 
   it('does not trim after close()', (t) => {

@@ -459,6 +459,12 @@ describe('scanSigningCertificate: the signing certificate found without decoding
     assert.equal(scanSigningCertificate(plain.subarray(0, plain.length - 120)), undefined);
     const payload = new Uint8Array(enc.encode(fields(new Uint8Array(5))));
     assert.equal(scanSigningCertificate(cose(Buffer.concat([payload, Buffer.of(0)]))), undefined);
+    // The signature must be a byte string and end the document: trailing bytes or a text signature are refused.
+    assert.equal(scanSigningCertificate(Buffer.concat([plain, Buffer.of(0)])), undefined);
+    const textSignature = new Uint8Array(
+      enc.encode([new Uint8Array([0xa1, 0x01, 0x38, 0x22]), new Map(), payload, 'not a signature']),
+    );
+    assert.equal(scanSigningCertificate(textSignature), undefined);
     assert.equal(scanSigningCertificate(new Uint8Array([0x83, 1, 2, 3])), undefined);
     assert.equal(scanSigningCertificate(new Uint8Array(0)), undefined);
   });

@@ -94,7 +94,7 @@ export const SCHEMA = table('enclave.toml', {
     ),
     connect_timeout_ms: int('time to connect to the app', 5 * SECOND, 10, 5 * 60 * SECOND),
     idle_timeout_ms: int(
-      'a connection with no bytes either way for this long is closed',
+      'a connection with no bytes either way for this long is closed (checked every quarter of it: within 1.25x)',
       5 * 60 * SECOND,
       100,
       24 * HOUR,

@@ -109,10 +109,9 @@ export async function startFleetRelay(options: FleetRelayOptions): Promise<Fleet
     channel.send(FRAME.CONNECTED, []);
     const rest = channel.release();
     if (rest.byteLength > 0) upstream.write(rest);
-    const relayed = relay(socket, upstream, { idleTimeoutMs: options.idleTimeoutMs });
-    // release() paused the enclave's socket so no byte was lost; the relay's listeners are on now.
-    socket.resume();
-    await relayed;
+    // release() paused the enclave's socket so no byte was lost; relay() resumes it unless `rest`
+    // already filled the upstream's buffer, in which case it waits for 'drain' first.
+    await relay(socket, upstream, { idleTimeoutMs: options.idleTimeoutMs });
   }
 
   let listener: Listener;

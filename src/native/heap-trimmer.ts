@@ -15,6 +15,16 @@ export const TRIM_AFTER_DROP = 256;
 export const TRIM_AFTER_RISE = 256;
 /** Wait this long after the drop is seen: a burst of closes ends in one trim, not many. */
 export const TRIM_DELAY_MS = 1000;
+/**
+ * Trims run at least this far apart. The count moves on plain TCP connects and closes, before any
+ * handshake, so without a floor anyone could stop the thread for a full collection every second
+ * with bursts of 256 throwaway connections. A trim due sooner waits for it.
+ */
+export const TRIM_MIN_INTERVAL_MS = 10_000;
+/** And a trim that held the thread for `ms` waits ms × this before the next: trims take at most 1 % of its time. */
+export const TRIM_SPACING_FACTOR = 100;
+/** A trim that long is logged at info: an operator should see what stops the event loop. */
+const TRIM_LOGGED_MS = 100;
 
 export interface HeapTrimmerOptions {
   /** Returns true when memory went back to the kernel (malloc_trim). */
@@ -31,6 +41,10 @@ export interface HeapTrimmerOptions {
    */
   afterRise?: number | undefined;
   delayMs?: number;
+  /** Default TRIM_MIN_INTERVAL_MS. */
+  minIntervalMs?: number;
+  /** The clock, in ms; tests move it. Default performance.now. */
+  now?: () => number;
   /** Told what each trim did, for a debug line. */
   onTrim?: (result: { released: boolean; open: number; ms: number }) => void;
 }
@@ -40,6 +54,10 @@ export class HeapTrimmer {
   readonly #options: HeapTrimmerOptions;
   readonly #afterDrop: number;
   readonly #delayMs: number;
+  readonly #minIntervalMs: number;
+  readonly #now: () => number;
+  /** No trim before this time (the spacing after the last one). */
+  #notBefore = Number.NEGATIVE_INFINITY;
   #high = 0;
   #low = 0;
   #timer: NodeJS.Timeout | undefined;
@@ -51,6 +69,8 @@ export class HeapTrimmer {
     this.#options = options;
     this.#afterDrop = options.afterDrop ?? TRIM_AFTER_DROP;
     this.#delayMs = options.delayMs ?? TRIM_DELAY_MS;
+    this.#minIntervalMs = options.minIntervalMs ?? TRIM_MIN_INTERVAL_MS;
+    this.#now = options.now ?? (() => performance.now());
   }
 
   /** How many trims have run. */
@@ -90,14 +110,24 @@ export class HeapTrimmer {
   #run(): void {
     this.#timer = undefined;
     this.#quiet = undefined;
-    const started = performance.now();
+    const early = this.#notBefore - this.#now();
+    if (early > 0) {
+      // Postponed, not dropped; holding the drop's slot keeps changes from scheduling another meanwhile.
+      this.#timer = setTimeout(() => this.#run(), early);
+      this.#timer.unref();
+      return;
+    }
+    const started = this.#now();
     const released = this.#options.trim();
     this.#trims++;
     const open = this.#options.open();
     // From here, only a new drop (or rise) from what is open now earns another trim.
     this.#high = open;
     this.#low = open;
-    this.#options.onTrim?.({ released, open, ms: performance.now() - started });
+    const ended = this.#now();
+    const ms = ended - started;
+    this.#notBefore = ended + Math.max(this.#minIntervalMs, ms * TRIM_SPACING_FACTOR);
+    this.#options.onTrim?.({ released, open, ms });
   }
 }
 
@@ -117,6 +147,9 @@ export function startHeapTrimmer(logger: Logger, open: () => number): HeapTrimme
     trim: () => trimHeap(true),
     open,
     afterRise: TRIM_AFTER_RISE,
-    onTrim: ({ released, open, ms }) => logger.debug({ released, open, ms: Math.round(ms) }, 'C heap trimmed'),
+    onTrim: ({ released, open, ms }) => {
+      if (ms >= TRIM_LOGGED_MS) logger.info({ released, open, ms: Math.round(ms) }, 'C heap trimmed (event loop held)');
+      else logger.debug({ released, open, ms: Math.round(ms) }, 'C heap trimmed');
+    },
   });
 }

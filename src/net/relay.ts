@@ -62,11 +62,11 @@ export function relay(a: Duplex, b: Duplex, options: RelayOptions): Promise<Rela
     const onAbort = () => finish('aborted');
     options.signal?.addEventListener('abort', onAbort, { once: true });
     if (options.signal?.aborted) return finish('aborted');
-    // A side destroyed before the relay began has emitted (or is about to emit) its 'close' unheard.
-    if (a.destroyed || b.destroyed) return finish('closed');
-
+    // Listening before any return: a side destroyed with an error in this tick still emits it.
     a.on('error', (error) => finish('error', error));
     b.on('error', (error) => finish('error', error));
+    // A side destroyed before the relay began has emitted (or is about to emit) its 'close' unheard.
+    if (a.destroyed || b.destroyed) return finish('closed');
 
     // A side that closes after a clean exchange (read ended, writes flushed) leaves the other to
     // finish on its own; one that closes any other way took its data with it, so end the peer too.
@@ -93,9 +93,11 @@ function pump(from: Duplex, to: Duplex, count: (bytes: number) => void): void {
     from.resume();
   };
   const wait = () => {
+    // Paused on every refusal, not only the first: whoever resumed `from` meanwhile (a caller that
+    // paused it before the relay) must not turn the wait for 'drain' into unbounded buffering.
+    from.pause();
     if (waiting) return;
     waiting = true;
-    from.pause();
     to.once('drain', onDrain);
   };
   from.on('data', (chunk: Buffer) => {

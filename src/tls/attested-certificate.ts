@@ -7,6 +7,7 @@ import type { Nsm } from '../attestation/nsm.js';
 import type { CertificateSource } from './certificate-source.js';
 import type { TlsKeyPair } from './key-pair.js';
 import type { ContextCallback, LeafContexts } from './leaf-contexts.js';
+import { certificatePem } from './leaf-template.js';
 import { TlsError } from './tls-error.js';
 
 /** A leaf whose attestation document binds its key, ready to hand to a TLS handshake. */
@@ -75,14 +76,17 @@ export async function createAttestedCertificate(request: AttestedCertificateRequ
   });
   // The context is built when a handshake needs it, so what would make it fail is checked here, where a
   // failure still means "serve the base certificate" rather than a broken handshake.
-  if (!contexts.fits(issued.certPem, issued.certDer))
+  // With the DER at hand the PEM served is made from it, so the bytes checked are the bytes served whatever a
+  // source returns (the check runs once: the shared contexts and the workers trust it).
+  const certPem = issued.certDer ? certificatePem(issued.certDer) : issued.certPem;
+  if (!contexts.fits(certPem, issued.certDer))
     throw new TlsError('ERR_TLS_ISSUE', 'the source returned a certificate that is not for the leaf key');
-  const serving = servingContexts(issued.certPem, issued.chainPem, contexts, !nonce, true);
+  const serving = servingContexts(certPem, issued.chainPem, contexts, !nonce, true);
   return {
     serverName,
     nonce: nonce ? new Uint8Array(nonce) : null,
     document,
-    certPem: issued.certPem,
+    certPem,
     chainPem: issued.chainPem,
     get secureContext() {
       return serving.secureContext();
@@ -222,7 +226,11 @@ export function scanSigningCertificate(document: Uint8Array): Uint8Array | undef
       }
       at = cborSkip(document, key.next + key.value, end, 0);
     }
-    return at === end ? found : undefined;
+    if (at !== end) return undefined;
+    // The signature, and nothing after it: a document the full decode would refuse is left to it.
+    const signature = cborHead(document, end, document.length);
+    if (signature.major !== CBOR_BYTES || signature.next + signature.value !== document.length) return undefined;
+    return found;
   } catch {
     return undefined;
   }
