@@ -270,27 +270,33 @@ describe('ingress bridge', () => {
       while (ingress.stats.active !== active) await new Promise((resolve) => setImmediate(resolve));
     };
 
-    it('eager (the default) connects the app before the client speaks: a server-first app greets it', async () => {
+    /** An ingress in front of a greeting app, with `settings` over the defaults; both stopped after `body`. */
+    async function withGreetingIngress(
+      settings: Partial<IngressOptions>,
+      body: (ingress: Ingress, app: Awaited<ReturnType<typeof greetingApp>>) => Promise<void>,
+    ): Promise<void> {
       const app = await greetingApp();
-      const ingress = await Ingress.start(options(parseAddress('tcp:127.0.0.1:0'), app.address));
+      const ingress = await Ingress.start(options(parseAddress('tcp:127.0.0.1:0'), app.address, settings));
       try {
+        await body(ingress, app);
+      } finally {
+        await ingress.stop(0);
+        app.close();
+      }
+    }
+
+    it('eager (the default) connects the app before the client speaks: a server-first app greets it', async () => {
+      await withGreetingIngress({}, async (ingress) => {
         const client = await clientFor(ingress);
         assert.equal((await readBytes(client, 11)).toString(), '220 ready\r\n');
         client.write('HELO x\r\n');
         assert.equal((await readBytes(client, 8)).toString(), 'HELO x\r\n');
         client.destroy();
-      } finally {
-        await ingress.stop(0);
-        app.close();
-      }
+      });
     });
 
     it('first-byte connects the app only when the client sends, with the bytes intact', async () => {
-      const app = await greetingApp();
-      const ingress = await Ingress.start(
-        options(parseAddress('tcp:127.0.0.1:0'), app.address, { appConnect: 'first-byte' }),
-      );
-      try {
+      await withGreetingIngress({ appConnect: 'first-byte' }, async (ingress, app) => {
         const silent = await clientFor(ingress);
         silent.on('error', () => {});
         await settled(ingress, 1);
@@ -308,18 +314,11 @@ describe('ingress bridge', () => {
         assert.equal(app.accepted.length, 2);
         silent.destroy();
         speaker.destroy();
-      } finally {
-        await ingress.stop(0);
-        app.close();
-      }
+      });
     });
 
     it('first-byte: a client that closes without sending never reaches the app', async () => {
-      const app = await greetingApp();
-      const ingress = await Ingress.start(
-        options(parseAddress('tcp:127.0.0.1:0'), app.address, { appConnect: 'first-byte' }),
-      );
-      try {
+      await withGreetingIngress({ appConnect: 'first-byte' }, async (ingress, app) => {
         for (const close of ['end', 'destroy'] as const) {
           const client = await clientFor(ingress);
           client.on('error', () => {});
@@ -330,27 +329,17 @@ describe('ingress bridge', () => {
         }
         assert.equal(app.accepted.length, 0);
         assert.equal(ingress.stats.appUnreachable, 0);
-      } finally {
-        await ingress.stop(0);
-        app.close();
-      }
+      });
     });
 
     it('first-byte: a silent client is closed after idle_timeout_ms, never reaching the app', async () => {
-      const app = await greetingApp();
-      const ingress = await Ingress.start(
-        options(parseAddress('tcp:127.0.0.1:0'), app.address, { appConnect: 'first-byte', idleTimeoutMs: 200 }),
-      );
-      try {
+      await withGreetingIngress({ appConnect: 'first-byte', idleTimeoutMs: 200 }, async (ingress, app) => {
         const client = await clientFor(ingress);
         client.on('error', () => {});
         assert.equal(await closesWithin(client, 5000), true, 'the silent client was not closed');
         await settled(ingress, 0);
         assert.equal(app.accepted.length, 0);
-      } finally {
-        await ingress.stop(0);
-        app.close();
-      }
+      });
     });
   });
 
