@@ -1,6 +1,6 @@
 import { createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
-import { Duplex } from 'node:stream';
 import { connect, createSecureContext, TLSSocket, type SecureContext } from 'node:tls';
+import { duplexPair } from '../net/duplex-pair.js';
 import { LeafTemplate, certificatePem, certificatePublicKeyInfo } from './leaf-template.js';
 
 /** What an SNICallback is given to answer with. */
@@ -162,7 +162,9 @@ async function selfTest(): Promise<boolean> {
     throw new Error('the self-test must go through the shared context');
   };
   contexts.handOver(certificatePem(setUp!), chainPem, () => undefined, own);
-  const [serverEnd, clientEnd, bytesToClient] = pipePair();
+  // The self-test never touches a real socket; it counts the bytes the server end sends.
+  let sentToClient = 0;
+  const [serverEnd, clientEnd] = duplexPair((bytes) => (sentToClient += bytes));
   const server = new TLSSocket(serverEnd, {
     isServer: true,
     secureContext: contexts.create(certificatePem(next!), chainPem),
@@ -193,36 +195,10 @@ async function selfTest(): Promise<boolean> {
     });
     // The server's first flight is the two certificates plus about a kilobyte (hello, signature, finished).
     const certificates = served!.length + chain.length;
-    const received = bytesToClient();
+    const received = sentToClient;
     return sawServed && received > certificates && received < certificates + chain.length / 2;
   } finally {
     client.destroy();
     server.destroy();
   }
-}
-
-/** Two Duplex ends back to back (the self-test never touches a real socket), and a count of the bytes sent to the second. */
-function pipePair(): [Duplex, Duplex, () => number] {
-  const ends: Duplex[] = [];
-  let toSecond = 0;
-  const make = (index: number) =>
-    new Duplex({
-      read() {},
-      write(chunk: Buffer, _encoding, callback) {
-        if (index === 0) toSecond += chunk.length;
-        ends[1 - index]!.push(chunk);
-        callback();
-      },
-      final(callback) {
-        ends[1 - index]!.push(null);
-        callback();
-      },
-      destroy(err, callback) {
-        const other = ends[1 - index]!;
-        if (!other.destroyed) other.destroy();
-        callback(err);
-      },
-    });
-  ends.push(make(0), make(1));
-  return [ends[0]!, ends[1]!, () => toSecond];
 }

@@ -4,7 +4,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Duplex } from 'node:stream';
+import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import type { AttestationRequest, Nsm, PcrReading } from '../../src/attestation/nsm.js';
 import { parseAddress } from '../../src/net/address.js';
@@ -150,33 +150,8 @@ export async function connectTls(
   return socket;
 }
 
-/**
- * Two Duplex ends wired back to back, like Node 22's stream.duplexPair (absent from Node 20): what
- * one writes, the other reads. Stands in for the native vsock/unix Duplex the ingress hands over.
- */
-export function duplexPair(): [Duplex, Duplex] {
-  const ends: Duplex[] = [];
-  const make = (index: number) =>
-    new Duplex({
-      allowHalfOpen: true,
-      read() {},
-      write(chunk: Buffer, _encoding, callback) {
-        ends[1 - index]!.push(chunk);
-        callback();
-      },
-      final(callback) {
-        ends[1 - index]!.push(null);
-        callback();
-      },
-      destroy(err, callback) {
-        const other = ends[1 - index]!;
-        if (!other.destroyed) other.destroy();
-        callback(err);
-      },
-    });
-  ends.push(make(0), make(1));
-  return [ends[0]!, ends[1]!];
-}
+/** The in-memory socket pair the runtime's own self-test uses; tests hand it where a native vsock/unix Duplex goes. */
+export { duplexPair } from '../../src/net/duplex-pair.js';
 
 /** The peer's leaf, read via getPeerCertificate() (Node 20's getPeerX509Certificate() works only once per client socket). */
 export function peerLeaf(socket: tls.TLSSocket): X509Certificate {
