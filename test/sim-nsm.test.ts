@@ -8,14 +8,6 @@ import { Decoder, Encoder } from 'cbor-x';
 import { NSM_MAX_FIELD_BYTES } from '../src/attestation/nsm.js';
 import { SIM_CHAIN_FILE, SIM_ROOT_FILE } from '../src/attestation/sim-chain.js';
 import { defaultSimulatedPcr, openSimulatedNsm } from '../src/attestation/sim-nsm.js';
-import {
-  coseSign1,
-  DocumentTemplate,
-  PROTECTED_HEADER,
-  toBeSigned,
-  type DocumentFixedFields,
-  type DocumentVariableFields,
-} from '../src/attestation/sim-document.js';
 import { NITRO_FIXTURES } from './helpers/paths.js';
 
 const decoder = new Decoder({ mapsAsObjects: false, useRecords: false });
@@ -231,77 +223,6 @@ describe('simulated NSM document schema', () => {
     assert.notDeepEqual(a, b);
     await nsm.close();
     await assert.rejects(nsm.attest({}), { code: 'ERR_NSM_CLOSED' });
-  });
-});
-
-describe('simulated NSM document template', () => {
-  // What attest() encoded before the template: the whole map, the Sig_structure and the COSE_Sign1 by cbor-x.
-  const reference = new Encoder({
-    useRecords: false,
-    tagUint8Array: false,
-    variableMapSize: true,
-    mapsAsObjects: false,
-  });
-  const referencePayload = (fixed: DocumentFixedFields, fields: DocumentVariableFields): Buffer => {
-    const pcrs = new Map<number, Uint8Array>();
-    fixed.pcrs.forEach((value, index) => pcrs.set(index, value));
-    return Buffer.from(
-      reference.encode(
-        new Map<string, unknown>([
-          ['module_id', fixed.moduleId],
-          ['digest', 'SHA384'],
-          ['timestamp', BigInt(Math.trunc(fields.timestamp))],
-          ['pcrs', pcrs],
-          ['certificate', fixed.certificate],
-          ['cabundle', fixed.cabundle],
-          ['public_key', fields.publicKey ?? null],
-          ['user_data', fields.userData ?? null],
-          ['nonce', fields.nonce ?? null],
-        ]),
-      ),
-    );
-  };
-  const bytes = (n: number, fill: number) => new Uint8Array(n).fill(fill);
-
-  test('payload, Sig_structure and COSE_Sign1 are byte for byte what cbor-x encodes', () => {
-    const fixed: DocumentFixedFields = {
-      moduleId: 'i-0123456789abcdef0-enc0123456789abcdef',
-      pcrs: Array.from({ length: 16 }, (_, i) => defaultSimulatedPcr(i)),
-      certificate: bytes(640, 7),
-      cabundle: [bytes(520, 1), bytes(700, 2), bytes(23, 3), bytes(24, 4)],
-    };
-    const template = new DocumentTemplate(fixed);
-    // Every length class of a byte string header (0, <24, 24..255, 256..65535), absent fields and odd clocks.
-    const sizes = [undefined, 0, 1, 23, 24, 91, 255, 256, 1024, 65_536];
-    const clocks = [0, 1, 23, 24, 1_764_691_200_123.9, 2 ** 40 + 5];
-    let cases = 0;
-    for (const [i, size] of sizes.entries()) {
-      for (const timestamp of clocks) {
-        const fields: DocumentVariableFields = {
-          timestamp,
-          publicKey: size === undefined ? undefined : bytes(size, 0xa1),
-          userData:
-            sizes[(i + 3) % sizes.length] === undefined ? undefined : bytes(sizes[(i + 3) % sizes.length]!, 0xb2),
-          nonce:
-            sizes[(i + 7) % sizes.length] === undefined
-              ? undefined
-              : Buffer.from(bytes(sizes[(i + 7) % sizes.length]!, 0xc3)),
-        };
-        const payload = template.payload(fields);
-        assert.deepEqual(payload, referencePayload(fixed, fields), `payload for ${JSON.stringify([size, timestamp])}`);
-        const signature = bytes(96, 0x5e);
-        assert.deepEqual(
-          toBeSigned(payload),
-          Buffer.from(reference.encode(['Signature1', PROTECTED_HEADER, new Uint8Array(0), payload])),
-        );
-        assert.deepEqual(
-          Buffer.from(coseSign1(payload, signature)),
-          Buffer.from(reference.encode([PROTECTED_HEADER, new Map(), payload, signature])),
-        );
-        cases += 1;
-      }
-    }
-    assert.equal(cases, sizes.length * clocks.length);
   });
 });
 

@@ -1,9 +1,9 @@
 import { createHash, randomBytes, sign, type KeyObject } from 'node:crypto';
+import { Encoder } from 'cbor-x';
 import type { Logger } from '../core/log.js';
 import { silentLogger } from '../core/log.js';
 import { assertAttestationRequest, NsmError, type AttestationRequest, type Nsm, type PcrReading } from './nsm.js';
-import { openSimulatedChain, type SigningIdentity, type SimulatedChain } from './sim-chain.js';
-import { coseSign1, DocumentTemplate, toBeSigned } from './sim-document.js';
+import { openSimulatedChain, type SimulatedChain } from './sim-chain.js';
 
 /** Documents carry PCRs 0..15, each a SHA-384 value. */
 export const DOCUMENT_PCR_COUNT = 16;
@@ -13,11 +13,17 @@ export const NSM_PCR_COUNT = 32;
 /** What the real NSM returns per GetRandom call. */
 export const NSM_RANDOM_BYTES = 256;
 
+// COSE protected header {1: -35}: alg ES384, byte for byte as in real documents.
+const PROTECTED_HEADER = Uint8Array.of(0xa1, 0x01, 0x38, 0x22);
+const EMPTY = new Uint8Array(0);
 // Image, kernel, application and instance measurements are never zero on real non-debug enclaves;
 // PCR3 (IAM role) and PCR8 (signing cert) are zero when unused, which is the common case.
 const DEFAULT_NONZERO_PCRS = [0, 1, 2, 4];
 const DEBUG_ZERO_PCRS = [0, 1, 2];
 const MODULE_ID_PATTERN = /^[A-Za-z0-9._-]{1,128}$/;
+
+// Integer keys stay integers, bytes stay untagged bstr, maps get minimal length headers: as the NSM writes them.
+const cbor = new Encoder({ useRecords: false, tagUint8Array: false, variableMapSize: true, mapsAsObjects: false });
 
 export interface SimulatedNsmOptions {
   /** Where the simulated PKI lives; `sim-nsm-root.pem` there is what verifiers trust. */
@@ -49,7 +55,6 @@ export class SimulatedNsm implements Nsm {
   readonly #chain: SimulatedChain;
   readonly #now: () => number;
   #closed = false;
-  #template: { identity: SigningIdentity; template: DocumentTemplate } | undefined;
 
   constructor(chain: SimulatedChain, pcrs: readonly Uint8Array[], moduleId: string, debug: boolean, now: () => number) {
     this.#chain = chain;
@@ -74,31 +79,27 @@ export class SimulatedNsm implements Nsm {
     this.#assertOpen();
     assertAttestationRequest(request);
     const identity = await this.#chain.signingIdentity(this.moduleId);
+    const pcrs = new Map<number, Uint8Array>();
+    for (let i = 0; i < DOCUMENT_PCR_COUNT; i++) pcrs.set(i, this.#pcrs[i]!);
     // Key order and null-for-absent exactly as the NSM emits them; verifiers and parsers rely on neither, but tests compare.
-    const payload = this.#templateFor(identity).payload({
-      timestamp: this.#now(),
-      publicKey: request.publicKey,
-      userData: request.userData,
-      nonce: request.nonce,
-    });
+    const payload = encode(
+      new Map<string, unknown>([
+        ['module_id', this.moduleId],
+        ['digest', 'SHA384'],
+        ['timestamp', BigInt(Math.trunc(this.#now()))],
+        ['pcrs', pcrs],
+        ['certificate', identity.certificate],
+        ['cabundle', identity.cabundle],
+        ['public_key', request.publicKey ?? null],
+        ['user_data', request.userData ?? null],
+        ['nonce', request.nonce ?? null],
+      ]),
+    );
+    const toBeSigned = encode(['Signature1', PROTECTED_HEADER, EMPTY, payload]);
     // The callback form signs on the libuv pool: a P-384 signature is the costliest step of a
     // simulated attestation, and done inline it held the event loop for every nonce handshake.
-    const signature = await signOffThread(toBeSigned(payload), identity.privateKey);
-    return coseSign1(payload, signature);
-  }
-
-  // The signing identity rotates every hour or so: one template per identity, the last one kept.
-  #templateFor(identity: SigningIdentity): DocumentTemplate {
-    if (this.#template?.identity !== identity) {
-      const template = new DocumentTemplate({
-        moduleId: this.moduleId,
-        pcrs: this.#pcrs,
-        certificate: identity.certificate,
-        cabundle: identity.cabundle,
-      });
-      this.#template = { identity, template };
-    }
-    return this.#template.template;
+    const signature = await signOffThread(toBeSigned, identity.privateKey);
+    return encode([PROTECTED_HEADER, new Map(), payload, signature]);
   }
 
   /** PCRs 0..15 are locked (measured at boot); 16..31 are unlocked and zero. */
@@ -180,4 +181,9 @@ function signOffThread(data: Uint8Array, key: KeyObject): Promise<Uint8Array> {
       err ? reject(err) : resolve(new Uint8Array(signature)),
     );
   });
+}
+
+function encode(value: unknown): Uint8Array {
+  // cbor-x may hand back a view of its reusable buffer; copy so a later encode cannot touch it.
+  return new Uint8Array(cbor.encode(value));
 }
