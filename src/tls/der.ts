@@ -5,10 +5,7 @@ const MAX_CONTENT_BYTES = 0xffffff;
 
 /** One DER TLV with a definite, minimal length; `content` parts are concatenated. */
 export function derTlv(tag: number, ...content: Uint8Array[]): Buffer {
-  let n = 0;
-  for (const part of content) n += part.byteLength;
-  const header = tlvHeader(tag, n);
-  return Buffer.concat([header, ...content], header.length + n);
+  return derJoin(derNested(tag, ...content));
 }
 
 /**
