@@ -9,11 +9,10 @@ import { once } from 'node:events';
 import { after, before, describe, it } from 'node:test';
 import type tls from 'node:tls';
 import { verifyAttestation } from '../src/verify/verifier.js';
-import { Decoder, Encoder, Tag } from 'cbor-x';
+import { Encoder } from 'cbor-x';
 import {
   attestedDnsNames,
   documentSigningCertificateNotAfter,
-  scanSigningCertificate,
   UNSIGNED_DOCUMENT_LIFETIME_MS,
 } from '../src/tls/attested-certificate.js';
 import { decodeCoseSign1 } from '../src/verify/cose-sign1.js';
@@ -394,79 +393,6 @@ describe('documents of an emulated NSM that signs nothing (QEMU virtio-nsm)', ()
       cbor.encode([cbor.encode(new Map([[1, -1]])), new Map(), cbor.encode(noCertificate), new Uint8Array(64)]),
     );
     assert.throws(() => documentSigningCertificateNotAfter(document), { code: 'ERR_TLS_ATTESTATION_DOCUMENT' });
-  });
-});
-
-describe('scanSigningCertificate: the signing certificate found without decoding the payload', () => {
-  const dirs: string[] = [];
-  after(async () => {
-    for (const dir of dirs) await rm(dir, { recursive: true, force: true });
-  });
-  const enc = new Encoder({ useRecords: false, tagUint8Array: false, variableMapSize: true, mapsAsObjects: false });
-  const decoder = new Decoder({ useRecords: false, mapsAsObjects: false });
-  const cose = (payload: Uint8Array) =>
-    new Uint8Array(enc.encode([new Uint8Array([0xa1, 0x01, 0x38, 0x22]), new Map(), payload, new Uint8Array(96)]));
-
-  it('finds the same bytes as the full decode, tagged (18) or not, whatever the optional fields hold', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'enclave-scan-'));
-    dirs.push(dir);
-    const nsm = await openSimulatedNsm({ stateDir: dir });
-    const requests = [
-      {},
-      { nonce: randomBytes(8) },
-      { userData: randomBytes(1024), publicKey: randomBytes(300), nonce: randomBytes(1024) },
-    ];
-    for (const request of requests) {
-      const document = await nsm.attest(request);
-      const expected = decodeAttestationPayload(decodeCoseSign1(document).payload).certificate;
-      assert.deepEqual(scanSigningCertificate(document), expected);
-      const tagged = new Uint8Array(enc.encode(new Tag(decoder.decode(document), 18)));
-      assert.deepEqual(scanSigningCertificate(tagged), expected);
-    }
-  });
-
-  it('declines (undefined) what it does not read, so the full decode decides', () => {
-    const fields = (certificate: unknown) =>
-      new Map<string, unknown>([
-        ['module_id', 'i-0'],
-        ['digest', 'SHA384'],
-        ['certificate', certificate],
-        ['nonce', null],
-      ]);
-    const plain = cose(new Uint8Array(enc.encode(fields(new Uint8Array(64).fill(9)))));
-    assert.deepEqual(scanSigningCertificate(plain), new Uint8Array(64).fill(9));
-    const noCertificate = fields(undefined);
-    noCertificate.delete('certificate');
-    assert.equal(scanSigningCertificate(cose(new Uint8Array(enc.encode(noCertificate)))), undefined);
-    assert.equal(scanSigningCertificate(cose(new Uint8Array(enc.encode(fields('text, not bytes'))))), undefined);
-    // The same key twice: a decoder would keep one of them; the scan keeps neither.
-    const twice = Buffer.concat([
-      Buffer.of(0xa2),
-      enc.encode('certificate'),
-      enc.encode(new Uint8Array(3)),
-      enc.encode('certificate'),
-      enc.encode(new Uint8Array(4)),
-    ]);
-    assert.equal(scanSigningCertificate(cose(twice)), undefined);
-    // Indefinite-length map (0xbf ... 0xff), truncated bytes, trailing bytes in the payload, not a COSE array.
-    const indefinite = Buffer.concat([
-      Buffer.of(0xbf),
-      enc.encode('certificate'),
-      enc.encode(new Uint8Array(3)),
-      Buffer.of(0xff),
-    ]);
-    assert.equal(scanSigningCertificate(cose(indefinite)), undefined);
-    assert.equal(scanSigningCertificate(plain.subarray(0, plain.length - 120)), undefined);
-    const payload = new Uint8Array(enc.encode(fields(new Uint8Array(5))));
-    assert.equal(scanSigningCertificate(cose(Buffer.concat([payload, Buffer.of(0)]))), undefined);
-    // The signature must be a byte string and end the document: trailing bytes or a text signature are refused.
-    assert.equal(scanSigningCertificate(Buffer.concat([plain, Buffer.of(0)])), undefined);
-    const textSignature = new Uint8Array(
-      enc.encode([new Uint8Array([0xa1, 0x01, 0x38, 0x22]), new Map(), payload, 'not a signature']),
-    );
-    assert.equal(scanSigningCertificate(textSignature), undefined);
-    assert.equal(scanSigningCertificate(new Uint8Array([0x83, 1, 2, 3])), undefined);
-    assert.equal(scanSigningCertificate(new Uint8Array(0)), undefined);
   });
 });
 

@@ -28,7 +28,7 @@ export interface WorkerCertificatesOptions {
  */
 export function restoreCertificate(snapshot: CertificateSnapshot, contexts: LeafContexts): AttestedCertificate {
   // The main thread sends only certificates createAttestedCertificate checked against the key sent with them.
-  const serving = servingContexts(snapshot.certPem, snapshot.chainPem, contexts, snapshot.nonce === null, true);
+  const serving = servingContexts(snapshot.certPem, snapshot.chainPem, contexts, snapshot.nonce === null);
   return {
     serverName: snapshot.serverName,
     nonce: snapshot.nonce,

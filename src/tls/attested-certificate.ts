@@ -81,7 +81,7 @@ export async function createAttestedCertificate(request: AttestedCertificateRequ
   const certPem = issued.certDer ? certificatePem(issued.certDer) : issued.certPem;
   if (!contexts.fits(certPem, issued.certDer))
     throw new TlsError('ERR_TLS_ISSUE', 'the source returned a certificate that is not for the leaf key');
-  const serving = servingContexts(certPem, issued.chainPem, contexts, !nonce, true);
+  const serving = servingContexts(certPem, issued.chainPem, contexts, !nonce);
   return {
     serverName,
     nonce: nonce ? new Uint8Array(nonce) : null,
@@ -103,14 +103,14 @@ export async function createAttestedCertificate(request: AttestedCertificateRequ
  * How one leaf is served: a context of its own, built on first use (at once when `eager`: a base certificate
  * serves every handshake without a nonce), and the first few handshakes of a fresh leaf handed over through
  * the key's shared context instead. The main thread's store and the ingress workers both serve through this.
- * `checked`: `contexts.fits(certPem)` already said yes (createAttestedCertificate checks every leaf it makes).
+ * Every leaf served through this was checked against its key by createAttestedCertificate (in an ingress worker,
+ * by the main thread's), so the shared context does not check it again.
  */
 export function servingContexts(
   certPem: string,
   chainPem: string,
   contexts: LeafContexts,
   eager: boolean,
-  checked: boolean,
 ): { secureContext: () => SecureContext; handOver: (callback: ContextCallback) => void } {
   let own: SecureContext | undefined;
   let handedOver = 0;
@@ -122,7 +122,7 @@ export function servingContexts(
       try {
         if (own || handedOver >= SHARED_HANDOVERS) return callback(null, secureContext());
         handedOver += 1;
-        contexts.handOver(certPem, chainPem, callback, secureContext, checked);
+        contexts.handOver(certPem, chainPem, callback, secureContext, true);
       } catch (err) {
         // Thrown from an SNICallback it would be uncaught; handed to the callback it ends this handshake only.
         callback(new TlsError('ERR_TLS_ISSUE', `no secure context: ${(err as Error).message}`, { cause: err }));
@@ -152,10 +152,7 @@ export const UNSIGNED_DOCUMENT_LIFETIME_MS = 3 * 60 * 60 * 1000;
 export function documentSigningCertificateNotAfter(document: Uint8Array, now: number = Date.now()): Date {
   let certificate: Uint8Array;
   try {
-    // Decoding the whole payload (16 PCRs, the CA bundle) to read one field was a third of the main thread's
-    // work per nonce certificate; the scan finds the field's bytes, and anything it cannot read goes the long way.
-    certificate =
-      scanSigningCertificate(document) ?? decodeAttestationPayload(ownCoseSign1Payload(document)).certificate;
+    certificate = decodeAttestationPayload(ownCoseSign1Payload(document)).certificate;
   } catch (err) {
     throw new TlsError(
       'ERR_TLS_ATTESTATION_DOCUMENT',
@@ -177,114 +174,6 @@ export function documentSigningCertificateNotAfter(document: Uint8Array, now: nu
     lastSigningCertificate = { der: Buffer.from(der), notAfter };
   }
   return new Date(lastSigningCertificate.notAfter);
-}
-
-// CBOR major types and the bounds of the scan: a document has a handful of nested levels and at most a few dozen
-// items per level; anything beyond is not a document the scan should read.
-const CBOR_UINT = 0;
-const CBOR_NEGINT = 1;
-const CBOR_BYTES = 2;
-const CBOR_TEXT = 3;
-const CBOR_ARRAY = 4;
-const CBOR_MAP = 5;
-const CBOR_TAG = 6;
-const SCAN_MAX_DEPTH = 8;
-const SCAN_MAX_ITEMS = 256;
-const CERTIFICATE_KEY = Buffer.from('certificate', 'latin1');
-
-/**
- * The `certificate` byte string of a COSE_Sign1 document's payload, found by walking item headers without
- * decoding anything else; undefined when the document is not the plain shape this expects (definite lengths,
- * text keys), so the caller decodes it properly instead (and reports what is wrong with it).
- */
-export function scanSigningCertificate(document: Uint8Array): Uint8Array | undefined {
-  try {
-    let item = cborHead(document, 0, document.length);
-    if (item.major === CBOR_TAG && item.value === COSE_SIGN1_TAG) item = cborHead(document, item.next, document.length);
-    if (item.major !== CBOR_ARRAY || item.value !== 4) return undefined;
-    let at = cborSkip(document, item.next, document.length, 0); // protected header
-    at = cborSkip(document, at, document.length, 0); // unprotected header
-    const payload = cborHead(document, at, document.length);
-    if (payload.major !== CBOR_BYTES) return undefined;
-    const end = payload.next + payload.value;
-    if (end > document.length) return undefined;
-    const map = cborHead(document, payload.next, end);
-    if (map.major !== CBOR_MAP || map.value > SCAN_MAX_ITEMS) return undefined;
-    at = map.next;
-    let found: Uint8Array | undefined;
-    for (let i = 0; i < map.value; i++) {
-      const key = cborHead(document, at, end);
-      if (key.major !== CBOR_TEXT || key.next + key.value > end) return undefined;
-      const isCertificate =
-        key.value === CERTIFICATE_KEY.length &&
-        CERTIFICATE_KEY.equals(document.subarray(key.next, key.next + key.value));
-      const value = cborHead(document, key.next + key.value, end);
-      if (isCertificate) {
-        // A repeated key is not a document the scan reads.
-        if (found || value.major !== CBOR_BYTES || value.next + value.value > end) return undefined;
-        found = document.subarray(value.next, value.next + value.value);
-      }
-      at = cborSkip(document, key.next + key.value, end, 0);
-    }
-    if (at !== end) return undefined;
-    // The signature, and nothing after it: a document the full decode would refuse is left to it.
-    const signature = cborHead(document, end, document.length);
-    if (signature.major !== CBOR_BYTES || signature.next + signature.value !== document.length) return undefined;
-    return found;
-  } catch {
-    return undefined;
-  }
-}
-
-interface CborHead {
-  major: number;
-  /** The argument: a length, a count, a tag number or an integer. */
-  value: number;
-  /** Where the item's content (or next item) starts. */
-  next: number;
-}
-
-function cborHead(bytes: Uint8Array, at: number, end: number): CborHead {
-  if (at >= end) throw new RangeError('truncated');
-  const initial = bytes[at]!;
-  const major = initial >> 5;
-  const info = initial & 0x1f;
-  if (info < 24) return { major, value: info, next: at + 1 };
-  // An 8-byte argument (the timestamp) may lose precision here: only integers are skipped unread, and a length
-  // that large fails the bounds checks anyway. Indefinite lengths (31) are not read.
-  const size = info === 24 ? 1 : info === 25 ? 2 : info === 26 ? 4 : info === 27 ? 8 : 0;
-  if (size === 0 || at + 1 + size > end) throw new RangeError('unsupported or truncated head');
-  let value = 0;
-  for (let i = 1; i <= size; i++) value = value * 256 + bytes[at + i]!;
-  return { major, value, next: at + 1 + size };
-}
-
-function cborSkip(bytes: Uint8Array, at: number, end: number, depth: number): number {
-  if (depth > SCAN_MAX_DEPTH) throw new RangeError('too deep');
-  const head = cborHead(bytes, at, end);
-  switch (head.major) {
-    case CBOR_UINT:
-    case CBOR_NEGINT:
-      return head.next;
-    case CBOR_BYTES:
-    case CBOR_TEXT:
-      if (head.next + head.value > end) throw new RangeError('truncated string');
-      return head.next + head.value;
-    case CBOR_ARRAY:
-    case CBOR_MAP: {
-      const items = head.major === CBOR_MAP ? head.value * 2 : head.value;
-      if (items > SCAN_MAX_ITEMS) throw new RangeError('too many items');
-      let next = head.next;
-      for (let i = 0; i < items; i++) next = cborSkip(bytes, next, end, depth + 1);
-      return next;
-    }
-    case CBOR_TAG:
-      return cborSkip(bytes, head.next, end, depth + 1);
-    default:
-      // Simple values (null, booleans) are one byte; floats are not in a document.
-      if (head.value >= 20 && head.value <= 23) return head.next;
-      throw new RangeError('unexpected simple value');
-  }
 }
 
 /** The payload of a COSE_Sign1 (untagged or tag 18), with no check of its header or signature. */
