@@ -3,6 +3,7 @@ import tls from 'node:tls';
 import { withTimeout, type Deadline, roundsWithin } from './budget.js';
 import { RoundLog, median, rotated } from './stats.js';
 import { SERVER_NAME, tlsClientOptions, type Subject } from './subject.js';
+import { runHandshakeClient, type HandshakeClient } from './handshake-client.js';
 
 /** Handshakes in flight at once: enough to keep one server core busy while each waits on round trips. */
 export const HANDSHAKE_CONCURRENCY = 16;
@@ -19,16 +20,35 @@ export interface HandshakeRate {
 }
 
 /**
- * New full handshakes, no resumption: every connection is a fresh tls.connect with no session, to
- * the base certificate; the client closes as soon as it is secure and opens the next. The chain is
- * not verified on the client here, so the one-core client spends its time on the handshake itself
- * and runs out of breath later than the server would.
+ * New full handshakes, no resumption: every connection is fresh, with no session, to the base
+ * certificate (or a new nonce each); the client closes cleanly as soon as it is secure and opens the
+ * next. The chain is not verified on the client, so the client spends its time on the handshake itself.
+ * With `load.client` the C client makes them (bench/handshake-client.ts), else Node's tls.connect.
  */
 export async function handshakeRate(
   subject: Subject,
   durationMs: number,
   load: HandshakeLoad = {},
 ): Promise<HandshakeRate> {
+  if (load.client?.kind === 'c') {
+    const cpuBefore = subject.cpuSeconds?.() ?? Number.NaN;
+    const result = await runHandshakeClient(
+      load.client.path,
+      subject.port,
+      load.concurrency ?? HANDSHAKE_CONCURRENCY,
+      durationMs,
+      SERVER_NAME,
+      load.newNonces === true,
+    );
+    await subject.settle?.();
+    const cpu = (subject.cpuSeconds?.() ?? Number.NaN) - cpuBefore;
+    return {
+      ...result,
+      perSecond: result.handshakes / result.seconds,
+      serverCpuMs: (cpu * 1000) / result.handshakes,
+    };
+  }
+  const servername = load.newNonces ? () => `${randomBytes(16).toString('hex')}.attest.${SERVER_NAME}` : undefined;
   let handshakes = 0;
   let resumed = 0;
   let errors = 0;
@@ -39,7 +59,7 @@ export async function handshakeRate(
   const worker = async () => {
     while (Date.now() < stopAt && errors < 100) {
       await new Promise<void>((resolve) => {
-        const socket = tls.connect(load.servername ? { ...options, servername: load.servername() } : options);
+        const socket = tls.connect(servername ? { ...options, servername: servername() } : options);
         const timer = setTimeout(() => socket.destroy(), HANDSHAKE_TIMEOUT_MS);
         socket.once('secureConnect', () => {
           handshakes++;
@@ -71,10 +91,12 @@ export async function handshakeRate(
   };
 }
 
-/** Who connects: how many clients at once (default HANDSHAKE_CONCURRENCY) and the SNI each handshake sends. */
+/** Who connects: with which client, how many at once (default HANDSHAKE_CONCURRENCY), each on a new nonce or not. */
 export interface HandshakeLoad {
+  client?: HandshakeClient | undefined;
   concurrency?: number;
-  servername?: () => string;
+  /** Each handshake asks for `<new nonce>.attest.<SERVER_NAME>`, not the base name. */
+  newNonces?: boolean;
 }
 
 /** Client counts for the new-nonce rate: one alone, then several, to see whether issuance scales. */
@@ -82,6 +104,8 @@ export const NONCE_RATE_CLIENTS: readonly number[] = [1, 8];
 
 export interface HandshakeRateOptions {
   subjects: readonly Subject[];
+  /** The client making the handshakes (Node's tls.connect when not given). */
+  client?: HandshakeClient | undefined;
   rounds: number;
   durationMs: number;
   deadline: Deadline;
@@ -120,12 +144,12 @@ async function measureRates<T>(
  * pays a document and a leaf. Keys: `c<clients>` in handshakes/s, `cpu:c<clients>` in server CPU ms per handshake.
  */
 export function measureNonceRates(options: NonceRateOptions): Promise<RoundLog> {
-  const servername = () => `${randomBytes(16).toString('hex')}.attest.${SERVER_NAME}`;
   return measureRates(
     options,
     NONCE_RATE_CLIENTS,
     (clients) => `c${clients}`,
-    (concurrency, durationMs) => handshakeRate(options.subject, durationMs, { concurrency, servername }),
+    (concurrency, durationMs) =>
+      handshakeRate(options.subject, durationMs, { client: options.client, concurrency, newNonces: true }),
   );
 }
 
@@ -139,7 +163,8 @@ export function measureHandshakeRates(options: HandshakeRateOptions): Promise<Ro
     options,
     loads,
     ({ subject, clients }) => `${subject.name}:c${clients}`,
-    ({ subject, clients }, durationMs) => handshakeRate(subject, durationMs, { concurrency: clients }),
+    ({ subject, clients }, durationMs) =>
+      handshakeRate(subject, durationMs, { client: options.client, concurrency: clients }),
   );
 }
 

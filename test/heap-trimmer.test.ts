@@ -115,6 +115,38 @@ describe('HeapTrimmer', () => {
     assert.deepEqual(trims, [0, 0], 'the postponed trim runs once the spacing (1.2 s + 20 s) is over');
   });
 
+  it("lets the drop's trim after a rise's wait only the minimum interval, and spaces the next rise's by 100 times the drop's", (t) => {
+    t.mock.timers.enable({ apis: ['setTimeout'] });
+    const { trims, set, clock } = harness(10, 1000, 20, 10_000, 200);
+    const advance = (ms: number) => {
+      for (let step = 0; step < ms; step += 500) {
+        clock.ms += 500;
+        t.mock.timers.tick(500);
+      }
+    };
+    for (let n = 1; n <= 40; n++) set(n);
+    advance(1000);
+    assert.deepEqual(trims, [40], "the rise's trim, once the opens pause (it takes 200 ms)");
+    set(0);
+    advance(8000);
+    assert.deepEqual(trims, [40], 'the closes wait for the minimum interval');
+    advance(2500);
+    assert.deepEqual(
+      trims,
+      [40, 0],
+      "10 s after the rise's trim, not 100 × 200 ms: the memory of the closed goes back",
+    );
+    for (let n = 1; n <= 40; n++) set(n);
+    advance(15_000);
+    assert.deepEqual(
+      trims,
+      [40, 0],
+      "a rise after the drop's trim waits the full spacing, so alternating cannot run away",
+    );
+    advance(6000);
+    assert.deepEqual(trims, [40, 0, 40]);
+  });
+
   it('does not trim after close()', (t) => {
     t.mock.timers.enable({ apis: ['setTimeout'] });
     const { trimmer, trims, set } = harness();
