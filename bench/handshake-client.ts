@@ -18,7 +18,7 @@ export type HandshakeClient = { kind: 'c'; path: string } | { kind: 'node'; why:
 /** Compiles the C client into `dir`; the Node client, with the reason, where that fails. */
 export function buildHandshakeClient(dir: string): HandshakeClient {
   const path = join(dir, 'tls-handshaker');
-  const built = spawnSync('cc', ['-O2', '-o', path, SOURCE, '-lssl', '-lcrypto'], { encoding: 'utf8' });
+  const built = spawnSync('cc', ['-O2', '-o', path, SOURCE, '-lssl', '-lcrypto', '-lm'], { encoding: 'utf8' });
   if (built.error || built.status !== 0) {
     const reason = built.error ? built.error.message : built.stderr.trim().split('\n')[0];
     return { kind: 'node', why: `bench/tls-handshaker.c did not build (${reason}; ${HANDSHAKER_INSTALL})` };

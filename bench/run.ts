@@ -113,8 +113,13 @@ process.once('exit', () => {
 });
 
 // The handshake rows' client: bench/tls-handshaker.c unless asked for Node's, or it cannot be built here.
+const handshakeRows = only.has('handshakes') || only.has('nonce');
 const handshakeClient: HandshakeClient =
-  args['handshake-client'] === 'node' ? { kind: 'node', why: '--handshake-client node' } : buildHandshakeClient(work);
+  args['handshake-client'] === 'node'
+    ? { kind: 'node', why: '--handshake-client node' }
+    : handshakeRows
+      ? buildHandshakeClient(work)
+      : { kind: 'node', why: 'no handshake rows in this run' };
 const handshakeClientText =
   handshakeClient.kind === 'c'
     ? 'client: bench/tls-handshaker.c'
@@ -226,18 +231,21 @@ if (only.has('handshakes')) {
   // The client closes without a byte: with app_connect "first-byte" the runtime never connects the app, as
   // nginx's http proxy never does without a request; as shipped ("eager") it does, as nginx's stream module.
   const firstByte = await startRuntime(true, false, false, 'first-byte');
-  logs.set(
-    'handshakes',
-    await measureHandshakeRates({
-      subjects: present([terminating, firstByte, nginx, nginxHttp]),
-      client: handshakeClient,
-      rounds,
-      durationMs: quick ? 1000 : 2000,
-      deadline: budget.section(120_000),
-      log: say,
-    }),
-  );
-  await firstByte.stop();
+  try {
+    logs.set(
+      'handshakes',
+      await measureHandshakeRates({
+        subjects: present([terminating, firstByte, nginx, nginxHttp]),
+        client: handshakeClient,
+        rounds,
+        durationMs: quick ? 1000 : 2000,
+        deadline: budget.section(120_000),
+        log: say,
+      }),
+    );
+  } finally {
+    await firstByte.stop();
+  }
 }
 if (only.has('latency')) {
   say('\n== 1 KiB request/response latency, persistent connections');
@@ -383,7 +391,12 @@ writeFileSync(
         profiled: args.profile === true,
         runtimeFlags,
         cipherSuite: 'TLS_AES_128_GCM_SHA256',
-        handshakeClient: handshakeClient.kind === 'c' ? 'bench/tls-handshaker.c' : `node (${handshakeClient.why})`,
+        ...(handshakeRows
+          ? {
+              handshakeClient:
+                handshakeClient.kind === 'c' ? 'bench/tls-handshaker.c' : `node (${handshakeClient.why})`,
+            }
+          : {}),
         elapsedSeconds: elapsedS,
       },
       tls: tlsSeen,

@@ -2,7 +2,7 @@
  * The handshake rows' load generator: full TLS 1.3 handshakes, no resumption, from CLIENTS
  * connections at once in one thread. Written in C because the Node client it replaces spent about
  * 2 ms of CPU per handshake on the same two cores as the server it measured, so the rates said more
- * about the client than about the server (see README "Handshake rows: the client").
+ * about the client than about the server (README, Performance: "Handshakes/s").
  *
  *   tls-handshaker HOST PORT CLIENTS SECONDS SERVERNAME [nonce]
  *
@@ -15,11 +15,13 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,7 +30,7 @@
 #include <time.h>
 #include <unistd.h>
 
-/* As the Node client: a connection not done in this time counts as failed. */
+/* A connection not through its handshake in this time counts as failed (the Node client only dropped it). */
 #define CONNECTION_TIMEOUT_S 10.0
 /* As the Node client: a server failing this often ends the run. */
 #define MAX_ERRORS 100
@@ -121,12 +123,16 @@ static void step(struct client *c) {
     } else {
       snprintf(name, sizeof name, "%s", server_name);
     }
-    SSL_set_tlsext_host_name(c->ssl, name);
+    if (SSL_set_tlsext_host_name(c->ssl, name) != 1) {
+      ERR_clear_error();
+      return finish(c, 1);
+    }
     SSL_set_fd(c->ssl, c->fd);
     SSL_set_connect_state(c->ssl);
     c->phase = HANDSHAKING;
   }
   if (c->phase == HANDSHAKING) {
+    ERR_clear_error(); /* SSL_get_error reads the queue: nothing from another connection may be left in it */
     int rc = SSL_do_handshake(c->ssl);
     if (rc != 1) {
       if (wait_for(c, rc) != 0) finish(c, 1);
@@ -136,6 +142,7 @@ static void step(struct client *c) {
     if (SSL_session_reused(c->ssl)) resumed++;
     /* close_notify and FIN, as socket.end(); then read until the server closes too. */
     SSL_shutdown(c->ssl);
+    ERR_clear_error();
     shutdown(c->fd, SHUT_WR);
     c->phase = CLOSING;
     watch(c, EPOLL_CTL_MOD, EPOLLIN);
@@ -163,12 +170,22 @@ int main(int argc, char **argv) {
     fprintf(stderr, "tls-handshaker: HOST must be an IPv4 address, not %s\n", argv[1]);
     return 2;
   }
-  long port = strtol(argv[2], NULL, 10), clients = strtol(argv[3], NULL, 10);
-  double seconds = strtod(argv[4], NULL);
-  if (port < 1 || port > 65535 || clients < 1 || clients > MAX_CLIENTS || !(seconds > 0)) {
-    fprintf(stderr, "tls-handshaker: PORT 1-65535, CLIENTS 1-%d, SECONDS > 0\n", MAX_CLIENTS);
+  char *end_port, *end_clients, *end_seconds;
+  long port = strtol(argv[2], &end_port, 10), clients = strtol(argv[3], &end_clients, 10);
+  double seconds = strtod(argv[4], &end_seconds);
+  if (*argv[2] == '\0' || *end_port != '\0' || port < 1 || port > 65535 || *argv[3] == '\0' || *end_clients != '\0' ||
+      clients < 1 || clients > MAX_CLIENTS || *argv[4] == '\0' || *end_seconds != '\0' || !isfinite(seconds) ||
+      !(seconds > 0) || seconds > 3600) {
+    fprintf(stderr, "tls-handshaker: PORT 1-65535, CLIENTS 1-%d, SECONDS > 0 and at most 3600\n", MAX_CLIENTS);
     return 2;
   }
+  /* A name this long plus "<32 hex>.attest." would not fit SNI's 255 bytes. */
+  if (strlen(argv[5]) == 0 || strlen(argv[5]) > 200) {
+    fprintf(stderr, "tls-handshaker: SERVERNAME must be 1 to 200 characters\n");
+    return 2;
+  }
+  /* A server that resets a connection must count as an error, not kill the client on a write. */
+  signal(SIGPIPE, SIG_IGN);
   target.sin_port = htons((unsigned short)port);
   server_name = argv[5];
   nonce_mode = argc == 7;
@@ -199,7 +216,7 @@ int main(int argc, char **argv) {
     open = 0;
     for (long i = 0; i < clients; i++) {
       struct client *c = &all[i];
-      if (c->fd >= 0 && t - c->started > CONNECTION_TIMEOUT_S) finish(c, 1);
+      if (c->fd >= 0 && t - c->started > CONNECTION_TIMEOUT_S) finish(c, c->phase != CLOSING);
       if (c->fd < 0 && t < stop_at && errors < MAX_ERRORS) start(c);
       if (c->fd >= 0) open++;
     }

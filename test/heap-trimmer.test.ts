@@ -115,7 +115,7 @@ describe('HeapTrimmer', () => {
     assert.deepEqual(trims, [0, 0], 'the postponed trim runs once the spacing (1.2 s + 20 s) is over');
   });
 
-  it("lets the drop's trim after a rise's wait only the minimum interval, and spaces the next rise's by 100 times the drop's", (t) => {
+  it("lets the drop's trim after a rise's wait only the minimum interval, and makes the next trim pay for both", (t) => {
     t.mock.timers.enable({ apis: ['setTimeout'] });
     const { trims, set, clock } = harness(10, 1000, 20, 10_000, 200);
     const advance = (ms: number) => {
@@ -137,14 +137,36 @@ describe('HeapTrimmer', () => {
       "10 s after the rise's trim, not 100 × 200 ms: the memory of the closed goes back",
     );
     for (let n = 1; n <= 40; n++) set(n);
-    advance(15_000);
+    advance(35_000);
     assert.deepEqual(
       trims,
       [40, 0],
-      "a rise after the drop's trim waits the full spacing, so alternating cannot run away",
+      "the next trim waits 100 × (200 + 200) ms: the rise's time is paid after the drop",
     );
-    advance(6000);
+    advance(5000);
     assert.deepEqual(trims, [40, 0, 40]);
+  });
+
+  it("turns a rise's trim postponed by the spacing into a drop's when the connections close meanwhile", (t) => {
+    t.mock.timers.enable({ apis: ['setTimeout'] });
+    const { trims, set, clock } = harness(10, 1000, 20, 10_000, 200);
+    const advance = (ms: number) => {
+      for (let step = 0; step < ms; step += 500) {
+        clock.ms += 500;
+        t.mock.timers.tick(500);
+      }
+    };
+    for (let n = 1; n <= 40; n++) set(n);
+    advance(1000);
+    assert.deepEqual(trims, [40]);
+    for (let n = 41; n <= 80; n++) set(n);
+    advance(1500);
+    assert.deepEqual(trims, [40], "a second rise's trim is postponed to 100 × 200 ms after the first");
+    set(0);
+    advance(7500);
+    assert.deepEqual(trims, [40], 'the closes wait for the minimum interval');
+    advance(1500);
+    assert.deepEqual(trims, [40, 0], "and no longer: the postponed trim became the drop's");
   });
 
   it('does not trim after close()', (t) => {

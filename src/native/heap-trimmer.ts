@@ -22,11 +22,11 @@ export const TRIM_DELAY_MS = 1000;
  */
 export const TRIM_MIN_INTERVAL_MS = 10_000;
 /**
- * And a trim that held the thread for `ms` waits ms × this before the next, with one exception: the
- * drop's trim after a rise's waits only TRIM_MIN_INTERVAL_MS. The rise's trim (handshake garbage, with
- * thousands of connections live: a long one) would otherwise hold back, by minutes on a large heap, the
- * trim that gives their memory back once they close. Alternating the two, trims take at most about 2 %
- * of the thread's time (a rise, 10 s, a drop, ms × 100, ...); any other succession, 1 %.
+ * And a trim that held the thread for `ms` waits ms × this before the next: trims take at most 1 % of
+ * its time. One trim may go first and pay later: the drop's trim after a rise's waits only
+ * TRIM_MIN_INTERVAL_MS, and the trim after it waits for both (R + D) × this. The rise's trim (handshake
+ * garbage, with thousands of connections live: a long one) would otherwise hold back, by minutes on a
+ * large heap, the trim that gives their memory back once they close.
  */
 export const TRIM_SPACING_FACTOR = 100;
 /** A trim that long is logged at info: an operator should see what stops the event loop. */
@@ -65,8 +65,10 @@ export class HeapTrimmer {
   readonly #delayMs: number;
   readonly #minIntervalMs: number;
   readonly #now: () => number;
-  /** The last trim: why it ran, when it ended and how long it held the thread. */
-  #last: { kind: TrimKind; ended: number; ms: number } | undefined;
+  /** The last trim: why it ran, when it ended, and the thread time the spacing after it pays for. */
+  #last: { kind: TrimKind; ended: number; owedMs: number } | undefined;
+  /** Why the trim in #timer is due. */
+  #timerKind: TrimKind = 'drop';
   #high = 0;
   #low = 0;
   #timer: NodeJS.Timeout | undefined;
@@ -91,10 +93,15 @@ export class HeapTrimmer {
   changed(open: number): void {
     if (open > this.#high) this.#high = open;
     if (open < this.#low) this.#low = open;
-    if (this.#timer !== undefined) return;
-    if (this.#high - open >= this.#afterDrop) {
+    const dropped = this.#high - open >= this.#afterDrop;
+    // A rise's trim postponed by the spacing becomes a drop's once the connections close meanwhile, so
+    // the memory they held is not kept the whole rise spacing.
+    if (this.#timer !== undefined && !(dropped && this.#timerKind === 'rise')) return;
+    if (dropped) {
+      clearTimeout(this.#timer);
       clearTimeout(this.#quiet);
       this.#quiet = undefined;
+      this.#timerKind = 'drop';
       this.#timer = setTimeout(() => this.#run('drop'), this.#delayMs);
       // Never the reason the process stays up.
       this.#timer.unref();
@@ -121,8 +128,9 @@ export class HeapTrimmer {
     this.#quiet = undefined;
     const early = this.#notBefore(kind) - this.#now();
     if (early > 0) {
-      // Postponed, not dropped (as a drop's, whatever it was: the slot is the drop's and a rise's trim
-      // would give back the same); holding the slot keeps changes from scheduling another meanwhile.
+      // Postponed, not dropped; holding the slot keeps changes from scheduling another meanwhile (but a
+      // drop still turns a postponed rise's trim into a drop's: changed()).
+      this.#timerKind = kind;
       this.#timer = setTimeout(() => this.#run(kind), early);
       this.#timer.unref();
       return;
@@ -136,15 +144,22 @@ export class HeapTrimmer {
     this.#low = open;
     const ended = this.#now();
     const ms = ended - started;
-    this.#last = { kind, ended, ms };
+    // A drop's trim that went ahead of a rise's spacing carries that rise's time to the next spacing.
+    const carried = this.#paysLater(kind) ? (this.#last?.owedMs ?? 0) : 0;
+    this.#last = { kind, ended, owedMs: ms + carried };
     this.#options.onTrim?.({ released, open, ms, kind });
+  }
+
+  /** Whether a trim of `kind` now may skip the last trim's spacing (and pay for it after itself). */
+  #paysLater(kind: TrimKind): boolean {
+    return kind === 'drop' && this.#last?.kind === 'rise';
   }
 
   /** The earliest a trim of `kind` may run after the last one (TRIM_SPACING_FACTOR). */
   #notBefore(kind: TrimKind): number {
     const last = this.#last;
     if (!last) return Number.NEGATIVE_INFINITY;
-    const spacing = kind === 'drop' && last.kind === 'rise' ? 0 : last.ms * TRIM_SPACING_FACTOR;
+    const spacing = this.#paysLater(kind) ? 0 : last.owedMs * TRIM_SPACING_FACTOR;
     return last.ended + Math.max(this.#minIntervalMs, spacing);
   }
 }
