@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { describe, it } from 'node:test';
+import { describe, it, type TestContext } from 'node:test';
 import { HeapTrimmer } from '../src/native/heap-trimmer.js';
 import { nativeUnavailable, trimHeap } from '../src/native/native-binding.js';
 
@@ -29,6 +29,14 @@ function harness(afterDrop = 10, delayMs = 1000, afterRise?: number, minInterval
     trimmer.changed(count);
   };
   return { trimmer, trims, set, clock };
+}
+
+/** Moves the trimmer's clock and the mocked timers together, in half-second steps. */
+function advanceBoth(t: TestContext, clock: { ms: number }, ms: number): void {
+  for (let step = 0; step < ms; step += 500) {
+    clock.ms += 500;
+    t.mock.timers.tick(500);
+  }
 }
 
 describe('HeapTrimmer', () => {
@@ -92,12 +100,7 @@ describe('HeapTrimmer', () => {
   it('spaces trims by the minimum interval, and by 100 times what the last one took, postponing rather than dropping', (t) => {
     t.mock.timers.enable({ apis: ['setTimeout'] });
     const { trims, set, clock } = harness(10, 1000, undefined, 10_000, 200);
-    const advance = (ms: number) => {
-      for (let step = 0; step < ms; step += 500) {
-        clock.ms += 500;
-        t.mock.timers.tick(500);
-      }
-    };
+    const advance = (ms: number) => advanceBoth(t, clock, ms);
     // The attack: bursts of opens and closes, each earning a trim a second later.
     for (let n = 1; n <= 20; n++) set(n);
     set(0);
@@ -118,12 +121,7 @@ describe('HeapTrimmer', () => {
   it("lets the drop's trim after a rise's wait only the minimum interval, and makes the next trim pay for both", (t) => {
     t.mock.timers.enable({ apis: ['setTimeout'] });
     const { trims, set, clock } = harness(10, 1000, 20, 10_000, 200);
-    const advance = (ms: number) => {
-      for (let step = 0; step < ms; step += 500) {
-        clock.ms += 500;
-        t.mock.timers.tick(500);
-      }
-    };
+    const advance = (ms: number) => advanceBoth(t, clock, ms);
     for (let n = 1; n <= 40; n++) set(n);
     advance(1000);
     assert.deepEqual(trims, [40], "the rise's trim, once the opens pause (it takes 200 ms)");
@@ -150,12 +148,7 @@ describe('HeapTrimmer', () => {
   it("turns a rise's trim postponed by the spacing into a drop's when the connections close meanwhile", (t) => {
     t.mock.timers.enable({ apis: ['setTimeout'] });
     const { trims, set, clock } = harness(10, 1000, 20, 10_000, 200);
-    const advance = (ms: number) => {
-      for (let step = 0; step < ms; step += 500) {
-        clock.ms += 500;
-        t.mock.timers.tick(500);
-      }
-    };
+    const advance = (ms: number) => advanceBoth(t, clock, ms);
     for (let n = 1; n <= 40; n++) set(n);
     advance(1000);
     assert.deepEqual(trims, [40]);
