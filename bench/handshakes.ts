@@ -3,7 +3,7 @@ import tls from 'node:tls';
 import { withTimeout, type Deadline, roundsWithin } from './budget.js';
 import { RoundLog, median, rotated } from './stats.js';
 import { SERVER_NAME, tlsClientOptions, type Subject } from './subject.js';
-import { runHandshakeClient, type HandshakeClient } from './handshake-client.js';
+import { runHandshakeClient, type HandshakeClient, type HandshakerResult } from './handshake-client.js';
 
 /** Handshakes in flight at once: enough to keep one server core busy while each waits on round trips. */
 export const HANDSHAKE_CONCURRENCY = 16;
@@ -30,36 +30,39 @@ export async function handshakeRate(
   durationMs: number,
   load: HandshakeLoad = {},
 ): Promise<HandshakeRate> {
-  if (load.client?.kind === 'c') {
-    const cpuBefore = subject.cpuSeconds?.() ?? Number.NaN;
-    const result = await runHandshakeClient(
-      load.client.path,
-      subject.port,
-      load.concurrency ?? HANDSHAKE_CONCURRENCY,
-      durationMs,
-      SERVER_NAME,
-      load.newNonces === true,
-    );
-    await subject.settle?.();
-    const cpu = (subject.cpuSeconds?.() ?? Number.NaN) - cpuBefore;
-    return {
-      ...result,
-      perSecond: result.handshakes / result.seconds,
-      serverCpuMs: (cpu * 1000) / result.handshakes,
-    };
-  }
-  const servername = load.newNonces ? () => `${randomBytes(16).toString('hex')}.attest.${SERVER_NAME}` : undefined;
+  const cpuBefore = subject.cpuSeconds?.() ?? Number.NaN;
+  const counts =
+    load.client?.kind === 'c'
+      ? await runHandshakeClient(
+          load.client.path,
+          subject.port,
+          load.concurrency ?? HANDSHAKE_CONCURRENCY,
+          durationMs,
+          SERVER_NAME,
+          load.newNonces === true,
+        )
+      : await nodeHandshakes(subject.port, durationMs, load);
+  await subject.settle?.();
+  const cpu = (subject.cpuSeconds?.() ?? Number.NaN) - cpuBefore;
+  return {
+    ...counts,
+    perSecond: counts.handshakes / counts.seconds,
+    serverCpuMs: (cpu * 1000) / counts.handshakes,
+  };
+}
+
+/** handshakeRate's loop with Node's tls.connect: what the C client counts, counted the same way. */
+async function nodeHandshakes(port: number, durationMs: number, load: HandshakeLoad): Promise<HandshakerResult> {
   let handshakes = 0;
   let resumed = 0;
   let errors = 0;
-  const cpuBefore = subject.cpuSeconds?.() ?? Number.NaN;
   const started = process.hrtime.bigint();
   const stopAt = Date.now() + durationMs;
-  const options = tlsClientOptions(subject.port, {});
+  const options = tlsClientOptions(port, {});
   const worker = async () => {
     while (Date.now() < stopAt && errors < 100) {
       await new Promise<void>((resolve) => {
-        const socket = tls.connect(servername ? { ...options, servername: servername() } : options);
+        const socket = tls.connect(load.newNonces ? { ...options, servername: newNonceServerName() } : options);
         const timer = setTimeout(() => socket.destroy(), HANDSHAKE_TIMEOUT_MS);
         socket.once('secureConnect', () => {
           handshakes++;
@@ -78,17 +81,12 @@ export async function handshakeRate(
     }
   };
   await Promise.all(Array.from({ length: load.concurrency ?? HANDSHAKE_CONCURRENCY }, worker));
-  const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-  await subject.settle?.();
-  const cpu = (subject.cpuSeconds?.() ?? Number.NaN) - cpuBefore;
-  return {
-    handshakes,
-    seconds,
-    perSecond: handshakes / seconds,
-    serverCpuMs: (cpu * 1000) / handshakes,
-    resumed,
-    errors,
-  };
+  return { handshakes, seconds: Number(process.hrtime.bigint() - started) / 1e9, resumed, errors };
+}
+
+/** An SNI asking for a certificate on a nonce never asked for before. */
+function newNonceServerName(): string {
+  return `${randomBytes(16).toString('hex')}.attest.${SERVER_NAME}`;
 }
 
 /** Who connects: with which client, how many at once (default HANDSHAKE_CONCURRENCY), each on a new nonce or not. */
@@ -214,7 +212,7 @@ export interface NonceHandshakeOptions {
  */
 export async function measureNonceHandshakes(options: NonceHandshakeOptions): Promise<RoundLog> {
   const log = new RoundLog();
-  const cachedName = `${randomBytes(16).toString('hex')}.attest.${SERVER_NAME}`;
+  const cachedName = newNonceServerName();
   for (const round of roundsWithin(options)) {
     const times: Record<CertificateKind, number[]> = { 'new-nonce': [], 'cached-nonce': [], base: [] };
     let wrongCertificates = 0;
@@ -222,12 +220,7 @@ export async function measureNonceHandshakes(options: NonceHandshakeOptions): Pr
     const count = round === 0 ? options.perRound * NONCE_WARM_UP_FACTOR : options.perRound;
     for (let i = 0; i < count; i++) {
       for (const kind of rotated(CERTIFICATE_KINDS, i)) {
-        const servername =
-          kind === 'base'
-            ? SERVER_NAME
-            : kind === 'cached-nonce'
-              ? cachedName
-              : `${randomBytes(16).toString('hex')}.attest.${SERVER_NAME}`;
+        const servername = kind === 'base' ? SERVER_NAME : kind === 'cached-nonce' ? cachedName : newNonceServerName();
         try {
           const { ms, gotName } = await timedHandshake(options.subject.port, servername, options.ca);
           if (!gotName) wrongCertificates++;

@@ -123,10 +123,8 @@ const handshakeClient: HandshakeClient =
     : handshakeRows
       ? buildHandshakeClient(work)
       : { kind: 'node', why: 'no handshake rows in this run' };
-const handshakeClientText =
-  handshakeClient.kind === 'c'
-    ? 'client: bench/tls-handshaker.c'
-    : `client: Node's tls.connect, because ${handshakeClient.why}`;
+const handshakeClientName =
+  handshakeClient.kind === 'c' ? 'bench/tls-handshaker.c' : `Node's tls.connect (${handshakeClient.why})`;
 
 const app = await startAppServer();
 /** Where the servers started from here forward to: the in-process app, or the idle section's app thread. */
@@ -230,7 +228,7 @@ if (only.has('tls')) {
   );
 }
 if (only.has('handshakes')) {
-  say(`\n== new TLS handshakes per second (no resumption, base certificate; ${handshakeClientText})`);
+  say(`\n== new TLS handshakes per second (no resumption, base certificate; client: ${handshakeClientName})`);
   // The client closes without a byte: with app_connect "first-byte" the runtime never connects the app, as
   // nginx's http proxy never does without a request; as shipped ("eager") it does, as nginx's stream module.
   const firstByte = await startRuntime(true, false, false, 'first-byte');
@@ -277,7 +275,7 @@ if (only.has('nonce')) {
       log: say,
     }),
   );
-  say(`\n== new TLS handshakes per second, each on a new nonce (no resumption; ${handshakeClientText})`);
+  say(`\n== new TLS handshakes per second, each on a new nonce (no resumption; client: ${handshakeClientName})`);
   logs.set(
     'nonce-rate',
     await measureNonceRates({
@@ -394,12 +392,7 @@ writeFileSync(
         profiled: args.profile === true,
         runtimeFlags,
         cipherSuite: 'TLS_AES_128_GCM_SHA256',
-        ...(handshakeRows
-          ? {
-              handshakeClient:
-                handshakeClient.kind === 'c' ? 'bench/tls-handshaker.c' : `node (${handshakeClient.why})`,
-            }
-          : {}),
+        ...(handshakeRows ? { handshakeClient: handshakeClientName } : {}),
         elapsedSeconds: elapsedS,
       },
       tls: tlsSeen,

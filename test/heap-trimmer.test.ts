@@ -39,6 +39,20 @@ function advanceBoth(t: TestContext, clock: { ms: number }, ms: number): void {
   }
 }
 
+/**
+ * A trimmer (drops of 10, rises of 20, 10 s apart at least, each trim taking 200 ms) that has just run
+ * its rise's trim with 40 open.
+ */
+function afterRiseTrim(t: TestContext) {
+  t.mock.timers.enable({ apis: ['setTimeout'] });
+  const { trims, set, clock } = harness(10, 1000, 20, 10_000, 200);
+  const advance = (ms: number) => advanceBoth(t, clock, ms);
+  for (let n = 1; n <= 40; n++) set(n);
+  advance(1000);
+  assert.deepEqual(trims, [40], "the rise's trim, once the opens pause");
+  return { trims, set, advance };
+}
+
 describe('HeapTrimmer', () => {
   it('trims once after the count falls by the threshold from its high-water mark, after the delay', (t) => {
     t.mock.timers.enable({ apis: ['setTimeout'] });
@@ -119,12 +133,7 @@ describe('HeapTrimmer', () => {
   });
 
   it("lets the drop's trim after a rise's wait only the minimum interval, and makes the next trim pay for both", (t) => {
-    t.mock.timers.enable({ apis: ['setTimeout'] });
-    const { trims, set, clock } = harness(10, 1000, 20, 10_000, 200);
-    const advance = (ms: number) => advanceBoth(t, clock, ms);
-    for (let n = 1; n <= 40; n++) set(n);
-    advance(1000);
-    assert.deepEqual(trims, [40], "the rise's trim, once the opens pause (it takes 200 ms)");
+    const { trims, set, advance } = afterRiseTrim(t);
     set(0);
     advance(8000);
     assert.deepEqual(trims, [40], 'the closes wait for the minimum interval');
@@ -146,12 +155,7 @@ describe('HeapTrimmer', () => {
   });
 
   it("turns a rise's trim postponed by the spacing into a drop's when the connections close meanwhile", (t) => {
-    t.mock.timers.enable({ apis: ['setTimeout'] });
-    const { trims, set, clock } = harness(10, 1000, 20, 10_000, 200);
-    const advance = (ms: number) => advanceBoth(t, clock, ms);
-    for (let n = 1; n <= 40; n++) set(n);
-    advance(1000);
-    assert.deepEqual(trims, [40]);
+    const { trims, set, advance } = afterRiseTrim(t);
     for (let n = 41; n <= 80; n++) set(n);
     advance(1500);
     assert.deepEqual(trims, [40], "a second rise's trim is postponed to 100 × 200 ms after the first");
