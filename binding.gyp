@@ -19,7 +19,8 @@
             "src/native/hostname.cc",
             "src/native/child_reaper.cc",
             "src/native/process_hardening.cc",
-            "src/native/heap_memory.cc"
+            "src/native/heap_memory.cc",
+            "src/native/tls_relay.cc"
           ]
         }, {
           "sources": ["src/native/unsupported.cc"]

@@ -65,6 +65,7 @@ const { values: args } = parseArgs({
     'idle-subjects': { type: 'string' },
     'runtime-env': { type: 'string' },
     'handshake-client': { type: 'string' },
+    'tls-engine': { type: 'string' },
   },
   strict: true,
 });
@@ -93,13 +94,17 @@ if (
   [...only].some((s) => !SECTIONS.includes(s)) ||
   [...idleSubjects].some((s) => !(IDLE_SUBJECTS as readonly string[]).includes(s)) ||
   runtimeEnvPairs.some((pair) => !/^[A-Z_][A-Z0-9_]*=[^=]*$/.test(pair)) ||
-  !['c', 'node', undefined].includes(args['handshake-client'])
+  !['c', 'node', undefined].includes(args['handshake-client']) ||
+  !['node', 'native', undefined].includes(args['tls-engine'])
 ) {
   process.stderr.write(
-    `usage: npm run bench -- [--quick] [--profile] [--gib N] [--rounds N] [--workers N] [--only ${SECTIONS.join(',')}|all] [--runtime-flags '--v8-flag ...'] [--runtime-env NAME=VALUE,...] [--idle-subjects ${IDLE_SUBJECTS.join(',')}] [--handshake-client c|node]\n`,
+    `usage: npm run bench -- [--quick] [--profile] [--gib N] [--rounds N] [--workers N] [--only ${SECTIONS.join(',')}|all] [--runtime-flags '--v8-flag ...'] [--runtime-env NAME=VALUE,...] [--idle-subjects ${IDLE_SUBJECTS.join(',')}] [--handshake-client c|node] [--tls-engine node|native]\n`,
   );
   process.exit(2);
 }
+
+// The runtime's [ingress] tls_engine for every TLS-terminating runtime of the run.
+const tlsEngine = args['tls-engine'] ?? 'node';
 
 const say = (line: string) => process.stdout.write(`${line}\n`);
 /** wrk at four sizes against three servers. */
@@ -151,15 +156,20 @@ const startRuntime = (
       ? {
           maxConnections: 2 * Math.max(...IDLE_TLS_COUNTS),
           config: {
-            ingress: { idle_timeout_ms: 3_600_000, connect_timeout_ms: 60_000, app_connect: appConnect },
+            ingress: {
+              idle_timeout_ms: 3_600_000,
+              connect_timeout_ms: 60_000,
+              app_connect: appConnect,
+              ...(tls ? { tls_engine: tlsEngine } : {}),
+            },
             tls: { handshake_timeout_ms: 60_000 },
           },
         }
-      : { config: { ingress: { app_connect: appConnect } } }),
+      : { config: { ingress: { app_connect: appConnect, ...(tls ? { tls_engine: tlsEngine } : {}) } } }),
   });
 
 say(
-  `enclave-runtime bench: ${workers} worker${workers === 1 ? '' : 's'} (runtime [ingress] workers${workers === 1 ? ' left out' : ` = ${workers}`}, nginx worker_processes ${workers}), ${gib} GiB per transfer, ${rounds} rounds after a warm-up${args.profile ? ', PROFILING (figures are slower than normal)' : ''}${runtimeFlags.length > 0 ? `, runtime started with node ${runtimeFlags.join(' ')}` : ''}`,
+  `enclave-runtime bench: ${workers} worker${workers === 1 ? '' : 's'} (runtime [ingress] workers${workers === 1 ? ' left out' : ` = ${workers}`}, tls_engine ${tlsEngine}, nginx worker_processes ${workers}), ${gib} GiB per transfer, ${rounds} rounds after a warm-up${args.profile ? ', PROFILING (figures are slower than normal)' : ''}${runtimeFlags.length > 0 ? `, runtime started with node ${runtimeFlags.join(' ')}` : ''}`,
 );
 // One after the other: the first creates the state dir's CA and simulated NSM chain that both use.
 const passthrough = await startRuntime(false, true);

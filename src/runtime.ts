@@ -19,7 +19,7 @@ import type { AcmeCertificates, AcmeFleetLink } from './tls/acme-certificates.js
 import type { CertificateSource } from './tls/certificate-source.js';
 import type { TlsTerminator } from './tls/tls-terminator.js';
 import type { FleetMember } from './fleet/fleet-member.js';
-import { errorCode } from './core/errors.js';
+import { errorCode, RuntimeError } from './core/errors.js';
 import { startHeapTrimmer } from './native/heap-trimmer.js';
 
 /**
@@ -308,15 +308,20 @@ async function startIngressWorkers(
   config: RuntimeConfig,
   parts: { nsm: Nsm; terminator: TlsTerminator | undefined; logger: Logger },
 ): Promise<IngressWorkers | undefined> {
-  if (config.ingress.workers === 1) return undefined;
+  // The native engine lives in worker threads only: with workers = 1 it is one worker thread.
+  const native = config.ingress.tlsEngine === 'native';
+  if (config.ingress.workers === 1 && !native) return undefined;
   const { IngressWorkers, ingressWorkerCount } = await import('./ingress/ingress-workers.js');
   const { nativeUnavailable } = await import('./native/native-binding.js');
+  const unavailable = nativeUnavailable();
+  if (native && unavailable !== undefined)
+    throw new RuntimeError('ERR_NATIVE_MISSING', `ingress.tls_engine = "native" needs the addon: ${unavailable}`);
   const { count, reason } = ingressWorkerCount(config.ingress.workers, {
     acme: config.tls.enabled && config.tls.acme.enabled,
-    nativeUnavailable: nativeUnavailable(),
+    nativeUnavailable: unavailable,
   });
   if (reason) parts.logger.warn({ workers: config.ingress.workers, reason }, 'ingress runs in the main thread only');
-  if (count <= 1) return undefined;
+  if (count <= 1 && !native) return undefined;
   const { DEFAULT_ISSUE_TIMEOUT_MS } = await import('./tls/certificate-store.js');
   const { tls } = config;
   return IngressWorkers.start({

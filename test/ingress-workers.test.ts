@@ -41,7 +41,9 @@ interface Setup {
   close: () => Promise<void>;
 }
 
-async function start(listen: 'tcp' | 'unix', name: string): Promise<Setup> {
+type Engine = 'node' | 'native';
+
+async function start(listen: 'tcp' | 'unix', name: string, engine: Engine = 'node'): Promise<Setup> {
   const app = await echoApp();
   const [apiPort, healthPort, metricsPort, ingressPort] = await Promise.all([
     freePort(),
@@ -54,7 +56,7 @@ async function start(listen: 'tcp' | 'unix', name: string): Promise<Setup> {
   const address = listen === 'tcp' ? `tcp:127.0.0.1:${ingressPort}` : `unix:${socketPath}`;
   const config = parseConfig(
     `[runtime]\nstate_dir = "${stateDir}"\nhealth_listen = "tcp:127.0.0.1:${healthPort}"\n` +
-      `[ingress]\nworkers = 2\nlisten = "${address}"\napp = "tcp:127.0.0.1:${app.port}"\n` +
+      `[ingress]\nworkers = 2\ntls_engine = "${engine}"\nlisten = "${address}"\napp = "tcp:127.0.0.1:${app.port}"\n` +
       `[attestation]\napi_listen = "tcp:127.0.0.1:${apiPort}"\n[metrics]\nlisten = "tcp:127.0.0.1:${metricsPort}"\n`,
     'dev',
   );
@@ -113,11 +115,16 @@ function metricValue(text: string, name: string, labels = ''): number | undefine
   return line === undefined ? undefined : Number(line.slice(line.lastIndexOf(' ') + 1));
 }
 
-for (const listen of ['tcp', 'unix'] as const) {
-  describe(`ingress.workers = 2 over a ${listen} listener`, { skip }, () => {
+for (const [listen, engine] of [
+  ['tcp', 'node'],
+  ['unix', 'node'],
+  ['tcp', 'native'],
+  ['unix', 'native'],
+] as const) {
+  describe(`ingress.workers = 2 over a ${listen} listener, tls_engine = "${engine}"`, { skip }, () => {
     let setup: Setup;
     before(async () => {
-      setup = await start(listen, `rt-${listen}`);
+      setup = await start(listen, `rt-${listen}-${engine}`, engine);
     });
     after(async () => {
       await setup?.close();
@@ -134,7 +141,7 @@ for (const listen of ['tcp', 'unix'] as const) {
     it('issues a nonce certificate once for the whole runtime when both workers ask at once', async () => {
       // Each try is a fresh nonce handshaken concurrently on many connections; one try must spread.
       for (let attempt = 0; attempt < 20; attempt++) {
-        const nonce = `${listen === 'tcp' ? 'aa' : 'bb'}${attempt.toString(16).padStart(2, '0')}0102030405`;
+        const nonce = `${listen === 'tcp' ? 'aa' : 'bb'}${engine === 'node' ? 'cc' : 'dd'}${attempt.toString(16).padStart(2, '0')}0102030405`;
         const callsBefore = setup.nsm.nonceCalls;
         const acceptedBefore = accepted(setup);
         const sockets = await Promise.all(
@@ -199,41 +206,42 @@ for (const listen of ['tcp', 'unix'] as const) {
   });
 }
 
-describe('stopping ingress workers', { skip }, () => {
-  it('drains open connections within the grace, then no longer accepts', async () => {
-    const setup = await start('tcp', 'rt-drain');
-    let stopped = false;
-    try {
-      const secure = await handshake(setup);
-      const stopping = setup.runtime.stop(60_000).then(() => {
-        stopped = true;
-      });
-      await eventually(
-        () => (setup.logs.lines.some((entry) => entry.msg === 'ingress draining') ? true : undefined),
-        'a worker drains',
-      );
-      // The open connection still works while its worker drains, and its end lets the stop finish.
-      assert.equal(await echo(secure, 'draining'), 'draining');
-      assert.equal(stopped, false);
-      secure.end();
-      await stopping;
-      const refused = setup.connect();
-      const [error] = (await once(refused, 'error')) as [NodeJS.ErrnoException];
-      assert.equal(error.code, 'ECONNREFUSED');
-    } finally {
-      if (!stopped) await setup.runtime.stop(0);
-      setup.closeApp();
-    }
-  });
+for (const engine of ['node', 'native'] as const)
+  describe(`stopping ingress workers, tls_engine = "${engine}"`, { skip }, () => {
+    it('drains open connections within the grace, then no longer accepts', async () => {
+      const setup = await start('tcp', `rt-drain-${engine}`, engine);
+      let stopped = false;
+      try {
+        const secure = await handshake(setup);
+        const stopping = setup.runtime.stop(60_000).then(() => {
+          stopped = true;
+        });
+        await eventually(
+          () => (setup.logs.lines.some((entry) => entry.msg === 'ingress draining') ? true : undefined),
+          'a worker drains',
+        );
+        // The open connection still works while its worker drains, and its end lets the stop finish.
+        assert.equal(await echo(secure, 'draining'), 'draining');
+        assert.equal(stopped, false);
+        secure.end();
+        await stopping;
+        const refused = setup.connect();
+        const [error] = (await once(refused, 'error')) as [NodeJS.ErrnoException];
+        assert.equal(error.code, 'ECONNREFUSED');
+      } finally {
+        if (!stopped) await setup.runtime.stop(0);
+        setup.closeApp();
+      }
+    });
 
-  it('removes the unix socket file it made', async () => {
-    const setup = await start('unix', 'rt-unix-stop');
-    const path = join(dir, 'rt-unix-stop.sock');
-    assert.ok(existsSync(path));
-    await setup.close();
-    assert.equal(existsSync(path), false);
+    it('removes the unix socket file it made', async () => {
+      const setup = await start('unix', `rt-unix-stop-${engine}`, engine);
+      const path = join(dir, `rt-unix-stop-${engine}.sock`);
+      assert.ok(existsSync(path));
+      await setup.close();
+      assert.equal(existsSync(path), false);
+    });
   });
-});
 
 describe('ingress.workers = 2 over a vsock listener', { skip }, () => {
   // Never connect(): AF_VSOCK connections are not made on test machines; binding, sharing and adopting are.
@@ -267,52 +275,54 @@ describe('ingress.workers = 2 over a vsock listener', { skip }, () => {
 });
 
 describe('a renewed base certificate', { skip }, () => {
-  it('reaches every worker', async () => {
-    const fx = await openTerminator();
-    const app = await echoApp();
-    const settings = parseConfig('', 'run').ingress;
-    const workers = await IngressWorkers.start({
-      ...settings,
-      listen: { transport: 'tcp', host: '127.0.0.1', port: 0 },
-      app: { transport: 'tcp', host: '127.0.0.1', port: app.port },
-      workers: 2,
-      logger: captureLogs('info').logger,
-      nsm: fx.nsm,
-      tls: {
-        terminator: fx.terminator,
-        settings: {
-          sniNonceEncoding: 'hex',
-          alpn: ['http/1.1'],
-          handshakeTimeoutMs: 10_000,
-          nonceCacheSize: 16,
-          maxPendingIssues: 16,
-          issueTimeoutMs: 5000,
+  for (const engine of ['node', 'native'] as const)
+    it(`reaches every worker (tls_engine = "${engine}")`, async () => {
+      const fx = await openTerminator();
+      const app = await echoApp();
+      const settings = parseConfig('', 'run').ingress;
+      const workers = await IngressWorkers.start({
+        ...settings,
+        tlsEngine: engine,
+        listen: { transport: 'tcp', host: '127.0.0.1', port: 0 },
+        app: { transport: 'tcp', host: '127.0.0.1', port: app.port },
+        workers: 2,
+        logger: captureLogs('info').logger,
+        nsm: fx.nsm,
+        tls: {
+          terminator: fx.terminator,
+          settings: {
+            sniNonceEncoding: 'hex',
+            alpn: ['http/1.1'],
+            handshakeTimeoutMs: 10_000,
+            nonceCacheSize: 16,
+            maxPendingIssues: 16,
+            issueTimeoutMs: 5000,
+          },
         },
-      },
+      });
+      const port = workers.address.transport === 'tcp' ? workers.address.port : 0;
+      const served = async () => {
+        const secure = tls.connect({ host: '127.0.0.1', port, servername: 'localhost', rejectUnauthorized: false });
+        await once(secure, 'secureConnect');
+        const fingerprint = secure.getPeerCertificate().fingerprint256;
+        secure.destroy();
+        return fingerprint;
+      };
+      try {
+        const before = fx.terminator.store.base;
+        assert.equal(await served(), new X509Certificate(before.certPem).fingerprint256);
+        const renewed = new X509Certificate((await fx.terminator.store.renewBase()).certPem).fingerprint256;
+        // Both workers, whichever the kernel picks: every connection of a batch gets the renewed one.
+        await eventually(async () => {
+          const seen = await Promise.all(Array.from({ length: 8 }, served));
+          return seen.every((f) => f === renewed) ? true : undefined;
+        }, 'the renewed base certificate served by the workers');
+      } finally {
+        await workers.stop(0);
+        app.close();
+        await fx.close();
+      }
     });
-    const port = workers.address.transport === 'tcp' ? workers.address.port : 0;
-    const served = async () => {
-      const secure = tls.connect({ host: '127.0.0.1', port, servername: 'localhost', rejectUnauthorized: false });
-      await once(secure, 'secureConnect');
-      const fingerprint = secure.getPeerCertificate().fingerprint256;
-      secure.destroy();
-      return fingerprint;
-    };
-    try {
-      const before = fx.terminator.store.base;
-      assert.equal(await served(), new X509Certificate(before.certPem).fingerprint256);
-      const renewed = new X509Certificate((await fx.terminator.store.renewBase()).certPem).fingerprint256;
-      // Both workers, whichever the kernel picks: every connection of a batch gets the renewed one.
-      await eventually(async () => {
-        const seen = await Promise.all(Array.from({ length: 8 }, served));
-        return seen.every((f) => f === renewed) ? true : undefined;
-      }, 'the renewed base certificate served by the workers');
-    } finally {
-      await workers.stop(0);
-      app.close();
-      await fx.close();
-    }
-  });
 });
 
 describe('ingressWorkerCount', () => {

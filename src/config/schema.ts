@@ -92,6 +92,11 @@ export const SCHEMA = table('enclave.toml', {
       'eager',
       ['eager', 'first-byte'],
     ),
+    tls_engine: oneOf(
+      'what terminates TLS and relays: "node" = Node\'s TLSSocket (every feature); "native" = the addon\'s OpenSSL relay in each worker thread (no JS per connection or chunk; about nginx\'s cost), without proxy_protocol, send_proxy_protocol, http_aware, tls.acme or a vsock app',
+      'node',
+      ['node', 'native'],
+    ),
     connect_timeout_ms: int('time to connect to the app', 5 * SECOND, 10, 5 * 60 * SECOND),
     idle_timeout_ms: int(
       'a connection with no bytes either way for this long is closed (checked every quarter of it: within 1.25x)',

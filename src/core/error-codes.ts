@@ -51,6 +51,7 @@ export const ERROR_CODES = {
   // TLS
   ERR_TLS_HANDSHAKE_TIMEOUT: 'a TLS handshake did not finish within tls.handshake_timeout_ms',
   ERR_TLS_ISSUE: 'an attested certificate could not be issued',
+  ERR_TLS_CREDENTIALS: 'the native TLS engine could not parse a certificate, chain or key, or they do not match',
   ERR_TLS_ISSUE_TIMEOUT: 'issuing an attested certificate took too long',
   ERR_TLS_BUSY: 'too many nonce certificates being issued at once',
   ERR_TLS_CLOSED: 'the certificate store was closed while an issue was pending',

@@ -12,6 +12,7 @@ import type { AttestationRequest, Nsm } from '../attestation/nsm.js';
 import { errorCode, RuntimeError } from '../core/errors.js';
 import { createLogger } from '../core/log.js';
 import { DURATION_BUCKETS } from '../metrics/registry.js';
+import { formatAddress } from '../net/address.js';
 import { adoptListener } from '../net/shared-listener.js';
 import { startHeapTrimmer } from '../native/heap-trimmer.js';
 import type { CertificateSource } from '../tls/certificate-source.js';
@@ -27,6 +28,7 @@ import {
   type ToWorker,
   type WorkerInit,
 } from './ingress-worker-protocol.js';
+import { NativeTlsIngress } from './native-tls-ingress.js';
 import { WorkerCertificates } from './worker-certificates.js';
 
 /** A fresh document for GET /.well-known/attestation?nonce= waits at most this long for the main thread. */
@@ -79,7 +81,7 @@ function settle(id: number, outcome: { value: CertificateSnapshot | Uint8Array }
 const slots = new Float64Array(init.stats);
 let certificates: WorkerCertificates | undefined;
 let stopping = false;
-let ingress: Ingress | undefined;
+let ingress: Ingress | NativeTlsIngress | undefined;
 // This worker's closed sockets are freed only by a collection of its own isolate: the main thread's trimmer cannot.
 const trimmer = startHeapTrimmer(logger, () => ingress?.stats.active ?? 0);
 
@@ -98,6 +100,7 @@ port.on('message', (message: ToWorker) => {
       return;
     case 'base':
       certificates?.replaceBase(message.cert);
+      if (ingress instanceof NativeTlsIngress) ingress.replaceBase(message.cert);
       return;
     case 'stop':
       void stop(message.graceMs);
@@ -164,19 +167,38 @@ function meterHandshakes(terminator: TlsTerminator<WorkerCertificates>): StreamT
   };
 }
 
+/** A nonce certificate from the main thread, which keeps the one cache and single flight of the runtime. */
+function askMainThread(issueTimeoutMs: number): (nonce: Uint8Array) => Promise<CertificateSnapshot> {
+  return (nonce) =>
+    request<CertificateSnapshot>((id) => ({ type: 'nonce', id, nonce }), issueTimeoutMs + ISSUE_TIMEOUT_MARGIN_MS);
+}
+
 async function start(): Promise<void> {
   let terminator: StreamTerminator | undefined;
   const tls = init.tls;
+  if (tls && init.settings.tlsEngine === 'native') {
+    ingress = await NativeTlsIngress.start({
+      fd: init.fd,
+      settings: init.settings,
+      tls,
+      logger,
+      slots,
+      ask: askMainThread(tls.issueTimeoutMs),
+      onConnectionCount: trimmer && ((open) => trimmer.changed(open)),
+    });
+    logger.info(
+      { listen: formatAddress(ingress.address), app: formatAddress(init.settings.app), engine: 'native' },
+      `ingress worker ${init.index} listening`,
+    );
+    send({ type: 'ready', address: ingress.address });
+    return;
+  }
   if (tls) {
     certificates = new WorkerCertificates(tls.base, {
       nonceCacheSize: tls.nonceCacheSize,
       maxPendingIssues: tls.maxPendingIssues,
       sharing: await contextSharingWorks(),
-      ask: (nonce) =>
-        request<CertificateSnapshot>(
-          (id) => ({ type: 'nonce', id, nonce }),
-          tls.issueTimeoutMs + ISSUE_TIMEOUT_MARGIN_MS,
-        ),
+      ask: askMainThread(tls.issueTimeoutMs),
     });
     const source: CertificateSource = {
       kind: tls.sourceKind,

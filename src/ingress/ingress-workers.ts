@@ -77,7 +77,7 @@ export function ingressWorkerCount(
 }
 
 export interface IngressWorkersOptions extends IngressSettings {
-  /** Worker threads to run (at least 2; 1 is the plain Ingress). */
+  /** Worker threads to run (at least 2, as 1 is the plain Ingress; or 1 with tlsEngine 'native'). */
   workers: number;
   logger: Logger;
   /** The main thread's NSM: fresh documents for GET /.well-known/attestation?nonce= in workers. */
@@ -156,10 +156,12 @@ export class IngressWorkers {
 
   /** Binds the listener and starts every worker; resolves once all accept, fails (and cleans up) if one cannot. */
   static async start(options: IngressWorkersOptions): Promise<IngressWorkers> {
-    if (!Number.isInteger(options.workers) || options.workers < 2 || options.workers > MAX_INGRESS_WORKERS) {
+    // One thread is the plain Ingress in the main thread, except for the native engine, which lives in workers only.
+    const least = options.tlsEngine === 'native' ? 1 : 2;
+    if (!Number.isInteger(options.workers) || options.workers < least || options.workers > MAX_INGRESS_WORKERS) {
       throw new RuntimeError(
         'ERR_INGRESS_WORKER',
-        `ingress.workers: ${options.workers} threads cannot be started (2..${MAX_INGRESS_WORKERS})`,
+        `ingress.workers: ${options.workers} threads cannot be started (${least}..${MAX_INGRESS_WORKERS})`,
       );
     }
     const workerFile = options.workerFile ?? ingressWorkerFile();

@@ -36,6 +36,8 @@ export interface IngressSettings {
    * idleTimeoutMs), so an idle connection holds no app socket. Default 'eager'.
    */
   appConnect?: 'eager' | 'first-byte';
+  /** 'native': the addon's TLS relay in each worker thread (native-tls-ingress.ts) instead of this class. */
+  tlsEngine?: 'node' | 'native';
   connectTimeoutMs: number;
   idleTimeoutMs: number;
   proxyHeaderTimeoutMs: number;

@@ -54,6 +54,7 @@ static Napi::Object InitEnclaveNative(Napi::Env env, Napi::Object exports) {
   InitChildReaper(env, exports);
   InitProcessHardening(env, exports);
   InitHeapMemory(env, exports);
+  InitTlsRelay(env, exports);
   return exports;
 }
 

@@ -20,6 +20,8 @@ struct AddonData {
   // Handle constructor runs, so the fd is closed exactly once even if the JS callback is cut short
   // (an exception, a terminating worker) before or after wrapping it.
   int unclaimedAcceptFd = -1;
+  // TlsCredentials' constructor, to tell its objects from others before unwrapping them.
+  Napi::FunctionReference tlsCredentials;
 };
 
 }  // namespace enclave

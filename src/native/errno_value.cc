@@ -37,4 +37,13 @@ bool ReadString(const Napi::Value& value, size_t maxBytes, std::string* out) {
   return true;
 }
 
+// Node-API has no direct query under version 8; a side-effect-free call that goes through the
+// "can call into JS" check answers it.
+bool CanCallIntoJs(napi_env env) {
+  napi_value undefined;
+  bool equal = false;
+  if (napi_get_undefined(env, &undefined) != napi_ok) return false;
+  return napi_strict_equals(env, undefined, undefined, &equal) == napi_ok;
+}
+
 }  // namespace enclave

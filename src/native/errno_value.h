@@ -15,6 +15,10 @@ inline Napi::Value ErrnoValue(Napi::Env env, int err) { return Napi::Number::New
 // Node's uncaughtException machinery, exactly as an exception thrown in a net.Socket handler would go.
 void ReportPendingException(napi_env env);
 
+// While an environment shuts down (worker.terminate(), process teardown), Node still runs the loop
+// to close its own handles but refuses calls into JS; true when a call would be accepted.
+bool CanCallIntoJs(napi_env env);
+
 // Strict argument readers: they reject fractions, negatives and out-of-range values instead of
 // letting them wrap around into a different fd, port or size.
 bool ReadUint32(const Napi::Value& value, uint32_t* out);

@@ -12,5 +12,6 @@ void InitHostname(Napi::Env env, Napi::Object exports);
 void InitChildReaper(Napi::Env env, Napi::Object exports);
 void InitProcessHardening(Napi::Env env, Napi::Object exports);
 void InitHeapMemory(Napi::Env env, Napi::Object exports);
+void InitTlsRelay(Napi::Env env, Napi::Object exports);
 
 }  // namespace enclave

@@ -115,8 +115,74 @@ export interface NativeHandle {
   getpeername(): NativeAddress | number;
 }
 
+/** Events a TlsRelay delivers to its callback as (type, a, b); mirrors RelayEvent in tls_relay.cc. */
+export const TlsRelayEvent = {
+  /** a: connection id, b: server name; answer with provide(id, credentials | null). */
+  Certificate: 1,
+  /** a: errno of the failed connect to the app. */
+  AppUnreachable: 2,
+  /** a: errno (EMFILE, ENFILE, ...); accepting resumes at the next sweep. */
+  AcceptPaused: 3,
+  /** Every fd is closed; no further events. */
+  Closed: 4,
+} as const;
+
+/** A parsed certificate, chain and key (tls_relay.cc); opaque to JS. */
+export interface NativeTlsCredentials {
+  readonly __tlsCredentials: never;
+}
+
+export interface NativeTlsRelayOptions {
+  app: { ip: string; port: number } | { path: string };
+  /** ALPN protocols in wire format (length-prefixed names), in server preference order. */
+  alpn: Buffer;
+  ciphers: string;
+  ciphersuites: string;
+  /** A server name containing this (compared lower-case) is passed to JS for its certificate. */
+  nonceMarker: string;
+  firstByte: boolean;
+  handshakeTimeoutMs: number;
+  idleTimeoutMs: number;
+  connectTimeoutMs: number;
+  maxConnections: number;
+  /** Upper bounds in seconds of the handshake histogram. */
+  buckets: readonly number[];
+  /** Where each counter sits in the stats array. */
+  slots: Record<
+    | 'accepted'
+    | 'active'
+    | 'refusedOverCap'
+    | 'appUnreachable'
+    | 'handshakesOk'
+    | 'handshakesFailed'
+    | 'handshakeSum'
+    | 'handshakeCount'
+    | 'handshakeBuckets',
+    number
+  >;
+}
+
+/** The native TLS ingress engine (tls_relay.cc). */
+export interface NativeTlsRelay {
+  setBase(credentials: NativeTlsCredentials): boolean;
+  start(): boolean;
+  /** False when the connection is gone. */
+  provide(id: number, credentials: NativeTlsCredentials | null): boolean;
+  stopAccepting(): void;
+  /** Asynchronous; TlsRelayEvent.Closed follows once every fd is closed. */
+  close(): void;
+}
+
 export interface NativeAddon {
   Handle: new (fd: number, family: number) => NativeHandle;
+  /** Takes `listenFd` only when it returns; a throw leaves the fd to the caller. */
+  TlsRelay: new (
+    listenFd: number,
+    options: NativeTlsRelayOptions,
+    stats: Float64Array,
+    callback: NativeEventCallback,
+  ) => NativeTlsRelay;
+  TlsCredentials: new (certPem: string, chainPem: string, key: string | NativeTlsCredentials) => NativeTlsCredentials;
   socket(family: number): number;
   dupFd(fd: number): number;
   AF_UNIX: number;

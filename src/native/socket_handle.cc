@@ -23,16 +23,6 @@ constexpr uint32_t kMaxBacklog = 65535;
 
 uv_handle_t* AsHandle(PollBox* box) { return reinterpret_cast<uv_handle_t*>(&box->poll); }
 
-// While an environment shuts down (worker.terminate(), process teardown), Node still runs the loop
-// to close its own handles but refuses calls into JS. Node-API has no direct query under version 8;
-// a side-effect-free call that goes through the "can call into JS" check answers it.
-bool CanCallIntoJs(napi_env env) {
-  napi_value undefined;
-  bool equal = false;
-  if (napi_get_undefined(env, &undefined) != napi_ok) return false;
-  return napi_strict_equals(env, undefined, undefined, &equal) == napi_ok;
-}
-
 // The poll path below uses plain Node-API calls with their status checked: it can run while a
 // worker is being terminated, when node-addon-api's error helpers would turn a refused call into a
 // fatal error.

@@ -1,14 +1,17 @@
 import type { AttestedCertificate } from './attested-certificate.js';
 import { TlsError } from './tls-error.js';
 
+/** What a cache entry needs for its staleness: an AttestedCertificate, or the native engine's credentials of one. */
+export type Freshness = Pick<AttestedCertificate, 'issuedAt' | 'expiresAt'>;
+
 /**
  * Nonce certificates by nonce: a bounded LRU of fresh ones and at most one fetch in flight per nonce, so
  * clients handshaking with the same nonce at once share one NSM call. The main thread's CertificateStore
  * fetches by issuing; an ingress worker fetches by asking the main thread.
  */
-export class NonceFlights {
-  readonly #cache = new Map<string, AttestedCertificate>();
-  readonly #pending = new Map<string, Promise<AttestedCertificate>>();
+export class NonceFlights<T extends Freshness = AttestedCertificate> {
+  readonly #cache = new Map<string, T>();
+  readonly #pending = new Map<string, Promise<T>>();
   readonly #capacity: number;
   readonly #maxPending: number;
   readonly #now: () => number;
@@ -29,7 +32,7 @@ export class NonceFlights {
   }
 
   /** The cached certificate for `nonce` while fresh (a stale one is dropped), without fetching. */
-  peek(nonce: Uint8Array): AttestedCertificate | undefined {
+  peek(nonce: Uint8Array): T | undefined {
     const key = nonceKey(nonce);
     const hit = this.#cache.get(key);
     if (!hit) return undefined;
@@ -45,7 +48,7 @@ export class NonceFlights {
    * with ERR_TLS_CLOSED once `open()` is false, ERR_TLS_NONCE for an empty nonce and ERR_TLS_BUSY when
    * as many fetches as allowed are in flight. A fetched certificate is cached only while `open()`.
    */
-  get(nonce: Uint8Array, fetch: () => Promise<AttestedCertificate>, open: () => boolean): Promise<AttestedCertificate> {
+  get(nonce: Uint8Array, fetch: () => Promise<T>, open: () => boolean): Promise<T> {
     if (!open()) return Promise.reject(new TlsError('ERR_TLS_CLOSED', 'the certificate store is closed'));
     if (nonce.length === 0)
       return Promise.reject(new TlsError('ERR_TLS_NONCE', 'an empty nonce asks for the base certificate'));
@@ -74,7 +77,7 @@ export class NonceFlights {
     this.#cache.clear();
   }
 
-  #remember(key: string, cert: AttestedCertificate): void {
+  #remember(key: string, cert: T): void {
     this.#cache.set(key, cert);
     // Evict from the old end until back at the cap; one pass at most, as we add one at a time.
     for (const oldest of this.#cache.keys()) {
@@ -85,7 +88,7 @@ export class NonceFlights {
 }
 
 /** When a certificate is renewed (or no longer served from a cache): two thirds into its useful life. */
-export function staleAt(cert: AttestedCertificate): number {
+export function staleAt(cert: Freshness): number {
   const start = cert.issuedAt.getTime();
   return start + ((cert.expiresAt.getTime() - start) * 2) / 3;
 }
