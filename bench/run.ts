@@ -95,16 +95,16 @@ if (
   [...idleSubjects].some((s) => !(IDLE_SUBJECTS as readonly string[]).includes(s)) ||
   runtimeEnvPairs.some((pair) => !/^[A-Z_][A-Z0-9_]*=[^=]*$/.test(pair)) ||
   !['c', 'node', undefined].includes(args['handshake-client']) ||
-  !['node', 'native', undefined].includes(args['tls-engine'])
+  !['auto', 'node', 'native', undefined].includes(args['tls-engine'])
 ) {
   process.stderr.write(
-    `usage: npm run bench -- [--quick] [--profile] [--gib N] [--rounds N] [--workers N] [--only ${SECTIONS.join(',')}|all] [--runtime-flags '--v8-flag ...'] [--runtime-env NAME=VALUE,...] [--idle-subjects ${IDLE_SUBJECTS.join(',')}] [--handshake-client c|node] [--tls-engine node|native]\n`,
+    `usage: npm run bench -- [--quick] [--profile] [--gib N] [--rounds N] [--workers N] [--only ${SECTIONS.join(',')}|all] [--runtime-flags '--v8-flag ...'] [--runtime-env NAME=VALUE,...] [--idle-subjects ${IDLE_SUBJECTS.join(',')}] [--handshake-client c|node] [--tls-engine auto|node|native]\n`,
   );
   process.exit(2);
 }
 
-// The runtime's [ingress] tls_engine for every TLS-terminating runtime of the run.
-const tlsEngine = args['tls-engine'] ?? 'node';
+// The runtime's [ingress] tls_engine for every TLS-terminating runtime of the run; as shipped, "auto".
+const tlsEngine = args['tls-engine'] ?? 'auto';
 
 const say = (line: string) => process.stdout.write(`${line}\n`);
 /** wrk at four sizes against three servers. */

@@ -19,7 +19,8 @@ import type { AcmeCertificates, AcmeFleetLink } from './tls/acme-certificates.js
 import type { CertificateSource } from './tls/certificate-source.js';
 import type { TlsTerminator } from './tls/tls-terminator.js';
 import type { FleetMember } from './fleet/fleet-member.js';
-import { errorCode, RuntimeError } from './core/errors.js';
+import { errorCode } from './core/errors.js';
+import { chooseTlsEngine } from './ingress/tls-engine.js';
 import { startHeapTrimmer } from './native/heap-trimmer.js';
 
 /**
@@ -308,14 +309,15 @@ async function startIngressWorkers(
   config: RuntimeConfig,
   parts: { nsm: Nsm; terminator: TlsTerminator | undefined; logger: Logger },
 ): Promise<IngressWorkers | undefined> {
-  // The native engine lives in worker threads only: with workers = 1 it is one worker thread.
-  const native = config.ingress.tlsEngine === 'native';
-  if (config.ingress.workers === 1 && !native) return undefined;
-  const { IngressWorkers, ingressWorkerCount } = await import('./ingress/ingress-workers.js');
   const { nativeUnavailable } = await import('./native/native-binding.js');
   const unavailable = nativeUnavailable();
-  if (native && unavailable !== undefined)
-    throw new RuntimeError('ERR_NATIVE_MISSING', `ingress.tls_engine = "native" needs the addon: ${unavailable}`);
+  const choice = chooseTlsEngine(config, unavailable);
+  if (config.tls.enabled && config.ingress.tlsEngine === 'auto')
+    parts.logger.info({ engine: choice.engine, why: choice.why }, 'ingress.tls_engine "auto" chose its engine');
+  // The native engine lives in worker threads only: with workers = 1 (named explicitly) it is one worker thread.
+  const native = choice.engine === 'native';
+  if (config.ingress.workers === 1 && !native) return undefined;
+  const { IngressWorkers, ingressWorkerCount } = await import('./ingress/ingress-workers.js');
   const { count, reason } = ingressWorkerCount(config.ingress.workers, {
     acme: config.tls.enabled && config.tls.acme.enabled,
     nativeUnavailable: unavailable,
@@ -326,6 +328,7 @@ async function startIngressWorkers(
   const { tls } = config;
   return IngressWorkers.start({
     ...config.ingress,
+    tlsEngine: choice.engine,
     workers: count,
     logger: parts.logger,
     nsm: parts.nsm,

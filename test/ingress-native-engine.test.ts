@@ -17,6 +17,7 @@ import { after, before, describe, it } from 'node:test';
 import { parseConfig } from '../src/config/load.js';
 import { IngressWorkers } from '../src/ingress/ingress-workers.js';
 import { alpnWire } from '../src/ingress/native-tls-ingress.js';
+import { chooseTlsEngine } from '../src/ingress/tls-engine.js';
 import { nativeUnavailable } from '../src/native/native-binding.js';
 import { Runtime } from '../src/runtime.js';
 import { documentFromSan, openTerminator, peerLeaf, type TerminatorFixture } from './helpers/attested-tls.js';
@@ -374,9 +375,35 @@ describe('the runtime with tls_engine = "native" and dev\'s workers = 1', { skip
 });
 
 describe('ingress.tls_engine in the config', () => {
-  it('defaults to "node" and accepts "native"', () => {
-    assert.equal(parseConfig('', 'run').ingress.tlsEngine, 'node');
+  it('defaults to "auto" and accepts "node" and "native"', () => {
+    assert.equal(parseConfig('', 'run').ingress.tlsEngine, 'auto');
     assert.equal(parseConfig('[ingress]\ntls_engine = "native"\n', 'run').ingress.tlsEngine, 'native');
+    assert.equal(parseConfig('[ingress]\ntls_engine = "node"\n', 'run').ingress.tlsEngine, 'node');
+  });
+
+  it('"auto" chooses native only where the config, the thread count and the addon allow it, and says why not', () => {
+    const choose = (toml: string, mode: 'run' | 'dev' = 'run', unavailable?: string) =>
+      chooseTlsEngine(parseConfig(toml, mode), unavailable);
+    assert.deepEqual(choose(''), { engine: 'native' });
+    assert.match(choose('', 'dev').why ?? '', /ingress\.workers = 1/);
+    assert.equal(choose('', 'dev').engine, 'node');
+    assert.deepEqual(choose('[ingress]\nworkers = 1\ntls_engine = "native"\n', 'dev'), { engine: 'native' });
+    assert.match(choose('', 'run', 'not built').why ?? '', /the addon: not built/);
+    assert.match(choose('[tls]\nenabled = false\n').why ?? '', /tls\.enabled = false/);
+    for (const [toml, key] of [
+      ['[ingress]\nproxy_protocol = "v2"\n', 'ingress.proxy_protocol'],
+      ['[ingress]\nsend_proxy_protocol = "v1"\n', 'ingress.send_proxy_protocol'],
+      ['[ingress]\nhttp_aware = true\n', 'ingress.http_aware'],
+      ['[ingress]\napp = "vsock:3:8000"\n', 'ingress.app'],
+    ] as const) {
+      const choice = choose(toml);
+      assert.equal(choice.engine, 'node', toml);
+      assert.ok(choice.why?.startsWith(key), `${toml}: ${choice.why}`);
+    }
+    assert.deepEqual(choose('[ingress]\ntls_engine = "node"\n'), { engine: 'node' });
+    assert.throws(() => choose('[ingress]\ntls_engine = "native"\n', 'run', 'not built'), {
+      code: 'ERR_NATIVE_MISSING',
+    });
   });
 
   it('rejects an unknown engine and every setting the native engine does not do, naming the key', () => {

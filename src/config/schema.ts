@@ -93,9 +93,9 @@ export const SCHEMA = table('enclave.toml', {
       ['eager', 'first-byte'],
     ),
     tls_engine: oneOf(
-      'what terminates TLS and relays: "node" = Node\'s TLSSocket (every feature); "native" = the addon\'s OpenSSL relay in each worker thread (no JS per connection or chunk; about nginx\'s cost), without proxy_protocol, send_proxy_protocol, http_aware, tls.acme or a vsock app',
-      'node',
-      ['node', 'native'],
+      'what terminates TLS and relays: "native" = the addon\'s OpenSSL relay in worker threads (no JS per connection or chunk), without proxy_protocol, send_proxy_protocol, http_aware, tls.acme or a vsock app; "node" = Node\'s TLSSocket, every feature; "auto" = native unless one of those is set, workers = 1 or the addon is missing',
+      'auto',
+      ['auto', 'node', 'native'],
     ),
     connect_timeout_ms: int('time to connect to the app', 5 * SECOND, 10, 5 * 60 * SECOND),
     idle_timeout_ms: int(

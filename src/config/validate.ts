@@ -136,25 +136,34 @@ function crossCheck(config: RuntimeConfig, mode: Mode, problems: string[]): void
   checkNativeEngine(config, problems);
 }
 
-/** The native engine relays bytes only: what needs JS on the connection stays with the Node engine. */
+/** An explicit "native" is refused for anything it does not do ("auto" chooses node for the same). */
 function checkNativeEngine(config: RuntimeConfig, problems: string[]): void {
+  if (config.ingress.tlsEngine === 'native' && config.ingress.enabled) problems.push(...nativeEngineConflicts(config));
+}
+
+/**
+ * What keeps the native TLS engine from serving this config, one line per key: it relays bytes only,
+ * so what needs JavaScript on the connection stays with the Node engine. Empty when it can serve it.
+ */
+export function nativeEngineConflicts(config: RuntimeConfig): string[] {
   const { ingress } = config;
-  if (ingress.tlsEngine !== 'native' || !ingress.enabled) return;
   const why = 'ingress.tls_engine = "native"';
-  if (!config.tls.enabled) problems.push(`${why} needs tls.enabled = true: it is a TLS engine`);
+  const conflicts: string[] = [];
+  if (!config.tls.enabled) conflicts.push(`${why} needs tls.enabled = true: it is a TLS engine`);
   if (ingress.proxyProtocol !== 'off')
-    problems.push(
+    conflicts.push(
       `ingress.proxy_protocol: "${ingress.proxyProtocol}" is not read by ${why}; set it to "off" or use "node"`,
     );
   if (ingress.sendProxyProtocol !== 'off')
-    problems.push(
+    conflicts.push(
       `ingress.send_proxy_protocol: "${ingress.sendProxyProtocol}" is not sent by ${why}; set it to "off" or use "node"`,
     );
-  if (ingress.httpAware) problems.push(`ingress.http_aware: not answered by ${why}; set it to false or use "node"`);
+  if (ingress.httpAware) conflicts.push(`ingress.http_aware: not answered by ${why}; set it to false or use "node"`);
   if (config.tls.enabled && config.tls.acme.enabled)
-    problems.push(`tls.acme.enabled: ACME certificates are served by the Node engine only; ${why} cannot have them`);
+    conflicts.push(`tls.acme.enabled: ACME certificates are served by the Node engine only; ${why} cannot have them`);
   if (ingress.app.transport === 'vsock')
-    problems.push(`ingress.app: ${why} connects the app over tcp or unix, not vsock`);
+    conflicts.push(`ingress.app: ${why} connects the app over tcp or unix, not vsock`);
+  return conflicts;
 }
 
 /** [tls.acme] and HTTP-aware ingress ride on TLS termination. */

@@ -36,8 +36,11 @@ export interface IngressSettings {
    * idleTimeoutMs), so an idle connection holds no app socket. Default 'eager'.
    */
   appConnect?: 'eager' | 'first-byte';
-  /** 'native': the addon's TLS relay in each worker thread (native-tls-ingress.ts) instead of this class. */
-  tlsEngine?: 'node' | 'native';
+  /**
+   * 'native': the addon's TLS relay in each worker thread (native-tls-ingress.ts) instead of this class;
+   * anything else is this class ('auto' is decided by the runtime before: tls-engine.ts).
+   */
+  tlsEngine?: 'auto' | 'node' | 'native';
   connectTimeoutMs: number;
   idleTimeoutMs: number;
   proxyHeaderTimeoutMs: number;
