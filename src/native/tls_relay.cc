@@ -27,6 +27,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "addon_data.h"
@@ -109,18 +110,24 @@ class Credentials : public Napi::ObjectWrap<Credentials> {
     } else {
       Credentials* other = From(env, info[2]);
       if (other != nullptr && other->key_ != nullptr && EVP_PKEY_up_ref(other->key_) == 1) key_ = other->key_;
+      // A nonce leaf's chain is the base's: parsing it again costs as much as the leaf (OpenSSL 3.0
+      // decodes every certificate's public key through its slow decoder setup).
+      if (other != nullptr && other->chainPem_ == chainPem) chain_ = X509_chain_up_ref(other->chain_);
     }
     BIO* bio = BIO_new_mem_buf(certPem.data(), static_cast<int>(certPem.size()));
     cert_ = bio ? PEM_read_bio_X509(bio, nullptr, nullptr, nullptr) : nullptr;
     BIO_free(bio);
-    chain_ = sk_X509_new_null();
-    bio = BIO_new_mem_buf(chainPem.data(), static_cast<int>(chainPem.size()));
-    while (bio != nullptr && chain_ != nullptr) {
-      X509* link = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);
-      if (link == nullptr) break;
-      if (sk_X509_push(chain_, link) == 0) X509_free(link);
+    if (chain_ == nullptr) {
+      chain_ = sk_X509_new_null();
+      bio = BIO_new_mem_buf(chainPem.data(), static_cast<int>(chainPem.size()));
+      while (bio != nullptr && chain_ != nullptr) {
+        X509* link = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);
+        if (link == nullptr) break;
+        if (sk_X509_push(chain_, link) == 0) X509_free(link);
+      }
+      BIO_free(bio);
     }
-    BIO_free(bio);
+    chainPem_ = std::move(chainPem);
     bool ok = key_ != nullptr && cert_ != nullptr && chain_ != nullptr && X509_check_private_key(cert_, key_) == 1;
     ERR_clear_error();
     if (!ok) {
@@ -146,6 +153,7 @@ class Credentials : public Napi::ObjectWrap<Credentials> {
   X509* cert_ = nullptr;
   EVP_PKEY* key_ = nullptr;
   STACK_OF(X509) * chain_ = nullptr;
+  std::string chainPem_;  // to know a chain already parsed
 };
 
 struct Engine;
