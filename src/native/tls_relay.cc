@@ -100,6 +100,7 @@ class Credentials : public Napi::ObjectWrap<Credentials> {
       return;
     }
     ERR_clear_error();
+    bool keyReused = false;
     std::string certPem = info[0].As<Napi::String>().Utf8Value();
     std::string chainPem = info[1].As<Napi::String>().Utf8Value();
     if (info[2].IsString()) {
@@ -109,7 +110,10 @@ class Credentials : public Napi::ObjectWrap<Credentials> {
       BIO_free(bio);
     } else {
       Credentials* other = From(env, info[2]);
-      if (other != nullptr && other->key_ != nullptr && EVP_PKEY_up_ref(other->key_) == 1) key_ = other->key_;
+      if (other != nullptr && other->key_ != nullptr && EVP_PKEY_up_ref(other->key_) == 1) {
+        key_ = other->key_;
+        keyReused = true;
+      }
       // A nonce leaf's chain is the base's: parsing it again costs as much as the leaf (OpenSSL 3.0
       // decodes every certificate's public key through its slow decoder setup).
       if (other != nullptr && other->chainPem_ == chainPem) chain_ = X509_chain_up_ref(other->chain_);
@@ -128,7 +132,10 @@ class Credentials : public Napi::ObjectWrap<Credentials> {
       BIO_free(bio);
     }
     chainPem_ = std::move(chainPem);
-    bool ok = key_ != nullptr && cert_ != nullptr && chain_ != nullptr && X509_check_private_key(cert_, key_) == 1;
+    // A leaf given the base's key is checked against it when served (SSL_use_cert_and_key compares the
+    // keys); checking here as well cost a nonce handshake a tenth of its wait for the certificate.
+    bool ok = key_ != nullptr && cert_ != nullptr && chain_ != nullptr &&
+              (keyReused || X509_check_private_key(cert_, key_) == 1);
     ERR_clear_error();
     if (!ok) {
       Napi::Error error =
