@@ -20,7 +20,13 @@ import { alpnWire } from '../src/ingress/native-tls-ingress.js';
 import { chooseTlsEngine } from '../src/ingress/tls-engine.js';
 import { nativeUnavailable } from '../src/native/native-binding.js';
 import { Runtime } from '../src/runtime.js';
-import { documentFromSan, openTerminator, peerLeaf, type TerminatorFixture } from './helpers/attested-tls.js';
+import {
+  documentFromSan,
+  openTerminator,
+  peerLeaf,
+  workerTls,
+  type TerminatorFixture,
+} from './helpers/attested-tls.js';
 import { eventually } from './helpers/cli-run.js';
 import { problemsOf } from './helpers/config-problems.js';
 import { captureLogs } from './helpers/log-capture.js';
@@ -87,17 +93,7 @@ async function startEngine(
     ...(settings.maxConnections ? { maxConnections: settings.maxConnections } : {}),
     logger: logs.logger,
     nsm: fx.nsm,
-    tls: {
-      terminator: fx.terminator,
-      settings: {
-        sniNonceEncoding: 'hex',
-        alpn: ['http/1.1'],
-        handshakeTimeoutMs: settings.handshakeTimeoutMs ?? 10_000,
-        nonceCacheSize: 16,
-        maxPendingIssues: 16,
-        issueTimeoutMs: 5000,
-      },
-    },
+    tls: workerTls(fx, settings.handshakeTimeoutMs),
   });
   const port = workers.address.transport === 'tcp' ? workers.address.port : 0;
   return { workers, port, logs, stop: () => workers.stop(0) };
@@ -197,6 +193,9 @@ describe('the native TLS engine', { skip }, () => {
   });
 
   it('refuses a client with no ALPN protocol in common, and bytes that are not TLS, then serves the next', async () => {
+    // The earlier tests' connections are counted once closed (one destroyed right after its handshake may
+    // count as failed on the server, late): wait for them, so the count below is this test's alone.
+    await eventually(() => (engine.workers.stats.active === 0 ? true : undefined), 'earlier connections closed');
     const failedBefore = engine.workers.handshakes().failed;
     const h2 = tls.connect({
       host: '127.0.0.1',
@@ -222,6 +221,7 @@ describe('the native TLS engine', { skip }, () => {
   });
 
   it('counts what it accepted and gives every connection back', async () => {
+    await eventually(() => (engine.workers.stats.active === 0 ? true : undefined), 'earlier connections closed');
     const before = engine.workers.stats.accepted;
     const sockets = await Promise.all(Array.from({ length: 5 }, () => handshake(engine)));
     assert.equal(engine.workers.stats.accepted - before, 5);

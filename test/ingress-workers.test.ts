@@ -12,7 +12,7 @@ import { parseConfig } from '../src/config/load.js';
 import { IngressWorkers, ingressWorkerCount } from '../src/ingress/ingress-workers.js';
 import { nativeUnavailable } from '../src/native/native-binding.js';
 import { Runtime } from '../src/runtime.js';
-import { ControlledNsm, openTerminator } from './helpers/attested-tls.js';
+import { ControlledNsm, openTerminator, workerTls } from './helpers/attested-tls.js';
 import { eventually } from './helpers/cli-run.js';
 import { captureLogs } from './helpers/log-capture.js';
 import { freePort } from './helpers/net.js';
@@ -288,17 +288,7 @@ describe('a renewed base certificate', { skip }, () => {
         workers: 2,
         logger: captureLogs('info').logger,
         nsm: fx.nsm,
-        tls: {
-          terminator: fx.terminator,
-          settings: {
-            sniNonceEncoding: 'hex',
-            alpn: ['http/1.1'],
-            handshakeTimeoutMs: 10_000,
-            nonceCacheSize: 16,
-            maxPendingIssues: 16,
-            issueTimeoutMs: 5000,
-          },
-        },
+        tls: workerTls(fx),
       });
       const port = workers.address.transport === 'tcp' ? workers.address.port : 0;
       const served = async () => {

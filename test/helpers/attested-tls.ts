@@ -97,6 +97,21 @@ export async function openTerminator(
   };
 }
 
+/** IngressWorkers' `tls` option for the fixture's terminator: hex nonces, http/1.1, small caches. */
+export function workerTls(fx: TerminatorFixture, handshakeTimeoutMs = 10_000) {
+  return {
+    terminator: fx.terminator,
+    settings: {
+      sniNonceEncoding: 'hex' as const,
+      alpn: ['http/1.1'],
+      handshakeTimeoutMs,
+      nonceCacheSize: 16,
+      maxPendingIssues: 16,
+      issueTimeoutMs: 5000,
+    },
+  };
+}
+
 /** A loopback TCP server whose connections go through `terminator.wrap`; `onSecure` gets each TLSSocket. */
 export async function listenTls(
   terminator: TlsTerminator,
