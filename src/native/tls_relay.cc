@@ -14,7 +14,6 @@
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
-#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -218,10 +217,6 @@ struct Engine {
   class TlsRelay* owner = nullptr;
   SSL_CTX* ctx = nullptr;
   Side listener;
-  // The listening fd is watched through an epoll instance of the engine's own, added with
-  // EPOLLEXCLUSIVE: of the workers polling copies of one listener, a new connection wakes one,
-  // not all of them to race for it (libuv's own polling cannot ask for that).
-  int listenEpoll = -1;
   bool accepting = false;
   bool acceptPaused = false;
   uv_timer_t sweep;
@@ -331,10 +326,7 @@ void HandleDone(Engine* e) {
 
 void OnEngineHandleClosed(uv_handle_t* handle) {
   Engine* e = static_cast<Engine*>(handle->data);
-  if (handle == reinterpret_cast<uv_handle_t*>(&e->listener.poll)) {
-    ::close(e->listenEpoll);
-    ::close(e->listener.fd);
-  }
+  if (handle == reinterpret_cast<uv_handle_t*>(&e->listener.poll)) ::close(e->listener.fd);
   HandleDone(e);
 }
 
@@ -849,10 +841,6 @@ void Accept(Engine* e, int fd) {
 void OnListenerPoll(uv_poll_t* poll, int status, int events) {
   Engine* e = static_cast<Engine*>(poll->data);
   if (status < 0 || !e->accepting) return;
-  epoll_event ready[4];
-  // Consumes the readiness the wake-up reported; level-triggered, it comes back while connections wait.
-  while (::epoll_wait(e->listenEpoll, ready, 4, 0) < 0 && errno == EINTR) {
-  }
   for (int i = 0; i < kMaxAcceptsPerPoll && e->accepting; i++) {
     int fd = ::accept4(e->listener.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd >= 0) {
@@ -1105,14 +1093,9 @@ TlsRelay::TlsRelay(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TlsRelay>(
   e->listener.fd = fd;
   // A failed uv_poll_init registers nothing; uv_timer_init cannot fail. In this order an error
   // leaves no handle on the loop pointing into the engine freed below.
-  e->listenEpoll = ::epoll_create1(EPOLL_CLOEXEC);
-  epoll_event interest = {};
-  interest.events = EPOLLIN | EPOLLEXCLUSIVE;
-  if (e->listenEpoll < 0 || ::epoll_ctl(e->listenEpoll, EPOLL_CTL_ADD, fd, &interest) != 0 ||
-      uv_poll_init(e->loop, &e->listener.poll, e->listenEpoll) != 0) {
-    if (e->listenEpoll >= 0) ::close(e->listenEpoll);
+  if (uv_poll_init(e->loop, &e->listener.poll, fd) != 0) {
     SSL_CTX_free(e->ctx);
-    Napi::Error::New(env, "cannot poll the listening fd").ThrowAsJavaScriptException();
+    Napi::Error::New(env, "uv_poll_init failed on the listening fd").ThrowAsJavaScriptException();
     return;
   }
   uv_timer_init(e->loop, &e->sweep);
