@@ -46,4 +46,22 @@ bool CanCallIntoJs(napi_env env) {
   return napi_strict_equals(env, undefined, undefined, &equal) == napi_ok;
 }
 
+napi_value MakeEventCallback(napi_env env, napi_ref receiver, napi_ref callback, napi_async_context context, int type,
+                             napi_value a, napi_value b) {
+  // Plain Node-API with every status checked: this runs while a worker may be terminating, when
+  // node-addon-api's error helpers would turn a refused call into a fatal error.
+  napi_value self = nullptr, function = nullptr, undefined = nullptr, typeValue = nullptr, result = nullptr;
+  if (napi_get_reference_value(env, receiver, &self) != napi_ok ||
+      napi_get_reference_value(env, callback, &function) != napi_ok || napi_get_undefined(env, &undefined) != napi_ok ||
+      napi_create_int32(env, type, &typeValue) != napi_ok || self == nullptr || function == nullptr) {
+    return nullptr;
+  }
+  napi_value argv[3] = {typeValue, a != nullptr ? a : undefined, b != nullptr ? b : undefined};
+  if (napi_make_callback(env, context, self, function, 3, argv, &result) != napi_ok) {
+    ReportPendingException(env);
+    return nullptr;
+  }
+  return result;
+}
+
 }  // namespace enclave

@@ -19,6 +19,11 @@ void ReportPendingException(napi_env env);
 // to close its own handles but refuses calls into JS; true when a call would be accepted.
 bool CanCallIntoJs(napi_env env);
 
+// Calls `callback` with `receiver` as this and (type, a, b) as arguments, undefined for a null a or b,
+// from a libuv callback: an exception goes to ReportPendingException. The result, or null.
+napi_value MakeEventCallback(napi_env env, napi_ref receiver, napi_ref callback, napi_async_context context, int type,
+                             napi_value a, napi_value b);
+
 // Strict argument readers: they reject fractions, negatives and out-of-range values instead of
 // letting them wrap around into a different fd, port or size.
 bool ReadUint32(const Napi::Value& value, uint32_t* out);

@@ -518,22 +518,8 @@ void SocketHandle::ContinueWrite() {
 // result, or nullptr when it could not run or threw.
 napi_value SocketHandle::Emit(int type, napi_value a, napi_value b) {
   if (callback_.IsEmpty()) return nullptr;
-  napi_env env = Env();
-  napi_value receiver = nullptr;
-  napi_value callback = nullptr;
-  napi_value undefined = nullptr;
-  if (napi_get_reference_value(env, static_cast<napi_ref>(*this), &receiver) != napi_ok ||
-      napi_get_reference_value(env, static_cast<napi_ref>(callback_), &callback) != napi_ok ||
-      napi_get_undefined(env, &undefined) != napi_ok || receiver == nullptr || callback == nullptr) {
-    return nullptr;
-  }
-  napi_value argv[3] = {Int(env, type), a != nullptr ? a : undefined, b != nullptr ? b : undefined};
-  napi_value result = nullptr;
-  if (napi_make_callback(env, asyncContext_, receiver, callback, 3, argv, &result) != napi_ok) {
-    ReportPendingException(env);
-    return nullptr;
-  }
-  return result;
+  return MakeEventCallback(Env(), static_cast<napi_ref>(*this), static_cast<napi_ref>(callback_), asyncContext_, type,
+                           a, b);
 }
 
 }  // namespace enclave

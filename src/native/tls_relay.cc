@@ -205,7 +205,7 @@ struct Connection {
   bool destroyed = false;
   int openHandles = 0;
   double startedAt;
-  double phaseSince;  // start of the connect, or of the wait for the first byte
+  double connectSince;  // start of the connect to the app
   double quietSince;
   double moved = 0;
   double movedAtSweep = 0;
@@ -286,17 +286,7 @@ class TlsRelay : public Napi::ObjectWrap<TlsRelay> {
 void TlsRelay::EmitEvent(int type, napi_value a, napi_value b) {
   napi_env env = Env();
   if (callback_.IsEmpty() || !CanCallIntoJs(env)) return;
-  napi_value receiver = nullptr, callback = nullptr, undefined = nullptr, type_ = nullptr, result = nullptr;
-  if (napi_get_reference_value(env, static_cast<napi_ref>(*this), &receiver) != napi_ok ||
-      napi_get_reference_value(env, static_cast<napi_ref>(callback_), &callback) != napi_ok ||
-      napi_get_undefined(env, &undefined) != napi_ok || napi_create_int32(env, type, &type_) != napi_ok ||
-      receiver == nullptr || callback == nullptr) {
-    return;
-  }
-  napi_value argv[3] = {type_, a != nullptr ? a : undefined, b != nullptr ? b : undefined};
-  if (napi_make_callback(env, asyncContext_, receiver, callback, 3, argv, &result) != napi_ok) {
-    ReportPendingException(env);
-  }
+  MakeEventCallback(env, static_cast<napi_ref>(*this), static_cast<napi_ref>(callback_), asyncContext_, type, a, b);
 }
 
 void Emit(Engine* e, int type, double a, const std::string* text = nullptr) {
@@ -346,7 +336,7 @@ void OnSideClosed(uv_handle_t* handle) {
   HandleDone(e);
 }
 
-void CloseSide(Connection* c, Side* side) {
+void CloseSide(Side* side) {
   if (side->polled) {
     uv_close(reinterpret_cast<uv_handle_t*>(&side->poll), OnSideClosed);
   } else if (side->fd >= 0) {
@@ -378,8 +368,8 @@ void Destroy(Connection* c) {
   c->chosenRef.Reset();
   c->openHandles = (c->client.polled ? 1 : 0) + (c->app.polled ? 1 : 0);
   bool anyHandle = c->openHandles > 0;
-  CloseSide(c, &c->client);
-  CloseSide(c, &c->app);
+  CloseSide(&c->client);
+  CloseSide(&c->app);
   if (!anyHandle) {
     delete c;
     HandleDone(e);
@@ -399,7 +389,7 @@ int SslError(Connection* c, int result) {
 void StartConnect(Connection* c) {
   Engine* e = c->engine;
   c->state = State::kConnecting;
-  c->phaseSince = NowMs(e->loop);
+  c->connectSince = NowMs(e->loop);
   int fd = ::socket(e->app.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   int err = 0;
   if (fd < 0) {
@@ -461,7 +451,6 @@ void Handshake(Connection* c) {
     c->quietSince = NowMs(c->engine->loop);
     if (c->engine->firstByte) {
       c->state = State::kWaitFirstByte;
-      c->phaseSince = c->quietSince;
     } else {
       StartConnect(c);
     }
@@ -682,7 +671,7 @@ void OnAppPoll(uv_poll_t* poll, int status, int events) {
   Run(c);
 }
 
-void SetInterest(Connection* c, Side* side, int events, uv_poll_cb callback) {
+void SetInterest(Side* side, int events, uv_poll_cb callback) {
   if (!side->polled || side->armed == events) return;
   side->armed = events;
   if (events == 0)
@@ -719,18 +708,12 @@ void Arm(Connection* c) {
       if (!c->toApp.empty()) app |= UV_WRITABLE;
       break;
   }
-  SetInterest(c, &c->client, client, OnClientPoll);
-  SetInterest(c, &c->app, app, OnAppPoll);
+  SetInterest(&c->client, client, OnClientPoll);
+  SetInterest(&c->app, app, OnAppPoll);
 }
 
 void ArmListener(Engine* e) {
-  int events = e->accepting && !e->acceptPaused ? UV_READABLE : 0;
-  if (e->listener.armed == events) return;
-  e->listener.armed = events;
-  if (events == 0)
-    uv_poll_stop(&e->listener.poll);
-  else
-    uv_poll_start(&e->listener.poll, events, OnListenerPoll);
+  SetInterest(&e->listener, e->accepting && !e->acceptPaused ? UV_READABLE : 0, OnListenerPoll);
 }
 
 // --- ClientHello: the certificate for this server name ------------------------------------------
@@ -813,7 +796,7 @@ void Accept(Engine* e, int fd) {
   c->engine = e;
   c->id = e->nextId++;
   c->client.fd = fd;
-  c->startedAt = c->quietSince = c->phaseSince = NowMs(e->loop);
+  c->startedAt = c->quietSince = c->connectSince = NowMs(e->loop);
   c->ssl = SSL_new(e->ctx);
   if (c->ssl == nullptr || SSL_set_fd(c->ssl, fd) != 1 || uv_poll_init(e->loop, &c->client.poll, fd) != 0) {
     ERR_clear_error();
@@ -887,7 +870,7 @@ void OnSweep(uv_timer_t* timer) {
         expired = now - c->startedAt >= e->handshakeTimeoutMs;
         break;
       case State::kConnecting:
-        if (now - c->phaseSince >= e->connectTimeoutMs) {
+        if (now - c->connectSince >= e->connectTimeoutMs) {
           Count(e, e->slots.appUnreachable);
           Destroy(c);
           Emit(e, kEventAppUnreachable, ETIMEDOUT);
