@@ -16,9 +16,11 @@ import tls from 'node:tls';
 import { after, before, describe, it } from 'node:test';
 import { parseConfig } from '../src/config/load.js';
 import { IngressWorkers } from '../src/ingress/ingress-workers.js';
-import { alpnWire } from '../src/ingress/native-tls-ingress.js';
+import { newStatsBuffer, snapshotCertificate } from '../src/ingress/ingress-worker-protocol.js';
+import { alpnWire, NativeTlsIngress } from '../src/ingress/native-tls-ingress.js';
 import { chooseTlsEngine } from '../src/ingress/tls-engine.js';
 import { nativeUnavailable } from '../src/native/native-binding.js';
+import { openSharedListener } from '../src/net/shared-listener.js';
 import { Runtime } from '../src/runtime.js';
 import {
   documentFromSan,
@@ -99,7 +101,7 @@ async function startEngine(
   return { workers, port, logs, stop: () => workers.stop(0) };
 }
 
-async function handshake(engine: Engine, options: tls.ConnectionOptions = {}): Promise<tls.TLSSocket> {
+async function handshake(engine: { port: number }, options: tls.ConnectionOptions = {}): Promise<tls.TLSSocket> {
   const secure = tls.connect({
     host: '127.0.0.1',
     port: engine.port,
@@ -228,6 +230,84 @@ describe('the native TLS engine', { skip }, () => {
     assert.equal(engine.workers.stats.active, 5);
     for (const socket of sockets) socket.destroy();
     await eventually(() => (engine.workers.stats.active === 0 ? true : undefined), 'all connections closed');
+  });
+});
+
+/**
+ * One engine in this thread on a listener of its own, as worker `index` of the workers whose
+ * open connections `loads` holds: the test plays the siblings by writing their slots.
+ */
+async function startSibling(appPort: number, loads: Int32Array, index: number) {
+  const listener = await openSharedListener({ transport: 'tcp', host: '127.0.0.1', port: 0 }, 128);
+  const { terminator } = fx;
+  const base = terminator.store.base;
+  const keyPair = terminator.store.keyPairOf(base);
+  assert.ok(keyPair);
+  const ingress = await NativeTlsIngress.start({
+    fd: listener.dup(),
+    settings: {
+      ...parseConfig('', 'run').ingress,
+      listen: listener.address,
+      app: { transport: 'tcp', host: '127.0.0.1', port: appPort },
+    },
+    tls: {
+      ...workerTls(fx).settings,
+      nsmKind: fx.nsm.kind,
+      sourceKind: terminator.source.kind,
+      trustAnchorPem: terminator.trustAnchorPem,
+      base: snapshotCertificate(base, keyPair),
+    },
+    logger: captureLogs('info').logger,
+    slots: new Float64Array(newStatsBuffer()),
+    balance: { loads, index },
+    ask: () => Promise.reject(new Error('no nonce certificates here')),
+  });
+  const port = listener.address.transport === 'tcp' ? listener.address.port : 0;
+  return {
+    ingress,
+    port,
+    close: async () => {
+      await ingress.stop(0);
+      await listener.close();
+    },
+  };
+}
+
+describe("the native engine's accept balance between workers", { skip }, () => {
+  let app: App;
+  before(async () => {
+    app = await startApp();
+  });
+  after(() => app?.close());
+
+  it('publishes its open connections for its siblings, and -1 once it no longer accepts', async () => {
+    const loads = new Int32Array(new SharedArrayBuffer(8)).fill(-1);
+    const engine = await startSibling(app.port, loads, 1);
+    try {
+      assert.deepEqual([...loads], [-1, 0]);
+      const sockets = await Promise.all([0, 1, 2].map(() => handshake(engine)));
+      assert.deepEqual([...loads], [-1, 3]);
+      for (const socket of sockets) socket.destroy();
+      await eventually(() => (loads[1] === 0 ? true : undefined), 'the closed connections leave its load');
+    } finally {
+      await engine.close();
+    }
+    assert.equal(loads[1], -1);
+  });
+
+  it('serves every connection even while a sibling that never accepts holds fewer', async () => {
+    // The sibling says it accepts and holds none, but never takes one: after a short yield this
+    // worker takes them itself.
+    const loads = new Int32Array(new SharedArrayBuffer(8)).fill(0);
+    const engine = await startSibling(app.port, loads, 0);
+    try {
+      const sockets = await Promise.all(Array.from({ length: 24 }, () => handshake(engine)));
+      assert.equal(engine.ingress.stats.accepted, 24);
+      assert.equal(loads[0], 24);
+      for (const socket of sockets) socket.destroy();
+    } finally {
+      await engine.close();
+    }
   });
 });
 

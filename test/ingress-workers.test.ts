@@ -206,6 +206,29 @@ for (const [listen, engine] of [
   });
 }
 
+describe('the native engine with ingress.workers = 2', { skip }, () => {
+  it('splits a burst of 64 connections opened at once between the workers', async () => {
+    const setup = await start('tcp', 'rt-burst-native', 'native');
+    try {
+      // Without the accept balance the worker already running took all 64 in most rounds.
+      for (let round = 0; round < 3; round++) {
+        const before = accepted(setup);
+        const open = await Promise.all(Array.from({ length: 64 }, () => handshake(setup)));
+        const taken = accepted(setup).map((n, w) => n - (before[w] as number));
+        assert.equal(taken[0]! + taken[1]!, 64);
+        assert.ok(Math.min(...taken) >= 16, `round ${round}: one worker took ${Math.max(...taken)} of 64`);
+        for (const secure of open) secure.destroy();
+        await eventually(
+          () => (setup.workers.workerStats().every((stats) => stats.active === 0) ? true : undefined),
+          'the burst closed',
+        );
+      }
+    } finally {
+      await setup.close();
+    }
+  });
+});
+
 for (const engine of ['node', 'native'] as const)
   describe(`stopping ingress workers, tls_engine = "${engine}"`, { skip }, () => {
     it('drains open connections within the grace, then no longer accepts', async () => {

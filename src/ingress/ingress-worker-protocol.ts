@@ -48,6 +48,8 @@ export interface WorkerInit {
   tls: WorkerTlsSettings | undefined;
   /** Float64 slots, laid out as STAT_SLOTS says; written by the worker, read by the main thread. */
   stats: SharedArrayBuffer;
+  /** Int32 per worker: its open connections, -1 while it does not accept (the native engine's accept balance). */
+  loads: SharedArrayBuffer;
 }
 
 export interface WireError {

@@ -183,6 +183,7 @@ async function start(): Promise<void> {
       tls,
       logger,
       slots,
+      balance: { loads: new Int32Array(init.loads), index: init.index },
       ask: askMainThread(tls.issueTimeoutMs),
       onConnectionCount: trimmer && ((open) => trimmer.changed(open)),
     });

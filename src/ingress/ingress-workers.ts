@@ -124,6 +124,8 @@ export class IngressWorkers {
   readonly #listener: SharedListener;
   readonly #workerFile: string;
   readonly #slots: Slot[];
+  /** Each worker's open connections, -1 while it does not accept: the native engine's accept balance. */
+  readonly #loads: SharedArrayBuffer;
   readonly #logger: Logger;
   #lastBase: AttestedCertificate | undefined;
   #baseTimer: NodeJS.Timeout | undefined;
@@ -136,6 +138,8 @@ export class IngressWorkers {
     this.#listener = listener;
     this.#workerFile = workerFile;
     this.#logger = options.logger;
+    this.#loads = new SharedArrayBuffer(options.workers * Int32Array.BYTES_PER_ELEMENT);
+    new Int32Array(this.#loads).fill(-1);
     this.#slots = Array.from({ length: options.workers }, (_, index) => {
       const stats = newStatsBuffer();
       return {
@@ -312,6 +316,7 @@ export class IngressWorkers {
         base: this.#snapshot(tls.terminator.store.base),
       },
       stats: slot.stats,
+      loads: this.#loads,
     };
     // The fd belongs to the worker from here on: its listener closes it, and so does the end of the thread.
     // (A worker that dies before adopting it leaks that one fd; restarts are backed off, so these stay few.)
@@ -396,8 +401,9 @@ export class IngressWorkers {
     if (slot.worker !== worker) return;
     slot.worker = undefined;
     slot.up = false;
-    // Its connections died with it.
+    // Its connections died with it, and its siblings must not leave new ones to it.
     slot.slots[STAT_SLOTS.ingress.active] = 0;
+    Atomics.store(new Int32Array(this.#loads), slot.index, -1);
     const reason = slot.lastError?.message ?? `exit code ${code}`;
     if (slot.onReady) {
       slot.onReady(new RuntimeError('ERR_INGRESS_WORKER', `ingress worker ${slot.index} did not start: ${reason}`));

@@ -46,6 +46,8 @@ export interface NativeTlsIngressOptions {
   logger: Logger;
   /** The worker's shared stats buffer. */
   slots: Float64Array;
+  /** Shared with the sibling workers, so that a burst of connections is not all accepted by one. */
+  balance?: NativeTlsRelayOptions['balance'];
   /** Asks the main thread for the certificate of `nonce` (it keeps the one cache and single flight). */
   ask: (nonce: Uint8Array) => Promise<CertificateSnapshot>;
   onConnectionCount?: ((open: number) => void) | undefined;
@@ -120,6 +122,7 @@ export class NativeTlsIngress {
         connectTimeoutMs: options.settings.connectTimeoutMs,
         maxConnections: options.settings.maxConnections,
         buckets: DURATION_BUCKETS,
+        balance: options.balance,
         slots: {
           accepted: STAT_SLOTS.ingress.accepted,
           active: STAT_SLOTS.ingress.active,

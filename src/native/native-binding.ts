@@ -147,6 +147,11 @@ export interface NativeTlsRelayOptions {
   maxConnections: number;
   /** Upper bounds in seconds of the handshake histogram. */
   buckets: readonly number[];
+  /**
+   * The accept balance between workers sharing the listener: `loads[i]` is worker i's open
+   * connections (-1 while it does not accept); this worker writes `loads[index]`.
+   */
+  balance?: { loads: Int32Array; index: number } | undefined;
   /** Where each counter sits in the stats array. */
   slots: Record<
     | 'accepted'

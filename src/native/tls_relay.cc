@@ -44,6 +44,19 @@ constexpr size_t kScratchBytes = 64 * 1024;
 // polling brings us back for the rest).
 constexpr int kMaxReadsPerRun = 16;
 constexpr int kMaxAcceptsPerPoll = 64;
+// Accept balance between the workers sharing one listener: a worker holding more than this many
+// connections above the least loaded accepting worker leaves the next ones to it. On two busy
+// cores the worker already running drains a burst from the backlog before its sibling is
+// scheduled (64 connections opened at once split 0/64 half the time); this keeps the split
+// within a few connections.
+constexpr int32_t kAcceptSlack = 2;
+// How often a yielding worker looks again, and how long at most it yields: a sibling that does
+// not accept within that time (busy with heavier connections, or stuck in a long callback) does
+// not hold connections back. Then this worker takes up to kAcceptGrant before it yields again:
+// 16 per 20 ms is 800 handshakes/s, about what one worker completes.
+constexpr uint64_t kYieldRecheckMs = 1;
+constexpr double kYieldMaxMs = 20;
+constexpr int kAcceptGrant = 16;
 // SNI is at most 255 bytes on the wire (RFC 6066 host_name in practice; RFC 1035 names).
 constexpr size_t kMaxServerName = 255;
 constexpr int kMaxHistogramBuckets = 32;
@@ -219,6 +232,13 @@ struct Engine {
   Side listener;
   bool accepting = false;
   bool acceptPaused = false;
+  // The accept balance: every worker's open connections (-1: not accepting), shared by the workers.
+  int32_t* loads = nullptr;
+  uint32_t loadCount = 0, loadIndex = 0;
+  bool yielding = false;
+  double yieldingSince = -1;
+  int granted = 0;  // connections it may still take without looking at the balance
+  uv_timer_t yieldTimer;
   uv_timer_t sweep;
   bool sweepStarted = false;
   int openHandles = 0;
@@ -247,6 +267,13 @@ void Destroy(Connection* c);
 
 void Count(Engine* e, uint32_t slot, double by = 1) {
   if (e->stats != nullptr) e->stats[slot] += by;
+}
+
+// What the siblings read of this worker: its open connections while it accepts, else -1.
+void PublishLoad(Engine* e) {
+  if (e->loads == nullptr) return;
+  int32_t load = e->accepting && !e->closing ? static_cast<int32_t>(e->active) : -1;
+  __atomic_store_n(&e->loads[e->loadIndex], load, __ATOMIC_RELAXED);
 }
 
 class TlsRelay : public Napi::ObjectWrap<TlsRelay> {
@@ -280,6 +307,7 @@ class TlsRelay : public Napi::ObjectWrap<TlsRelay> {
 
   Napi::FunctionReference callback_;
   Napi::ObjectReference statsRef_;
+  Napi::ObjectReference loadsRef_;
   napi_async_context asyncContext_ = nullptr;
 };
 
@@ -363,6 +391,7 @@ void Destroy(Connection* c) {
   if (c->next != nullptr) c->next->prev = c->prev;
   e->active -= 1;
   Count(e, e->slots.active, -1);
+  PublishLoad(e);
   SSL_free(c->ssl);
   c->ssl = nullptr;
   c->chosenRef.Reset();
@@ -713,7 +742,7 @@ void Arm(Connection* c) {
 }
 
 void ArmListener(Engine* e) {
-  SetInterest(&e->listener, e->accepting && !e->acceptPaused ? UV_READABLE : 0, OnListenerPoll);
+  SetInterest(&e->listener, e->accepting && !e->acceptPaused && !e->yielding ? UV_READABLE : 0, OnListenerPoll);
 }
 
 // --- ClientHello: the certificate for this server name ------------------------------------------
@@ -818,13 +847,55 @@ void Accept(Engine* e, int fd) {
   e->active += 1;
   Count(e, e->slots.accepted);
   Count(e, e->slots.active);
+  PublishLoad(e);
   Arm(c);
+}
+
+// True while a sibling that accepts holds more than kAcceptSlack connections fewer than this
+// worker, for at most kYieldMaxMs in a row.
+bool SiblingShouldAccept(Engine* e) {
+  if (e->loads == nullptr) return false;
+  if (e->granted > 0) {
+    e->granted--;
+    return false;
+  }
+  int32_t own = static_cast<int32_t>(e->active);
+  int32_t fewest = own;
+  for (uint32_t i = 0; i < e->loadCount; i++) {
+    int32_t load = __atomic_load_n(&e->loads[i], __ATOMIC_RELAXED);
+    if (load >= 0 && load < fewest) fewest = load;
+  }
+  if (own <= fewest + kAcceptSlack) {
+    e->yieldingSince = -1;
+    return false;
+  }
+  double now = static_cast<double>(uv_now(e->loop));
+  if (e->yieldingSince < 0) e->yieldingSince = now;
+  if (now - e->yieldingSince < kYieldMaxMs) return true;
+  e->yieldingSince = -1;
+  e->granted = kAcceptGrant - 1;
+  return false;
+}
+
+void OnYieldTimer(uv_timer_t* timer) {
+  Engine* e = static_cast<Engine*>(timer->data);
+  if (SiblingShouldAccept(e)) return;
+  uv_timer_stop(timer);
+  e->yielding = false;
+  ArmListener(e);
 }
 
 void OnListenerPoll(uv_poll_t* poll, int status, int events) {
   Engine* e = static_cast<Engine*>(poll->data);
   if (status < 0 || !e->accepting) return;
   for (int i = 0; i < kMaxAcceptsPerPoll && e->accepting; i++) {
+    if (SiblingShouldAccept(e)) {
+      // Level-triggered: polling on would spin, so the listener waits for the timer's look again.
+      e->yielding = true;
+      ArmListener(e);
+      uv_timer_start(&e->yieldTimer, OnYieldTimer, kYieldRecheckMs, kYieldRecheckMs);
+      break;
+    }
     int fd = ::accept4(e->listener.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd >= 0) {
       Accept(e, fd);
@@ -900,8 +971,10 @@ void ShutDown(Engine* e) {
   e->closing = true;
   e->accepting = false;
   CloseAll(e);
+  PublishLoad(e);
   CloseEngineHandle(e, reinterpret_cast<uv_handle_t*>(&e->listener.poll));
   CloseEngineHandle(e, reinterpret_cast<uv_handle_t*>(&e->sweep));
+  CloseEngineHandle(e, reinterpret_cast<uv_handle_t*>(&e->yieldTimer));
 }
 
 void OnEnvTeardown(napi_async_cleanup_hook_handle, void* arg) {
@@ -1043,6 +1116,23 @@ TlsRelay::TlsRelay(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TlsRelay>(
   }
   e->stats = static_cast<double*>(statsData);
   statsRef_ = Napi::Persistent(statsArray.As<Napi::Object>());
+  Napi::Value balance = options.Get("balance");
+  if (!balance.IsUndefined()) {
+    Napi::Value loads = balance.IsObject() ? balance.As<Napi::Object>().Get("loads") : env.Undefined();
+    void* loadsData = nullptr;
+    size_t loadCount = 0;
+    napi_typedarray_type type;
+    if (!loads.IsTypedArray() ||
+        napi_get_typedarray_info(env, loads, &type, &loadCount, &loadsData, nullptr, nullptr) != napi_ok ||
+        type != napi_int32_array || loadsData == nullptr ||
+        !ReadUint32(balance.As<Napi::Object>().Get("index"), &e->loadIndex) || e->loadIndex >= loadCount) {
+      ThrowConfig(env, "balance must be {loads: Int32Array, index} with index inside loads");
+      return;
+    }
+    e->loads = static_cast<int32_t*>(loadsData);
+    e->loadCount = static_cast<uint32_t>(loadCount);
+    loadsRef_ = Napi::Persistent(loads.As<Napi::Object>());
+  }
 
   ERR_clear_error();
   e->ctx = SSL_CTX_new(TLS_server_method());
@@ -1082,10 +1172,12 @@ TlsRelay::TlsRelay(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TlsRelay>(
     return;
   }
   uv_timer_init(e->loop, &e->sweep);
+  uv_timer_init(e->loop, &e->yieldTimer);
   e->listener.poll.data = e.get();
   e->listener.polled = true;
   e->sweep.data = e.get();
-  e->openHandles = 2;
+  e->yieldTimer.data = e.get();
+  e->openHandles = 3;
   uv_unref(reinterpret_cast<uv_handle_t*>(&e->sweep));
   callback_ = Napi::Persistent(info[3].As<Napi::Function>());
   napi_value resourceName = nullptr;
@@ -1111,6 +1203,7 @@ void TlsRelay::Finished() {
   }
   callback_.Reset();
   statsRef_.Reset();
+  loadsRef_.Reset();
   Unref();
 }
 
@@ -1139,6 +1232,7 @@ Napi::Value TlsRelay::Start(const Napi::CallbackInfo& info) {
     return env.Undefined();
   }
   e->accepting = true;
+  PublishLoad(e);
   ArmListener(e);
   double period = std::max(1.0, std::min({e->handshakeTimeoutMs, e->idleTimeoutMs, e->connectTimeoutMs}) / 4);
   if (!e->sweepStarted)
@@ -1174,6 +1268,7 @@ Napi::Value TlsRelay::StopAccepting(const Napi::CallbackInfo& info) {
   Engine* e = engine_;
   if (e != nullptr && e->accepting) {
     e->accepting = false;
+    PublishLoad(e);
     ArmListener(e);
   }
   return info.Env().Undefined();
