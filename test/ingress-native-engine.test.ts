@@ -6,7 +6,7 @@
  * refusal, and a bad client never hurting the next one.
  */
 import assert from 'node:assert/strict';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -32,34 +32,11 @@ import {
 import { eventually } from './helpers/cli-run.js';
 import { problemsOf } from './helpers/config-problems.js';
 import { captureLogs } from './helpers/log-capture.js';
-import { freePort } from './helpers/net.js';
+import { freePort, readAll, sha256, startEchoApp, type EchoApp } from './helpers/net.js';
 import { decodeAttestationPayload } from '../src/verify/document.js';
 import { decodeCoseSign1 } from '../src/verify/cose-sign1.js';
 
 const skip = nativeUnavailable();
-
-interface App {
-  port: number;
-  /** Connections the app accepted. */
-  accepted: number;
-  close: () => void;
-}
-
-/** An app that echoes (and ends its side when the client's side ends), or first says `banner`. */
-async function startApp(banner?: string): Promise<App> {
-  const app = { port: 0, accepted: 0, close: () => {} };
-  const server = net.createServer((socket) => {
-    app.accepted += 1;
-    socket.on('error', () => {});
-    if (banner !== undefined) socket.write(banner);
-    socket.pipe(socket);
-  });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  app.port = (server.address() as net.AddressInfo).port;
-  app.close = () => server.close();
-  return app;
-}
 
 interface Engine {
   workers: IngressWorkers;
@@ -114,14 +91,6 @@ async function handshake(engine: { port: number }, options: tls.ConnectionOption
   return secure;
 }
 
-/** Everything the socket sends until its end, and whether the end was clean (no error). */
-async function readAll(socket: net.Socket): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  socket.on('data', (chunk: Buffer) => chunks.push(chunk));
-  await once(socket, 'end');
-  return Buffer.concat(chunks);
-}
-
 /** Resolves once `socket` is closed, however (reset, end, destroy); the error it met, if any. */
 async function closed(socket: net.Socket): Promise<NodeJS.ErrnoException | undefined> {
   let error: NodeJS.ErrnoException | undefined;
@@ -131,13 +100,11 @@ async function closed(socket: net.Socket): Promise<NodeJS.ErrnoException | undef
   return error;
 }
 
-const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex');
-
 describe('the native TLS engine', { skip }, () => {
-  let app: App;
+  let app: EchoApp;
   let engine: Engine;
   before(async () => {
-    app = await startApp();
+    app = await startEchoApp();
     engine = await startEngine(app.port);
   });
   after(async () => {
@@ -274,9 +241,9 @@ async function startSibling(appPort: number, loads: Int32Array, index: number) {
 }
 
 describe("the native engine's accept balance between workers", { skip }, () => {
-  let app: App;
+  let app: EchoApp;
   before(async () => {
-    app = await startApp();
+    app = await startEchoApp();
   });
   after(() => app?.close());
 
@@ -313,7 +280,7 @@ describe("the native engine's accept balance between workers", { skip }, () => {
 
 describe('the native TLS engine, each limit', { skip }, () => {
   it('app_connect = "eager" connects the app once the handshake is done, so the app may speak first', async () => {
-    const app = await startApp('220 ready\r\n');
+    const app = await startEchoApp('220 ready\r\n');
     const engine = await startEngine(app.port);
     try {
       const secure = await handshake(engine);
@@ -328,7 +295,7 @@ describe('the native TLS engine, each limit', { skip }, () => {
 
   for (const appConnect of ['first-byte', 'eager'] as const) {
     it(`app_connect = "${appConnect}": a silent client ${appConnect === 'first-byte' ? 'never reaches' : 'reaches'} the app`, async () => {
-      const app = await startApp();
+      const app = await startEchoApp();
       const engine = await startEngine(app.port, { appConnect });
       try {
         const silent = await handshake(engine);
@@ -348,7 +315,7 @@ describe('the native TLS engine, each limit', { skip }, () => {
   }
 
   it('closes a client whose app is unreachable, counting and logging it', async () => {
-    const app = await startApp();
+    const app = await startEchoApp();
     app.close();
     await new Promise((resolve) => setImmediate(resolve));
     const engine = await startEngine(app.port);
@@ -369,7 +336,7 @@ describe('the native TLS engine, each limit', { skip }, () => {
   });
 
   it('closes a connection over max_connections at once, counts it and logs it', async () => {
-    const app = await startApp();
+    const app = await startEchoApp();
     const engine = await startEngine(app.port, { maxConnections: 1 });
     try {
       const first = await handshake(engine);
@@ -394,7 +361,7 @@ describe('the native TLS engine, each limit', { skip }, () => {
   });
 
   it('closes a connection idle for idle_timeout_ms, and one that never finishes its handshake', async () => {
-    const app = await startApp();
+    const app = await startEchoApp();
     const engine = await startEngine(app.port, { idleTimeoutMs: 200, handshakeTimeoutMs: 200 });
     try {
       const idle = await handshake(engine);
@@ -412,7 +379,7 @@ describe('the native TLS engine, each limit', { skip }, () => {
 
 describe('the runtime with tls_engine = "native" and dev\'s workers = 1', { skip }, () => {
   it('runs the engine in one worker thread and serves through it', async () => {
-    const app = await startApp();
+    const app = await startEchoApp();
     const [apiPort, healthPort, metricsPort, ingressPort] = await Promise.all([
       freePort(),
       freePort(),

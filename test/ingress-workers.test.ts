@@ -15,18 +15,11 @@ import { Runtime } from '../src/runtime.js';
 import { ControlledNsm, openTerminator, workerTls } from './helpers/attested-tls.js';
 import { eventually } from './helpers/cli-run.js';
 import { captureLogs } from './helpers/log-capture.js';
-import { freePort } from './helpers/net.js';
+import { freePort, startEchoApp } from './helpers/net.js';
 
 const skip = nativeUnavailable();
 const dir = mkdtempSync(join(tmpdir(), 'ingress-workers-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
-
-/** An app that echoes, as the customer's would answer. */
-async function echoApp(): Promise<{ port: number; close: () => void }> {
-  const server = net.createServer((socket) => socket.pipe(socket)).listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  return { port: (server.address() as net.AddressInfo).port, close: () => server.close() };
-}
 
 interface Setup {
   runtime: Runtime;
@@ -44,7 +37,7 @@ interface Setup {
 type Engine = 'node' | 'native';
 
 async function start(listen: 'tcp' | 'unix', name: string, engine: Engine = 'node'): Promise<Setup> {
-  const app = await echoApp();
+  const app = await startEchoApp();
   const [apiPort, healthPort, metricsPort, ingressPort] = await Promise.all([
     freePort(),
     freePort(),
@@ -301,7 +294,7 @@ describe('a renewed base certificate', { skip }, () => {
   for (const engine of ['node', 'native'] as const)
     it(`reaches every worker (tls_engine = "${engine}")`, async () => {
       const fx = await openTerminator();
-      const app = await echoApp();
+      const app = await startEchoApp();
       const settings = parseConfig('', 'run').ingress;
       const workers = await IngressWorkers.start({
         ...settings,

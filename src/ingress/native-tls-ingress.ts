@@ -20,7 +20,7 @@ import {
   type NativeTlsRelay,
   type NativeTlsRelayOptions,
 } from '../native/native-binding.js';
-import { parseNonceServerName } from '../tls/nonce-label.js';
+import { chooseNonceCertificate, type NonceCertificates } from '../tls/nonce-certificate-choice.js';
 import { NonceFlights } from '../tls/nonce-flights.js';
 import { TlsError } from '../tls/tls-error.js';
 import type { IngressSettings, IngressStats } from './ingress.js';
@@ -35,8 +35,6 @@ import {
 const WATCH_INTERVAL_MS = 1000;
 /** How often stop() looks whether the connections drained. */
 const DRAIN_POLL_MS = 50;
-/** Server names longer than this are cut in log lines. */
-const LOGGED_SNI_MAX = 96;
 
 export interface NativeTlsIngressOptions {
   /** This worker's duplicate of the listening fd; owned by the relay once start() resolves. */
@@ -88,6 +86,7 @@ export class NativeTlsIngress {
   readonly #relay: NativeTlsRelay;
   readonly #options: NativeTlsIngressOptions;
   readonly #flights: NonceFlights<NonceCredentials>;
+  readonly #nonceCertificates: NonceCertificates<NonceCredentials>;
   readonly #closed: Promise<void>;
   readonly #watch: NodeJS.Timeout;
   #base: { keyPem: string; credentials: NativeTlsCredentials };
@@ -99,6 +98,17 @@ export class NativeTlsIngress {
     this.address = options.settings.listen;
     this.stats = sharedIngressStats(options.slots);
     this.#flights = new NonceFlights<NonceCredentials>(options.tls.nonceCacheSize, options.tls.maxPendingIssues);
+    this.#nonceCertificates = {
+      encoding: options.tls.sniNonceEncoding,
+      logger: options.logger,
+      peek: (nonce) => this.#flights.peek(nonce),
+      fetch: (nonce) =>
+        this.#flights.get(
+          nonce,
+          () => this.#fetch(nonce),
+          () => !this.#stopping,
+        ),
+    };
     const native = loadNative();
     const base = options.tls.base;
     this.#base = {
@@ -231,32 +241,9 @@ export class NativeTlsIngress {
 
   /** Answers a handshake that asked for `<nonce>.attest.<host>`: synchronously from the cache, else once fetched. */
   #certificateFor(id: number, serverName: string): void {
-    const request = parseNonceServerName(serverName, this.#options.tls.sniNonceEncoding);
-    if (request.kind !== 'nonce') {
-      if (request.kind === 'invalid')
-        this.#options.logger.debug(
-          { sni: serverName.slice(0, LOGGED_SNI_MAX), reason: request.reason },
-          'SNI nonce label does not decode; serving the base certificate',
-        );
-      this.#relay.provide(id, null);
-      return;
-    }
-    const cached = this.#flights.peek(request.nonce);
-    if (cached) {
-      this.#relay.provide(id, cached.credentials);
-      return;
-    }
-    this.#flights
-      .get(
-        request.nonce,
-        () => this.#fetch(request.nonce),
-        () => !this.#stopping,
-      )
-      .then(
-        (cert) => this.#relay.provide(id, cert.credentials),
-        // The main thread logged why; the client gets a document without its nonce and can tell.
-        () => this.#relay.provide(id, null),
-      );
+    chooseNonceCertificate(serverName, this.#nonceCertificates, (cert) =>
+      this.#relay.provide(id, cert?.credentials ?? null),
+    );
   }
 
   async #fetch(nonce: Uint8Array): Promise<NonceCredentials> {

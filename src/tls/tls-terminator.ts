@@ -8,7 +8,8 @@ import type { AcmeCertificates, AcmeServedCertificate } from './acme-certificate
 import type { AttestedCertificate } from './attested-certificate.js';
 import type { CertificateSource } from './certificate-source.js';
 import { CertificateStore, type CertificateStoreStats } from './certificate-store.js';
-import { parseNonceServerName, type SniNonceEncoding } from './nonce-label.js';
+import { chooseNonceCertificate, type NonceCertificates } from './nonce-certificate-choice.js';
+import type { SniNonceEncoding } from './nonce-label.js';
 import { ACME_TLS_ALPN_PROTOCOL } from './tls-alpn-challenges.js';
 import { TlsError } from './tls-error.js';
 import { errorCode } from '../core/errors.js';
@@ -16,8 +17,6 @@ import { errorCode } from '../core/errors.js';
 // The bytes are relayed to the app, not translated: offer h2 only when the app speaks it (tls.alpn).
 export const DEFAULT_ALPN: readonly string[] = ['http/1.1'];
 export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
-// SNI is at most 255 bytes on the wire, but only a prefix is useful in a log line.
-const LOGGED_SNI_MAX = 96;
 
 export interface TlsTerminatorOptions {
   nsm: Nsm;
@@ -69,7 +68,7 @@ export class TlsTerminator<S extends CertificateProvider = CertificateStore> {
   readonly store: S;
   readonly source: CertificateSource;
   readonly #logger: Logger;
-  readonly #encoding: SniNonceEncoding;
+  readonly #nonceCertificates: NonceCertificates<AttestedCertificate>;
   readonly #alpn: string[];
   readonly #handshakeTimeoutMs: number;
   readonly #ownsSource: boolean;
@@ -81,7 +80,12 @@ export class TlsTerminator<S extends CertificateProvider = CertificateStore> {
     this.store = store;
     this.source = source;
     this.#logger = options.logger;
-    this.#encoding = options.sniNonceEncoding;
+    this.#nonceCertificates = {
+      encoding: options.sniNonceEncoding,
+      logger: options.logger,
+      peek: (nonce) => store.peek(nonce),
+      fetch: (nonce) => store.forNonce(nonce),
+    };
     this.#alpn = [...(options.alpn ?? DEFAULT_ALPN)];
     this.#handshakeTimeoutMs = options.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
     this.#ownsSource = ownsSource;
@@ -279,28 +283,6 @@ export class TlsTerminator<S extends CertificateProvider = CertificateStore> {
       }
       return;
     }
-    const request = parseNonceServerName(servername, this.#encoding);
-    if (request.kind === 'base') {
-      serveAttested(this.store.base);
-      return;
-    }
-    if (request.kind === 'invalid') {
-      this.#logger.debug(
-        { sni: servername.slice(0, LOGGED_SNI_MAX), reason: request.reason },
-        'SNI nonce label does not decode; serving the base certificate',
-      );
-      serveAttested(this.store.base);
-      return;
-    }
-    const cached = this.store.peek(request.nonce);
-    if (cached) {
-      serveAttested(cached);
-      return;
-    }
-    this.store.forNonce(request.nonce).then(
-      (cert) => serveAttested(cert),
-      // The store has logged the cause; the client gets a document without its nonce and can tell.
-      () => serveAttested(this.store.base),
-    );
+    chooseNonceCertificate(servername, this.#nonceCertificates, (cert) => serveAttested(cert ?? this.store.base));
   }
 }

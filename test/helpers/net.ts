@@ -34,6 +34,29 @@ export function closesWithin(socket: Duplex, ms: number): Promise<boolean> {
   });
 }
 
+export interface EchoApp {
+  port: number;
+  /** Connections the app accepted. */
+  accepted: number;
+  close: () => void;
+}
+
+/** An app that echoes (and ends its side when the client's side ends), or first says `banner`. */
+export async function startEchoApp(banner?: string): Promise<EchoApp> {
+  const app = { port: 0, accepted: 0, close: () => {} };
+  const server = net.createServer((socket) => {
+    app.accepted += 1;
+    socket.on('error', () => {});
+    if (banner !== undefined) socket.write(banner);
+    socket.pipe(socket);
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  app.port = (server.address() as net.AddressInfo).port;
+  app.close = () => server.close();
+  return app;
+}
+
 /**
  * An app that reads its whole request (up to the client's FIN), then answers with `reply(request)`
  * and closes its side: a byte-exact, half-close-dependent exchange.
