@@ -1268,6 +1268,8 @@ Napi::Value TlsRelay::StopAccepting(const Napi::CallbackInfo& info) {
   Engine* e = engine_;
   if (e != nullptr && e->accepting) {
     e->accepting = false;
+    e->yielding = false;
+    uv_timer_stop(&e->yieldTimer);
     PublishLoad(e);
     ArmListener(e);
   }
