@@ -748,13 +748,15 @@ function buildRows(): Row[] {
   const nonceRate = logs.get('nonce-rate');
   if (nonceRate) {
     for (const clients of NONCE_RATE_CLIENTS) {
-      // Issue 17: at least 400 new-nonce handshakes/s on 2 cores.
+      // Issue 17: at least 400 new-nonce handshakes/s on 2 cores: what the 2 cores can serve, so the
+      // concurrent clients' row. One client waits for each certificate in turn, so its rate is one over
+      // the latency of an issuance, bounded by the simulated NSM's P-384 signature (README, round 7).
       rows.push({
         section: 'nonce',
-        what: `new-nonce handshakes, ${clients} client${clients === 1 ? '' : 's'}`,
+        what: `new-nonce handshakes, ${clients} client${clients === 1 ? ' (one at a time: 1 / latency)' : 's'}`,
         unit: '/s',
         runtime: nonceRate.figure(`c${clients}`),
-        target: { on: 'value', op: '>=', limit: 400 },
+        target: clients === 1 ? undefined : { on: 'value', op: '>=', limit: 400 },
       });
       rows.push({
         section: 'nonce',
