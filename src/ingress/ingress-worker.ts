@@ -81,6 +81,9 @@ const slots = new Float64Array(init.stats);
 let certificates: WorkerCertificates | undefined;
 let stopping = false;
 let ingress: Ingress | NativeTlsIngress | undefined;
+// A base renewed while this worker starts (its certificates and ingress not made yet) is applied
+// once they are: the main thread sends each renewal once.
+let renewedBase: CertificateSnapshot | undefined;
 // This worker's closed sockets are freed only by a collection of its own isolate: the main thread's trimmer cannot.
 const trimmer = startHeapTrimmer(logger, () => ingress?.stats.active ?? 0);
 
@@ -98,6 +101,7 @@ port.on('message', (message: ToWorker) => {
       });
       return;
     case 'base':
+      renewedBase = message.cert;
       certificates?.replaceBase(message.cert);
       if (ingress && 'replaceBase' in ingress) ingress.replaceBase(message.cert);
       return;
@@ -189,6 +193,7 @@ async function start(): Promise<void> {
       ask: askMainThread(tls.issueTimeoutMs),
       onConnectionCount: trimmer && ((open) => trimmer.changed(open)),
     });
+    if (renewedBase) ingress.replaceBase(renewedBase);
     logger.info(
       { listen: formatAddress(ingress.address), app: formatAddress(init.settings.app), engine: 'native' },
       `ingress worker ${init.index} listening`,
@@ -209,6 +214,7 @@ async function start(): Promise<void> {
       sharing: await contextSharingWorks(),
       ask: askMainThread(tls.issueTimeoutMs),
     });
+    if (renewedBase) certificates.replaceBase(renewedBase);
     const source: CertificateSource = {
       kind: tls.sourceKind,
       trustAnchorPem: tls.trustAnchorPem,

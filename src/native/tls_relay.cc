@@ -14,6 +14,7 @@
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -50,10 +51,10 @@ constexpr int kMaxAcceptsPerPoll = 64;
 // scheduled (64 connections opened at once split 0/64 half the time); this keeps the split
 // within a few connections.
 constexpr int32_t kAcceptSlack = 2;
-// How often a yielding worker looks again, and how long at most it yields: a sibling that does
-// not accept within that time (busy with heavier connections, or stuck in a long callback) does
-// not hold connections back. Then this worker takes up to kAcceptGrant before it yields again:
-// 16 per 20 ms is 800 handshakes/s, about what one worker completes.
+// How often a yielding worker looks again, and how long at most it leaves waiting connections to
+// a sibling: one that has not taken them by then (busy with heavier connections, or stuck in a
+// long callback) does not hold them back. This worker then takes up to kAcceptGrant of what is
+// waiting before it yields again: 16 per 20 ms is 800 handshakes/s, about what one worker completes.
 constexpr uint64_t kYieldRecheckMs = 1;
 constexpr double kYieldMaxMs = 20;
 constexpr int kAcceptGrant = 16;
@@ -237,7 +238,7 @@ struct Engine {
   uint32_t loadCount = 0, loadIndex = 0;
   bool yielding = false;
   double yieldingSince = -1;
-  int granted = 0;  // connections it may still take without looking at the balance
+  int granted = 0;  // accepts it may still try, of what waited kYieldMaxMs, without looking at the balance
   uv_timer_t yieldTimer;
   uv_timer_t sweep;
   bool sweepStarted = false;
@@ -269,10 +270,11 @@ void Count(Engine* e, uint32_t slot, double by = 1) {
   if (e->stats != nullptr) e->stats[slot] += by;
 }
 
-// What the siblings read of this worker: its open connections while it accepts, else -1.
+// A worker that does not accept (stopped, closing, or paused out of fds) shows -1, so that its
+// siblings do not leave connections to it.
 void PublishLoad(Engine* e) {
   if (e->loads == nullptr) return;
-  int32_t load = e->accepting && !e->closing ? static_cast<int32_t>(e->active) : -1;
+  int32_t load = e->accepting && !e->closing && !e->acceptPaused ? static_cast<int32_t>(e->active) : -1;
   __atomic_store_n(&e->loads[e->loadIndex], load, __ATOMIC_RELAXED);
 }
 
@@ -873,16 +875,31 @@ bool SiblingShouldAccept(Engine* e) {
   if (e->yieldingSince < 0) e->yieldingSince = now;
   if (now - e->yieldingSince < kYieldMaxMs) return true;
   e->yieldingSince = -1;
-  e->granted = kAcceptGrant - 1;
+  e->granted = kAcceptGrant;
   return false;
+}
+
+bool ListenerHasWaiting(Engine* e) {
+  pollfd pending = {e->listener.fd, POLLIN, 0};
+  return ::poll(&pending, 1, 0) > 0 && (pending.revents & POLLIN) != 0;
+}
+
+void EndYield(Engine* e) {
+  uv_timer_stop(&e->yieldTimer);
+  e->yielding = false;
+  ArmListener(e);
 }
 
 void OnYieldTimer(uv_timer_t* timer) {
   Engine* e = static_cast<Engine*>(timer->data);
-  if (SiblingShouldAccept(e)) return;
-  uv_timer_stop(timer);
-  e->yielding = false;
-  ArmListener(e);
+  // A sibling took what was waiting: the next arrival starts a yield of its own, and a lasting
+  // skew (long-lived connections) is corrected one arrival at a time instead of ending in a grant.
+  if (!ListenerHasWaiting(e)) {
+    e->yieldingSince = -1;
+    EndYield(e);
+    return;
+  }
+  if (!SiblingShouldAccept(e)) EndYield(e);
 }
 
 void OnListenerPoll(uv_poll_t* poll, int status, int events) {
@@ -902,10 +919,14 @@ void OnListenerPoll(uv_poll_t* poll, int status, int events) {
       continue;
     }
     int err = errno;
-    if (err == EAGAIN || err == EWOULDBLOCK) break;
+    if (err == EAGAIN || err == EWOULDBLOCK) {
+      e->granted = 0;  // the grant is for what waited, not for later arrivals
+      break;
+    }
     // Out of fds or memory: stop polling (level-triggered, it would spin) until the next sweep.
     if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
       e->acceptPaused = true;
+      PublishLoad(e);
       ArmListener(e);
       Emit(e, kEventAcceptPaused, err);
       break;
@@ -920,6 +941,7 @@ void OnSweep(uv_timer_t* timer) {
   double now = NowMs(e->loop);
   if (e->acceptPaused) {
     e->acceptPaused = false;
+    PublishLoad(e);
     ArmListener(e);
   }
   Connection* c = e->head;
@@ -1029,6 +1051,18 @@ int AppAddressFromJs(const Napi::Value& value, sockaddr_storage* out, socklen_t*
   return 0;
 }
 
+// The memory of a typed array the engine keeps writing to: only a SharedArrayBuffer's, which
+// cannot be detached or resized under it (a plain ArrayBuffer can be transferred away). The
+// pointer comes from the typed array itself, as Node-API's ArrayBuffer calls refuse a shared one.
+bool SharedMemoryOf(napi_env env, const Napi::Value& value, napi_typedarray_type want, void** data, size_t* length) {
+  napi_typedarray_type type;
+  napi_value buffer = nullptr;
+  bool plain = true;
+  return value.IsTypedArray() &&
+         napi_get_typedarray_info(env, value, &type, length, data, &buffer, nullptr) == napi_ok && type == want &&
+         *data != nullptr && napi_is_arraybuffer(env, buffer, &plain) == napi_ok && !plain;
+}
+
 void ThrowConfig(Napi::Env env, const std::string& what) {
   Napi::TypeError error = Napi::TypeError::New(env, "TlsRelay: " + what);
   error.Set("code", Napi::String::New(env, "ERR_NATIVE_ARGUMENT"));
@@ -1106,12 +1140,9 @@ TlsRelay::TlsRelay(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TlsRelay>(
     ThrowConfig(env, "slots must name an index of stats for every counter");
     return;
   }
-  // The data pointer from the typed array itself: the buffer is a SharedArrayBuffer, which
-  // Node-API's ArrayBuffer calls refuse.
   void* statsData = nullptr;
-  if (napi_get_typedarray_info(env, statsArray, nullptr, nullptr, &statsData, nullptr, nullptr) != napi_ok ||
-      statsData == nullptr) {
-    ThrowConfig(env, "stats has no memory");
+  if (!SharedMemoryOf(env, statsArray, napi_float64_array, &statsData, nullptr)) {
+    ThrowConfig(env, "stats must be a Float64Array over a SharedArrayBuffer");
     return;
   }
   e->stats = static_cast<double*>(statsData);
@@ -1121,12 +1152,9 @@ TlsRelay::TlsRelay(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TlsRelay>(
     Napi::Value loads = balance.IsObject() ? balance.As<Napi::Object>().Get("loads") : env.Undefined();
     void* loadsData = nullptr;
     size_t loadCount = 0;
-    napi_typedarray_type type;
-    if (!loads.IsTypedArray() ||
-        napi_get_typedarray_info(env, loads, &type, &loadCount, &loadsData, nullptr, nullptr) != napi_ok ||
-        type != napi_int32_array || loadsData == nullptr ||
+    if (!SharedMemoryOf(env, loads, napi_int32_array, &loadsData, &loadCount) ||
         !ReadUint32(balance.As<Napi::Object>().Get("index"), &e->loadIndex) || e->loadIndex >= loadCount) {
-      ThrowConfig(env, "balance must be {loads: Int32Array, index} with index inside loads");
+      ThrowConfig(env, "balance must be {loads: Int32Array over a SharedArrayBuffer, index} with index inside loads");
       return;
     }
     e->loads = static_cast<int32_t*>(loadsData);
@@ -1268,10 +1296,10 @@ Napi::Value TlsRelay::StopAccepting(const Napi::CallbackInfo& info) {
   Engine* e = engine_;
   if (e != nullptr && e->accepting) {
     e->accepting = false;
-    e->yielding = false;
-    uv_timer_stop(&e->yieldTimer);
+    e->yieldingSince = -1;
+    e->granted = 0;
     PublishLoad(e);
-    ArmListener(e);
+    EndYield(e);
   }
   return info.Env().Undefined();
 }
