@@ -19,7 +19,7 @@ import { IngressWorkers } from '../src/ingress/ingress-workers.js';
 import { newStatsBuffer, snapshotCertificate } from '../src/ingress/ingress-worker-protocol.js';
 import { alpnWire, NativeTlsIngress } from '../src/ingress/native-tls-ingress.js';
 import { chooseTlsEngine } from '../src/ingress/tls-engine.js';
-import { nativeUnavailable } from '../src/native/native-binding.js';
+import { closeFd, nativeUnavailable } from '../src/native/native-binding.js';
 import { openSharedListener } from '../src/net/shared-listener.js';
 import { Runtime } from '../src/runtime.js';
 import {
@@ -204,14 +204,20 @@ describe('the native TLS engine', { skip }, () => {
  * One engine in this thread on a listener of its own, as worker `index` of the workers whose
  * open connections `loads` holds: the test plays the siblings by writing their slots.
  */
-async function startSibling(appPort: number, loads: Int32Array, index: number) {
+async function startSibling(
+  appPort: number,
+  loads: Int32Array,
+  index: number,
+  slots: Float64Array = new Float64Array(newStatsBuffer()),
+) {
   const listener = await openSharedListener({ transport: 'tcp', host: '127.0.0.1', port: 0 }, 128);
   const { terminator } = fx;
   const base = terminator.store.base;
   const keyPair = terminator.store.keyPairOf(base);
   assert.ok(keyPair);
-  const ingress = await NativeTlsIngress.start({
-    fd: listener.dup(),
+  const fd = listener.dup();
+  const starting = NativeTlsIngress.start({
+    fd,
     settings: {
       ...parseConfig('', 'run').ingress,
       listen: listener.address,
@@ -225,9 +231,15 @@ async function startSibling(appPort: number, loads: Int32Array, index: number) {
       base: snapshotCertificate(base, keyPair),
     },
     logger: captureLogs('info').logger,
-    slots: new Float64Array(newStatsBuffer()),
+    slots,
     balance: { loads, index },
     ask: () => Promise.reject(new Error('no nonce certificates here')),
+  });
+  // Refused before the relay took the fd: it is still the caller's.
+  const ingress = await starting.catch(async (error: unknown) => {
+    closeFd(fd);
+    await listener.close();
+    throw error;
   });
   const port = listener.address.transport === 'tcp' ? listener.address.port : 0;
   return {
@@ -246,6 +258,25 @@ describe("the native engine's accept balance between workers", { skip }, () => {
     app = await startEchoApp();
   });
   after(() => app?.close());
+
+  it('takes its counters only over shared memory, and its index only inside them', async () => {
+    const shared = (length: number) => new Int32Array(new SharedArrayBuffer(4 * length));
+    const refused = [
+      { loads: new Int32Array(2), index: 0, what: /balance must be/ },
+      { loads: shared(2), index: 2, what: /balance must be/ },
+      {
+        loads: new Float64Array(new SharedArrayBuffer(16)) as unknown as Int32Array,
+        index: 0,
+        what: /balance must be/,
+      },
+    ];
+    for (const { loads, index, what } of refused)
+      await assert.rejects(startSibling(app.port, loads, index), { code: 'ERR_NATIVE_ARGUMENT', message: what });
+    await assert.rejects(startSibling(app.port, shared(2), 0, new Float64Array(64)), {
+      code: 'ERR_NATIVE_ARGUMENT',
+      message: /stats must be a Float64Array over a SharedArrayBuffer/,
+    });
+  });
 
   it('publishes its open connections for its siblings, and -1 once it no longer accepts', async () => {
     const loads = new Int32Array(new SharedArrayBuffer(8)).fill(-1);
