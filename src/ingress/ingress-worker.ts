@@ -84,6 +84,12 @@ let ingress: Ingress | NativeTlsIngress | undefined;
 // A base renewed while this worker starts (its certificates and ingress not made yet) is applied
 // once they are: the main thread sends each renewal once.
 let renewedBase: CertificateSnapshot | undefined;
+
+function applyRenewedBase(): void {
+  if (!renewedBase) return;
+  certificates?.replaceBase(renewedBase);
+  if (ingress && 'replaceBase' in ingress) ingress.replaceBase(renewedBase);
+}
 // This worker's closed sockets are freed only by a collection of its own isolate: the main thread's trimmer cannot.
 const trimmer = startHeapTrimmer(logger, () => ingress?.stats.active ?? 0);
 
@@ -102,8 +108,7 @@ port.on('message', (message: ToWorker) => {
       return;
     case 'base':
       renewedBase = message.cert;
-      certificates?.replaceBase(message.cert);
-      if (ingress && 'replaceBase' in ingress) ingress.replaceBase(message.cert);
+      applyRenewedBase();
       return;
     case 'stop':
       void stop(message.graceMs);
@@ -193,7 +198,7 @@ async function start(): Promise<void> {
       ask: askMainThread(tls.issueTimeoutMs),
       onConnectionCount: trimmer && ((open) => trimmer.changed(open)),
     });
-    if (renewedBase) ingress.replaceBase(renewedBase);
+    applyRenewedBase();
     logger.info(
       { listen: formatAddress(ingress.address), app: formatAddress(init.settings.app), engine: 'native' },
       `ingress worker ${init.index} listening`,
@@ -214,7 +219,7 @@ async function start(): Promise<void> {
       sharing: await contextSharingWorks(),
       ask: askMainThread(tls.issueTimeoutMs),
     });
-    if (renewedBase) certificates.replaceBase(renewedBase);
+    applyRenewedBase();
     const source: CertificateSource = {
       kind: tls.sourceKind,
       trustAnchorPem: tls.trustAnchorPem,

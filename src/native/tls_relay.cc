@@ -278,6 +278,14 @@ void PublishLoad(Engine* e) {
   __atomic_store_n(&e->loads[e->loadIndex], load, __ATOMIC_RELAXED);
 }
 
+// The open-connection count lives in three places (the engine's own, the shared stats, the
+// siblings' loads): each change goes to all three.
+void ChangeActive(Engine* e, double by) {
+  e->active += by;
+  Count(e, e->slots.active, by);
+  PublishLoad(e);
+}
+
 class TlsRelay : public Napi::ObjectWrap<TlsRelay> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -391,9 +399,7 @@ void Destroy(Connection* c) {
   else
     e->head = c->next;
   if (c->next != nullptr) c->next->prev = c->prev;
-  e->active -= 1;
-  Count(e, e->slots.active, -1);
-  PublishLoad(e);
+  ChangeActive(e, -1);
   SSL_free(c->ssl);
   c->ssl = nullptr;
   c->chosenRef.Reset();
@@ -846,10 +852,8 @@ void Accept(Engine* e, int fd) {
   if (e->head != nullptr) e->head->prev = c;
   e->head = c;
   e->openHandles++;
-  e->active += 1;
   Count(e, e->slots.accepted);
-  Count(e, e->slots.active);
-  PublishLoad(e);
+  ChangeActive(e, 1);
   Arm(c);
 }
 
